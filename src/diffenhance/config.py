@@ -1,0 +1,388 @@
+"""params.yaml -> typed, frozen, validated configuration objects.
+
+One dataclass per pipeline stage; `Config` holds them all. Every field has a default so a
+partial params.yaml works, and every default carries a comment saying why. Validation is
+driven by the type hints: an unknown key or a value of the wrong type raises `ConfigError`
+naming the key, the file and what is allowed.
+
+    cfg = load_config("params.yaml", overrides=["train.lr=2e-4"])
+    cfg.train.lr  # 0.0002
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+Task = Literal["sr2", "sr4", "denoise", "jpeg", "blind"]
+TASKS: tuple[str, ...] = get_args(Task)
+
+
+class ConfigError(ValueError):
+    """A params file or override is invalid; the message says which key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["samples", "folder", "div2k"] = "samples"  # offline default
+    folder: str | None = None  # source=folder: root of the user's images
+    div2k_url: str = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"  # official mirror
+    div2k_lr_scales: tuple[int, ...] = ()  # bicubic LR sets are optional: we degrade HR ourselves
+    raw_dir: str = "data/raw"
+    prepared_dir: str = "data/prepared"
+    crop_size: int = 128  # sub-image side; BasicSR uses 480 on DIV2K
+    crop_step: int = 64  # half the crop: every pixel is covered twice
+    min_size: int = 64  # smaller images cannot give a training crop
+    val_fraction: float = 0.2  # held-out share for user folders
+    max_pixels: int = 178_956_970  # Pillow's decompression-bomb limit
+
+
+@dataclass(frozen=True)
+class DegradeConfig:
+    tasks: tuple[Task, ...] = TASKS
+    out_dir: str = "data/degraded"
+    seed: int = 20261126  # fixed: validation pairs must never change between runs
+    val_size: int = 128  # HR side of a validation pair
+    val_max_images: int = 16
+    noise_sigma: tuple[float, float] = (5.0, 50.0)  # 0-255 scale, training range
+    val_noise_sigma: float = 25.0  # the common benchmark setting
+    jpeg_quality: tuple[int, int] = (10, 60)
+    val_jpeg_quality: int = 30
+    blind_scale: Literal[1, 2, 4] = 4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attn_resolutions: tuple[int, ...] = (16,)
+    head_channels: int = 32  # width per attention head
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    schedule: Literal["linear", "cosine"] = "cosine"  # cosine keeps SNR useful at low T
+    timesteps: int = 1000
+    prediction: Literal["eps", "v", "x0"] = "v"  # v is well-conditioned at both ends
+    loss: Literal["l1", "mse"] = "l1"  # L1 gives sharper SR (SR3, Palette)
+    min_snr_gamma: float = 0.0  # 0 = off; 5.0 in Hang et al. 2023
+    beta_start: float = 1e-4  # DDPM's linear schedule
+    beta_end: float = 0.02
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    tasks: tuple[Task, ...] = ("sr4",)
+    steps: int = 300
+    batch_size: int = 8
+    crop_size: int = 64
+    lr: float = 2e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    accum_steps: int = 1
+    ema_decay: float = 0.999
+    ema_warmup_steps: int = 50
+    seed: int = 0
+    num_workers: int = 0
+    val_every: int = 100
+    val_images: int = 2
+    val_steps: int = 4
+    ckpt_every: int = 100
+    keep_last: int = 2
+    out_dir: str = "models"
+    device: str = "auto"
+    compile: bool = False
+    channels_last: bool = True
+    init_from: str | None = None
+    init_strict: bool = True
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = 8
+    eta: float = 0.0  # deterministic DDIM
+    seed: int = 0
+    tile: int = 128
+    tile_overlap: int = 32
+    tile_batch: int = 8
+    color_correction: Literal["none", "meanstd", "wavelet"] = "none"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    steps: tuple[int, ...] = (4, 8)
+    seeds: tuple[int, ...] = (0,)
+    average_samples: int = 1
+    max_images: int = 16
+    out_dir: str = "reports"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    out_dir: str = "reports"
+    crops: int = 2
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    url: str = "results/published"  # local folder or s3://bucket/prefix
+    endpoint_url: str | None = None  # None = AWS, or AWS_ENDPOINT_URL_S3 from the environment
+    region: str | None = None
+    addressing_style: Literal["path", "virtual", "auto"] = "path"  # MinIO/SeaweedFS need path
+    multipart_threshold_mb: int = 8
+    max_attempts: int = 3  # total requests per call (botocore standard mode)
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def digest(self, *sections: str) -> str:
+        """Short stable hash of the named sections (all when none): identifies outputs."""
+        d = self.to_dict()
+        if sections:
+            d = {k: d[k] for k in sections}
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {_type_name(args[0])}"
+        return f"list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Return `value` converted to type `tp`, or raise ConfigError naming `key`."""
+
+    def fail() -> ConfigError:
+        return ConfigError(
+            f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}"
+        )
+
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
+            return value
+        raise fail()
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise fail()
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, source)
+            except ConfigError:
+                continue
+        raise fail()
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise fail()
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise fail()
+        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return _build(tp, value, key, source)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise fail() from None
+        raise fail()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail()
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # internal
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        where = f"'{prefix}.{unknown[0]}'" if prefix else f"'{unknown[0]}'"
+        raise ConfigError(
+            f"{source}: unknown key {where}; allowed keys"
+            f"{' in ' + repr(prefix) if prefix else ''}: {', '.join(names)}"
+        )
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            key = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _coerce(raw[name], hints[name], key, source)
+    obj = cls(**kwargs)
+    _check_invariants(obj, prefix, source)
+    return obj
+
+
+def _check_invariants(obj: Any, prefix: str, source: str) -> None:
+    """Cross-field rules that a type alone cannot express."""
+
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{source}: '{prefix}.{key}' {why}")
+
+    if isinstance(obj, DataConfig):
+        if obj.crop_size < 8 or obj.crop_step < 1:
+            raise bad("crop_size", "must be >= 8 with crop_step >= 1")
+        if not 0.0 <= obj.val_fraction < 1.0:
+            raise bad("val_fraction", "must be in [0, 1)")
+        if obj.source == "folder" and not obj.folder:
+            raise bad("folder", "must be set when data.source is 'folder'")
+    if isinstance(obj, DegradeConfig):
+        lo, hi = obj.noise_sigma
+        if not 0 <= lo <= hi:
+            raise bad("noise_sigma", "must be [low, high] with 0 <= low <= high")
+        qlo, qhi = obj.jpeg_quality
+        if not 1 <= qlo <= qhi <= 100:
+            raise bad("jpeg_quality", "must be [low, high] within 1..100")
+    if isinstance(obj, DiffusionConfig) and obj.timesteps < 2:
+        raise bad("timesteps", "must be >= 2")
+    if isinstance(obj, TrainConfig):
+        for k in ("steps", "batch_size", "accum_steps", "keep_last", "val_every", "ckpt_every"):
+            if getattr(obj, k) < 1:
+                raise bad(k, "must be >= 1")
+    if isinstance(obj, InferConfig) and not 0 <= obj.tile_overlap < obj.tile:
+        raise bad("tile_overlap", "must be >= 0 and smaller than infer.tile")
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=2e-4' -> (['train', 'lr'], 2e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, _, raw = text.partition("=")
+    path = key.strip().split(".")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"override {text!r}: key must be section.key (e.g. train.lr=2e-4)")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return path, value
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = "<dict>") -> Config:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    return _build(Config, raw, "", source)
+
+
+def load_config(
+    path: str | Path | None = "params.yaml", overrides: typing.Iterable[str] = ()
+) -> Config:
+    """Read params.yaml (None: built-in defaults), apply dotted overrides, validate.
+
+    Raises ConfigError naming the file and key on any problem.
+    """
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{source}: params file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    overrides = list(overrides)
+    for ov in overrides:
+        keys, value = parse_override(ov)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {ov!r}: '{k}' is not a section")
+        node[keys[-1]] = value
+    if overrides:
+        source = f"{source} with overrides {overrides}"
+    return config_from_dict(raw, source=source)
+
+
+def to_dict(obj: Any) -> Any:
+    """Config (or any section) -> plain dict/list structure, YAML/JSON serialisable."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def section_from_dict(cls: type, raw: dict[str, Any], *, source: str = "<dict>") -> Any:
+    """Rebuild one section (e.g. ModelConfig from a checkpoint's metadata), validated."""
+    return _build(cls, raw, cls.__name__, source)
+
+
+def write_resolved(cfg: Config, out_dir: str | Path, sections: typing.Iterable[str] = ()) -> Path:
+    """Write the resolved config (all sections, or the named ones) as params.resolved.yaml."""
+    d = cfg.to_dict()
+    sections = tuple(sections)
+    if sections:
+        d = {k: d[k] for k in sections}
+    out = Path(out_dir) / "params.resolved.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(yaml.safe_dump(d, sort_keys=False))
+    tmp.replace(out)
+    return out
