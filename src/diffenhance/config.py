@@ -64,7 +64,7 @@ class ModelConfig:
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
-    attn_resolutions: tuple[int, ...] = (16,)
+    attn_resolutions: tuple[int, ...] = (4,)  # downsampling factors (not sizes): size-free
     head_channels: int = 32  # width per attention head
     dropout: float = 0.0
 
@@ -95,6 +95,7 @@ class TrainConfig:
     ema_warmup_steps: int = 50
     seed: int = 0
     num_workers: int = 0
+    log_every: int = 10  # rows in train_log.csv (loss averaged over the interval)
     val_every: int = 100
     val_images: int = 2
     val_steps: int = 4
@@ -195,9 +196,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Return `value` converted to type `tp`, or raise ConfigError naming `key`."""
 
     def fail() -> ConfigError:
-        return ConfigError(
-            f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}"
-        )
+        return ConfigError(f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}")
 
     origin = get_origin(tp)
     if origin is Literal:
@@ -226,7 +225,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
         if len(value) != len(args):
             raise fail()
-        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(
+            _coerce(v, a, f"{key}[{i}]", source)
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
@@ -298,7 +300,15 @@ def _check_invariants(obj: Any, prefix: str, source: str) -> None:
     if isinstance(obj, DiffusionConfig) and obj.timesteps < 2:
         raise bad("timesteps", "must be >= 2")
     if isinstance(obj, TrainConfig):
-        for k in ("steps", "batch_size", "accum_steps", "keep_last", "val_every", "ckpt_every"):
+        for k in (
+            "steps",
+            "batch_size",
+            "accum_steps",
+            "keep_last",
+            "log_every",
+            "val_every",
+            "ckpt_every",
+        ):
             if getattr(obj, k) < 1:
                 raise bad(k, "must be >= 1")
     if isinstance(obj, InferConfig) and not 0 <= obj.tile_overlap < obj.tile:

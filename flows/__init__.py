@@ -1,0 +1,11 @@
+"""Prefect flows, one per pipeline stage (`python -m flows.<stage>`), plus operational jobs.
+
+Flows are thin: they load the config, map library calls over a task runner and log through
+Prefect. All logic lives in the `diffenhance` library.
+"""
+
+import os
+
+# The library logs to the "diffenhance" logger; inside a flow run Prefect captures it too.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "diffenhance")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -1,0 +1,151 @@
+"""A user's folder of images (`data.source: folder`): scan, validate, de-duplicate, split.
+
+`scan_folder(root)` walks `root` recursively in sorted order and returns every usable image
+once:
+
+* only files whose suffix is in `diffenhance.io.IMAGE_EXTENSIONS` (case-insensitive) are
+  considered; hidden files and directories (name starting with '.') are ignored silently;
+* every candidate is fully decoded with `diffenhance.io.read_image`, so empty, truncated,
+  non-image (a text file called x.jpg) and over-`max_pixels` files are *skipped* and listed
+  with the reader's reason, as are images with a side below `min_size`;
+* duplicates are detected by the sha256 of the file bytes: the first path in sorted order is
+  kept, the others are listed as skipped ("duplicate of ...").
+
+The split is by content hash (`split_for_hash`), so it does not change when files are renamed,
+moved or added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from diffenhance.io import IMAGE_EXTENSIONS, ImageReadError, atomic_path, read_image
+
+__all__ = [
+    "ScanResult",
+    "ScannedImage",
+    "SkippedFile",
+    "file_sha256",
+    "iter_image_files",
+    "scan_folder",
+    "split_for_hash",
+    "write_skip_report",
+]
+
+
+class ScannedImage(NamedTuple):
+    """A usable, unique image: where it is, its content hash and decoded size."""
+
+    path: Path
+    sha256: str
+    width: int
+    height: int
+
+
+class SkippedFile(NamedTuple):
+    """A file that looked like an image but cannot be used, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    """Outcome of `scan_folder`: usable images and skipped files, both in sorted path order."""
+
+    root: Path
+    images: list[ScannedImage] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (memory bounded)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split_for_hash(sha256: str, val_fraction: float) -> str:
+    """'val' when the first 32 bits of the hash, as a fraction of 2**32, are below
+    `val_fraction`, else 'train'. Deterministic and independent of file names and order."""
+    return "val" if int(sha256[:8], 16) / 2**32 < val_fraction else "train"
+
+
+def iter_image_files(root: str | Path) -> list[Path]:
+    """Files under `root` with an image suffix, recursively, hidden entries pruned, sorted by
+    their path relative to `root` (POSIX form, so the order is the same on every OS)."""
+    root = Path(root)
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        base = Path(dirpath)
+        for name in filenames:
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            p = base / name
+            if p.is_file():
+                found.append((p.relative_to(root).as_posix(), p))
+    return [p for _, p in sorted(found)]
+
+
+def scan_folder(
+    root: str | Path, *, max_pixels: int = 178_956_970, min_size: int = 64
+) -> ScanResult:
+    """Scan `root` (see the module docstring). Raises NotADirectoryError when `root` is not a
+    directory. Images are decoded one at a time, so memory stays bounded by the largest one."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: image folder does not exist or is not a directory")
+    result = ScanResult(root=root)
+    seen: dict[str, Path] = {}
+    for path in iter_image_files(root):
+        try:
+            digest = file_sha256(path)
+        except OSError as e:
+            result.skipped.append(SkippedFile(path, f"unreadable: {e.strerror or e}"))
+            continue
+        if digest in seen:
+            result.skipped.append(SkippedFile(path, f"duplicate of {seen[digest].as_posix()}"))
+            continue
+        try:
+            img = read_image(path, max_pixels=max_pixels)
+        except ImageReadError as e:
+            result.skipped.append(SkippedFile(path, str(e.reason)))
+            continue
+        height, width = int(img.shape[0]), int(img.shape[1])
+        del img
+        if min(height, width) < min_size:
+            result.skipped.append(
+                SkippedFile(path, f"too small: {width}x{height}, min_size is {min_size}")
+            )
+            continue
+        seen[digest] = path
+        result.images.append(ScannedImage(path, digest, width, height))
+    return result
+
+
+def write_skip_report(result: ScanResult | list[SkippedFile], path: str | Path) -> Path:
+    """Write skipped files as CSV (columns: path, reason; POSIX paths), atomically.
+
+    Accepts a ScanResult or a plain list of SkippedFile. An empty list still writes the header,
+    so the file is always present for DVC."""
+    skipped = result.skipped if isinstance(result, ScanResult) else list(result)
+    df = pd.DataFrame(
+        {
+            "path": [Path(s.path).as_posix() for s in skipped],
+            "reason": [s.reason for s in skipped],
+        },
+        columns=["path", "reason"],
+    )
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n")
+    return out

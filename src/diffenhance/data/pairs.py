@@ -1,0 +1,105 @@
+"""Fixed validation LQ/HQ pairs: the output of the `degrade` stage.
+
+Each pair is seeded by (degrade.seed, task, content hash of the HR crop), so a pair never
+changes when other images are added or the order changes. Training synthesises LQ images on
+the fly with the very same `degrade.degrade_for_task`; only the seed differs.
+
+Layout of `<degrade.out_dir>/<task>/`: `hr/<name>.png`, `lq/<name>.png`, `pairs.csv`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffenhance.config import DegradeConfig
+from diffenhance.degrade import degrade_for_task, modcrop, pair_seed, task_scale
+from diffenhance.io import atomic_path, read_image, write_image
+
+PAIRS_CSV = "pairs.csv"
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    hr: np.ndarray  # float32 HxWx3 in [0, 1]
+    lq: np.ndarray  # float32 hxwx3 in [0, 1], h = H / scale
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop to at most `size` x `size` (smaller sides are kept)."""
+    h, w = img.shape[:2]
+    ch, cw = min(size, h), min(size, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return img[top : top + ch, left : left + cw]
+
+
+def select_val_crops(manifest: pd.DataFrame, max_images: int) -> pd.DataFrame:
+    """Validation crops of the manifest, at most `max_images`, evenly spaced, deterministic."""
+    val = manifest[manifest["split"] == "val"].sort_values("crop_path").reset_index(drop=True)
+    if len(val) <= max_images:
+        return val
+    idx = np.linspace(0, len(val) - 1, max_images).round().astype(int)
+    return val.iloc[np.unique(idx)].reset_index(drop=True)
+
+
+def make_pair(hr_img: np.ndarray, key: str, task: str, cfg: DegradeConfig) -> tuple:
+    """(hr, lq, seed) for one validation crop: centre crop, modcrop to the scale, degrade."""
+    scale = task_scale(task, cfg)
+    hr = modcrop(center_crop(hr_img, cfg.val_size), scale)
+    seed = pair_seed(cfg.seed, "val", task, key)
+    lq = degrade_for_task(hr, task, np.random.default_rng(seed), cfg, validation=True)
+    return hr, lq, seed
+
+
+def write_pair(
+    crop_file: Path, key: str, task: str, cfg: DegradeConfig, out_dir: Path
+) -> dict[str, object]:
+    """Degrade one HR crop for `task` and write hr/ and lq/ PNGs; return its pairs.csv row."""
+    hr, lq, seed = make_pair(read_image(crop_file), key, task, cfg)
+    name = Path(crop_file).stem
+    task_dir = Path(out_dir) / task
+    write_image(task_dir / "hr" / f"{name}.png", hr)
+    write_image(task_dir / "lq" / f"{name}.png", lq)
+    return {
+        "name": name,
+        "hr": f"hr/{name}.png",
+        "lq": f"lq/{name}.png",
+        "task": task,
+        "scale": task_scale(task, cfg),
+        "seed": seed,
+        "source_sha256": key,
+        "hr_height": hr.shape[0],
+        "hr_width": hr.shape[1],
+        "lq_height": lq.shape[0],
+        "lq_width": lq.shape[1],
+    }
+
+
+def write_pairs_csv(rows: list[dict[str, object]], task_dir: Path) -> Path:
+    """Write `pairs.csv` (sorted by name) atomically."""
+    df = pd.DataFrame(rows).sort_values("name").reset_index(drop=True)
+    out = Path(task_dir) / PAIRS_CSV
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+    return out
+
+
+def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
+    """Read the fixed pairs of one task (sorted by name), optionally only the first `limit`."""
+    task_dir = Path(task_dir)
+    csv = task_dir / PAIRS_CSV
+    if not csv.is_file():
+        raise FileNotFoundError(
+            f"{csv}: no validation pairs; run the `degrade` stage first (dvc repro degrade)"
+        )
+    df = pd.read_csv(csv)
+    if limit is not None:
+        df = df.head(limit)
+    return [
+        Pair(r.name, read_image(task_dir / r.hr), read_image(task_dir / r.lq))
+        for r in df.itertuples()
+    ]

@@ -1,0 +1,300 @@
+"""The `prepare` stage: resolve the source images and cut them into sub-image crops.
+
+    sources = list_sources(cfg)              # samples / folder / div2k -> [SourceImage]
+    rows = [r for s in sources for r in prepare_one(s, cfg)]   # one image at a time
+    write_manifest(rows, cfg)                # <prepared_dir>/manifest.csv
+
+`prepare_dataset(cfg)` chains exactly these three; a Prefect flow maps `prepare_one` over the
+sources instead. Output layout under `cfg.prepared_dir`:
+
+* `{split}/{name}_s{idx:03d}.png` - the crops, 8-bit RGB PNG, `idx` in row-major box order;
+* `manifest.csv` - one row per crop (`MANIFEST_COLUMNS`), sorted by `crop_path`; paths are
+  POSIX, `crop_path` relative to `prepared_dir`, `source_path` as built from the config
+  (relative paths stay relative, so the file is identical on every machine);
+* `skipped.csv` - files that were not used (path, reason), written by `list_sources`.
+
+Crops follow BasicSR's `extract_subimages`: positions 0, step, 2*step, ... plus one flush with
+the far border when a remainder is left, so every pixel is covered (`crop_boxes`). A side
+shorter than `crop_size` (but >= `min_size`, smaller images are skipped) is taken whole, so an
+image smaller than `crop_size` on both sides becomes a single crop of the whole image, and a
+long thin one a row of strips. Splits: samples use their fixed split (`samples.SAMPLE_SPLIT`),
+DIV2K its official train (0001-0800) / valid (0801-0900) sets, a user folder the content hash
+(`folder.split_for_hash`). Same inputs and config give byte-identical PNGs and manifest;
+crops no longer listed in the manifest are deleted, so reruns with a new crop size stay clean.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffenhance.config import DataConfig
+from diffenhance.data.div2k import fetch_div2k
+from diffenhance.data.folder import (
+    SkippedFile,
+    file_sha256,
+    scan_folder,
+    split_for_hash,
+    write_skip_report,
+)
+from diffenhance.data.samples import materialize_samples
+from diffenhance.io import atomic_path, read_image, write_image
+
+__all__ = [
+    "MANIFEST",
+    "MANIFEST_COLUMNS",
+    "SKIPPED",
+    "SPLITS",
+    "NoImagesError",
+    "SourceImage",
+    "collect_sources",
+    "crop_boxes",
+    "list_sources",
+    "load_manifest",
+    "manifest_frame",
+    "prepare_dataset",
+    "prepare_one",
+    "write_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.csv"
+SKIPPED = "skipped.csv"
+SPLITS: tuple[str, ...] = ("train", "val")
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "crop_path",
+    "source_path",
+    "source_sha256",
+    "split",
+    "top",
+    "left",
+    "height",
+    "width",
+    "crop_sha256",
+)
+Box = tuple[int, int, int, int]  # top, left, height, width
+
+
+class NoImagesError(ValueError):
+    """The configured source yielded no usable image (see skipped.csv for why)."""
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One validated source image: where it is, its split, content hash and output name."""
+
+    path: Path
+    split: str
+    sha256: str
+    name: str  # crop file stem, unique across the dataset
+
+
+def _axis_positions(n: int, size: int, step: int, thresh_size: int) -> tuple[list[int], int]:
+    if n <= size:
+        return [0], n
+    pos = list(range(0, n - size + 1, step))
+    if n - (pos[-1] + size) > thresh_size:
+        pos.append(n - size)
+    return pos, size
+
+
+def crop_boxes(h: int, w: int, size: int, step: int, thresh_size: int = 0) -> list[Box]:
+    """Sub-image boxes (top, left, height, width) of an h x w image, row-major.
+
+    Per axis (BasicSR `extract_subimages`): positions 0, step, 2*step, ... while the crop fits,
+    plus `n - size` when more than `thresh_size` pixels would be left uncovered. A side with
+    n <= size yields one position (0) and extent n.
+
+    >>> crop_boxes(300, 451, 128, 64)[-1]
+    (172, 323, 128, 128)
+    """
+    if h < 1 or w < 1 or size < 1 or step < 1:
+        raise ValueError(
+            f"crop_boxes: need positive sizes, got h={h} w={w} size={size} step={step}"
+        )
+    tops, ch = _axis_positions(h, size, step, thresh_size)
+    lefts, cw = _axis_positions(w, size, step, thresh_size)
+    return [(t, left, ch, cw) for t in tops for left in lefts]
+
+
+def _safe_stem(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip(".") or "image"
+
+
+def collect_sources(
+    cfg: DataConfig, *, base_url_override: str | None = None
+) -> tuple[list[SourceImage], list[SkippedFile]]:
+    """Resolve `cfg.source` into validated, unique source images and the skipped files.
+
+    samples: materialised to `<raw_dir>/samples/{train,val}`; div2k: downloaded and extracted
+    to `<raw_dir>/div2k` (`base_url_override` replaces `cfg.div2k_url`); folder: `cfg.folder`
+    scanned recursively and split by content hash. For a folder with >= 2 images where the hash
+    split leaves one side empty, the image with the lowest (resp. highest) hash moves over, so
+    both splits exist.
+    """
+    found: list[tuple[Path, str, str]] = []  # path, split, sha256
+    skipped: list[SkippedFile] = []
+    if cfg.source == "folder":
+        if not cfg.folder:
+            raise ValueError("data.folder must be set when data.source is 'folder'")
+        scan = scan_folder(
+            Path(cfg.folder).expanduser(), max_pixels=cfg.max_pixels, min_size=cfg.min_size
+        )
+        skipped += scan.skipped
+        found = [
+            (im.path, split_for_hash(im.sha256, cfg.val_fraction), im.sha256) for im in scan.images
+        ]
+        splits = Counter(s for _, s, _ in found)
+        if len(found) >= 2 and cfg.val_fraction > 0 and len(splits) == 1:
+            want = "val" if "train" in splits else "train"
+            pick = (min if want == "val" else max)(found, key=lambda f: f[2])
+            log.warning("hash split left '%s' empty; moving %s there", want, pick[0])
+            found = [(p, want if (p, s, h) == pick else s, h) for p, s, h in found]
+    else:
+        if cfg.source == "samples":
+            root = Path(cfg.raw_dir) / "samples"
+            materialize_samples(root)
+            dirs = {"train": root / "train", "val": root / "val"}
+        elif cfg.source == "div2k":
+            dirs = fetch_div2k(cfg, base_url=base_url_override)
+        else:
+            raise ValueError(f"data.source {cfg.source!r}: expected samples, folder or div2k")
+        for split in SPLITS:
+            scan = scan_folder(dirs[split], max_pixels=cfg.max_pixels, min_size=cfg.min_size)
+            skipped += scan.skipped
+            found += [(im.path, split, im.sha256) for im in scan.images]
+
+    stems = Counter(_safe_stem(p) for p, _, _ in found)
+    sources = [
+        SourceImage(
+            p,
+            split,
+            sha,
+            _safe_stem(p) if stems[_safe_stem(p)] == 1 else f"{_safe_stem(p)}-{sha[:8]}",
+        )
+        for p, split, sha in found
+    ]
+    names = Counter(s.name for s in sources)
+    if clash := [n for n, c in names.items() if c > 1]:
+        raise ValueError(f"crop names are not unique: {clash[:5]}")
+    sources.sort(key=lambda s: (s.split, s.name))
+    return sources, skipped
+
+
+def list_sources(cfg: DataConfig, *, base_url_override: str | None = None) -> list[SourceImage]:
+    """`collect_sources`, plus `<prepared_dir>/skipped.csv` written as a side effect.
+
+    Raises NoImagesError (after writing skipped.csv) when no image is usable."""
+    sources, skipped = collect_sources(cfg, base_url_override=base_url_override)
+    report = write_skip_report(skipped, Path(cfg.prepared_dir) / SKIPPED)
+    if skipped:
+        log.warning("%d file(s) skipped, see %s", len(skipped), report)
+    if not sources:
+        raise NoImagesError(
+            f"data.source={cfg.source!r}: no usable image found ({len(skipped)} skipped, "
+            f"reasons in {report})"
+        )
+    return sources
+
+
+def prepare_one(src: SourceImage, cfg: DataConfig) -> list[dict[str, object]]:
+    """Crop one source image into `<prepared_dir>/<split>/`; return its manifest rows.
+
+    Decodes only this image (memory bounded by one image); rewrites its crops atomically.
+    Raises RuntimeError when the file changed since `list_sources` hashed it."""
+    if (now := file_sha256(src.path)) != src.sha256:
+        raise RuntimeError(f"{src.path}: changed since it was listed ({src.sha256} -> {now})")
+    img = read_image(src.path, max_pixels=cfg.max_pixels)
+    h, w = img.shape[:2]
+    if min(h, w) < cfg.min_size:
+        return []
+    rows: list[dict[str, object]] = []
+    for idx, (top, left, ch, cw) in enumerate(crop_boxes(h, w, cfg.crop_size, cfg.crop_step)):
+        rel = f"{src.split}/{src.name}_s{idx:03d}.png"
+        out = Path(cfg.prepared_dir) / rel
+        write_image(out, np.ascontiguousarray(img[top : top + ch, left : left + cw]))
+        rows.append(
+            {
+                "crop_path": rel,
+                "source_path": Path(src.path).as_posix(),
+                "source_sha256": src.sha256,
+                "split": src.split,
+                "top": top,
+                "left": left,
+                "height": ch,
+                "width": cw,
+                "crop_sha256": file_sha256(out),
+            }
+        )
+    return rows
+
+
+def _flatten(rows: Iterable[dict[str, object] | Iterable[dict[str, object]]]) -> list[dict]:
+    flat: list[dict] = []
+    for r in rows:
+        if isinstance(r, dict):
+            flat.append(r)
+        else:  # a list of rows, e.g. one mapped Prefect result per image
+            flat.extend(r)
+    return flat
+
+
+def manifest_frame(rows: Iterable[dict[str, object] | Iterable[dict[str, object]]]) -> pd.DataFrame:
+    """Rows (flat, or one list per image) -> the manifest DataFrame, sorted by crop_path."""
+    df = pd.DataFrame(_flatten(rows), columns=list(MANIFEST_COLUMNS))
+    dup = df["crop_path"][df["crop_path"].duplicated()]
+    if len(dup):
+        raise ValueError(f"duplicate crop paths in manifest rows: {list(dup[:5])}")
+    return df.sort_values("crop_path", kind="stable").reset_index(drop=True)
+
+
+def write_manifest(
+    rows: Iterable[dict[str, object] | Iterable[dict[str, object]]],
+    cfg: DataConfig,
+    *,
+    prune: bool = True,
+) -> Path:
+    """Write `<prepared_dir>/manifest.csv` atomically (sorted, so the order rows arrive in does
+    not matter); with `prune`, delete crop PNGs in the split folders that it does not list."""
+    df = manifest_frame(rows)
+    prepared = Path(cfg.prepared_dir)
+    out = prepared / MANIFEST
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n")
+    if prune:
+        keep = set(df["crop_path"])
+        for split in SPLITS:
+            d = prepared / split
+            if not d.is_dir():
+                continue
+            for f in sorted(d.glob("*.png")):
+                if f"{split}/{f.name}" not in keep:
+                    f.unlink()
+    return out
+
+
+def load_manifest(prepared_dir: str | Path) -> pd.DataFrame:
+    """Read `<prepared_dir>/manifest.csv` (FileNotFoundError naming the stage to run)."""
+    path = Path(prepared_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; run the `prepare` stage first")
+    return pd.read_csv(path, dtype={"source_sha256": str, "crop_sha256": str})
+
+
+def prepare_dataset(cfg: DataConfig, *, base_url_override: str | None = None) -> pd.DataFrame:
+    """list_sources -> prepare_one for each (in order) -> write_manifest; return the manifest."""
+    sources = list_sources(cfg, base_url_override=base_url_override)
+    rows: list[dict[str, object]] = []
+    for i, src in enumerate(sources, 1):
+        rows += prepare_one(src, cfg)
+        log.info("prepare: %d/%d %s", i, len(sources), src.path)
+    write_manifest(rows, cfg)
+    return manifest_frame(rows)

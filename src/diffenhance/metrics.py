@@ -1,0 +1,202 @@
+"""Full-reference image quality metrics (PSNR, SSIM) with explicit, documented protocols.
+
+Both metrics go through torchmetrics and are computed per image, in float64, on images in
+[0, 1] (data range 1.0). Conventions follow the SR literature (BasicSR, MATLAB):
+
+* Y channel: BT.601 luma as MATLAB `rgb2ycbcr`, Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255
+  with R, G, B in [0, 1], so Y lies in [16/255, 235/255].
+* Border crop: `crop` pixels are removed from every side before computing (SR: the scale).
+* SSIM: Gaussian window 11x11, sigma 1.5, K1 = 0.01, K2 = 0.03, averaged over the windows
+  that lie entirely inside the (cropped) image - the 'valid' region of Wang et al.'s MATLAB
+  `ssim_index` and of BasicSR. torchmetrics itself averages a reflect-padded, full-size SSIM
+  map; we take its full map and drop the 5-pixel padded margin. RGB SSIM is the mean over
+  the three channels.
+
+Metrics are computed on the float values given; quantise to 8 bits first to reproduce
+numbers computed from PNG files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+
+from diffenhance.config import DegradeConfig
+
+PSNR_CAP_DB = 100.0  # mean_psnr caps each value here, so identical images (inf) stay finite
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+_SSIM_PAD = (SSIM_WINDOW - 1) // 2
+_Y_WEIGHTS = (65.481, 128.553, 24.966)
+
+
+def to_tensor(img: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """HxWx3 numpy (or 3xHxW / Nx3xHxW tensor) in [0, 1] -> Nx3xHxW float tensor.
+
+    uint8 numpy images are divided by 255; tensors are passed through (a batch dim is added).
+    """
+    if isinstance(img, torch.Tensor):
+        t = img
+        if t.ndim == 3:
+            t = t[None]
+    elif isinstance(img, np.ndarray):
+        a = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img
+        if a.ndim == 3:
+            a = a[None]
+        if a.ndim != 4 or a.shape[-1] not in (1, 3):
+            raise ValueError(f"numpy images must be HxWx3 (or NxHxWx3), got shape {img.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
+    else:
+        raise TypeError(f"expected a numpy array or torch tensor, got {type(img).__name__}")
+    if t.ndim != 4:
+        raise ValueError(f"tensors must be Nx3xHxW or 3xHxW, got shape {tuple(img.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"tensors must be float in [0, 1], got {t.dtype}")
+    return t
+
+
+def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
+    """[N,3,H,W] RGB in [0, 1] -> [N,1,H,W] BT.601 Y in [16/255, 235/255] (MATLAB rgb2ycbcr)."""
+    if img.ndim != 4 or img.shape[1] != 3:
+        raise ValueError(f"rgb_to_y expects [N,3,H,W], got {tuple(img.shape)}")
+    w = torch.tensor(_Y_WEIGHTS, dtype=img.dtype, device=img.device).view(1, 3, 1, 1)
+    return (16.0 + (img * w).sum(dim=1, keepdim=True)) / 255.0
+
+
+def _prepare(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    crop: int,
+    y_channel: bool,
+    min_side: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both images as float64 [N,C,H,W], cropped, optionally converted to Y."""
+    p, t = to_tensor(pred), to_tensor(target)
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target shapes differ: {tuple(p.shape)} vs {tuple(t.shape)}")
+    p, t = p.to(torch.float64), t.to(device=p.device, dtype=torch.float64)
+    if crop < 0:
+        raise ValueError(f"crop must be >= 0, got {crop}")
+    h, w = p.shape[-2:]
+    if h - 2 * crop < min_side or w - 2 * crop < min_side:
+        raise ValueError(
+            f"image {h}x{w} is too small for a {crop}-pixel border crop "
+            f"(need at least {min_side} px left on each side)"
+        )
+    if crop:
+        p, t = p[..., crop:-crop, crop:-crop], t[..., crop:-crop, crop:-crop]
+    if y_channel:
+        if p.shape[1] != 3:
+            raise ValueError("y_channel=True needs RGB images")
+        p, t = rgb_to_y(p), rgb_to_y(t)
+    return p, t
+
+
+def psnr(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    *,
+    crop: int = 0,
+    y_channel: bool = False,
+) -> torch.Tensor:
+    """Per-image PSNR in dB, float64 tensor [N]: 10 log10(1 / MSE), data range 1.0.
+
+    pred/target: [N,3,H,W] / [3,H,W] tensors or HxWx3 numpy, in [0, 1]. Identical images
+    give +inf (see `mean_psnr`).
+    """
+    p, t = _prepare(pred, target, crop, y_channel)
+    return peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
+
+
+def ssim(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    *,
+    crop: int = 0,
+    y_channel: bool = False,
+) -> torch.Tensor:
+    """Per-image SSIM, float64 tensor [N] (Gaussian window 11, sigma 1.5, data range 1.0,
+    mean over the 'valid' windows - see the module docstring). Needs >= 11 px after the crop."""
+    p, t = _prepare(pred, target, crop, y_channel, min_side=SSIM_WINDOW)
+    _, full = structural_similarity_index_measure(
+        p,
+        t,
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_WINDOW,
+        data_range=1.0,
+        reduction="none",
+        return_full_image=True,
+    )
+    pad = _SSIM_PAD
+    return full[..., pad:-pad, pad:-pad].flatten(1).mean(dim=1)
+
+
+def mean_psnr(values: Iterable[float] | torch.Tensor | np.ndarray) -> float:
+    """Mean PSNR in dB with each value capped at PSNR_CAP_DB = 100 dB (identical images give
+    +inf; 100 dB is an RMSE of 1e-5, far above any real restoration). Never NaN for valid input;
+    an empty input raises ValueError."""
+    v = np.asarray(
+        values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else list(values),
+        dtype=np.float64,
+    ).ravel()
+    if v.size == 0:
+        raise ValueError("mean_psnr of no values")
+    if np.isnan(v).any():
+        raise ValueError("mean_psnr: input contains NaN (check the images for NaN)")
+    return float(np.minimum(v, PSNR_CAP_DB).mean())
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One evaluation convention: colour space and border crop, data range [0, 1]."""
+
+    name: str  # 'rgb' or 'y'
+    y_channel: bool
+    crop: int
+
+    def describe(self) -> str:
+        space = "Y (BT.601, MATLAB rgb2ycbcr)" if self.y_channel else "RGB (mean over channels)"
+        border = f"{self.crop} px border crop" if self.crop else "no border crop"
+        return f"PSNR/SSIM on {space}, {border}, data range [0,1]"
+
+    def psnr(
+        self, pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor
+    ) -> torch.Tensor:
+        """Per-image PSNR [N] under this protocol."""
+        return psnr(pred, target, crop=self.crop, y_channel=self.y_channel)
+
+    def ssim(
+        self, pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor
+    ) -> torch.Tensor:
+        """Per-image SSIM [N] under this protocol."""
+        return ssim(pred, target, crop=self.crop, y_channel=self.y_channel)
+
+
+def protocol_for_task(task: str, cfg: DegradeConfig | None = None) -> list[Protocol]:
+    """The protocols reported for a task: RGB and Y, border crop = the task's scale for
+    sr2/sr4/blind (as BasicSR's `crop_border`), none for denoise/jpeg (or blind_scale 1)."""
+    from diffenhance.degrade import task_scale  # validates the task name
+
+    s = task_scale(task, cfg)
+    crop = s if s > 1 else 0  # = the scale for sr2/sr4/blind; 0 for same-size tasks
+    return [Protocol("rgb", False, crop), Protocol("y", True, crop)]
+
+
+__all__ = [
+    "PSNR_CAP_DB",
+    "Protocol",
+    "mean_psnr",
+    "protocol_for_task",
+    "psnr",
+    "rgb_to_y",
+    "ssim",
+    "to_tensor",
+]

@@ -1,0 +1,233 @@
+"""A `Restorer` is what a checkpoint describes: U-Net + noise schedule + task.
+
+Checkpoints are safetensors files whose metadata embeds the resolved model and diffusion
+config, the task and the training step, so a checkpoint loads without params.yaml. Loading
+never unpickles: safetensors for weights, `torch.load(weights_only=True)` for training state.
+
+    r = load_restorer("models/sr4")          # a directory (model.safetensors) or a file
+    hr = r.restore(lq, steps=8, generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from diffenhance.config import (
+    DegradeConfig,
+    DiffusionConfig,
+    ModelConfig,
+    section_from_dict,
+    to_dict,
+)
+from diffenhance.degrade import task_scale
+from diffenhance.diffusion import Schedule, from_model_range, sample, to_model_range
+from diffenhance.io import atomic_path
+from diffenhance.nn import UNet, build_unet
+
+FORMAT = "diffenhance-checkpoint-v1"
+WEIGHTS_NAME = "model.safetensors"  # EMA weights: what enhancement loads
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, not ours, or does not fit the model it is loaded into."""
+
+
+@dataclass
+class Restorer:
+    """A trained conditional diffusion model for one task."""
+
+    unet: UNet
+    schedule: Schedule
+    model_cfg: ModelConfig
+    diffusion_cfg: DiffusionConfig
+    task: str
+    scale: int
+    meta: dict[str, Any]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device: torch.device | str) -> Restorer:
+        self.unet.to(device)
+        self.schedule = self.schedule.to(device)
+        return self
+
+    def condition(self, lq: torch.Tensor) -> torch.Tensor:
+        """LQ [N,3,h,w] in [0,1] -> condition [N,3,h*s,w*s] in [-1,1] (bicubic upsampling)."""
+        if self.scale != 1:
+            lq = F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return to_model_range(lq.clamp(0, 1))
+
+    @torch.no_grad()
+    def restore(
+        self,
+        lq: torch.Tensor,
+        *,
+        steps: int = 8,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Restore a batch. lq: [N,3,h,w] float32 in [0,1] -> [N,3,h*scale,w*scale] in [0,1].
+
+        H and W after upscaling must be multiples of `unet.size_multiple` (infer.py pads).
+        x_T is drawn from `generator` (on its device, then moved), so the result is a pure
+        function of (weights, lq, generator seed, steps).
+        """
+        self.unet.eval()
+        cond = self.condition(lq.to(self.device, torch.float32))
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        x_t = torch.randn(cond.shape, generator=generator, device=gdev).to(self.device)
+        with torch.autocast(
+            self.device.type,
+            dtype=autocast_dtype or torch.bfloat16,
+            enabled=autocast_dtype is not None,
+        ):
+            x0 = sample(
+                sampler,
+                self.unet,
+                self.schedule,
+                x_t,
+                cond,
+                steps=steps,
+                eta=eta,
+                prediction=self.diffusion_cfg.prediction,
+                generator=generator,
+            )
+        return from_model_range(x0.float()).clamp(0, 1)
+
+
+def build_restorer(
+    model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, task: str, degrade_cfg: DegradeConfig
+) -> Restorer:
+    """A freshly initialised restorer for `task`."""
+    unet = build_unet(model_cfg, in_channels=6, out_channels=3)
+    return Restorer(
+        unet=unet,
+        schedule=Schedule.from_config(diffusion_cfg),
+        model_cfg=model_cfg,
+        diffusion_cfg=diffusion_cfg,
+        task=task,
+        scale=task_scale(task, degrade_cfg),
+        meta={},
+    )
+
+
+def checkpoint_metadata(r: Restorer, **extra: Any) -> dict[str, str]:
+    """The safetensors metadata that makes a checkpoint describe itself (all values str)."""
+    meta = {
+        "format": FORMAT,
+        "model": json.dumps(to_dict(r.model_cfg), sort_keys=True),
+        "diffusion": json.dumps(to_dict(r.diffusion_cfg), sort_keys=True),
+        "task": r.task,
+        "scale": str(r.scale),
+    }
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    return meta
+
+
+def save_weights(
+    path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, str]
+) -> Path:
+    """Write a safetensors checkpoint atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def _resolve(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / WEIGHTS_NAME
+    if not p.is_file():
+        raise CheckpointError(
+            f"{p}: no checkpoint here (expected a .safetensors file or a model dir)"
+        )
+    return p
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state_dict, metadata) of a safetensors checkpoint; CheckpointError if it is not ours."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = _resolve(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        tensors = load_file(str(p))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{p}: not a diffenhance checkpoint (metadata format={meta.get('format')!r})"
+        )
+    return tensors, meta
+
+
+def load_restorer(path: str | Path, device: str | torch.device = "cpu") -> Restorer:
+    """Load a checkpoint (file or model directory) into a Restorer, using only its metadata."""
+    tensors, meta = read_checkpoint(path)
+    p = _resolve(path)
+    model_cfg = section_from_dict(ModelConfig, json.loads(meta["model"]), source=str(p))
+    diff_cfg = section_from_dict(DiffusionConfig, json.loads(meta["diffusion"]), source=str(p))
+    unet = build_unet(model_cfg, in_channels=6, out_channels=3)
+    load_matching(unet, tensors, strict=True, source=str(p))
+    r = Restorer(
+        unet=unet,
+        schedule=Schedule.from_config(diff_cfg),
+        model_cfg=model_cfg,
+        diffusion_cfg=diff_cfg,
+        task=meta["task"],
+        scale=int(meta["scale"]),
+        meta=meta,
+    )
+    return r.to(device)
+
+
+def load_matching(
+    module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, strict: bool, source: str
+) -> list[str]:
+    """Load `tensors` into `module`.
+
+    strict: every tensor must exist with the same shape, else CheckpointError listing each
+    mismatch. Not strict: load what matches and return the names that were skipped (missing,
+    unexpected or of another shape) — e.g. fine-tuning across tasks with other input channels.
+    """
+    own = module.state_dict()
+    problems, skipped, loadable = [], [], {}
+    for name, t in tensors.items():
+        if name not in own:
+            problems.append(f"unexpected {name} {tuple(t.shape)}")
+            skipped.append(name)
+        elif own[name].shape != t.shape:
+            problems.append(
+                f"{name}: checkpoint {tuple(t.shape)} vs model {tuple(own[name].shape)}"
+            )
+            skipped.append(name)
+        else:
+            loadable[name] = t
+    for name in own:
+        if name not in tensors:
+            problems.append(f"missing {name} {tuple(own[name].shape)}")
+            skipped.append(name)
+    if strict and problems:
+        listing = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
+        raise CheckpointError(
+            f"{source}: {len(problems)} tensors do not fit the model:\n  {listing}\n"
+            "Set train.init_strict=false to load only the tensors that match."
+        )
+    module.load_state_dict(loadable, strict=False)
+    return skipped

@@ -1,0 +1,606 @@
+"""One small interface over local folders and ``s3://bucket/prefix`` URLs.
+
+    store = open_storage("s3://results/run-7", cfg.storage)  # or open_storage("results/published")
+    result = store.upload_dir("reports")  # skips files whose size and sha256 already match
+    store.download_dir("", "restored/")
+
+Keys are relative, '/'-separated and checked by `safe_key`: a hostile file or object name can
+never escape the storage root. Every upload stores the content's sha256 in the object metadata
+(``x-amz-meta-sha256``) and is verified afterwards (size + sha256), so unchanged files are skipped
+and a truncated upload raises instead of passing silently. Local writes are atomic (temp file +
+``os.replace``). Errors are `StorageError`s naming the endpoint host, the key and the cause, never
+the credentials; botocore's own DEBUG log records are redacted too. boto3 is imported lazily, so
+the library imports without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from diffenhance.config import StorageConfig
+
+log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+_TMP_PREFIX = ".diffenhance-tmp-"
+
+
+class StorageError(Exception):
+    """A storage operation failed; the message says where, why and what to check."""
+
+
+class UnsafeKeyError(StorageError):
+    """A key or file name would escape the storage root or is not a plain relative path."""
+
+
+class ObjectNotFoundError(StorageError):
+    """The key does not exist."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the storage root
+    size: int
+    etag: str | None  # S3 ETag without quotes (multipart ones end in "-N"); None locally
+    sha256: str | None  # content sha256 when known (our metadata / local file); None in listings
+    mtime: datetime  # UTC
+
+
+@dataclass
+class SyncResult:
+    transferred: int = 0  # files uploaded / downloaded
+    skipped: int = 0  # files left alone because size and sha256 matched
+    bytes: int = 0  # bytes transferred
+    keys: list[str] = field(default_factory=list)  # keys transferred
+    skipped_keys: list[str] = field(default_factory=list)
+
+    def add(self, key: str, size: int) -> None:
+        self.transferred, self.bytes = self.transferred + 1, self.bytes + size
+        self.keys.append(key)
+
+    def skip(self, key: str) -> None:
+        self.skipped += 1
+        self.skipped_keys.append(key)
+
+    def __str__(self) -> str:
+        return f"{self.transferred} files ({self.bytes} bytes) sent, {self.skipped} unchanged"
+
+
+def _check_parts(path: str, *, allow_empty: bool) -> list[str]:
+    def bad(why: str) -> UnsafeKeyError:
+        return UnsafeKeyError(
+            f"unsafe key {path!r}: {why}; keys must be relative '/'-separated paths "
+            "inside the storage root"
+        )
+
+    if not isinstance(path, str):
+        raise bad(f"expected a str, got {type(path).__name__}")
+    if path == "":
+        if allow_empty:
+            return []
+        raise bad("empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise bad("contains NUL or a control character")
+    if "\\" in path:
+        raise bad("contains a backslash")
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        raise bad("is absolute")
+    parts = path.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise bad(f"has a {part!r} component" if part else "has an empty component")
+    return parts
+
+
+def safe_key(prefix: str, relpath: str) -> str:
+    """Join `relpath` under `prefix` ('/'-separated), refusing anything that could escape it.
+
+    Refused, with `UnsafeKeyError` naming the path: '..' or '.' components, absolute paths,
+    backslashes, empty components ('a//b', a trailing '/'), NUL and control characters.
+    An empty `prefix` means the storage root.
+    """
+    head = _check_parts(prefix.rstrip("/"), allow_empty=True)
+    tail = _check_parts(relpath, allow_empty=False)
+    return "/".join(head + tail)
+
+
+def _dir_prefix(prefix: str) -> str:
+    """A listing prefix: '' or 'a/b/' (validated)."""
+    parts = _check_parts(prefix.rstrip("/"), allow_empty=True)
+    return "/".join(parts) + "/" if parts else ""
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(MiB), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _local_files(local_dir: Path) -> Iterator[tuple[str, Path]]:
+    for dirpath, dirnames, filenames in os.walk(local_dir):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if not name.startswith(_TMP_PREFIX):
+                path = Path(dirpath, name)
+                yield path.relative_to(local_dir).as_posix(), path
+
+
+def _same_content(remote: ObjectInfo | None, path: Path) -> bool:
+    """Does local `path` hold `remote`'s content? sha256 metadata, else a single-part MD5 ETag."""
+    if remote is None or remote.size != path.stat().st_size:
+        return False
+    if remote.sha256:
+        return remote.sha256 == _sha256_file(path)
+    etag = remote.etag or "-"
+    return "-" not in etag and etag == hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@contextmanager
+def _atomic_target(path: Path) -> Iterator[tuple[Any, Path]]:
+    """Yield (open temp file, its path) beside `path`; on success it replaces `path` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f, Path(tmp)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Storage(ABC):
+    """Common interface; keys are relative to the root given to `open_storage`."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object under the folder `prefix` ('' = all), paginating as needed."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size, etag, sha256 and mtime of `key`, or None when it does not exist."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """The content of `key` (verified against its stored sha256 when there is one)."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Store `data` at `key` (atomic, verified)."""
+
+    @abstractmethod
+    def upload_file(
+        self, local_path: str | os.PathLike, key: str, *, checksum: str | None = None
+    ) -> None:
+        """Copy a local file to `key`; `checksum` is its sha256 hex if already known."""
+
+    @abstractmethod
+    def download_file(self, key: str, local_path: str | os.PathLike) -> None:
+        """Copy `key` to a local file atomically (temp file + os.replace), verifying sha256."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key`; no error when it does not exist."""
+
+    @abstractmethod
+    def url_for(self, key: str = "") -> str:
+        """A display URL or path for `key`, never containing credentials."""
+
+    def exists(self, key: str) -> bool:
+        """True when `key` exists."""
+        return self.stat(key) is not None
+
+    def checksum(self, key: str) -> str | None:
+        """sha256 hex of `key`'s content; None for an S3 object written without our metadata."""
+        info = self.stat(key)
+        if info is None:
+            raise ObjectNotFoundError(f"{self.url_for(key)} does not exist")
+        return info.sha256
+
+    def upload_dir(
+        self, local_dir: str | os.PathLike, key_prefix: str = "", *, skip_unchanged: bool = True
+    ) -> SyncResult:
+        """Upload every file under `local_dir` to `key_prefix/<relative path>`.
+
+        With `skip_unchanged`, files whose size and sha256 match the stored object are skipped.
+        """
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise StorageError(f"upload_dir: {root} is not a directory")
+        _dir_prefix(key_prefix)  # refuse a bad prefix even for an empty folder
+        result = SyncResult()
+        for rel, path in _local_files(root):
+            key = safe_key(key_prefix, rel)
+            size, sha = path.stat().st_size, _sha256_file(path)
+            remote = self.stat(key) if skip_unchanged else None
+            if remote is not None and remote.size == size and remote.sha256 == sha:
+                result.skip(key)
+                continue
+            self.upload_file(path, key, checksum=sha)
+            result.add(key, size)
+        log.info("upload_dir %s -> %s: %s", root, self.url_for(key_prefix), result)
+        return result
+
+    def download_dir(
+        self, key_prefix: str, local_dir: str | os.PathLike, *, skip_unchanged: bool = True
+    ) -> SyncResult:
+        """Download every object under `key_prefix` into `local_dir`, keeping relative paths.
+
+        Object names are checked like keys, so a hostile name ('../x') raises `UnsafeKeyError`
+        before anything is written. With `skip_unchanged`, local files whose size and sha256
+        match are left alone.
+        """
+        root = Path(local_dir)
+        base = _dir_prefix(key_prefix)
+        plan = [
+            (obj, root.joinpath(*_check_parts(obj.key[len(base) :], allow_empty=False)))
+            for obj in self.list(base)
+        ]
+        result = SyncResult()
+        for obj, path in plan:
+            size_matches = path.is_file() and path.stat().st_size == obj.size
+            if skip_unchanged and size_matches and _same_content(self.stat(obj.key), path):
+                result.skip(obj.key)
+                continue
+            self.download_file(obj.key, path)
+            result.add(obj.key, obj.size)
+        log.info("download_dir %s -> %s: %s", self.url_for(key_prefix), root, result)
+        return result
+
+
+class LocalStorage(Storage):
+    """A folder on the local filesystem, with the same semantics as `S3Storage`."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).absolute()
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*_check_parts(key, allow_empty=False))
+
+    @contextmanager
+    def _errors(self, what: str, key: str) -> Iterator[None]:
+        try:
+            yield
+        except StorageError:
+            raise
+        except FileNotFoundError as e:
+            raise ObjectNotFoundError(
+                f"{what} {self.url_for(key)}: not found ({e.strerror})"
+            ) from None
+        except OSError as e:
+            raise StorageError(f"{what} {self.url_for(key)} failed: {e}") from e
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = _dir_prefix(prefix)
+        start = self.root.joinpath(*base.split("/")[:-1]) if base else self.root
+        if not start.is_dir():
+            return
+        for rel, path in _local_files(start):
+            st = path.stat()
+            yield ObjectInfo(
+                base + rel, st.st_size, None, None, datetime.fromtimestamp(st.st_mtime, UTC)
+            )
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        with self._errors("stat", key):
+            st = path.stat()
+            return ObjectInfo(
+                key, st.st_size, None, _sha256_file(path), datetime.fromtimestamp(st.st_mtime, UTC)
+            )
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._errors("read", key):
+            return self._path(key).read_bytes()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        with self._errors("write", key), _atomic_target(path) as (f, _):
+            f.write(data)
+
+    def upload_file(
+        self, local_path: str | os.PathLike, key: str, *, checksum: str | None = None
+    ) -> None:
+        path = self._path(key)
+        with self._errors("upload to", key):
+            h = hashlib.sha256()
+            with open(local_path, "rb") as src, _atomic_target(path) as (f, _):
+                for block in iter(lambda: src.read(MiB), b""):
+                    h.update(block)
+                    f.write(block)
+                if checksum is not None and h.hexdigest() != checksum:
+                    raise StorageError(
+                        f"upload of {local_path} to {self.url_for(key)}: content sha256 "
+                        f"{h.hexdigest()} differs from the given checksum {checksum} "
+                        "(file changed while uploading?)"
+                    )
+
+    def download_file(self, key: str, local_path: str | os.PathLike) -> None:
+        src = self._path(key)
+        with (
+            self._errors("download", key),
+            open(src, "rb") as fin,
+            _atomic_target(Path(local_path)) as (f, _),
+        ):
+            for block in iter(lambda: fin.read(MiB), b""):
+                f.write(block)
+
+    def delete(self, key: str) -> None:
+        with self._errors("delete", key):
+            self._path(key).unlink(missing_ok=True)
+
+    def url_for(self, key: str = "") -> str:
+        return str(self.root / key) if key else str(self.root)
+
+
+# --------------------------------------------------------------------------------- S3
+
+
+class _Redactor(logging.Filter):
+    """Replaces known secrets in log records of boto3/botocore/s3transfer/urllib3 loggers."""
+
+    PREFIXES = ("botocore", "boto3", "s3transfer", "urllib3")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def scrub(self, text: str) -> str:
+        for s in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(s, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            msg = record.getMessage()
+            if record.exc_info and record.exc_info[0] is not None:
+                msg += "\n" + logging.Formatter().formatException(record.exc_info)
+            if any(s in msg for s in self.secrets):
+                record.msg, record.args = self.scrub(msg), None
+                record.exc_info, record.exc_text = None, None
+        return True
+
+    def guard(self) -> None:
+        """Attach to every library logger created so far (filters are not inherited)."""
+        names = [n for n in logging.Logger.manager.loggerDict if n.startswith(self.PREFIXES)]
+        for name in {*names, *self.PREFIXES}:
+            lg = logging.getLogger(name)
+            if self not in lg.filters:
+                lg.addFilter(self)
+
+
+_REDACTOR = _Redactor()
+
+
+def _s3_info(key: str, size: int, r: dict, sha256: str | None) -> ObjectInfo:
+    return ObjectInfo(key, size, r.get("ETag", "").strip('"') or None, sha256, r["LastModified"])
+
+
+def _make_client(cfg: StorageConfig) -> Any:
+    """An S3 client from the standard credential chain, `cfg`'s endpoint, retries and timeouts."""
+    try:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
+    except ImportError as e:  # pragma: no cover - boto3 is a dependency of the pipeline extra
+        raise StorageError("s3:// storage needs boto3: pip install boto3") from e
+    config = Config(
+        s3={"addressing_style": cfg.addressing_style},
+        signature_version="s3v4",
+        retries={"mode": "standard", "total_max_attempts": cfg.max_attempts},
+        connect_timeout=cfg.connect_timeout_s,
+        read_timeout=cfg.read_timeout_s,
+    )
+    try:
+        session = boto3.session.Session(region_name=cfg.region)
+        creds = session.get_credentials()
+        if creds is not None:
+            frozen = creds.get_frozen_credentials()
+            _REDACTOR.secrets.update(
+                s for s in (frozen.access_key, frozen.secret_key, frozen.token) if s
+            )
+        _REDACTOR.guard()
+        return session.client("s3", endpoint_url=cfg.endpoint_url or None, config=config)
+    except (BotoCoreError, ValueError) as e:
+        where = urlsplit(cfg.endpoint_url or "").netloc.rpartition("@")[2] or "the default endpoint"
+        msg = f"cannot set up an S3 client for {where}: {type(e).__name__}: {e}"
+        raise StorageError(
+            _REDACTOR.scrub(msg) + "; check AWS_PROFILE, ~/.aws and storage.endpoint_url"
+        ) from None
+
+
+class S3Storage(Storage):
+    """Objects under ``s3://bucket/prefix`` on AWS or an S3-compatible server."""
+
+    def __init__(
+        self, bucket: str, prefix: str, client: Any, cfg: StorageConfig | None = None
+    ) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        self.bucket = bucket
+        self.prefix = "/".join(_check_parts(prefix.strip("/"), allow_empty=True))
+        self.client = client
+        self.cfg = cfg or StorageConfig()
+        part = self.cfg.multipart_threshold_mb * MiB
+        self.transfer = TransferConfig(multipart_threshold=part, multipart_chunksize=part)
+        self.host = urlsplit(client.meta.endpoint_url).netloc.rpartition("@")[2]
+
+    def _full(self, key: str) -> str:
+        return safe_key(self.prefix, key)
+
+    def url_for(self, key: str = "") -> str:
+        path = "/".join(p for p in (self.prefix, key) if p)
+        return f"s3://{self.bucket}/{path}"
+
+    @contextmanager
+    def _errors(self, what: str, key: str) -> Iterator[None]:
+        """Map botocore/boto3 exceptions to StorageError naming host, key and cause."""
+        from boto3.exceptions import Boto3Error
+        from botocore import exceptions as bex
+
+        _REDACTOR.guard()
+        try:
+            yield
+        except StorageError:
+            raise
+        except (bex.BotoCoreError, bex.ClientError, Boto3Error) as exc:
+            e = exc.__context__ if isinstance(exc, Boto3Error) and exc.__context__ else exc
+            where = f"{what} {self.url_for(key)} via {self.host}"
+            hint, cls = "", StorageError
+            if isinstance(e, bex.ClientError):
+                err = e.response.get("Error", {})
+                code = str(err.get("Code", "?"))
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                cause = f"{code} (HTTP {status}): {err.get('Message', '')}".rstrip(": ")
+                if code in ("404", "NoSuchKey", "NotFound"):
+                    cls = ObjectNotFoundError
+                elif code == "NoSuchBucket":
+                    hint = f"; bucket {self.bucket!r} does not exist on {self.host}"
+                elif status == 403 or code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                    hint = "; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            else:
+                cause = f"{type(e).__name__}: {e}"
+                if isinstance(e, bex.NoCredentialsError):
+                    hint = "; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+                elif isinstance(e, bex.ReadTimeoutError):
+                    hint = (
+                        f" (after {self.cfg.max_attempts} attempts); the server accepted the "
+                        f"connection but sent no answer within {self.cfg.read_timeout_s} s"
+                    )
+                elif isinstance(e, (bex.EndpointConnectionError, bex.ConnectTimeoutError)):
+                    hint = (
+                        f" (after {self.cfg.max_attempts} attempts); is the server running? "
+                        "check storage.endpoint_url / AWS_ENDPOINT_URL_S3"
+                    )
+            raise cls(_REDACTOR.scrub(f"{where} failed: {cause}{hint}")) from None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self.prefix + "/" if self.prefix else ""
+        full = base + _dir_prefix(prefix)
+        with self._errors("list", prefix):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            for page in pages:
+                for o in page.get("Contents", []):
+                    if not o["Key"].endswith("/"):
+                        yield _s3_info(o["Key"][len(base) :], o["Size"], o, None)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        full = self._full(key)
+        try:
+            with self._errors("stat", key):
+                r = self.client.head_object(Bucket=self.bucket, Key=full)
+        except ObjectNotFoundError:
+            return None
+        return _s3_info(key, r["ContentLength"], r, r.get("Metadata", {}).get("sha256"))
+
+    def read_bytes(self, key: str) -> bytes:
+        full = self._full(key)
+        with self._errors("read", key):
+            r = self.client.get_object(Bucket=self.bucket, Key=full)
+            data = r["Body"].read()
+        want = r.get("Metadata", {}).get("sha256")
+        if want and hashlib.sha256(data).hexdigest() != want:
+            raise StorageError(
+                f"read {self.url_for(key)} via {self.host}: content does not match its sha256"
+            )
+        return data
+
+    def _put(self, key: str, source: bytes | Path, sha: str) -> None:
+        """Upload through the transfer manager (multipart above the threshold), then verify."""
+        full, extra = self._full(key), {"Metadata": {"sha256": sha}}
+        with self._errors("upload", key):
+            if isinstance(source, bytes):
+                self.client.upload_fileobj(
+                    io.BytesIO(source), self.bucket, full, ExtraArgs=extra, Config=self.transfer
+                )
+            else:
+                self.client.upload_file(
+                    str(source), self.bucket, full, ExtraArgs=extra, Config=self.transfer
+                )
+        size = len(source) if isinstance(source, bytes) else source.stat().st_size
+        info = self.stat(key)
+        if info is None or info.size != size or info.sha256 != sha:
+            got = "nothing" if info is None else f"size {info.size}, sha256 {info.sha256}"
+            raise StorageError(
+                f"upload of {self.url_for(key)} via {self.host} not verified: "
+                f"expected size {size}, sha256 {sha}; server has {got}"
+            )
+        log.debug("uploaded %s (%d bytes)", self.url_for(key), size)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._put(key, bytes(data), hashlib.sha256(data).hexdigest())
+
+    def upload_file(
+        self, local_path: str | os.PathLike, key: str, *, checksum: str | None = None
+    ) -> None:
+        path = Path(local_path)
+        if not path.is_file():
+            raise StorageError(f"upload to {self.url_for(key)}: {path} is not a file")
+        self._put(key, path, checksum or _sha256_file(path))
+
+    def download_file(self, key: str, local_path: str | os.PathLike) -> None:
+        info = self.stat(key)
+        if info is None:
+            raise ObjectNotFoundError(f"download {self.url_for(key)} via {self.host}: no such key")
+        full = self._full(key)
+        with self._errors("download", key), _atomic_target(Path(local_path)) as (f, tmp):
+            self.client.download_fileobj(self.bucket, full, f, Config=self.transfer)
+            f.flush()
+            got = _sha256_file(tmp)
+            if info.sha256 and got != info.sha256:
+                raise StorageError(
+                    f"download {self.url_for(key)} via {self.host}: content sha256 "
+                    f"{got} does not match the stored {info.sha256}"
+                )
+
+    def delete(self, key: str) -> None:
+        full = self._full(key)
+        with self._errors("delete", key):
+            self.client.delete_object(Bucket=self.bucket, Key=full)
+
+
+def open_storage(url: str, cfg: StorageConfig | None = None) -> Storage:
+    """`LocalStorage` for a path (or file:// URL), `S3Storage` for ``s3://bucket/prefix``.
+
+    S3 credentials come from the standard chain (environment, AWS_PROFILE, ~/.aws); the endpoint
+    from `cfg.endpoint_url`, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS.
+    """
+    cfg = cfg or StorageConfig()
+    if "://" not in url:
+        return LocalStorage(url)
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        return LocalStorage(parts.path)
+    if scheme != "s3":
+        raise StorageError(
+            f"unsupported storage URL scheme {scheme!r}: use a local path or s3://bucket/prefix"
+        )
+    if "@" in parts.netloc or ":" in parts.netloc:
+        raise StorageError(
+            "s3:// URLs must not contain credentials or a port: put credentials in "
+            "the environment / AWS_PROFILE and the endpoint in storage.endpoint_url"
+        )
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{2,62}", parts.netloc):
+        raise StorageError(f"invalid bucket name {parts.netloc!r}: expected s3://bucket/prefix")
+    return S3Storage(parts.netloc, parts.path, _make_client(cfg), cfg)

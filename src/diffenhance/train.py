@@ -1,0 +1,419 @@
+"""Training loop of the conditional diffusion restorer (the `train` stage).
+
+AdamW with linear warm-up then cosine decay, gradient clipping and accumulation, EMA, bf16
+autocast on CUDA (fp32 on CPU), channels_last, optional torch.compile, DDP under torchrun.
+Training pairs are synthesised on the fly (`SynthPairs`) with the same `degrade.py` functions
+as the validation pairs, each sample seeded by its global index, so data is identical whatever
+the number of DataLoader workers and whether or not the run was resumed.
+
+Outputs in `<train.out_dir>/<task>/`: `model.safetensors` (EMA weights, config embedded),
+`raw.safetensors`, `state/state-<step>.pt` (exact-resume state, last `keep_last`),
+`train_log.csv`, `samples/step-<step>.png`, `params.resolved.yaml`.
+
+Multi-GPU: `torchrun --nproc_per_node=N -m diffenhance.train [section.key=value ...]`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from diffenhance.config import Config, load_config, write_resolved
+from diffenhance.data.pairs import load_pairs
+from diffenhance.degrade import degrade_for_task, pair_seed
+from diffenhance.diffusion import to_model_range, training_loss
+from diffenhance.io import atomic_path, read_image, write_image
+from diffenhance.metrics import psnr, ssim
+from diffenhance.model import (
+    Restorer,
+    build_restorer,
+    checkpoint_metadata,
+    load_matching,
+    read_checkpoint,
+    save_weights,
+)
+
+LOG = logging.getLogger("diffenhance.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class SynthPairs(Dataset):
+    """Index k -> (hr [3,H,W], lq [3,H/s,W/s]) float32 in [0,1], synthesised from seed and k.
+
+    A random HR training crop of `crop` pixels, a random flip/rotation, then the task's
+    degradation, all drawn from `np.random.default_rng(pair_seed(seed, "train", task, k))`.
+    """
+
+    def __init__(self, files: list[Path], task: str, crop: int, cfg: Config, seed: int):
+        if not files:
+            raise ValueError("no training images: the manifest has no split == 'train' crops")
+        self.files, self.task, self.crop, self.cfg, self.seed = files, task, crop, cfg, seed
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng(pair_seed(self.seed, "train", self.task, int(k)))
+        img = read_image(self.files[int(rng.integers(len(self.files)))])
+        h, w = img.shape[:2]
+        c = min(self.crop, h, w)
+        top, left = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+        hr = img[top : top + c, left : left + c]
+        if c < self.crop:  # small source: reflect-pad up to the crop size
+            pad = self.crop - c
+            hr = np.pad(hr, ((0, pad), (0, pad), (0, 0)), mode="reflect")
+        hr = np.rot90(hr, int(rng.integers(4)))
+        if rng.random() < 0.5:
+            hr = hr[:, ::-1]
+        hr = np.ascontiguousarray(hr, dtype=np.float32)
+        lq = degrade_for_task(hr, self.task, rng, self.cfg.degrade, validation=False)
+        to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)  # noqa: E731
+        return to_t(hr), to_t(lq)
+
+
+class IndexSampler(Sampler[int]):
+    """Global sample indices for one rank, from micro-batch `start` on, forever.
+
+    Micro-batch m of rank r holds indices (m * world + r) * B + j, j < B: disjoint across
+    ranks, and a resumed run continues exactly where the interrupted one stopped.
+    """
+
+    def __init__(self, batch: int, start: int, rank: int = 0, world: int = 1):
+        self.batch, self.start, self.rank, self.world = batch, start, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        m = self.start
+        while True:
+            base = (m * self.world + self.rank) * self.batch
+            yield from range(base, base + self.batch)
+            m += 1
+
+    def __len__(self) -> int:  # pragma: no cover - infinite
+        return 2**62
+
+
+def train_files(cfg: Config) -> list[Path]:
+    prepared = Path(cfg.data.prepared_dir)
+    manifest = prepared / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: run the `prepare` stage first (dvc repro prepare)")
+    df = pd.read_csv(manifest)
+    return [prepared / p for p in sorted(df.loc[df["split"] == "train", "crop_path"])]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but CUDA is not available; use auto or cpu")
+    return dev
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to 10% of `lr` at `steps`."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, cfg: Config) -> None:
+    """EMA with warm-up: decay ramps linearly from 0 to `ema_decay` over `ema_warmup_steps`."""
+    decay = cfg.train.ema_decay * min(1.0, step / max(1, cfg.train.ema_warmup_steps))
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def resume_digest(cfg: Config) -> str:
+    """What must match for a saved state to be resumed: data, degradations, model, optimisation."""
+    t = replace(
+        cfg.train, val_every=1, val_images=1, val_steps=1, ckpt_every=1, keep_last=1,
+        log_every=1, num_workers=0, device="auto", compile=False, tasks=(),
+    )  # fmt: skip
+    return replace(cfg, train=t).digest("data", "degrade", "model", "diffusion", "train")
+
+
+def _states(state_dir: Path) -> list[Path]:
+    return sorted(state_dir.glob("state-*.pt"))
+
+
+def save_state(state_dir: Path, step: int, payload: dict, keep_last: int) -> Path:
+    """Atomically write state-<step>.pt, then delete all but the newest `keep_last`."""
+    path = state_dir / f"state-{step:08d}.pt"
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    for old in _states(state_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest_state(state_dir: Path, digest: str) -> dict | None:
+    """The newest state saved with the same config digest (weights_only loading), else None."""
+    for path in reversed(_states(state_dir)):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("digest") == digest:
+            return state
+        LOG.warning("%s was saved with other params; not resuming from it", path)
+        return None
+    return None
+
+
+def pad_lq(lq: torch.Tensor, scale: int, multiple: int) -> tuple[torch.Tensor, int, int]:
+    """Reflect-pad LQ so that its upscaled size is a multiple of `multiple`."""
+    q = multiple // math.gcd(multiple, scale)
+    h, w = lq.shape[-2:]
+    ph, pw = (-h) % q, (-w) % q
+    if ph or pw:
+        lq = torch.nn.functional.pad(lq, (0, pw, 0, ph), mode="replicate")
+    return lq, h * scale, w * scale
+
+
+@torch.no_grad()
+def validate(r: Restorer, cfg: Config, out_dir: Path, step: int) -> dict[str, float]:
+    """Few-step DDIM on the first `val_images` fixed pairs: mean PSNR/SSIM (RGB) and a grid PNG."""
+    pairs = load_pairs(Path(cfg.degrade.out_dir) / r.task, limit=cfg.train.val_images)
+    outs, hrs, conds = [], [], []
+    for i, p in enumerate(pairs):
+        lq = torch.from_numpy(p.lq).permute(2, 0, 1)[None]
+        lq_pad, H, W = pad_lq(lq, r.scale, r.unet.size_multiple)
+        g = torch.Generator().manual_seed(cfg.train.seed + i)
+        out = r.restore(lq_pad, steps=cfg.train.val_steps, generator=g)[..., :H, :W].cpu()
+        outs.append(out)
+        hrs.append(torch.from_numpy(p.hr).permute(2, 0, 1)[None])
+        conds.append(((r.condition(lq_pad.to(r.device)) + 1) / 2)[..., :H, :W].cpu())
+    crop = r.scale if r.scale > 1 else 0
+    vp = [
+        float(psnr(o, h, crop=crop).clamp(max=100).mean()) for o, h in zip(outs, hrs, strict=True)
+    ]
+    vs = [float(ssim(o, h, crop=crop).mean()) for o, h in zip(outs, hrs, strict=True)]
+    rows = [torch.cat([c[0], o[0], h[0]], dim=2) for c, o, h in zip(conds, outs, hrs, strict=True)]
+    if rows and len({tuple(x.shape) for x in rows}) == 1:
+        grid = torch.cat(rows, dim=1).permute(1, 2, 0).numpy()
+        write_image(out_dir / "samples" / f"step-{step:08d}.png", grid)
+    return {"val_psnr": float(np.mean(vp)), "val_ssim": float(np.mean(vs))}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path:
+    """Train (or resume training) the model for `task`; returns the output directory.
+
+    `stop_after` ends the run after that many total steps, as a crash would (used by tests).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = resolve_device(cfg.train.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    t = cfg.train
+    out_dir = Path(t.out_dir) / task
+    out_dir.mkdir(parents=True, exist_ok=True)
+    main = rank == 0
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    torch.manual_seed(pair_seed(t.seed, "init", task))  # weights init and dropout
+    r = build_restorer(cfg.model, cfg.diffusion, task, cfg.degrade)
+    if t.crop_size % (r.scale * r.unet.size_multiple // math.gcd(r.scale, r.unet.size_multiple)):
+        raise ValueError(
+            f"train.crop_size={t.crop_size} must be a multiple of the task scale ({r.scale}) "
+            f"and of the network's size multiple ({r.unet.size_multiple})"
+        )
+    if t.init_from:
+        tensors, _ = read_checkpoint(t.init_from)
+        skipped = load_matching(r.unet, tensors, strict=t.init_strict, source=t.init_from)
+        if main and skipped:
+            LOG.warning(
+                "init_from %s: %d tensors not loaded: %s", t.init_from, len(skipped), skipped[:8]
+            )
+    model = r.unet.to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    r.schedule = r.schedule.to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    gen = torch.Generator().manual_seed(pair_seed(t.seed, "noise", task, rank))
+    digest = resume_digest(cfg)
+    step, log_rows = 0, []
+    state = load_latest_state(out_dir / "state", digest)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"][rank] if world > 1 else state["gen"][0])
+        torch.set_rng_state(state["torch_rng"])
+        step = int(state["step"])
+        if main:
+            LOG.info("%s: resuming from step %d", task, step)
+    log_csv = out_dir / "train_log.csv"
+    if step and log_csv.is_file():
+        log_rows = pd.read_csv(log_csv).query("step <= @step").to_dict("records")
+    if main:
+        write_resolved(cfg, out_dir)
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if t.compile:
+        net = torch.compile(net)
+    data = SynthPairs(train_files(cfg), task, t.crop_size, cfg, t.seed)
+    loader = DataLoader(
+        data,
+        batch_size=t.batch_size,
+        sampler=IndexSampler(t.batch_size, step * t.accum_steps, rank, world),
+        num_workers=t.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=t.num_workers > 0,
+    )
+    batches = iter(loader)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    mf = torch.channels_last if t.channels_last else torch.contiguous_format
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=t.steps, initial=step, desc=f"train {task}", disable=not main, mininterval=2)
+    acc_loss, acc_n, t0, images = 0.0, 0, time.perf_counter(), 0
+    end = t.steps if stop_after is None else min(t.steps, stop_after)
+    while step < end:
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        for _ in range(t.accum_steps):
+            hr, lq = next(batches)
+            x0 = to_model_range(hr.to(device, non_blocking=True)).contiguous(memory_format=mf)
+            cond = r.condition(lq.to(device, non_blocking=True)).contiguous(memory_format=mf)
+            with autocast:
+                loss, _ = training_loss(
+                    net, r.schedule, x0, cond, prediction=cfg.diffusion.prediction,
+                    loss=cfg.diffusion.loss, min_snr_gamma=cfg.diffusion.min_snr_gamma,
+                    generator=gen,
+                )  # fmt: skip
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"{task}: loss is {value} at step {step + 1} (lr {lr:.3g}); lower train.lr, "
+                    f"raise train.warmup_steps or check the data; last good state in {out_dir / 'state'}"
+                )
+            (loss / t.accum_steps).backward()
+            acc_loss += value
+            acc_n += 1
+            images += hr.shape[0] * world
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        ema_update(ema, model, step, cfg)
+        bar.update(1)
+        if step % t.ckpt_every == 0 or step == t.steps:
+            _checkpoint(r, model, ema, opt, gen, step, digest, cfg, out_dir, world, main)
+        if not main:
+            continue
+        row = None
+        if step % t.log_every == 0 or step == t.steps or step % t.val_every == 0:
+            elapsed = time.perf_counter() - t0
+            row = {
+                "step": step,
+                "loss": acc_loss / max(1, acc_n),
+                "lr": lr,
+                "images_per_s": images / elapsed if elapsed > 0 else float("nan"),
+                "val_psnr": float("nan"),
+                "val_ssim": float("nan"),
+            }
+            acc_loss, acc_n, images, t0 = 0.0, 0, 0, time.perf_counter()
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+        if step % t.val_every == 0 or step == t.steps:
+            ema_r = replace(r, unet=ema)
+            row.update(validate(ema_r, cfg, out_dir, step))
+            LOG.info(
+                "%s step %d: val PSNR %.2f dB SSIM %.4f",
+                task,
+                step,
+                row["val_psnr"],
+                row["val_ssim"],
+            )
+        if row is not None:
+            log_rows.append(row)
+            with atomic_path(log_csv) as tmp:
+                pd.DataFrame(log_rows).to_csv(tmp, index=False)
+    bar.close()
+    if world > 1:
+        dist.barrier()
+    return out_dir
+
+
+def _checkpoint(r, model, ema, opt, gen, step, digest, cfg, out_dir, world, main) -> None:
+    """Save the resume state and the weights (rank 0 writes; all ranks share their RNG)."""
+    gens = [gen.get_state()]
+    if world > 1:  # every rank's noise generator, so a resumed DDP run is exact too
+        gathered = [None] * world
+        dist.all_gather_object(gathered, gen.get_state())
+        gens = gathered
+    if not main:
+        return
+    payload = {
+        "step": step,
+        "digest": digest,
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "opt": opt.state_dict(),
+        "gen": gens,
+        "torch_rng": torch.get_rng_state(),
+    }
+    save_state(out_dir / "state", step, payload, cfg.train.keep_last)
+    meta = checkpoint_metadata(r, step=step, config_digest=digest)
+    save_weights(out_dir / "model.safetensors", ema.state_dict(), meta)
+    save_weights(out_dir / "raw.safetensors", model.state_dict(), meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m diffenhance.train` / `torchrun ... -m diffenhance.train` entry point."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Train the restorer for each task in train.tasks.")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = load_config(args.params, args.overrides)
+    for task in cfg.train.tasks:
+        train_task(cfg, task)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Session-wide test plumbing: quiet offline Prefect, one Prefect test server, repo paths."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytest_plugins = ["tests.conftest_s3"]  # the real S3 server fixtures
+
+# Offline and quiet before anything imports prefect (see ../shared/STACK-NOTES.md).
+_PREFECT_HOME = tempfile.mkdtemp(prefix="diffenhance-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+os.environ.pop("PREFECT_API_URL", None)  # never talk to a developer's real server
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One real Prefect server for the whole session (prefect_test_harness).
+
+    Also exported as PREFECT_API_URL so that subprocesses (flows run by `dvc repro`) report
+    to the same server instead of each starting a temporary one.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        url = PREFECT_API_URL.value()
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)

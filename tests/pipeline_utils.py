@@ -1,0 +1,75 @@
+"""Helpers to run the real pipeline (`dvc repro`, flows) in a throwaway copy of the repo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the working tree's tracked and untracked-not-ignored files into a new git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for f in files:
+        if not f:
+            continue
+        src = REPO / f.decode()
+        if not src.is_file():
+            continue
+        out = dest / f.decode()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, out)
+    git(dest, "init", "-q")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "test copy")
+    return dest
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True, env=env
+    ).stdout
+
+
+def set_params(repo: Path, updates: dict[str, dict]) -> None:
+    """Merge `updates` ({section: {key: value}}) into the copy's params.yaml."""
+    p = repo / "params.yaml"
+    raw = yaml.safe_load(p.read_text())
+    for section, kv in updates.items():
+        raw.setdefault(section, {}).update(kv)
+    p.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def run(repo: Path, *cmd: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command in the copy with the venv first on PATH; raise with its output on failure."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["DVC_NO_ANALYTICS"] = "1"
+    proc = subprocess.run(
+        list(cmd), cwd=repo, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
+            f"\n--- stderr\n{proc.stderr[-4000:]}"
+        )
+    return proc

@@ -1,0 +1,197 @@
+"""PSNR/SSIM against an independent numpy implementation, crops, Y conversion, protocols."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from diffenhance.config import DegradeConfig
+from diffenhance.metrics import (
+    PSNR_CAP_DB,
+    Protocol,
+    mean_psnr,
+    protocol_for_task,
+    psnr,
+    rgb_to_y,
+    ssim,
+    to_tensor,
+)
+
+# ----------------------------------------------------------------------------- numpy reference
+
+
+def ref_y(img: np.ndarray) -> np.ndarray:
+    """HxWx3 [0,1] -> HxW BT.601 Y [0,1], MATLAB rgb2ycbcr."""
+    img = img.astype(np.float64)
+    return (16.0 + 65.481 * img[..., 0] + 128.553 * img[..., 1] + 24.966 * img[..., 2]) / 255.0
+
+
+def ref_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def ref_ssim_channel(a: np.ndarray, b: np.ndarray) -> float:
+    """Wang et al. 2004 SSIM of one HxW channel: 11x11 Gaussian window (sigma 1.5), K1 0.01,
+    K2 0.03, L = 1, mean over the 'valid' region (windows fully inside the image), as in the
+    reference MATLAB ssim_index and BasicSR."""
+    r = np.arange(11) - 5
+    g = np.exp(-(r**2) / (2 * 1.5**2))
+    win = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = 0.01**2, 0.03**2
+    a, b = a.astype(np.float64), b.astype(np.float64)
+
+    def filt(x: np.ndarray) -> np.ndarray:
+        return ndimage.correlate(x, win, mode="constant")[5:-5, 5:-5]  # valid part only
+
+    mu_a, mu_b = filt(a), filt(b)
+    var_a = filt(a * a) - mu_a**2
+    var_b = filt(b * b) - mu_b**2
+    cov = filt(a * b) - mu_a * mu_b
+    m = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    )
+    return float(m.mean())
+
+
+def ref_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    if a.ndim == 2:
+        return ref_ssim_channel(a, b)
+    return float(np.mean([ref_ssim_channel(a[..., c], b[..., c]) for c in range(a.shape[2])]))
+
+
+# ----------------------------------------------------------------------------- test images
+
+
+def image_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    h, w = 48, 40
+    y, x = np.mgrid[0:h, 0:w] / np.array([h, w]).reshape(2, 1, 1)
+    grad = np.stack([x, y, 0.5 * (x + y)], -1)
+    checker = ((np.indices((h, w)).sum(0) // 4) % 2).astype(np.float64)[..., None].repeat(3, -1)
+    checker = 0.2 + 0.6 * checker
+    pairs = [
+        ("random", rng.random((h, w, 3)), rng.random((h, w, 3))),
+        ("gradient+noise", grad, np.clip(grad + 0.05 * rng.standard_normal(grad.shape), 0, 1)),
+        ("checker+noise", checker, np.clip(checker + 0.1 * rng.standard_normal(grad.shape), 0, 1)),
+        ("checker-shifted", checker, np.roll(checker, 1, axis=1)),
+    ]
+    return [(n, a.astype(np.float32), b.astype(np.float32)) for n, a, b in pairs]
+
+
+PAIRS = image_pairs()
+IDS = [p[0] for p in PAIRS]
+
+# Tolerances. `metrics` works in float64 like this reference (the inputs are float32 for both).
+# SSIM: measured |diff| <= 3e-15; we allow 1e-8. PSNR: torchmetrics converts ln -> log10 with a
+# float32 log(10), a relative error of ~5e-8 (measured |diff| <= 1.5e-6 dB at ~25 dB); we allow
+# 1e-5 dB. For scale: the full reflect-padded SSIM map that torchmetrics averages by default
+# differs from the valid-region mean by up to 2.7e-2 on these images.
+PSNR_TOL = 1e-5
+SSIM_TOL = 1e-8
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize(("name", "a", "b"), PAIRS, ids=IDS)
+@pytest.mark.parametrize("y_channel", [False, True])
+def test_psnr_matches_reference(name, a, b, y_channel):
+    ra, rb = (ref_y(a), ref_y(b)) if y_channel else (a, b)
+    got = psnr(a, b, y_channel=y_channel)
+    assert got.shape == (1,)
+    assert abs(float(got[0]) - ref_psnr(ra, rb)) < PSNR_TOL
+
+
+@pytest.mark.parametrize(("name", "a", "b"), PAIRS, ids=IDS)
+@pytest.mark.parametrize("y_channel", [False, True])
+def test_ssim_matches_reference(name, a, b, y_channel):
+    # torchmetrics reflect-pads and averages the full-size map; `ssim` keeps the valid part,
+    # which is what this reference computes. (The full-map mean differs by up to ~1e-2.)
+    ra, rb = (ref_y(a), ref_y(b)) if y_channel else (a, b)
+    got = ssim(a, b, y_channel=y_channel)
+    assert got.shape == (1,)
+    assert abs(float(got[0]) - ref_ssim(ra, rb)) < SSIM_TOL
+
+
+def test_batch_is_per_image():
+    a = torch.from_numpy(np.stack([p[1] for p in PAIRS])).permute(0, 3, 1, 2)
+    b = torch.from_numpy(np.stack([p[2] for p in PAIRS])).permute(0, 3, 1, 2)
+    got_p, got_s = psnr(a, b, crop=2), ssim(a, b, crop=2)
+    assert got_p.shape == got_s.shape == (len(PAIRS),)
+    for i, (_, x, y) in enumerate(PAIRS):
+        assert abs(float(got_p[i]) - ref_psnr(x[2:-2, 2:-2], y[2:-2, 2:-2])) < PSNR_TOL
+        assert abs(float(got_s[i]) - ref_ssim(x[2:-2, 2:-2], y[2:-2, 2:-2])) < SSIM_TOL
+
+
+def test_crop_ignores_border():
+    a = PAIRS[1][1]
+    b = a.copy()
+    b[:4] = 1.0 - b[:4]  # differences only in a 4-px border
+    b[:, -4:] = 0.0
+    assert math.isfinite(float(psnr(a, b)[0]))
+    assert float(psnr(a, b, crop=4)[0]) == math.inf
+    assert float(ssim(a, b, crop=4)[0]) == pytest.approx(1.0, abs=1e-12)
+    assert float(ssim(a, b)[0]) < 0.99
+    assert float(psnr(a, b, crop=3)[0]) < math.inf
+
+
+def test_identical_images():
+    a = PAIRS[0][1]
+    assert float(psnr(a, a)[0]) == math.inf
+    assert float(psnr(a, a, y_channel=True)[0]) == math.inf
+    assert float(ssim(a, a)[0]) == pytest.approx(1.0, abs=1e-12)
+    m = mean_psnr(torch.tensor([math.inf, 30.0]))
+    assert math.isfinite(m) and m == pytest.approx((PSNR_CAP_DB + 30.0) / 2)
+    assert mean_psnr([20.0, 30.0]) == pytest.approx(25.0)
+    with pytest.raises(ValueError):
+        mean_psnr([])
+
+
+def test_y_golden_values():
+    white = torch.ones(1, 3, 2, 2)
+    black = torch.zeros(1, 3, 2, 2)
+    assert torch.allclose(rgb_to_y(white), torch.full((1, 1, 2, 2), 235 / 255), atol=1e-6)
+    assert torch.allclose(rgb_to_y(black), torch.full((1, 1, 2, 2), 16 / 255), atol=1e-7)
+    rng = np.random.default_rng(3)
+    img = rng.random((5, 7, 3)).astype(np.float32)
+    got = rgb_to_y(to_tensor(img))[0, 0].numpy()
+    assert np.abs(got - ref_y(img)).max() < 1e-6
+    with pytest.raises(ValueError, match="N,3,H,W"):
+        rgb_to_y(torch.zeros(1, 1, 4, 4))
+
+
+def test_to_tensor_and_errors():
+    img = np.zeros((8, 6, 3), np.float32)
+    assert to_tensor(img).shape == (1, 3, 8, 6)
+    assert to_tensor(np.full((8, 6, 3), 255, np.uint8)).max() == 1.0
+    assert to_tensor(torch.zeros(3, 8, 6)).shape == (1, 3, 8, 6)
+    with pytest.raises(ValueError, match="shapes differ"):
+        psnr(img, np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="too small"):
+        ssim(np.zeros((16, 16, 3), np.float32), np.zeros((16, 16, 3), np.float32), crop=3)
+    with pytest.raises(TypeError):
+        to_tensor([[0.0]])
+
+
+def test_protocols():
+    sr4 = protocol_for_task("sr4")
+    assert [(p.name, p.y_channel, p.crop) for p in sr4] == [("rgb", False, 4), ("y", True, 4)]
+    assert protocol_for_task("sr2")[0].crop == 2
+    assert protocol_for_task("blind", DegradeConfig(blind_scale=2))[1].crop == 2
+    assert protocol_for_task("blind", DegradeConfig(blind_scale=1))[1].crop == 0
+    assert all(p.crop == 0 for t in ("denoise", "jpeg") for p in protocol_for_task(t))
+    assert sr4[1].describe() == (
+        "PSNR/SSIM on Y (BT.601, MATLAB rgb2ycbcr), 4 px border crop, data range [0,1]"
+    )
+    assert "no border crop" in protocol_for_task("denoise")[0].describe()
+    p = Protocol("y", True, 4)
+    a, b = PAIRS[1][1], PAIRS[1][2]
+    assert float(p.psnr(a, b)[0]) == float(psnr(a, b, crop=4, y_channel=True)[0])
+    assert float(p.ssim(a, b)[0]) == float(ssim(a, b, crop=4, y_channel=True)[0])
+    with pytest.raises(ValueError, match="unknown task"):
+        protocol_for_task("sr3")

@@ -1,0 +1,128 @@
+"""Training loop: exact resume, checkpoints that describe themselves, fine-tuning, NaN guard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffenhance.model import CheckpointError, load_restorer, read_checkpoint
+from diffenhance.train import TrainingDiverged, lr_at, train_task
+from tests.tiny import make_dataset, tiny_config
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    make_dataset(root)
+    return root
+
+
+def test_uninterrupted_equals_stopped_and_resumed(dataset, tmp_path):
+    a = tiny_config(dataset, f"train.out_dir={tmp_path / 'a'}")
+    b = tiny_config(dataset, f"train.out_dir={tmp_path / 'b'}")
+    out_a = train_task(a, "sr2")
+    # "Crash" after step 5: the last saved state is step 4 (ckpt_every=2).
+    out_b = train_task(b, "sr2", stop_after=5)
+    states = sorted(p.name for p in (out_b / "state").glob("*.pt"))
+    assert states == ["state-00000002.pt", "state-00000004.pt"]
+    train_task(b, "sr2")  # resumes from step 4, redoes 5 and 6
+    log_a = pd.read_csv(out_a / "train_log.csv")
+    log_b = pd.read_csv(out_b / "train_log.csv")
+    assert list(log_b["step"]) == [1, 2, 3, 4, 5, 6]
+    assert log_a["loss"].tolist() == log_b["loss"].tolist()  # bit-identical losses
+    wa, wb = load_file(out_a / "model.safetensors"), load_file(out_b / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # keep_last=2: only the two newest states remain
+    assert sorted(p.name for p in (out_b / "state").glob("*.pt")) == [
+        "state-00000004.pt",
+        "state-00000006.pt",
+    ]
+    assert log_a["val_psnr"].notna().sum() == 2  # steps 3 and 6
+    assert (out_a / "samples" / "step-00000006.png").is_file()
+
+
+def test_checkpoint_describes_itself(dataset, tmp_path):
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", "train.steps=2", "train.val_every=2")
+    out = train_task(cfg, "sr2")
+    tensors, meta = read_checkpoint(out)
+    assert meta["task"] == "sr2" and meta["scale"] == "2" and meta["step"] == "2"
+    r = load_restorer(out / "model.safetensors")
+    assert r.model_cfg == cfg.model and r.diffusion_cfg == cfg.diffusion
+    assert all(torch.equal(r.unet.state_dict()[k], tensors[k]) for k in tensors)
+    lq = torch.rand(1, 3, 8, 8)
+    y = r.restore(lq, steps=2, generator=torch.Generator().manual_seed(0))
+    assert y.shape == (1, 3, 16, 16) and y.min() >= 0 and y.max() <= 1
+    y2 = r.restore(lq, steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(y, y2)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_restorer(tmp_path / "nope")
+
+
+def test_fine_tune_mismatch_lists_tensors_and_non_strict_loads(dataset, tmp_path):
+    src = train_task(
+        tiny_config(dataset, f"train.out_dir={tmp_path / 'src'}", "train.steps=2"), "sr2"
+    )
+    wider = tiny_config(
+        dataset,
+        f"train.out_dir={tmp_path / 'ft'}",
+        "train.steps=2",
+        "model.base_channels=32",
+        f"train.init_from={src}",
+    )
+    with pytest.raises(CheckpointError, match=r"tensors do not fit the model:\n.*checkpoint \(16,"):
+        train_task(wider, "sr2")
+    same = tiny_config(
+        dataset,
+        f"train.out_dir={tmp_path / 'ft2'}",
+        "train.steps=2",
+        f"train.init_from={src / 'model.safetensors'}",
+        "train.lr=1e-4",
+    )
+    assert (train_task(same, "sr2") / "model.safetensors").is_file()
+
+
+def test_nan_loss_is_reported_with_step(dataset, tmp_path):
+    cfg = tiny_config(
+        dataset, f"train.out_dir={tmp_path}", "train.lr=1e30", "diffusion.loss=mse", "train.warmup_steps=1",
+        "train.grad_clip=1e30", "train.steps=20", "train.val_every=100",
+    )  # fmt: skip
+    with pytest.raises(TrainingDiverged, match=r"at step \d+"):
+        train_task(cfg, "sr2")
+
+
+def test_lr_schedule_warmup_then_cosine(dataset):
+    cfg = tiny_config(dataset, "train.steps=100", "train.warmup_steps=10", "train.lr=1e-3")
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(10, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, cfg) == pytest.approx(1e-3 * (0.1 + 0.45))
+    assert lr_at(100, cfg) == pytest.approx(1e-4)
+
+
+def test_ddp_gloo_two_processes(dataset, tmp_path):
+    """`torchrun --nproc_per_node=2 -m diffenhance.train` on CPU (gloo)."""
+    params = tmp_path / "params.yaml"
+    from diffenhance.config import write_resolved
+
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path / 'ddp'}", "train.steps=4")
+    params = write_resolved(cfg, tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--standalone", "-m", "diffenhance.train", "--params", str(params)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = pd.read_csv(tmp_path / "ddp" / "sr2" / "train_log.csv")
+    assert list(log["step"]) == [1, 2, 3, 4]
+    assert (tmp_path / "ddp" / "sr2" / "model.safetensors").is_file()
+    state = torch.load(
+        sorted((tmp_path / "ddp" / "sr2" / "state").glob("*.pt"))[-1], weights_only=True
+    )
+    assert len(state["gen"]) == 2  # both ranks' generators saved for exact resume
