@@ -13,6 +13,19 @@ from tests.pipeline_utils import copy_repo, run, set_params
 TINY = {
     "data": {"crop_size": 96, "crop_step": 96, "min_size": 32},
     "degrade": {"val_size": 32, "val_max_images": 2},
+    "model": {"base_channels": 16, "channel_mults": [1, 2], "attn_resolutions": [2]},
+    "diffusion": {"timesteps": 100},
+    "train": {
+        "steps": 4,
+        "batch_size": 2,
+        "crop_size": 32,
+        "warmup_steps": 1,
+        "log_every": 2,
+        "val_every": 4,
+        "val_steps": 2,
+        "ckpt_every": 4,
+        "val_images": 1,
+    },
 }
 
 
@@ -44,6 +57,9 @@ def test_main_job_produces_prepared_and_degraded(repo):
     assert (r / "data/prepared/params.resolved.yaml").is_file()
     assert (r / "data/degraded/params.resolved.yaml").is_file()
     assert "pipeline: output data/degraded" in proc.stdout
+    log = pd.read_csv(r / "models/sr4/train_log.csv")
+    assert log["step"].iloc[-1] == 4 and log["val_psnr"].notna().any()
+    assert (r / "models/sr4/model.safetensors").is_file()
 
 
 def test_repro_twice_changes_nothing(repo):
@@ -54,15 +70,17 @@ def test_repro_twice_changes_nothing(repo):
     assert "up to date" in status
 
 
-def test_degrade_param_reruns_only_degrade(repo):
+def test_degrade_param_reruns_degrade_and_downstream_only(repo):
     r, _ = repo
-    before = (r / "data/degraded/denoise/pairs.csv").read_bytes()
+    lq_before = (r / "data/degraded/denoise/lq").glob("*.png")
+    lq_before = {p.name: p.read_bytes() for p in lq_before}
     prepared_before = (r / "data/prepared/manifest.csv").stat().st_mtime_ns
     set_params(r, {"degrade": {"val_noise_sigma": 15.0}})
     proc = run(r, "dvc", "repro")
     assert "Running stage 'degrade'" in proc.stdout
     assert "Running stage 'prepare'" not in proc.stdout
     assert (r / "data/prepared/manifest.csv").stat().st_mtime_ns == prepared_before
-    lq = pd.read_csv(r / "data/degraded/denoise/pairs.csv")
-    assert len(lq) == 2
-    assert (r / "data/degraded/denoise/pairs.csv").read_bytes() == before  # same names/seeds
+    lq_after = {p.name: p.read_bytes() for p in (r / "data/degraded/denoise/lq").glob("*.png")}
+    assert lq_after.keys() == lq_before.keys()  # same pairs, seeded by content
+    assert all(lq_after[k] != lq_before[k] for k in lq_after)  # new sigma, new noise
+    assert "up to date" in run(r, "dvc", "status").stdout

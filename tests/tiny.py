@@ -80,3 +80,18 @@ def tiny_config(root: Path, *extra: str) -> Config:
             *extra,
         ],
     )
+
+
+def tiny_model(root: Path, task: str = "sr2", steps: int = 4) -> Path:
+    """Train a tiny restorer for `task` on a tiny synthetic dataset under `root`; its model dir.
+
+    Takes a few seconds on CPU. The dataset is created first if missing.
+    """
+    from diffenhance.train import train_task
+
+    if not (root / "degraded" / task / "pairs.csv").is_file():
+        make_dataset(root, tasks=(task,))
+    cfg = tiny_config(
+        root, f"train.steps={steps}", f"train.tasks=[{task}]", f"train.val_every={steps}"
+    )
+    return train_task(cfg, task)
