@@ -1,0 +1,203 @@
+"""Every GPU-side check in one run: the `gpu` tests, a training-throughput benchmark and a
+short real bf16 training run on 128 px patches of the bundled photos.
+
+    python benchmarks/gpu_check.py --out $OUT            # on the GPU machine
+    python benchmarks/gpu_check.py --cpu --out /tmp/gc   # check the script itself on a CPU
+
+Needs only torch, numpy, pandas, pillow, scikit-image, pytest (no prefect/dvc/boto3): the
+library is put on sys.path from src/. Writes `gpu_check.json` and `gpu_check.md` (rows for
+benchmarks/RESULTS.md) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from diffenhance.config import load_config  # noqa: E402
+from diffenhance.diffusion import Schedule, training_loss  # noqa: E402
+from diffenhance.nn import build_unet  # noqa: E402
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def run_gpu_tests(cpu: bool, out: Path) -> dict:
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    if cpu:
+        env["DIFFENHANCE_GPU_TESTS_ON_CPU"] = "1"
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
+    cmd += ["--noconftest", "tests/test_gpu.py"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    (out / "gpu_tests.log").write_text(proc.stdout + proc.stderr)
+    tail = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+    return {"returncode": proc.returncode, "summary": tail, "seconds": time.perf_counter() - t0}
+
+
+def bench_train(dev: torch.device, size: int, batch: int, steps: int, overrides: list[str]) -> dict:
+    """Images/s of the training step (bf16 autocast on CUDA, channels_last) on random data."""
+    cfg = load_config(REPO / "params.yaml", overrides)
+    torch.manual_seed(0)
+    net = build_unet(cfg.model).to(dev).to(memory_format=torch.channels_last)
+    sched = Schedule.from_config(cfg.diffusion).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x0 = (torch.rand(batch, 3, size, size, device=dev) * 2 - 1).contiguous(
+        memory_format=torch.channels_last
+    )
+    cond = x0.flip(-1)
+    g = torch.Generator(device=dev).manual_seed(0)
+
+    def step() -> float:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss, _ = training_loss(net, sched, x0, cond, prediction="v", loss="l1", generator=g)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(3):  # warm-up (cuDNN autotune, allocator)
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    float(loss.detach())
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    sec = time.perf_counter() - t0
+    params = sum(p.numel() for p in net.parameters())
+    return {
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "params_m": params / 1e6,
+        "images_per_s": batch * steps / sec,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None,
+    }
+
+
+def real_training(dev: torch.device, steps: int, crop: int, batch: int, out: Path) -> dict:
+    """A short real run of train_task on the bundled photos (prepare + degrade in-process)."""
+    import pandas as pd
+
+    from diffenhance.data import prepare_dataset
+    from diffenhance.data.pairs import select_val_crops, write_pair, write_pairs_csv
+    from diffenhance.train import train_task
+
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    cfg = load_config(
+        REPO / "params.yaml",
+        [
+            f"data.raw_dir={work / 'raw'}",
+            f"data.prepared_dir={work / 'prepared'}",
+            "data.crop_size=256",
+            "data.crop_step=128",
+            f"degrade.out_dir={work / 'degraded'}",
+            "degrade.val_max_images=4",
+            f"train.out_dir={work / 'models'}",
+            f"train.steps={steps}",
+            f"train.batch_size={batch}",
+            f"train.crop_size={crop}",
+            f"train.val_every={steps}",
+            f"train.ckpt_every={steps}",
+            f"train.log_every={max(1, steps // 10)}",
+            f"train.device={dev}",
+            f"train.num_workers={min(8, os.cpu_count() or 1) if dev.type == 'cuda' else 0}",
+        ],
+    )
+    manifest = prepare_dataset(cfg.data)
+    rows = [
+        write_pair(
+            work / "prepared" / r.crop_path, r.crop_sha256, "sr4", cfg.degrade, work / "degraded"
+        )
+        for r in select_val_crops(manifest, 4).itertuples()
+    ]
+    write_pairs_csv(rows, work / "degraded" / "sr4")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    model_dir = train_task(cfg, "sr4")
+    sec = time.perf_counter() - t0
+    log = pd.read_csv(model_dir / "train_log.csv")
+    log.to_csv(out / "train_log.csv", index=False)
+    return {
+        "steps": steps,
+        "crop": crop,
+        "batch": batch,
+        "seconds": sec,
+        "images_per_s_logged": float(log["images_per_s"].iloc[-1]),
+        "final_loss": float(log["loss"].iloc[-1]),
+        "val_psnr": float(log["val_psnr"].dropna().iloc[-1]),
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (checks the script)")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-check-out")))
+    ap.add_argument("--train-steps", type=int, default=None)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.cpu and not torch.cuda.is_available():
+        print("error: no CUDA device; use --cpu to check the script on a CPU", file=sys.stderr)
+        return 2
+    dev = torch.device("cpu" if args.cpu else "cuda")
+    result: dict = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "device": device_name(dev),
+        "torch": torch.__version__,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    print(f"gpu_check: {result['device']}, torch {result['torch']}", flush=True)
+    result["gpu_tests"] = run_gpu_tests(args.cpu, args.out)
+    print(f"gpu tests: {result['gpu_tests']['summary']}", flush=True)
+    if args.cpu:
+        result["bench_train"] = bench_train(dev, 32, 4, 3, ["model.base_channels=16"])
+        steps = args.train_steps or 4
+        result["real_training"] = real_training(dev, steps, 64, 2, args.out)
+    else:
+        result["bench_train"] = bench_train(dev, 128, 32, 20, [])
+        steps = args.train_steps or 300
+        result["real_training"] = real_training(dev, steps, 128, 32, args.out)
+    print(json.dumps(result, indent=2), flush=True)
+    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))
+    b, t = result["bench_train"], result["real_training"]
+    mem = f"{b['peak_mem_gib']:.2f} GiB" if b["peak_mem_gib"] is not None else "n/a"
+    md = (
+        f"| {result['date'][:10]} | {result['device']} | {result['commit']} | "
+        f"train step {b['size']} px x{b['batch']} ({b['params_m']:.1f}M params) | "
+        f"{b['images_per_s']:.1f} img/s | {mem} | real run {t['steps']} steps: "
+        f"{t['images_per_s_logged']:.1f} img/s, val PSNR {t['val_psnr']:.2f} dB | "
+        f"`{result['command']}` |\n"
+    )
+    (args.out / "gpu_check.md").write_text(md)
+    print(md)
+    return 0 if result["gpu_tests"]["returncode"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
