@@ -126,3 +126,17 @@ def test_ddp_gloo_two_processes(dataset, tmp_path):
         sorted((tmp_path / "ddp" / "sr2" / "state").glob("*.pt"))[-1], weights_only=True
     )
     assert len(state["gen"]) == 2  # both ranks' generators saved for exact resume
+
+
+def test_state_of_other_params_is_not_resumed(dataset, tmp_path):
+    out = tmp_path / "m"
+    first = tiny_config(dataset, f"train.out_dir={out}", "train.steps=4")
+    train_task(first, "sr2")
+    other = tiny_config(dataset, f"train.out_dir={out}", "train.steps=4", "train.lr=1e-4")
+    train_task(other, "sr2", stop_after=2)  # fresh start: step-4 state of `first` is dropped
+    states = sorted(p.name for p in (out / "sr2" / "state").glob("*.pt"))
+    assert states == ["state-00000002.pt"]
+    train_task(other, "sr2")  # resumes from its own step 2
+    log = pd.read_csv(out / "sr2" / "train_log.csv")
+    assert list(log["step"]) == [1, 2, 3, 4]
+    assert log["lr"].iloc[1] == pytest.approx(1e-4)

@@ -267,6 +267,9 @@ def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path
     digest = resume_digest(cfg)
     step, log_rows = 0, []
     state = load_latest_state(out_dir / "state", digest)
+    if state is None and main:  # states of other params would shadow this run's on resume
+        for stale in _states(out_dir / "state"):
+            stale.unlink()
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
