@@ -18,4 +18,5 @@ lint: bootstrap
 	$(VENV)/ruff format --check .
 
 test: lint
+	@./scripts/ensure_chromium.sh  # headless browser for the report test (apt, once, as root)
 	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(VENV)/python -m pytest -p anyio -q

@@ -9,3 +9,5 @@ import os
 # The library logs to the "diffenhance" logger; inside a flow run Prefect captures it too.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "diffenhance")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Library code may log outside a flow run (e.g. from the CLI); that is not a problem to warn about.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")

@@ -72,5 +72,188 @@ def degrade(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yam
     _run_flow("degrade", "degrade", params, overrides)
 
 
+@app.command()
+def publish(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Push reports, checkpoints and results to storage.url (verified; unchanged files skipped)."""
+    from diffenhance.storage import StorageError
+
+    try:
+        _run_flow("publish", "publish", params, overrides)
+    except StorageError as e:
+        _fail(str(e), 1)
+
+
+def _config_or_defaults(params: Path, overrides: list[str] | None):
+    """params.yaml when present (or when named explicitly), else the built-in defaults."""
+    from diffenhance.config import ConfigError, load_config
+
+    path = params if params.is_file() or params != Path("params.yaml") else None
+    try:
+        return load_config(path, overrides or [])
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@app.command()
+def evaluate(
+    overrides: OverridesArg = None,
+    params: ParamsOpt = Path("params.yaml"),
+    hr_dir: Annotated[
+        Path | None,
+        typer.Option("--hr-dir", help="evaluate on this folder of HR images (any size)"),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="with --hr-dir: sr2 sr4 denoise jpeg blind")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="with --hr-dir: checkpoint file or model dir")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="with --hr-dir: output folder")] = None,
+) -> None:
+    """PSNR/SSIM of the model and the baselines (the `evaluate` stage).
+
+    Without --hr-dir: the stage flow on the validation pairs of `train.tasks`.
+
+    With --hr-dir: the folder's images are degraded as the validation pairs are (fixed seed),
+    enhanced with --model and scored into --out (per_image.csv, metrics.json, ...).
+    """
+    if hr_dir is None:
+        if task or model or out:
+            _fail("--task, --model and --out go with --hr-dir (evaluate a folder of images)")
+        _run_flow("evaluate", "evaluate", params, overrides)
+        return
+    if model is None or out is None:
+        _fail("--hr-dir needs --model PATH (checkpoint) and --out DIR")
+    from diffenhance.evaluate import evaluate_folder
+    from diffenhance.model import CheckpointError, read_checkpoint
+
+    cfg = _config_or_defaults(params, overrides)
+    try:
+        task = task or read_checkpoint(model)[1]["task"]
+        ev = evaluate_folder(
+            cfg, hr_dir, task, model, out, progress=lambda m: typer.echo(m, err=True)
+        )
+    except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+        _fail(str(e))
+    m, p = ev.metrics, ev.protocol
+    typer.echo(f"{task}: {int(m['n_images'])} images, {p['headline_method']}")
+    for name in [p["headline_method"], *p["baselines"]]:
+        key = "model" if name == p["headline_method"] else name
+        y, s = m[key + "_psnr_y"], m[key + "_ssim_y"]
+        typer.echo(f"  {name:>14}: PSNR-Y {y:.2f} dB  SSIM-Y {s:.4f}")
+    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
+
+
+@app.command()
+def report(
+    overrides: OverridesArg = None,
+    params: ParamsOpt = Path("params.yaml"),
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option("--eval-dir", help="build report.html for this evaluate output folder"),
+    ] = None,
+    train_log: Annotated[
+        Path | None, typer.Option("--train-log", help="with --eval-dir: train_log.csv to plot")
+    ] = None,
+) -> None:
+    """Self-contained HTML report (the `report` stage, or one --eval-dir folder)."""
+    if eval_dir is None:
+        _run_flow("report", "report", params, overrides)
+        return
+    from diffenhance.report import build_report
+
+    cfg = _config_or_defaults(params, overrides)
+    try:
+        rep = build_report(eval_dir, eval_dir, cfg.report, train_log=train_log)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(f"report: {rep.html.resolve()}")
+
+
+@app.command()
+def enhance(
+    input: Annotated[
+        str, typer.Argument(help="an image, a folder (recursive) or s3://bucket/prefix")
+    ],
+    output: Annotated[
+        str, typer.Argument(help="output image (for one input image), folder or s3://bucket/prefix")
+    ],
+    overrides: OverridesArg = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="model dir or .safetensors (enhance.model)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="sampler steps (infer.steps)")] = None,
+    tile: Annotated[int | None, typer.Option(help="tile side in input pixels (infer.tile)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N] (infer.device)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be done")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Enhance one image, or every image under a folder or s3:// prefix (structure kept).
+
+    Output format and bit depth follow each input unless enhance.output_format / bit_depth say
+    otherwise. Images already enhanced with the same model and params are skipped. Exit code:
+    0 all done, 1 some images failed (each named with its reason), 2 usage or config error.
+    """
+    import dataclasses
+
+    from diffenhance.config import ConfigError
+    from diffenhance.enhance import EnhanceError, plan_job, run_job
+    from diffenhance.infer import resolve_device
+    from diffenhance.model import CheckpointError
+    from diffenhance.storage import StorageError
+
+    cfg = _config_or_defaults(params, overrides)
+    e = {"input": input, "output": output} | ({"model": model} if model else {})
+    i = {k: v for k, v in (("steps", steps), ("tile", tile), ("device", device)) if v is not None}
+    try:
+        infer = dataclasses.replace(cfg.infer, **i)
+        if infer.tile <= infer.tile_overlap or infer.steps < 1:
+            raise ConfigError(
+                f"--tile {infer.tile} must exceed infer.tile_overlap={infer.tile_overlap} "
+                "and --steps must be >= 1"
+            )
+        cfg = dataclasses.replace(cfg, enhance=dataclasses.replace(cfg.enhance, **e), infer=infer)
+        resolve_device(cfg.infer.device)
+        job = plan_job(cfg)
+    except (ConfigError, EnhanceError, CheckpointError, StorageError, ValueError) as err:
+        _fail(str(err))
+    if dry_run:
+        typer.echo(
+            f"{job.n_sources} images in {len(job.shards)} shards: {job.n_todo} to enhance, "
+            f"{job.n_sources - job.n_todo} already done, {len(job.ignored)} ignored"
+        )
+        for shard in job.shards:
+            for src in shard.todo:
+                typer.echo(f"  {src.key} -> {src.output_key}")
+        for ig in job.ignored:
+            typer.echo(f"  ignored {ig['key']}: {ig['reason']}")
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=job.n_todo, unit="img", desc="enhance", disable=None)
+
+    def on_image(ev: dict) -> None:
+        bar.update(1)
+        if ev["status"] == "failed":
+            bar.write(f"error: {ev['key']}: {ev['reason']}", file=sys.stderr)
+
+    try:
+        summary = run_job(cfg, on_image=on_image, job=job)
+    except (EnhanceError, CheckpointError) as err:
+        bar.close()
+        _fail(str(err))
+    bar.close()
+    for se in summary["shard_errors"]:
+        typer.secho(f"error: shard {se['shard_id']}: {se['reason']}", fg="red", err=True)
+    typer.echo(
+        f"{summary['enhanced']} enhanced, {summary['skipped_done']} already done, "
+        f"{summary['failed']} failed, {len(summary['ignored'])} ignored "
+        f"({summary['images_per_s']:.3g} images/s, {summary['megapixels_per_s']:.3g} MP/s) "
+        f"-> {job.output_url}"
+    )
+    if summary["failed"] or summary["shard_errors"]:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -78,6 +78,12 @@ class DiffusionConfig:
     min_snr_gamma: float = 0.0  # 0 = off; 5.0 in Hang et al. 2023
     beta_start: float = 1e-4  # DDPM's linear schedule
     beta_end: float = 0.02
+    # How the network is trained and sampled (diffusion/formulations.py); see params.yaml.
+    formulation: Literal["sr3", "regression", "indi", "residual"] = "sr3"
+    indi_noise: float = 0.05  # InDI sigma (model range): start noise; makes averaging useful
+    indi_t1_prob: float = 0.2  # share of InDI training at t = 1: keeps the 1-step end faithful
+    residual_scale: float = 4.0  # residual: diffuse s * (x - mu); residuals are small, s lifts SNR
+    residual_predictor_channels: int = 16  # residual: predictor U-Net width (0 = model's)
 
 
 @dataclass(frozen=True)
@@ -112,29 +118,49 @@ class TrainConfig:
 @dataclass(frozen=True)
 class InferConfig:
     sampler: Literal["ddim", "ddpm"] = "ddim"
-    steps: int = 8
-    eta: float = 0.0  # deterministic DDIM
-    seed: int = 0
-    tile: int = 128
-    tile_overlap: int = 32
-    tile_batch: int = 8
-    color_correction: Literal["none", "meanstd", "wavelet"] = "none"
-    device: str = "auto"
+    steps: int = 8  # few-step DDIM is where short-trained models are best (STACK-NOTES)
+    eta: float = 0.0  # 0: deterministic sampler, tiles batch freely; > 0 runs tile by tile
+    seed: int = 0  # tile noise = f(seed, image key, tile position): batching-independent
+    tile: int = 64  # input (LQ) pixels; the network sees tile * scale: bounds memory
+    tile_overlap: int = 16  # input pixels cross-faded between neighbours: hides seams
+    tile_batch: int = 8  # tiles per forward pass (from one or several images)
+    color_correction: Literal["none", "meanstd", "wavelet"] = "none"  # fixes colour drift
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    samples: int = 1  # each output = mean of N samples: more PSNR, less texture (knob)
+
+
+@dataclass(frozen=True)
+class EnhanceConfig:
+    input: str = "data/incoming"  # folder, one image file, or s3://bucket/prefix
+    output: str = "results/enhanced"  # folder or s3://bucket/prefix; mirrors the input tree
+    model: str = "models/sr4"  # model dir or .safetensors file, readable on every worker
+    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+    shard_size: int = 16  # images per shard: one task and one manifest each
+    workers: int = 2  # shards at once (threads; LocalCluster workers with dask_address=local)
+    dask_address: str | None = None  # null: threads; tcp://host:8786: that cluster; local
+    output_format: Literal["same", "png", "jpg", "webp", "tif", "bmp"] = "same"  # same: input's
+    bit_depth: Literal[0, 8, 16] = 0  # 0: as the input (16-bit PNG/TIFF stay 16-bit)
+    jpeg_quality: int = 95  # JPEG/WebP outputs
+    max_pixels: int = 178_956_970  # decompression-bomb guard (Pillow's limit)
+    skip_done: bool = True  # skip images already done with the same model and params
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    steps: tuple[int, ...] = (4, 8)
-    seeds: tuple[int, ...] = (0,)
-    average_samples: int = 1
-    max_images: int = 16
+    steps: tuple[int, ...] = (4, 8)  # few-step DDIM; the last one is the headline model
+    seeds: tuple[int, ...] = (0,)  # one sample per seed and image; metrics average over seeds
+    average_samples: int = 1  # >1: each output is the mean of N samples (higher PSNR, blurrier)
+    max_images: int = 4  # evenly spaced pairs (or --hr-dir images); small: fast on CPU
     out_dir: str = "reports"
+    sampler: Literal["ddim", "ddpm"] | None = None  # None: infer.sampler; eta, precision: infer
 
 
 @dataclass(frozen=True)
 class ReportConfig:
     out_dir: str = "reports"
-    crops: int = 2
+    crops: int = 2  # side-by-side crops of the N best and N worst images (vs the baseline)
+    zoom_size: int = 32  # side in HR pixels of the zoomed region of each crop figure
 
 
 @dataclass(frozen=True)
@@ -147,6 +173,12 @@ class StorageConfig:
     max_attempts: int = 3  # total requests per call (botocore standard mode)
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
+    # `publish`: local folders (relative to the repo root) pushed to <url>/<folder>/
+    publish: tuple[str, ...] = ("reports", "models", "results")
+    # glob patterns on the object key that publish skips: resume state is big, pickled, private
+    publish_exclude: tuple[str, ...] = ("models/*/state/*", "*/.gitkeep")
+    manifest: str = "publish-manifest.json"  # key under url, written last, after every upload
+    manifest_copy: str = "results/publish-manifest.json"  # local copy of the last publish
 
 
 @dataclass(frozen=True)
@@ -157,6 +189,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    enhance: EnhanceConfig = field(default_factory=EnhanceConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -299,6 +332,11 @@ def _check_invariants(obj: Any, prefix: str, source: str) -> None:
             raise bad("jpeg_quality", "must be [low, high] within 1..100")
     if isinstance(obj, DiffusionConfig) and obj.timesteps < 2:
         raise bad("timesteps", "must be >= 2")
+    if isinstance(obj, DiffusionConfig):
+        if obj.indi_noise < 0 or not 0.0 <= obj.indi_t1_prob <= 1.0:
+            raise bad("indi_noise", "must be >= 0 (and diffusion.indi_t1_prob in [0, 1])")
+        if obj.residual_scale <= 0 or obj.residual_predictor_channels < 0:
+            raise bad("residual_scale", "must be > 0 (and residual_predictor_channels >= 0)")
     if isinstance(obj, TrainConfig):
         for k in (
             "steps",
@@ -311,8 +349,50 @@ def _check_invariants(obj: Any, prefix: str, source: str) -> None:
         ):
             if getattr(obj, k) < 1:
                 raise bad(k, "must be >= 1")
-    if isinstance(obj, InferConfig) and not 0 <= obj.tile_overlap < obj.tile:
-        raise bad("tile_overlap", "must be >= 0 and smaller than infer.tile")
+    if isinstance(obj, EvaluateConfig):
+        if not obj.steps or min(obj.steps) < 1:
+            raise bad("steps", "must be a non-empty list of step counts >= 1, e.g. [4, 8]")
+        if not obj.seeds:
+            raise bad("seeds", "must be a non-empty list of integer seeds, e.g. [0]")
+        for k in ("average_samples", "max_images"):
+            if getattr(obj, k) < 1:
+                raise bad(k, "must be >= 1")
+    if isinstance(obj, ReportConfig) and (obj.crops < 0 or obj.zoom_size < 4):
+        raise bad("crops", "must be >= 0 (and report.zoom_size >= 4)")
+    if isinstance(obj, InferConfig):
+        if not 0 <= obj.tile_overlap < obj.tile:
+            raise bad("tile_overlap", "must be >= 0 and smaller than infer.tile")
+        for k in ("steps", "tile_batch", "samples"):
+            if getattr(obj, k) < 1:
+                raise bad(k, "must be >= 1")
+        if obj.eta < 0:
+            raise bad("eta", "must be >= 0")
+    if isinstance(obj, EnhanceConfig):
+        for k in ("shard_size", "workers", "max_pixels"):
+            if getattr(obj, k) < 1:
+                raise bad(k, "must be >= 1")
+        if not 1 <= obj.jpeg_quality <= 100:
+            raise bad("jpeg_quality", "must be within 1..100")
+        if not obj.extensions or not all(e.startswith(".") for e in obj.extensions):
+            raise bad("extensions", "must be a non-empty list of suffixes like .png")
+    if isinstance(obj, StorageConfig):
+        if obj.multipart_threshold_mb < 5:
+            raise bad(
+                "multipart_threshold_mb",
+                f"= {obj.multipart_threshold_mb} is too small: S3 rejects multipart parts "
+                "under 5 MiB; set it to 5 or more",
+            )
+        if obj.max_attempts < 1:
+            raise bad("max_attempts", "must be >= 1 (1 = no retries)")
+        for k, rel in [("publish", p) for p in obj.publish] + [("manifest", obj.manifest)]:
+            parts = rel.split("/")
+            if rel.startswith("/") or "\\" in rel or any(q in ("", ".", "..") for q in parts):
+                raise bad(k, f"entry {rel!r} must be a relative '/'-separated path inside the repo")
+        nested = [(a, b) for a in obj.publish for b in obj.publish if b.startswith(a + "/")]
+        if len(set(obj.publish)) != len(obj.publish) or nested:
+            raise bad("publish", f"lists a folder twice or one inside another: {obj.publish}")
+        if obj.manifest.split("/")[0] in {p.split("/")[0] for p in obj.publish}:
+            raise bad("manifest", f"{obj.manifest!r} must not lie inside a published folder")
 
 
 # ----------------------------------------------------------------------------- public API

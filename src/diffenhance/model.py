@@ -1,4 +1,4 @@
-"""A `Restorer` is what a checkpoint describes: U-Net + noise schedule + task.
+"""A `Restorer` is what a checkpoint describes: network + noise schedule + formulation + task.
 
 Checkpoints are safetensors files whose metadata embeds the resolved model and diffusion
 config, the task and the training step, so a checkpoint loads without params.yaml. Loading
@@ -26,9 +26,11 @@ from diffenhance.config import (
     to_dict,
 )
 from diffenhance.degrade import task_scale
-from diffenhance.diffusion import Schedule, from_model_range, sample, to_model_range
+from diffenhance.diffusion import Schedule, from_model_range, to_model_range
+from diffenhance.diffusion.formulations import Generators, formulation_sample
 from diffenhance.io import atomic_path
 from diffenhance.nn import UNet, build_unet
+from diffenhance.nn.predict_refine import PredictRefine
 
 FORMAT = "diffenhance-checkpoint-v1"
 WEIGHTS_NAME = "model.safetensors"  # EMA weights: what enhancement loads
@@ -40,9 +42,13 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Restorer:
-    """A trained conditional diffusion model for one task."""
+    """A trained restoration model for one task, of formulation `diffusion_cfg.formulation`.
 
-    unet: UNet
+    `unet` is the network `build_network` made: a `UNet` (sr3, regression, indi) or a
+    `PredictRefine` holding predictor + denoiser U-Nets (residual); both have `size_multiple`.
+    """
+
+    unet: UNet | PredictRefine
     schedule: Schedule
     model_cfg: ModelConfig
     diffusion_cfg: DiffusionConfig
@@ -73,45 +79,54 @@ class Restorer:
         steps: int = 8,
         sampler: str = "ddim",
         eta: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         autocast_dtype: torch.dtype | None = None,
+        samples: int = 1,
     ) -> torch.Tensor:
         """Restore a batch. lq: [N,3,h,w] float32 in [0,1] -> [N,3,h*scale,w*scale] in [0,1].
 
         H and W after upscaling must be multiples of `unet.size_multiple` (infer.py pads).
-        x_T is drawn from `generator` (on its device, then moved), so the result is a pure
-        function of (weights, lq, generator seed, steps).
+        The start (x_T, or the noisy input for indi) is drawn from `generator` (on its device,
+        then moved): one generator for the batch, or one per item (a sequence: item i then
+        depends on generator i only). The result is a pure function of (weights, lq, generator
+        seeds, steps). `samples` > 1 returns the mean of that many independent samples (more
+        faithful, less texture); `steps` is ignored by the regression formulation.
         """
         self.unet.eval()
         cond = self.condition(lq.to(self.device, torch.float32))
-        gdev = generator.device if generator is not None else torch.device("cpu")
-        x_t = torch.randn(cond.shape, generator=generator, device=gdev).to(self.device)
         with torch.autocast(
             self.device.type,
             dtype=autocast_dtype or torch.bfloat16,
             enabled=autocast_dtype is not None,
         ):
-            x0 = sample(
-                sampler,
+            x0 = formulation_sample(
+                self.diffusion_cfg,
                 self.unet,
                 self.schedule,
-                x_t,
                 cond,
                 steps=steps,
+                sampler=sampler,
                 eta=eta,
-                prediction=self.diffusion_cfg.prediction,
                 generator=generator,
+                samples=samples,
             )
         return from_model_range(x0.float()).clamp(0, 1)
+
+
+def build_network(model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig) -> UNet | PredictRefine:
+    """The freshly initialised network of `diffusion_cfg.formulation`: a UNet(6 -> 3), or for
+    'residual' a PredictRefine (predictor of width `residual_predictor_channels` + denoiser)."""
+    if diffusion_cfg.formulation == "residual":
+        return PredictRefine(model_cfg, diffusion_cfg.residual_predictor_channels)
+    return build_unet(model_cfg, in_channels=6, out_channels=3)
 
 
 def build_restorer(
     model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, task: str, degrade_cfg: DegradeConfig
 ) -> Restorer:
     """A freshly initialised restorer for `task`."""
-    unet = build_unet(model_cfg, in_channels=6, out_channels=3)
     return Restorer(
-        unet=unet,
+        unet=build_network(model_cfg, diffusion_cfg),
         schedule=Schedule.from_config(diffusion_cfg),
         model_cfg=model_cfg,
         diffusion_cfg=diffusion_cfg,
@@ -129,6 +144,7 @@ def checkpoint_metadata(r: Restorer, **extra: Any) -> dict[str, str]:
         "diffusion": json.dumps(to_dict(r.diffusion_cfg), sort_keys=True),
         "task": r.task,
         "scale": str(r.scale),
+        "formulation": r.diffusion_cfg.formulation,  # also inside "diffusion"; for readers
     }
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
     return meta
@@ -182,8 +198,10 @@ def load_restorer(path: str | Path, device: str | torch.device = "cpu") -> Resto
     tensors, meta = read_checkpoint(path)
     p = _resolve(path)
     model_cfg = section_from_dict(ModelConfig, json.loads(meta["model"]), source=str(p))
-    diff_cfg = section_from_dict(DiffusionConfig, json.loads(meta["diffusion"]), source=str(p))
-    unet = build_unet(model_cfg, in_channels=6, out_channels=3)
+    diff_raw = json.loads(meta["diffusion"])
+    diff_raw.setdefault("formulation", "sr3")  # checkpoints from before formulations were sr3
+    diff_cfg = section_from_dict(DiffusionConfig, diff_raw, source=str(p))
+    unet = build_network(model_cfg, diff_cfg)
     load_matching(unet, tensors, strict=True, source=str(p))
     r = Restorer(
         unet=unet,

@@ -380,7 +380,9 @@ class _Redactor(logging.Filter):
 
     def guard(self) -> None:
         """Attach to every library logger created so far (filters are not inherited)."""
-        names = [n for n in logging.Logger.manager.loggerDict if n.startswith(self.PREFIXES)]
+        # list(): a snapshot in one C call, so a logger created by another thread meanwhile
+        # cannot raise 'dictionary changed size during iteration'
+        names = [n for n in list(logging.Logger.manager.loggerDict) if n.startswith(self.PREFIXES)]
         for name in {*names, *self.PREFIXES}:
             lg = logging.getLogger(name)
             if self not in lg.filters:

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from diffenhance.config import Config, load_config, write_resolved
 from diffenhance.data.pairs import load_pairs
 from diffenhance.degrade import degrade_for_task, pair_seed
-from diffenhance.diffusion import to_model_range, training_loss
+from diffenhance.diffusion import formulation_loss, to_model_range
 from diffenhance.io import atomic_path, read_image, write_image
 from diffenhance.metrics import psnr, ssim
 from diffenhance.model import (
@@ -319,10 +319,8 @@ def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path
             x0 = to_model_range(hr.to(device, non_blocking=True)).contiguous(memory_format=mf)
             cond = r.condition(lq.to(device, non_blocking=True)).contiguous(memory_format=mf)
             with autocast:
-                loss, _ = training_loss(
-                    net, r.schedule, x0, cond, prediction=cfg.diffusion.prediction,
-                    loss=cfg.diffusion.loss, min_snr_gamma=cfg.diffusion.min_snr_gamma,
-                    generator=gen,
+                loss, _ = formulation_loss(
+                    cfg.diffusion, net, r.schedule, x0, cond, generator=gen
                 )  # fmt: skip
             value = float(loss.detach())
             if not math.isfinite(value):

@@ -4,6 +4,11 @@ Takes the denoising network as an argument (any callable `model(x_t, t, cond)`);
 network code.
 """
 
+from diffenhance.diffusion.formulations import (
+    FORMULATIONS,
+    formulation_loss,
+    formulation_sample,
+)
 from diffenhance.diffusion.process import (
     LOSSES,
     PREDICTIONS,
@@ -29,6 +34,9 @@ from diffenhance.diffusion.samplers import (
 from diffenhance.diffusion.schedule import Schedule, make_betas
 
 __all__ = [
+    "FORMULATIONS",
+    "formulation_loss",
+    "formulation_sample",
     "LOSSES",
     "PREDICTIONS",
     "SAMPLERS",

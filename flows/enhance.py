@@ -1,0 +1,192 @@
+"""`enhance` flow: enhance every image under `enhance.input` (a folder or s3://bucket/prefix)
+into `enhance.output`, in deterministic shards mapped over a Prefect task runner (threads, or
+a Dask cluster when `enhance.dask_address` is set), resumably, ending with a summary artifact
+and `<output>/_diffenhance/summary.json`.
+
+    python -m flows.enhance [--params params.yaml] [section.key=value ...]
+    python -m flows.enhance serve --cron "0 3 * * *" [--name nightly] [--max-runs N] [...]
+
+`serve` registers a deployment with that cron schedule on the Prefect API (PREFECT_API_URL)
+and runs its flow runs in this process until stopped (SIGTERM / Ctrl-C), or after N runs.
+Exit codes: 0 all enhanced, 1 some images failed, 2 configuration or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from diffenhance.config import ConfigError, EnhanceConfig, load_config
+from diffenhance.enhance import EnhanceError, finish_job, plan_job, summarize
+from flows.common import stage_logger
+from tasks.enhance import enhance_shard, publish_summary
+
+
+def make_task_runner(cfg: EnhanceConfig) -> Any:
+    """Threads by default; a Dask cluster at `dask_address`, or an in-process LocalCluster of
+    `workers` workers for dask_address=local."""
+    if cfg.dask_address is None:
+        return ThreadPoolTaskRunner(max_workers=cfg.workers)
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.dask_address == "local":
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": cfg.workers,
+                "threads_per_worker": 1,
+                "processes": False,
+                "dashboard_address": ":0",
+            }
+        )
+    return DaskTaskRunner(address=cfg.dask_address)
+
+
+@flow(name="enhance-shards")
+def enhance_shards(params: str, overrides: list[str]) -> dict[str, Any]:
+    """Plan, map `enhance-shard` over the shards with work left, summarise."""
+    cfg = load_config(params, overrides)
+    log = stage_logger()
+    job = plan_job(cfg)
+    todo = [s for s in job.shards if s.needs_run]
+    log.info(
+        "enhance: %d images in %d shards from %s; %d to do in %d shards; %d ignored",
+        job.n_sources, len(job.shards), job.input_url, job.n_todo, len(todo), len(job.ignored),
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    futures = enhance_shard.map(todo, job=unmapped(job), cfg=unmapped(cfg))
+    manifests, shard_errors = [], []
+    for shard, fut in zip(todo, futures, strict=True):
+        try:
+            manifests.append(fut.result())
+        except Exception as e:  # a whole shard crashed (storage down...): report, go on
+            shard_errors.append({"shard_id": shard.id, "reason": f"{type(e).__name__}: {e}"})
+    summary = summarize(job, manifests, time.perf_counter() - t0, shard_errors)
+    finish_job(job, summary, cfg)
+    return summary
+
+
+@flow(name="enhance")
+def enhance(params: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Batch enhancement with the task runner that `enhance.dask_address` selects."""
+    overrides = list(overrides or [])
+    cfg = load_config(params, overrides)
+    runner = make_task_runner(cfg.enhance)
+    summary = enhance_shards.with_options(task_runner=runner)(params=params, overrides=overrides)
+    publish_summary(summary)
+    log = stage_logger()
+    log.info(
+        "enhance: %d enhanced, %d skipped, %d failed, %.3g images/s, %.3g MP/s",
+        summary["enhanced"], summary["skipped_done"], summary["failed"],
+        summary["images_per_s"], summary["megapixels_per_s"],
+    )  # fmt: skip
+    for f in summary["failures"]:
+        log.warning("enhance: %s failed: %s", f["key"], f["reason"])
+    if summary["shard_errors"]:
+        raise RuntimeError(
+            f"{len(summary['shard_errors'])} shards crashed: {summary['shard_errors']}"
+        )
+    return summary
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+async def _serve(deployment: Any, max_runs: int | None) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.runner import Runner
+
+    runner = Runner(name=f"{deployment.name}-runner", limit=1)
+    dep_id = await runner.aadd_deployment(deployment)
+    if not max_runs:
+        await runner.start()
+        return
+    since = datetime.now(UTC)
+    terminal = [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
+
+    async def stop_after_runs() -> None:
+        async with get_client() as client:
+            while True:
+                await asyncio.sleep(1.0)
+                runs = await client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])),
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=terminal))
+                    ),
+                )
+                if sum(1 for r in runs if r.end_time and r.end_time >= since) >= max_runs:
+                    await runner.astop()
+                    return
+
+    await asyncio.gather(runner.start(), stop_after_runs())
+
+
+def serve(
+    params: str,
+    overrides: Sequence[str],
+    *,
+    cron: str,
+    name: str = "enhance-scheduled",
+    max_runs: int | None = None,
+) -> None:
+    """Register the `enhance` deployment `name` with a cron schedule and execute its runs."""
+    load_config(params, overrides)  # fail now, not at the first scheduled run
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.enhance import enhance as flow_obj  # importable module path, even under -m
+
+    dep = flow_obj.to_deployment(
+        name=name,
+        cron=cron,
+        parameters={"params": params, "overrides": list(overrides)},
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        description="Scheduled batch enhancement (see README, 'Enhancing images').",
+    )
+    asyncio.run(_serve(dep, max_runs))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(
+        prog="python -m flows.enhance", description="Batch enhancement as a Prefect flow."
+    )
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    serving = bool(argv) and argv[0] == "serve"
+    if serving:
+        argv = argv[1:]
+        p.prog += " serve"
+        p.add_argument("--cron", required=True, help='cron schedule, e.g. "0 3 * * *"')
+        p.add_argument("--name", default="enhance-scheduled", help="deployment name")
+        p.add_argument("--max-runs", type=int, default=None, help="stop after N finished runs")
+    args = p.parse_args(argv)
+    try:
+        if serving:
+            serve(
+                args.params, args.overrides, cron=args.cron, name=args.name, max_runs=args.max_runs
+            )
+            return 0
+        summary = enhance(params=args.params, overrides=list(args.overrides))
+    except (ConfigError, EnhanceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""PSNR/SSIM of a trained restorer against classical baselines (the `evaluate` stage).
+
+For each image: the model is sampled at every step count of `evaluate.steps`, once per seed of
+`evaluate.seeds` (each output the mean of `evaluate.average_samples` samples), and the task's
+baselines run on the same LQ input:
+
+* SR (sr2, sr4, blind): `bicubic` (Keys a=-0.5, as MATLAB imresize) and `lanczos` (Lanczos-3,
+  Pillow) upscaling of the LQ image;
+* denoise / jpeg: `input`, the degraded image itself; for denoise also `cbm3d` (colour BM3D,
+  Dabov et al. 2007) when the optional `bm3d` package is installed - otherwise it is skipped
+  and the reason recorded in protocol.json and the report.
+
+Every result is scored under both protocols of `metrics.protocol_for_task` (RGB and BT.601 Y,
+border crop = scale for SR, data range 1.0), on the float outputs (not 8-bit files).
+
+Determinism: the initial noise of sample k of image `name` comes from a CPU generator seeded with
+`pair_seed(seed, "eval", name, k)`, the same for every step count and independent of the image
+order, so on CPU the same params give a bit-identical metrics.json. Timings are kept out of
+metrics.json (they never repeat) and go to timing.json.
+
+Outputs in `<out_dir>/` (`reports/<task>/` for the stage):
+  per_image.csv      one row per (image, method[, steps, seed]): psnr/ssim rgb/y, hf_ratio
+                     (sharpness: metrics.hf_energy_ratio, 1 = as much fine detail as the truth),
+                     seconds
+  metrics.json       flat numeric keys, e.g. model_ddim8_psnr_y, bicubic_psnr_y,
+                     delta_psnr_y_vs_bicubic (DVC metrics; bit-reproducible on CPU)
+  timing.json        seconds_per_image of every method (DVC metrics; not reproducible)
+  psnr_vs_steps.csv  mean metrics per step count (DVC plot)
+  protocol.json      what was measured: protocols, sampler, steps, seeds, images, skipped baselines
+  images/            lq/, hr/, model/ (headline step count, first seed) and one folder per baseline,
+                     8-bit PNGs for the report
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from diffenhance.config import Config
+from diffenhance.data.folder import file_sha256, iter_image_files
+from diffenhance.data.pairs import Pair, load_pairs, make_pair
+from diffenhance.degrade import pair_seed, resize, task_scale
+from diffenhance.infer import autocast_dtype as infer_autocast_dtype
+from diffenhance.io import atomic_path, read_image, write_image
+from diffenhance.metrics import Protocol, hf_energy_ratio, mean_psnr, protocol_for_task
+from diffenhance.model import Restorer, load_restorer
+
+METRICS: tuple[str, ...] = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
+# Sharpness beside fidelity (metrics.hf_energy_ratio, Y, 1 = as much fine detail as the truth):
+# reported per method, no deltas - more is not better.
+SHARPNESS = "hf_ratio"
+SR_BASELINES: tuple[str, ...] = ("bicubic", "lanczos")
+MODEL_DIR = "model"  # images/<MODEL_DIR>/: the headline model's outputs
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def bicubic_upscale(lq: np.ndarray, scale: int) -> np.ndarray:
+    """HxWx3 float32 [0,1] -> (H*scale)x(W*scale)x3: Keys cubic (a=-0.5), as MATLAB imresize."""
+    return resize(lq, size=(lq.shape[0] * scale, lq.shape[1] * scale), method="bicubic")
+
+
+def lanczos_upscale(lq: np.ndarray, scale: int) -> np.ndarray:
+    """HxWx3 float32 [0,1] -> (H*scale)x(W*scale)x3: Lanczos-3 (Pillow, float per channel)."""
+    h, w = lq.shape[:2]
+    chans = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(lq[..., c], dtype=np.float32), mode="F").resize(
+                (w * scale, h * scale), Image.Resampling.LANCZOS
+            )
+        )
+        for c in range(3)
+    ]
+    return np.clip(np.stack(chans, axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+def bm3d_missing_reason() -> str | None:
+    """None when the optional `bm3d` package can be imported, else why CBM3D is skipped."""
+    if importlib.util.find_spec("bm3d") is None:
+        return "the optional `bm3d` package is not installed (pip install bm3d to add CBM3D)"
+    return None
+
+
+def cbm3d_denoise(noisy: np.ndarray, sigma: float) -> np.ndarray:
+    """Colour BM3D of an HxWx3 float32 [0,1] image with Gaussian noise of `sigma` (0-255 scale).
+
+    Needs the optional `bm3d` package (see `bm3d_missing_reason`)."""
+    import bm3d  # optional dependency, checked by bm3d_missing_reason
+
+    out = bm3d.bm3d_rgb(noisy.astype(np.float64), sigma_psd=sigma / 255.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def baselines_for_task(task: str, cfg: Config) -> tuple[dict[str, Callable], dict[str, str]]:
+    """({name: lq HxWx3 -> HR-size HxWx3}, {skipped name: reason}) for `task`."""
+    s = task_scale(task, cfg.degrade)
+    if s > 1:
+        return {
+            "bicubic": lambda lq: bicubic_upscale(lq, s),
+            "lanczos": lambda lq: lanczos_upscale(lq, s),
+        }, {}
+    methods: dict[str, Callable] = {"input": lambda lq: lq.copy()}
+    skipped: dict[str, str] = {}
+    if task == "denoise":
+        reason = bm3d_missing_reason()
+        if reason is None:
+            sigma = cfg.degrade.val_noise_sigma
+            methods["cbm3d"] = lambda lq: cbm3d_denoise(lq, sigma)
+        else:
+            skipped["cbm3d"] = reason
+    return methods, skipped
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def restore_image(
+    r: Restorer,
+    lq: np.ndarray,
+    *,
+    steps: int,
+    sampler: str,
+    eta: float,
+    seeds: Sequence[int],
+    autocast_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """The mean of one model sample per seed for an HxWx3 float32 [0,1] LQ image ->
+    (H*scale)x(W*scale)x3 float32 [0,1].
+
+    The one place evaluation runs the network: LQ is padded to the U-Net's size multiple and the
+    output cropped back (`train.pad_lq`); fine for evaluation crops up to a few hundred pixels
+    (use `infer` for whole photos). Each x_T comes from a CPU generator seeded with its seed.
+    """
+    from diffenhance.train import pad_lq
+
+    x = torch.from_numpy(np.ascontiguousarray(lq, dtype=np.float32)).permute(2, 0, 1)[None]
+    x, H, W = pad_lq(x, r.scale, r.unet.size_multiple)
+    acc = None
+    for seed in seeds:
+        g = torch.Generator().manual_seed(int(seed))
+        y = r.restore(
+            x, steps=steps, sampler=sampler, eta=eta, generator=g, autocast_dtype=autocast_dtype
+        )
+        y = y[0, :, :H, :W].to("cpu", torch.float64)
+        acc = y if acc is None else acc + y
+    out = (acc / len(seeds)).permute(1, 2, 0).numpy().astype(np.float32)
+    return np.clip(out, 0.0, 1.0)
+
+
+def sample_seeds(seed: int, name: str, n: int) -> list[int]:
+    """Seeds of the `n` averaged samples of image `name` under evaluation seed `seed`."""
+    return [pair_seed(seed, "eval", name, k) for k in range(n)]
+
+
+def model_key(sampler: str, steps: int) -> str:
+    """Method name of the model at a step count, e.g. 'model_ddim8'."""
+    return f"model_{sampler}{steps}"
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score(pred: np.ndarray, hr: np.ndarray, protocols: Sequence[Protocol]) -> dict[str, float]:
+    """{psnr_rgb, ssim_rgb, psnr_y, ssim_y, hf_ratio} of one HxWx3 [0,1] prediction (PSNR may
+    be inf for identical images; hf_ratio inf/nan when the truth has no fine detail)."""
+    out = {}
+    for p in protocols:
+        out[f"psnr_{p.name}"] = float(p.psnr(pred, hr)[0])
+        out[f"ssim_{p.name}"] = float(p.ssim(pred, hr)[0])
+    out[SHARPNESS] = float(hf_energy_ratio(pred, hr, crop=protocols[0].crop)[0])
+    return out
+
+
+def _mean(values: pd.Series, metric: str) -> float:
+    if metric == SHARPNESS:  # mean over the images where it is defined
+        v = values.to_numpy(np.float64)
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if v.size else float("nan")
+    return mean_psnr(values) if metric.startswith("psnr") else float(np.mean(values))
+
+
+def summarise(per_image: pd.DataFrame, headline: str, baselines: Sequence[str]) -> dict[str, float]:
+    """Flat numeric metrics from per_image rows (see the module docstring for the keys).
+
+    Means over images (and seeds); PSNR capped at 100 dB per image (`metrics.mean_psnr`).
+    Deltas are the headline model minus each baseline. Sharpness (hf_ratio) is left out where
+    it is undefined for every image (no NaN in metrics.json)."""
+    m: dict[str, float] = {"n_images": float(per_image["image"].nunique())}
+    for method, rows in per_image.groupby("method", sort=False):
+        for k in METRICS:
+            m[f"{method}_{k}"] = _mean(rows[k], k)
+        if SHARPNESS in rows and math.isfinite(hf := _mean(rows[SHARPNESS], SHARPNESS)):
+            m[f"{method}_{SHARPNESS}"] = hf
+        if rows["seed"].nunique() > 1:  # spread of the per-seed means
+            for k in METRICS:
+                per_seed = [_mean(g[k], k) for _, g in rows.groupby("seed")]
+                m[f"{method}_{k}_seed_std"] = float(np.std(per_seed))
+    for k in (*METRICS, SHARPNESS):
+        if f"{headline}_{k}" in m:
+            m[f"model_{k}"] = m[f"{headline}_{k}"]
+    for b in baselines:
+        for k in METRICS:
+            m[f"delta_{k}_vs_{b}"] = m[f"{headline}_{k}"] - m[f"{b}_{k}"]
+    return {k: round(v, 6) for k, v in m.items()}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Where an evaluation wrote its files, and its metrics."""
+
+    out_dir: Path
+    metrics: dict[str, float]
+    timing: dict[str, float]
+    protocol: dict[str, Any]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _write_csv(path: Path, df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def _device(cfg: Config) -> torch.device:
+    from diffenhance.infer import resolve_device
+
+    return resolve_device(cfg.infer.device)
+
+
+def evaluate_pairs(
+    r: Restorer,
+    pairs: Sequence[Pair],
+    task: str,
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    source: dict[str, Any],
+    progress: Callable[[str], None] | None = None,
+) -> Evaluation:
+    """Score the model and the baselines on (LQ, HR) pairs and write every output file.
+
+    pairs: HR float32 HxWx3 in [0,1], LQ its degradation (HR size / task scale). `source` is
+    recorded in protocol.json (where the pairs came from). Raises ValueError when the model's
+    task or scale does not match `task` or when there are no pairs.
+    """
+    e, s = cfg.evaluate, task_scale(task, cfg.degrade)
+    if r.task != task or r.scale != s:
+        raise ValueError(
+            f"the model was trained for task {r.task!r} (scale {r.scale}) but task {task!r} "
+            f"(scale {s}) is evaluated; pass the matching --task / checkpoint"
+        )
+    if not pairs:
+        raise ValueError(f"no images to evaluate for task {task!r}")
+    sampler = e.sampler or cfg.infer.sampler
+    headline_steps = e.steps[-1]
+    headline = model_key(sampler, headline_steps)
+    protocols = protocol_for_task(task, cfg.degrade)
+    baselines, skipped = baselines_for_task(task, cfg)
+    device = r.device
+    autocast_dtype = infer_autocast_dtype(cfg.infer.precision, device)  # as enhancement runs
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    out_dir = Path(out_dir)
+    images = out_dir / "images"
+    shutil.rmtree(images, ignore_errors=True)  # stale images of a previous, larger run
+    rows: list[dict[str, Any]] = []
+    for i, p in enumerate(pairs):
+        if progress:
+            progress(f"{task}: image {i + 1}/{len(pairs)} {p.name}")
+        write_image(images / "lq" / f"{p.name}.png", p.lq)
+        write_image(images / "hr" / f"{p.name}.png", p.hr)
+        for name, fn in baselines.items():
+            t0 = time.perf_counter()
+            pred = fn(p.lq)
+            dt = time.perf_counter() - t0
+            rows.append({"image": p.name, "method": name, "kind": "baseline", "sampler": "",
+                         "steps": None, "seed": None, **score(pred, p.hr, protocols), "seconds": dt})  # fmt: skip
+            write_image(images / name / f"{p.name}.png", pred)
+        for steps in e.steps:
+            for seed in e.seeds:
+                t0 = time.perf_counter()
+                pred = restore_image(
+                    r, p.lq, steps=steps, sampler=sampler, eta=cfg.infer.eta,
+                    seeds=sample_seeds(seed, p.name, e.average_samples),
+                    autocast_dtype=autocast_dtype,
+                )  # fmt: skip
+                dt = time.perf_counter() - t0
+                rows.append({"image": p.name, "method": model_key(sampler, steps), "kind": "model",
+                             "sampler": sampler, "steps": steps, "seed": seed,
+                             **score(pred, p.hr, protocols), "seconds": dt})  # fmt: skip
+                if steps == headline_steps and seed == e.seeds[0]:
+                    write_image(images / MODEL_DIR / f"{p.name}.png", pred)
+
+    per_image = pd.DataFrame(rows).astype({"steps": "Int64", "seed": "Int64"})
+    metrics = summarise(per_image, headline, list(baselines))
+    metrics["headline_steps"] = float(headline_steps)
+    timing = {
+        "seconds_per_image": round(float(per_image.query("method == @headline")["seconds"].mean()), 4),
+        **{f"{m}_seconds_per_image": round(float(g["seconds"].mean()), 4)
+           for m, g in per_image.groupby("method", sort=False)},
+    }  # fmt: skip
+    model_rows = per_image[per_image["kind"] == "model"]
+    curve = pd.DataFrame(
+        [{"steps": int(st), **{k: _mean(g[k], k) for k in (*METRICS, SHARPNESS)}}
+         for st, g in model_rows.groupby("steps")]
+    )  # fmt: skip
+    protocol = {
+        "task": task,
+        "scale": s,
+        "protocols": [
+            {"name": p.name, "y_channel": p.y_channel, "crop": p.crop, "description": p.describe()}
+            for p in protocols
+        ],
+        "sampler": sampler,
+        "eta": cfg.infer.eta,
+        "steps": list(e.steps),
+        "headline_steps": headline_steps,
+        "headline_method": headline,
+        "seeds": list(e.seeds),
+        "average_samples": e.average_samples,
+        "noise_seeding": "x_T of sample k of image NAME: CPU torch.Generator seeded with "
+        "pair_seed(seed, 'eval', NAME, k)",
+        "baselines": list(baselines),
+        "reference_baseline": next(iter(baselines)),
+        "skipped_baselines": skipped,
+        "n_images": len(pairs),
+        "images": [p.name for p in pairs],
+        "model": {"task": r.task, "step": r.meta.get("step"), "path": r.meta.get("path")},
+        "device": str(device),
+        "autocast": "bf16" if autocast_dtype is not None else "fp32",
+        "source": source,
+        "psnr_cap_db": 100.0,
+        "notes": [f"{k} skipped: {v}" for k, v in skipped.items()],
+    }
+    _write_csv(out_dir / "per_image.csv", per_image)
+    _write_csv(out_dir / "psnr_vs_steps.csv", curve)
+    _write_json(out_dir / "metrics.json", metrics)
+    _write_json(out_dir / "timing.json", timing)
+    _write_json(out_dir / "protocol.json", protocol)
+    return Evaluation(out_dir, metrics, timing, protocol)
+
+
+def spread(items: Sequence[Any], n: int) -> list[Any]:
+    """At most `n` of `items`, evenly spaced and in order, first and last included (so a few
+    evaluation images cover every source photo of a sorted list, not just the first one)."""
+    if len(items) <= n:
+        return list(items)
+    idx = np.unique(np.linspace(0, len(items) - 1, n).round().astype(int))
+    return [items[i] for i in idx]
+
+
+def _load_model(path: str | Path, cfg: Config) -> Restorer:
+    r = load_restorer(path, device=_device(cfg))
+    r.meta = {**r.meta, "path": str(path)}
+    return r
+
+
+def evaluate_task(cfg: Config, task: str, **kw: Any) -> Evaluation:
+    """The `evaluate` stage for one task: the model in `<train.out_dir>/<task>/` on the fixed
+    validation pairs in `<degrade.out_dir>/<task>/` (at most `evaluate.max_images`, evenly
+    spaced by name: `spread`), written to `<evaluate.out_dir>/<task>/`."""
+    model = Path(cfg.train.out_dir) / task / "model.safetensors"
+    if not model.is_file():
+        raise FileNotFoundError(f"{model}: no trained model; run the `train` stage first")
+    pairs_dir = Path(cfg.degrade.out_dir) / task
+    pairs = spread(load_pairs(pairs_dir), cfg.evaluate.max_images)
+    source = {"kind": "pairs", "path": str(pairs_dir / "pairs.csv")}
+    out = Path(cfg.evaluate.out_dir) / task
+    return evaluate_pairs(_load_model(model, cfg), pairs, task, cfg, out, source=source, **kw)
+
+
+def folder_pairs(hr_dir: str | Path, task: str, cfg: Config) -> list[Pair]:
+    """(HR, LQ) pairs from any folder of HR images, exactly as the `degrade` stage makes them
+    (`pairs.make_pair`: centre crop to `degrade.val_size`, the task's fixed validation seed
+    from the file's content hash). At most `evaluate.max_images` (evenly spaced in sorted path
+    order, `spread`).
+
+    Names are the paths relative to `hr_dir` without suffix, '/' replaced by '__'."""
+    root = Path(hr_dir)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: --hr-dir must be a folder of images")
+    files = spread(iter_image_files(root), cfg.evaluate.max_images)
+    if not files:
+        raise FileNotFoundError(f"{root}: no images found (PNG, JPEG, WebP, TIFF, BMP, GIF)")
+    pairs = []
+    for f in files:
+        hr, lq, _ = make_pair(read_image(f), file_sha256(f), task, cfg.degrade)
+        name = f.relative_to(root).with_suffix("").as_posix().replace("/", "__")
+        pairs.append(Pair(name, hr, lq))
+    return pairs
+
+
+def evaluate_folder(
+    cfg: Config, hr_dir: str | Path, task: str, model: str | Path, out_dir: str | Path, **kw: Any
+) -> Evaluation:
+    """Evaluate a checkpoint on a user's folder of HR images (see `folder_pairs`); writes the
+    same files as the stage into `out_dir`."""
+    pairs = folder_pairs(hr_dir, task, cfg)
+    source = {"kind": "folder", "path": str(hr_dir), "val_size": cfg.degrade.val_size,
+              "seed": cfg.degrade.seed}  # fmt: skip
+    return evaluate_pairs(_load_model(model, cfg), pairs, task, cfg, out_dir, source=source, **kw)
+
+
+__all__ = [
+    "METRICS",
+    "SHARPNESS",
+    "Evaluation",
+    "baselines_for_task",
+    "bicubic_upscale",
+    "bm3d_missing_reason",
+    "cbm3d_denoise",
+    "evaluate_folder",
+    "evaluate_pairs",
+    "evaluate_task",
+    "folder_pairs",
+    "lanczos_upscale",
+    "model_key",
+    "restore_image",
+    "sample_seeds",
+    "score",
+    "spread",
+    "summarise",
+]

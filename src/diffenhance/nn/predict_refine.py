@@ -1,0 +1,59 @@
+"""Predict-and-refine network: a regression predictor U-Net plus a denoiser U-Net.
+
+Used by the `residual` formulation (Whang et al. 2022, "Deblurring via Stochastic Refinement";
+Shang et al. 2024, "ResDiff"): the predictor gives a one-shot estimate mu of the clean image,
+the denoiser models the residual x - mu conditioned on mu. This module only composes two
+`UNet`s; what the outputs mean (and the noise process) lives in `diffusion.formulations`.
+
+Both sub-networks are attributes, so `state_dict()` keys carry the prefixes `predictor.` and
+`denoiser.`, and one optimizer, one EMA copy and one checkpoint cover both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from diffenhance.config import ModelConfig
+from diffenhance.nn.unet import UNet
+
+
+class PredictRefine(nn.Module):
+    """`predict(y) -> mu`, `denoise(x_t, t, mu) -> prediction`, and a training `forward`.
+
+    predictor: UNet(6 -> 3) of width `predictor_channels`, called as a regression,
+    mu = y + predictor(y, 0, y) (the residual over the upsampled input, so mu = y at init).
+    denoiser: UNet(6 -> 3) of `model_cfg`, conditioned on mu.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, predictor_channels: int = 0) -> None:
+        super().__init__()
+        width = predictor_channels or model_cfg.base_channels
+        pred_cfg = replace(
+            model_cfg, base_channels=width, head_channels=min(width, model_cfg.head_channels)
+        )
+        self.predictor = UNet(pred_cfg, in_channels=6, out_channels=3)
+        self.denoiser = UNet(model_cfg, in_channels=6, out_channels=3)
+        a, b = self.predictor.size_multiple, self.denoiser.size_multiple
+        self.size_multiple: int = a * b // math.gcd(a, b)
+
+    def predict(self, y: torch.Tensor) -> torch.Tensor:
+        """y: [N, 3, H, W] upsampled input in [-1, 1] -> mu [N, 3, H, W] (about [-1, 1])."""
+        t = torch.zeros(y.shape[0], device=y.device)
+        return y + self.predictor(y, t, y)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """The denoiser's prediction for the noisy residual x_t [N, 3, H, W] at timesteps t [N]."""
+        return self.denoiser(x_t, t, mu)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Training pass in ONE call (so DDP sees every parameter once): cond = y [N, 3, H, W].
+
+        Returns [N, 6, H, W]: channels 0-2 the denoiser's prediction for x_t conditioned on
+        mu.detach(), channels 3-5 mu = predict(y) (with grad, for the predictor's own loss).
+        """
+        mu = self.predict(cond)
+        return torch.cat([self.denoise(x_t, t, mu.detach()), mu], dim=1)

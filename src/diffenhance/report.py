@@ -1,0 +1,369 @@
+"""The `report` stage: one self-contained HTML page per evaluation, with tables and plots.
+
+`build_report(eval_dir, out_dir, cfg)` reads what `evaluate` wrote (metrics.json, timing.json,
+protocol.json, per_image.csv, psnr_vs_steps.csv, images/) and writes:
+
+  report.html  summary (protocol, sampler, steps, seeds), PSNR/SSIM of every method, the
+               headline model against every baseline with deltas, plots and side-by-side crops;
+               every image is embedded as a base64 PNG data URI and there is no external URL,
+               so the file opens the same from disk, S3 or an e-mail attachment.
+  plots/       the same figures as PNG files: training.png (from the train_log.csv, when
+               given), psnr_vs_steps.png, scatter.png, crop_best_*.png, crop_worst_*.png.
+
+Figures are drawn with matplotlib's object API (`matplotlib.figure.Figure`, Agg canvas): no
+pyplot state, no display needed. `summary_markdown` and `method_table` give the text and rows
+that the flow publishes as Prefect artifacts.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diffenhance.config import ReportConfig
+from diffenhance.io import atomic_path, read_image
+from diffenhance.metrics import PSNR_CAP_DB
+from diffenhance.report_plots import (
+    crop_figure,
+    plot_psnr_vs_steps,
+    plot_scatter,
+    plot_training,
+)
+
+METRIC_LABELS = {"psnr_rgb": "PSNR RGB (dB)", "ssim_rgb": "SSIM RGB",
+                 "psnr_y": "PSNR Y (dB)", "ssim_y": "SSIM Y"}  # fmt: skip
+HF_LABEL = "sharpness (HF ratio, 1 = truth)"
+EVAL_FILES = ("metrics.json", "timing.json", "protocol.json", "per_image.csv", "psnr_vs_steps.csv")
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Everything `evaluate` wrote for one task (see diffenhance.evaluate)."""
+
+    dir: Path
+    metrics: dict[str, float]
+    timing: dict[str, float]
+    protocol: dict[str, Any]
+    per_image: pd.DataFrame
+    curve: pd.DataFrame
+
+    @property
+    def headline(self) -> str:
+        return self.protocol["headline_method"]
+
+    @property
+    def baselines(self) -> list[str]:
+        return list(self.protocol["baselines"])
+
+    def image(self, kind: str, name: str) -> np.ndarray:
+        """images/<kind>/<name>.png as float32 HxWx3 in [0, 1] (kind: lq, hr, model, a baseline)."""
+        return read_image(self.dir / "images" / kind / f"{name}.png")
+
+
+@dataclass(frozen=True)
+class Report:
+    html: Path
+    plots: list[Path]
+    markdown: str
+    table: list[dict[str, Any]]
+
+
+def load_evaluation(eval_dir: str | Path) -> EvalData:
+    """Read an evaluation folder; FileNotFoundError names the missing file."""
+    d = Path(eval_dir)
+    for f in EVAL_FILES:
+        if not (d / f).is_file():
+            raise FileNotFoundError(
+                f"{d / f}: missing; run the `evaluate` stage (or `diffenhance evaluate`) first"
+            )
+    read = lambda f: json.loads((d / f).read_text())  # noqa: E731
+    per_image = pd.read_csv(d / "per_image.csv", keep_default_na=False, na_values=[""])
+    return EvalData(d, read("metrics.json"), read("timing.json"), read("protocol.json"),
+                    per_image, pd.read_csv(d / "psnr_vs_steps.csv"))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def method_table(ev: EvalData) -> list[dict[str, Any]]:
+    """One row per method (model step counts, then baselines): mean metrics and seconds/image."""
+    rows = []
+    methods = [m for m in ev.per_image["method"].unique() if m.startswith("model_")]
+    for m in methods + ev.baselines:
+        row: dict[str, Any] = {"method": m + (" (headline)" if m == ev.headline else "")}
+        row |= {k: ev.metrics[f"{m}_{k}"] for k in METRIC_LABELS}
+        row["hf_ratio"] = ev.metrics.get(f"{m}_hf_ratio")  # sharpness; absent: undefined
+        row["seconds_per_image"] = ev.timing.get(f"{m}_seconds_per_image")
+        rows.append(row)
+    return rows
+
+
+def delta_rows(ev: EvalData) -> list[dict[str, Any]]:
+    """Headline model vs each baseline: (baseline, metric, baseline value, model value, delta)."""
+    return [
+        {"baseline": b, "metric": k, "baseline_value": ev.metrics[f"{b}_{k}"],
+         "model_value": ev.metrics[f"model_{k}"], "delta": ev.metrics[f"delta_{k}_vs_{b}"]}
+        for b in ev.baselines for k in METRIC_LABELS
+    ]  # fmt: skip
+
+
+def per_image_gain(ev: EvalData, baseline: str | None = None) -> pd.DataFrame:
+    """Per image: headline model PSNR-Y (mean over seeds), baseline PSNR-Y and the gain, sorted
+    best first (PSNR capped at 100 dB so identical images stay finite)."""
+    b = baseline or ev.protocol["reference_baseline"]
+    df = ev.per_image
+    model = df[df["method"] == ev.headline].groupby("image")["psnr_y"].mean()
+    base = df[df["method"] == b].set_index("image")["psnr_y"]
+    out = pd.DataFrame({"model": model, "baseline": base.reindex(model.index)}).clip(
+        upper=PSNR_CAP_DB
+    )
+    out["gain"] = out["model"] - out["baseline"]
+    return out.sort_values(["gain", "model"], ascending=False, kind="stable")
+
+
+def pick_crops(gain: pd.DataFrame, n: int) -> list[tuple[str, str]]:
+    """[('best', name), ..., ('worst', name), ...]: the n highest and n lowest gains, no image
+    twice (with fewer than 2n images, the upper half is best and the lower half worst)."""
+    names = list(gain.index)
+    best = names[: min(n, (len(names) + 1) // 2)]
+    worst = [x for x in reversed(names) if x not in best][:n]
+    return [("best", x) for x in best] + [("worst", x) for x in worst]
+
+
+def _fmt(metric: str, v: float | None, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    spec = ".2f" if metric.startswith("psnr") else ".4f"
+    return format(v, ("+" if signed else "") + spec)
+
+
+def summary_items(ev: EvalData) -> list[tuple[str, str]]:
+    """(label, value) rows of the summary table: what was measured, and how."""
+    p = ev.protocol
+    model = p.get("model") or {}
+    src = p.get("source") or {}
+    items = [
+        ("task", f"{p['task']} (scale x{p['scale']})"),
+        ("images", f"{p['n_images']} from {src.get('kind', '?')} {src.get('path', '')}"),
+    ]
+    items += [(f"protocol {q['name']}", q["description"]) for q in p["protocols"]]
+    items += [
+        ("sampler", f"{p['sampler']} (eta {p['eta']})"),
+        ("steps", f"{p['headline_steps']} (headline); evaluated: {', '.join(map(str, p['steps']))}"),
+        ("seeds", ", ".join(map(str, p["seeds"]))),
+        ("samples averaged", str(p["average_samples"])),
+        ("noise seeding", p["noise_seeding"]),
+        ("model", f"{model.get('path', '?')} (training step {model.get('step', '?')})"),
+        ("device", f"{p['device']}, {p['autocast']}"),
+        ("baselines", ", ".join(p["baselines"])),
+        ("seconds per image", f"{ev.timing.get('seconds_per_image', float('nan')):.3f} (headline model)"),
+    ]  # fmt: skip
+    items += [("note", n) for n in p.get("notes", [])]
+    return items
+
+
+def summary_markdown(ev: EvalData, report_path: str | Path | None = None) -> str:
+    """Markdown summary (for a Prefect artifact): protocol, headline metrics, deltas."""
+    lines = [f"# Evaluation of `{ev.protocol['task']}`", ""]
+    lines += ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary_items(ev)]
+    lines += ["", "| method | " + " | ".join(METRIC_LABELS.values()) + f" | {HF_LABEL} | s/image |"]
+    lines += ["|---" * (len(METRIC_LABELS) + 3) + "|"]
+    for r in method_table(ev):
+        vals = [_fmt(k, r[k]) for k in (*METRIC_LABELS, "hf_ratio")]
+        vals.append(_fmt("seconds", r["seconds_per_image"]))
+        lines.append(f"| {r['method']} | " + " | ".join(vals) + " |")
+    lines += ["", "Headline model minus baseline:", ""]
+    for b in ev.baselines:
+        d = ", ".join(
+            f"{METRIC_LABELS[k]} {_fmt(k, ev.metrics[f'delta_{k}_vs_{b}'], True)}"
+            for k in METRIC_LABELS
+        )
+        lines.append(f"- vs **{b}**: {d}")
+    if report_path:
+        lines += ["", f"Report: `{report_path}`"]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:24px;
+color:#1b1b1b;background:#fff;max-width:1200px}
+h1{font-size:1.6em;margin:0 0 .3em}h2{font-size:1.2em;margin:1.6em 0 .5em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th{background:#f2f2f2}td.l,th.l{text-align:left}.pos{color:#0a7a2f}.neg{color:#b3261e}
+.head{font-weight:600;background:#fffbe6}img{max-width:100%;height:auto;display:block;margin:.5em 0}
+.note{color:#555;font-size:.9em}figure{margin:0 0 1.2em}figcaption{color:#555;font-size:.9em}
+"""
+
+# Marks every <img> with data-decoded="1|0" once the page has loaded, and logs failures to the
+# console, so a headless browser (tests/test_report.py) can check that every image decoded.
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var bad = 0;
+  document.querySelectorAll('img').forEach(function (im) {
+    var ok = im.complete && im.naturalWidth > 0;
+    im.setAttribute('data-decoded', ok ? '1' : '0');
+    if (!ok) { bad++; console.error('report: image failed to decode: ' + im.alt); }
+  });
+  document.body.setAttribute('data-images-ok', bad === 0 ? '1' : '0');
+});
+"""
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _img(path: Path, alt: str, caption: str = "") -> str:
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return (
+        f'<figure><img src="{data_uri(path.read_bytes())}" alt="{html.escape(alt)}">{cap}</figure>'
+    )
+
+
+def _table(
+    header: list[str], rows: list[list[str]], left: int = 1, cls: list[str] | None = None
+) -> str:
+    th = "".join(
+        f'<th class="l">{html.escape(h)}</th>' if i < left else f"<th>{html.escape(h)}</th>"
+        for i, h in enumerate(header)
+    )
+    body = []
+    for j, r in enumerate(rows):
+        tds = "".join(
+            f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(r)
+        )
+        attr = f' class="{cls[j]}"' if cls and cls[j] else ""
+        body.append(f"<tr{attr}>{tds}</tr>")
+    head = f"<tr>{th}</tr>" if any(header) else ""
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _signed(metric: str, v: float) -> str:
+    cls = "pos" if v > 0 else "neg" if v < 0 else ""
+    return f'<span class="{cls}">{_fmt(metric, v, True)}</span>'
+
+
+def render_html(ev: EvalData, figures: dict[str, list[tuple[Path, str]]], title: str) -> str:
+    """The report page; `figures` maps a section title to (png, caption) pairs to embed."""
+    esc = html.escape
+    parts = [f"<h1>{esc(title)}</h1>", "<h2>Summary</h2>"]
+    parts.append(_table(["", ""], [[esc(k), esc(v)] for k, v in summary_items(ev)], left=2))
+    mt = method_table(ev)
+    parts.append("<h2>All methods (mean over images)</h2>")
+    parts.append(_table(
+        ["method", *METRIC_LABELS.values(), HF_LABEL, "s / image"],
+        [[esc(r["method"]), *(_fmt(k, r[k]) for k in (*METRIC_LABELS, "hf_ratio")),
+          _fmt("seconds", r["seconds_per_image"])] for r in mt],
+        cls=["head" if "(headline)" in r["method"] else "" for r in mt],
+    ))  # fmt: skip
+    parts.append(f"<h2>Headline model ({esc(ev.headline)}) against every baseline</h2>")
+    parts.append(_table(
+        ["baseline", "metric", "baseline", "model", "delta (model - baseline)"],
+        [[esc(d["baseline"]), esc(METRIC_LABELS[d["metric"]]), _fmt(d["metric"], d["baseline_value"]),
+          _fmt(d["metric"], d["model_value"]), _signed(d["metric"], d["delta"])]
+         for d in delta_rows(ev)],
+        left=2,
+    ))  # fmt: skip
+    parts.append(
+        '<p class="note">PSNR is averaged in dB with each image capped at 100 dB. Sharpness is the '
+        "high-frequency energy of the Y channel relative to the ground truth (above a quarter of "
+        "Nyquist; metrics.hf_energy_ratio): below 1 blurrier than the truth, above 1 more fine "
+        "detail or noise than the truth; it measures the amount of detail, not its correctness. "
+        "Scores are computed on the float outputs; the crops below are 8-bit PNGs. Timings vary "
+        "between runs and live in timing.json, outside the reproducible metrics.json.</p>"
+    )
+    for section, figs in figures.items():
+        parts.append(f"<h2>{esc(section)}</h2>")
+        parts += [_img(p, alt=p.stem, caption=c) for p, c in figs]
+    body = "\n".join(parts)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head>"
+        f"<body>\n{body}\n</body></html>\n"
+    )
+
+
+def build_report(
+    eval_dir: str | Path,
+    out_dir: str | Path,
+    cfg: ReportConfig,
+    *,
+    train_log: str | Path | None = None,
+) -> Report:
+    """Write report.html and plots/*.png for the evaluation in `eval_dir` into `out_dir`.
+
+    train_log: the model's train_log.csv (training curves); skipped with a note when missing.
+    """
+    ev = load_evaluation(eval_dir)
+    out = Path(out_dir)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for old in plots.glob("*.png"):  # crops of a previous run may name other images
+        old.unlink()
+    task, ref = ev.protocol["task"], ev.protocol["reference_baseline"]
+    figures: dict[str, list[tuple[Path, str]]] = {}
+
+    training: list[tuple[Path, str]] = []
+    if train_log is not None and Path(train_log).is_file():
+        p = plot_training(pd.read_csv(train_log), plots / "training.png")
+        training.append((p, f"loss and validation PSNR during training ({train_log})"))
+    figures["Training"] = training
+
+    base = {
+        k: {b: ev.metrics[f"{b}_{k}"] for b in ev.baselines if f"{b}_{k}" in ev.metrics}
+        for k in ("psnr_y", "ssim_y", "hf_ratio")
+    }
+    p = plot_psnr_vs_steps(ev.curve, base, plots / "psnr_vs_steps.png")
+    figures["Quality vs sampler steps"] = [
+        (p, f"{ev.protocol['sampler']} sampler, mean over images and seeds; dashed: baselines")
+    ]
+    gain = per_image_gain(ev, ref)
+    p = plot_scatter(gain, ref, ev.headline, plots / "scatter.png")
+    figures["Per image"] = [(p, f"PSNR-Y per image: above the diagonal the model beats {ref}")]
+
+    crops = []
+    for rank, (which, name) in enumerate(pick_crops(gain, cfg.crops)):
+        g = gain.loc[name]
+        p = crop_figure(
+            lq=ev.image("lq", name), baseline=ev.image(ref, name), model=ev.image("model", name),
+            hr=ev.image("hr", name), labels=("LQ input", ref, ev.headline, "ground truth"),
+            scores=(None, g["baseline"], g["model"], None), zoom_size=cfg.zoom_size,
+            path=plots / f"crop_{which}_{rank}.png",
+        )  # fmt: skip
+        crops.append((p, f"{which}: {name}, PSNR-Y gain over {ref} {g['gain']:+.2f} dB"))
+    figures["Side by side: best and worst images (zoomed region outlined)"] = crops
+    if not training:
+        figures.pop("Training")
+
+    report_html = out / "report.html"
+    title = f"diffenhance report: {task}"
+    with atomic_path(report_html) as tmp:
+        tmp.write_text(render_html(ev, figures, title), encoding="utf-8")
+    pngs = [p for figs in figures.values() for p, _ in figs]
+    return Report(report_html, pngs, summary_markdown(ev, report_html), method_table(ev))
+
+
+__all__ = [
+    "EvalData",
+    "Report",
+    "build_report",
+    "data_uri",
+    "delta_rows",
+    "load_evaluation",
+    "method_table",
+    "per_image_gain",
+    "pick_crops",
+    "render_html",
+    "summary_items",
+    "summary_markdown",
+]

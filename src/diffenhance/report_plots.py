@@ -1,0 +1,166 @@
+"""The report's figures, drawn with matplotlib's object API (Figure + Agg canvas).
+
+No pyplot: figures are plain `matplotlib.figure.Figure` objects saved straight to PNG, so
+nothing depends on a display or on global pyplot state, and the functions are thread-safe.
+Every function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from diffenhance.io import atomic_path
+
+DPI = 100
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def plot_training(log: pd.DataFrame, path: Path) -> Path:
+    """Training loss (and lr) and validation PSNR/SSIM against the step, from train_log.csv."""
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(log["step"], log["loss"], color="tab:blue", label="loss")
+    ax1.set(xlabel="step", ylabel="training loss", title="Training loss")
+    ax1.grid(alpha=0.3)
+    if "lr" in log:
+        lr = ax1.twinx()
+        lr.plot(log["step"], log["lr"], color="tab:gray", lw=1, ls=":", label="lr")
+        lr.set_ylabel("learning rate", color="tab:gray")
+    val = log.dropna(subset=["val_psnr"]) if "val_psnr" in log else log.iloc[:0]
+    if len(val):
+        ax2.plot(val["step"], val["val_psnr"], "o-", color="tab:green")
+        ax2.set(xlabel="step", ylabel="PSNR RGB (dB)", title="Validation (few-step DDIM)")
+        if "val_ssim" in val:
+            s = ax2.twinx()
+            s.plot(val["step"], val["val_ssim"], "s--", color="tab:orange")
+            s.set_ylabel("SSIM RGB", color="tab:orange")
+        ax2.grid(alpha=0.3)
+    else:
+        ax2.text(0.5, 0.5, "no validation rows in train_log.csv", ha="center", va="center")
+        ax2.set_axis_off()
+    return _save(fig, path)
+
+
+def plot_psnr_vs_steps(
+    curve: pd.DataFrame, baselines: dict[str, dict[str, float]], path: Path
+) -> Path:
+    """Mean PSNR-Y, SSIM-Y and (when present) sharpness of the model against sampler steps;
+    baselines as dashed lines. `baselines` = {column: {baseline: value}}."""
+    panels = [("psnr_y", "PSNR Y (dB)"), ("ssim_y", "SSIM Y")]
+    if "hf_ratio" in curve and curve["hf_ratio"].notna().any():
+        panels.append(("hf_ratio", "sharpness (HF ratio)"))
+    fig = Figure(figsize=(4.6 * len(panels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    colors = ["tab:gray", "tab:purple", "tab:brown", "tab:olive"]
+    for ax, (col, label) in zip(axes, panels, strict=True):
+        ax.plot(curve["steps"], curve[col], "o-", color="tab:blue", label="model")
+        for i, (name, v) in enumerate(baselines.get(col, {}).items()):
+            ax.axhline(v, ls="--", lw=1.2, color=colors[i % len(colors)], label=name)
+        if col == "hf_ratio":
+            ax.axhline(1.0, ls=":", lw=1.2, color="black", label="ground truth")
+        ax.set(xlabel="sampler steps", ylabel=label, title=f"{label} vs steps")
+        if len(curve) > 1 and curve["steps"].max() / max(1, curve["steps"].min()) >= 8:
+            ax.set_xscale("log")
+        ax.set_xticks(list(curve["steps"]), [str(s) for s in curve["steps"]])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_scatter(gain: pd.DataFrame, baseline: str, model: str, path: Path) -> Path:
+    """Per-image PSNR-Y of the model (y) against the baseline (x), with the diagonal."""
+    fig = Figure(figsize=(5, 5), layout="constrained")
+    ax = fig.subplots()
+    x, y = gain["baseline"].to_numpy(), gain["model"].to_numpy()
+    ax.scatter(x, y, s=28, color="tab:blue", edgecolor="white", zorder=3)
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    pad = max(0.5, 0.05 * (hi - lo))
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "--", color="tab:gray", lw=1)
+    ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), aspect="equal")
+    ax.set(xlabel=f"{baseline} PSNR Y (dB)", ylabel=f"{model} PSNR Y (dB)",
+           title=f"{len(gain)} images: {int((gain['gain'] > 0).sum())} above the diagonal")  # fmt: skip
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def zoom_box(hr: np.ndarray, size: int) -> tuple[int, int, int]:
+    """(top, left, side) of the square with the most detail (gradient energy) in an HxWx3 image.
+
+    side = min(size, H // 2, W // 2) (at least 4 px, at most the image); deterministic: the
+    first maximum on a grid of stride side // 4."""
+    h, w = hr.shape[:2]
+    side = max(4, min(size, h // 2, w // 2))
+    side = min(side, h, w)
+    g = hr.mean(axis=2, dtype=np.float64)
+    energy = np.zeros((h, w))
+    energy[:, 1:] += np.abs(np.diff(g, axis=1))
+    energy[1:, :] += np.abs(np.diff(g, axis=0))
+    integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    stride = max(1, side // 4)
+    best, where = -1.0, (0, 0)
+    for top in range(0, h - side + 1, stride):
+        for left in range(0, w - side + 1, stride):
+            b, r = top + side, left + side
+            e = integral[b, r] - integral[top, r] - integral[b, left] + integral[top, left]
+            if e > best + 1e-12:
+                best, where = e, (top, left)
+    return where[0], where[1], side
+
+
+def _nearest_up(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of HxWx3 to `shape` (shows LQ pixels as they are)."""
+    h, w = img.shape[:2]
+    rows = (np.arange(shape[0]) * h // shape[0]).clip(0, h - 1)
+    cols = (np.arange(shape[1]) * w // shape[1]).clip(0, w - 1)
+    return img[rows][:, cols]
+
+
+def crop_figure(
+    *,
+    lq: np.ndarray,
+    baseline: np.ndarray,
+    model: np.ndarray,
+    hr: np.ndarray,
+    labels: Sequence[str],
+    scores: Sequence[float | None],
+    zoom_size: int,
+    path: Path,
+) -> Path:
+    """LQ | baseline | model | ground truth, full view (zoom region outlined) above the zoom.
+
+    Images float32 HxWx3 in [0, 1]; LQ is shown nearest-upscaled to the HR size. `scores` are
+    PSNR-Y values printed under the labels (None: nothing)."""
+    shape = hr.shape[:2]
+    panels = [_nearest_up(lq, shape), baseline, model, hr]
+    top, left, side = zoom_box(hr, zoom_size)
+    fig = Figure(figsize=(12, 6.4), layout="constrained")
+    axes = fig.subplots(2, 4)
+    for j, (img, label, s) in enumerate(zip(panels, labels, scores, strict=True)):
+        img = np.clip(img, 0.0, 1.0)
+        title = label if s is None else f"{label}\nPSNR-Y {s:.2f} dB"
+        axes[0, j].imshow(img, interpolation="nearest")
+        axes[0, j].add_patch(
+            Rectangle((left - 0.5, top - 0.5), side, side, fill=False, ec="red", lw=1.5)
+        )
+        axes[0, j].set_title(title, fontsize=10)
+        axes[1, j].imshow(img[top : top + side, left : left + side], interpolation="nearest")
+        axes[1, j].set_title(f"zoom {side}x{side} px at ({left}, {top})", fontsize=8)
+        for ax in axes[:, j]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return _save(fig, path)
+
+
+__all__ = ["crop_figure", "plot_psnr_vs_steps", "plot_scatter", "plot_training", "zoom_box"]

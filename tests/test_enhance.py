@@ -1,0 +1,301 @@
+"""Batch enhancement without Prefect: crash and resume, bad files, formats, skip-done, the
+CLI's exit codes, and s3:// input and output on the real SeaweedFS server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffenhance.cli import app
+from diffenhance.config import load_config
+from diffenhance.enhance import MANIFEST_DIR, SUMMARY_KEY, plan_job, run_job, run_shard
+from diffenhance.io import read_image, read_image_info, write_image
+from diffenhance.storage import open_storage
+from tests.conftest import REPO
+from tests.enhance_helpers import IdentityTiles, random_checkpoint, write_inputs
+from tests.tiny import smooth_image
+
+JOB = ["enhance.shard_size=3", "infer.tile=16", "infer.tile_overlap=4", "infer.steps=2"]
+JOB += ["infer.tile_batch=4", "infer.precision=fp32"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Several test processes share 2 cores: OpenMP threads spinning against each other make
+    tiny forward passes 10x slower. Subprocesses get OMP_NUM_THREADS=1 to match."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("model") / "sr2.safetensors")
+
+
+@pytest.fixture
+def params(tmp_path) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text("{}\n")  # built-in defaults: independent of the repo's params.yaml
+    return p
+
+
+def config(params: Path, inp, out, model, *extra: str):
+    return load_config(
+        params, [f"enhance.input={inp}", f"enhance.output={out}", f"enhance.model={model}"]
+        + JOB + list(extra)
+    )  # fmt: skip
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def images(root: Path) -> dict[str, bytes]:
+    return {k: v for k, v in files(root).items() if not k.startswith("_diffenhance/")}
+
+
+def recorded(out: Path) -> set[str]:
+    keys: set[str] = set()
+    for m in (out / MANIFEST_DIR).glob("*.json"):
+        with contextlib.suppress(json.JSONDecodeError, OSError):  # replaced while reading
+            keys |= {r["input_key"] for r in json.loads(m.read_text())["images"]}
+    return keys
+
+
+# ----------------------------------------------------------------------------- crash + resume
+
+
+def test_killed_run_leaves_no_partial_outputs_and_rerun_finishes_only_the_rest(
+    tmp_path, ckpt, params
+):
+    inp = tmp_path / "in"
+    write_inputs(inp, [(64, 64)] * 8)
+    ref_out, out = tmp_path / "ref", tmp_path / "out"
+    ref = run_job(config(params, inp, ref_out, ckpt))
+    assert ref["enhanced"] == 8 and ref["failed"] == 0
+    expected = images(ref_out)
+    assert len(expected) == 8
+
+    # A real run in a subprocess, SIGKILLed once the second shard has recorded an image.
+    cmd = [sys.executable, "-m", "diffenhance.cli", "enhance", str(inp), str(out)]
+    cmd += ["--model", str(ckpt), "--params", str(params), *JOB]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(recorded(out)) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    done_before = recorded(out)
+    assert 4 <= len(done_before) < 8
+    partial = images(out)
+    visible = {k: v for k, v in partial.items() if not Path(k).name.startswith(".")}
+    # every visible output is complete (it is byte-identical to the uninterrupted run's)
+    assert visible and all(expected[k] == v for k, v in visible.items())
+    assert {k.replace(".png", "") for k in visible} >= {k.replace(".png", "") for k in done_before}
+
+    summary = run_job(config(params, inp, out, ckpt))
+    assert summary["enhanced"] == 8 - len(done_before)  # only the missing work
+    assert summary["skipped_done"] == len(done_before) and summary["failed"] == 0
+    assert images(out) == expected  # no temp files left, outputs identical
+    manifests = sorted(p.name for p in (out / MANIFEST_DIR).iterdir())
+    assert len(manifests) == 3 and not any("partial" in m for m in manifests)
+    again = run_job(config(params, inp, out, ckpt))
+    assert again["enhanced"] == 0 and again["skipped_done"] == 8 and again["shards_run"] == 0
+
+
+# ----------------------------------------------------------------------------- bad files
+
+
+def test_folder_with_corrupt_and_non_image_files_completes_and_names_each(tmp_path, ckpt, params):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(inp, [(20, 30), (17, 33), (1, 40)])
+    write_image(inp / "photo.jpg", smooth_image(np.random.default_rng(1), 24, 24))
+    (inp / "bad.png").write_text("this is not a PNG")
+    (inp / "trunc.jpg").write_bytes((inp / "photo.jpg").read_bytes()[:300])
+    (inp / "empty.webp").write_bytes(b"")
+    (inp / "notes.txt").write_text("hello")
+    (inp / "sub0" / "README").write_text("hello")
+    (inp / ".hidden.png").write_text("editor swap file")
+    res = CliRunner().invoke(
+        app,
+        ["enhance", str(inp), str(out), "--model", str(ckpt), "--params", str(params), *JOB],
+    )
+    assert res.exit_code == 1, res.output  # some images failed
+    for name in ("bad.png", "trunc.jpg", "empty.webp"):
+        assert f"error: {name}: " in res.output
+    summary = json.loads((out / SUMMARY_KEY).read_text())
+    reasons = {f["key"]: f["reason"] for f in summary["failures"]}
+    assert reasons.keys() == {"bad.png", "trunc.jpg", "empty.webp"}
+    assert "not a recognised image" in reasons["bad.png"]
+    assert "truncated" in reasons["trunc.jpg"].lower() and "empty" in reasons["empty.webp"]
+    assert {i["key"] for i in summary["ignored"]} == {"notes.txt", "sub0/README"}
+    assert summary["enhanced"] == 4 and summary["images"] == 7
+    assert summary["images_per_s"] > 0 and summary["megapixels_per_s"] > 0
+    assert sorted(images(out)) == ["photo.jpg", "sub0/img0.png", "sub0/img2.png", "sub1/img1.png"]
+    assert read_image(out / "sub0/img2.png").shape == (2, 80, 3)  # 1-pixel strip, x2
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def test_output_format_and_bit_depth_follow_the_input_unless_set(tmp_path, ckpt, params):
+    inp = tmp_path / "in"
+    img = smooth_image(np.random.default_rng(0), 12, 10)
+    write_image(inp / "deep.png", img, bit_depth=16)
+    write_image(inp / "a.jpg", img)
+    write_image(inp / "a.png", img)
+    from PIL import Image
+
+    Image.fromarray((img * 255).astype(np.uint8)).save(inp / "anim.gif")
+    ident = IdentityTiles(scale=2)
+    exts = "enhance.extensions=[.png,.jpg,.gif]"
+    same = run_job(config(params, inp, tmp_path / "same", ckpt, exts), model=ident)
+    assert same["enhanced"] == 4
+    assert sorted(images(tmp_path / "same")) == ["a.jpg", "a.png", "anim.png", "deep.png"]
+    assert read_image_info(tmp_path / "same/deep.png")["bit_depth"] == 16
+    assert read_image_info(tmp_path / "same/a.jpg")["format"] == "JPEG"
+    assert read_image(tmp_path / "same/anim.png").shape == (24, 20, 3)
+
+    forced = config(params, inp, tmp_path / "png8", ckpt, exts, "enhance.output_format=png")
+    forced = run_job(forced, model=ident)
+    assert {i["key"] for i in forced["ignored"]} == {"a.png"}  # a.jpg -> a.png comes first
+    assert "also the output of a.jpg" in forced["ignored"][0]["reason"]
+    out8 = config(params, inp, tmp_path / "b8", ckpt, exts, "enhance.bit_depth=8")
+    run_job(out8, model=ident)
+    assert read_image_info(tmp_path / "b8/deep.png")["bit_depth"] == 8
+
+
+# ----------------------------------------------------------------------------- skip-done
+
+
+def test_rerun_skips_same_model_and_params_and_redoes_on_change(tmp_path, ckpt, params):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(inp, [(12, 12)] * 5)
+    ident = IdentityTiles(scale=2)
+    first = run_job(config(params, inp, out, ckpt), model=ident)
+    assert first["enhanced"] == 5 and first["shards"] == 2
+    (inp / "sub0/img0.png").touch()  # new mtime, same content: verified by sha256, not redone
+    write_inputs(inp / "new", [(12, 12)])  # a new image shifts the shard boundaries
+    job = plan_job(config(params, inp, out, ckpt))
+    assert job.n_todo == 2 and [s.id for s in job.shards] == sorted(s.id for s in job.shards)
+    second = run_job(config(params, inp, out, ckpt), model=ident)
+    assert second["enhanced"] == 1 and second["reused"] == 1 and second["skipped_done"] == 5
+    assert len(list((out / MANIFEST_DIR).iterdir())) == 2  # old shards' manifests merged
+    third = run_job(config(params, inp, out, ckpt, "infer.steps=3"), model=ident)
+    assert third["enhanced"] == 6  # other params: everything again
+    assert (
+        run_job(config(params, inp, out, ckpt, "infer.steps=3", "infer.tile_batch=2"), model=ident)[
+            "enhanced"
+        ]
+        == 0
+    )  # tile_batch does not change outputs
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
+    cli = CliRunner()
+    inp = tmp_path / "in"
+    (src,) = write_inputs(inp, [(16, 16)])
+    base = ["--params", str(params), *JOB]
+    r = cli.invoke(
+        app, ["enhance", str(tmp_path / "nope"), str(tmp_path / "o"), "-m", str(ckpt), *base]
+    )
+    assert r.exit_code == 2 and "nope: input not found" in r.output
+    r = cli.invoke(app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(tmp_path), *base])
+    assert r.exit_code == 2 and f"{tmp_path}: no model here" in r.output
+    r = cli.invoke(app, ["enhance", str(inp), str(inp), "-m", str(ckpt), *base])
+    assert r.exit_code == 2 and "is the input folder" in r.output
+    r = cli.invoke(
+        app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt), "--tile", "2", *base]
+    )
+    assert r.exit_code == 2 and "--tile 2" in r.output
+    r = cli.invoke(
+        app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt), "--dry-run", *base]
+    )
+    assert (
+        r.exit_code == 0
+        and "1 to enhance" in r.output
+        and "sub0/img0.png -> sub0/img0.png" in r.output
+    )
+    assert not (tmp_path / "o").exists()
+    r = cli.invoke(
+        app, ["enhance", str(src), str(tmp_path / "x.jpg"), "-m", str(ckpt), "--steps", "1", *base]
+    )
+    assert r.exit_code == 0, r.output
+    assert read_image(tmp_path / "x.jpg").shape == (32, 32, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "in",
+        "params.yaml",
+        "x.jpg",
+    ]  # no manifests
+
+
+# ----------------------------------------------------------------------------- S3
+
+
+def test_s3_input_and_output(s3_prefix, tmp_path, ckpt, params):
+    local = tmp_path / "in"
+    write_inputs(local, [(16, 16), (10, 22)])
+    (local / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    src = open_storage(f"{s3_prefix}/in")
+    for p in sorted(local.rglob("*.png")):
+        src.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    cfg = config(params, f"{s3_prefix}/in", f"{s3_prefix}/out", ckpt)
+    summary = run_job(cfg)
+    assert summary["enhanced"] == 2 and [f["key"] for f in summary["failures"]] == ["broken.png"]
+    out = open_storage(f"{s3_prefix}/out")
+    keys = sorted(o.key for o in out.list())
+    assert [k for k in keys if not k.startswith("_diffenhance/")] == [
+        "sub0/img0.png",
+        "sub1/img1.png",
+    ]
+    assert SUMMARY_KEY in keys and any(k.startswith(MANIFEST_DIR) for k in keys)
+    got = tmp_path / "got.png"
+    out.download_file("sub1/img1.png", got)
+    assert read_image(got).shape == (20, 44, 3)
+    # the same run on local files gives byte-identical outputs
+    run_job(config(params, local, tmp_path / "local", ckpt))
+    assert got.read_bytes() == (tmp_path / "local/sub1/img1.png").read_bytes()
+    again = run_job(cfg)
+    assert again["enhanced"] == 0 and again["skipped_done"] == 2
+
+
+def test_retried_shard_keeps_what_the_failed_attempt_recorded(tmp_path, ckpt, params):
+    """A shard task that crashes after 2 images (an exception escaping the shard, as when
+    storage fails) and is retried with the same arguments redoes only the other images."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(inp, [(12, 12)] * 3)
+    cfg = config(params, inp, out, ckpt)
+    job = plan_job(cfg)
+    shard = job.shards[0]
+    seen: list[str] = []
+
+    def crash_after_two(ev):
+        seen.append(ev["key"])
+        if len(seen) == 2:
+            raise ConnectionError("storage went away")
+
+    with pytest.raises(ConnectionError):
+        run_shard(job, shard, cfg, on_image=crash_after_two, model=IdentityTiles(scale=2))
+    assert len(recorded(out)) == 2 and len(images(out)) == 2  # in the partial manifest
+    manifest = run_shard(job, shard, cfg, model=IdentityTiles(scale=2))  # the retry
+    assert manifest["run"]["processed"] == 1 and len(manifest["images"]) == 3
+    assert not list((out / MANIFEST_DIR).glob("*.partial.json"))

@@ -1,0 +1,145 @@
+"""The `enhance` Prefect flow on the real engine: threads vs a Dask LocalCluster, the summary
+artifact, the model loaded once per worker, and a served cron deployment whose triggered run
+completes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from diffenhance.config import load_config
+from diffenhance.enhance import MODEL_LOADS
+from flows.enhance import enhance, make_task_runner
+from tests.conftest import REPO
+from tests.enhance_helpers import random_checkpoint, write_inputs
+
+JOB = ["enhance.shard_size=3", "infer.tile=16", "infer.tile_overlap=4", "infer.steps=2"]
+JOB += ["infer.tile_batch=4", "infer.precision=fp32", "enhance.workers=2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Two task threads on a shared 2-core box: one torch thread each (see test_infer)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("enhance-flow")
+    ckpt = random_checkpoint(root / "sr2.safetensors")
+    write_inputs(root / "in", [(24, 24), (16, 40), (9, 9), (30, 20), (24, 24), (1, 17), (20, 20)])
+    (root / "in" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    params = root / "params.yaml"
+    params.write_text("{}\n")
+    return root, ckpt, params
+
+
+def overrides(root: Path, ckpt: Path, out: str, *extra: str) -> list[str]:
+    io = [f"enhance.input={root / 'in'}", f"enhance.output={root / out}", f"enhance.model={ckpt}"]
+    return io + JOB + list(extra)
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in out.rglob("*")
+        if p.is_file() and "_diffenhance" not in p.parts
+    }
+
+
+def test_threaded_and_dask_runs_are_identical_with_summary_artifact(prefect_api, setup):
+    root, ckpt, params = setup
+    loads = MODEL_LOADS["count"]
+    threaded = enhance(params=str(params), overrides=overrides(root, ckpt, "threads"))
+    assert MODEL_LOADS["count"] - loads == 1  # 3 shards on 2 threads: one load per process
+    assert threaded["enhanced"] == 7 and threaded["shards_run"] == 3
+    assert [f["key"] for f in threaded["failures"]] == ["broken.jpg"]
+    dask_cfg = load_config(params, overrides(root, ckpt, "dask", "enhance.dask_address=local"))
+    assert type(make_task_runner(dask_cfg.enhance)).__name__ == "DaskTaskRunner"
+    dask = enhance(
+        params=str(params),
+        overrides=overrides(root, ckpt, "dask", "enhance.dask_address=local"),
+    )
+    assert dask["enhanced"] == 7 and dask["failed"] == 1
+    a, b = outputs(root / "threads"), outputs(root / "dask")
+    assert len(a) == 7 and a == b  # byte-identical outputs
+    assert (root / "dask" / "_diffenhance" / "summary.json").is_file()
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def latest_summary():
+        async with get_client() as client:
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["enhance-summary"]))
+            )
+            return sorted(arts, key=lambda x: x.created)[-1]
+
+    art = asyncio.run(latest_summary())
+    assert "| enhanced | 7 |" in art.data and "`broken.jpg`" in art.data
+
+
+def test_prefect_yaml_describes_a_valid_scheduled_deployment():
+    from prefect.cli.deploy._models import PrefectYamlModel
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flows import load_flow_from_entrypoint
+
+    spec = PrefectYamlModel.model_validate(yaml.safe_load((REPO / "prefect.yaml").read_text()))
+    (dep,) = spec.deployments
+    assert load_flow_from_entrypoint(str(REPO / dep.entrypoint)).name == "enhance"
+    sched = dep.schedules[0]
+    CronSchedule(cron=sched.cron, timezone=sched.timezone)  # raises on a bad cron / timezone
+    assert set(dep.parameters) == {"params", "overrides"}
+
+
+def test_served_cron_deployment_runs_a_triggered_run_and_stops(prefect_api, setup):
+    root, ckpt, params = setup
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "flows.enhance", "serve", "--cron", "0 3 * * *"]
+    cmd += ["--name", "test-nightly", "--max-runs", "1", "--params", str(params)]
+    cmd += overrides(root, ckpt, "served")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        from prefect import get_client
+        from prefect.deployments import run_deployment
+
+        async def registered():
+            async with get_client() as client:
+                for _ in range(120):
+                    try:
+                        return await client.read_deployment_by_name("enhance/test-nightly")
+                    except Exception:
+                        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+                        await asyncio.sleep(0.25)
+            raise AssertionError("deployment not registered within 30 s")
+
+        dep = asyncio.run(registered())
+        assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
+        t0 = time.monotonic()
+        run = run_deployment("enhance/test-nightly", timeout=45, poll_interval=1)
+        assert run.state.is_completed(), run.state
+        assert time.monotonic() - t0 < 45
+        assert len(outputs(root / "served")) == 7
+        assert proc.wait(timeout=20) == 0  # --max-runs 1: it stops by itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

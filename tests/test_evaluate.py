@@ -1,0 +1,183 @@
+"""The `evaluate` library and CLI: baselines, metrics files, seeding, folder evaluation.
+
+The stages through real DVC are in test_evaluate_dvc.py."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffenhance.cli import app
+from diffenhance.config import load_config, write_resolved
+from diffenhance.data.folder import file_sha256
+from diffenhance.data.pairs import Pair, load_pairs, make_pair
+from diffenhance.evaluate import (
+    baselines_for_task,
+    bicubic_upscale,
+    bm3d_missing_reason,
+    evaluate_pairs,
+    evaluate_task,
+    lanczos_upscale,
+    restore_image,
+    sample_seeds,
+    summarise,
+)
+from diffenhance.io import read_image, to_uint8, write_image
+from diffenhance.metrics import hf_energy_ratio, psnr, ssim
+from diffenhance.model import load_restorer
+from tests.tiny import smooth_image, tiny_config, tiny_model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    return root, tiny_model(root, "sr2", steps=2)
+
+
+def test_baselines_match_references():
+    rng = np.random.default_rng(1)
+    flat = np.full((6, 5, 3), 0.4, np.float32)
+    assert bicubic_upscale(flat, 4).shape == (24, 20, 3)
+    np.testing.assert_allclose(bicubic_upscale(flat, 4), 0.4, atol=1e-6)
+    np.testing.assert_allclose(lanczos_upscale(flat, 2), 0.4, atol=1e-5)
+    # Lanczos against Pillow's own 8-bit RGB Lanczos (an independent code path)
+    img = smooth_image(rng, 12, 10)
+    ref = np.asarray(
+        Image.fromarray(to_uint8(img)).resize((30, 36), Image.Resampling.LANCZOS), np.float32
+    )
+    ours = lanczos_upscale(to_uint8(img).astype(np.float32) / 255, 3) * 255
+    assert np.abs(ours - ref).max() <= 1.5 and np.abs(ours - ref).mean() < 0.3  # 8-bit passes
+    sr, skipped = baselines_for_task("sr4", load_config(None))
+    assert list(sr) == ["bicubic", "lanczos"] and not skipped
+    same, _ = baselines_for_task("jpeg", load_config(None))
+    assert list(same) == ["input"] and np.array_equal(same["input"](img), img)
+    den, skipped = baselines_for_task("denoise", load_config(None))
+    if bm3d_missing_reason() is None:  # pragma: no cover - bm3d is not installed here
+        assert list(den) == ["input", "cbm3d"]
+    else:
+        assert list(den) == ["input"] and "bm3d" in skipped["cbm3d"]
+
+
+def test_summarise_caps_identical_images_and_computes_deltas():
+    rows = [
+        {"image": "a", "method": "m", "seed": 0, "psnr_rgb": math.inf, "ssim_rgb": 1.0,
+         "psnr_y": 30.0, "ssim_y": 0.9},
+        {"image": "b", "method": "m", "seed": 0, "psnr_rgb": 20.0, "ssim_rgb": 0.5,
+         "psnr_y": 20.0, "ssim_y": 0.7},
+        {"image": "a", "method": "m", "seed": 1, "psnr_rgb": 40.0, "ssim_rgb": 1.0,
+         "psnr_y": 40.0, "ssim_y": 1.0},
+        {"image": "b", "method": "m", "seed": 1, "psnr_rgb": 20.0, "ssim_rgb": 0.5,
+         "psnr_y": 20.0, "ssim_y": 0.7},
+        {"image": "a", "method": "bicubic", "seed": None, "psnr_rgb": 25.0, "ssim_rgb": 0.8,
+         "psnr_y": 26.0, "ssim_y": 0.8},
+        {"image": "b", "method": "bicubic", "seed": None, "psnr_rgb": 15.0, "ssim_rgb": 0.6,
+         "psnr_y": 16.0, "ssim_y": 0.6},
+    ]  # fmt: skip
+    m = summarise(pd.DataFrame(rows), "m", ["bicubic"])
+    assert m["n_images"] == 2
+    assert m["m_psnr_rgb"] == pytest.approx((100 + 20 + 40 + 20) / 4)  # inf capped at 100 dB
+    assert m["m_psnr_y"] == pytest.approx(27.5) and m["bicubic_psnr_y"] == pytest.approx(21.0)
+    assert m["delta_psnr_y_vs_bicubic"] == pytest.approx(6.5)
+    assert m["delta_ssim_y_vs_bicubic"] == pytest.approx(0.125)
+    assert m["m_psnr_y_seed_std"] == pytest.approx(2.5)  # per-seed means 25 and 30
+    assert m["model_psnr_y"] == m["m_psnr_y"]
+    assert all(isinstance(v, float) and math.isfinite(v) for v in m.values())
+
+
+def test_evaluate_task_writes_every_file_with_consistent_numbers(trained):
+    root, model_dir = trained
+    cfg = tiny_config(
+        root, f"evaluate.out_dir={root / 'reports'}", "evaluate.steps=[1,2]",
+        "evaluate.seeds=[0,1]", "evaluate.average_samples=2",
+    )  # fmt: skip
+    ev = evaluate_task(cfg, "sr2")
+    out = root / "reports" / "sr2"
+    per_image = pd.read_csv(out / "per_image.csv")
+    assert len(per_image) == 2 * (2 + 2 * 2)  # images x (baselines + steps x seeds)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == ev.metrics and metrics["n_images"] == 2 and metrics["headline_steps"] == 2
+    for key in ("model_ddim2_psnr_y", "model_ddim1_ssim_rgb", "bicubic_psnr_y", "lanczos_ssim_y",
+                "delta_psnr_y_vs_bicubic", "delta_ssim_rgb_vs_lanczos", "model_ddim2_psnr_y_seed_std"):  # fmt: skip
+        assert isinstance(metrics[key], float), key
+    assert metrics["delta_psnr_y_vs_bicubic"] == pytest.approx(
+        metrics["model_ddim2_psnr_y"] - metrics["bicubic_psnr_y"], abs=2e-6
+    )
+    # Baselines recomputed independently from the pairs: Y channel, 2 px border crop (x2 SR)
+    pairs = load_pairs(root / "degraded" / "sr2")
+    bic = [float(psnr(bicubic_upscale(p.lq, 2), p.hr, crop=2, y_channel=True)) for p in pairs]
+    assert metrics["bicubic_psnr_y"] == pytest.approx(np.mean(bic), abs=1e-6)
+    hf = [float(hf_energy_ratio(bicubic_upscale(p.lq, 2), p.hr, crop=2)) for p in pairs]
+    assert metrics["bicubic_hf_ratio"] == pytest.approx(np.mean(hf), abs=1e-6)  # sharpness
+    assert "NaN" not in (out / "metrics.json").read_text()
+    # A model row is the mean of `average_samples` samples, seeded per image and sample
+    r = load_restorer(model_dir)
+    seeds = sample_seeds(1, pairs[0].name, 2)
+    single = [restore_image(r, pairs[0].lq, steps=2, sampler="ddim", eta=0.0, seeds=[s]) for s in seeds]  # fmt: skip
+    mean = restore_image(r, pairs[0].lq, steps=2, sampler="ddim", eta=0.0, seeds=seeds)
+    np.testing.assert_allclose(mean, (single[0] + single[1]) / 2, atol=1e-6)
+    assert not np.array_equal(single[0], single[1])
+    row = per_image.query("image == @pairs[0].name and method == 'model_ddim2' and seed == 1")
+    assert float(row["ssim_y"].iloc[0]) == pytest.approx(
+        float(ssim(mean, pairs[0].hr, crop=2, y_channel=True)), abs=1e-9
+    )
+    curve = pd.read_csv(out / "psnr_vs_steps.csv")
+    assert list(curve["steps"]) == [1, 2]
+    assert curve["psnr_y"].round(6).tolist() == [
+        metrics["model_ddim1_psnr_y"],
+        metrics["model_ddim2_psnr_y"],
+    ]
+    timing = json.loads((out / "timing.json").read_text())
+    assert timing["seconds_per_image"] > 0 and "bicubic_seconds_per_image" in timing
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert [p["crop"] for p in protocol["protocols"]] == [2, 2]
+    assert protocol["sampler"] == "ddim" and protocol["seeds"] == [0, 1]
+    assert protocol["reference_baseline"] == "bicubic" and protocol["skipped_baselines"] == {}
+    for kind in ("lq", "hr", "model", "bicubic", "lanczos"):
+        assert len(list((out / "images" / kind).glob("*.png"))) == 2, kind
+    # Same params, same metrics (CPU): a second run is bit-identical
+    assert evaluate_task(cfg, "sr2").metrics == metrics
+
+
+def test_model_for_another_task_is_refused(trained):
+    root, model_dir = trained
+    cfg = tiny_config(root)
+    pairs = [Pair("x", np.zeros((16, 16, 3), np.float32), np.zeros((4, 4, 3), np.float32))]
+    with pytest.raises(ValueError, match=r"trained for task 'sr2'.*task 'sr4'"):
+        evaluate_pairs(load_restorer(model_dir), pairs, "sr4", cfg, root / "x", source={})
+
+
+def test_cli_evaluates_any_folder(trained, tmp_path):
+    root, model_dir = trained
+    rng = np.random.default_rng(5)
+    hr_dir = tmp_path / "photos"
+    write_image(hr_dir / "a.png", smooth_image(rng, 40, 37))
+    write_image(hr_dir / "sub" / "b.jpg", smooth_image(rng, 30, 44))
+    params = write_resolved(tiny_config(root, "evaluate.steps=[2]"), tmp_path / "cfg")
+    out = tmp_path / "out"
+    cli = CliRunner()
+    res = cli.invoke(app, ["evaluate", "--hr-dir", str(hr_dir), "--task", "sr2",
+                           "--model", str(model_dir), "--out", str(out), "--params", str(params)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "PSNR-Y" in res.output and "metrics.json" in res.output
+    per_image = pd.read_csv(out / "per_image.csv")
+    assert sorted(per_image["image"].unique()) == ["a", "sub__b"]
+    assert json.loads((out / "metrics.json").read_text())["n_images"] == 2
+    # LQ = the validation degradation of the `degrade` stage (same seed from the file's hash)
+    cfg = tiny_config(root)
+    src = hr_dir / "sub" / "b.jpg"
+    hr, lq, _ = make_pair(read_image(src), file_sha256(src), "sr2", cfg.degrade)
+    assert hr.shape == (30, 32, 3)  # centre crop to degrade.val_size = 32
+    assert np.array_equal(to_uint8(read_image(out / "images/lq/sub__b.png")), to_uint8(lq))
+    bad = cli.invoke(app, ["evaluate", "--hr-dir", str(hr_dir), "--task", "sr4", "--model",
+                           str(model_dir), "--out", str(out), "--params", str(params)])  # fmt: skip
+    assert bad.exit_code == 2 and "trained for task 'sr2'" in bad.output
+    (tmp_path / "empty").mkdir()
+    empty = cli.invoke(app, ["evaluate", "--hr-dir", str(tmp_path / "empty"), "--model",
+                             str(model_dir), "--out", str(out), "--params", str(params)])  # fmt: skip
+    assert empty.exit_code == 2 and "no images found" in empty.output
