@@ -37,14 +37,7 @@ from diffenhance.nn import build_unet
 TINY = ModelConfig(base_channels=16, channel_mults=(1, 2), attn_resolutions=(2,), head_channels=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to CPU oversubscription (a
-    2-thread pool on a busy 2-core runner was 20x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- schedules

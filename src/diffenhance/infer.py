@@ -193,13 +193,13 @@ def meanstd_color_fix(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- engine
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; 'cuda' without CUDA is a ValueError."""
+def resolve_device(name: str, key: str = "infer.device") -> torch.device:
+    """'auto' -> cuda when available else cpu; 'cuda' without CUDA is a ValueError naming `key`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"infer.device={name!r} but CUDA is not available; use auto or cpu")
+        raise ValueError(f"{key}={name!r} but CUDA is not available; use auto or cpu")
     return dev
 
 

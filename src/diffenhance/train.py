@@ -35,6 +35,7 @@ from diffenhance.config import Config, load_config, write_resolved
 from diffenhance.data.pairs import load_pairs
 from diffenhance.degrade import degrade_for_task, pair_seed
 from diffenhance.diffusion import formulation_loss, to_model_range
+from diffenhance.infer import resolve_device
 from diffenhance.io import atomic_path, read_image, write_image
 from diffenhance.metrics import psnr, ssim
 from diffenhance.model import (
@@ -121,15 +122,6 @@ def train_files(cfg: Config) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available; use auto or cpu")
-    return dev
 
 
 def lr_at(step: int, cfg: Config) -> float:
@@ -232,7 +224,7 @@ def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
