@@ -84,3 +84,15 @@ def test_degrade_param_reruns_degrade_and_downstream_only(repo):
     assert lq_after.keys() == lq_before.keys()  # same pairs, seeded by content
     assert all(lq_after[k] != lq_before[k] for k in lq_after)  # new sigma, new noise
     assert "up to date" in run(r, "dvc", "status").stdout
+
+
+def test_forced_rerun_of_whole_pipeline_gives_identical_metrics(repo):
+    """The promise of `dvc repro` on CPU: same params, same numbers, bit for bit."""
+    r, _ = repo
+    before = (r / "reports/sr4/metrics.json").read_bytes()
+    weights = (r / "models/sr4/model.safetensors").read_bytes()
+    proc = run(r, "dvc", "repro", "--force")
+    for stage in ("prepare", "degrade", "train@sr4", "evaluate@sr4", "report@sr4"):
+        assert f"Running stage '{stage}'" in proc.stdout
+    assert (r / "models/sr4/model.safetensors").read_bytes() == weights
+    assert (r / "reports/sr4/metrics.json").read_bytes() == before

@@ -140,3 +140,14 @@ def test_state_of_other_params_is_not_resumed(dataset, tmp_path):
     log = pd.read_csv(out / "sr2" / "train_log.csv")
     assert list(log["step"]) == [1, 2, 3, 4]
     assert log["lr"].iloc[1] == pytest.approx(1e-4)
+
+
+def test_finished_run_is_retrained_not_resumed(dataset, tmp_path):
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", "train.steps=2", "train.val_every=2")
+    out = train_task(cfg, "sr2")
+    first = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").unlink()  # what `dvc repro --force` does to outs
+    (out / "train_log.csv").unlink()
+    train_task(cfg, "sr2")
+    assert (out / "model.safetensors").read_bytes() == first
+    assert list(pd.read_csv(out / "train_log.csv")["step"]) == [1, 2]

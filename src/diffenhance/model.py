@@ -28,7 +28,7 @@ from diffenhance.config import (
 from diffenhance.degrade import task_scale
 from diffenhance.diffusion import Schedule, from_model_range, to_model_range
 from diffenhance.diffusion.formulations import Generators, formulation_sample
-from diffenhance.io import atomic_path
+from diffenhance.io import atomic_write_bytes
 from diffenhance.nn import UNet, build_unet
 from diffenhance.nn.predict_refine import PredictRefine
 
@@ -153,13 +153,22 @@ def checkpoint_metadata(r: Restorer, **extra: Any) -> dict[str, str]:
 def save_weights(
     path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, str]
 ) -> Path:
-    """Write a safetensors checkpoint atomically (temp file, then rename)."""
-    from safetensors.torch import save_file
+    """Write a safetensors checkpoint atomically (temp file, then rename).
+
+    The header is rewritten with sorted keys so that the same weights and metadata always
+    give the same bytes (safetensors orders metadata by a randomly seeded hash map): DVC then
+    sees a retrained, identical model as unchanged.
+    """
+    from safetensors.torch import save
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    blob = save(tensors, metadata=meta)
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":"))
+    raw = header.encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8-byte alignment
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    atomic_write_bytes(path, len(raw).to_bytes(8, "little") + raw + blob[8 + n :])
     return path
 
 

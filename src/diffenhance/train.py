@@ -259,6 +259,11 @@ def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path
     digest = resume_digest(cfg)
     step, log_rows = 0, []
     state = load_latest_state(out_dir / "state", digest)
+    if state is not None and int(state["step"]) >= t.steps:
+        # A finished run is not resumed: running the stage again (dvc repro --force) retrains,
+        # deterministically, and rewrites every output DVC removed before the run.
+        LOG.info("%s: the saved state is a finished run; training again from step 0", task)
+        state = None
     if state is None and main:  # states of other params would shadow this run's on resume
         for stale in _states(out_dir / "state"):
             stale.unlink()
