@@ -7,7 +7,7 @@ same budget on the bundled photos (`data.source=samples`, prepared and degraded 
 truth, 1 = as sharp as the truth), per sampler step count and per number of averaged samples,
 beside bicubic.
 
-    python benchmarks/formulations.py --out /tmp/formulations            # ~15-20 min, 2 CPUs
+    python benchmarks/formulations.py --out /tmp/formulations train.lr=1e-3   # 15-35 min, 2 CPUs
     python benchmarks/formulations.py --train-steps 4 --val-images 2 --eval-steps 1,2 --out /tmp/f
 
 Writes `formulations.csv`, `formulations.json` and `formulations.md` (the table for
@@ -103,11 +103,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("formulations-out"))
     ap.add_argument("--formulations", default="regression,indi,residual,sr3")
-    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--train-steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--crop", type=int, default=48)
+    ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--val-images", type=int, default=8)
-    ap.add_argument("--eval-steps", default="1,2,4,8,20")
+    ap.add_argument("--eval-steps", default="1,2,4,8,20,50")
     ap.add_argument("--samples", default="4", help="averaged sample counts besides 1")
     ap.add_argument("--avg-steps", default="1,4", help="step counts scored with averaging")
     ap.add_argument("--seed", type=int, default=0)

@@ -1,12 +1,16 @@
-"""Every GPU-side check in one run: the `gpu` tests, a training-throughput benchmark and a
-short real bf16 training run on 128 px patches of the bundled photos.
+"""Every GPU-side check in one run: the `gpu` tests, a training-throughput benchmark, a
+short real bf16 training run on 128 px patches of the bundled photos, the speed benchmark
+against diffusers (benchmarks/bench_speed.py), and the pretrained models trained from their
+recipes (benchmarks/train_pretrained.py, into --out/pretrained/<task>, not models/pretrained)
+then scored (benchmarks/bench_quality.py).
 
     python benchmarks/gpu_check.py --out $OUT            # on the GPU machine
     python benchmarks/gpu_check.py --cpu --out /tmp/gc   # check the script itself on a CPU
 
 Needs only torch, numpy, pandas, pillow, scikit-image, pytest (no prefect/dvc/boto3): the
-library is put on sys.path from src/. Writes `gpu_check.json` and `gpu_check.md` (rows for
-benchmarks/RESULTS.md) under --out.
+library is put on sys.path from src/; the speed benchmark also needs diffusers (the `bench`
+extra) and is recorded as skipped without it. Writes `gpu_check.json` and `gpu_check.md` (rows
+for benchmarks/RESULTS.md) under --out, and each step's own files in a subfolder.
 """
 
 from __future__ import annotations
@@ -152,11 +156,67 @@ def real_training(dev: torch.device, steps: int, crop: int, batch: int, out: Pat
     }
 
 
+def _script(name: str, args: list[str], log: Path) -> dict:
+    """Run benchmarks/<name> in a subprocess; its output goes to `log`."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / name), *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    log.write_text(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+    tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
+    return {"returncode": proc.returncode, "seconds": time.perf_counter() - t0, "tail": tail}
+
+
+def run_speed(cpu: bool, out: Path) -> dict:
+    """benchmarks/bench_speed.py (ours vs diffusers); skipped when diffusers is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("diffusers") is None:
+        return {"skipped": "diffusers is not installed (pip install -e .[bench])"}
+    args = ["--out", str(out / "speed")]
+    if cpu:
+        args += ["--device", "cpu", "--size", "32", "--batch", "2", "--train-steps", "2"]
+        args += ["--sample-size", "32", "--sample-steps", "2", "model.base_channels=16"]
+    res = _script("bench_speed.py", args, out / "speed.log")
+    if res["returncode"] == 0:
+        res["result"] = json.loads((out / "speed" / "bench_speed.json").read_text())
+    return res
+
+
+PRETRAINED_GPU = ["train.device=cuda", "train.batch_size=32", "train.num_workers=8",
+                  "train.val_every=500", "train.ckpt_every=500", "train.log_every=50"]  # fmt: skip
+PRETRAINED_CPU = ["model.base_channels=16", "model.channel_mults=[1,2]", "model.head_channels=16",
+                  "model.attn_resolutions=[2]", "train.val_every=2", "train.ckpt_every=2",
+                  "train.val_images=1", "train.log_every=1"]  # fmt: skip
+
+
+def run_pretrained(cpu: bool, steps: int, out: Path) -> dict:
+    """Train each shipped model from its recipe into out/pretrained/<task>, then score them
+    with bench_quality.py (into out/quality)."""
+    res: dict = {}
+    extra = [*(PRETRAINED_CPU if cpu else PRETRAINED_GPU), f"train.steps={steps}"]
+    for task in ("sr4", "denoise"):
+        args = ["--task", task, "--dest", str(out / "pretrained"), *extra]
+        r = _script("train_pretrained.py", args, out / f"pretrained-{task}.log")
+        if r["returncode"] == 0:
+            r["record"] = json.loads((out / "pretrained" / task / "training.json").read_text())
+        res[task] = r
+    if all(r["returncode"] == 0 for r in res.values()):
+        args = ["--models", str(out / "pretrained"), "--out", str(out / "quality")]
+        args += ["--val-size", "64", "--steps", "1"] if cpu else []
+        q = _script("bench_quality.py", args, out / "quality.log")
+        if q["returncode"] == 0:
+            q["result"] = json.loads((out / "quality" / "bench_quality.json").read_text())
+        res["quality"] = q
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (checks the script)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-check-out")))
     ap.add_argument("--train-steps", type=int, default=None)
+    ap.add_argument("--pretrained-steps", type=int, default=None, help="GPU 2000, CPU 2")
+    ap.add_argument("--skip", default="", help="comma-separated: speed,pretrained")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.cpu and not torch.cuda.is_available():
@@ -183,6 +243,14 @@ def main() -> int:
         result["bench_train"] = bench_train(dev, 128, 32, 20, [])
         steps = args.train_steps or 300
         result["real_training"] = real_training(dev, steps, 128, 32, args.out)
+    skip = set(args.skip.split(","))
+    if "speed" not in skip:
+        result["speed"] = run_speed(args.cpu, args.out)
+        print(f"speed: {result['speed'].get('skipped') or result['speed']['tail']}", flush=True)
+    if "pretrained" not in skip:
+        psteps = args.pretrained_steps or (2 if args.cpu else 2000)
+        result["pretrained"] = run_pretrained(args.cpu, psteps, args.out)
+        print(f"pretrained: {[(k, v['returncode']) for k, v in result['pretrained'].items()]}")
     print(json.dumps(result, indent=2), flush=True)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))
     b, t = result["bench_train"], result["real_training"]
@@ -194,9 +262,15 @@ def main() -> int:
         f"{t['images_per_s_logged']:.1f} img/s, val PSNR {t['val_psnr']:.2f} dB | "
         f"`{result['command']}` |\n"
     )
+    for name in ("speed", "quality"):
+        sub = args.out / name / f"bench_{name}.md"
+        if sub.is_file():  # the benchmarks' own RESULTS.md sections
+            md += "\n" + sub.read_text()
     (args.out / "gpu_check.md").write_text(md)
     print(md)
-    return 0 if result["gpu_tests"]["returncode"] == 0 else 1
+    steps_ok = [result.get("speed", {}).get("returncode", 0)]
+    steps_ok += [v["returncode"] for v in result.get("pretrained", {}).values()]
+    return 0 if result["gpu_tests"]["returncode"] == 0 and not any(steps_ok) else 1
 
 
 if __name__ == "__main__":

@@ -342,7 +342,10 @@ def test_trains_and_round_trips_through_load_restorer(kind, dataset, tmp_path):
 
 def test_checkpoint_without_formulation_loads_as_sr3(dataset, tmp_path):
     """Checkpoints written before formulations existed have no 'formulation' key: sr3."""
-    cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", "train.steps=1", "train.val_every=1")
+    cfg = tiny_config(
+        dataset, f"train.out_dir={tmp_path}", "train.steps=1", "train.val_every=1",
+        "diffusion.formulation=sr3",
+    )  # fmt: skip
     out = train_task(cfg, "sr2")
     from safetensors import safe_open
 

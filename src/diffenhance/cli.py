@@ -180,7 +180,13 @@ def enhance(
     ],
     overrides: OverridesArg = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="model dir or .safetensors (enhance.model)")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="model dir or .safetensors (enhance.model); a task name (sr4, denoise) or a "
+            "models/<task> without a trained model uses the shipped models/pretrained/<task>",
+        ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="sampler steps (infer.steps)")] = None,
     tile: Annotated[int | None, typer.Option(help="tile side in input pixels (infer.tile)")] = None,

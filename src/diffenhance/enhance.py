@@ -142,12 +142,41 @@ def params_hash(params: dict[str, Any]) -> str:
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
+# The shipped models: models/pretrained/<task>/model.safetensors of the working directory,
+# else of the checkout this package runs from (an editable install).
+PRETRAINED_DIRS = (
+    Path("models/pretrained"),
+    Path(__file__).resolve().parents[2] / "models/pretrained",
+)
+
+
+def pretrained_model(task: str) -> Path | None:
+    """The shipped model dir of `task` (models/pretrained/<task>), or None when there is none."""
+    from diffenhance.model import WEIGHTS_NAME
+
+    for root in PRETRAINED_DIRS:
+        if (root / task / WEIGHTS_NAME).is_file():
+            return root / task
+    return None
+
+
 def model_file(path: str | os.PathLike) -> Path:
-    """The weights file of a model dir or file; EnhanceError when there is none."""
+    """The weights file of a model dir or file; EnhanceError when there is none.
+
+    Default-model resolution: a bare task name (`sr4`, `denoise`, ...) or the `train` stage's
+    `models/<task>` (enhance.model's default) without a trained checkpoint resolves to the
+    shipped model `models/pretrained/<task>`, so enhancement works before any training.
+    """
+    from diffenhance.config import TASKS
     from diffenhance.model import WEIGHTS_NAME
 
     p = Path(path)
     f = p / WEIGHTS_NAME if p.is_dir() else p
+    if not f.is_file() and p.name in TASKS and p.parent in (Path("."), Path("models")):
+        shipped = pretrained_model(p.name)
+        if shipped is not None:
+            log.info("%s has no trained model: using the shipped %s", p, shipped)
+            f = shipped / WEIGHTS_NAME
     if not f.is_file():
         raise EnhanceError(
             f"{p}: no model here (expected a model dir with {WEIGHTS_NAME} or a .safetensors "

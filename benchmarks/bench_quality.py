@@ -1,0 +1,221 @@
+"""Quality of the shipped models on the bundled validation photos, against classical baselines.
+
+For each shipped model (models/pretrained/<task>: sr4, denoise) the validation photos of
+`data.source=samples` (chelsea, rocket) are degraded exactly as the `degrade` stage does
+(`evaluate.folder_pairs`: centre crop to `--val-size`, the task's fixed validation seed) and
+scored with `evaluate.evaluate_folder`, the code of the `evaluate` stage:
+
+* x4 SR: PSNR/SSIM on Y (BT.601), 4 px border crop, against bicubic (and Lanczos);
+* denoising sigma=25: PSNR/SSIM on RGB, against the noisy input and CBM3D (skipped, with the
+  reason recorded, when the optional `bm3d` package is not installed);
+* PSNR against the number of sampler steps (`--steps`); the headline is `infer.steps` of
+  params.yaml, each output the mean of `infer.samples` samples: what `diffenhance enhance`
+  does by default.
+
+    python benchmarks/bench_quality.py --out /tmp/quality            # a few minutes on 2 CPUs
+    python benchmarks/bench_quality.py --out /tmp/q --val-size 64 --steps 1 --tasks sr4
+
+Writes <out>/<task>/ (metrics.json, per_image.csv, psnr_vs_steps.csv, protocol.json, images/)
+and <out>/bench_quality.{json,md}; --record appends the tables to benchmarks/RESULTS.md.
+Needs no prefect/dvc/boto3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from diffenhance.config import load_config  # noqa: E402
+from diffenhance.data.samples import materialize_samples  # noqa: E402
+from diffenhance.evaluate import evaluate_folder  # noqa: E402
+from diffenhance.model import read_checkpoint  # noqa: E402
+
+PRETRAINED = REPO / "models" / "pretrained"
+# task -> (protocol used for the headline, reference baseline, target margin in dB, wording)
+TARGETS = {
+    "sr4": ("y", "bicubic", 1.5, "PSNR-Y >= bicubic + 1.5 dB"),
+    "denoise": ("rgb", "cbm3d", 0.3, "PSNR-RGB >= CBM3D + 0.3 dB"),
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)"
+    return f"card {card}; {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def commit() -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def step_list(sweep: list[int], headline: int) -> list[int]:
+    """The sweep with the headline step count last (evaluate scores the last as headline)."""
+    return [s for s in sorted(set(sweep)) if s != headline] + [headline]
+
+
+def evaluate_task(
+    task: str, model_dir: Path, hr_dir: Path, out: Path, overrides: list[str], steps: list[int]
+) -> dict[str, Any]:
+    """Score one shipped model with `evaluate_folder`; returns the numbers of the tables."""
+    cfg = load_config(REPO / "params.yaml", overrides)
+    cfg = load_config(
+        REPO / "params.yaml",
+        [
+            *overrides,
+            f"evaluate.steps=[{','.join(map(str, step_list(steps, cfg.infer.steps)))}]",
+            f"evaluate.average_samples={cfg.infer.samples}",
+            f"evaluate.max_images={len(list(hr_dir.iterdir()))}",
+        ],
+    )
+    t0 = time.perf_counter()
+    ev = evaluate_folder(cfg, hr_dir, task, model_dir, out / task, progress=print)
+    seconds = time.perf_counter() - t0
+    meta = read_checkpoint(model_dir)[1]
+    proto, ref, margin, wording = TARGETS[task]
+    m = ev.metrics
+    baselines = {
+        b: {"psnr": m[f"{b}_psnr_{proto}"], "ssim": m[f"{b}_ssim_{proto}"]}
+        for b in ev.protocol["baselines"]
+    }
+    model = {"psnr": m[f"model_psnr_{proto}"], "ssim": m[f"model_ssim_{proto}"]}
+    target = None
+    if ref in baselines:
+        need = baselines[ref]["psnr"] + margin
+        target = {"need_psnr": need, "met": model["psnr"] >= need}
+    curve = pd.read_csv(out / task / "psnr_vs_steps.csv")
+    return {
+        "task": task,
+        "protocol": proto,
+        "protocol_description": next(
+            p["description"] for p in ev.protocol["protocols"] if p["name"] == proto
+        ),
+        "images": ev.protocol["images"],
+        "val_size": cfg.degrade.val_size,
+        "formulation": meta.get("formulation", "sr3"),
+        "train_step": meta.get("step"),
+        "headline": ev.protocol["headline_method"],
+        "samples": cfg.evaluate.average_samples,
+        "model": model,
+        "baselines": baselines,
+        "skipped": ev.protocol["skipped_baselines"],
+        "target": target,
+        "target_text": wording,
+        "curve": [
+            {
+                "steps": int(r.steps),
+                "psnr": float(getattr(r, f"psnr_{proto}")),
+                "ssim": float(getattr(r, f"ssim_{proto}")),
+            }
+            for r in curve.itertuples()
+        ],  # fmt: skip
+        "seconds": seconds,
+        "seconds_per_image": ev.timing["seconds_per_image"],
+    }
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The RESULTS.md section: the quality table, then PSNR against sampler steps."""
+    lines = [
+        f"### Quality of the shipped models on the bundled validation photos, {res['date'][:10]}",
+        "",
+        f"- machine: {res['machine']}; commit {res['commit']}",
+        f"- command: `{res['command']}`",
+        "- data: data.source=samples validation photos (chelsea, rocket), centre crop "
+        f"{res['val_size']} px, degraded with the fixed validation seeds of the `degrade` stage",
+        "",
+        "| task | model | protocol | model PSNR / SSIM | baseline PSNR / SSIM | delta PSNR "
+        "| target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in res["tasks"]:
+        mdl = f"{t['model']['psnr']:.2f} / {t['model']['ssim']:.4f}"
+        for b, v in t["baselines"].items():
+            met = ""
+            if t["target"] is not None and b == TARGETS[t["task"]][1]:
+                met = "yes" if t["target"]["met"] else "no"
+            lines.append(
+                f"| {t['task']} | {t['formulation']} {t['headline']}, {t['samples']} sample(s) "
+                f"| {t['protocol_description']} | {mdl} | {b}: {v['psnr']:.2f} / {v['ssim']:.4f} "
+                f"| {t['model']['psnr'] - v['psnr']:+.2f} | {t['target_text']} | {met} |"
+            )
+        for b, why in t["skipped"].items():
+            lines.append(
+                f"| {t['task']} | | | | {b}: skipped ({why}) | | {t['target_text']} "
+                "| not measured |"
+            )
+    lines += ["", "PSNR (dB, protocol as above) against sampler steps:", ""]
+    steps = sorted({c["steps"] for t in res["tasks"] for c in t["curve"]})
+    lines.append("| task | " + " | ".join(f"{s} steps" for s in steps) + " |")
+    lines.append("|---|" + "---|" * len(steps))
+    for t in res["tasks"]:
+        by = {c["steps"]: c["psnr"] for c in t["curve"]}
+        cells = [f"{by[s]:.2f}" if s in by else "" for s in steps]
+        lines.append(f"| {t['task']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default="sr4,denoise", help="comma-separated shipped models")
+    ap.add_argument("--models", type=Path, default=PRETRAINED, help="folder of <task>/ models")
+    ap.add_argument("--val-size", type=int, default=256, help="HR centre crop side (px)")
+    ap.add_argument("--steps", default="1,2,4,8", help="sampler step counts of the PSNR curve")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-quality-out")))
+    ap.add_argument("--record", action="store_true", help="append the tables to RESULTS.md")
+    ap.add_argument("overrides", nargs="*", help="params.yaml overrides, e.g. infer.samples=4")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    steps = [int(s) for s in args.steps.split(",") if s]
+    overrides = [f"degrade.val_size={args.val_size}", *args.overrides]
+    photos = Path(tempfile.mkdtemp(prefix="bench-quality-"))
+    materialize_samples(photos)
+    hr_dir = photos / "val"
+    tasks = []
+    for task in [t for t in args.tasks.split(",") if t]:
+        tasks.append(evaluate_task(task, args.models / task, hr_dir, args.out, overrides, steps))
+    res = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "machine": machine(),
+        "command": shlex.join(["python", "benchmarks/bench_quality.py", *(argv or sys.argv[1:])]),
+        "val_size": args.val_size,
+        "tasks": tasks,
+    }
+    (args.out / "bench_quality.json").write_text(json.dumps(res, indent=2))
+    md = markdown(res)
+    (args.out / "bench_quality.md").write_text(md)
+    print(md)
+    if args.record:
+        with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
+            f.write("\n" + md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

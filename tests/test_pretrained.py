@@ -1,0 +1,106 @@
+"""The shipped models (models/pretrained/<task>): self-describing, small, better than the
+baselines on a held-out photo, and what enhancement uses when no model is given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from diffenhance.cli import app
+from diffenhance.config import load_config
+from diffenhance.data.pairs import make_pair
+from diffenhance.data.samples import materialize_samples
+from diffenhance.enhance import model_file, pretrained_model
+from diffenhance.evaluate import bicubic_upscale, restore_image, score
+from diffenhance.io import read_image, write_image
+from diffenhance.metrics import protocol_for_task
+from diffenhance.model import FORMAT, load_restorer, read_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "models" / "pretrained"
+TASKS = {"sr4": 4, "denoise": 1}  # task -> scale
+MAX_TOTAL_BYTES = 20 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def val_photos(tmp_path_factory) -> list[np.ndarray]:
+    root = tmp_path_factory.mktemp("samples")
+    materialize_samples(root)
+    return [read_image(root / "val" / f"{n}.png") for n in ("chelsea", "rocket")]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_shipped_checkpoint_describes_itself(task):
+    tensors, meta = read_checkpoint(SHIPPED / task)
+    assert meta["format"] == FORMAT and meta["task"] == task
+    for key in ("model", "diffusion", "step", "formulation"):
+        assert key in meta
+    r = load_restorer(SHIPPED / task)  # config from the metadata only
+    assert r.task == task and r.scale == TASKS[task]
+    assert r.model_cfg.base_channels == json.loads(meta["model"])["base_channels"]
+    assert r.diffusion_cfg.formulation == meta["formulation"]
+    assert int(meta["step"]) > 0
+    assert set(tensors) == set(r.unet.state_dict())
+    record = json.loads((SHIPPED / task / "training.json").read_text())
+    assert record["task"] == task and record["steps"] == int(meta["step"])
+    assert record["wall_seconds"] > 0 and record["machine"] and record["date"]
+
+
+def test_shipped_models_fit_the_size_budget():
+    files = sorted(SHIPPED.glob("*/model.safetensors"))
+    assert {f.parent.name for f in files} >= set(TASKS)
+    total = sum(f.stat().st_size for f in files)
+    assert total <= MAX_TOTAL_BYTES, f"{total / 2**20:.1f} MiB > 20 MiB"
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_shipped_model_beats_the_baseline_on_held_out_photos(task, val_photos):
+    """A 96 px centre crop of each validation photo (never trained on), degraded with the fixed
+    validation seed, enhanced at the params.yaml infer defaults (steps, samples)."""
+    cfg = load_config(REPO / "params.yaml", ["degrade.val_size=96"])
+    r = load_restorer(SHIPPED / task)
+    proto = [
+        p for p in protocol_for_task(task, cfg.degrade) if p.name == ("y" if r.scale > 1 else "rgb")
+    ]
+    model_psnr, base_psnr = [], []
+    for i, photo in enumerate(val_photos):
+        hr, lq, _ = make_pair(photo, f"test-{i}", task, cfg.degrade)
+        out = restore_image(
+            r, lq, steps=cfg.infer.steps, sampler=cfg.infer.sampler, eta=cfg.infer.eta,
+            seeds=list(range(cfg.infer.samples)),
+        )  # fmt: skip
+        assert out.shape == hr.shape
+        base = bicubic_upscale(lq, r.scale) if r.scale > 1 else lq
+        model_psnr.append(score(out, hr, proto)[f"psnr_{proto[0].name}"])
+        base_psnr.append(score(base, hr, proto)[f"psnr_{proto[0].name}"])
+    assert np.mean(model_psnr) > np.mean(base_psnr) + 0.2, (model_psnr, base_psnr)
+
+
+def test_default_model_resolution(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no models/ here: the checkout's shipped models are used
+    shipped = (SHIPPED / "sr4" / "model.safetensors").resolve()
+    assert pretrained_model("sr4") is not None
+    assert model_file("sr4") == shipped
+    assert model_file("models/sr4") == shipped  # enhance.model's default, untrained
+    trained = tmp_path / "models" / "sr4" / "model.safetensors"
+    trained.parent.mkdir(parents=True)
+    trained.write_bytes(shipped.read_bytes())
+    assert model_file("models/sr4") == trained.resolve()  # a trained model wins
+    with pytest.raises(ValueError, match="no model here"):
+        model_file(tmp_path / "elsewhere" / "sr4")  # an explicit path never falls back
+
+
+def test_cli_enhances_with_the_shipped_model_by_default(tmp_path, monkeypatch, val_photos):
+    monkeypatch.chdir(tmp_path)
+    write_image(tmp_path / "in.png", val_photos[0][:12, :16])
+    r = CliRunner().invoke(
+        app,
+        ["enhance", "in.png", "out.png", "--params", str(REPO / "params.yaml"),
+         "--steps", "1", "--device", "cpu"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert read_image(tmp_path / "out.png").shape == (48, 64, 3)
