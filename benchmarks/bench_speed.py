@@ -394,6 +394,10 @@ def commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def _mib(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
 def markdown(res: dict[str, Any]) -> str:
     """The RESULTS.md section of one run: setup lines, then the speed table."""
     a, m = res["args"], res["machine"]
@@ -410,10 +414,17 @@ def markdown(res: dict[str, Any]) -> str:
         f"sampling {a['sample_size']} px output, {a['sample_steps']} DDIM steps x "
         f"{a['repeats']} runs, batch 1",
     ]
+    load = res.get("loadavg")
+    if load:
+        lines.append(
+            f"- 1-min load average at start / end: {load['start']:.2f} / {load['end']:.2f} "
+            f"on {os.cpu_count()} cores (other jobs slow every number; timings interleave the "
+            "two networks so both see the same load)"
+        )
     if res["device"] == "cpu":
         lines.append(
             f"- CPU run: sizes reduced from 512 px to {a['sample_size']} px output; fp32 (no "
-            "autocast); the 2-core box was shared, so these are lower bounds"
+            "autocast, so the ceiling is fp32 matmul)"
         )
     lines += [
         "",
@@ -426,12 +437,12 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(
             f"| {row['net']} | {row['mode']} | {row['params'] / 1e6:.3f}M "
             f"| {row['train_flops'] / 1e9:.2f} | {t['images_per_s']:.2f} | {row['mfu']:.1%} "
-            f"| {t['peak_mem_mib']:.0f} | {row['sample_fwd_flops'] / 1e9:.2f} "
+            f"| {_mib(t['peak_mem_mib'])} | {row['sample_fwd_flops'] / 1e9:.2f} "
             f"| {s['seconds_per_step']:.4f} | {s['seconds_per_image']:.3f} "
-            f"| {s['megapixels_per_s']:.4f} | {s['peak_mem_mib']:.0f} |"
+            f"| {s['megapixels_per_s']:.4f} | {_mib(s['peak_mem_mib'])} |"
         )
+    lines.append("")
     for mode, r in res["ratios"].items():
-        lines.append("")
         lines.append(
             f"- {mode}: ours / diffusers training throughput {r['train']:.2f}x (target >= 1.5x "
             f"compiled), sampling per-step time {r['step']:.2f}x of diffusers (target <= 1.0x)"
@@ -464,6 +475,11 @@ def main(argv: list[str] | None = None) -> int:
         help="torch.compile both networks: auto = both eager and compiled on CUDA, eager on CPU",
     )
     ap.add_argument("--no-enhance", action="store_true", help="skip the product-path timing")
+    ap.add_argument(
+        "--memory-compiled",
+        action="store_true",
+        help="also measure peak memory of the compiled networks (4 more compilations)",
+    )
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-speed-out")))
     ap.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
     ap.add_argument("overrides", nargs="*", help="params.yaml overrides for the width, e.g. "
@@ -482,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                      "both": [False, True]}[args.compile]  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()[0]
 
     base = load_config(REPO / "params.yaml", args.overrides)
     overrides = [*args.overrides, *sr3_overrides(base)]
@@ -506,11 +523,14 @@ def main(argv: list[str] | None = None) -> int:
         tr = in_fresh_process(bench_train, {**tspec, "nets": nets, "steps": tsteps})
         sa = in_fresh_process(bench_sample, {**sspec, "nets": nets, "repeats": args.repeats})
         for net in nets:
-            # Peak memory: each network alone in a fresh process (2 steps / 1 sampling run).
-            tm = in_fresh_process(bench_train, {**tspec, "nets": [net], "steps": 2})[net]
-            sm = in_fresh_process(bench_sample, {**sspec, "nets": [net], "repeats": 1})[net]
-            tr[net]["peak_mem_mib"] = tm["peak_mem_mib"]
-            sa[net]["peak_mem_mib"] = sm["peak_mem_mib"]
+            # Peak memory: each network alone in a fresh process (2 steps / 1 sampling run);
+            # with --memory-compiled also for compiled mode (each costs 2 more compilations).
+            tr[net]["peak_mem_mib"] = sa[net]["peak_mem_mib"] = None
+            if not compiled or args.memory_compiled:
+                tm = in_fresh_process(bench_train, {**tspec, "nets": [net], "steps": 2})[net]
+                sm = in_fresh_process(bench_sample, {**sspec, "nets": [net], "repeats": 1})[net]
+                tr[net]["peak_mem_mib"] = tm["peak_mem_mib"]
+                sa[net]["peak_mem_mib"] = sm["peak_mem_mib"]
             fl_train = count_flops(net, cfg, size)
             fl_sample = count_flops(net, cfg, ssize)
             mfu = fl_train["train_flops"] * tr[net]["images_per_s"] / ceiling["flops_per_s"]
@@ -525,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     ratios = {}
-    for mode in {r["mode"] for r in rows}:
+    for mode in dict.fromkeys(r["mode"] for r in rows):  # eager first
         o = next(r for r in rows if r["net"] == "ours" and r["mode"] == mode)
         d = next(r for r in rows if r["net"] == "diffusers" and r["mode"] == mode)
         ratios[mode] = {
@@ -556,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
         },  # fmt: skip
         "topology": topo,
+        "loadavg": {"start": load0, "end": os.getloadavg()[0]},
         "ceiling": ceiling,
         "rows": rows,
         "ratios": ratios,

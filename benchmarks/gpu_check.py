@@ -5,7 +5,9 @@ recipes (benchmarks/train_pretrained.py, into --out/pretrained/<task>, not model
 then scored (benchmarks/bench_quality.py).
 
     python benchmarks/gpu_check.py --out $OUT            # on the GPU machine
-    python benchmarks/gpu_check.py --cpu --out /tmp/gc   # check the script itself on a CPU
+    python benchmarks/gpu_check.py --cpu --out /tmp/gc   # check the script itself on a CPU (~5 min)
+    python benchmarks/gpu_check.py --out $OUT --skip pretrained   # split over two commands
+    python benchmarks/gpu_check.py --out $OUT --skip speed        # when one has a time limit
 
 Needs only torch, numpy, pandas, pillow, scikit-image, pytest (no prefect/dvc/boto3): the
 library is put on sys.path from src/; the speed benchmark also needs diffusers (the `bench`
