@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import card_name, cpu_name  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -48,16 +48,7 @@ MODELS = {"tiny": TINY, "default": []}
 
 
 def machine() -> tuple[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}", card
+    return f"{cpu_name()}, torch {torch.__version__}", card_name()
 
 
 def make_inputs(folder: Path, n: int, side: int, seed: int = 0) -> None:

@@ -26,14 +26,14 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import card_name, cpu_name, git_commit  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -55,23 +55,11 @@ TARGETS = {
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)"
-    return f"card {card}; {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return f"card {card_name()}; {cpu_name()}, torch {torch.__version__}"
 
 
 def commit() -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    )
-    return out.stdout.strip() or "unknown"
+    return git_commit()
 
 
 def step_list(sweep: list[int], headline: int) -> list[int]:

@@ -42,15 +42,15 @@ import datetime as dt
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import card_name, cpu_name, git_commit  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -375,23 +375,11 @@ def in_fresh_process(fn: Any, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def machine(dev: torch.device) -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none (CPU)"
-    return {"cpu": f"{cpu}, {os.cpu_count()} cores", "card": card, "torch": torch.__version__}
+    return {"cpu": cpu_name(), "card": card_name(dev), "torch": torch.__version__}
 
 
 def commit() -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    )
-    return out.stdout.strip() or "unknown"
+    return git_commit()
 
 
 def _mib(v: float | None) -> str:

@@ -21,11 +21,12 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import git_commit  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -186,9 +187,7 @@ def main() -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
         f"(shared), torch {torch.__version__}",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": git_commit(),
         "command": " ".join(["python", "benchmarks/formulations.py", *sys.argv[1:]]),
         "budget": budget,
         "val_pairs": len(pairs),

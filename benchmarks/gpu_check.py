@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import git_commit  # benchmarks/_common.py
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
@@ -229,9 +231,7 @@ def main() -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": device_name(dev),
         "torch": torch.__version__,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": git_commit(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     print(f"gpu_check: {result['device']}, torch {result['torch']}", flush=True)

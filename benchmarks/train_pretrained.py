@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -36,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import card_name, cpu_name, git_commit  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -123,18 +124,9 @@ def prepare_work(params: Path, task: str, work: Path, overrides: list[str]) -> l
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
-    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return f"{cpu}, {os.cpu_count()} cores, card {card}, torch {torch.__version__}"
+    return f"{cpu_name()}, card {card_name(none='none')}, torch {torch.__version__}"
 
 
 def train(
@@ -176,9 +168,7 @@ def train(
         "val_psnr_rgb": float(val["val_psnr"].iloc[-1]) if len(val) else None,
         "machine": machine(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": git_commit(),
         "recipe": str(rel),
         "command": shlex.join(
             [
