@@ -55,7 +55,7 @@ from diffenhance.degrade import pair_seed, resize, task_scale
 from diffenhance.infer import autocast_dtype as infer_autocast_dtype
 from diffenhance.io import atomic_path, read_image, write_image
 from diffenhance.metrics import Protocol, hf_energy_ratio, mean_psnr, protocol_for_task
-from diffenhance.model import Restorer, load_restorer
+from diffenhance.model import Restorer, load_restorer, pad_lq
 
 METRICS: tuple[str, ...] = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
 # Sharpness beside fidelity (metrics.hf_energy_ratio, Y, 1 = as much fine detail as the truth):
@@ -141,11 +141,9 @@ def restore_image(
     (H*scale)x(W*scale)x3 float32 [0,1].
 
     The one place evaluation runs the network: LQ is padded to the U-Net's size multiple and the
-    output cropped back (`train.pad_lq`); fine for evaluation crops up to a few hundred pixels
+    output cropped back (`model.pad_lq`); fine for evaluation crops up to a few hundred pixels
     (use `infer` for whole photos). Each x_T comes from a CPU generator seeded with its seed.
     """
-    from diffenhance.train import pad_lq
-
     x = torch.from_numpy(np.ascontiguousarray(lq, dtype=np.float32)).permute(2, 0, 1)[None]
     x, H, W = pad_lq(x, r.scale, r.unet.size_multiple)
     acc = None

@@ -43,6 +43,7 @@ from diffenhance.model import (
     build_restorer,
     checkpoint_metadata,
     load_matching,
+    pad_lq,
     read_checkpoint,
     save_weights,
 )
@@ -175,16 +176,6 @@ def load_latest_state(state_dir: Path, digest: str) -> dict | None:
         LOG.warning("%s was saved with other params; not resuming from it", path)
         return None
     return None
-
-
-def pad_lq(lq: torch.Tensor, scale: int, multiple: int) -> tuple[torch.Tensor, int, int]:
-    """Reflect-pad LQ so that its upscaled size is a multiple of `multiple`."""
-    q = multiple // math.gcd(multiple, scale)
-    h, w = lq.shape[-2:]
-    ph, pw = (-h) % q, (-w) % q
-    if ph or pw:
-        lq = torch.nn.functional.pad(lq, (0, pw, 0, ph), mode="replicate")
-    return lq, h * scale, w * scale
 
 
 @torch.no_grad()
