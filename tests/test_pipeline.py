@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pandas as pd
@@ -25,6 +26,13 @@ TINY = {
         "val_steps": 2,
         "ckpt_every": 4,
         "val_images": 1,
+    },
+    "compare": {
+        "formulations": ["regression", "residual"],
+        "train_steps": 2,
+        "steps": [1, 2],
+        "samples": 2,
+        "max_images": 1,
     },
 }
 
@@ -60,6 +68,15 @@ def test_main_job_produces_prepared_and_degraded(repo):
     log = pd.read_csv(r / "models/sr4/train_log.csv")
     assert log["step"].iloc[-1] == 4 and log["val_psnr"].notna().any()
     assert (r / "models/sr4/model.safetensors").is_file()
+    # the formulation comparison: both models at the same budget, scored, reported
+    for kind in ("regression", "residual"):
+        log = pd.read_csv(r / f"models/compare/{kind}/sr4/train_log.csv")
+        assert log["step"].iloc[-1] == 2
+    metrics = json.loads((r / "reports/compare/metrics.json").read_text())
+    assert {"bicubic_psnr_y", "regression_fidelity_psnr_y", "residual_sharp_hf_ratio",
+            "check_fidelity_minus_regression_psnr_y"} <= set(metrics)  # fmt: skip
+    html = (r / "reports/compare/report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2  # curves + residual's crops
 
 
 def test_repro_twice_changes_nothing(repo):
@@ -91,8 +108,11 @@ def test_forced_rerun_of_whole_pipeline_gives_identical_metrics(repo):
     r, _ = repo
     before = (r / "reports/sr4/metrics.json").read_bytes()
     weights = (r / "models/sr4/model.safetensors").read_bytes()
+    compared = (r / "reports/compare/metrics.json").read_bytes()
     proc = run(r, "dvc", "repro", "--force")
-    for stage in ("prepare", "degrade", "train@sr4", "evaluate@sr4", "report@sr4"):
+    for stage in ("prepare", "degrade", "train@sr4", "evaluate@sr4", "report@sr4",
+                  "train_compare@regression", "train_compare@residual", "compare"):  # fmt: skip
         assert f"Running stage '{stage}'" in proc.stdout
     assert (r / "models/sr4/model.safetensors").read_bytes() == weights
     assert (r / "reports/sr4/metrics.json").read_bytes() == before
+    assert (r / "reports/compare/metrics.json").read_bytes() == compared

@@ -24,6 +24,7 @@ import yaml
 
 Task = Literal["sr2", "sr4", "denoise", "jpeg", "blind"]
 TASKS: tuple[str, ...] = get_args(Task)
+Formulation = Literal["sr3", "regression", "indi", "residual"]
 
 
 class ConfigError(ValueError):
@@ -80,7 +81,7 @@ class DiffusionConfig:
     beta_end: float = 0.02
     # How the network is trained and sampled (diffusion/formulations.py). residual measured
     # best (benchmarks/RESULTS.md "Formulations"); checkpoints without the key load as sr3.
-    formulation: Literal["sr3", "regression", "indi", "residual"] = "residual"
+    formulation: Formulation = "residual"
     indi_noise: float = 0.0  # InDI start noise sigma (model range); > 0 makes samples differ
     indi_t1_prob: float = 0.2  # share of InDI training at t = 1: keeps the 1-step end faithful
     residual_scale: float = 4.0  # residual: diffuse s * (x - mu); residuals are small, s lifts SNR
@@ -158,6 +159,22 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """The `compare` stages: every formulation trained at one budget, scored side by side."""
+
+    task: Task = "sr4"  # the task the formulations are compared on
+    formulations: tuple[Formulation, ...] = ("regression", "indi", "residual", "sr3")
+    train_steps: int = 150  # the same budget for each (network: model.*, rest: train.*)
+    ema_decay: float = 0.99  # 0.999 averages over more steps than a short run has
+    steps: tuple[int, ...] = (1, 2, 4, 8, 20, 50)  # sampler steps scored (1 sample each)
+    samples: int = 4  # fidelity end of the knob: mean of N samples at the fewest steps
+    seed: int = 0  # noise of sample k of image NAME: pair_seed(seed, 'eval', NAME, k)
+    max_images: int = 4  # validation pairs, evenly spaced by name
+    models_dir: str = "models/compare"  # <models_dir>/<formulation>/<task>/model.safetensors
+    out_dir: str = "reports/compare"  # metrics.json, curves.csv, per_image.csv, report.html
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     out_dir: str = "reports"
     crops: int = 2  # side-by-side crops of the N best and N worst images (vs the baseline)
@@ -193,6 +210,7 @@ class Config:
     enhance: EnhanceConfig = field(default_factory=EnhanceConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -356,6 +374,14 @@ def _check_invariants(obj: Any, prefix: str, source: str) -> None:
         if not obj.seeds:
             raise bad("seeds", "must be a non-empty list of integer seeds, e.g. [0]")
         for k in ("average_samples", "max_images"):
+            if getattr(obj, k) < 1:
+                raise bad(k, "must be >= 1")
+    if isinstance(obj, CompareConfig):
+        if not obj.formulations or len(set(obj.formulations)) != len(obj.formulations):
+            raise bad("formulations", "must be a non-empty list without repeats")
+        if not obj.steps or min(obj.steps) < 1:
+            raise bad("steps", "must be a non-empty list of step counts >= 1, e.g. [1, 4, 50]")
+        for k in ("train_steps", "samples", "max_images"):
             if getattr(obj, k) < 1:
                 raise bad(k, "must be >= 1")
     if isinstance(obj, ReportConfig) and (obj.crops < 0 or obj.zoom_size < 4):

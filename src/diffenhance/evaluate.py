@@ -182,7 +182,9 @@ def score(pred: np.ndarray, hr: np.ndarray, protocols: Sequence[Protocol]) -> di
     return out
 
 
-def _mean(values: pd.Series, metric: str) -> float:
+def mean_metric(values: pd.Series, metric: str) -> float:
+    """Mean over images: PSNR in dB capped per image (`metrics.mean_psnr`), sharpness over the
+    images where it is defined (NaN when none), the rest arithmetic."""
     if metric == SHARPNESS:  # mean over the images where it is defined
         v = values.to_numpy(np.float64)
         v = v[np.isfinite(v)]
@@ -199,12 +201,12 @@ def summarise(per_image: pd.DataFrame, headline: str, baselines: Sequence[str]) 
     m: dict[str, float] = {"n_images": float(per_image["image"].nunique())}
     for method, rows in per_image.groupby("method", sort=False):
         for k in METRICS:
-            m[f"{method}_{k}"] = _mean(rows[k], k)
-        if SHARPNESS in rows and math.isfinite(hf := _mean(rows[SHARPNESS], SHARPNESS)):
+            m[f"{method}_{k}"] = mean_metric(rows[k], k)
+        if SHARPNESS in rows and math.isfinite(hf := mean_metric(rows[SHARPNESS], SHARPNESS)):
             m[f"{method}_{SHARPNESS}"] = hf
         if rows["seed"].nunique() > 1:  # spread of the per-seed means
             for k in METRICS:
-                per_seed = [_mean(g[k], k) for _, g in rows.groupby("seed")]
+                per_seed = [mean_metric(g[k], k) for _, g in rows.groupby("seed")]
                 m[f"{method}_{k}_seed_std"] = float(np.std(per_seed))
     for k in (*METRICS, SHARPNESS):
         if f"{headline}_{k}" in m:
@@ -228,12 +230,12 @@ class Evaluation:
     protocol: dict[str, Any]
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def _write_csv(path: Path, df: pd.DataFrame) -> None:
+def write_csv(path: Path, df: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
 
@@ -319,7 +321,7 @@ def evaluate_pairs(
     }  # fmt: skip
     model_rows = per_image[per_image["kind"] == "model"]
     curve = pd.DataFrame(
-        [{"steps": int(st), **{k: _mean(g[k], k) for k in (*METRICS, SHARPNESS)}}
+        [{"steps": int(st), **{k: mean_metric(g[k], k) for k in (*METRICS, SHARPNESS)}}
          for st, g in model_rows.groupby("steps")]
     )  # fmt: skip
     protocol = {
@@ -343,18 +345,23 @@ def evaluate_pairs(
         "skipped_baselines": skipped,
         "n_images": len(pairs),
         "images": [p.name for p in pairs],
-        "model": {"task": r.task, "step": r.meta.get("step"), "path": r.meta.get("path")},
+        "model": {
+            "task": r.task,
+            "step": r.meta.get("step"),
+            "path": r.meta.get("path"),
+            "formulation": r.diffusion_cfg.formulation,
+        },
         "device": str(device),
         "autocast": "bf16" if autocast_dtype is not None else "fp32",
         "source": source,
         "psnr_cap_db": 100.0,
         "notes": [f"{k} skipped: {v}" for k, v in skipped.items()],
     }
-    _write_csv(out_dir / "per_image.csv", per_image)
-    _write_csv(out_dir / "psnr_vs_steps.csv", curve)
-    _write_json(out_dir / "metrics.json", metrics)
-    _write_json(out_dir / "timing.json", timing)
-    _write_json(out_dir / "protocol.json", protocol)
+    write_csv(out_dir / "per_image.csv", per_image)
+    write_csv(out_dir / "psnr_vs_steps.csv", curve)
+    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "timing.json", timing)
+    write_json(out_dir / "protocol.json", protocol)
     return Evaluation(out_dir, metrics, timing, protocol)
 
 
@@ -432,10 +439,13 @@ __all__ = [
     "evaluate_task",
     "folder_pairs",
     "lanczos_upscale",
+    "mean_metric",
     "model_key",
     "restore_image",
     "sample_seeds",
     "score",
     "spread",
     "summarise",
+    "write_csv",
+    "write_json",
 ]

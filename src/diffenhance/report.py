@@ -137,7 +137,7 @@ def pick_crops(gain: pd.DataFrame, n: int) -> list[tuple[str, str]]:
     return [("best", x) for x in best] + [("worst", x) for x in worst]
 
 
-def _fmt(metric: str, v: float | None, signed: bool = False) -> str:
+def fmt_metric(metric: str, v: float | None, signed: bool = False) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "-"
     spec = ".2f" if metric.startswith("psnr") else ".4f"
@@ -161,6 +161,7 @@ def summary_items(ev: EvalData) -> list[tuple[str, str]]:
         ("samples averaged", str(p["average_samples"])),
         ("noise seeding", p["noise_seeding"]),
         ("model", f"{model.get('path', '?')} (training step {model.get('step', '?')})"),
+        ("formulation", model.get("formulation", "sr3 (checkpoint predates formulations)")),
         ("device", f"{p['device']}, {p['autocast']}"),
         ("baselines", ", ".join(p["baselines"])),
         ("seconds per image", f"{ev.timing.get('seconds_per_image', float('nan')):.3f} (headline model)"),
@@ -177,13 +178,13 @@ def summary_markdown(ev: EvalData, report_path: str | Path | None = None) -> str
     lines += ["", "| method | " + " | ".join(METRIC_LABELS.values()) + f" | {HF_LABEL} | s/image |"]
     lines += ["|---" * (len(METRIC_LABELS) + 3) + "|"]
     for r in method_table(ev):
-        vals = [_fmt(k, r[k]) for k in (*METRIC_LABELS, "hf_ratio")]
-        vals.append(_fmt("seconds", r["seconds_per_image"]))
+        vals = [fmt_metric(k, r[k]) for k in (*METRIC_LABELS, "hf_ratio")]
+        vals.append(fmt_metric("seconds", r["seconds_per_image"]))
         lines.append(f"| {r['method']} | " + " | ".join(vals) + " |")
     lines += ["", "Headline model minus baseline:", ""]
     for b in ev.baselines:
         d = ", ".join(
-            f"{METRIC_LABELS[k]} {_fmt(k, ev.metrics[f'delta_{k}_vs_{b}'], True)}"
+            f"{METRIC_LABELS[k]} {fmt_metric(k, ev.metrics[f'delta_{k}_vs_{b}'], True)}"
             for k in METRIC_LABELS
         )
         lines.append(f"- vs **{b}**: {d}")
@@ -223,14 +224,14 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _img(path: Path, alt: str, caption: str = "") -> str:
+def html_figure(path: Path, alt: str, caption: str = "") -> str:
     cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
     return (
         f'<figure><img src="{data_uri(path.read_bytes())}" alt="{html.escape(alt)}">{cap}</figure>'
     )
 
 
-def _table(
+def html_table(
     header: list[str], rows: list[list[str]], left: int = 1, cls: list[str] | None = None
 ) -> str:
     th = "".join(
@@ -248,29 +249,29 @@ def _table(
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def _signed(metric: str, v: float) -> str:
+def signed_metric(metric: str, v: float) -> str:
     cls = "pos" if v > 0 else "neg" if v < 0 else ""
-    return f'<span class="{cls}">{_fmt(metric, v, True)}</span>'
+    return f'<span class="{cls}">{fmt_metric(metric, v, True)}</span>'
 
 
 def render_html(ev: EvalData, figures: dict[str, list[tuple[Path, str]]], title: str) -> str:
     """The report page; `figures` maps a section title to (png, caption) pairs to embed."""
     esc = html.escape
     parts = [f"<h1>{esc(title)}</h1>", "<h2>Summary</h2>"]
-    parts.append(_table(["", ""], [[esc(k), esc(v)] for k, v in summary_items(ev)], left=2))
+    parts.append(html_table(["", ""], [[esc(k), esc(v)] for k, v in summary_items(ev)], left=2))
     mt = method_table(ev)
     parts.append("<h2>All methods (mean over images)</h2>")
-    parts.append(_table(
+    parts.append(html_table(
         ["method", *METRIC_LABELS.values(), HF_LABEL, "s / image"],
-        [[esc(r["method"]), *(_fmt(k, r[k]) for k in (*METRIC_LABELS, "hf_ratio")),
-          _fmt("seconds", r["seconds_per_image"])] for r in mt],
+        [[esc(r["method"]), *(fmt_metric(k, r[k]) for k in (*METRIC_LABELS, "hf_ratio")),
+          fmt_metric("seconds", r["seconds_per_image"])] for r in mt],
         cls=["head" if "(headline)" in r["method"] else "" for r in mt],
     ))  # fmt: skip
     parts.append(f"<h2>Headline model ({esc(ev.headline)}) against every baseline</h2>")
-    parts.append(_table(
+    parts.append(html_table(
         ["baseline", "metric", "baseline", "model", "delta (model - baseline)"],
-        [[esc(d["baseline"]), esc(METRIC_LABELS[d["metric"]]), _fmt(d["metric"], d["baseline_value"]),
-          _fmt(d["metric"], d["model_value"]), _signed(d["metric"], d["delta"])]
+        [[esc(d["baseline"]), esc(METRIC_LABELS[d["metric"]]), fmt_metric(d["metric"], d["baseline_value"]),
+          fmt_metric(d["metric"], d["model_value"]), signed_metric(d["metric"], d["delta"])]
          for d in delta_rows(ev)],
         left=2,
     ))  # fmt: skip
@@ -282,9 +283,17 @@ def render_html(ev: EvalData, figures: dict[str, list[tuple[Path, str]]], title:
         "Scores are computed on the float outputs; the crops below are 8-bit PNGs. Timings vary "
         "between runs and live in timing.json, outside the reproducible metrics.json.</p>"
     )
+    return html_page(title, parts, figures)
+
+
+def html_page(title: str, parts: list[str], figures: dict[str, list[tuple[Path, str]]]) -> str:
+    """A self-contained page: `parts` (HTML after the title), then each figure section with its
+    PNGs embedded as data URIs; the script marks whether every image decoded."""
+    esc = html.escape
+    parts = [*parts]
     for section, figs in figures.items():
         parts.append(f"<h2>{esc(section)}</h2>")
-        parts += [_img(p, alt=p.stem, caption=c) for p, c in figs]
+        parts += [html_figure(p, alt=p.stem, caption=c) for p, c in figs]
     body = "\n".join(parts)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -335,8 +344,8 @@ def build_report(
     for rank, (which, name) in enumerate(pick_crops(gain, cfg.crops)):
         g = gain.loc[name]
         p = crop_figure(
-            lq=ev.image("lq", name), baseline=ev.image(ref, name), model=ev.image("model", name),
-            hr=ev.image("hr", name), labels=("LQ input", ref, ev.headline, "ground truth"),
+            images=[ev.image(k, name) for k in ("lq", ref, "model", "hr")],
+            labels=("LQ input", ref, ev.headline, "ground truth"),
             scores=(None, g["baseline"], g["model"], None), zoom_size=cfg.zoom_size,
             path=plots / f"crop_{which}_{rank}.png",
         )  # fmt: skip
@@ -358,12 +367,17 @@ __all__ = [
     "Report",
     "build_report",
     "data_uri",
+    "fmt_metric",
+    "html_figure",
+    "html_page",
+    "html_table",
     "delta_rows",
     "load_evaluation",
     "method_table",
     "per_image_gain",
     "pick_crops",
     "render_html",
+    "signed_metric",
     "summary_items",
     "summary_markdown",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullFormatter
 
 from diffenhance.io import atomic_path
 
@@ -53,6 +54,15 @@ def plot_training(log: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _steps_axis(ax, steps: Sequence[int]) -> None:
+    """x axis of sampler steps: log scale over a wide range, a labelled tick at each count."""
+    ax.set_xlabel("sampler steps")
+    if len(steps) > 1 and max(steps) / max(1, min(steps)) >= 8:
+        ax.set_xscale("log")
+    ax.set_xticks(list(steps), [str(s) for s in steps])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_psnr_vs_steps(
     curve: pd.DataFrame, baselines: dict[str, dict[str, float]], path: Path
 ) -> Path:
@@ -70,10 +80,8 @@ def plot_psnr_vs_steps(
             ax.axhline(v, ls="--", lw=1.2, color=colors[i % len(colors)], label=name)
         if col == "hf_ratio":
             ax.axhline(1.0, ls=":", lw=1.2, color="black", label="ground truth")
-        ax.set(xlabel="sampler steps", ylabel=label, title=f"{label} vs steps")
-        if len(curve) > 1 and curve["steps"].max() / max(1, curve["steps"].min()) >= 8:
-            ax.set_xscale("log")
-        ax.set_xticks(list(curve["steps"]), [str(s) for s in curve["steps"]])
+        ax.set(ylabel=label, title=f"{label} vs steps")
+        _steps_axis(ax, list(curve["steps"]))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -129,24 +137,25 @@ def _nearest_up(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def crop_figure(
     *,
-    lq: np.ndarray,
-    baseline: np.ndarray,
-    model: np.ndarray,
-    hr: np.ndarray,
+    images: Sequence[np.ndarray],
     labels: Sequence[str],
     scores: Sequence[float | None],
     zoom_size: int,
     path: Path,
 ) -> Path:
-    """LQ | baseline | model | ground truth, full view (zoom region outlined) above the zoom.
+    """Panels side by side (e.g. LQ | baseline | model | ground truth), full view with the zoom
+    region outlined above the zoom itself.
 
-    Images float32 HxWx3 in [0, 1]; LQ is shown nearest-upscaled to the HR size. `scores` are
-    PSNR-Y values printed under the labels (None: nothing)."""
+    Images float32 HxWx3 in [0, 1]; the LAST one is the ground truth: it sets the size and the
+    zoom region (`zoom_box`), and any panel of another size (the LQ input) is shown
+    nearest-upscaled to it. `scores` are PSNR-Y values printed under the labels (None: nothing)."""
+    hr = images[-1]
     shape = hr.shape[:2]
-    panels = [_nearest_up(lq, shape), baseline, model, hr]
+    panels = [im if im.shape[:2] == shape else _nearest_up(im, shape) for im in images]
     top, left, side = zoom_box(hr, zoom_size)
-    fig = Figure(figsize=(12, 6.4), layout="constrained")
-    axes = fig.subplots(2, 4)
+    n = len(panels)
+    fig = Figure(figsize=(3 * n, 6.4), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False)
     for j, (img, label, s) in enumerate(zip(panels, labels, scores, strict=True)):
         img = np.clip(img, 0.0, 1.0)
         title = label if s is None else f"{label}\nPSNR-Y {s:.2f} dB"
@@ -163,4 +172,50 @@ def crop_figure(
     return _save(fig, path)
 
 
-__all__ = ["crop_figure", "plot_psnr_vs_steps", "plot_scatter", "plot_training", "zoom_box"]
+def plot_formulation_curves(curves: pd.DataFrame, flat: Sequence[str], path: Path) -> Path:
+    """PSNR-Y, SSIM-Y and sharpness against sampler steps, one line per formulation (single
+    samples); the names in `flat` (the baseline, regression: no steps) as dashed lines, and
+    each formulation's fidelity end (averaged samples) as a hollow marker."""
+    panels = [("psnr_y", "PSNR Y (dB)"), ("ssim_y", "SSIM Y"), ("hf_ratio", "sharpness (HF ratio)")]
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    colors = dict(zip(curves["formulation"].unique(),
+                      ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                       "tab:brown", "tab:gray"], strict=False))  # fmt: skip
+    steps = sorted(curves["steps"].unique())
+    for ax, (col, label) in zip(axes, panels, strict=True):
+        for f, g in curves.groupby("formulation", sort=False):
+            one = g[g["samples"] == 1].sort_values("steps")
+            color = colors.get(f, "black")
+            if f in flat:
+                ax.axhline(one[col].iloc[0], ls="--", lw=1.2, color=color, label=f)
+                continue
+            ax.plot(one["steps"], one[col], "o-", color=color, label=f)
+            avg = g[g["samples"] > 1]
+            if len(avg):
+                n = int(avg["samples"].iloc[0])
+                ax.plot(avg["steps"], avg[col], "D", mfc="none", ms=9, color=color,
+                        label=f"{f}, mean of {n}")  # fmt: skip
+        if col == "hf_ratio":
+            ax.axhline(1.0, ls=":", lw=1.2, color="black", label="ground truth")
+        ax.set(ylabel=label, title=f"{label} vs steps")
+        _steps_axis(ax, steps)
+        if (
+            col == "hf_ratio"
+            and curves[col].min() > 0
+            and curves[col].max() / curves[col].min() > 50
+        ):
+            ax.set_yscale("log")  # an untrained or diverged model's noise dwarfs the rest
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+__all__ = [
+    "crop_figure",
+    "plot_formulation_curves",
+    "plot_psnr_vs_steps",
+    "plot_scatter",
+    "plot_training",
+    "zoom_box",
+]

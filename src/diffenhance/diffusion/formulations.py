@@ -27,16 +27,17 @@ does not depend on how items were batched.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import get_args
 
 import torch
 
-from diffenhance.config import DiffusionConfig
+from diffenhance.config import DiffusionConfig, Formulation
 from diffenhance.diffusion.indi import indi_loss, indi_sample
 from diffenhance.diffusion.process import training_loss
 from diffenhance.diffusion.samplers import sample
 from diffenhance.diffusion.schedule import Schedule
 
-FORMULATIONS = ("sr3", "regression", "indi", "residual")
+FORMULATIONS: tuple[str, ...] = get_args(Formulation)  # sr3, regression, indi, residual
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

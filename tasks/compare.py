@@ -1,0 +1,21 @@
+"""Tasks of the `compare` stage."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from diffenhance.compare import build_compare_report, compare_task
+from diffenhance.config import Config
+from flows.common import stage_logger
+
+
+@task(name="compare-formulations")
+def compare_formulations(cfg: Config) -> dict[str, float]:
+    """Score every formulation's comparison model and the baseline; the metrics."""
+    return compare_task(cfg, progress=stage_logger().info).metrics
+
+
+@task(name="compare-report")
+def compare_report(cfg: Config) -> str:
+    """reports/compare/report.html and plots/ from what `compare_formulations` wrote."""
+    return str(build_compare_report(cfg.compare.out_dir, cfg.report))
