@@ -44,7 +44,7 @@ import torch  # noqa: E402
 from diffenhance.config import load_config  # noqa: E402
 from diffenhance.data.samples import materialize_samples  # noqa: E402
 from diffenhance.evaluate import evaluate_folder  # noqa: E402
-from diffenhance.model import read_checkpoint  # noqa: E402
+from diffenhance.model import load_restorer, read_checkpoint, sampling  # noqa: E402
 
 PRETRAINED = REPO / "models" / "pretrained"
 # task -> (protocol used for the headline, reference baseline, target margin in dB, wording)
@@ -72,12 +72,16 @@ def evaluate_task(
 ) -> dict[str, Any]:
     """Score one shipped model with `evaluate_folder`; returns the numbers of the tables."""
     cfg = load_config(REPO / "params.yaml", overrides)
+    # what `enhance` runs: params' infer.steps/samples, or the checkpoint's recommendation
+    head_steps, head_samples = sampling(
+        load_restorer(model_dir), cfg.infer.steps, cfg.infer.samples
+    )
     cfg = load_config(
         REPO / "params.yaml",
         [
             *overrides,
-            f"evaluate.steps=[{','.join(map(str, step_list(steps, cfg.infer.steps)))}]",
-            f"evaluate.average_samples={cfg.infer.samples}",
+            f"evaluate.steps=[{','.join(map(str, step_list(steps, head_steps)))}]",
+            f"evaluate.average_samples={head_samples}",
             f"evaluate.max_images={len(list(hr_dir.iterdir()))}",
         ],
     )

@@ -24,7 +24,12 @@ from diffenhance.infer import (
     tile_seed,
     tile_starts,
 )
-from diffenhance.model import load_restorer
+from diffenhance.model import (
+    FORMULATION_SAMPLING,
+    load_restorer,
+    read_checkpoint,
+    set_recommended,
+)
 from tests.conftest import REPO
 from tests.enhance_helpers import IdentityTiles, gradient, random_checkpoint
 
@@ -240,3 +245,30 @@ def test_peak_memory_does_not_grow_with_image_size(tmp_path):
     assert work["large"] - work["small"] < 4 * 2**20, got
     # ... while one forward pass over a smaller image, untiled, needs several times more.
     assert work["untiled"] > 3 * work["large"], got
+
+
+# ----------------------------------------------------------------------------- recommended steps
+
+
+def test_null_steps_and_samples_come_from_the_checkpoint(tmp_path):
+    """infer.steps/samples null -> the checkpoint's "recommended" metadata, else the
+    formulation's default; set_recommended rewrites metadata only, deterministically."""
+    path = random_checkpoint(tmp_path / "m.safetensors")  # residual (params default), no key
+    r = load_restorer(path)
+    assert r.diffusion_cfg.formulation == "residual"
+    m = RestorerTiles.from_config(r, cfg(steps=None, samples=None))
+    assert (m.steps, m.samples) == FORMULATION_SAMPLING["residual"] == (4, 1)
+    weights = read_checkpoint(path)[0]
+    set_recommended(path, 3, 2, "measured")
+    first = path.read_bytes()
+    set_recommended(path, 3, 2, "measured")
+    assert path.read_bytes() == first  # same metadata, same bytes
+    after = read_checkpoint(path)[0]
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+    r = load_restorer(path)
+    m = RestorerTiles.from_config(r, cfg(steps=None, samples=None))
+    assert (m.steps, m.samples) == (3, 2)
+    m = RestorerTiles.from_config(r, cfg(steps=5, samples=None))  # params win where set
+    assert (m.steps, m.samples) == (5, 2)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        set_recommended(path, 0, 1, "bad")

@@ -188,7 +188,10 @@ def enhance(
             "models/<task> without a trained model uses the shipped models/pretrained/<task>",
         ),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="sampler steps (infer.steps)")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="sampler steps (infer.steps; default: the model's recommendation)"),
+    ] = None,
     tile: Annotated[int | None, typer.Option(help="tile side in input pixels (infer.tile)")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N] (infer.device)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be done")] = False,
@@ -213,7 +216,7 @@ def enhance(
     i = {k: v for k, v in (("steps", steps), ("tile", tile), ("device", device)) if v is not None}
     try:
         infer = dataclasses.replace(cfg.infer, **i)
-        if infer.tile <= infer.tile_overlap or infer.steps < 1:
+        if infer.tile <= infer.tile_overlap or (infer.steps is not None and infer.steps < 1):
             raise ConfigError(
                 f"--tile {infer.tile} must exceed infer.tile_overlap={infer.tile_overlap} "
                 "and --steps must be >= 1"

@@ -120,7 +120,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class InferConfig:
     sampler: Literal["ddim", "ddpm"] = "ddim"
-    steps: int = 4  # residual: 4 DDIM steps kept PSNR above regression with GT-level detail
+    steps: int | None = None  # None: the checkpoint's recommendation (model.recommended_sampling)
     eta: float = 0.0  # 0: deterministic sampler, tiles batch freely; > 0 runs tile by tile
     seed: int = 0  # tile noise = f(seed, image key, tile position): batching-independent
     tile: int = 64  # input (LQ) pixels; the network sees tile * scale: bounds memory
@@ -129,7 +129,9 @@ class InferConfig:
     color_correction: Literal["none", "meanstd", "wavelet"] = "none"  # fixes colour drift
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    samples: int = 1  # each output = mean of N samples: more PSNR, less texture (knob)
+    samples: int | None = (
+        None  # mean of N samples: more PSNR, less texture (knob); None: checkpoint
+    )
 
 
 @dataclass(frozen=True)
@@ -390,8 +392,8 @@ def _check_invariants(obj: Any, prefix: str, source: str) -> None:
         if not 0 <= obj.tile_overlap < obj.tile:
             raise bad("tile_overlap", "must be >= 0 and smaller than infer.tile")
         for k in ("steps", "tile_batch", "samples"):
-            if getattr(obj, k) < 1:
-                raise bad(k, "must be >= 1")
+            if getattr(obj, k) is not None and getattr(obj, k) < 1:
+                raise bad(k, "must be >= 1" + (" (or null)" if k != "tile_batch" else ""))
         if obj.eta < 0:
             raise bad("eta", "must be >= 0")
     if isinstance(obj, EnhanceConfig):

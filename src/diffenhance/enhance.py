@@ -464,6 +464,7 @@ def run_shard(
     partial_key = f"{MANIFEST_DIR}/{shard.id}.partial.json"
     device = "cpu"
     engine_stats = None
+    sampling_used: dict[str, int] | None = None
 
     def manifest(complete: bool) -> dict[str, Any]:
         return {
@@ -482,6 +483,8 @@ def run_shard(
             "finished_at": _now(),
             "seconds": round(time.perf_counter() - t0, 4),
             "device": device,
+            # the steps/samples actually run (params may leave them to the checkpoint)
+            "sampling": sampling_used,
             "engine": None if engine_stats is None else dict(vars(engine_stats)),
             "run": {
                 "processed": stats["processed"],
@@ -522,6 +525,8 @@ def run_shard(
             r = cached_restorer(job.model_path, job.model_sha256, dev)
             model = RestorerTiles.from_config(r, cfg.infer)
         device = str(model.device)
+        if isinstance(model, RestorerTiles):
+            sampling_used = {"steps": model.steps, "samples": model.samples}
         engine = TiledEnhancer(model, cfg.infer)
         engine_stats = engine.stats
         local_in = isinstance(in_store, LocalStorage)

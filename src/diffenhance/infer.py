@@ -70,7 +70,8 @@ class TileModel(Protocol):
 
 @dataclass
 class RestorerTiles:
-    """`TileModel` over a trained `Restorer`: its sampler, steps and eta come from params."""
+    """`TileModel` over a trained `Restorer`: sampler, eta, steps and samples from params
+    (steps/samples from the checkpoint where params leave them null)."""
 
     restorer: Any  # diffenhance.model.Restorer (not imported here: keeps this module light)
     steps: int = 8
@@ -80,7 +81,12 @@ class RestorerTiles:
 
     @classmethod
     def from_config(cls, restorer: Any, cfg: InferConfig) -> RestorerTiles:
-        return cls(restorer, cfg.steps, cfg.sampler, cfg.eta, cfg.samples)
+        """Steps and samples that are null in `cfg` come from the checkpoint's recommendation
+        (`model.sampling`)."""
+        from diffenhance.model import sampling
+
+        steps, samples = sampling(restorer, cfg.steps, cfg.samples)
+        return cls(restorer, steps, cfg.sampler, cfg.eta, samples)
 
     @property
     def scale(self) -> int:

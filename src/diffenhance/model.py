@@ -163,6 +163,43 @@ def checkpoint_metadata(r: Restorer, **extra: Any) -> dict[str, str]:
     return meta
 
 
+# Sampler settings for `enhance` when infer.steps / infer.samples are null: the checkpoint's
+# "recommended" metadata ({"steps", "samples", "why"}: what measured best for that model), else
+# its formulation's default: 1 step is exact for regression and InDI's fidelity end; residual
+# keeps PSNR above regression at 4 steps with ground-truth-level detail (benchmarks/RESULTS.md).
+FORMULATION_SAMPLING: dict[str, tuple[int, int]] = {
+    "sr3": (4, 1),
+    "regression": (1, 1),
+    "indi": (1, 1),
+    "residual": (4, 1),
+}
+
+
+def recommended_sampling(r: Restorer) -> tuple[int, int]:
+    """(steps, samples) the checkpoint recommends, or its formulation's default."""
+    rec = json.loads(r.meta.get("recommended") or "{}")
+    steps, samples = FORMULATION_SAMPLING[r.diffusion_cfg.formulation]
+    return int(rec.get("steps", steps)), int(rec.get("samples", samples))
+
+
+def sampling(r: Restorer, steps: int | None, samples: int | None) -> tuple[int, int]:
+    """(steps, samples) to run `r` with: the given values, each None filled in from
+    `recommended_sampling`."""
+    rec_steps, rec_samples = recommended_sampling(r)
+    return (rec_steps if steps is None else steps), (rec_samples if samples is None else samples)
+
+
+def set_recommended(path: str | Path, steps: int, samples: int, why: str) -> Path:
+    """Record the measured best sampler settings in a checkpoint's metadata (weights unchanged,
+    bytes deterministic as `save_weights`)."""
+    if steps < 1 or samples < 1:
+        raise ValueError(f"steps and samples must be >= 1, got {steps} and {samples}")
+    tensors, meta = read_checkpoint(path)
+    meta["recommended"] = json.dumps({"steps": steps, "samples": samples, "why": why},
+                                     sort_keys=True)  # fmt: skip
+    return save_weights(_resolve(path), tensors, meta)
+
+
 def save_weights(
     path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, str]
 ) -> Path:
