@@ -151,3 +151,13 @@ def test_finished_run_is_retrained_not_resumed(dataset, tmp_path):
     train_task(cfg, "sr2")
     assert (out / "model.safetensors").read_bytes() == first
     assert list(pd.read_csv(out / "train_log.csv")["step"]) == [1, 2]
+
+
+def test_ema_decay_ramps_up_and_never_outlasts_the_run():
+    from diffenhance.train import ema_decay_at
+
+    assert ema_decay_at(0, 0.999, 50) == 0.0  # the first update copies the weights
+    assert ema_decay_at(25, 0.999, 50) == pytest.approx(min(0.4995, 26 / 35))
+    assert ema_decay_at(300, 0.999, 50) == pytest.approx(301 / 310)  # capped: a short run
+    assert ema_decay_at(20000, 0.999, 50) == 0.999  # a long run: the configured decay
+    assert ema_decay_at(300, 0.9, 50) == 0.9
