@@ -143,8 +143,9 @@ def ema_decay_at(step: int, decay: float, warmup_steps: int) -> float:
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, cfg: Config) -> None:
     """EMA with warm-up: decay ramps linearly from 0 to `ema_decay` over `ema_warmup_steps`, and
     is at most (1 + step) / (10 + step), so the average never spans much more than the steps run
-    so far (0.97 at step 300, 0.998 at 5000): with a fixed 0.999 a 300-step CPU run's EMA was
-    mostly the early weights (sr4 PSNR-Y 27.2 dB vs 31.1 with 0.99, main-job data)."""
+    so far (0.97 at step 300, 0.998 at 5000). With a fixed 0.999 the 300-step main job's EMA was
+    mostly the early weights: sr4 4-step PSNR-Y on its validation pairs 27.2 dB; capped 30.6;
+    fixed 0.99 31.1; no EMA 30.8 (benchmarks/RESULTS.md)."""
     decay = ema_decay_at(step, cfg.train.ema_decay, cfg.train.ema_warmup_steps)
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
         e.lerp_(p.detach(), 1.0 - decay)
