@@ -90,7 +90,7 @@ def lanczos_upscale(lq: np.ndarray, scale: int) -> np.ndarray:
 def bm3d_missing_reason() -> str | None:
     """None when the optional `bm3d` package can be imported, else why CBM3D is skipped."""
     if importlib.util.find_spec("bm3d") is None:
-        return "the optional `bm3d` package is not installed (pip install bm3d to add CBM3D)"
+        return "the optional `bm3d` package is not installed (pip install -e .[quality] adds CBM3D)"
     return None
 
 
