@@ -11,7 +11,6 @@ import sys
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from diffenhance.compare import load_comparison
 from diffenhance.config import load_config, write_resolved
 from flows.common import run_stage, stage_logger
 from tasks.compare import compare_formulations, compare_report
@@ -22,10 +21,9 @@ def compare(params: str = "params.yaml", overrides: list[str] | None = None) -> 
     """Compare, write the report, publish the checks as a Prefect artifact; the metrics."""
     cfg = load_config(params, overrides or [])
     log = stage_logger()
-    metrics = compare_formulations(cfg)
+    comp = compare_formulations(cfg)
     html = compare_report(cfg)
     write_resolved(cfg, cfg.compare.out_dir, ["degrade", "infer", "compare"])
-    comp = load_comparison(cfg.compare.out_dir)
     lines = [f"# Formulations on `{cfg.compare.task}`", "", "| check | measured | bar | |",
              "|---|---|---|---|"]  # fmt: skip
     for c in comp.protocol["checks"]:
@@ -37,7 +35,7 @@ def compare(params: str = "params.yaml", overrides: list[str] | None = None) -> 
     create_markdown_artifact(key="compare-formulations", markdown="\n".join(lines) + "\n",
                              description="formulations at equal budget")  # fmt: skip
     log.info("compare: report %s", html)
-    return metrics
+    return comp.metrics
 
 
 if __name__ == "__main__":

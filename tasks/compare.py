@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from prefect import task
 
-from diffenhance.compare import build_compare_report, compare_task
+from diffenhance.compare import Comparison, build_compare_report, compare_task
 from diffenhance.config import Config
 from flows.common import stage_logger
 
 
 @task(name="compare-formulations")
-def compare_formulations(cfg: Config) -> dict[str, float]:
-    """Score every formulation's comparison model and the baseline; the metrics."""
-    return compare_task(cfg, progress=stage_logger().info).metrics
+def compare_formulations(cfg: Config) -> Comparison:
+    """Score every formulation's comparison model and the baseline (files in compare.out_dir)."""
+    return compare_task(cfg, progress=stage_logger().info)
 
 
 @task(name="compare-report")

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from diffenhance.config import ReportConfig, write_resolved
-from diffenhance.evaluate import evaluate_task
-from diffenhance.report import build_report, load_evaluation, per_image_gain, pick_crops
+from diffenhance.evaluate import evaluate_task, load_evaluation
+from diffenhance.report import build_report, per_image_gain, pick_crops
 from diffenhance.report_plots import zoom_box
 from tests.tiny import tiny_config, tiny_model
 

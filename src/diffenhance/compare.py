@@ -45,6 +45,7 @@ from diffenhance.evaluate import (
     METRICS,
     SHARPNESS,
     baselines_for_task,
+    load_model,
     mean_metric,
     restore_image,
     sample_seeds,
@@ -53,10 +54,9 @@ from diffenhance.evaluate import (
     write_csv,
     write_json,
 )
-from diffenhance.infer import resolve_device
 from diffenhance.io import atomic_path, read_image, write_image
 from diffenhance.metrics import protocol_for_task
-from diffenhance.model import Restorer, load_restorer
+from diffenhance.model import Restorer
 from diffenhance.report import HF_LABEL, fmt_metric, html_page, html_table, signed_metric
 from diffenhance.report_plots import crop_figure, plot_formulation_curves
 
@@ -290,15 +290,12 @@ def _curves(per_image: pd.DataFrame, steps: Sequence[int]) -> pd.DataFrame:
 def load_models(cfg: Config) -> dict[str, Restorer]:
     """{formulation: Restorer} of every trained comparison model; FileNotFoundError names the
     missing one and the stage that makes it."""
-    device = resolve_device(cfg.infer.device)
     models = {}
     for f in cfg.compare.formulations:
         path = model_path(cfg, f)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; run `dvc repro train_compare@{f}` first")
-        r = load_restorer(path, device=device)
-        r.meta = {**r.meta, "path": str(path)}
-        models[f] = r
+        models[f] = load_model(path, cfg)
     return models
 
 

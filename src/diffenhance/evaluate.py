@@ -220,14 +220,46 @@ def summarise(per_image: pd.DataFrame, headline: str, baselines: Sequence[str]) 
 # ----------------------------------------------------------------------------- evaluation
 
 
+EVAL_FILES = ("metrics.json", "timing.json", "protocol.json", "per_image.csv", "psnr_vs_steps.csv")
+
+
 @dataclass(frozen=True)
 class Evaluation:
-    """Where an evaluation wrote its files, and its metrics."""
+    """Everything an evaluation wrote (see the module docstring), as `evaluate_pairs` returns it
+    and `load_evaluation` reads it back."""
 
-    out_dir: Path
+    dir: Path
     metrics: dict[str, float]
     timing: dict[str, float]
     protocol: dict[str, Any]
+    per_image: pd.DataFrame
+    curve: pd.DataFrame
+
+    @property
+    def headline(self) -> str:
+        return self.protocol["headline_method"]
+
+    @property
+    def baselines(self) -> list[str]:
+        return list(self.protocol["baselines"])
+
+    def image(self, kind: str, name: str) -> np.ndarray:
+        """images/<kind>/<name>.png as float32 HxWx3 in [0, 1] (kind: lq, hr, model, a baseline)."""
+        return read_image(self.dir / "images" / kind / f"{name}.png")
+
+
+def load_evaluation(eval_dir: str | Path) -> Evaluation:
+    """Read an evaluation folder; FileNotFoundError names the missing file."""
+    d = Path(eval_dir)
+    for f in EVAL_FILES:
+        if not (d / f).is_file():
+            raise FileNotFoundError(
+                f"{d / f}: missing; run the `evaluate` stage (or `diffenhance evaluate`) first"
+            )
+    read = lambda f: json.loads((d / f).read_text())  # noqa: E731
+    per_image = pd.read_csv(d / "per_image.csv", keep_default_na=False, na_values=[""])
+    return Evaluation(d, read("metrics.json"), read("timing.json"), read("protocol.json"),
+                      per_image, pd.read_csv(d / "psnr_vs_steps.csv"))  # fmt: skip
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -362,7 +394,7 @@ def evaluate_pairs(
     write_json(out_dir / "metrics.json", metrics)
     write_json(out_dir / "timing.json", timing)
     write_json(out_dir / "protocol.json", protocol)
-    return Evaluation(out_dir, metrics, timing, protocol)
+    return Evaluation(out_dir, metrics, timing, protocol, per_image, curve)
 
 
 def spread(items: Sequence[Any], n: int) -> list[Any]:
@@ -374,7 +406,8 @@ def spread(items: Sequence[Any], n: int) -> list[Any]:
     return [items[i] for i in idx]
 
 
-def _load_model(path: str | Path, cfg: Config) -> Restorer:
+def load_model(path: str | Path, cfg: Config) -> Restorer:
+    """A checkpoint on `infer.device`, its path recorded in `meta["path"]` (for protocol.json)."""
     r = load_restorer(path, device=_device(cfg))
     r.meta = {**r.meta, "path": str(path)}
     return r
@@ -391,7 +424,7 @@ def evaluate_task(cfg: Config, task: str, **kw: Any) -> Evaluation:
     pairs = spread(load_pairs(pairs_dir), cfg.evaluate.max_images)
     source = {"kind": "pairs", "path": str(pairs_dir / "pairs.csv")}
     out = Path(cfg.evaluate.out_dir) / task
-    return evaluate_pairs(_load_model(model, cfg), pairs, task, cfg, out, source=source, **kw)
+    return evaluate_pairs(load_model(model, cfg), pairs, task, cfg, out, source=source, **kw)
 
 
 def folder_pairs(hr_dir: str | Path, task: str, cfg: Config) -> list[Pair]:
@@ -423,7 +456,7 @@ def evaluate_folder(
     pairs = folder_pairs(hr_dir, task, cfg)
     source = {"kind": "folder", "path": str(hr_dir), "val_size": cfg.degrade.val_size,
               "seed": cfg.degrade.seed}  # fmt: skip
-    return evaluate_pairs(_load_model(model, cfg), pairs, task, cfg, out_dir, source=source, **kw)
+    return evaluate_pairs(load_model(model, cfg), pairs, task, cfg, out_dir, source=source, **kw)
 
 
 __all__ = [
@@ -439,6 +472,8 @@ __all__ = [
     "evaluate_task",
     "folder_pairs",
     "lanczos_upscale",
+    "load_evaluation",
+    "load_model",
     "mean_metric",
     "model_key",
     "restore_image",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from diffenhance.config import ReportConfig
-from diffenhance.io import atomic_path, read_image
+from diffenhance.evaluate import Evaluation, load_evaluation
+from diffenhance.io import atomic_path
 from diffenhance.metrics import PSNR_CAP_DB
 from diffenhance.report_plots import (
     crop_figure,
@@ -40,31 +40,6 @@ from diffenhance.report_plots import (
 METRIC_LABELS = {"psnr_rgb": "PSNR RGB (dB)", "ssim_rgb": "SSIM RGB",
                  "psnr_y": "PSNR Y (dB)", "ssim_y": "SSIM Y"}  # fmt: skip
 HF_LABEL = "sharpness (HF ratio, 1 = truth)"
-EVAL_FILES = ("metrics.json", "timing.json", "protocol.json", "per_image.csv", "psnr_vs_steps.csv")
-
-
-@dataclass(frozen=True)
-class EvalData:
-    """Everything `evaluate` wrote for one task (see diffenhance.evaluate)."""
-
-    dir: Path
-    metrics: dict[str, float]
-    timing: dict[str, float]
-    protocol: dict[str, Any]
-    per_image: pd.DataFrame
-    curve: pd.DataFrame
-
-    @property
-    def headline(self) -> str:
-        return self.protocol["headline_method"]
-
-    @property
-    def baselines(self) -> list[str]:
-        return list(self.protocol["baselines"])
-
-    def image(self, kind: str, name: str) -> np.ndarray:
-        """images/<kind>/<name>.png as float32 HxWx3 in [0, 1] (kind: lq, hr, model, a baseline)."""
-        return read_image(self.dir / "images" / kind / f"{name}.png")
 
 
 @dataclass(frozen=True)
@@ -75,24 +50,10 @@ class Report:
     table: list[dict[str, Any]]
 
 
-def load_evaluation(eval_dir: str | Path) -> EvalData:
-    """Read an evaluation folder; FileNotFoundError names the missing file."""
-    d = Path(eval_dir)
-    for f in EVAL_FILES:
-        if not (d / f).is_file():
-            raise FileNotFoundError(
-                f"{d / f}: missing; run the `evaluate` stage (or `diffenhance evaluate`) first"
-            )
-    read = lambda f: json.loads((d / f).read_text())  # noqa: E731
-    per_image = pd.read_csv(d / "per_image.csv", keep_default_na=False, na_values=[""])
-    return EvalData(d, read("metrics.json"), read("timing.json"), read("protocol.json"),
-                    per_image, pd.read_csv(d / "psnr_vs_steps.csv"))  # fmt: skip
-
-
 # ----------------------------------------------------------------------------- tables
 
 
-def method_table(ev: EvalData) -> list[dict[str, Any]]:
+def method_table(ev: Evaluation) -> list[dict[str, Any]]:
     """One row per method (model step counts, then baselines): mean metrics and seconds/image."""
     rows = []
     methods = [m for m in ev.per_image["method"].unique() if m.startswith("model_")]
@@ -105,7 +66,7 @@ def method_table(ev: EvalData) -> list[dict[str, Any]]:
     return rows
 
 
-def delta_rows(ev: EvalData) -> list[dict[str, Any]]:
+def delta_rows(ev: Evaluation) -> list[dict[str, Any]]:
     """Headline model vs each baseline: (baseline, metric, baseline value, model value, delta)."""
     return [
         {"baseline": b, "metric": k, "baseline_value": ev.metrics[f"{b}_{k}"],
@@ -114,7 +75,7 @@ def delta_rows(ev: EvalData) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def per_image_gain(ev: EvalData, baseline: str | None = None) -> pd.DataFrame:
+def per_image_gain(ev: Evaluation, baseline: str | None = None) -> pd.DataFrame:
     """Per image: headline model PSNR-Y (mean over seeds), baseline PSNR-Y and the gain, sorted
     best first (PSNR capped at 100 dB so identical images stay finite)."""
     b = baseline or ev.protocol["reference_baseline"]
@@ -144,7 +105,7 @@ def fmt_metric(metric: str, v: float | None, signed: bool = False) -> str:
     return format(v, ("+" if signed else "") + spec)
 
 
-def summary_items(ev: EvalData) -> list[tuple[str, str]]:
+def summary_items(ev: Evaluation) -> list[tuple[str, str]]:
     """(label, value) rows of the summary table: what was measured, and how."""
     p = ev.protocol
     model = p.get("model") or {}
@@ -170,7 +131,7 @@ def summary_items(ev: EvalData) -> list[tuple[str, str]]:
     return items
 
 
-def summary_markdown(ev: EvalData, report_path: str | Path | None = None) -> str:
+def summary_markdown(ev: Evaluation, report_path: str | Path | None = None) -> str:
     """Markdown summary (for a Prefect artifact): protocol, headline metrics, deltas."""
     lines = [f"# Evaluation of `{ev.protocol['task']}`", ""]
     lines += ["| | |", "|---|---|"]
@@ -254,7 +215,7 @@ def signed_metric(metric: str, v: float) -> str:
     return f'<span class="{cls}">{fmt_metric(metric, v, True)}</span>'
 
 
-def render_html(ev: EvalData, figures: dict[str, list[tuple[Path, str]]], title: str) -> str:
+def render_html(ev: Evaluation, figures: dict[str, list[tuple[Path, str]]], title: str) -> str:
     """The report page; `figures` maps a section title to (png, caption) pairs to embed."""
     esc = html.escape
     parts = [f"<h1>{esc(title)}</h1>", "<h2>Summary</h2>"]
@@ -363,7 +324,6 @@ def build_report(
 
 
 __all__ = [
-    "EvalData",
     "Report",
     "build_report",
     "data_uri",
@@ -372,7 +332,6 @@ __all__ = [
     "html_page",
     "html_table",
     "delta_rows",
-    "load_evaluation",
     "method_table",
     "per_image_gain",
     "pick_crops",
