@@ -68,23 +68,13 @@ def plot_psnr_vs_steps(
 ) -> Path:
     """Mean PSNR-Y, SSIM-Y and (when present) sharpness of the model against sampler steps;
     baselines as dashed lines. `baselines` = {column: {baseline: value}}."""
-    panels = [("psnr_y", "PSNR Y (dB)"), ("ssim_y", "SSIM Y")]
-    if "hf_ratio" in curve and curve["hf_ratio"].notna().any():
-        panels.append(("hf_ratio", "sharpness (HF ratio)"))
-    fig = Figure(figsize=(4.6 * len(panels), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(panels))
-    colors = ["tab:gray", "tab:purple", "tab:brown", "tab:olive"]
-    for ax, (col, label) in zip(axes, panels, strict=True):
-        ax.plot(curve["steps"], curve[col], "o-", color="tab:blue", label="model")
-        for i, (name, v) in enumerate(baselines.get(col, {}).items()):
-            ax.axhline(v, ls="--", lw=1.2, color=colors[i % len(colors)], label=name)
-        if col == "hf_ratio":
-            ax.axhline(1.0, ls=":", lw=1.2, color="black", label="ground truth")
-        ax.set(ylabel=label, title=f"{label} vs steps")
-        _steps_axis(ax, list(curve["steps"]))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+    names = list(dict.fromkeys(b for values in baselines.values() for b in values))
+    flat = pd.DataFrame(
+        [{"formulation": b, "steps": 1, "samples": 1,
+          **{col: values.get(b, np.nan) for col, values in baselines.items()}} for b in names]
+    )  # fmt: skip
+    model = curve.assign(formulation="model", samples=1)
+    return plot_formulation_curves(pd.concat([model, flat], ignore_index=True), names, path)
 
 
 def plot_scatter(gain: pd.DataFrame, baseline: str, model: str, path: Path) -> Path:
@@ -173,22 +163,26 @@ def crop_figure(
 
 
 def plot_formulation_curves(curves: pd.DataFrame, flat: Sequence[str], path: Path) -> Path:
-    """PSNR-Y, SSIM-Y and sharpness against sampler steps, one line per formulation (single
-    samples); the names in `flat` (the baseline, regression: no steps) as dashed lines, and
-    each formulation's fidelity end (averaged samples) as a hollow marker."""
-    panels = [("psnr_y", "PSNR Y (dB)"), ("ssim_y", "SSIM Y"), ("hf_ratio", "sharpness (HF ratio)")]
-    fig = Figure(figsize=(14, 4), layout="constrained")
+    """PSNR-Y, SSIM-Y and (when present) sharpness against sampler steps, one line per
+    formulation (single samples); the names in `flat` (baselines, regression: no steps) as
+    dashed lines, and each formulation's fidelity end (averaged samples) as a hollow marker."""
+    lines = curves[~curves["formulation"].isin(flat)]
+    panels = [("psnr_y", "PSNR Y (dB)"), ("ssim_y", "SSIM Y")]
+    if "hf_ratio" in curves and lines["hf_ratio"].notna().any():
+        panels.append(("hf_ratio", "sharpness (HF ratio)"))
+    fig = Figure(figsize=(4.6 * len(panels), 3.8), layout="constrained")
     axes = fig.subplots(1, len(panels))
     colors = dict(zip(curves["formulation"].unique(),
                       ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
                        "tab:brown", "tab:gray"], strict=False))  # fmt: skip
-    steps = sorted(curves["steps"].unique())
+    steps = sorted(lines["steps"].unique())
     for ax, (col, label) in zip(axes, panels, strict=True):
         for f, g in curves.groupby("formulation", sort=False):
             one = g[g["samples"] == 1].sort_values("steps")
             color = colors.get(f, "black")
             if f in flat:
-                ax.axhline(one[col].iloc[0], ls="--", lw=1.2, color=color, label=f)
+                if np.isfinite(one[col].iloc[0]):
+                    ax.axhline(one[col].iloc[0], ls="--", lw=1.2, color=color, label=f)
                 continue
             ax.plot(one["steps"], one[col], "o-", color=color, label=f)
             avg = g[g["samples"] > 1]
@@ -196,16 +190,13 @@ def plot_formulation_curves(curves: pd.DataFrame, flat: Sequence[str], path: Pat
                 n = int(avg["samples"].iloc[0])
                 ax.plot(avg["steps"], avg[col], "D", mfc="none", ms=9, color=color,
                         label=f"{f}, mean of {n}")  # fmt: skip
-        if col == "hf_ratio":
-            ax.axhline(1.0, ls=":", lw=1.2, color="black", label="ground truth")
         ax.set(ylabel=label, title=f"{label} vs steps")
         _steps_axis(ax, steps)
-        if (
-            col == "hf_ratio"
-            and curves[col].min() > 0
-            and curves[col].max() / curves[col].min() > 50
-        ):
-            ax.set_yscale("log")  # an untrained or diverged model's noise dwarfs the rest
+        if col == "hf_ratio":
+            ax.axhline(1.0, ls=":", lw=1.2, color="black", label="ground truth")
+            hf = lines[col].dropna()
+            if hf.min() > 0 and hf.max() / hf.min() > 50:
+                ax.set_yscale("log")  # an untrained or diverged model's noise dwarfs the rest
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     return _save(fig, path)
