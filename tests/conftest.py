@@ -44,7 +44,7 @@ def prefect_api():
             os.environ.pop("PREFECT_API_URL", None)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: one intra-op thread is fastest and immune to CPU oversubscription (a
     2-thread pool on a busy 2-core runner was 20x slower)."""

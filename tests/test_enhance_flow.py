@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from diffenhance.config import load_config
@@ -25,13 +24,7 @@ JOB = ["enhance.shard_size=3", "infer.tile=16", "infer.tile_overlap=4", "infer.s
 JOB += ["infer.tile_batch=4", "infer.precision=fp32", "enhance.workers=2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Two task threads on a shared 2-core box: one torch thread each (see test_infer)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -39,14 +39,7 @@ def cfg(**kw) -> InferConfig:
     return InferConfig(**(base | kw))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """This 2-core box runs several test processes at once; OpenMP threads spinning against
-    each other made a tiny forward pass 10x slower than on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
