@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shlex
 import sys
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import card_name, cpu_name, git_commit  # benchmarks/_common.py
+from _common import card_name, cpu_name, git_commit, write_results  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -199,13 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_size": args.val_size,
         "tasks": tasks,
     }
-    (args.out / "bench_quality.json").write_text(json.dumps(res, indent=2))
-    md = markdown(res)
-    (args.out / "bench_quality.md").write_text(md)
-    print(md)
-    if args.record:
-        with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n" + md)
+    write_results(args.out, "bench_quality", res, markdown(res), args.record)
     return 0
 
 

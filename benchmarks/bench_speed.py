@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import datetime as dt
-import json
 import multiprocessing as mp
 import os
 import resource
@@ -50,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import card_name, cpu_name, git_commit  # benchmarks/_common.py
+from _common import card_name, cpu_name, git_commit, train_step, write_results  # noqa: E501
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -60,7 +59,7 @@ from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from diffenhance.config import Config, load_config  # noqa: E402
-from diffenhance.diffusion import Schedule, ddim_sample, training_loss  # noqa: E402
+from diffenhance.diffusion import Schedule, ddim_sample  # noqa: E402
 from diffenhance.nn import build_unet  # noqa: E402
 
 PRETRAINED_SR4 = REPO / "models" / "pretrained" / "sr4"
@@ -192,29 +191,6 @@ def _worker_setup(spec: dict[str, Any]) -> tuple[torch.device, Config, int]:
     return dev, cfg, rss0
 
 
-def _train_step(net: nn.Module, compiled: bool, cfg: Config, dev: torch.device, size: int,
-                batch: int) -> Any:  # fmt: skip
-    """A closure running one SR3 v-prediction L1 training step of `net` (AdamW)."""
-    model = torch.compile(net) if compiled else net
-    sched = Schedule.from_config(cfg.diffusion).to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    g = torch.Generator(device=dev).manual_seed(0)
-    x0 = (torch.rand(batch, 3, size, size, device=dev, generator=g) * 2 - 1).contiguous(
-        memory_format=torch.channels_last
-    )
-    cond = x0.flip(-1).contiguous(memory_format=torch.channels_last)
-
-    def step() -> float:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss, _ = training_loss(model, sched, x0, cond, prediction="v", loss="l1", generator=g)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach())  # syncs
-
-    return step
-
-
 def bench_train(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Training step time of each network of spec["nets"], in one process with the timed
     steps interleaved (ours, diffusers, ours, ...), so load from other jobs on a shared machine
@@ -223,8 +199,8 @@ def bench_train(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     dev, cfg, rss0 = _worker_setup(spec)
     nets = {k: build_net(k, cfg).to(dev).to(memory_format=torch.channels_last)
             for k in spec["nets"]}  # fmt: skip
-    steps = {k: _train_step(n, spec["compile"], cfg, dev, spec["size"], spec["batch"])
-             for k, n in nets.items()}  # fmt: skip
+    steps = {k: train_step(n, torch.compile(n) if spec["compile"] else n, cfg.diffusion, dev,
+                           spec["size"], spec["batch"]) for k, n in nets.items()}  # fmt: skip
     warm: dict[str, float] = {}
     for k, step in steps.items():
         t0 = time.perf_counter()
@@ -570,13 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
         "enhance": enhance,
     }
-    (args.out / "bench_speed.json").write_text(json.dumps(res, indent=2))
-    md = markdown(res)
-    (args.out / "bench_speed.md").write_text(md)
-    print(md)
-    if args.record:
-        with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n" + md)
+    write_results(args.out, "bench_speed", res, markdown(res), args.record)
     return 0
 
 

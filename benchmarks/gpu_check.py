@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import git_commit  # benchmarks/_common.py
+from _common import git_commit, train_step  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -37,7 +37,6 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from diffenhance.config import load_config  # noqa: E402
-from diffenhance.diffusion import Schedule, training_loss  # noqa: E402
 from diffenhance.nn import build_unet  # noqa: E402
 
 
@@ -65,22 +64,7 @@ def bench_train(dev: torch.device, size: int, batch: int, steps: int, overrides:
     cfg = load_config(REPO / "params.yaml", overrides)
     torch.manual_seed(0)
     net = build_unet(cfg.model).to(dev).to(memory_format=torch.channels_last)
-    sched = Schedule.from_config(cfg.diffusion).to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x0 = (torch.rand(batch, 3, size, size, device=dev) * 2 - 1).contiguous(
-        memory_format=torch.channels_last
-    )
-    cond = x0.flip(-1)
-    g = torch.Generator(device=dev).manual_seed(0)
-
-    def step() -> float:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss, _ = training_loss(net, sched, x0, cond, prediction="v", loss="l1", generator=g)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
+    step = train_step(net, net, cfg.diffusion, dev, size, batch)
     for _ in range(3):  # warm-up (cuDNN autotune, allocator)
         step()
     if dev.type == "cuda":
