@@ -187,8 +187,9 @@ class Storage(ABC):
     @abstractmethod
     def upload_file(
         self, local_path: str | os.PathLike, key: str, *, checksum: str | None = None
-    ) -> None:
-        """Copy a local file to `key`; `checksum` is its sha256 hex if already known."""
+    ) -> ObjectInfo:
+        """Copy a local file to `key`, verified (its sha256 is `checksum` when given, and the
+        stored size and sha256 match); the stored object's info."""
 
     @abstractmethod
     def download_file(self, key: str, local_path: str | os.PathLike) -> None:
@@ -318,7 +319,7 @@ class LocalStorage(Storage):
 
     def upload_file(
         self, local_path: str | os.PathLike, key: str, *, checksum: str | None = None
-    ) -> None:
+    ) -> ObjectInfo:
         path = self._path(key)
         with self._errors("upload to", key):
             h = hashlib.sha256()
@@ -332,6 +333,10 @@ class LocalStorage(Storage):
                         f"{h.hexdigest()} differs from the given checksum {checksum} "
                         "(file changed while uploading?)"
                     )
+            st = path.stat()
+        return ObjectInfo(
+            key, st.st_size, None, h.hexdigest(), datetime.fromtimestamp(st.st_mtime, UTC)
+        )
 
     def download_file(self, key: str, local_path: str | os.PathLike) -> None:
         src = self._path(key)
@@ -527,8 +532,9 @@ class S3Storage(Storage):
             )
         return data
 
-    def _put(self, key: str, source: bytes | Path, sha: str) -> None:
-        """Upload through the transfer manager (multipart above the threshold), then verify."""
+    def _put(self, key: str, source: bytes | Path, sha: str) -> ObjectInfo:
+        """Upload through the transfer manager (multipart above the threshold), then verify;
+        the verified object's info."""
         full, extra = self._full(key), {"Metadata": {"sha256": sha}}
         with self._errors("upload", key):
             if isinstance(source, bytes):
@@ -548,17 +554,18 @@ class S3Storage(Storage):
                 f"expected size {size}, sha256 {sha}; server has {got}"
             )
         log.debug("uploaded %s (%d bytes)", self.url_for(key), size)
+        return info
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._put(key, bytes(data), hashlib.sha256(data).hexdigest())
 
     def upload_file(
         self, local_path: str | os.PathLike, key: str, *, checksum: str | None = None
-    ) -> None:
+    ) -> ObjectInfo:
         path = Path(local_path)
         if not path.is_file():
             raise StorageError(f"upload to {self.url_for(key)}: {path} is not a file")
-        self._put(key, path, checksum or _sha256_file(path))
+        return self._put(key, path, checksum or _sha256_file(path))
 
     def download_file(self, key: str, local_path: str | os.PathLike) -> None:
         info = self.stat(key)
