@@ -184,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     steps = [int(s) for s in args.steps.split(",") if s]
     overrides = [f"degrade.val_size={args.val_size}", *args.overrides]
-    photos = Path(tempfile.mkdtemp(prefix="bench-quality-"))
-    materialize_samples(photos)
-    hr_dir = photos / "val"
     tasks = []
-    for task in [t for t in args.tasks.split(",") if t]:
-        tasks.append(evaluate_task(task, args.models / task, hr_dir, args.out, overrides, steps))
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as photos:
+        materialize_samples(Path(photos))
+        hr_dir = Path(photos) / "val"
+        for task in [t for t in args.tasks.split(",") if t]:
+            tasks.append(
+                evaluate_task(task, args.models / task, hr_dir, args.out, overrides, steps)
+            )
     res = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": commit(),

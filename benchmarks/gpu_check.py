@@ -90,13 +90,17 @@ def bench_train(dev: torch.device, size: int, batch: int, steps: int, overrides:
 
 def real_training(dev: torch.device, steps: int, crop: int, batch: int, out: Path) -> dict:
     """A short real run of train_task on the bundled photos (prepare + degrade in-process)."""
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        return _train_in(Path(tmp), dev, steps, crop, batch, out)
+
+
+def _train_in(work: Path, dev: torch.device, steps: int, crop: int, batch: int, out: Path) -> dict:
     import pandas as pd
 
     from diffenhance.data import prepare_dataset
     from diffenhance.data.pairs import select_val_crops, write_pair, write_pairs_csv
     from diffenhance.train import train_task
 
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     cfg = load_config(
         REPO / "params.yaml",
         [

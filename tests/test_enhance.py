@@ -92,7 +92,8 @@ def test_killed_run_leaves_no_partial_outputs_and_rerun_finishes_only_the_rest(
     # A real run in a subprocess, SIGKILLed once the second shard has recorded an image.
     cmd = [sys.executable, "-m", "diffenhance.cli", "enhance", str(inp), str(out)]
     cmd += ["--model", str(ckpt), "--params", str(params), *JOB]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # TMPDIR: the kill leaves the job's scratch directory behind, as any crash would
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(recorded(out)) < 4 and proc.poll() is None and time.monotonic() < deadline:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import nbformat
@@ -35,14 +34,10 @@ def test_committed_notebook_has_no_outputs():
 
 
 @pytest.fixture
-def tiny_env():
-    old = os.environ.get("DIFFENHANCE_NOTEBOOK_TINY")
-    os.environ["DIFFENHANCE_NOTEBOOK_TINY"] = "1"  # the kernel inherits the environment
-    yield
-    if old is None:
-        os.environ.pop("DIFFENHANCE_NOTEBOOK_TINY")
-    else:
-        os.environ["DIFFENHANCE_NOTEBOOK_TINY"] = old
+def tiny_env(monkeypatch, tmp_path):
+    # the kernel inherits the environment; TMPDIR keeps the notebook's work folder in tmp_path
+    monkeypatch.setenv("DIFFENHANCE_NOTEBOOK_TINY", "1")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
 
 
 def test_notebook_runs_headless(tiny_env):
