@@ -2,7 +2,7 @@
 
 The recipe is `benchmarks/pretrained/params-<task>.yaml`, a complete params file. This script
 prepares the bundled photos (`data.source=samples`: random crops of the 7 training photos,
-degradations synthesised on the fly) and the fixed validation pairs in a work folder, runs
+with `--extra-photos` 9 more from extra_photos.py; degradations synthesised on the fly) and the fixed validation pairs in a work folder, runs
 
     python -m diffenhance.train --params benchmarks/pretrained/params-<task>.yaml \
         data.raw_dir=<work>/raw data.prepared_dir=<work>/prepared \
@@ -12,7 +12,7 @@ and installs the EMA weights (config embedded in the safetensors metadata) with 
 log and a record of how they were made (training.json: steps, wall time, machine, date,
 commit, command) in `--dest/<task>/` (default models/pretrained).
 
-    python benchmarks/train_pretrained.py --task sr4 --threads 1         # the CPU recipe
+    python benchmarks/train_pretrained.py --task sr4 --threads 1 --extra-photos   # the CPU recipe
     python benchmarks/train_pretrained.py --task sr4 --dest $OUT/pretrained \
         train.device=cuda train.steps=4000 train.batch_size=32          # on a GPU
     python benchmarks/train_pretrained.py --task sr4 --init-params        # (re)write the recipe
@@ -48,8 +48,9 @@ from diffenhance.config import load_config  # noqa: E402
 RECIPE_DIR = REPO / "benchmarks" / "pretrained"
 # The overrides of params.yaml each recipe was written with (`--init-params`). The network is
 # the params.yaml default (base 32, mults 1-2-2: 1.2M parameters; residual adds a 16-wide
-# predictor: 1.5M, 6 MB fp32 - both models fit the 20 MB budget), trained on 48 px HR crops for
-# what one core of a shared 2-core CPU does in 11-13 minutes (`--threads 1`: two threads on a
+# predictor: 1.5M, 6 MB fp32 - both models fit the 20 MB budget), trained on 48 px HR crops of
+# the bundled photos plus the 9 of extra_photos.py (`--extra-photos`) for what one core of a
+# 2-core CPU does in about 50 minutes, both tasks side by side (`--threads 1`: two threads on a
 # busy 2-core box were 30x slower per step). Each task ships the formulation that scored best
 # on the held-out photos at the params.yaml infer defaults (benchmarks/RESULTS.md):
 # sr4 = residual (the measured params.yaml default), denoise = indi (1.1x the residual's steps
@@ -72,10 +73,10 @@ COMMON = [
     "train.device=cpu",
 ]
 RECIPES = {
-    "sr4": [*COMMON, "diffusion.formulation=residual", "train.tasks=[sr4]", "train.steps=1800",
-            "train.val_every=600"],
+    "sr4": [*COMMON, "diffusion.formulation=residual", "train.tasks=[sr4]", "train.steps=7000",
+            "train.val_every=1750"],
     "denoise": [*COMMON, "diffusion.formulation=indi", "diffusion.indi_noise=0.0",
-                "train.tasks=[denoise]", "train.steps=3000", "train.val_every=1000",
+                "train.tasks=[denoise]", "train.steps=12000", "train.val_every=3000",
                 "train.val_steps=1"],
 }  # fmt: skip
 
@@ -99,9 +100,12 @@ def init_params(task: str) -> Path:
     return out
 
 
-def prepare_work(params: Path, task: str, work: Path, overrides: list[str]) -> list[str]:
+def prepare_work(
+    params: Path, task: str, work: Path, overrides: list[str], extra_photos: bool = False
+) -> list[str]:
     """Prepared crops and the task's validation pairs under `work`; returns the overrides
-    that point the recipe at them."""
+    that point the recipe at them. `extra_photos`: add the nine photos of extra_photos.py to
+    the training split (the validation photos stay the bundled ones)."""
     from diffenhance.data import prepare_dataset
     from diffenhance.data.pairs import select_val_crops, write_pair, write_pairs_csv
 
@@ -112,6 +116,12 @@ def prepare_work(params: Path, task: str, work: Path, overrides: list[str]) -> l
         f"train.out_dir={work / 'models'}",
     ]
     cfg = load_config(params, [*ov, *overrides])
+    if extra_photos:
+        from extra_photos import fetch_extra_photos  # benchmarks/extra_photos.py
+
+        if cfg.data.source != "samples":
+            raise ValueError(f"--extra-photos adds to data.source=samples, not {cfg.data.source}")
+        fetch_extra_photos(work / "raw" / "samples" / "train")
     manifest = prepare_dataset(cfg.data)
     rows = [
         write_pair(
@@ -130,14 +140,22 @@ def machine() -> str:
 
 
 def train(
-    task: str, params: Path, work: Path, dest: Path, overrides: list[str], threads: int | None
+    task: str,
+    params: Path,
+    work: Path,
+    dest: Path,
+    overrides: list[str],
+    threads: int | None,
+    extra_photos: bool = False,
 ) -> dict:
     """Prepare, train with `python -m diffenhance.train`, install into dest/<task>/."""
     import pandas as pd
 
+    from diffenhance.data import load_manifest
     from diffenhance.model import read_checkpoint
 
-    ov = prepare_work(params, task, work, overrides)
+    ov = prepare_work(params, task, work, overrides, extra_photos)
+    manifest = load_manifest(work / "prepared")
     rel = params.relative_to(REPO) if params.is_relative_to(REPO) else params
     cmd = [sys.executable, "-m", "diffenhance.train", "--params", str(rel), *ov, *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -162,6 +180,9 @@ def train(
         "steps": int(meta["step"]),
         "batch_size": cfg.train.batch_size,
         "crop_size": cfg.train.crop_size,
+        "training_photos": sorted(
+            {Path(p).stem for p in manifest.query("split == 'train'")["source_path"]}
+        ),
         "wall_seconds": round(wall, 1),
         "threads": threads or "torch default",
         "final_loss": float(log["loss"].iloc[-1]),
@@ -177,6 +198,7 @@ def train(
                 "--task",
                 task,
                 *([f"--threads={threads}"] if threads else []),
+                *(["--extra-photos"] if extra_photos else []),
                 *overrides,
             ]
         ),  # fmt: skip
@@ -197,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--threads", type=int, default=None, help="CPU threads (OMP_NUM_THREADS) for training"
     )
+    ap.add_argument(
+        "--extra-photos",
+        action="store_true",
+        help="train on 9 more photos read from pinned wheels (benchmarks/extra_photos.py)",
+    )
     ap.add_argument("overrides", nargs="*", help="dotted overrides on top of the recipe")
     args = ap.parse_args(argv)
     if args.init_params:
@@ -207,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {params}: no recipe; write it with --init-params", file=sys.stderr)
         return 2
     work = args.work or Path(tempfile.mkdtemp(prefix=f"pretrained-{args.task}-"))
-    record = train(args.task, params, work, args.dest, args.overrides, args.threads)
+    record = train(
+        args.task, params, work, args.dest, args.overrides, args.threads, args.extra_photos
+    )
     print(json.dumps(record, indent=2))
     return 0
 

