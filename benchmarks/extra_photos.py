@@ -51,26 +51,30 @@ from PIL import Image  # noqa: E402
 
 from diffenhance.io import atomic_write_bytes  # noqa: E402
 
-# name -> (distribution, version, wheel file prefix, member, sha256 of the member, reduce)
-EXTRA_PHOTOS: dict[str, tuple[str, str, str, str, str, int]] = {
-    "barbara": ("sporco", "0.2.1", "sporco-0.2.1-", "sporco/data/barbara.png",
+#: distribution -> pinned version of the wheel the photos are read from
+WHEELS: dict[str, str] = {"sporco": "0.2.1", "scikit-learn": "1.9.1", "imgaug": "0.4.0",
+                          "glymur": "0.14.8"}  # fmt: skip
+_SPORCO = "sporco/data/"
+_SKLEARN = "sklearn/datasets/images/"
+#: name -> (distribution, file in its wheel, SHA-256 of that file, size reduction factor)
+EXTRA_PHOTOS: dict[str, tuple[str, str, str, int]] = {
+    "barbara": ("sporco", _SPORCO + "barbara.png",
                 "61ce3bead097f17d7359b5466975b91938f5ba03822c3771707e42891576842b", 1),
-    "kodim23": ("sporco", "0.2.1", "sporco-0.2.1-", "sporco/data/kodim23.png",
+    "kodim23": ("sporco", _SPORCO + "kodim23.png",
                 "34d8f029d2eae3ed37b65e2f94fd2c319923ebfae0fa8bff5f001e2565b7d80f", 1),
-    "monarch": ("sporco", "0.2.1", "sporco-0.2.1-", "sporco/data/monarch.png",
+    "monarch": ("sporco", _SPORCO + "monarch.png",
                 "c2435a5e37c04658824d26124ab27c3943e7b95b0eeeb27effa6439f81ff5ca9", 1),
-    "sail": ("sporco", "0.2.1", "sporco-0.2.1-", "sporco/data/sail.png",
+    "sail": ("sporco", _SPORCO + "sail.png",
              "7b8a3b23c79bf83b233915e2199c190589c40980d54d20eb3bf446a33c6e0461", 1),
-    "tulips": ("sporco", "0.2.1", "sporco-0.2.1-", "sporco/data/tulips.png",
+    "tulips": ("sporco", _SPORCO + "tulips.png",
                "6f7fa671ce446f85c47fcda0ba9658f22b9824baf3c1abfae7051448665c37d1", 1),
-    "china": ("scikit-learn", "1.9.1", "scikit_learn-1.9.1-", "sklearn/datasets/images/china.jpg",
+    "china": ("scikit-learn", _SKLEARN + "china.jpg",
               "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29", 1),
-    "flower": ("scikit-learn", "1.9.1", "scikit_learn-1.9.1-",
-               "sklearn/datasets/images/flower.jpg",
+    "flower": ("scikit-learn", _SKLEARN + "flower.jpg",
                "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638", 1),
-    "quokka": ("imgaug", "0.4.0", "imgaug-0.4.0-", "imgaug/quokka.jpg",
+    "quokka": ("imgaug", "imgaug/quokka.jpg",
                "bf1059d0f925e7d0c712cadf07a04ba4cfc98957d7be65d3a7d8ae0c464cd76e", 1),
-    "nemo": ("glymur", "0.14.8", "glymur-0.14.8-", "glymur/data/nemo.jp2",
+    "nemo": ("glymur", "glymur/data/nemo.jp2",
              "c89d4d91313053407f801b40880d5ce61c6d198489b4982ae9c1c2d881e98fbd", 2),
 }  # fmt: skip
 
@@ -79,8 +83,9 @@ EXTRA_PHOTOS: dict[str, tuple[str, str, str, str, str, int]] = {
 DEFAULT_CACHE = Path(os.environ.get("DIFFENHANCE_WHEEL_CACHE", REPO / ".whl"))
 
 
-def _wheel(dist: str, version: str, prefix: str, cache: Path) -> Path:
+def _wheel(dist: str, version: str, cache: Path) -> Path:
     """The cached wheel of dist==version, downloaded (no dependencies) when missing."""
+    prefix = f"{dist.replace('-', '_')}-{version}-"  # wheel file names normalise '-' to '_'
     found = sorted(cache.glob(f"{prefix}*.whl"))
     if not found:
         cache.mkdir(parents=True, exist_ok=True)
@@ -99,7 +104,8 @@ def _wheel(dist: str, version: str, prefix: str, cache: Path) -> Path:
 def fetch_extra_photos(
     dest: str | Path,
     cache: str | Path = DEFAULT_CACHE,
-    photos: dict[str, tuple[str, str, str, str, str, int]] = EXTRA_PHOTOS,
+    photos: dict[str, tuple[str, str, str, int]] = EXTRA_PHOTOS,
+    wheels: dict[str, str] = WHEELS,
 ) -> list[Path]:
     """Write the photos (default: the nine of EXTRA_PHOTOS) as `dest/<name>.png` (RGB,
     deterministic bytes); return the paths.
@@ -109,8 +115,8 @@ def fetch_extra_photos(
     """
     dest, cache = Path(dest), Path(cache)
     out = []
-    for name, (dist, version, prefix, member, sha, reduce) in photos.items():
-        whl = _wheel(dist, version, prefix, cache)
+    for name, (dist, member, sha, reduce) in photos.items():
+        whl = _wheel(dist, wheels[dist], cache)
         with zipfile.ZipFile(whl) as z:
             raw = z.read(member)
         got = hashlib.sha256(raw).hexdigest()
