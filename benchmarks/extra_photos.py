@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import os
 import subprocess
 import sys
@@ -49,7 +48,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from PIL import Image  # noqa: E402
 
-from diffenhance.io import atomic_write_bytes  # noqa: E402
+from diffenhance.data.samples import png_bytes, store_if_changed  # noqa: E402
 
 #: distribution -> pinned version of the wheel the photos are read from
 WHEELS: dict[str, str] = {"sporco": "0.2.1", "scikit-learn": "1.9.1", "imgaug": "0.4.0",
@@ -107,8 +106,8 @@ def fetch_extra_photos(
     photos: dict[str, tuple[str, str, str, int]] = EXTRA_PHOTOS,
     wheels: dict[str, str] = WHEELS,
 ) -> list[Path]:
-    """Write the photos (default: the nine of EXTRA_PHOTOS) as `dest/<name>.png` (RGB,
-    deterministic bytes); return the paths.
+    """Write the photos (default: the nine of EXTRA_PHOTOS) as `dest/<name>.png` (RGB, bytes
+    as `samples.png_bytes` makes them); return the paths.
 
     Raises ValueError naming the wheel and member when a photo's bytes do not match the pinned
     SHA-256 (a different wheel build), RuntimeError when a wheel cannot be fetched.
@@ -122,16 +121,7 @@ def fetch_extra_photos(
         got = hashlib.sha256(raw).hexdigest()
         if got != sha:
             raise ValueError(f"{whl}: {member} has SHA-256 {got[:16]}..., expected {sha[:16]}...")
-        with Image.open(io.BytesIO(raw)) as im:
-            rgb = im.convert("RGB")
-        if reduce > 1:
-            rgb = rgb.reduce(reduce)
-        buf = io.BytesIO()
-        rgb.save(buf, format="PNG", optimize=False, compress_level=6)
-        target = dest / f"{name}.png"
-        if not (target.is_file() and target.read_bytes() == buf.getvalue()):
-            atomic_write_bytes(target, buf.getvalue())
-        out.append(target)
+        out.append(store_if_changed(dest / f"{name}.png", png_bytes(raw, reduce)))
     return out
 
 

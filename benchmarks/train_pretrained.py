@@ -2,7 +2,8 @@
 
 The recipe is `benchmarks/pretrained/params-<task>.yaml`, a complete params file. This script
 prepares the bundled photos (`data.source=samples`: random crops of the 7 training photos,
-with `--extra-photos` 9 more from extra_photos.py; degradations synthesised on the fly) and the fixed validation pairs in a work folder, runs
+with `--extra-photos` 9 more from extra_photos.py; degradations synthesised on the fly) and
+the fixed validation pairs in a work folder, runs
 
     python -m diffenhance.train --params benchmarks/pretrained/params-<task>.yaml \
         data.raw_dir=<work>/raw data.prepared_dir=<work>/prepared \
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from _common import card_name, cpu_name, git_commit  # benchmarks/_common.py
 
@@ -44,6 +46,9 @@ sys.path.insert(0, str(REPO / "src"))
 import yaml  # noqa: E402
 
 from diffenhance.config import load_config  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RECIPE_DIR = REPO / "benchmarks" / "pretrained"
 # The overrides of params.yaml each recipe was written with (`--init-params`). The network is
@@ -102,10 +107,11 @@ def init_params(task: str) -> Path:
 
 def prepare_work(
     params: Path, task: str, work: Path, overrides: list[str], extra_photos: bool = False
-) -> list[str]:
+) -> tuple[list[str], pd.DataFrame]:
     """Prepared crops and the task's validation pairs under `work`; returns the overrides
-    that point the recipe at them. `extra_photos`: add the nine photos of extra_photos.py to
-    the training split (the validation photos stay the bundled ones)."""
+    that point the recipe at them and the prepared manifest. `extra_photos`: add the nine
+    photos of extra_photos.py to the training split (the validation photos stay the bundled
+    ones)."""
     from diffenhance.data import prepare_dataset
     from diffenhance.data.pairs import select_val_crops, write_pair, write_pairs_csv
 
@@ -130,7 +136,7 @@ def prepare_work(
         for r in select_val_crops(manifest, cfg.degrade.val_max_images).itertuples()
     ]
     write_pairs_csv(rows, work / "degraded" / task)
-    return ov
+    return ov, manifest
 
 
 def machine() -> str:
@@ -151,11 +157,9 @@ def train(
     """Prepare, train with `python -m diffenhance.train`, install into dest/<task>/."""
     import pandas as pd
 
-    from diffenhance.data import load_manifest
     from diffenhance.model import read_checkpoint
 
-    ov = prepare_work(params, task, work, overrides, extra_photos)
-    manifest = load_manifest(work / "prepared")
+    ov, manifest = prepare_work(params, task, work, overrides, extra_photos)
     rel = params.relative_to(REPO) if params.is_relative_to(REPO) else params
     cmd = [sys.executable, "-m", "diffenhance.train", "--params", str(rel), *ov, *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

@@ -41,7 +41,9 @@ __all__ = [
     "TRAIN",
     "VALIDATION",
     "materialize_samples",
+    "png_bytes",
     "sample_source_dir",
+    "store_if_changed",
 ]
 
 #: name -> file name inside the `skimage.data` directory.
@@ -72,17 +74,28 @@ def sample_source_dir() -> Path:
     return Path(skimage.data.__file__).parent
 
 
-def _png_bytes(src: Path) -> bytes:
-    """The bytes to store for one sample: the file itself when it already is an RGB PNG,
-    otherwise a deterministic lossless PNG re-encoding of the decoded RGB pixels."""
-    raw = src.read_bytes()
+def png_bytes(raw: bytes, reduce: int = 1) -> bytes:
+    """The bytes to store for one photo given its file's bytes: the file itself when it already
+    is an RGB PNG (and `reduce` is 1), otherwise a deterministic lossless PNG encoding of the
+    decoded RGB pixels, first shrunk by the integer factor `reduce` (Pillow's antialiased
+    `Image.reduce`)."""
     with Image.open(_io.BytesIO(raw)) as im:
-        if im.format == "PNG" and im.mode == "RGB":
+        if im.format == "PNG" and im.mode == "RGB" and reduce == 1:
             return raw
         rgb = im.convert("RGB")
+    if reduce > 1:
+        rgb = rgb.reduce(reduce)
     buf = _io.BytesIO()
     rgb.save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
+
+
+def store_if_changed(target: Path, data: bytes) -> Path:
+    """Write `data` to `target` atomically unless it already holds exactly those bytes (then
+    the file, and its mtime, are left alone); return `target`."""
+    if not (target.is_file() and target.read_bytes() == data):
+        atomic_write_bytes(target, data)
+    return target
 
 
 def materialize_samples(dest: str | Path) -> list[Path]:
@@ -101,9 +114,7 @@ def materialize_samples(dest: str | Path) -> list[Path]:
             raise FileNotFoundError(
                 f"{src}: bundled sample '{name}' is missing from scikit-image's data directory"
             )
-        data = _png_bytes(src)
-        target = dest / SAMPLE_SPLIT[name] / f"{name}.png"
-        if not (target.is_file() and target.read_bytes() == data):
-            atomic_write_bytes(target, data)
-        out.append(target)
+        out.append(
+            store_if_changed(dest / SAMPLE_SPLIT[name] / f"{name}.png", png_bytes(src.read_bytes()))
+        )
     return sorted(out)
