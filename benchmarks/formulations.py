@@ -37,6 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from diffenhance.config import load_config  # noqa: E402
+from diffenhance.diffusion.formulations import get_formulation  # noqa: E402
 from diffenhance.metrics import hf_energy_ratio, mean_psnr, psnr, ssim  # noqa: E402
 
 
@@ -78,9 +79,9 @@ def evaluate(r, lq, hr, steps_list, samples_list, avg_steps, seed, log) -> list[
     """Score `r` at every step count with 1 sample, and at `avg_steps` with each count of
     `samples_list`; regression once (it ignores both)."""
     rows = []
-    kind = r.diffusion_cfg.formulation
-    grid = [(1, 1)] if kind == "regression" else [(s, 1) for s in steps_list]
-    if kind != "regression":
+    knob = get_formulation(r.diffusion_cfg.formulation).has_knob
+    grid = [(s, 1) for s in steps_list] if knob else [(1, 1)]
+    if knob:
         grid += [(s, n) for s in avg_steps for n in samples_list if n > 1]
     for steps, n in grid:
         t0 = time.perf_counter()
@@ -92,10 +93,15 @@ def evaluate(r, lq, hr, steps_list, samples_list, avg_steps, seed, log) -> list[
                     for i in range(0, len(lq), 4)
                 ]
             )
-        row = {"formulation": kind, "steps": steps, "samples": n, **scores(out, hr)}
+        row = {
+            "formulation": r.diffusion_cfg.formulation,
+            "steps": steps,
+            "samples": n,
+            **scores(out, hr),
+        }
         row["eval_s"] = time.perf_counter() - t0
         rows.append(row)
-        log(f"  {kind:10s} steps {steps:3d} samples {n}: PSNR-Y {row['psnr_y']:.2f} "
+        log(f"  {r.diffusion_cfg.formulation:10s} steps {steps:3d} samples {n}: PSNR-Y {row['psnr_y']:.2f} "
             f"SSIM-Y {row['ssim_y']:.4f} HF {row['hf_ratio']:.3f} ({row['eval_s']:.0f} s)")  # fmt: skip
     return rows
 
@@ -104,6 +110,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("formulations-out"))
     ap.add_argument("--formulations", default="regression,indi,residual,sr3")
+    ap.add_argument("--reference", default="regression", help="the one-shot formulation")
     ap.add_argument("--train-steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--crop", type=int, default=64)
@@ -196,7 +203,7 @@ def main() -> int:
     }
     (args.out / "formulations.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
     bic = rows[0]["psnr_y"]
-    reg = df.loc[df["formulation"] == "regression", "psnr_y"]
+    reg = df.loc[df["formulation"] == args.reference, "psnr_y"]
     reg_psnr = float(reg.iloc[0]) if len(reg) else float("nan")
     lines = [
         "| formulation | steps | samples | PSNR-Y | vs bicubic | vs regression | SSIM-Y | HF ratio |",

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from diffenhance.config import InferConfig
+from diffenhance.diffusion.formulations import get_formulation
 from diffenhance.infer import (
     RestorerTiles,
     TiledEnhancer,
@@ -25,7 +26,6 @@ from diffenhance.infer import (
     tile_starts,
 )
 from diffenhance.model import (
-    FORMULATION_SAMPLING,
     load_restorer,
     read_checkpoint,
     set_recommended,
@@ -250,7 +250,8 @@ def test_null_steps_and_samples_come_from_the_checkpoint(tmp_path):
     r = load_restorer(path)
     assert r.diffusion_cfg.formulation == "residual"
     m = RestorerTiles.from_config(r, cfg(steps=None, samples=None))
-    assert (m.steps, m.samples) == FORMULATION_SAMPLING["residual"] == (4, 1)
+    f = get_formulation("residual")
+    assert (m.steps, m.samples) == (f.default_steps, f.default_samples) == (4, 1)
     weights = read_checkpoint(path)[0]
     set_recommended(path, 3, 2, "measured")
     first = path.read_bytes()

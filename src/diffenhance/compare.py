@@ -41,6 +41,7 @@ import torch
 
 from diffenhance.config import Config, ReportConfig, to_dict
 from diffenhance.data.pairs import Pair, load_pairs
+from diffenhance.diffusion.formulations import get_formulation
 from diffenhance.evaluate import (
     METRICS,
     SHARPNESS,
@@ -106,12 +107,20 @@ def _budget_check(models: dict[str, Restorer], cfg: Config) -> dict[str, dict[st
     return info
 
 
+def has_knob(formulation: str) -> bool:
+    """Whether steps/samples change the formulation's output (else one row, both knob ends)."""
+    return get_formulation(formulation).has_knob
+
+
 def _means(rows: pd.DataFrame) -> dict[str, float]:
     return {k: mean_metric(rows[k], k) for k in COLUMNS}
 
 
-def summarise(per_image: pd.DataFrame, baseline: str, default: str) -> dict[str, float]:
-    """metrics.json (see the module docstring) from per_image rows."""
+def summarise(
+    per_image: pd.DataFrame, baseline: str, default: str, reference: str = "regression"
+) -> dict[str, float]:
+    """metrics.json (see the module docstring) from per_image rows; the checks compare the
+    `default` formulation with the `reference` one (compare.reference) and the baseline."""
     c = per_image
     m: dict[str, float] = {"n_images": float(c["image"].nunique())}
     base = _means(c[c["formulation"] == baseline])
@@ -127,26 +136,28 @@ def summarise(per_image: pd.DataFrame, baseline: str, default: str) -> dict[str,
         best = max(curve, key=lambda s: (curve[s], -s))
         m[f"{f}_best_steps"] = float(best)
         m[f"{f}_best_psnr_y"] = curve[best]
-    if default in set(c["formulation"]) and "regression" in set(c["formulation"]):
-        d, reg = f"{default}_fidelity", "regression_fidelity"
-        m["check_fidelity_minus_regression_psnr_y"] = m[f"{d}_psnr_y"] - m[f"{reg}_psnr_y"]
+    if default in set(c["formulation"]) and reference in set(c["formulation"]):
+        d, reg = f"{default}_fidelity", f"{reference}_fidelity"
+        m[f"check_fidelity_minus_{reference}_psnr_y"] = m[f"{d}_psnr_y"] - m[f"{reg}_psnr_y"]
         m[f"check_fidelity_minus_{baseline}_psnr_y"] = m[f"{d}_psnr_y"] - m[f"{baseline}_psnr_y"]
-        m["check_sharp_over_regression_hf_ratio"] = (
+        m[f"check_sharp_over_{reference}_hf_ratio"] = (
             m[f"{default}_sharp_hf_ratio"] / m[f"{reg}_hf_ratio"]
         )
     return {k: round(v, 6) for k, v in m.items() if np.isfinite(v)}
 
 
-def checks(metrics: dict[str, float], baseline: str, default: str) -> list[dict[str, Any]]:
+def checks(
+    metrics: dict[str, float], baseline: str, default: str, reference: str = "regression"
+) -> list[dict[str, Any]]:
     """The issue's three bars for the default formulation: (what, value, bar, met)."""
     out = []
     spec = [
-        ("check_fidelity_minus_regression_psnr_y", FIDELITY_MARGIN_DB,
-         f"{default} fidelity end PSNR-Y minus regression (dB)"),
+        (f"check_fidelity_minus_{reference}_psnr_y", FIDELITY_MARGIN_DB,
+         f"{default} fidelity end PSNR-Y minus {reference} (dB)"),
         (f"check_fidelity_minus_{baseline}_psnr_y", BASELINE_MARGIN_DB,
          f"{default} fidelity end PSNR-Y minus {baseline} (dB)"),
-        ("check_sharp_over_regression_hf_ratio", 1.0,
-         f"{default} sharp end HF ratio / regression HF ratio"),
+        (f"check_sharp_over_{reference}_hf_ratio", 1.0,
+         f"{default} sharp end HF ratio / {reference} HF ratio"),
     ]  # fmt: skip
     for key, bar, what in spec:
         if key in metrics:
@@ -197,7 +208,7 @@ def compare_models(
     def add(p: Pair, f: str, kind: str, steps: int, n: int, end: str, pred, dt) -> None:
         rows.append({"image": p.name, "formulation": f, "kind": kind, "steps": steps,
                      "samples": n, "end": end, **score(pred, p.hr, protocols), "seconds": dt})  # fmt: skip
-        flat = kind == "baseline" or f == "regression"  # no knob: one output
+        flat = kind == "baseline" or not has_knob(f)  # no knob: one output
         for folder in [f] if flat else [f"{f}_{e}" for e in end.split(",") if e]:
             write_image(images / folder / f"{p.name}.png", pred)
 
@@ -219,14 +230,14 @@ def compare_models(
             if progress:
                 progress(f"compare: image {i + 1}/{len(pairs)} {p.name}: {f}")
             grid = [(s, 1) for s in c.steps] + ([(lo, c.samples)] if c.samples > 1 else [])
-            if f == "regression":  # one deterministic output: both ends of its (absent) knob
+            if not has_knob(f):  # one deterministic output: both ends of its (absent) knob
                 grid = [(1, 1)]
             for steps, n in grid:
                 t0 = time.perf_counter()
                 pred = restore_image(r, p.lq, steps=steps, sampler=sampler, eta=eta,
                                      seeds=sample_seeds(c.seed, p.name, n))  # fmt: skip
                 dt = time.perf_counter() - t0
-                if f == "regression":
+                if not has_knob(f):
                     end = "fidelity,sharp"
                 else:
                     end = ",".join(
@@ -236,7 +247,7 @@ def compare_models(
                 add(p, f, "model", steps, n, end, pred, dt)
 
     per_image = pd.DataFrame(rows)
-    metrics = summarise(per_image, ref, cfg.diffusion.formulation)
+    metrics = summarise(per_image, ref, cfg.diffusion.formulation, c.reference)
     curves = _curves(per_image, c.steps)
     protocol = {
         "task": task,
@@ -254,7 +265,9 @@ def compare_models(
         "baseline": ref,
         "skipped_baselines": skipped,
         "default_formulation": cfg.diffusion.formulation,
+        "reference_formulation": c.reference,
         "formulations": list(models),
+        "without_knob": [f for f in models if not has_knob(f)],
         "budget": {
             "train_steps": c.train_steps,
             "batch_size": cfg.train.batch_size,
@@ -265,7 +278,7 @@ def compare_models(
         },
         "models": {f: {**budget[f], "path": r.meta.get("path")} for f, r in models.items()},
         "device": str(next(iter(models.values())).device),
-        "checks": checks(metrics, ref, cfg.diffusion.formulation),
+        "checks": checks(metrics, ref, cfg.diffusion.formulation, c.reference),
     }
     write_csv(out / "per_image.csv", per_image)
     write_csv(out / "curves.csv", curves)
@@ -275,13 +288,13 @@ def compare_models(
 
 
 def _curves(per_image: pd.DataFrame, steps: Sequence[int]) -> pd.DataFrame:
-    """Mean metrics per (formulation, steps, samples); regression and the baseline, which have
-    no steps, repeat at every step count so each formulation is one line on a steps axis."""
+    """Mean metrics per (formulation, steps, samples); formulations without a knob and the
+    baseline, which have no steps, repeat at every step count (one line on a steps axis)."""
     out = []
     for (f, kind, st, n), g in per_image.groupby(
         ["formulation", "kind", "steps", "samples"], sort=False
     ):
-        flat = kind == "baseline" or f == "regression"
+        flat = kind == "baseline" or not has_knob(f)
         for s in steps if flat else [st]:
             out.append({"formulation": f, "steps": int(s), "samples": int(n), **_means(g)})
     return pd.DataFrame(out)
@@ -366,10 +379,12 @@ def _summary(comp: Comparison) -> list[tuple[str, str]]:
 def build_compare_report(comp_dir: str | Path, cfg: ReportConfig) -> Path:
     """report.html and plots/ for the comparison in `comp_dir` (written beside it): the issue's
     checks, both knob ends of every formulation, the curves, and crops of `cfg.crops` images
-    (LQ | baseline | regression | fidelity end | sharp end | truth) per formulation."""
+    (LQ | baseline | reference | fidelity end | sharp end | truth) per formulation."""
     comp = load_comparison(comp_dir)
     p, m, esc = comp.protocol, comp.metrics, html.escape
     ref, default = p["baseline"], p["default_formulation"]
+    reference = p.get("reference_formulation", "regression")  # older protocol.json: regression
+    no_knob = set(p.get("without_knob", [reference]))
     plots = comp.out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     for old in plots.glob("*.png"):
@@ -386,10 +401,10 @@ def build_compare_report(comp_dir: str | Path, cfg: ReportConfig) -> Path:
              for c in p["checks"]],
         ))  # fmt: skip
     rows, cls = [], []
-    reg = m.get("regression_fidelity_psnr_y")
+    reg = m.get(f"{reference}_fidelity_psnr_y")
     for f in [ref, *p["formulations"]]:
         ends = [("fidelity", "fidelity_"), ("sharp", "sharp_")]
-        if f in (ref, "regression"):  # one output, no knob
+        if f == ref or f in no_knob:  # one output, no knob
             ends = [("-", "" if f == ref else "fidelity_")]
         for end, key in ends:
             psnr = m[f"{f}_{key}psnr_y"]
@@ -401,7 +416,7 @@ def build_compare_report(comp_dir: str | Path, cfg: ReportConfig) -> Path:
             cls.append("head" if f == default else "")
     parts.append("<h2>Both ends of the knob (mean over images)</h2>")
     parts.append(html_table(
-        ["formulation", "end", "PSNR Y (dB)", f"vs {ref}", "vs regression", "SSIM Y", HF_LABEL],
+        ["formulation", "end", "PSNR Y (dB)", f"vs {ref}", f"vs {reference}", "SSIM Y", HF_LABEL],
         rows, left=2, cls=cls,
     ))  # fmt: skip
     best = [[esc(f), str(int(m[f"{f}_best_steps"])), fmt_metric("psnr_y", m[f"{f}_best_psnr_y"])]
@@ -414,22 +429,22 @@ def build_compare_report(comp_dir: str | Path, cfg: ReportConfig) -> Path:
         "the Y channel relative to the ground truth (metrics.hf_energy_ratio): a blurry output "
         "scores below 1 however high its PSNR. PSNR is averaged in dB, capped at 100 dB.</p>"
     )
-    flat = [ref, "regression"]
+    flat = [ref, *sorted(no_knob)]
     figures = {"Quality and sharpness vs sampler steps": [(
         plot_formulation_curves(comp.curves, flat, plots / "curves.png"),
-        f"single samples per formulation; dashed: {ref} and regression (no steps); "
+        f"single samples per formulation; dashed: {', '.join(flat)} (no steps); "
         f"hollow diamond: {p['fidelity_end']}",
     )]}  # fmt: skip
     crops = []
     names = spread(p["images"], cfg.crops) if cfg.crops else []
     for name in names:
         for f in p["formulations"]:
-            if f == "regression":
+            if f in no_knob:
                 continue
             # (image folder, label, per_image formulation and end for the PSNR-Y under it)
             cols = [(ref, ref, ref, "fidelity")]
-            if "regression" in p["formulations"]:
-                cols.append(("regression", "regression", "regression", "fidelity"))
+            if reference in p["formulations"]:
+                cols.append((reference, reference, reference, "fidelity"))
             cols += [(f"{f}_{e}", f"{f}: {e} end", f, e) for e in ("fidelity", "sharp")]
             kinds = ["lq", *(c[0] for c in cols), "hr"]
             labels = ["LQ input", *(c[1] for c in cols), "ground truth"]

@@ -16,15 +16,33 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 
 Task = Literal["sr2", "sr4", "denoise", "jpeg", "blind"]
 TASKS: tuple[str, ...] = get_args(Task)
-Formulation = Literal["sr3", "regression", "indi", "residual"]
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """`Annotated[str, OneOf(...)]`: a name that must be in a registry, read at validation time
+    (so a formulation registered later, e.g. by a test or a plugin, is accepted)."""
+
+    what: str
+    names: Callable[[], tuple[str, ...]]
+
+
+def _formulation_names() -> tuple[str, ...]:
+    from diffenhance.diffusion.formulations import formulation_names  # the registry (torch)
+
+    return formulation_names()
+
+
+Formulation = Annotated[str, OneOf("formulation", _formulation_names)]
 
 
 class ConfigError(ValueError):
@@ -166,6 +184,8 @@ class CompareConfig:
 
     task: Task = "sr4"  # the task the formulations are compared on
     formulations: tuple[Formulation, ...] = ("regression", "indi", "residual", "sr3")
+    # the one-shot formulation the default's fidelity end is checked against (and shown beside)
+    reference: Formulation = "regression"
     train_steps: int = 150  # the same budget for each (network: model.*, rest: train.*)
     ema_decay: float = 0.99  # 0.999 averages over more steps than a short run has
     steps: tuple[int, ...] = (1, 2, 4, 8, 20, 50)  # sampler steps scored (1 sample each)
@@ -232,6 +252,11 @@ class Config:
 
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
+    if origin is Annotated:
+        one_of = next((a for a in get_args(tp)[1:] if isinstance(a, OneOf)), None)
+        if one_of is not None:
+            return f"a registered {one_of.what}: " + " | ".join(map(repr, one_of.names()))
+        return _type_name(get_args(tp)[0])
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (typing.Union, types.UnionType):
@@ -253,6 +278,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return ConfigError(f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}")
 
     origin = get_origin(tp)
+    if origin is Annotated:
+        base = _coerce(value, get_args(tp)[0], key, source)
+        for extra in get_args(tp)[1:]:
+            if isinstance(extra, OneOf) and base not in extra.names():
+                raise fail()
+        return base
     if origin is Literal:
         if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
             return value
@@ -312,7 +343,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in raw if k not in names]
     if unknown:

@@ -28,10 +28,8 @@ from diffenhance.config import (
 )
 from diffenhance.degrade import task_scale
 from diffenhance.diffusion import Schedule, from_model_range, to_model_range
-from diffenhance.diffusion.formulations import Generators, formulation_sample
+from diffenhance.diffusion.formulations import Generators, formulation_sample, get_formulation
 from diffenhance.io import atomic_write_bytes
-from diffenhance.nn import UNet, build_unet
-from diffenhance.nn.predict_refine import PredictRefine
 
 FORMAT = "diffenhance-checkpoint-v1"
 WEIGHTS_NAME = "model.safetensors"  # EMA weights: what enhancement loads
@@ -45,11 +43,11 @@ class CheckpointError(ValueError):
 class Restorer:
     """A trained restoration model for one task, of formulation `diffusion_cfg.formulation`.
 
-    `unet` is the network `build_network` made: a `UNet` (sr3, regression, indi) or a
-    `PredictRefine` holding predictor + denoiser U-Nets (residual); both have `size_multiple`.
+    `unet` is the network the formulation built (`build_network`), with a `size_multiple`:
+    a `UNet` for sr3, regression, indi; a `PredictRefine` (predictor + denoiser) for residual.
     """
 
-    unet: UNet | PredictRefine
+    unet: torch.nn.Module
     schedule: Schedule
     model_cfg: ModelConfig
     diffusion_cfg: DiffusionConfig
@@ -114,12 +112,10 @@ class Restorer:
         return from_model_range(x0.float()).clamp(0, 1)
 
 
-def build_network(model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig) -> UNet | PredictRefine:
-    """The freshly initialised network of `diffusion_cfg.formulation`: a UNet(6 -> 3), or for
-    'residual' a PredictRefine (predictor of width `residual_predictor_channels` + denoiser)."""
-    if diffusion_cfg.formulation == "residual":
-        return PredictRefine(model_cfg, diffusion_cfg.residual_predictor_channels)
-    return build_unet(model_cfg, in_channels=6, out_channels=3)
+def build_network(model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig) -> torch.nn.Module:
+    """The freshly initialised network of `diffusion_cfg.formulation` (its registry entry
+    decides: e.g. a UNet(6 -> 3), or for 'residual' a PredictRefine)."""
+    return get_formulation(diffusion_cfg.formulation).build_network(model_cfg, diffusion_cfg)
 
 
 def pad_lq(lq: torch.Tensor, scale: int, multiple: int) -> tuple[torch.Tensor, int, int]:
@@ -163,23 +159,12 @@ def checkpoint_metadata(r: Restorer, **extra: Any) -> dict[str, str]:
     return meta
 
 
-# Sampler settings for `enhance` when infer.steps / infer.samples are null: the checkpoint's
-# "recommended" metadata ({"steps", "samples", "why"}: what measured best for that model), else
-# its formulation's default: 1 step is exact for regression and InDI's fidelity end; residual
-# keeps PSNR above regression at 4 steps with ground-truth-level detail (benchmarks/RESULTS.md).
-FORMULATION_SAMPLING: dict[str, tuple[int, int]] = {
-    "sr3": (4, 1),
-    "regression": (1, 1),
-    "indi": (1, 1),
-    "residual": (4, 1),
-}
-
-
 def recommended_sampling(r: Restorer) -> tuple[int, int]:
-    """(steps, samples) the checkpoint recommends, or its formulation's default."""
+    """(steps, samples) the checkpoint recommends (its "recommended" metadata: what measured
+    best for that model), else its formulation's default (`Formulation.default_steps`)."""
     rec = json.loads(r.meta.get("recommended") or "{}")
-    steps, samples = FORMULATION_SAMPLING[r.diffusion_cfg.formulation]
-    return int(rec.get("steps", steps)), int(rec.get("samples", samples))
+    f = get_formulation(r.diffusion_cfg.formulation)
+    return int(rec.get("steps", f.default_steps)), int(rec.get("samples", f.default_samples))
 
 
 def sampling(r: Restorer, steps: int | None, samples: int | None) -> tuple[int, int]:

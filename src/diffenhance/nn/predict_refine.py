@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from diffenhance.config import ModelConfig
 from diffenhance.nn.unet import UNet
+
+
+class RefineOutput(NamedTuple):
+    """What `PredictRefine.forward` returns (the contract with the residual formulation)."""
+
+    prediction: torch.Tensor  # [N, 3, H, W] the denoiser's prediction for x_t given mu.detach()
+    mu: torch.Tensor  # [N, 3, H, W] the predictor's estimate, with grad (its own loss)
 
 
 class PredictRefine(nn.Module):
@@ -49,11 +57,11 @@ class PredictRefine(nn.Module):
         """The denoiser's prediction for the noisy residual x_t [N, 3, H, W] at timesteps t [N]."""
         return self.denoiser(x_t, t, mu)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> RefineOutput:
         """Training pass in ONE call (so DDP sees every parameter once): cond = y [N, 3, H, W].
 
-        Returns [N, 6, H, W]: channels 0-2 the denoiser's prediction for x_t conditioned on
-        mu.detach(), channels 3-5 mu = predict(y) (with grad, for the predictor's own loss).
+        Returns `RefineOutput(prediction, mu)`: the denoiser's prediction for x_t conditioned
+        on mu.detach(), and mu = predict(y) (with grad, for the predictor's own loss).
         """
         mu = self.predict(cond)
-        return torch.cat([self.denoise(x_t, t, mu.detach()), mu], dim=1)
+        return RefineOutput(self.denoise(x_t, t, mu.detach()), mu)

@@ -1,0 +1,142 @@
+"""Restoration formulations: how the network is trained and sampled, one registered object each.
+
+The registry (`base.py`) maps `diffusion.formulation` to a `Formulation`; the built-ins are
+
+* ``sr3`` (`sr3.py`) - conditional diffusion from pure noise, the reference;
+* ``regression`` (`regression.py`) - the same network as a one-shot regressor;
+* ``indi`` (`indi.py`) - Inversion by Direct Iteration, starts at the degraded image;
+* ``residual`` (`residual.py`) - predict and refine: diffusion on the residual over a predictor.
+
+Two entry points dispatch through the registry and never on a name: `formulation_loss` (used
+by training) and `formulation_sample` (used by `Restorer.restore`), which also owns what every
+formulation shares: averaging `samples` samples, clipping, and per-item generators.
+
+Images are in the model range [-1, 1]; `cond` is the degraded image upsampled to the output
+size. Randomness: `generator` is one `torch.Generator` for the whole batch, or one per batch
+item (a sequence), in which case item i draws all its randomness from generator i, so a result
+does not depend on how items were batched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffenhance.config import DiffusionConfig
+
+# importing the built-in formulations registers them
+from diffenhance.diffusion.formulations import indi, regression, residual, sr3  # noqa: F401
+from diffenhance.diffusion.formulations.base import (
+    Formulation,
+    Generators,
+    Model,
+    draw_normal,
+    formulation_names,
+    get_formulation,
+    register,
+    unregister,
+    unwrap,
+)
+from diffenhance.diffusion.formulations.regression import regress
+from diffenhance.diffusion.schedule import Schedule
+
+FORMULATIONS: tuple[str, ...] = (
+    formulation_names()
+)  # the built-ins: sr3, regression, indi, residual
+
+__all__ = [
+    "FORMULATIONS",
+    "Formulation",
+    "Generators",
+    "Model",
+    "draw_normal",
+    "formulation_loss",
+    "formulation_names",
+    "formulation_sample",
+    "get_formulation",
+    "regress",
+    "register",
+    "stochastic_steps",
+    "unregister",
+    "unwrap",
+]
+
+
+def formulation_loss(
+    dcfg: DiffusionConfig,
+    model: torch.nn.Module,
+    sched: Schedule,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Training loss of `dcfg.formulation` on one batch; calls `model` (maybe DDP) once.
+
+    x0: [N, 3, H, W] clean images in [-1, 1]; cond: [N, 3, H, W] degraded images upsampled to
+    the output size, in [-1, 1]. Randomness (timesteps, noise) comes from `generator`.
+    Returns (scalar loss with grad, stats: detached 0-d tensors, always with 'loss').
+    """
+    f = get_formulation(dcfg.formulation)
+    return f.loss(dcfg, model, sched, x0, cond, generator=generator)
+
+
+def stochastic_steps(dcfg: DiffusionConfig, sampler: str, eta: float) -> bool:
+    """Whether sampling draws noise after its start (so per-item generators run item by item)."""
+    return get_formulation(dcfg.formulation).draws_noise(dcfg, sampler, eta)
+
+
+@torch.no_grad()
+def formulation_sample(
+    dcfg: DiffusionConfig,
+    model: torch.nn.Module,
+    sched: Schedule,
+    cond: torch.Tensor,
+    *,
+    steps: int,
+    sampler: str = "ddim",
+    eta: float = 0.0,
+    generator: Generators = None,
+    samples: int = 1,
+    clip_x0: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Restore a batch: cond [N, 3, H, W] in [-1, 1] -> x0 [N, 3, H, W] in [-1, 1] (clipped
+    when clip_x0), the mean of `samples` independent samples.
+
+    The formulation draws its own start from `generator`. steps: sampler steps (1..T for
+    sr3/residual, >= 1 for indi; unused by formulations without a knob). sampler/eta: 'ddim' |
+    'ddpm' and its eta (indi: eta in [0, 1] is the share of fresh noise per step). A pure
+    function of (weights, cond, generator states, arguments).
+    """
+    f = get_formulation(dcfg.formulation)
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if not f.uses_start_noise:
+        samples = 1  # no randomness: every sample is the same image
+    per_item = generator is not None and not isinstance(generator, torch.Generator)
+    if per_item and f.draws_noise(dcfg, sampler, eta) and cond.shape[0] > 1:
+        # per-item generators and per-step noise: run each item alone
+        gens = list(generator)  # type: ignore[arg-type]
+        if len(gens) != cond.shape[0]:
+            raise ValueError(f"{len(gens)} generators for a batch of {cond.shape[0]}")
+        args = dict(steps=steps, sampler=sampler, eta=eta, samples=samples, clip_x0=clip_x0)
+        return torch.cat(
+            [
+                formulation_sample(dcfg, model, sched, cond[i : i + 1], generator=g, **args)
+                for i, g in enumerate(gens)
+            ]
+        )
+    # per-step noise: the one generator, or a single item's own (or deterministic steps)
+    step_gen = list(generator)[0] if per_item else generator  # type: ignore[arg-type]
+    prepared = f.prepare(dcfg, model, cond)
+    acc = None
+    for _ in range(samples):
+        x = f.sample_once(
+            dcfg, model, sched, cond, prepared, steps=steps, sampler=sampler, eta=eta,
+            generator=generator, step_gen=step_gen, progress=progress, clip_x0=clip_x0,
+        )  # fmt: skip
+        if clip_x0:
+            x = x.clamp(-1, 1)
+        acc = x if acc is None else acc + x
+    assert acc is not None
+    return acc / samples if samples > 1 else acc

@@ -1,0 +1,166 @@
+"""The formulation registry: one object per way of training and sampling a restorer.
+
+A formulation owns everything that differs between restoration recipes, and nothing else
+branches on its name (EDM's shape: each recipe is one class chosen once by name):
+
+* `build_network(model_cfg, dcfg)` - the freshly initialised network it trains;
+* `loss(...)` - its training loss on one batch;
+* `prepare(...)` + `sample_once(...)` - its sampler (the shared driver
+  `formulations.formulation_sample` handles sample averaging and per-item generators);
+* `default_steps` / `default_samples` - what `enhance` runs when neither params nor the
+  checkpoint say otherwise;
+* `has_knob` - whether steps/samples change its output (the fidelity <-> sharpness knob);
+* `draws_noise(dcfg, sampler, eta)` - whether sampling draws noise after its start.
+
+Register a new one with the `register` decorator on an ordinary class; config validation,
+training, evaluation, compare and enhance then accept its name with no other change:
+
+    @register
+    class Mine(Formulation):
+        name = "mine"
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.diffusion.schedule import Schedule
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Stats = dict[str, torch.Tensor]
+
+
+class Formulation:
+    """Base class of a registered formulation (stateless: one instance per name)."""
+
+    name: ClassVar[str]
+    default_steps: ClassVar[int] = 1  # enhance's steps when params and checkpoint are silent
+    default_samples: ClassVar[int] = 1  # ... and samples (mean of N)
+    has_knob: ClassVar[bool] = True  # False: steps and samples do not change the output
+    uses_start_noise: ClassVar[bool] = True  # False: no randomness at all (samples = 1 suffices)
+
+    def build_network(self, model_cfg: ModelConfig, dcfg: DiffusionConfig) -> torch.nn.Module:
+        """The freshly initialised network; must expose `size_multiple` (output-space)."""
+        raise NotImplementedError
+
+    def loss(
+        self,
+        dcfg: DiffusionConfig,
+        model: torch.nn.Module,
+        sched: Schedule,
+        x0: torch.Tensor,
+        cond: torch.Tensor,
+        *,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, Stats]:
+        """(scalar loss with grad, stats: detached 0-d tensors incl. 'loss') on one batch.
+
+        x0, cond: [N, 3, H, W] in [-1, 1] (cond = degraded image at the output size). `model`
+        may be wrapped (DDP, torch.compile): call it once; reach inner methods via `unwrap`."""
+        raise NotImplementedError
+
+    def draws_noise(self, dcfg: DiffusionConfig, sampler: str, eta: float) -> bool:
+        """Whether sampling draws noise after its start (then per-item generators run item by
+        item, so a result does not depend on its batch)."""
+        return eta > 0
+
+    def prepare(self, dcfg: DiffusionConfig, model: torch.nn.Module, cond: torch.Tensor) -> Any:
+        """Work shared by every sample of one batch (e.g. a predictor's estimate)."""
+        return cond
+
+    def sample_once(
+        self,
+        dcfg: DiffusionConfig,
+        model: torch.nn.Module,
+        sched: Schedule,
+        cond: torch.Tensor,
+        prepared: Any,
+        *,
+        steps: int,
+        sampler: str,
+        eta: float,
+        generator: Generators,
+        step_gen: torch.Generator | None,
+        progress: bool,
+        clip_x0: bool,
+    ) -> torch.Tensor:
+        """One sample x0 [N, 3, H, W] (unclipped, model range). The start noise is drawn from
+        `generator` (one or one per item: `draw_normal`), per-step noise from `step_gen`;
+        `clip_x0` asks the sampler to clip its intermediate x0 estimates to [-1, 1]."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Formulation] = {}
+F = TypeVar("F", bound=type[Formulation])
+
+
+def register(cls: F) -> F:
+    """Class decorator: register one instance of `cls` under `cls.name` (replacing a previous
+    class of that name, so a re-imported module re-registers cleanly)."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"{cls.__name__}.name must be an identifier string, got {name!r}")
+    _REGISTRY[name] = cls()
+    return cls
+
+
+def unregister(name: str) -> None:
+    """Remove a registered formulation (tests that register a toy one clean up with this)."""
+    _REGISTRY.pop(name, None)
+
+
+def formulation_names() -> tuple[str, ...]:
+    """Names of the registered formulations, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get_formulation(name: str) -> Formulation:
+    """The registered formulation `name`; ValueError listing the registered names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown diffusion.formulation {name!r}; choose one of {formulation_names()}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP (`.module`) and/or torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def draw_normal(
+    shape: Sequence[int], generator: Generators, device: torch.device | str
+) -> torch.Tensor:
+    """N(0, I) float32 of `shape` [N, ...] on `device`, drawn on the generator's device.
+
+    One generator (or None: the global CPU RNG) draws the whole batch; a sequence of N
+    generators draws item i from generator i (for N = 1 both give the same numbers).
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        return torch.randn(tuple(shape), generator=generator, device=gdev).to(device)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise ValueError(f"{len(gens)} generators for a batch of {shape[0]}: pass one per item")
+    items = [torch.randn(tuple(shape[1:]), generator=g, device=g.device) for g in gens]
+    return torch.stack(items).to(device)
+
+
+def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-sample mean |pred - target| ('l1') or squared error ('mse'), float32 [N]."""
+    err = pred.float() - target.float()
+    return (err.abs() if kind == "l1" else err.square()).mean(dim=tuple(range(1, pred.ndim)))

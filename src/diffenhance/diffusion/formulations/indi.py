@@ -1,0 +1,56 @@
+"""``indi``: Inversion by Direct Iteration (Delbracio & Milanfar 2023; the maths lives in
+`diffusion/indi.py`): starts at the degraded image; 1 step = a regression, more steps =
+sharper, the mean of several samples (different start noise) = more faithful."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.diffusion.formulations.base import (
+    Formulation,
+    Generators,
+    Stats,
+    draw_normal,
+    register,
+)
+from diffenhance.diffusion.indi import indi_loss, indi_sample
+from diffenhance.diffusion.schedule import Schedule
+from diffenhance.nn import build_unet
+
+
+@register
+class InDI(Formulation):
+    name = "indi"
+    default_steps = 1  # the fidelity end: exactly a regression on the (noisy) input
+    has_knob = True
+
+    def build_network(self, model_cfg: ModelConfig, dcfg: DiffusionConfig) -> torch.nn.Module:
+        return build_unet(model_cfg, in_channels=6, out_channels=3)
+
+    def loss(
+        self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
+        x0: torch.Tensor, cond: torch.Tensor, *, generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, Stats]:  # fmt: skip
+        return indi_loss(
+            model, x0, cond, sigma=dcfg.indi_noise, t1_prob=dcfg.indi_t1_prob,
+            loss=dcfg.loss, generator=generator,
+        )  # fmt: skip
+
+    def draws_noise(self, dcfg: DiffusionConfig, sampler: str, eta: float) -> bool:
+        return eta > 0 and dcfg.indi_noise > 0
+
+    def sample_once(
+        self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
+        cond: torch.Tensor, prepared: Any, *, steps: int, sampler: str, eta: float,
+        generator: Generators, step_gen: torch.Generator | None, progress: bool, clip_x0: bool,
+    ) -> torch.Tensor:  # fmt: skip
+        # eta in [0, 1] is the share of fresh noise per step; the sampler name is unused
+        eps = draw_normal(cond.shape, generator, cond.device).to(cond.dtype)
+        return indi_sample(
+            model, cond + dcfg.indi_noise * eps, cond, steps=steps, sigma=dcfg.indi_noise,
+            eta=eta, randn=lambda like: draw_normal(like.shape, step_gen, like.device),
+            progress=progress,
+        )  # fmt: skip

@@ -1,0 +1,56 @@
+"""``regression``: the network as a one-shot regressor, x^ = y + net(y, 0, y), L1/L2 to x.
+
+The same-size regression baseline: one network evaluation, no randomness; steps and samples
+do not change its output (no knob)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.diffusion.formulations.base import (
+    Formulation,
+    Generators,
+    Model,
+    Stats,
+    pixel_loss,
+    register,
+)
+from diffenhance.diffusion.schedule import Schedule
+from diffenhance.nn import build_unet
+
+
+def regress(model: Model, y: torch.Tensor) -> torch.Tensor:
+    """The one-shot regression x^ = y + model(y, 0, y): y [N, 3, H, W] -> [N, 3, H, W]."""
+    t = torch.zeros(y.shape[0], device=y.device)
+    return y + model(y, t, y).to(y.dtype)
+
+
+@register
+class Regression(Formulation):
+    name = "regression"
+    default_steps = 1
+    has_knob = False
+    uses_start_noise = False
+
+    def build_network(self, model_cfg: ModelConfig, dcfg: DiffusionConfig) -> torch.nn.Module:
+        return build_unet(model_cfg, in_channels=6, out_channels=3)
+
+    def loss(
+        self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
+        x0: torch.Tensor, cond: torch.Tensor, *, generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, Stats]:  # fmt: skip
+        total = pixel_loss(regress(model, cond), x0, dcfg.loss).mean()
+        return total, {"loss": total.detach()}
+
+    def draws_noise(self, dcfg: DiffusionConfig, sampler: str, eta: float) -> bool:
+        return False
+
+    def sample_once(
+        self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
+        cond: torch.Tensor, prepared: Any, *, steps: int, sampler: str, eta: float,
+        generator: Generators, step_gen: torch.Generator | None, progress: bool, clip_x0: bool,
+    ) -> torch.Tensor:  # fmt: skip
+        return regress(model, cond)
