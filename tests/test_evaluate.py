@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -24,13 +25,12 @@ from diffenhance.evaluate import (
     evaluate_pairs,
     evaluate_task,
     lanczos_upscale,
-    restore_image,
-    sample_seeds,
     summarise,
 )
 from diffenhance.io import read_image, to_uint8, write_image
 from diffenhance.metrics import hf_energy_ratio, psnr, ssim
 from diffenhance.model import load_restorer
+from diffenhance.restore import restore, sampling_spec
 from tests.tiny import smooth_image, tiny_config, tiny_model
 
 
@@ -93,7 +93,7 @@ def test_summarise_caps_identical_images_and_computes_deltas():
 def test_evaluate_task_writes_every_file_with_consistent_numbers(trained):
     root, model_dir = trained
     cfg = tiny_config(
-        root, f"evaluate.out_dir={root / 'reports'}", "evaluate.steps=[1,2]",
+        root, f"evaluate.out_dir={root / 'reports'}", "evaluate.steps=[1]", "infer.steps=2",
         "evaluate.seeds=[0,1]", "evaluate.average_samples=2",
     )  # fmt: skip
     ev = evaluate_task(cfg, "sr2")
@@ -115,13 +115,14 @@ def test_evaluate_task_writes_every_file_with_consistent_numbers(trained):
     hf = [float(hf_energy_ratio(bicubic_upscale(p.lq, 2), p.hr, crop=2)) for p in pairs]
     assert metrics["bicubic_hf_ratio"] == pytest.approx(np.mean(hf), abs=1e-6)  # sharpness
     assert "NaN" not in (out / "metrics.json").read_text()
-    # A model row is the mean of `average_samples` samples, seeded per image and sample
+    # A model row is the restore path's output: the mean of `average_samples` samples, its
+    # tiles seeded by (seed, image content, position); another seed gives another output
     r = load_restorer(model_dir)
-    seeds = sample_seeds(1, pairs[0].name, 2)
-    single = [restore_image(r, pairs[0].lq, steps=2, sampler="ddim", eta=0.0, seeds=[s]) for s in seeds]  # fmt: skip
-    mean = restore_image(r, pairs[0].lq, steps=2, sampler="ddim", eta=0.0, seeds=seeds)
-    np.testing.assert_allclose(mean, (single[0] + single[1]) / 2, atol=1e-6)
-    assert not np.array_equal(single[0], single[1])
+    head = sampling_spec(r, cfg.infer, samples=2)
+    assert (head.steps, head.samples, head.seed) == (2, 2, 0)
+    mean = restore(r, pairs[0].lq, replace(head, seed=1))
+    assert not np.array_equal(mean, restore(r, pairs[0].lq, head))
+    assert not np.array_equal(mean, restore(r, pairs[0].lq, replace(head, seed=1, samples=1)))
     row = per_image.query("image == @pairs[0].name and method == 'model_ddim2' and seed == 1")
     assert float(row["ssim_y"].iloc[0]) == pytest.approx(
         float(ssim(mean, pairs[0].hr, crop=2, y_channel=True)), abs=1e-9

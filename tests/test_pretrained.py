@@ -15,10 +15,11 @@ from diffenhance.config import load_config
 from diffenhance.data.pairs import make_pair
 from diffenhance.data.samples import materialize_samples
 from diffenhance.enhance import model_file, pretrained_model
-from diffenhance.evaluate import bicubic_upscale, restore_image, score
+from diffenhance.evaluate import bicubic_upscale, score
 from diffenhance.io import read_image, write_image
 from diffenhance.metrics import protocol_for_task
 from diffenhance.model import FORMAT, load_restorer, read_checkpoint, sampling
+from diffenhance.restore import restore, sampling_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "pretrained"
@@ -64,17 +65,14 @@ def test_shipped_model_beats_the_baseline_on_held_out_photos(task, val_photos):
     so the checkpoint's recommendation (indi: 1 step, its fidelity end; see RESULTS.md)."""
     cfg = load_config(REPO / "params.yaml", ["degrade.val_size=96"])
     r = load_restorer(SHIPPED / task)
-    steps, samples = sampling(r, cfg.infer.steps, cfg.infer.samples)  # what enhance runs
+    spec = sampling_spec(r, cfg.infer)  # what enhance runs
     proto = [
         p for p in protocol_for_task(task, cfg.degrade) if p.name == ("y" if r.scale > 1 else "rgb")
     ]
     model_psnr, base_psnr = [], []
     for i, photo in enumerate(val_photos):
         hr, lq, _ = make_pair(photo, f"test-{i}", task, cfg.degrade)
-        out = restore_image(
-            r, lq, steps=steps, sampler=cfg.infer.sampler, eta=cfg.infer.eta,
-            seeds=list(range(samples)),
-        )  # fmt: skip
+        out = restore(r, lq, spec)
         assert out.shape == hr.shape
         base = bicubic_upscale(lq, r.scale) if r.scale > 1 else lq
         model_psnr.append(score(out, hr, proto)[f"psnr_{proto[0].name}"])

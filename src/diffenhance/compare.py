@@ -48,8 +48,6 @@ from diffenhance.evaluate import (
     baselines_for_task,
     load_model,
     mean_metric,
-    restore_image,
-    sample_seeds,
     score,
     spread,
     write_csv,
@@ -60,6 +58,7 @@ from diffenhance.metrics import protocol_for_task
 from diffenhance.model import Restorer
 from diffenhance.report import HF_LABEL, fmt_metric, html_page, html_table, signed_metric
 from diffenhance.report_plots import crop_figure, plot_formulation_curves
+from diffenhance.restore import restore, sampling_spec
 
 COLUMNS = (*METRICS, SHARPNESS)
 # The bar for the default formulation (benchmarks/RESULTS.md records the figures):
@@ -234,8 +233,8 @@ def compare_models(
                 grid = [(1, 1)]
             for steps, n in grid:
                 t0 = time.perf_counter()
-                pred = restore_image(r, p.lq, steps=steps, sampler=sampler, eta=eta,
-                                     seeds=sample_seeds(c.seed, p.name, n))  # fmt: skip
+                spec = sampling_spec(r, cfg.infer, steps=steps, samples=n, seed=c.seed)
+                pred = restore(r, p.lq, spec)
                 dt = time.perf_counter() - t0
                 if not has_knob(f):
                     end = "fidelity,sharp"
@@ -260,8 +259,10 @@ def compare_models(
         "fidelity_end": f"mean of {c.samples} samples at {lo} step(s)",
         "sharp_end": f"1 sample at {hi} steps",
         "seed": c.seed,
-        "noise_seeding": "sample k of image NAME: CPU torch.Generator seeded with "
-        "pair_seed(seed, 'eval', NAME, k)",
+        "noise_seeding": "each tile: CPU torch.Generator seeded with tile_seed(seed, "
+        "image_key(LQ pixels), tile position)",
+        "restore_path": "restore.restore: tiled, as diffenhance enhance (infer.* besides "
+        "steps, samples and seed)",
         "baseline": ref,
         "skipped_baselines": skipped,
         "default_formulation": cfg.diffusion.formulation,

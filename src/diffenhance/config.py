@@ -170,9 +170,11 @@ class EnhanceConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    steps: tuple[int, ...] = (4, 8)  # few-step DDIM; the last one is the headline model
-    seeds: tuple[int, ...] = (0,)  # one sample per seed and image; metrics average over seeds
-    average_samples: int = 1  # >1: each output is the mean of N samples (higher PSNR, blurrier)
+    # the headline is what enhance runs (infer.*, null: the checkpoint's recommendation); these
+    # step counts are scored beside it for the steps curve
+    steps: tuple[int, ...] = (4, 8)
+    seeds: tuple[int, ...] = (0,)  # one output per seed and image; metrics average over seeds
+    average_samples: int | None = None  # mean of N samples per output; null: as infer.samples
     max_images: int = 4  # evenly spaced pairs (or --hr-dir images); small: fast on CPU
     out_dir: str = "reports"
     sampler: Literal["ddim", "ddpm"] | None = None  # None: infer.sampler; eta, precision: infer
@@ -190,7 +192,7 @@ class CompareConfig:
     ema_decay: float = 0.99  # 0.999 averages over more steps than a short run has
     steps: tuple[int, ...] = (1, 2, 4, 8, 20, 50)  # sampler steps scored (1 sample each)
     samples: int = 4  # fidelity end of the knob: mean of N samples at the fewest steps
-    seed: int = 0  # noise of sample k of image NAME: pair_seed(seed, 'eval', NAME, k)
+    seed: int = 0  # the restore path's seed (tile noise = f(seed, image content, tile position))
     max_images: int = 4  # validation pairs, evenly spaced by name
     models_dir: str = "models/compare"  # <models_dir>/<formulation>/<task>/model.safetensors
     out_dir: str = "reports/compare"  # metrics.json, curves.csv, per_image.csv, report.html
@@ -406,9 +408,10 @@ def _check_invariants(obj: Any, prefix: str, source: str) -> None:
             raise bad("steps", "must be a non-empty list of step counts >= 1, e.g. [4, 8]")
         if not obj.seeds:
             raise bad("seeds", "must be a non-empty list of integer seeds, e.g. [0]")
-        for k in ("average_samples", "max_images"):
-            if getattr(obj, k) < 1:
-                raise bad(k, "must be >= 1")
+        if obj.average_samples is not None and obj.average_samples < 1:
+            raise bad("average_samples", "must be >= 1 or null")
+        if obj.max_images < 1:
+            raise bad("max_images", "must be >= 1")
     if isinstance(obj, CompareConfig):
         if not obj.formulations or len(set(obj.formulations)) != len(obj.formulations):
             raise bad("formulations", "must be a non-empty list without repeats")

@@ -451,6 +451,7 @@ def run_shard(
     `model`: a `infer.TileModel` to use instead of the job's checkpoint (tests, benchmarks).
     """
     from diffenhance.infer import RestorerTiles, TiledEnhancer, resolve_device
+    from diffenhance.restore import image_key, sampling_spec
 
     t0, started = time.perf_counter(), _now()
     in_store = open_storage(job.input_url, cfg.storage)
@@ -520,14 +521,16 @@ def run_shard(
                 todo.remove(src)
     if todo:
         _sweep_temp(out_store, [s.output_key for s in todo])
-        if model is None:
+        spec: Any = cfg.infer  # an injected TileModel runs on the params as they are
+        if model is None:  # the one restore path: SamplingSpec + the tiled engine
             dev = resolve_device(cfg.infer.device)
             r = cached_restorer(job.model_path, job.model_sha256, dev)
-            model = RestorerTiles.from_config(r, cfg.infer)
+            spec = sampling_spec(r, cfg.infer)
+            model = RestorerTiles.from_spec(r, spec)
         device = str(model.device)
         if isinstance(model, RestorerTiles):
             sampling_used = {"steps": model.steps, "samples": model.samples}
-        engine = TiledEnhancer(model, cfg.infer)
+        engine = TiledEnhancer(model, spec)
         engine_stats = engine.stats
         local_in = isinstance(in_store, LocalStorage)
         with tempfile.TemporaryDirectory(prefix="diffenhance-enhance-") as tmp:
@@ -554,7 +557,8 @@ def run_shard(
                     finally:
                         if not local_in:
                             path.unlink(missing_ok=True)
-                    yield (src, sha, info, img.shape[:2]), sha, img  # size after EXIF rotation
+                    # noise key = the decoded pixels, as evaluate's (same input, same output)
+                    yield (src, sha, info, img.shape[:2]), image_key(img), img
 
             for res in engine.stream(jobs()):
                 src, sha, info, (ih, iw) = res.ident

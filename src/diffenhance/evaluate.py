@@ -1,8 +1,11 @@
 """PSNR/SSIM of a trained restorer against classical baselines (the `evaluate` stage).
 
-For each image: the model is sampled at every step count of `evaluate.steps`, once per seed of
-`evaluate.seeds` (each output the mean of `evaluate.average_samples` samples), and the task's
-baselines run on the same LQ input:
+The model runs through the one restore path (`restore.restore`, tiled, as `enhance` runs it):
+the headline is the resolved `SamplingSpec` (`infer.*`, null steps/samples from the checkpoint's
+recommendation), so the headline image is exactly what `diffenhance enhance` writes for the same
+params. Around it, the steps curve adds every count of `evaluate.steps`, once per seed of
+`evaluate.seeds` (the spec's seed; `evaluate.average_samples`, when set, overrides the samples).
+The task's baselines run on the same LQ input:
 
 * SR (sr2, sr4, blind): `bicubic` (Keys a=-0.5, as MATLAB imresize) and `lanczos` (Lanczos-3,
   Pillow) upscaling of the LQ image;
@@ -13,8 +16,8 @@ baselines run on the same LQ input:
 Every result is scored under both protocols of `metrics.protocol_for_task` (RGB and BT.601 Y,
 border crop = scale for SR, data range 1.0), on the float outputs (not 8-bit files).
 
-Determinism: the initial noise of sample k of image `name` comes from a CPU generator seeded with
-`pair_seed(seed, "eval", name, k)`, the same for every step count and independent of the image
+Determinism: each tile's noise comes from a CPU generator seeded with (seed, image content key,
+tile position) (`infer.tile_seed`), the same for every step count and independent of the image
 order, so on CPU the same params give a bit-identical metrics.json. Timings are kept out of
 metrics.json (they never repeat) and go to timing.json.
 
@@ -39,7 +42,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +54,12 @@ from PIL import Image
 from diffenhance.config import Config
 from diffenhance.data.folder import file_sha256, iter_image_files
 from diffenhance.data.pairs import Pair, load_pairs, make_pair
-from diffenhance.degrade import pair_seed, resize, task_scale
+from diffenhance.degrade import resize, task_scale
 from diffenhance.infer import autocast_dtype as infer_autocast_dtype
 from diffenhance.io import atomic_path, read_image, write_image
 from diffenhance.metrics import Protocol, hf_energy_ratio, mean_psnr, protocol_for_task
-from diffenhance.model import Restorer, load_restorer, pad_lq
+from diffenhance.model import Restorer, load_restorer
+from diffenhance.restore import restore, sampling_spec
 
 METRICS: tuple[str, ...] = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
 # Sharpness beside fidelity (metrics.hf_energy_ratio, Y, 1 = as much fine detail as the truth):
@@ -125,42 +129,6 @@ def baselines_for_task(task: str, cfg: Config) -> tuple[dict[str, Callable], dic
 
 
 # ----------------------------------------------------------------------------- the model
-
-
-def restore_image(
-    r: Restorer,
-    lq: np.ndarray,
-    *,
-    steps: int,
-    sampler: str,
-    eta: float,
-    seeds: Sequence[int],
-    autocast_dtype: torch.dtype | None = None,
-) -> np.ndarray:
-    """The mean of one model sample per seed for an HxWx3 float32 [0,1] LQ image ->
-    (H*scale)x(W*scale)x3 float32 [0,1].
-
-    The one place evaluation runs the network: LQ is padded to the U-Net's size multiple and the
-    output cropped back (`model.pad_lq`); fine for evaluation crops up to a few hundred pixels
-    (use `infer` for whole photos). Each x_T comes from a CPU generator seeded with its seed.
-    """
-    x = torch.from_numpy(np.ascontiguousarray(lq, dtype=np.float32)).permute(2, 0, 1)[None]
-    x, H, W = pad_lq(x, r.scale, r.unet.size_multiple)
-    acc = None
-    for seed in seeds:
-        g = torch.Generator().manual_seed(int(seed))
-        y = r.restore(
-            x, steps=steps, sampler=sampler, eta=eta, generator=g, autocast_dtype=autocast_dtype
-        )
-        y = y[0, :, :H, :W].to("cpu", torch.float64)
-        acc = y if acc is None else acc + y
-    out = (acc / len(seeds)).permute(1, 2, 0).numpy().astype(np.float32)
-    return np.clip(out, 0.0, 1.0)
-
-
-def sample_seeds(seed: int, name: str, n: int) -> list[int]:
-    """Seeds of the `n` averaged samples of image `name` under evaluation seed `seed`."""
-    return [pair_seed(seed, "eval", name, k) for k in range(n)]
 
 
 def model_key(sampler: str, steps: int) -> str:
@@ -302,8 +270,9 @@ def evaluate_pairs(
         )
     if not pairs:
         raise ValueError(f"no images to evaluate for task {task!r}")
-    sampler = e.sampler or cfg.infer.sampler
-    headline_steps = e.steps[-1]
+    head = sampling_spec(r, cfg.infer, sampler=e.sampler, samples=e.average_samples)
+    sampler, headline_steps = head.sampler, head.steps
+    sweep = sorted({*e.steps, headline_steps})
     headline = model_key(sampler, headline_steps)
     protocols = protocol_for_task(task, cfg.degrade)
     baselines, skipped = baselines_for_task(task, cfg)
@@ -328,19 +297,15 @@ def evaluate_pairs(
             rows.append({"image": p.name, "method": name, "kind": "baseline", "sampler": "",
                          "steps": None, "seed": None, **score(pred, p.hr, protocols), "seconds": dt})  # fmt: skip
             write_image(images / name / f"{p.name}.png", pred)
-        for steps in e.steps:
+        for steps in sweep:
             for seed in e.seeds:
                 t0 = time.perf_counter()
-                pred = restore_image(
-                    r, p.lq, steps=steps, sampler=sampler, eta=cfg.infer.eta,
-                    seeds=sample_seeds(seed, p.name, e.average_samples),
-                    autocast_dtype=autocast_dtype,
-                )  # fmt: skip
+                pred = restore(r, p.lq, replace(head, steps=steps, seed=seed))
                 dt = time.perf_counter() - t0
                 rows.append({"image": p.name, "method": model_key(sampler, steps), "kind": "model",
                              "sampler": sampler, "steps": steps, "seed": seed,
                              **score(pred, p.hr, protocols), "seconds": dt})  # fmt: skip
-                if steps == headline_steps and seed == e.seeds[0]:
+                if steps == headline_steps and seed == e.seeds[0]:  # what enhance writes
                     write_image(images / MODEL_DIR / f"{p.name}.png", pred)
 
     per_image = pd.DataFrame(rows).astype({"steps": "Int64", "seed": "Int64"})
@@ -364,14 +329,16 @@ def evaluate_pairs(
             for p in protocols
         ],
         "sampler": sampler,
-        "eta": cfg.infer.eta,
-        "steps": list(e.steps),
+        "eta": head.eta,
+        "steps": sweep,
         "headline_steps": headline_steps,
         "headline_method": headline,
         "seeds": list(e.seeds),
-        "average_samples": e.average_samples,
-        "noise_seeding": "x_T of sample k of image NAME: CPU torch.Generator seeded with "
-        "pair_seed(seed, 'eval', NAME, k)",
+        "average_samples": head.samples,
+        "sampling": head.describe(),  # the headline's SamplingSpec (seed: evaluate.seeds[0])
+        "restore_path": "restore.restore: tiled, as diffenhance enhance",
+        "noise_seeding": "each tile: CPU torch.Generator seeded with tile_seed(seed, "
+        "image_key(LQ pixels), tile position)",
         "baselines": list(baselines),
         "reference_baseline": next(iter(baselines)),
         "skipped_baselines": skipped,
@@ -476,8 +443,6 @@ __all__ = [
     "load_model",
     "mean_metric",
     "model_key",
-    "restore_image",
-    "sample_seeds",
     "score",
     "spread",
     "summarise",

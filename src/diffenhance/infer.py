@@ -80,13 +80,16 @@ class RestorerTiles:
     samples: int = 1  # > 1: the mean of that many samples per tile
 
     @classmethod
-    def from_config(cls, restorer: Any, cfg: InferConfig) -> RestorerTiles:
-        """Steps and samples that are null in `cfg` come from the checkpoint's recommendation
-        (`model.sampling`)."""
-        from diffenhance.model import sampling
+    def from_spec(cls, restorer: Any, spec: Any) -> RestorerTiles:
+        """From a resolved `restore.SamplingSpec` (sampler, steps, eta, samples)."""
+        return cls(restorer, spec.steps, spec.sampler, spec.eta, spec.samples)
 
-        steps, samples = sampling(restorer, cfg.steps, cfg.samples)
-        return cls(restorer, steps, cfg.sampler, cfg.eta, samples)
+    @classmethod
+    def from_config(cls, restorer: Any, cfg: InferConfig) -> RestorerTiles:
+        """Resolved through `restore.sampling_spec` (null steps/samples: the checkpoint's)."""
+        from diffenhance.restore import sampling_spec
+
+        return cls.from_spec(restorer, sampling_spec(restorer, cfg))
 
     @property
     def scale(self) -> int:
@@ -256,10 +259,13 @@ class EngineStats:
 
 @dataclass
 class TiledEnhancer:
-    """Blended tiled inference over a `TileModel`, with tiles of many images per batch."""
+    """Blended tiled inference over a `TileModel`, with tiles of many images per batch.
+
+    cfg: an `InferConfig` or a resolved `restore.SamplingSpec` (the same field names): tile,
+    tile_overlap, tile_batch, seed, precision, color_correction."""
 
     model: TileModel
-    cfg: InferConfig
+    cfg: Any
     stats: EngineStats = field(default_factory=EngineStats)
 
     def __post_init__(self) -> None:

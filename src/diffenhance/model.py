@@ -11,7 +11,6 @@ never unpickles: safetensors for weights, `torch.load(weights_only=True)` for tr
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,18 +115,6 @@ def build_network(model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig) -> tor
     """The freshly initialised network of `diffusion_cfg.formulation` (its registry entry
     decides: e.g. a UNet(6 -> 3), or for 'residual' a PredictRefine)."""
     return get_formulation(diffusion_cfg.formulation).build_network(model_cfg, diffusion_cfg)
-
-
-def pad_lq(lq: torch.Tensor, scale: int, multiple: int) -> tuple[torch.Tensor, int, int]:
-    """Edge-pad LQ [N,3,h,w] at the bottom/right so that its upscaled size is a multiple of
-    `multiple` (the U-Net's size multiple); returns (padded, h * scale, w * scale), the output
-    size to crop the restored batch back to."""
-    q = multiple // math.gcd(multiple, scale)
-    h, w = lq.shape[-2:]
-    ph, pw = (-h) % q, (-w) % q
-    if ph or pw:
-        lq = F.pad(lq, (0, pw, 0, ph), mode="replicate")
-    return lq, h * scale, w * scale
 
 
 def build_restorer(

@@ -43,10 +43,10 @@ from diffenhance.model import (
     build_restorer,
     checkpoint_metadata,
     load_matching,
-    pad_lq,
     read_checkpoint,
     save_weights,
 )
+from diffenhance.restore import restore, sampling_spec
 
 LOG = logging.getLogger("diffenhance.train")
 
@@ -189,17 +189,16 @@ def load_latest_state(state_dir: Path, digest: str) -> dict | None:
 
 @torch.no_grad()
 def validate(r: Restorer, cfg: Config, out_dir: Path, step: int) -> dict[str, float]:
-    """Few-step DDIM on the first `val_images` fixed pairs: mean PSNR/SSIM (RGB) and a grid PNG."""
+    """The restore path (as enhance runs it, at `train.val_steps` steps, 1 sample, seed
+    `train.seed`) on the first `val_images` fixed pairs: mean PSNR/SSIM (RGB) and a grid PNG."""
     pairs = load_pairs(Path(cfg.degrade.out_dir) / r.task, limit=cfg.train.val_images)
+    spec = sampling_spec(r, cfg.infer, steps=cfg.train.val_steps, samples=1, seed=cfg.train.seed)
     outs, hrs, conds = [], [], []
-    for i, p in enumerate(pairs):
-        lq = torch.from_numpy(p.lq).permute(2, 0, 1)[None]
-        lq_pad, H, W = pad_lq(lq, r.scale, r.unet.size_multiple)
-        g = torch.Generator().manual_seed(cfg.train.seed + i)
-        out = r.restore(lq_pad, steps=cfg.train.val_steps, generator=g)[..., :H, :W].cpu()
-        outs.append(out)
+    for p in pairs:
+        outs.append(torch.from_numpy(restore(r, p.lq, spec)).permute(2, 0, 1)[None])
         hrs.append(torch.from_numpy(p.hr).permute(2, 0, 1)[None])
-        conds.append(((r.condition(lq_pad.to(r.device)) + 1) / 2)[..., :H, :W].cpu())
+        lq = torch.from_numpy(p.lq).permute(2, 0, 1)[None].to(r.device)
+        conds.append(((r.condition(lq) + 1) / 2).cpu())
     crop = r.scale if r.scale > 1 else 0
     vp = [
         float(psnr(o, h, crop=crop).clamp(max=100).mean()) for o, h in zip(outs, hrs, strict=True)
