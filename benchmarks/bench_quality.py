@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from diffenhance.config import load_config  # noqa: E402
 from diffenhance.data.samples import materialize_samples  # noqa: E402
 from diffenhance.evaluate import evaluate_folder  # noqa: E402
-from diffenhance.model import load_restorer, read_checkpoint, sampling  # noqa: E402
+from diffenhance.model import read_checkpoint  # noqa: E402
 
 PRETRAINED = REPO / "models" / "pretrained"
 # task -> (protocol used for the headline, reference baseline, target margin in dB, wording)
@@ -61,26 +61,17 @@ def commit() -> str:
     return git_commit()
 
 
-def step_list(sweep: list[int], headline: int) -> list[int]:
-    """The sweep with the headline step count last (evaluate scores the last as headline)."""
-    return [s for s in sorted(set(sweep)) if s != headline] + [headline]
-
-
 def evaluate_task(
     task: str, model_dir: Path, hr_dir: Path, out: Path, overrides: list[str], steps: list[int]
 ) -> dict[str, Any]:
     """Score one shipped model with `evaluate_folder`; returns the numbers of the tables."""
-    cfg = load_config(REPO / "params.yaml", overrides)
-    # what `enhance` runs: params' infer.steps/samples, or the checkpoint's recommendation
-    head_steps, head_samples = sampling(
-        load_restorer(model_dir), cfg.infer.steps, cfg.infer.samples
-    )
+    # the headline is what `enhance` runs (the restore path's SamplingSpec: params' infer.*,
+    # or the checkpoint's recommendation); the sweep adds the curve's step counts
     cfg = load_config(
         REPO / "params.yaml",
         [
             *overrides,
-            f"evaluate.steps=[{','.join(map(str, step_list(steps, head_steps)))}]",
-            f"evaluate.average_samples={head_samples}",
+            f"evaluate.steps=[{','.join(map(str, sorted(set(steps))))}]",
             f"evaluate.max_images={len(list(hr_dir.iterdir()))}",
         ],
     )
@@ -111,7 +102,8 @@ def evaluate_task(
         "formulation": meta.get("formulation", "sr3"),
         "train_step": meta.get("step"),
         "headline": ev.protocol["headline_method"],
-        "samples": cfg.evaluate.average_samples,
+        "samples": ev.protocol["average_samples"],
+        "sampling": ev.protocol["sampling"],
         "model": model,
         "baselines": baselines,
         "skipped": ev.protocol["skipped_baselines"],

@@ -22,7 +22,7 @@ alone in its own process:
 * peak memory: CUDA max_memory_allocated, or on CPU the rise of the peak RSS;
 * the matmul ceiling of the same device in the same run (bf16 on CUDA, fp32 on CPU), so
   MFU = training FLOPs/s (fwd + bwd FLOPs per image x images/s) / that ceiling;
-* our product path: `infer.enhance_image` with the shipped model (models/pretrained/sr4, or
+* our product path: `restore.restore` with the shipped model (models/pretrained/sr4, or
   the params.yaml model untrained when absent) at the params.yaml infer defaults, on an LQ
   image of `--sample-size / 4` px (x4 output = `--sample-size` px).
 
@@ -294,11 +294,11 @@ def bench_sample(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def bench_enhance(spec: dict[str, Any]) -> dict[str, Any]:
-    """Our product path: `infer.enhance_image` at the params.yaml infer defaults (fresh process)."""
+    """Our product path: `restore.restore` at the params.yaml infer defaults (fresh process)."""
     import numpy as np
 
-    from diffenhance.infer import RestorerTiles, enhance_image
     from diffenhance.model import build_restorer, load_restorer
+    from diffenhance.restore import restore, sampling_spec
 
     dev, cfg, rss0 = _worker_setup(spec)
     if (PRETRAINED_SR4 / "model.safetensors").is_file():
@@ -306,33 +306,21 @@ def bench_enhance(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         r = build_restorer(cfg.model, cfg.diffusion, "sr4", cfg.degrade).to(dev)
         source = "params.yaml model (untrained)"
-    infer = cfg.infer
+    sampling = sampling_spec(r, cfg.infer)
     rng = np.random.default_rng(0)
     side = spec["size"] // r.scale
     lq = rng.random((side, side, 3), dtype=np.float32)
-    tiles = RestorerTiles.from_config(r, infer)
-    enhance_image(lq[: side // 2, : side // 2], tiles, infer, key="warm-up")
+    restore(r, lq[: side // 2, : side // 2], sampling)  # warm-up
     _sync(dev)
     t0 = time.perf_counter()
-    out = enhance_image(lq, tiles, infer, key="bench")
+    out = restore(r, lq, sampling)
     _sync(dev)
     sec = time.perf_counter() - t0
     return {
         "model": source,
         "formulation": r.diffusion_cfg.formulation,
         "params": n_params(r.unet),
-        "infer": {
-            k: getattr(infer, k)
-            for k in (
-                "sampler",
-                "steps",
-                "samples",
-                "tile",
-                "tile_overlap",
-                "tile_batch",
-                "precision",
-            )
-        },  # fmt: skip
+        "infer": sampling.describe(),  # the resolved SamplingSpec
         "input_px": side,
         "output_px": out.shape[0],
         "seconds_per_image": sec,
@@ -414,7 +402,7 @@ def markdown(res: dict[str, Any]) -> str:
     e = res.get("enhance")
     if e:
         lines += [
-            f"- product path (`infer.enhance_image`, {e['model']}, formulation "
+            f"- product path (`restore.restore`, {e['model']}, formulation "
             f"{e['formulation']}, infer {e['infer']}): {e['input_px']} -> {e['output_px']} px "
             f"in {e['seconds_per_image']:.3f} s/img, {e['megapixels_per_s']:.4f} MP/s, "
             f"peak {e['peak_mem_mib']:.0f} MiB",
