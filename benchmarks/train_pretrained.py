@@ -157,7 +157,7 @@ def train(
     """Prepare, train with `python -m diffenhance.train`, install into dest/<task>/."""
     import pandas as pd
 
-    from diffenhance.model import read_checkpoint
+    from diffenhance.model import WEIGHTS_NAME, read_checkpoint
 
     ov, manifest = prepare_work(params, task, work, overrides, extra_photos)
     rel = params.relative_to(REPO) if params.is_relative_to(REPO) else params
@@ -170,11 +170,11 @@ def train(
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
     wall = time.perf_counter() - t0
     src = work / "models" / task
-    _, meta = read_checkpoint(src / "model.safetensors")
+    _, meta = read_checkpoint(src / WEIGHTS_NAME)
     log = pd.read_csv(src / "train_log.csv")
     out = dest / task
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / "model.safetensors", out / "model.safetensors")
+    shutil.copyfile(src / WEIGHTS_NAME, out / WEIGHTS_NAME)
     shutil.copyfile(src / "train_log.csv", out / "train_log.csv")
     cfg = load_config(params, [*ov, *overrides])
     val = log.dropna(subset=["val_psnr"])
@@ -207,7 +207,7 @@ def train(
             ]
         ),  # fmt: skip
         "train_command": shlex.join(["python", *cmd[1:]]),
-        "size_bytes": (out / "model.safetensors").stat().st_size,
+        "size_bytes": (out / WEIGHTS_NAME).stat().st_size,
     }
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
