@@ -32,6 +32,7 @@ from typing import Any
 
 from diffenhance.config import Config, StorageConfig
 from diffenhance.io import file_sha256, is_temp_name
+from diffenhance.markdown import markdown_table
 from diffenhance.storage import (
     LocalStorage,
     ObjectNotFoundError,
@@ -370,24 +371,19 @@ def publish(
 
 def summary_markdown(result: PublishResult) -> str:
     """A markdown table of per-folder counts (for the Prefect artifact)."""
-    lines = [
-        f"# Publish to `{result.url}`",
-        "",
-        "| folder | local path | objects | uploaded | unchanged | excluded | bytes uploaded |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
+    header = ["folder", "local path", "objects", "uploaded", "unchanged", "excluded"]
+    header.append("bytes uploaded")
+    rows: list[list[Any]] = []
     for s in result.sources:
-        if s.missing:
-            lines.append(f"| `{s.name}/` | `{s.path}` | missing | | | | |")
-        else:
-            lines.append(
-                f"| `{s.name}/` | `{s.path}` | {len(s.objects)} | {s.uploaded} | {s.skipped} "
-                f"| {s.excluded} | {s.bytes_uploaded} |"
-            )
+        counts = [len(s.objects), s.uploaded, s.skipped, s.excluded, s.bytes_uploaded]
+        cells = ["missing", "", "", "", ""] if s.missing else counts
+        rows.append([f"`{s.name}/`", f"`{s.path}`", *cells])
     m = result.manifest
+    totals = [len(m["objects"]), result.uploaded, result.skipped, "", result.bytes_uploaded]
+    rows.append(["**total**", "", *totals])
+    lines = [f"# Publish to `{result.url}`", ""]
+    lines += markdown_table(header, rows, align="llrrrrr")
     lines += [
-        f"| **total** | | {len(m['objects'])} | {result.uploaded} | {result.skipped} | | "
-        f"{result.bytes_uploaded} |",
         "",
         f"Manifest `{result.manifest_key}`: "
         + ("written" if result.manifest_written else "unchanged (nothing new to publish)")
