@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from _common import card_name, cpu_name, git_commit  # benchmarks/_common.py
+from _common import card_name, cpu_name, git_commit, write_val_pairs  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -113,7 +113,6 @@ def prepare_work(
     photos of extra_photos.py to the training split (the validation photos stay the bundled
     ones)."""
     from diffenhance.data import prepare_dataset
-    from diffenhance.data.pairs import select_val_crops, write_pair, write_pairs_csv
 
     ov = [
         f"data.raw_dir={work / 'raw'}",
@@ -129,13 +128,7 @@ def prepare_work(
             raise ValueError(f"--extra-photos adds to data.source=samples, not {cfg.data.source}")
         fetch_extra_photos(work / "raw" / "samples" / "train")
     manifest = prepare_dataset(cfg.data)
-    rows = [
-        write_pair(
-            work / "prepared" / r.crop_path, r.crop_sha256, task, cfg.degrade, work / "degraded"
-        )
-        for r in select_val_crops(manifest, cfg.degrade.val_max_images).itertuples()
-    ]
-    write_pairs_csv(rows, work / "degraded" / task)
+    write_val_pairs(cfg, manifest, task, cfg.degrade.val_max_images)
     return ov, manifest
 
 
