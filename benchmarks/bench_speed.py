@@ -297,11 +297,11 @@ def bench_enhance(spec: dict[str, Any]) -> dict[str, Any]:
     """Our product path: `restore.restore` at the params.yaml infer defaults (fresh process)."""
     import numpy as np
 
-    from diffenhance.model import build_restorer, load_restorer
+    from diffenhance.model import WEIGHTS_NAME, build_restorer, load_restorer
     from diffenhance.restore import restore, sampling_spec
 
     dev, cfg, rss0 = _worker_setup(spec)
-    if (PRETRAINED_SR4 / "model.safetensors").is_file():
+    if (PRETRAINED_SR4 / WEIGHTS_NAME).is_file():
         r, source = load_restorer(PRETRAINED_SR4, dev), "models/pretrained/sr4"
     else:
         r = build_restorer(cfg.model, cfg.diffusion, "sr4", cfg.degrade).to(dev)

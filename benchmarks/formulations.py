@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import git_commit  # benchmarks/_common.py
+from _common import git_commit, write_val_pairs  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -44,7 +44,6 @@ from diffenhance.metrics import hf_energy_ratio, mean_psnr, psnr, ssim  # noqa: 
 def prepare(work: Path, overrides: list[str], val_images: int) -> list[str]:
     """Prepare the bundled photos and the sr4 validation pairs under `work`; return overrides."""
     from diffenhance.data import prepare_dataset
-    from diffenhance.data.pairs import select_val_crops, write_pair, write_pairs_csv
 
     ov = [
         f"data.raw_dir={work / 'raw'}",
@@ -55,14 +54,7 @@ def prepare(work: Path, overrides: list[str], val_images: int) -> list[str]:
         *overrides,
     ]
     cfg = load_config(REPO / "params.yaml", ov)
-    manifest = prepare_dataset(cfg.data)
-    rows = [
-        write_pair(
-            work / "prepared" / r.crop_path, r.crop_sha256, "sr4", cfg.degrade, work / "degraded"
-        )
-        for r in select_val_crops(manifest, val_images).itertuples()
-    ]
-    write_pairs_csv(rows, work / "degraded" / "sr4")
+    write_val_pairs(cfg, prepare_dataset(cfg.data), "sr4", val_images)
     return ov
 
 

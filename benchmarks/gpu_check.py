@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import git_commit, train_step  # benchmarks/_common.py
+from _common import git_commit, train_step, write_val_pairs  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -101,7 +101,6 @@ def _train_in(work: Path, dev: torch.device, steps: int, crop: int, batch: int, 
     import pandas as pd
 
     from diffenhance.data import prepare_dataset
-    from diffenhance.data.pairs import select_val_crops, write_pair, write_pairs_csv
     from diffenhance.train import train_task
 
     cfg = load_config(
@@ -124,14 +123,7 @@ def _train_in(work: Path, dev: torch.device, steps: int, crop: int, batch: int, 
             f"train.num_workers={min(8, os.cpu_count() or 1) if dev.type == 'cuda' else 0}",
         ],
     )
-    manifest = prepare_dataset(cfg.data)
-    rows = [
-        write_pair(
-            work / "prepared" / r.crop_path, r.crop_sha256, "sr4", cfg.degrade, work / "degraded"
-        )
-        for r in select_val_crops(manifest, 4).itertuples()
-    ]
-    write_pairs_csv(rows, work / "degraded" / "sr4")
+    write_val_pairs(cfg, prepare_dataset(cfg.data), "sr4", 4)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

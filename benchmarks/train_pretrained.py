@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from _common import card_name, cpu_name, git_commit  # benchmarks/_common.py
+from _common import card_name, cpu_name, git_commit, write_val_pairs  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -113,7 +113,6 @@ def prepare_work(
     photos of extra_photos.py to the training split (the validation photos stay the bundled
     ones)."""
     from diffenhance.data import prepare_dataset
-    from diffenhance.data.pairs import select_val_crops, write_pair, write_pairs_csv
 
     ov = [
         f"data.raw_dir={work / 'raw'}",
@@ -129,13 +128,7 @@ def prepare_work(
             raise ValueError(f"--extra-photos adds to data.source=samples, not {cfg.data.source}")
         fetch_extra_photos(work / "raw" / "samples" / "train")
     manifest = prepare_dataset(cfg.data)
-    rows = [
-        write_pair(
-            work / "prepared" / r.crop_path, r.crop_sha256, task, cfg.degrade, work / "degraded"
-        )
-        for r in select_val_crops(manifest, cfg.degrade.val_max_images).itertuples()
-    ]
-    write_pairs_csv(rows, work / "degraded" / task)
+    write_val_pairs(cfg, manifest, task, cfg.degrade.val_max_images)
     return ov, manifest
 
 
@@ -157,7 +150,7 @@ def train(
     """Prepare, train with `python -m diffenhance.train`, install into dest/<task>/."""
     import pandas as pd
 
-    from diffenhance.model import read_checkpoint
+    from diffenhance.model import WEIGHTS_NAME, read_checkpoint
 
     ov, manifest = prepare_work(params, task, work, overrides, extra_photos)
     rel = params.relative_to(REPO) if params.is_relative_to(REPO) else params
@@ -170,11 +163,11 @@ def train(
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
     wall = time.perf_counter() - t0
     src = work / "models" / task
-    _, meta = read_checkpoint(src / "model.safetensors")
+    _, meta = read_checkpoint(src / WEIGHTS_NAME)
     log = pd.read_csv(src / "train_log.csv")
     out = dest / task
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / "model.safetensors", out / "model.safetensors")
+    shutil.copyfile(src / WEIGHTS_NAME, out / WEIGHTS_NAME)
     shutil.copyfile(src / "train_log.csv", out / "train_log.csv")
     cfg = load_config(params, [*ov, *overrides])
     val = log.dropna(subset=["val_psnr"])
@@ -207,7 +200,7 @@ def train(
             ]
         ),  # fmt: skip
         "train_command": shlex.join(["python", *cmd[1:]]),
-        "size_bytes": (out / "model.safetensors").stat().st_size,
+        "size_bytes": (out / WEIGHTS_NAME).stat().st_size,
     }
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

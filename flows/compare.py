@@ -12,6 +12,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from diffenhance.config import load_config, write_resolved
+from diffenhance.markdown import markdown_table
 from flows.common import run_stage, stage_logger
 from tasks.compare import compare_formulations, compare_report
 
@@ -24,13 +25,13 @@ def compare(params: str = "params.yaml", overrides: list[str] | None = None) -> 
     comp = compare_formulations(cfg)
     html = compare_report(cfg)
     write_resolved(cfg, cfg.compare.out_dir, ["degrade", "infer", "compare"])
-    lines = [f"# Formulations on `{cfg.compare.task}`", "", "| check | measured | bar | |",
-             "|---|---|---|---|"]  # fmt: skip
+    rows = []
     for c in comp.protocol["checks"]:
-        lines.append(f"| {c['check']} | {c['value']:.3f} | {c['bar']:.2f} | "
-                     f"{'met' if c['met'] else 'missed'} |")  # fmt: skip
-        log.info("compare: %s = %.3f (bar %.2f): %s", c["check"], c["value"], c["bar"],
-                 "met" if c["met"] else "missed")  # fmt: skip
+        verdict = "met" if c["met"] else "missed"
+        rows.append([c["check"], f"{c['value']:.3f}", f"{c['bar']:.2f}", verdict])
+        log.info("compare: %s = %.3f (bar %.2f): %s", c["check"], c["value"], c["bar"], verdict)
+    lines = [f"# Formulations on `{cfg.compare.task}`", ""]
+    lines += markdown_table(["check", "measured", "bar", ""], rows)
     lines += ["", f"Report: `{html}`"]
     create_markdown_artifact(key="compare-formulations", markdown="\n".join(lines) + "\n",
                              description="formulations at equal budget")  # fmt: skip

@@ -6,12 +6,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pandas as pd
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from diffenhance.config import load_config, write_resolved
-from diffenhance.data import pairs
+from diffenhance.data import load_manifest, pairs
+from diffenhance.data.prepare import MANIFEST
 from flows.common import run_stage, stage_logger
 from tasks.data import degrade_pair
 
@@ -22,10 +22,9 @@ def degrade(params: str = "params.yaml", overrides: list[str] | None = None) -> 
     cfg = load_config(params, overrides or [])
     log = stage_logger()
     prepared = Path(cfg.data.prepared_dir)
-    manifest = pd.read_csv(prepared / "manifest.csv")
-    crops = pairs.select_val_crops(manifest, cfg.degrade.val_max_images)
+    crops = pairs.select_val_crops(load_manifest(prepared), cfg.degrade.val_max_images)
     if crops.empty:
-        raise RuntimeError(f"{prepared / 'manifest.csv'} has no validation crops (split == 'val')")
+        raise RuntimeError(f"{prepared / MANIFEST} has no validation crops (split == 'val')")
     out_dir = Path(cfg.degrade.out_dir)
     written = []
     for task_name in cfg.degrade.tasks:

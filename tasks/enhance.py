@@ -9,6 +9,7 @@ from prefect.cache_policies import NONE
 
 from diffenhance.config import Config
 from diffenhance.enhance import Job, Shard, run_shard
+from diffenhance.markdown import markdown_table
 
 
 @task(
@@ -40,14 +41,15 @@ def summary_markdown(summary: dict[str, Any], max_rows: int = 50) -> str:
         ("images/s", summary["images_per_s"]),
         ("output megapixels/s", summary["megapixels_per_s"]),
     ]
-    md = ["# Enhancement summary", "", "| | |", "|---|---|"]
-    md += [f"| {k} | {v} |" for k, v in rows]
+    md = ["# Enhancement summary", "", *markdown_table(["", ""], rows)]
     bad = [(f["key"], f["reason"]) for f in summary["failures"]]
     bad += [(f"shard {e['shard_id']}", e["reason"]) for e in summary["shard_errors"]]
     bad += [(f["key"], f["reason"]) for f in summary["ignored"]]
     if bad:
-        md += ["", "## Failed and ignored files", "", "| file | reason |", "|---|---|"]
-        md += [f"| `{k}` | {r.replace('|', '/')} |" for k, r in bad[:max_rows]]
+        md += ["", "## Failed and ignored files", ""]
+        md += markdown_table(
+            ["file", "reason"], [(f"`{k}`", r.replace("|", "/")) for k, r in bad[:max_rows]]
+        )
         if len(bad) > max_rows:
             md.append(f"\n... and {len(bad) - max_rows} more (see _diffenhance/summary.json)")
     return "\n".join(md)

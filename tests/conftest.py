@@ -54,3 +54,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def umask_022():
+    """Run with umask 022 (restored afterwards): a plain `open(path, "w")` then makes 0644."""
+    old = os.umask(0o022)
+    try:
+        yield 0o022
+    finally:
+        os.umask(old)

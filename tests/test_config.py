@@ -1,3 +1,4 @@
+import stat
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,12 @@ def test_frozen_and_resolved_roundtrip(tmp_path):
     assert again == cfg
     assert cfg.digest() == again.digest()
     assert cfg.digest("model") != load_config(None, ["model.base_channels=8"]).digest("model")
+
+
+def test_resolved_config_is_written_atomically_with_the_umask_mode(tmp_path, umask_022):
+    out = write_resolved(load_config(None, []), tmp_path / "stage", ["train"])
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert [p.name for p in out.parent.iterdir()] == ["params.resolved.yaml"]  # no temp file
 
 
 def test_section_from_dict_validates():

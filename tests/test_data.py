@@ -440,3 +440,16 @@ def test_package_reexports() -> None:
 
     assert d.prepare_dataset is prepare.prepare_dataset and d.SAMPLE_SPLIT["rocket"] == "val"
     assert os.path.basename(d.__file__) == "__init__.py"
+
+
+def test_one_manifest_loader_and_one_file_hash(tmp_path: Path) -> None:
+    """load_manifest (what train and degrade read the manifest with) keeps hashes as text, even
+    all-digit ones, and says which stage to run; the package's file_sha256 is io's."""
+    import diffenhance.data as d
+    from diffenhance import io
+
+    with pytest.raises(FileNotFoundError, match=r"dvc repro prepare"):
+        prepare.load_manifest(tmp_path)
+    (tmp_path / prepare.MANIFEST).write_text("crop_path,split,crop_sha256\nval/a.png,val,0123\n")
+    assert prepare.load_manifest(tmp_path)["crop_sha256"].tolist() == ["0123"]
+    assert d.file_sha256 is folder.file_sha256 is io.file_sha256

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 from diffenhance.cli import app
 from diffenhance.config import load_config
 from diffenhance.enhance import MANIFEST_DIR, SUMMARY_KEY, plan_job, run_job, run_shard
-from diffenhance.io import read_image, read_image_info, write_image
+from diffenhance.io import read_image, read_image_info, temp_name, write_image
 from diffenhance.storage import open_storage
 from tests.conftest import REPO
 from tests.enhance_helpers import IdentityTiles, random_checkpoint, write_inputs
@@ -150,6 +151,27 @@ def test_folder_with_corrupt_and_non_image_files_completes_and_names_each(tmp_pa
     assert summary["images_per_s"] > 0 and summary["megapixels_per_s"] > 0
     assert sorted(images(out)) == ["photo.jpg", "sub0/img0.png", "sub0/img2.png", "sub1/img1.png"]
     assert read_image(out / "sub0/img2.png").shape == (2, 80, 3)  # 1-pixel strip, x2
+
+
+def test_outputs_manifests_and_summary_get_the_umask_mode(
+    tmp_path, ckpt, params, umask_022
+) -> None:
+    """Everything a run writes is 0644 at umask 022 (not the 0600 of a private temp file), and
+    the temp files a killed writer left beside an output it redoes are swept."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(inp, [(12, 12)] * 4)
+    stale = out / "sub0" / temp_name("img0.png")  # a killed writer's; img0 is still to do
+    kept = out / "sub0" / temp_name("notes.txt")  # not an output of this run: left alone
+    for p in (stale, kept):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half")
+    summary = run_job(config(params, inp, out, ckpt), model=IdentityTiles(scale=2))
+    assert summary["enhanced"] == 4 and summary["shards"] == 2
+    assert not stale.exists() and kept.exists()
+    made = [p for p in out.rglob("*") if p.is_file() and p != kept]
+    assert {p.relative_to(out).as_posix() for p in made} >= {SUMMARY_KEY, "sub0/img0.png"}
+    assert len(list((out / MANIFEST_DIR).glob("*.json"))) == 2
+    assert {p: stat.S_IMODE(p.stat().st_mode) for p in made} == dict.fromkeys(made, 0o644)
 
 
 # ----------------------------------------------------------------------------- formats

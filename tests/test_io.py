@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -16,10 +18,15 @@ from diffenhance.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     ImageWriteError,
+    atomic_open,
     atomic_path,
     atomic_write_bytes,
+    file_sha256,
+    is_temp_name,
     read_image,
     read_image_info,
+    temp_files,
+    temp_name,
     to_uint8,
     to_uint16,
     write_image,
@@ -350,3 +357,64 @@ def test_atomic_helpers(tmp_path: Path) -> None:
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert _no_tmp_left(target.parent)
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path: Path, umask_022: int) -> None:
+    """The temp file renamed into place must not keep a private mode: 0o666 & ~umask."""
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    old = tmp_path / "old.bin"  # left 0600 by an earlier version: rewritten with the umask's
+    old.write_bytes(b"old")
+    old.chmod(0o600)
+    atomic_write_bytes(tmp_path / "a.bin", b"x")
+    atomic_write_bytes(old, b"new")
+    with atomic_open(tmp_path / "b.bin") as f:
+        f.write(b"x")
+    with atomic_path(tmp_path / "c.txt") as tmp:
+        tmp.write_text("x")
+    write_image(tmp_path / "d.png", np.zeros((4, 4, 3)))
+    written = ["a.bin", "old.bin", "b.bin", "c.txt", "d.png"]
+    assert {n: _mode(tmp_path / n) for n in written} == dict.fromkeys(written, 0o644)
+    assert _mode(plain) == 0o644
+    os.umask(0o027)  # the umask decides, not a fixed mode
+    atomic_write_bytes(tmp_path / "e.bin", b"x")
+    assert _mode(tmp_path / "e.bin") == 0o640
+    assert _no_tmp_left(tmp_path)
+
+
+def test_atomic_open_replaces_only_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "x.bin"
+    with atomic_open(target) as f:
+        assert is_temp_name(Path(f.name).name) and Path(f.name).parent == target.parent
+        f.write(b"one")
+    with pytest.raises(RuntimeError), atomic_open(target) as f:
+        f.write(b"two")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"one" and _no_tmp_left(target.parent)
+
+
+def test_temp_names_are_recognised_and_found_per_target(tmp_path: Path) -> None:
+    target = tmp_path / "img.png"
+    mine = tmp_path / temp_name(target.name)
+    other = tmp_path / temp_name("img.png.x")  # another target's temp file
+    long_target = tmp_path / ("n" * 150 + ".png")  # names are cut to 100 characters
+    long_tmp = tmp_path / temp_name(long_target.name)
+    for p in (mine, other, long_tmp, target):
+        p.write_bytes(b"")
+    assert all(is_temp_name(p.name) for p in (mine, other, long_tmp))
+    assert not any(is_temp_name(n) for n in ("img.png", ".hidden.png", "x.tmp"))
+    assert mine.name != temp_name(target.name)  # fresh every time
+    assert temp_files(target) == [mine]
+    assert temp_files(long_target) == [long_tmp]
+    assert temp_files(tmp_path / "missing" / "x.png") == []
+
+
+def test_file_sha256_streams_in_blocks(tmp_path: Path) -> None:
+    data = RNG.bytes(10_000)
+    (tmp_path / "f").write_bytes(data)
+    want = hashlib.sha256(data).hexdigest()
+    assert file_sha256(tmp_path / "f") == file_sha256(str(tmp_path / "f"), chunk=999) == want

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -141,6 +142,17 @@ def test_local_default_never_publishes_itself(tmp_path: Path) -> None:
     second = publish(cfg, root=repo)
     assert (second.uploaded, second.skipped, second.manifest_written) == (0, 5, False)
     assert {p: p.stat().st_mtime_ns for p in [*dest.rglob("*"), copy]} == stamps  # untouched
+
+
+def test_local_publish_gives_files_the_umask_mode(tmp_path: Path, umask_022: int) -> None:
+    """Published files (model.safetensors too), the manifest and its copy: 0644 at umask 022,
+    as `cp` would make them, not the 0600 of a private temp file."""
+    repo = make_repo(tmp_path / "repo")
+    publish(config(repo, "results/published"), root=repo)
+    dest = repo / "results/published"
+    made = [p for p in dest.rglob("*") if p.is_file()] + [repo / "results/publish-manifest.json"]
+    assert dest / "models/sr4/model.safetensors" in made and len(made) == len(PUBLISHED) + 2
+    assert {p: stat.S_IMODE(p.stat().st_mode) for p in made} == dict.fromkeys(made, 0o644)
 
 
 def test_missing_folders_and_nothing_to_publish(tmp_path: Path) -> None:

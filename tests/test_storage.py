@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from diffenhance.config import StorageConfig
+from diffenhance.io import is_temp_name, temp_name
 from diffenhance.storage import (
     LocalStorage,
     ObjectNotFoundError,
@@ -26,8 +28,12 @@ from diffenhance.storage import (
     Storage,
     StorageError,
     UnsafeKeyError,
+    is_local,
+    local_path,
+    normalize_url,
     open_storage,
     safe_key,
+    split_url,
 )
 from tests.s3server import FaultProxy, SeaweedS3, listening_addresses
 
@@ -174,6 +180,44 @@ def test_roundtrip_folder_local(tmp_path: Path) -> None:
     store.delete("run/top level.txt")  # idempotent
     assert not store.exists("run/top level.txt")
     assert not [p for p in (tmp_path / "published").rglob("*") if ".diffenhance-tmp-" in p.name]
+
+
+def test_local_files_get_the_umask_mode(store: Storage, tmp_path: Path, umask_022: int) -> None:
+    """Stored (local backend) and downloaded files: 0o666 & ~umask, as a plain open gives."""
+    src = write_tree(tmp_path / "src", {"a/f.bin": b"file", "g.bin": b"g"})
+    store.write_bytes("w.bin", b"bytes")
+    store.upload_file(src / "g.bin", "u.bin")
+    store.upload_dir(src, "dir")
+    store.download_file("w.bin", tmp_path / "got" / "w.bin")
+    store.download_dir("dir", tmp_path / "got" / "dir")
+    made = list((tmp_path / "got").rglob("*.bin"))
+    if isinstance(store, LocalStorage):
+        made += list(store.root.rglob("*.bin"))
+    assert len(made) == 3 + 4 * isinstance(store, LocalStorage)
+    assert {p: stat.S_IMODE(p.stat().st_mode) for p in made} == dict.fromkeys(made, 0o644)
+    everything = [*tmp_path.rglob("*")]
+    assert not [p for p in everything if is_temp_name(p.name)]
+
+
+def test_local_listing_skips_half_written_files(tmp_path: Path) -> None:
+    store = open_storage(str(tmp_path / "s"))
+    store.write_bytes("d/a.png", b"a")
+    (tmp_path / "s" / "d" / temp_name("b.png")).write_bytes(b"half")
+    assert [o.key for o in store.list("")] == ["d/a.png"]
+
+
+def test_one_location_parser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert is_local("out/x") and is_local("FILE:///tmp/x") and not is_local("s3://b/p")
+    assert local_path("file:///tmp/x") == Path("/tmp/x") == local_path("/tmp/x")
+    assert split_url("in/a.png") == ("in", "a.png")
+    assert split_url("s3://bucket/p/a.png") == ("s3://bucket/p", "a.png")
+    assert split_url("s3://bucket/p/") == ("s3://bucket", "p")
+    assert split_url("s3://bucket") is None and split_url("in/") is None
+    assert normalize_url("out/") == normalize_url(f"file://{tmp_path}/out") == str(tmp_path / "out")
+    assert normalize_url("s3://b/p/") == "s3://b/p"
+    store = open_storage(f"file://{tmp_path}/out")
+    assert isinstance(store, LocalStorage) and store.root == tmp_path / "out"
 
 
 def test_multipart_upload(s3_env: SeaweedS3, s3_prefix: str, tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ from diffenhance.evaluate import (
 )
 from diffenhance.io import atomic_path, read_image, write_image
 from diffenhance.metrics import protocol_for_task
-from diffenhance.model import Restorer
+from diffenhance.model import WEIGHTS_NAME, Restorer
 from diffenhance.report import HF_LABEL, fmt_metric, html_page, html_table, signed_metric
 from diffenhance.report_plots import crop_figure, plot_formulation_curves
 from diffenhance.restore import restore, sampling_spec
@@ -68,7 +68,7 @@ BASELINE_MARGIN_DB = 1.0  # fidelity end >= bicubic PSNR-Y + 1 dB
 
 def model_path(cfg: Config, formulation: str) -> Path:
     """Where `train_compare@<formulation>` writes its model."""
-    return Path(cfg.compare.models_dir) / formulation / cfg.compare.task / "model.safetensors"
+    return Path(cfg.compare.models_dir) / formulation / cfg.compare.task / WEIGHTS_NAME
 
 
 def train_overrides(cfg: Config, formulation: str) -> list[str]:

@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 
+from diffenhance.io import atomic_path
+
 Task = Literal["sr2", "sr4", "denoise", "jpeg", "blind"]
 TASKS: tuple[str, ...] = get_args(Task)
 
@@ -534,8 +536,6 @@ def write_resolved(cfg: Config, out_dir: str | Path, sections: typing.Iterable[s
     if sections:
         d = {k: d[k] for k in sections}
     out = Path(out_dir) / "params.resolved.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(yaml.safe_dump(d, sort_keys=False))
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(yaml.safe_dump(d, sort_keys=False))
     return out

@@ -40,8 +40,24 @@ from pathlib import Path
 from typing import Any
 
 from diffenhance.config import Config, to_dict
-from diffenhance.io import ImageReadError, read_image, read_image_info, write_image
-from diffenhance.storage import LocalStorage, ObjectInfo, Storage, open_storage
+from diffenhance.io import (
+    ImageReadError,
+    file_sha256,
+    read_image,
+    read_image_info,
+    temp_files,
+    write_image,
+)
+from diffenhance.storage import (
+    LocalStorage,
+    ObjectInfo,
+    Storage,
+    is_local,
+    local_path,
+    normalize_url,
+    open_storage,
+    split_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +134,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def output_params(cfg: Config) -> dict[str, Any]:
     """The settings that change output pixels or files (not tile_batch, device or workers)."""
     infer = {k: v for k, v in to_dict(cfg.infer).items() if k not in ("tile_batch", "device")}
@@ -168,15 +175,15 @@ def model_file(path: str | os.PathLike) -> Path:
     shipped model `models/pretrained/<task>`, so enhancement works before any training.
     """
     from diffenhance.config import TASKS
-    from diffenhance.model import WEIGHTS_NAME
+    from diffenhance.model import WEIGHTS_NAME, weights_path
 
     p = Path(path)
-    f = p / WEIGHTS_NAME if p.is_dir() else p
+    f = weights_path(p)
     if not f.is_file() and p.name in TASKS and p.parent in (Path("."), Path("models")):
         shipped = pretrained_model(p.name)
         if shipped is not None:
             log.info("%s has no trained model: using the shipped %s", p, shipped)
-            f = shipped / WEIGHTS_NAME
+            f = weights_path(shipped)
     if not f.is_file():
         raise EnhanceError(
             f"{p}: no model here (expected a model dir with {WEIGHTS_NAME} or a .safetensors "
@@ -193,29 +200,6 @@ def model_sha256(path: str | os.PathLike) -> str:
     if k not in _HASH_CACHE:
         _HASH_CACHE[k] = file_sha256(f)
     return _HASH_CACHE[k]
-
-
-def _split_url(url: str) -> tuple[str, str] | None:
-    """'root/name' -> (root, name) for a URL or path with at least one component."""
-    if _is_local(url):
-        p = _local_path(url)
-        return (str(p.parent), p.name) if p.name and not url.endswith("/") else None
-    head, sep, name = url.rstrip("/").rpartition("/")
-    if not sep or not name or head.endswith(":/") or head.endswith(":"):
-        return None
-    return head, name
-
-
-def _is_local(url: str) -> bool:
-    return "://" not in url or url.lower().startswith("file://")
-
-
-def _local_path(url: str) -> Path:
-    return Path(url[7:] if url.lower().startswith("file://") else url)
-
-
-def _norm(url: str) -> str:
-    return str(_local_path(url).resolve()) if _is_local(url) else url.rstrip("/")
 
 
 def _output_key(key: str, fmt: str) -> str:
@@ -240,14 +224,14 @@ def _hidden(key: str) -> bool:
 def _resolve_input(url: str, cfg: Config) -> tuple[str, str | None]:
     """(input root, the one key when the input is a single file, else None)."""
     exts = tuple(e.lower() for e in cfg.enhance.extensions)
-    if _is_local(url):
-        p = _local_path(url)
+    if is_local(url):
+        p = local_path(url)
         if p.is_file():
             return str(p.parent), p.name
         if not p.is_dir():
             raise EnhanceError(f"{url}: input not found; give a folder, an image or s3://...")
         return url, None
-    split = _split_url(url)
+    split = split_url(url)
     if split and Path(split[1]).suffix.lower() in exts:
         store = open_storage(split[0], cfg.storage)
         if store.exists(split[1]):
@@ -292,14 +276,14 @@ def plan_job(cfg: Config) -> Job:
     in_url, single_key = _resolve_input(e.input, cfg)
     out_url, single_out = e.output, None
     if single_key is not None:
-        split = _split_url(e.output)
+        split = split_url(e.output)
         if split and Path(split[1]).suffix.lower() in WRITABLE_SUFFIXES:
             out_url, single_out = split
-    if _norm(in_url) == _norm(out_url) and single_key is None:
+    if normalize_url(in_url) == normalize_url(out_url) and single_key is None:
         raise EnhanceError(f"enhance.output {e.output!r} is the input folder; choose another one")
     excluded = ""  # the output's place inside the input, when it is there
-    if _norm(out_url).startswith(_norm(in_url) + "/"):
-        excluded = _norm(out_url)[len(_norm(in_url)) + 1 :] + "/"
+    if normalize_url(out_url).startswith(normalize_url(in_url) + "/"):
+        excluded = normalize_url(out_url)[len(normalize_url(in_url)) + 1 :] + "/"
 
     in_store = open_storage(in_url, cfg.storage)
     out_store = open_storage(out_url, cfg.storage)
@@ -414,10 +398,8 @@ def _sweep_temp(out: Storage, keys: list[str]) -> None:
     if not isinstance(out, LocalStorage):
         return  # an S3 PUT is atomic: nothing is left behind
     for k in keys:
-        p = Path(out.url_for(k))
-        if p.parent.is_dir():
-            for t in p.parent.glob(f".{p.name[:100]}.*.tmp"):
-                t.unlink(missing_ok=True)
+        for t in temp_files(out.url_for(k)):
+            t.unlink(missing_ok=True)
 
 
 def _own_partial(out: Storage, key: str, job: Job) -> list[dict[str, Any]]:

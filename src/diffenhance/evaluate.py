@@ -52,13 +52,13 @@ import torch
 from PIL import Image
 
 from diffenhance.config import Config
-from diffenhance.data.folder import file_sha256, iter_image_files
+from diffenhance.data.folder import iter_image_files
 from diffenhance.data.pairs import Pair, load_pairs, make_pair
 from diffenhance.degrade import resize, task_scale
 from diffenhance.infer import autocast_dtype as infer_autocast_dtype
-from diffenhance.io import atomic_path, read_image, write_image
+from diffenhance.io import atomic_path, file_sha256, read_image, write_image
 from diffenhance.metrics import Protocol, hf_energy_ratio, mean_psnr, protocol_for_task
-from diffenhance.model import Restorer, load_restorer
+from diffenhance.model import WEIGHTS_NAME, Restorer, load_restorer
 from diffenhance.restore import restore, sampling_spec
 
 METRICS: tuple[str, ...] = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
@@ -384,7 +384,7 @@ def evaluate_task(cfg: Config, task: str, **kw: Any) -> Evaluation:
     """The `evaluate` stage for one task: the model in `<train.out_dir>/<task>/` on the fixed
     validation pairs in `<degrade.out_dir>/<task>/` (at most `evaluate.max_images`, evenly
     spaced by name: `spread`), written to `<evaluate.out_dir>/<task>/`."""
-    model = Path(cfg.train.out_dir) / task / "model.safetensors"
+    model = Path(cfg.train.out_dir) / task / WEIGHTS_NAME
     if not model.is_file():
         raise FileNotFoundError(f"{model}: no trained model; run the `train` stage first")
     pairs_dir = Path(cfg.degrade.out_dir) / task

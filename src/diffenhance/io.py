@@ -5,21 +5,26 @@
   white, and 16-bit PNG/TIFF keep their 16-bit precision. Every failure (missing, empty,
   non-image, truncated, over the pixel limit) raises `ImageReadError` naming file and reason.
 * `write_image` encodes such an array by the path's suffix, 8 or 16 bits per channel.
-* `atomic_path` / `atomic_write_bytes` write through a hidden temporary file in the target's
-  directory that is fsync'ed and renamed onto the target, so readers never see partial files.
+* `atomic_path` / `atomic_open` / `atomic_write_bytes` write through a hidden temporary file
+  in the target's directory (named by `temp_name`, recognised by `is_temp_name`) that is
+  fsync'ed and renamed onto the target, so readers never see partial files. The result has the
+  permissions a plain `open(path, "w")` gives a new file (0o666 minus the umask).
+* `file_sha256` is the one content hash of a file every module uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import secrets
 import struct
 import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import tifffile
@@ -254,14 +259,54 @@ def read_image_info(path: PathLike) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- writing
+_TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{8}\.tmp")
+
+
+def temp_name(name: str) -> str:
+    """A fresh hidden temporary file name for an atomic write of a file called `name`:
+    ``.<name, at most 100 chars>.<8 hex digits>.tmp``."""
+    return f".{name[:100]}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a half-written file of an atomic write: a hidden name ending in ``.tmp``
+    (every `temp_name`). Listings, sweeps and publishing skip such files."""
+    return name.startswith(".") and name.endswith(_TEMP_SUFFIX)
+
+
+def temp_files(path: PathLike) -> list[Path]:
+    """The temporary files that atomic writes of `path` left beside it (a killed writer),
+    sorted; [] when there are none or the folder does not exist."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    stem = target.name[:100]
+    return sorted(
+        p
+        for p in target.parent.iterdir()
+        if (m := _TEMP_NAME.fullmatch(p.name)) is not None and m["target"] == stem
+    )
+
+
+def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in `chunk`-byte blocks (memory bounded)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path (same directory, hidden, ``.tmp`` suffix, not yet created) to
     write to; on clean exit it is fsync'ed and renamed onto `path`. On any exception the
-    temporary file is removed and `path` is left untouched. Parent directories are created."""
+    temporary file is removed and `path` is left untouched. Parent directories are created.
+    Create the file with a plain `open` (as every writer does), so it gets the umask's mode."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name[:100]}.{secrets.token_hex(4)}.tmp")
+    tmp = target.with_name(temp_name(target.name))
     try:
         yield tmp
         _fsync(tmp)
@@ -272,6 +317,14 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         raise
     with contextlib.suppress(OSError):  # persist the rename; not possible on every platform
         _fsync(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
+    """Yield a new binary file open for writing (its temporary path is ``f.name``); on clean
+    exit it is closed, fsync'ed and renamed onto `path`, as `atomic_path` does."""
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
+        yield f
 
 
 def _fsync(path: Path) -> None:

@@ -194,10 +194,15 @@ def save_weights(
     return path
 
 
-def _resolve(path: str | Path) -> Path:
+def weights_path(path: str | Path) -> Path:
+    """The weights file a model path names: `<dir>/model.safetensors` (`WEIGHTS_NAME`) for a
+    model dir, else the path itself; whether the file exists is not checked."""
     p = Path(path)
-    if p.is_dir():
-        p = p / WEIGHTS_NAME
+    return p / WEIGHTS_NAME if p.is_dir() else p
+
+
+def _resolve(path: str | Path) -> Path:
+    p = weights_path(path)
     if not p.is_file():
         raise CheckpointError(
             f"{p}: no checkpoint here (expected a .safetensors file or a model dir)"

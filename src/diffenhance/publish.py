@@ -21,7 +21,6 @@ half-written temp files and keys matching `storage.publish_exclude` are never pu
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from diffenhance.config import Config, StorageConfig
+from diffenhance.io import file_sha256, is_temp_name
+from diffenhance.markdown import markdown_table
 from diffenhance.storage import (
     LocalStorage,
     ObjectNotFoundError,
@@ -43,7 +44,6 @@ from diffenhance.storage import (
 
 log = logging.getLogger(__name__)
 MANIFEST_FORMAT = 1
-_IN_PROGRESS = (".*.tmp", ".diffenhance-tmp-*")  # io.atomic_path / storage temp files
 
 
 class PublishError(StorageError):
@@ -144,14 +144,6 @@ def _iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="seconds")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def git_commit(root: str | os.PathLike = ".") -> tuple[str | None, bool | None]:
     """(HEAD commit hex, has uncommitted changes to tracked files) of the repo at `root`;
     (None, None) outside a git repository or without git."""
@@ -202,7 +194,7 @@ def _files(local_dir: Path, skip: set[Path]) -> list[tuple[str, Path]]:
         dirnames[:] = sorted(d for d in dirnames if Path(dirpath, d).resolve() not in skip)
         for name in sorted(filenames):
             path = Path(dirpath, name)
-            if any(fnmatch.fnmatchcase(name, p) for p in _IN_PROGRESS):
+            if is_temp_name(name):  # an atomic write in progress
                 continue
             if path.resolve() in skip:
                 continue
@@ -260,7 +252,7 @@ def publish_source(
             result.excluded += 1
             continue
         try:
-            size, sha = path.stat().st_size, _sha256_file(path)
+            size, sha = path.stat().st_size, file_sha256(path)
         except OSError as e:
             raise PublishError(
                 f"publish {name}/: cannot read {path}: {e.strerror or e}; fix the file or add "
@@ -379,24 +371,19 @@ def publish(
 
 def summary_markdown(result: PublishResult) -> str:
     """A markdown table of per-folder counts (for the Prefect artifact)."""
-    lines = [
-        f"# Publish to `{result.url}`",
-        "",
-        "| folder | local path | objects | uploaded | unchanged | excluded | bytes uploaded |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
+    header = ["folder", "local path", "objects", "uploaded", "unchanged", "excluded"]
+    header.append("bytes uploaded")
+    rows: list[list[Any]] = []
     for s in result.sources:
-        if s.missing:
-            lines.append(f"| `{s.name}/` | `{s.path}` | missing | | | | |")
-        else:
-            lines.append(
-                f"| `{s.name}/` | `{s.path}` | {len(s.objects)} | {s.uploaded} | {s.skipped} "
-                f"| {s.excluded} | {s.bytes_uploaded} |"
-            )
+        counts = [len(s.objects), s.uploaded, s.skipped, s.excluded, s.bytes_uploaded]
+        cells = ["missing", "", "", "", ""] if s.missing else counts
+        rows.append([f"`{s.name}/`", f"`{s.path}`", *cells])
     m = result.manifest
+    totals = [len(m["objects"]), result.uploaded, result.skipped, "", result.bytes_uploaded]
+    rows.append(["**total**", "", *totals])
+    lines = [f"# Publish to `{result.url}`", ""]
+    lines += markdown_table(header, rows, align="llrrrrr")
     lines += [
-        f"| **total** | | {len(m['objects'])} | {result.uploaded} | {result.skipped} | | "
-        f"{result.bytes_uploaded} |",
         "",
         f"Manifest `{result.manifest_key}`: "
         + ("written" if result.manifest_written else "unchanged (nothing new to publish)")

@@ -29,6 +29,7 @@ import pandas as pd
 from diffenhance.config import ReportConfig
 from diffenhance.evaluate import Evaluation, load_evaluation
 from diffenhance.io import atomic_path
+from diffenhance.markdown import markdown_table
 from diffenhance.metrics import PSNR_CAP_DB
 from diffenhance.report_plots import (
     crop_figure,
@@ -134,14 +135,13 @@ def summary_items(ev: Evaluation) -> list[tuple[str, str]]:
 def summary_markdown(ev: Evaluation, report_path: str | Path | None = None) -> str:
     """Markdown summary (for a Prefect artifact): protocol, headline metrics, deltas."""
     lines = [f"# Evaluation of `{ev.protocol['task']}`", ""]
-    lines += ["| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in summary_items(ev)]
-    lines += ["", "| method | " + " | ".join(METRIC_LABELS.values()) + f" | {HF_LABEL} | s/image |"]
-    lines += ["|---" * (len(METRIC_LABELS) + 3) + "|"]
+    lines += markdown_table(["", ""], summary_items(ev))
+    rows = []
     for r in method_table(ev):
         vals = [fmt_metric(k, r[k]) for k in (*METRIC_LABELS, "hf_ratio")]
-        vals.append(fmt_metric("seconds", r["seconds_per_image"]))
-        lines.append(f"| {r['method']} | " + " | ".join(vals) + " |")
+        rows.append([r["method"], *vals, fmt_metric("seconds", r["seconds_per_image"])])
+    header = ["method", *METRIC_LABELS.values(), HF_LABEL, "s/image"]
+    lines += ["", *markdown_table(header, rows)]
     lines += ["", "Headline model minus baseline:", ""]
     for b in ev.baselines:
         d = ", ".join(

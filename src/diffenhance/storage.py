@@ -8,9 +8,11 @@ Keys are relative, '/'-separated and checked by `safe_key`: a hostile file or ob
 never escape the storage root. Every upload stores the content's sha256 in the object metadata
 (``x-amz-meta-sha256``) and is verified afterwards (size + sha256), so unchanged files are skipped
 and a truncated upload raises instead of passing silently. Local writes are atomic (temp file +
-``os.replace``). Errors are `StorageError`s naming the endpoint host, the key and the cause, never
-the credentials; botocore's own DEBUG log records are redacted too. boto3 is imported lazily, so
-the library imports without it.
+``os.replace``: `diffenhance.io.atomic_open`). `is_local`, `local_path`, `split_url` and
+`normalize_url` are the one parser of locations (paths, file:// and s3:// URLs). Errors are
+`StorageError`s naming the endpoint host, the key and the cause, never the credentials;
+botocore's own DEBUG log records are redacted too. boto3 is imported lazily, so the library
+imports without it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import io
 import logging
 import os
 import re
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,10 +32,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from diffenhance.config import StorageConfig
+from diffenhance.io import atomic_open, file_sha256, is_temp_name
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
-_TMP_PREFIX = ".diffenhance-tmp-"
 
 
 class StorageError(Exception):
@@ -122,19 +123,11 @@ def _dir_prefix(prefix: str) -> str:
     return "/".join(parts) + "/" if parts else ""
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(MiB), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _local_files(local_dir: Path) -> Iterator[tuple[str, Path]]:
     for dirpath, dirnames, filenames in os.walk(local_dir):
         dirnames.sort()
         for name in sorted(filenames):
-            if not name.startswith(_TMP_PREFIX):
+            if not is_temp_name(name):
                 path = Path(dirpath, name)
                 yield path.relative_to(local_dir).as_posix(), path
 
@@ -144,25 +137,9 @@ def _same_content(remote: ObjectInfo | None, path: Path) -> bool:
     if remote is None or remote.size != path.stat().st_size:
         return False
     if remote.sha256:
-        return remote.sha256 == _sha256_file(path)
+        return remote.sha256 == file_sha256(path)
     etag = remote.etag or "-"
     return "-" not in etag and etag == hashlib.md5(path.read_bytes()).hexdigest()
-
-
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[tuple[Any, Path]]:
-    """Yield (open temp file, its path) beside `path`; on success it replaces `path` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f, Path(tmp)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Storage(ABC):
@@ -228,7 +205,7 @@ class Storage(ABC):
         result = SyncResult()
         for rel, path in _local_files(root):
             key = safe_key(key_prefix, rel)
-            size, sha = path.stat().st_size, _sha256_file(path)
+            size, sha = path.stat().st_size, file_sha256(path)
             remote = self.stat(key) if skip_unchanged else None
             if remote is not None and remote.size == size and remote.sha256 == sha:
                 result.skip(key)
@@ -305,7 +282,7 @@ class LocalStorage(Storage):
         with self._errors("stat", key):
             st = path.stat()
             return ObjectInfo(
-                key, st.st_size, None, _sha256_file(path), datetime.fromtimestamp(st.st_mtime, UTC)
+                key, st.st_size, None, file_sha256(path), datetime.fromtimestamp(st.st_mtime, UTC)
             )
 
     def read_bytes(self, key: str) -> bytes:
@@ -314,7 +291,7 @@ class LocalStorage(Storage):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        with self._errors("write", key), _atomic_target(path) as (f, _):
+        with self._errors("write", key), atomic_open(path) as f:
             f.write(data)
 
     def upload_file(
@@ -323,7 +300,7 @@ class LocalStorage(Storage):
         path = self._path(key)
         with self._errors("upload to", key):
             h = hashlib.sha256()
-            with open(local_path, "rb") as src, _atomic_target(path) as (f, _):
+            with open(local_path, "rb") as src, atomic_open(path) as f:
                 for block in iter(lambda: src.read(MiB), b""):
                     h.update(block)
                     f.write(block)
@@ -343,7 +320,7 @@ class LocalStorage(Storage):
         with (
             self._errors("download", key),
             open(src, "rb") as fin,
-            _atomic_target(Path(local_path)) as (f, _),
+            atomic_open(local_path) as f,
         ):
             for block in iter(lambda: fin.read(MiB), b""):
                 f.write(block)
@@ -565,17 +542,17 @@ class S3Storage(Storage):
         path = Path(local_path)
         if not path.is_file():
             raise StorageError(f"upload to {self.url_for(key)}: {path} is not a file")
-        return self._put(key, path, checksum or _sha256_file(path))
+        return self._put(key, path, checksum or file_sha256(path))
 
     def download_file(self, key: str, local_path: str | os.PathLike) -> None:
         info = self.stat(key)
         if info is None:
             raise ObjectNotFoundError(f"download {self.url_for(key)} via {self.host}: no such key")
         full = self._full(key)
-        with self._errors("download", key), _atomic_target(Path(local_path)) as (f, tmp):
+        with self._errors("download", key), atomic_open(local_path) as f:
             self.client.download_fileobj(self.bucket, full, f, Config=self.transfer)
             f.flush()
-            got = _sha256_file(tmp)
+            got = file_sha256(f.name)
             if info.sha256 and got != info.sha256:
                 raise StorageError(
                     f"download {self.url_for(key)} via {self.host}: content sha256 "
@@ -588,6 +565,37 @@ class S3Storage(Storage):
             self.client.delete_object(Bucket=self.bucket, Key=full)
 
 
+# --------------------------------------------------------------------------------- locations
+
+
+def is_local(url: str) -> bool:
+    """True for a local location: a plain path or a ``file://`` URL."""
+    return "://" not in url or url.lower().startswith("file://")
+
+
+def local_path(url: str) -> Path:
+    """The path of a local location (`is_local`): ``file://`` stripped, else `url` as is."""
+    return Path(url[7:] if url.lower().startswith("file://") else url)
+
+
+def split_url(url: str) -> tuple[str, str] | None:
+    """'root/name' -> (root, name) for a path or URL with at least one component below its
+    root; None for a bucket or folder URL ('s3://bucket', 'dir/')."""
+    if is_local(url):
+        p = local_path(url)
+        return (str(p.parent), p.name) if p.name and not url.endswith("/") else None
+    head, sep, name = url.rstrip("/").rpartition("/")
+    if not sep or not name or head.endswith(":/") or head.endswith(":"):
+        return None
+    return head, name
+
+
+def normalize_url(url: str) -> str:
+    """A comparable form of a location: the resolved absolute path of a local one, else the
+    URL without a trailing '/'."""
+    return str(local_path(url).resolve()) if is_local(url) else url.rstrip("/")
+
+
 def open_storage(url: str, cfg: StorageConfig | None = None) -> Storage:
     """`LocalStorage` for a path (or file:// URL), `S3Storage` for ``s3://bucket/prefix``.
 
@@ -595,12 +603,10 @@ def open_storage(url: str, cfg: StorageConfig | None = None) -> Storage:
     from `cfg.endpoint_url`, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS.
     """
     cfg = cfg or StorageConfig()
-    if "://" not in url:
-        return LocalStorage(url)
+    if is_local(url):
+        return LocalStorage(local_path(url))
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme == "file":
-        return LocalStorage(parts.path)
     if scheme != "s3":
         raise StorageError(
             f"unsupported storage URL scheme {scheme!r}: use a local path or s3://bucket/prefix"

@@ -33,12 +33,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from diffenhance.config import Config, load_config, write_resolved
 from diffenhance.data.pairs import load_pairs
+from diffenhance.data.prepare import load_manifest
 from diffenhance.degrade import degrade_for_task, pair_seed
 from diffenhance.diffusion import formulation_loss, to_model_range
 from diffenhance.infer import resolve_device
 from diffenhance.io import atomic_path, read_image, write_image
 from diffenhance.metrics import psnr, ssim
 from diffenhance.model import (
+    WEIGHTS_NAME,
     Restorer,
     build_restorer,
     checkpoint_metadata,
@@ -115,10 +117,7 @@ class IndexSampler(Sampler[int]):
 
 def train_files(cfg: Config) -> list[Path]:
     prepared = Path(cfg.data.prepared_dir)
-    manifest = prepared / "manifest.csv"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: run the `prepare` stage first (dvc repro prepare)")
-    df = pd.read_csv(manifest)
+    df = load_manifest(prepared)
     return [prepared / p for p in sorted(df.loc[df["split"] == "train", "crop_path"])]
 
 
@@ -391,7 +390,7 @@ def _checkpoint(r, model, ema, opt, gen, step, digest, cfg, out_dir, world, main
     }
     save_state(out_dir / "state", step, payload, cfg.train.keep_last)
     meta = checkpoint_metadata(r, step=step, config_digest=digest)
-    save_weights(out_dir / "model.safetensors", ema.state_dict(), meta)
+    save_weights(out_dir / WEIGHTS_NAME, ema.state_dict(), meta)
     save_weights(out_dir / "raw.safetensors", model.state_dict(), meta)
 
 

@@ -14,7 +14,6 @@ temporary directory, leaving a `.<archive>.complete` marker so a rerun skips it.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -32,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from diffenhance.config import DataConfig
+from diffenhance.io import atomic_write_bytes, file_sha256
 
 __all__ = [
     "DIV2K_SHA256",
@@ -71,14 +71,6 @@ class DownloadError(RuntimeError):
 
 class ArchiveError(RuntimeError):
     """An archive is corrupt, unsafe (absolute or '..' member paths) or laid out unexpectedly."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _content_range_start(value: str | None) -> int | None:
@@ -204,7 +196,7 @@ def download(
     if expected_size is not None and size != expected_size:
         raise reject("size", expected_size, size)
     if expected_sha256 is not None:
-        actual = _sha256(part)
+        actual = file_sha256(part, _CHUNK)
         if actual.lower() != expected_sha256.lower():
             raise reject("sha256", expected_sha256.lower(), actual)
     if validate is not None:
@@ -283,7 +275,7 @@ def extract(zip_path: str | Path, dest_dir: str | Path) -> Path:
                 _merge_move(child, dest_dir / child.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    marker.write_text(f"{zip_path.name}\n")
+    atomic_write_bytes(marker, f"{zip_path.name}\n".encode())
     return dest_dir
 
 

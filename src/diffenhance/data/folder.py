@@ -17,7 +17,6 @@ moved or added.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,13 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from diffenhance.io import IMAGE_EXTENSIONS, ImageReadError, atomic_path, read_image
+from diffenhance.io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    atomic_path,
+    file_sha256,  # re-exported: diffenhance.data.file_sha256
+    read_image,
+)
 
 __all__ = [
     "ScanResult",
@@ -62,15 +67,6 @@ class ScanResult:
     root: Path
     images: list[ScannedImage] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (memory bounded)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def split_for_hash(sha256: str, val_fraction: float) -> str:

@@ -39,13 +39,12 @@ from diffenhance.config import DataConfig
 from diffenhance.data.div2k import fetch_div2k
 from diffenhance.data.folder import (
     SkippedFile,
-    file_sha256,
     scan_folder,
     split_for_hash,
     write_skip_report,
 )
 from diffenhance.data.samples import materialize_samples
-from diffenhance.io import atomic_path, read_image, write_image
+from diffenhance.io import atomic_path, file_sha256, read_image, write_image
 
 __all__ = [
     "MANIFEST",
@@ -285,7 +284,9 @@ def load_manifest(prepared_dir: str | Path) -> pd.DataFrame:
     """Read `<prepared_dir>/manifest.csv` (FileNotFoundError naming the stage to run)."""
     path = Path(prepared_dir) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; run the `prepare` stage first")
+        raise FileNotFoundError(
+            f"{path}: no manifest; run the `prepare` stage first (dvc repro prepare)"
+        )
     return pd.read_csv(path, dtype={"source_sha256": str, "crop_sha256": str})
 
 
