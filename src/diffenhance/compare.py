@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffenhance.config import Config, ReportConfig, to_dict
+from diffenhance.config import CompareConfig, Config, ReportConfig, to_dict
 from diffenhance.data.pairs import Pair, load_pairs
 from diffenhance.diffusion.formulations import get_formulation
 from diffenhance.evaluate import (
@@ -177,77 +177,62 @@ class Comparison:
     per_image: pd.DataFrame
 
 
-def compare_models(
-    models: dict[str, Restorer],
-    pairs: Sequence[Pair],
-    cfg: Config,
-    out_dir: str | Path,
-    *,
-    progress: Callable[[str], None] | None = None,
-) -> Comparison:
-    """Score `models` ({formulation: Restorer}) and the reference baseline on `pairs`, write
-    every output file except the report (see the module docstring)."""
-    c, task = cfg.compare, cfg.compare.task
-    if not pairs:
-        raise ValueError(f"no validation pairs to compare on for task {task!r}")
-    budget = _budget_check(models, cfg)
-    protocols = protocol_for_task(task, cfg.degrade)
-    baselines, skipped = baselines_for_task(task, cfg)
-    ref = next(iter(baselines))
-    sampler, eta = cfg.infer.sampler, cfg.infer.eta
+def knob_grid(formulation: str, c: CompareConfig) -> list[tuple[int, int, str]]:
+    """(steps, samples, knob ends hit) scored for one formulation: every step count with one
+    sample, plus the fidelity end (mean of `c.samples` at the fewest steps); a formulation
+    without a knob runs once and stands for both ends."""
+    if not has_knob(formulation):
+        return [(1, 1, "fidelity,sharp")]
     lo, hi = min(c.steps), max(c.steps)
-    out = Path(out_dir)
-    images = out / "images"
-    shutil.rmtree(images, ignore_errors=True)
-    if any(r.device.type == "cpu" for r in models.values()):
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    grid = [(s, 1) for s in c.steps] + ([(lo, c.samples)] if c.samples > 1 else [])
+    return [
+        (steps, n, ",".join(e for e, hit in (("fidelity", steps == lo and n == c.samples),
+                                             ("sharp", steps == hi and n == 1)) if hit))
+        for steps, n in grid
+    ]  # fmt: skip
 
+
+def _score_pair(
+    p: Pair, models: dict[str, Restorer], cfg: Config, ref: tuple[str, Callable], images: Path,
+    progress: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """per_image rows of one pair: the baseline, then every formulation on its knob grid,
+    each through the restore path; writes the PNGs the report shows."""
+    protocols = protocol_for_task(cfg.compare.task, cfg.degrade)
     rows: list[dict[str, Any]] = []
 
-    def add(p: Pair, f: str, kind: str, steps: int, n: int, end: str, pred, dt) -> None:
+    def add(f: str, kind: str, steps: int, n: int, end: str, pred, dt) -> None:
         rows.append({"image": p.name, "formulation": f, "kind": kind, "steps": steps,
                      "samples": n, "end": end, **score(pred, p.hr, protocols), "seconds": dt})  # fmt: skip
         flat = kind == "baseline" or not has_knob(f)  # no knob: one output
         for folder in [f] if flat else [f"{f}_{e}" for e in end.split(",") if e]:
             write_image(images / folder / f"{p.name}.png", pred)
 
-    for i, p in enumerate(pairs):
-        write_image(images / "lq" / f"{p.name}.png", p.lq)
-        write_image(images / "hr" / f"{p.name}.png", p.hr)
-        t0 = time.perf_counter()
-        add(
-            p,
-            ref,
-            "baseline",
-            0,
-            1,
-            "fidelity,sharp",
-            baselines[ref](p.lq),
-            time.perf_counter() - t0,
-        )
-        for f, r in models.items():
-            if progress:
-                progress(f"compare: image {i + 1}/{len(pairs)} {p.name}: {f}")
-            grid = [(s, 1) for s in c.steps] + ([(lo, c.samples)] if c.samples > 1 else [])
-            if not has_knob(f):  # one deterministic output: both ends of its (absent) knob
-                grid = [(1, 1)]
-            for steps, n in grid:
-                t0 = time.perf_counter()
-                spec = sampling_spec(r, cfg.infer, steps=steps, samples=n, seed=c.seed)
-                pred = restore(r, p.lq, spec)
-                dt = time.perf_counter() - t0
-                if not has_knob(f):
-                    end = "fidelity,sharp"
-                else:
-                    end = ",".join(
-                        e for e, hit in (("fidelity", steps == lo and n == c.samples),
-                                         ("sharp", steps == hi and n == 1)) if hit
-                    )  # fmt: skip
-                add(p, f, "model", steps, n, end, pred, dt)
+    write_image(images / "lq" / f"{p.name}.png", p.lq)
+    write_image(images / "hr" / f"{p.name}.png", p.hr)
+    t0 = time.perf_counter()
+    add(ref[0], "baseline", 0, 1, "fidelity,sharp", ref[1](p.lq), time.perf_counter() - t0)
+    for f, r in models.items():
+        if progress:
+            progress(f"compare: {p.name}: {f}")
+        for steps, n, end in knob_grid(f, cfg.compare):
+            t0 = time.perf_counter()
+            spec = sampling_spec(r, cfg.infer, steps=steps, samples=n, seed=cfg.compare.seed)
+            pred = restore(r, p.lq, spec)
+            add(f, "model", steps, n, end, pred, time.perf_counter() - t0)
+    return rows
 
-    per_image = pd.DataFrame(rows)
-    metrics = summarise(per_image, ref, cfg.diffusion.formulation, c.reference)
-    curves = _curves(per_image, c.steps)
+
+def _compare_protocol(
+    models: dict[str, Restorer], pairs: Sequence[Pair], cfg: Config, ref: str,
+    skipped: dict[str, str], metrics: dict[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    """protocol.json of a comparison: what was compared and how."""
+    c, task = cfg.compare, cfg.compare.task
+    budget = _budget_check(models, cfg)
+    protocols = protocol_for_task(task, cfg.degrade)
+    sampler, eta = cfg.infer.sampler, cfg.infer.eta
+    lo, hi = min(c.steps), max(c.steps)
     protocol = {
         "task": task,
         "images": [p.name for p in pairs],
@@ -281,6 +266,37 @@ def compare_models(
         "device": str(next(iter(models.values())).device),
         "checks": checks(metrics, ref, cfg.diffusion.formulation, c.reference),
     }
+    return protocol
+
+
+def compare_models(
+    models: dict[str, Restorer],
+    pairs: Sequence[Pair],
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Score `models` ({formulation: Restorer}) and the reference baseline on `pairs`, write
+    every output file except the report (see the module docstring)."""
+    c = cfg.compare
+    if not pairs:
+        raise ValueError(f"no validation pairs to compare on for task {c.task!r}")
+    _budget_check(models, cfg)  # before any work
+    baselines, skipped = baselines_for_task(c.task, cfg)
+    ref = next(iter(baselines))
+    out = Path(out_dir)
+    images = out / "images"
+    shutil.rmtree(images, ignore_errors=True)
+    if any(r.device.type == "cpu" for r in models.values()):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    rows: list[dict[str, Any]] = []
+    for p in pairs:
+        rows += _score_pair(p, models, cfg, (ref, baselines[ref]), images, progress)
+    per_image = pd.DataFrame(rows)
+    metrics = summarise(per_image, ref, cfg.diffusion.formulation, c.reference)
+    curves = _curves(per_image, c.steps)
+    protocol = _compare_protocol(models, pairs, cfg, ref, skipped, metrics)
     write_csv(out / "per_image.csv", per_image)
     write_csv(out / "curves.csv", curves)
     write_json(out / "metrics.json", metrics)

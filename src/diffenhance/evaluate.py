@@ -59,7 +59,7 @@ from diffenhance.infer import autocast_dtype as infer_autocast_dtype
 from diffenhance.io import atomic_path, file_sha256, read_image, write_image
 from diffenhance.metrics import Protocol, hf_energy_ratio, mean_psnr, protocol_for_task
 from diffenhance.model import WEIGHTS_NAME, Restorer, load_restorer
-from diffenhance.restore import restore, sampling_spec
+from diffenhance.restore import SamplingSpec, restore, sampling_spec
 
 METRICS: tuple[str, ...] = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
 # Sharpness beside fidelity (metrics.hf_energy_ratio, Y, 1 = as much fine detail as the truth):
@@ -246,6 +246,130 @@ def _device(cfg: Config) -> torch.device:
     return resolve_device(cfg.infer.device)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one evaluation runs: the headline spec, the step sweep, protocols and baselines."""
+
+    task: str
+    scale: int
+    head: SamplingSpec  # what enhance runs (seed: evaluate.seeds[0] for the headline image)
+    sweep: list[int]
+    seeds: tuple[int, ...]
+    protocols: Sequence[Protocol]
+    baselines: dict[str, Callable]
+    skipped: dict[str, str]
+
+    @property
+    def headline(self) -> str:
+        return model_key(self.head.sampler, self.head.steps)
+
+
+def _plan(r: Restorer, task: str, cfg: Config, n_pairs: int) -> _Plan:
+    """Check the model fits `task` and resolve what to run; ValueError otherwise."""
+    e, s = cfg.evaluate, task_scale(task, cfg.degrade)
+    if r.task != task or r.scale != s:
+        raise ValueError(
+            f"the model was trained for task {r.task!r} (scale {r.scale}) but task {task!r} "
+            f"(scale {s}) is evaluated; pass the matching --task / checkpoint"
+        )
+    if not n_pairs:
+        raise ValueError(f"no images to evaluate for task {task!r}")
+    head = sampling_spec(r, cfg.infer, sampler=e.sampler, samples=e.average_samples)
+    baselines, skipped = baselines_for_task(task, cfg)
+    return _Plan(
+        task, s, head, sorted({*e.steps, head.steps}), tuple(e.seeds),
+        protocol_for_task(task, cfg.degrade), baselines, skipped,
+    )  # fmt: skip
+
+
+def _score_pair(r: Restorer, p: Pair, plan: _Plan, images: Path) -> list[dict[str, Any]]:
+    """per_image rows of one pair (baselines, then the model at every step count and seed);
+    writes its PNGs under `images` (the model's headline output as enhance writes it)."""
+    rows: list[dict[str, Any]] = []
+    write_image(images / "lq" / f"{p.name}.png", p.lq)
+    write_image(images / "hr" / f"{p.name}.png", p.hr)
+    for name, fn in plan.baselines.items():
+        t0 = time.perf_counter()
+        pred = fn(p.lq)
+        dt = time.perf_counter() - t0
+        rows.append({"image": p.name, "method": name, "kind": "baseline", "sampler": "",
+                     "steps": None, "seed": None, **score(pred, p.hr, plan.protocols),
+                     "seconds": dt})  # fmt: skip
+        write_image(images / name / f"{p.name}.png", pred)
+    sampler = plan.head.sampler
+    for steps in plan.sweep:
+        for seed in plan.seeds:
+            t0 = time.perf_counter()
+            pred = restore(r, p.lq, replace(plan.head, steps=steps, seed=seed))
+            dt = time.perf_counter() - t0
+            rows.append({"image": p.name, "method": model_key(sampler, steps), "kind": "model",
+                         "sampler": sampler, "steps": steps, "seed": seed,
+                         **score(pred, p.hr, plan.protocols), "seconds": dt})  # fmt: skip
+            if steps == plan.head.steps and seed == plan.seeds[0]:  # what enhance writes
+                write_image(images / MODEL_DIR / f"{p.name}.png", pred)
+    return rows
+
+
+def _timing(per_image: pd.DataFrame, headline: str) -> dict[str, float]:
+    """timing.json: seconds per image of the headline and of every method."""
+    return {
+        "seconds_per_image": round(float(per_image.query("method == @headline")["seconds"].mean()), 4),
+        **{f"{m}_seconds_per_image": round(float(g["seconds"].mean()), 4)
+           for m, g in per_image.groupby("method", sort=False)},
+    }  # fmt: skip
+
+
+def _curve(per_image: pd.DataFrame) -> pd.DataFrame:
+    """psnr_vs_steps.csv: mean metrics of the model per step count."""
+    model_rows = per_image[per_image["kind"] == "model"]
+    return pd.DataFrame(
+        [{"steps": int(st), **{k: mean_metric(g[k], k) for k in (*METRICS, SHARPNESS)}}
+         for st, g in model_rows.groupby("steps")]
+    )  # fmt: skip
+
+
+def _protocol(
+    r: Restorer, plan: _Plan, pairs: Sequence[Pair], cfg: Config, source: dict[str, Any]
+) -> dict[str, Any]:
+    """protocol.json: what was measured and how (the headline's SamplingSpec included)."""
+    autocast = infer_autocast_dtype(cfg.infer.precision, r.device)  # as enhancement runs
+    return {
+        "task": plan.task,
+        "scale": plan.scale,
+        "protocols": [
+            {"name": p.name, "y_channel": p.y_channel, "crop": p.crop, "description": p.describe()}
+            for p in plan.protocols
+        ],
+        "sampler": plan.head.sampler,
+        "eta": plan.head.eta,
+        "steps": plan.sweep,
+        "headline_steps": plan.head.steps,
+        "headline_method": plan.headline,
+        "seeds": list(plan.seeds),
+        "average_samples": plan.head.samples,
+        "sampling": plan.head.describe(),  # the headline's SamplingSpec (seed: evaluate.seeds[0])
+        "restore_path": "restore.restore: tiled, as diffenhance enhance",
+        "noise_seeding": "each tile: CPU torch.Generator seeded with tile_seed(seed, "
+        "image_key(LQ pixels), tile position)",
+        "baselines": list(plan.baselines),
+        "reference_baseline": next(iter(plan.baselines)),
+        "skipped_baselines": plan.skipped,
+        "n_images": len(pairs),
+        "images": [p.name for p in pairs],
+        "model": {
+            "task": r.task,
+            "step": r.meta.get("step"),
+            "path": r.meta.get("path"),
+            "formulation": r.diffusion_cfg.formulation,
+        },
+        "device": str(r.device),
+        "autocast": "bf16" if autocast is not None else "fp32",
+        "source": source,
+        "psnr_cap_db": 100.0,
+        "notes": [f"{k} skipped: {v}" for k, v in plan.skipped.items()],
+    }
+
+
 def evaluate_pairs(
     r: Restorer,
     pairs: Sequence[Pair],
@@ -262,25 +386,9 @@ def evaluate_pairs(
     recorded in protocol.json (where the pairs came from). Raises ValueError when the model's
     task or scale does not match `task` or when there are no pairs.
     """
-    e, s = cfg.evaluate, task_scale(task, cfg.degrade)
-    if r.task != task or r.scale != s:
-        raise ValueError(
-            f"the model was trained for task {r.task!r} (scale {r.scale}) but task {task!r} "
-            f"(scale {s}) is evaluated; pass the matching --task / checkpoint"
-        )
-    if not pairs:
-        raise ValueError(f"no images to evaluate for task {task!r}")
-    head = sampling_spec(r, cfg.infer, sampler=e.sampler, samples=e.average_samples)
-    sampler, headline_steps = head.sampler, head.steps
-    sweep = sorted({*e.steps, headline_steps})
-    headline = model_key(sampler, headline_steps)
-    protocols = protocol_for_task(task, cfg.degrade)
-    baselines, skipped = baselines_for_task(task, cfg)
-    device = r.device
-    autocast_dtype = infer_autocast_dtype(cfg.infer.precision, device)  # as enhancement runs
-    if device.type == "cpu":
+    plan = _plan(r, task, cfg, len(pairs))
+    if r.device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-
     out_dir = Path(out_dir)
     images = out_dir / "images"
     shutil.rmtree(images, ignore_errors=True)  # stale images of a previous, larger run
@@ -288,74 +396,12 @@ def evaluate_pairs(
     for i, p in enumerate(pairs):
         if progress:
             progress(f"{task}: image {i + 1}/{len(pairs)} {p.name}")
-        write_image(images / "lq" / f"{p.name}.png", p.lq)
-        write_image(images / "hr" / f"{p.name}.png", p.hr)
-        for name, fn in baselines.items():
-            t0 = time.perf_counter()
-            pred = fn(p.lq)
-            dt = time.perf_counter() - t0
-            rows.append({"image": p.name, "method": name, "kind": "baseline", "sampler": "",
-                         "steps": None, "seed": None, **score(pred, p.hr, protocols), "seconds": dt})  # fmt: skip
-            write_image(images / name / f"{p.name}.png", pred)
-        for steps in sweep:
-            for seed in e.seeds:
-                t0 = time.perf_counter()
-                pred = restore(r, p.lq, replace(head, steps=steps, seed=seed))
-                dt = time.perf_counter() - t0
-                rows.append({"image": p.name, "method": model_key(sampler, steps), "kind": "model",
-                             "sampler": sampler, "steps": steps, "seed": seed,
-                             **score(pred, p.hr, protocols), "seconds": dt})  # fmt: skip
-                if steps == headline_steps and seed == e.seeds[0]:  # what enhance writes
-                    write_image(images / MODEL_DIR / f"{p.name}.png", pred)
-
+        rows += _score_pair(r, p, plan, images)
     per_image = pd.DataFrame(rows).astype({"steps": "Int64", "seed": "Int64"})
-    metrics = summarise(per_image, headline, list(baselines))
-    metrics["headline_steps"] = float(headline_steps)
-    timing = {
-        "seconds_per_image": round(float(per_image.query("method == @headline")["seconds"].mean()), 4),
-        **{f"{m}_seconds_per_image": round(float(g["seconds"].mean()), 4)
-           for m, g in per_image.groupby("method", sort=False)},
-    }  # fmt: skip
-    model_rows = per_image[per_image["kind"] == "model"]
-    curve = pd.DataFrame(
-        [{"steps": int(st), **{k: mean_metric(g[k], k) for k in (*METRICS, SHARPNESS)}}
-         for st, g in model_rows.groupby("steps")]
-    )  # fmt: skip
-    protocol = {
-        "task": task,
-        "scale": s,
-        "protocols": [
-            {"name": p.name, "y_channel": p.y_channel, "crop": p.crop, "description": p.describe()}
-            for p in protocols
-        ],
-        "sampler": sampler,
-        "eta": head.eta,
-        "steps": sweep,
-        "headline_steps": headline_steps,
-        "headline_method": headline,
-        "seeds": list(e.seeds),
-        "average_samples": head.samples,
-        "sampling": head.describe(),  # the headline's SamplingSpec (seed: evaluate.seeds[0])
-        "restore_path": "restore.restore: tiled, as diffenhance enhance",
-        "noise_seeding": "each tile: CPU torch.Generator seeded with tile_seed(seed, "
-        "image_key(LQ pixels), tile position)",
-        "baselines": list(baselines),
-        "reference_baseline": next(iter(baselines)),
-        "skipped_baselines": skipped,
-        "n_images": len(pairs),
-        "images": [p.name for p in pairs],
-        "model": {
-            "task": r.task,
-            "step": r.meta.get("step"),
-            "path": r.meta.get("path"),
-            "formulation": r.diffusion_cfg.formulation,
-        },
-        "device": str(device),
-        "autocast": "bf16" if autocast_dtype is not None else "fp32",
-        "source": source,
-        "psnr_cap_db": 100.0,
-        "notes": [f"{k} skipped: {v}" for k, v in skipped.items()],
-    }
+    metrics = summarise(per_image, plan.headline, list(plan.baselines))
+    metrics["headline_steps"] = float(plan.head.steps)
+    timing, curve = _timing(per_image, plan.headline), _curve(per_image)
+    protocol = _protocol(r, plan, pairs, cfg, source)
     write_csv(out_dir / "per_image.csv", per_image)
     write_csv(out_dir / "psnr_vs_steps.csv", curve)
     write_json(out_dir / "metrics.json", metrics)
