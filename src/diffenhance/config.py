@@ -141,7 +141,10 @@ class EnhanceConfig:
     input: str = "data/incoming"  # folder, one image file, or s3://bucket/prefix
     output: str = "results/enhanced"  # folder or s3://bucket/prefix; mirrors the input tree
     model: str = "models/sr4"  # model dir or .safetensors file, readable on every worker
-    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+    # every format read_image decodes; GIF is written as PNG (first frame of an animation)
+    extensions: tuple[str, ...] = (
+        ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif",
+    )  # fmt: skip
     shard_size: int = 16  # images per shard: one task and one manifest each
     workers: int = 2  # shards at once (threads; LocalCluster workers with dask_address=local)
     dask_address: str | None = None  # null: threads; tcp://host:8786: that cluster; local
