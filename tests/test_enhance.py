@@ -315,6 +315,52 @@ def test_s3_input_and_output(s3_prefix, tmp_path, ckpt, params):
     assert again["enhanced"] == 0 and again["skipped_done"] == 2
 
 
+HOSTILE = ["../evil.png", "/abs.png", "a\\..\\..\\b.png", "sub/../../x.png", "./dot.png"]
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_hostile_listed_keys_fail_and_never_write_outside_the_output(
+    where, tmp_path, ckpt, params, monkeypatch, request
+):
+    """Keys with '..', a leading '/' or backslashes in a listing (an S3 server that stores them
+    verbatim, as AWS does; SeaweedFS refuses them, so the listing is replayed) are each a named
+    failure; the other images are enhanced and nothing is read or written outside the roots."""
+    from datetime import UTC, datetime
+
+    from diffenhance.storage import LocalStorage, ObjectInfo, S3Storage
+
+    local, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(local, [(8, 8)])
+    victim = tmp_path / "victim.png"  # an absolute key naming a real image outside
+    write_image(victim, smooth_image(np.random.default_rng(3), 8, 8))
+    for rel in ("evil.png", "x.png"):  # where the '..' keys would point
+        (tmp_path / rel).write_bytes(victim.read_bytes())
+    hostile = [*HOSTILE, str(victim)]
+    cls: type = LocalStorage
+    inp: str = str(local)
+    if where == "s3":
+        cls, inp = S3Storage, f"{request.getfixturevalue('s3_prefix')}/in"
+        open_storage(inp).write_bytes("sub0/img0.png", (local / "sub0/img0.png").read_bytes())
+    real_list = cls.list
+
+    def replayed(self, prefix=""):
+        yield from real_list(self, prefix)
+        if prefix == "" and self.url_for() == inp:
+            for k in hostile:
+                yield ObjectInfo(k, victim.stat().st_size, None, None, datetime.now(UTC))
+
+    monkeypatch.setattr(cls, "list", replayed)
+    outside = {k: v for k, v in files(tmp_path).items() if not k.startswith("out/")}
+    summary = run_job(config(params, inp, out, ckpt), model=IdentityTiles(scale=2))
+    assert summary["enhanced"] == 1 and sorted(images(out)) == ["sub0/img0.png"]
+    reasons = {f["key"]: f["reason"] for f in summary["failures"]}
+    assert reasons.keys() == set(hostile)
+    for k, why in reasons.items():
+        assert f"unsafe key {k!r}" in why, why
+    assert {k: v for k, v in files(tmp_path).items() if not k.startswith("out/")} == outside
+    assert not Path("/abs.png").exists() and not (tmp_path / "b.png").exists()
+
+
 def test_retried_shard_keeps_what_the_failed_attempt_recorded(tmp_path, ckpt, params):
     """A shard task that crashes after 2 images (an exception escaping the shard, as when
     storage fails) and is retried with the same arguments redoes only the other images."""

@@ -41,7 +41,14 @@ from typing import Any
 
 from diffenhance.config import Config, to_dict
 from diffenhance.io import ImageReadError, read_image, read_image_info, write_image
-from diffenhance.storage import LocalStorage, ObjectInfo, Storage, open_storage
+from diffenhance.storage import (
+    LocalStorage,
+    ObjectInfo,
+    Storage,
+    UnsafeKeyError,
+    open_storage,
+    safe_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +252,8 @@ def _fingerprint(o: ObjectInfo) -> str:
 
 
 def _hidden(key: str) -> bool:
-    return any(part.startswith(".") for part in key.split("/"))
+    """A dot file or folder; '.' and '..' are not hidden but unsafe (a failure in run_shard)."""
+    return any(part.startswith(".") and part not in (".", "..") for part in key.split("/"))
 
 
 def _resolve_input(url: str, cfg: Config) -> tuple[str, str | None]:
@@ -524,6 +532,14 @@ def run_shard(
         save(partial_key, False)
         report(src, "failed", reason=errors[src.key])
 
+    # keys from a listing are untrusted ('../x', '/x', 'a\\b'): a failure each, never an escape
+    for src in [] if job.single else list(todo):
+        try:
+            safe_key("", src.key)
+            safe_key("", src.output_key)
+        except UnsafeKeyError as e:
+            todo.remove(src)
+            fail(src, e)
     if todo and not job.single:  # a retried task: keep what the failed attempt recorded
         for r in _own_partial(out_store, partial_key, job):
             src = next((s for s in todo if s.key == r["input_key"]), None)
