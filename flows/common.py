@@ -39,11 +39,13 @@ def parse_stage_args(argv: Sequence[str] | None, description: str) -> argparse.N
 
 def run_stage(flow: Callable[..., Any], argv: Sequence[str] | None, description: str) -> int:
     """Entry point for `python -m flows.<stage>`: parse args, run the flow, map errors to exit codes."""
-    from diffenhance.config import ConfigError
+    from diffenhance.config import ConfigError, check_overrides
 
     args = parse_stage_args(sys.argv[1:] if argv is None else argv, description)
     try:
-        flow(params=args.params, overrides=list(args.overrides))
+        # before the flow run exists: its parameters are stored (and shown) by Prefect
+        overrides = check_overrides(args.overrides)
+        flow(params=args.params, overrides=overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from typing import Any
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from diffenhance.config import ConfigError, EnhanceConfig, load_config
+from diffenhance.config import ConfigError, EnhanceConfig, check_overrides, load_config
 from diffenhance.enhance import EnhanceError, finish_job, plan_job, summarize
 from flows.common import stage_logger
 from tasks.enhance import enhance_shard, publish_summary
@@ -176,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--max-runs", type=int, default=None, help="stop after N finished runs")
     args = p.parse_args(argv)
     try:
+        check_overrides(args.overrides)  # before a flow run or deployment stores them
         if serving:
             serve(
                 args.params, args.overrides, cron=args.cron, name=args.name, max_runs=args.max_runs

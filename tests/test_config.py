@@ -8,6 +8,7 @@ from diffenhance.config import (
     Config,
     ConfigError,
     ModelConfig,
+    check_overrides,
     load_config,
     section_from_dict,
     write_resolved,
@@ -62,6 +63,32 @@ def test_overrides_apply_and_parse_yaml_values():
     assert cfg.model.channel_mults == (1, 2)
     with pytest.raises(ConfigError, match="section.key"):
         load_config(REPO / "params.yaml", ["lr=3"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "storage.url=s3://AKIDSECRET1:s3cr3tKEY@bucket/p",
+        "storage.url=s3://AKIDSECRET1@bucket/p",
+        "storage.url=s3://AKIDSECRET1:s3cr/3tKEY@bucket/p",  # a '/' in the secret
+        "storage.endpoint_url=http://AKIDSECRET1:s3cr3tKEY@127.0.0.1:8333",
+        "storage.publish=[reports, 'https://AKIDSECRET1:s3cr3tKEY@host/x']",
+        "s3://AKIDSECRET1:s3cr3tKEY@bucket/p",  # not even an override
+    ],
+)
+def test_credentials_in_url_overrides_are_refused_without_echo(override):
+    for call in (lambda: check_overrides([override]), lambda: load_config(None, [override])):
+        with pytest.raises(ConfigError, match="credentials in a URL") as e:
+            call()
+        assert "AKIDSECRET1" not in str(e.value) and "3tKEY" not in str(e.value)
+
+
+def test_urls_without_credentials_pass():
+    ok = ["storage.url=s3://bucket/p/a@2x", "storage.endpoint_url=http://127.0.0.1:8333"]
+    ok += ["storage.endpoint_url=http://[::1]:8333", "enhance.dask_address=tcp://h:8786"]
+    ok += ["enhance.output=https://host:8080/a@b"]
+    assert check_overrides(ok) == ok
+    assert load_config(None, ok[:2]).storage.url == "s3://bucket/p/a@2x"
 
 
 def test_invariants():

@@ -204,6 +204,42 @@ def test_output_format_and_bit_depth_follow_the_input_unless_set(tmp_path, ckpt,
     assert read_image_info(tmp_path / "b8/deep.png")["bit_depth"] == 8
 
 
+def test_gif_is_enhanced_by_default_to_png_and_clash_advice_is_right(tmp_path, ckpt, params):
+    """GIF is in the default enhance.extensions (README: GIF becomes PNG); an animated GIF gives
+    its first frame, with a note. a.gif and a.png both map to a.png: renaming resolves that,
+    not output_format=same (the default already)."""
+    from PIL import Image
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    red, blue = Image.new("RGB", (8, 6), (255, 0, 0)), Image.new("RGB", (8, 6), (0, 0, 255))
+    red.save(inp / "anim.gif", save_all=True, append_images=[blue], duration=100, loop=0)
+    blue.save(inp / "still.gif")
+    ident = IdentityTiles(scale=2)
+    summary = run_job(config(params, inp, out, ckpt), model=ident)
+    assert summary["enhanced"] == 2 and summary["ignored"] == [] and summary["failed"] == 0
+    assert sorted(images(out)) == ["anim.png", "still.png"]
+    assert read_image_info(out / "anim.png")["format"] == "PNG"
+    first = read_image(out / "anim.png")
+    assert first.shape == (12, 16, 3) and first[..., 0].min() > 0.99 and first[..., 2].max() < 0.01
+    (m,) = [json.loads(p.read_text()) for p in (out / MANIFEST_DIR).glob("*.json")]
+    notes = {r["input_key"]: r.get("note") for r in m["images"]}
+    assert notes == {"anim.gif": "animated (2 frames): only the first frame is enhanced",
+                     "still.gif": None}  # fmt: skip
+
+    red.save(inp / "still.png")  # still.gif and still.png -> still.png
+    job = plan_job(config(params, inp, tmp_path / "o2", ckpt))
+    (ig,) = job.ignored
+    assert ig["key"] == "still.png" and "also the output of still.gif" in ig["reason"]
+    assert "rename one of them" in ig["reason"] and "output_format=same" not in ig["reason"]
+    write_image(inp / "c.jpg", smooth_image(np.random.default_rng(0), 8, 8))
+    write_image(inp / "c.png", smooth_image(np.random.default_rng(0), 8, 8))
+    job = plan_job(config(params, inp, tmp_path / "o3", ckpt, "enhance.output_format=png"))
+    reasons = {i["key"]: i["reason"] for i in job.ignored}
+    assert "set enhance.output_format=same" in reasons["c.png"]  # c.jpg stays c.jpg with same
+    assert "output_format=same" not in reasons["still.png"]  # with same: both -> still.png
+
+
 # ----------------------------------------------------------------------------- skip-done
 
 
@@ -299,6 +335,52 @@ def test_s3_input_and_output(s3_prefix, tmp_path, ckpt, params):
     assert got.read_bytes() == (tmp_path / "local/sub1/img1.png").read_bytes()
     again = run_job(cfg)
     assert again["enhanced"] == 0 and again["skipped_done"] == 2
+
+
+HOSTILE = ["../evil.png", "/abs.png", "a\\..\\..\\b.png", "sub/../../x.png", "./dot.png"]
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_hostile_listed_keys_fail_and_never_write_outside_the_output(
+    where, tmp_path, ckpt, params, monkeypatch, request
+):
+    """Keys with '..', a leading '/' or backslashes in a listing (an S3 server that stores them
+    verbatim, as AWS does; SeaweedFS refuses them, so the listing is replayed) are each a named
+    failure; the other images are enhanced and nothing is read or written outside the roots."""
+    from datetime import UTC, datetime
+
+    from diffenhance.storage import LocalStorage, ObjectInfo, S3Storage
+
+    local, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(local, [(8, 8)])
+    victim = tmp_path / "victim.png"  # an absolute key naming a real image outside
+    write_image(victim, smooth_image(np.random.default_rng(3), 8, 8))
+    for rel in ("evil.png", "x.png"):  # where the '..' keys would point
+        (tmp_path / rel).write_bytes(victim.read_bytes())
+    hostile = [*HOSTILE, str(victim)]
+    cls: type = LocalStorage
+    inp: str = str(local)
+    if where == "s3":
+        cls, inp = S3Storage, f"{request.getfixturevalue('s3_prefix')}/in"
+        open_storage(inp).write_bytes("sub0/img0.png", (local / "sub0/img0.png").read_bytes())
+    real_list = cls.list
+
+    def replayed(self, prefix=""):
+        yield from real_list(self, prefix)
+        if prefix == "" and self.url_for() == inp:
+            for k in hostile:
+                yield ObjectInfo(k, victim.stat().st_size, None, None, datetime.now(UTC))
+
+    monkeypatch.setattr(cls, "list", replayed)
+    outside = {k: v for k, v in files(tmp_path).items() if not k.startswith("out/")}
+    summary = run_job(config(params, inp, out, ckpt), model=IdentityTiles(scale=2))
+    assert summary["enhanced"] == 1 and sorted(images(out)) == ["sub0/img0.png"]
+    reasons = {f["key"]: f["reason"] for f in summary["failures"]}
+    assert reasons.keys() == set(hostile)
+    for k, why in reasons.items():
+        assert f"unsafe key {k!r}" in why, why
+    assert {k: v for k, v in files(tmp_path).items() if not k.startswith("out/")} == outside
+    assert not Path("/abs.png").exists() and not (tmp_path / "b.png").exists()
 
 
 def test_retried_shard_keeps_what_the_failed_attempt_recorded(tmp_path, ckpt, params):

@@ -365,9 +365,59 @@ def test_command_line_exit_codes(
     dead = subprocess.run(
         [sys.executable, "-m", "flows.publish", "storage.url=s3://bucket/x",
          "storage.endpoint_url=http://127.0.0.1:9", "storage.max_attempts=1"],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
+        capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert dead.returncode == 1
     last = dead.stderr.strip().splitlines()[-1]
     assert last.startswith("error: publish to s3://bucket/x failed before uploading"), last
     assert "127.0.0.1:9" in last and "is the server running" in last
+
+
+def test_credentials_in_a_url_are_refused_before_any_flow_run(
+    prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`diffenhance publish storage.url=s3://KEY:SECRET@...` and `python -m flows.publish ...`
+    exit 2 without creating a flow run: Prefect would store the override, secret included, as
+    the run's parameters (API, UI). A normal override still runs and is stored as given."""
+    import secrets
+
+    from prefect.client.orchestration import get_client
+    from typer.testing import CliRunner
+
+    from diffenhance.cli import app
+
+    key, secret = "AKLEAK" + secrets.token_hex(6).upper(), "sk-" + secrets.token_urlsafe(18)
+    repo = make_repo(tmp_path / "repo")
+    monkeypatch.chdir(repo)
+    params = str(write_params(repo, "results/published"))
+
+    def runs() -> list:
+        with get_client(sync_client=True) as c:
+            return c.read_flow_runs()
+
+    before = {r.id for r in runs()}
+    bad = [f"storage.url=s3://{key}:{secret}@bucket/p", f"storage.url=s3://{key}:se/{secret}@b"]
+    bad += [f"storage.endpoint_url=http://{key}:{secret}@127.0.0.1:9"]
+    for override in bad:
+        res = CliRunner().invoke(app, ["publish", "--params", params, override])
+        assert res.exit_code == 2, res.output
+        assert "credentials in a URL" in res.output and "'storage." in res.output
+        assert key not in res.output and secret not in res.output
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.publish", "--params", params, bad[0]],
+        env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "credentials in a URL" in proc.stderr, proc.stderr
+    assert key not in proc.stdout + proc.stderr and secret not in proc.stdout + proc.stderr
+
+    ok = f"storage.url={tmp_path / 'pub'}"
+    res = CliRunner().invoke(app, ["publish", "--params", params, ok])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "pub/publish-manifest.json").is_file()
+    new = [r for r in runs() if r.id not in before]
+    assert [r.parameters["overrides"] for r in new] == [[ok]]  # the one good run, as given
+    for r in runs():
+        stored = json.dumps(r.parameters) + str(r.state.message if r.state else "")
+        assert key not in stored and secret not in stored, r.name

@@ -39,11 +39,16 @@ def _fail(msg: str, code: int = 2) -> None:
 def _run_flow(module: str, name: str, params: Path, overrides: list[str] | None) -> None:
     import importlib
 
-    from diffenhance.config import ConfigError
+    from diffenhance.config import ConfigError, check_overrides
 
+    try:
+        # before the flow run exists: its parameters are stored (and shown) by Prefect
+        overrides = check_overrides(overrides or [])
+    except ConfigError as e:
+        _fail(str(e))
     flow = getattr(importlib.import_module(f"flows.{module}"), name)
     try:
-        flow(params=str(params), overrides=list(overrides or []))
+        flow(params=str(params), overrides=overrides)
     except (ConfigError, FileNotFoundError) as e:
         _fail(str(e))
 

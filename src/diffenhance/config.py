@@ -14,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -159,7 +161,10 @@ class EnhanceConfig:
     input: str = "data/incoming"  # folder, one image file, or s3://bucket/prefix
     output: str = "results/enhanced"  # folder or s3://bucket/prefix; mirrors the input tree
     model: str = "models/sr4"  # model dir or .safetensors file, readable on every worker
-    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+    # every format read_image decodes; GIF is written as PNG (first frame of an animation)
+    extensions: tuple[str, ...] = (
+        ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif",
+    )  # fmt: skip
     shard_size: int = 16  # images per shard: one task and one manifest each
     workers: int = 2  # shards at once (threads; LocalCluster workers with dask_address=local)
     dask_address: str | None = None  # null: threads; tcp://host:8786: that cluster; local
@@ -463,16 +468,56 @@ def _check_invariants(obj: Any, prefix: str, source: str) -> None:
 # ----------------------------------------------------------------------------- public API
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
+
+
+def has_url_credentials(text: str) -> bool:
+    """True when `text` holds a URL with credentials: 'scheme://user[:secret]@host/...', or
+    'scheme://user:sec/ret@...' (a secret with a '/' ends the host early: its 'port' is no number).
+    """
+    for m in _URL.finditer(text):
+        try:
+            netloc = urlsplit(m.group()).netloc
+        except ValueError:  # malformed IPv6 host: treat as suspect rather than pass it on
+            return True
+        host = re.sub(r"\[[^\]]*\]", "", netloc)  # [::1]: the colons of an IPv6 address
+        if "@" in netloc or (":" in host and not host.rpartition(":")[2].isdigit()):
+            return True
+    return False
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'train.lr=2e-4' -> (['train', 'lr'], 2e-4); the value is parsed as YAML."""
+    """'train.lr=2e-4' -> (['train', 'lr'], 2e-4); the value is parsed as YAML.
+
+    A value holding a URL with credentials ('s3://KEY:SECRET@bucket') is refused without
+    echoing it: overrides are stored as flow-run parameters and logged.
+    """
+    key, _, raw = text.partition("=")
+    if has_url_credentials(text):
+        name = key.strip() if re.fullmatch(r"[\w.]+", key.strip()) else "?"  # never the secret
+        raise ConfigError(
+            f"override {name!r}: credentials in a URL (user:secret@) are refused, since "
+            "overrides are stored with the run (Prefect flow-run parameters, logs); set "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE in the environment and "
+            "the endpoint in storage.endpoint_url"
+        )
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
-    key, _, raw = text.partition("=")
     path = key.strip().split(".")
     if len(path) < 2 or not all(path):
         raise ConfigError(f"override {text!r}: key must be section.key (e.g. train.lr=2e-4)")
     value = yaml.safe_load(raw) if raw.strip() else None
     return path, value
+
+
+def check_overrides(overrides: typing.Iterable[str]) -> list[str]:
+    """Parse every override (syntax, no credentials in URLs) without reading any params file;
+    the list back. What entry points call before starting a flow run, so that a refused value
+    is never stored as a flow-run parameter. Raises ConfigError."""
+    overrides = list(overrides)
+    for ov in overrides:
+        parse_override(ov)
+    return overrides
 
 
 def config_from_dict(raw: dict[str, Any], *, source: str = "<dict>") -> Config:

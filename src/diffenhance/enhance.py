@@ -52,10 +52,12 @@ from diffenhance.storage import (
     LocalStorage,
     ObjectInfo,
     Storage,
+    UnsafeKeyError,
     is_local,
     local_path,
     normalize_url,
     open_storage,
+    safe_key,
     split_url,
 )
 
@@ -213,12 +215,24 @@ def _output_key(key: str, fmt: str) -> str:
     return key if low == new else f"{stem}{new}"
 
 
+def _clash(key: str, first: str, output_key: str, e: Any) -> str:
+    """Why `key` is ignored when `first` (earlier in key order) has the same output, and what
+    resolves it: enhance.output_format=same only when it gives the two different outputs (it
+    keeps every writable suffix), never for a GIF beside a PNG of the same name."""
+    why = f"its output {output_key} is also the output of {first}; "
+    if e.output_format != "same" and _output_key(key, "same") != _output_key(first, "same"):
+        return why + "set enhance.output_format=same (keeps each input's format) or rename one"
+    suffix = Path(key).suffix.lower() or "(none)"
+    return why + f"rename one of them, or drop {suffix} from enhance.extensions to skip it"
+
+
 def _fingerprint(o: ObjectInfo) -> str:
     return f"{o.size}:{o.etag}" if o.etag else f"{o.size}:{o.mtime.timestamp():.6f}"
 
 
 def _hidden(key: str) -> bool:
-    return any(part.startswith(".") for part in key.split("/"))
+    """A dot file or folder; '.' and '..' are not hidden but unsafe (a failure in run_shard)."""
+    return any(part.startswith(".") and part not in (".", "..") for part in key.split("/"))
 
 
 def _resolve_input(url: str, cfg: Config) -> tuple[str, str | None]:
@@ -309,13 +323,7 @@ def plan_job(cfg: Config) -> Job:
             continue
         ok = single_out or _output_key(o.key, e.output_format)
         if ok in by_output:
-            ignored.append(
-                {
-                    "key": o.key,
-                    "reason": f"its output {ok} is also the output of {by_output[ok]}; rename "
-                    "one or set enhance.output_format=same",
-                }
-            )
+            ignored.append({"key": o.key, "reason": _clash(o.key, by_output[ok], ok, e)})
             continue
         by_output[ok] = o.key
         sources.append(Source(o.key, o.size, _fingerprint(o), ok))
@@ -415,6 +423,14 @@ def _own_partial(out: Storage, key: str, job: Job) -> list[dict[str, Any]]:
     return list(m.get("images", [])) if same else []
 
 
+def _frames(path: Path) -> int:
+    """Frames of an image file (1 unless animated); read_image decodes only the first."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return int(getattr(im, "n_frames", 1))
+
+
 def _bit_depth(cfg: Config, info: dict[str, Any], output_key: str) -> int:
     suffix = Path(output_key).suffix.lower()
     if suffix not in _SIXTEEN_BIT_SUFFIXES:
@@ -494,6 +510,14 @@ def run_shard(
         save(partial_key, False)
         report(src, "failed", reason=errors[src.key])
 
+    # keys from a listing are untrusted ('../x', '/x', 'a\\b'): a failure each, never an escape
+    for src in [] if job.single else list(todo):
+        try:
+            safe_key("", src.key)
+            safe_key("", src.output_key)
+        except UnsafeKeyError as e:
+            todo.remove(src)
+            fail(src, e)
     if todo and not job.single:  # a retried task: keep what the failed attempt recorded
         for r in _own_partial(out_store, partial_key, job):
             src = next((s for s in todo if s.key == r["input_key"]), None)
@@ -532,6 +556,8 @@ def run_shard(
                             report(src, "done")
                             continue
                         info = read_image_info(path)
+                        if Path(src.key).suffix.lower() == ".gif":
+                            info = {**info, "frames": _frames(path)}
                         img = read_image(path, max_pixels=cfg.enhance.max_pixels)
                     except Exception as e:
                         fail(src, e)
@@ -581,6 +607,10 @@ def run_shard(
                     "seconds": round(res.seconds, 4),
                     "finished_at": _now(),
                 }
+                if info.get("frames", 1) > 1:
+                    note = f"animated ({info['frames']} frames): only the first frame is enhanced"
+                    records[src.key]["note"] = note
+                    log.info("enhance: %s: %s", in_store.url_for(src.key), note)
                 save(partial_key, False)
                 report(src, "done", seconds=res.seconds)
     result = manifest(True)
