@@ -106,6 +106,13 @@ def fmt_metric(metric: str, v: float | None, signed: bool = False) -> str:
     return format(v, ("+" if signed else "") + spec)
 
 
+def _spec_text(spec: dict[str, Any] | None) -> str:
+    """The headline's SamplingSpec as one line (older protocol.json files have none)."""
+    if not spec:
+        return "- (evaluated before the one restore path)"
+    return ", ".join(f"{k} {v}" for k, v in spec.items()) + " (as diffenhance enhance runs it)"
+
+
 def summary_items(ev: Evaluation) -> list[tuple[str, str]]:
     """(label, value) rows of the summary table: what was measured, and how."""
     p = ev.protocol
@@ -121,6 +128,7 @@ def summary_items(ev: Evaluation) -> list[tuple[str, str]]:
         ("steps", f"{p['headline_steps']} (headline); evaluated: {', '.join(map(str, p['steps']))}"),
         ("seeds", ", ".join(map(str, p["seeds"]))),
         ("samples averaged", str(p["average_samples"])),
+        ("restore (SamplingSpec)", _spec_text(p.get("sampling"))),
         ("noise seeding", p["noise_seeding"]),
         ("model", f"{model.get('path', '?')} (training step {model.get('step', '?')})"),
         ("formulation", model.get("formulation", "sr3 (checkpoint predates formulations)")),
