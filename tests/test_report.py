@@ -35,7 +35,7 @@ def evaluated(tmp_path_factory):
     tiny_model(root, "sr2", steps=3)
     cfg = tiny_config(
         root, f"evaluate.out_dir={root / 'reports'}", f"report.out_dir={root / 'reports'}",
-        "evaluate.steps=[1,2]", "report.crops=1", "report.zoom_size=8",
+        "evaluate.steps=[1]", "infer.steps=2", "report.crops=1", "report.zoom_size=8",
     )  # fmt: skip
     evaluate_task(cfg, "sr2")
     return root, cfg, root / "reports" / "sr2"
@@ -67,7 +67,8 @@ def test_report_is_self_contained_and_states_the_protocol(evaluated, report):
                      "training.png"]  # fmt: skip
     # the summary states protocol, sampler, steps and seeds
     for needle in ("Y (BT.601, MATLAB rgb2ycbcr), 2 px border crop", "ddim (eta 0.0)",
-                   "2 (headline); evaluated: 1, 2", "<td class=\"l\">seeds</td><td class=\"l\">0</td>"):  # fmt: skip
+                   "2 (headline); evaluated: 1, 2", "<td class=\"l\">seeds</td><td class=\"l\">0</td>",
+                   "sampler ddim, steps 2, samples 1, eta 0.0, seed 0, precision auto, tile 64"):  # fmt: skip
         assert needle in text, needle
     # model against every baseline, with the deltas of metrics.json
     for b in ("bicubic", "lanczos"):
