@@ -371,98 +371,137 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
     return obj
 
 
+def _rules_data(obj: DataConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    if obj.crop_size < 8 or obj.crop_step < 1:
+        raise bad("crop_size", "must be >= 8 with crop_step >= 1")
+    if not 0.0 <= obj.val_fraction < 1.0:
+        raise bad("val_fraction", "must be in [0, 1)")
+    if obj.source == "folder" and not obj.folder:
+        raise bad("folder", "must be set when data.source is 'folder'")
+
+
+def _rules_degrade(obj: DegradeConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    lo, hi = obj.noise_sigma
+    if not 0 <= lo <= hi:
+        raise bad("noise_sigma", "must be [low, high] with 0 <= low <= high")
+    qlo, qhi = obj.jpeg_quality
+    if not 1 <= qlo <= qhi <= 100:
+        raise bad("jpeg_quality", "must be [low, high] within 1..100")
+
+
+def _rules_diffusion(obj: DiffusionConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    if obj.timesteps < 2:
+        raise bad("timesteps", "must be >= 2")
+    if obj.indi_noise < 0 or not 0.0 <= obj.indi_t1_prob <= 1.0:
+        raise bad("indi_noise", "must be >= 0 (and diffusion.indi_t1_prob in [0, 1])")
+    if obj.residual_scale <= 0 or obj.residual_predictor_channels < 0:
+        raise bad("residual_scale", "must be > 0 (and residual_predictor_channels >= 0)")
+
+
+def _rules_train(obj: TrainConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    for k in (
+        "steps",
+        "batch_size",
+        "accum_steps",
+        "keep_last",
+        "log_every",
+        "val_every",
+        "ckpt_every",
+    ):
+        if getattr(obj, k) < 1:
+            raise bad(k, "must be >= 1")
+
+
+def _rules_evaluate(obj: EvaluateConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    if not obj.steps or min(obj.steps) < 1:
+        raise bad("steps", "must be a non-empty list of step counts >= 1, e.g. [4, 8]")
+    if not obj.seeds:
+        raise bad("seeds", "must be a non-empty list of integer seeds, e.g. [0]")
+    if obj.average_samples is not None and obj.average_samples < 1:
+        raise bad("average_samples", "must be >= 1 or null")
+    if obj.max_images < 1:
+        raise bad("max_images", "must be >= 1")
+
+
+def _rules_compare(obj: CompareConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    if not obj.formulations or len(set(obj.formulations)) != len(obj.formulations):
+        raise bad("formulations", "must be a non-empty list without repeats")
+    if not obj.steps or min(obj.steps) < 1:
+        raise bad("steps", "must be a non-empty list of step counts >= 1, e.g. [1, 4, 50]")
+    for k in ("train_steps", "samples", "max_images"):
+        if getattr(obj, k) < 1:
+            raise bad(k, "must be >= 1")
+
+
+def _rules_report(obj: ReportConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    if obj.crops < 0 or obj.zoom_size < 4:
+        raise bad("crops", "must be >= 0 (and report.zoom_size >= 4)")
+
+
+def _rules_infer(obj: InferConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    if not 0 <= obj.tile_overlap < obj.tile:
+        raise bad("tile_overlap", "must be >= 0 and smaller than infer.tile")
+    for k in ("steps", "tile_batch", "samples"):
+        if getattr(obj, k) is not None and getattr(obj, k) < 1:
+            raise bad(k, "must be >= 1" + (" (or null)" if k != "tile_batch" else ""))
+    if obj.eta < 0:
+        raise bad("eta", "must be >= 0")
+
+
+def _rules_enhance(obj: EnhanceConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    for k in ("shard_size", "workers", "max_pixels"):
+        if getattr(obj, k) < 1:
+            raise bad(k, "must be >= 1")
+    if not 1 <= obj.jpeg_quality <= 100:
+        raise bad("jpeg_quality", "must be within 1..100")
+    if not obj.extensions or not all(e.startswith(".") for e in obj.extensions):
+        raise bad("extensions", "must be a non-empty list of suffixes like .png")
+
+
+def _rules_storage(obj: StorageConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    if obj.multipart_threshold_mb < 5:
+        raise bad(
+            "multipart_threshold_mb",
+            f"= {obj.multipart_threshold_mb} is too small: S3 rejects multipart parts "
+            "under 5 MiB; set it to 5 or more",
+        )
+    if obj.max_attempts < 1:
+        raise bad("max_attempts", "must be >= 1 (1 = no retries)")
+    for k, rel in [("publish", p) for p in obj.publish] + [("manifest", obj.manifest)]:
+        parts = rel.split("/")
+        if rel.startswith("/") or "\\" in rel or any(q in ("", ".", "..") for q in parts):
+            raise bad(k, f"entry {rel!r} must be a relative '/'-separated path inside the repo")
+    nested = [(a, b) for a in obj.publish for b in obj.publish if b.startswith(a + "/")]
+    if len(set(obj.publish)) != len(obj.publish) or nested:
+        raise bad("publish", f"lists a folder twice or one inside another: {obj.publish}")
+    if obj.manifest.split("/")[0] in {p.split("/")[0] for p in obj.publish}:
+        raise bad("manifest", f"{obj.manifest!r} must not lie inside a published folder")
+
+
+# cross-field rules of each section that a type alone cannot express
+_RULES: dict[type, Callable[..., None]] = {
+    DataConfig: _rules_data,
+    DegradeConfig: _rules_degrade,
+    DiffusionConfig: _rules_diffusion,
+    TrainConfig: _rules_train,
+    EvaluateConfig: _rules_evaluate,
+    CompareConfig: _rules_compare,
+    ReportConfig: _rules_report,
+    InferConfig: _rules_infer,
+    EnhanceConfig: _rules_enhance,
+    StorageConfig: _rules_storage,
+}
+
+
 def _check_invariants(obj: Any, prefix: str, source: str) -> None:
-    """Cross-field rules that a type alone cannot express."""
+    """Cross-field rules that a type alone cannot express (`_RULES`, one function a section)."""
 
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: '{prefix}.{key}' {why}")
 
-    if isinstance(obj, DataConfig):
-        if obj.crop_size < 8 or obj.crop_step < 1:
-            raise bad("crop_size", "must be >= 8 with crop_step >= 1")
-        if not 0.0 <= obj.val_fraction < 1.0:
-            raise bad("val_fraction", "must be in [0, 1)")
-        if obj.source == "folder" and not obj.folder:
-            raise bad("folder", "must be set when data.source is 'folder'")
-    if isinstance(obj, DegradeConfig):
-        lo, hi = obj.noise_sigma
-        if not 0 <= lo <= hi:
-            raise bad("noise_sigma", "must be [low, high] with 0 <= low <= high")
-        qlo, qhi = obj.jpeg_quality
-        if not 1 <= qlo <= qhi <= 100:
-            raise bad("jpeg_quality", "must be [low, high] within 1..100")
-    if isinstance(obj, DiffusionConfig) and obj.timesteps < 2:
-        raise bad("timesteps", "must be >= 2")
-    if isinstance(obj, DiffusionConfig):
-        if obj.indi_noise < 0 or not 0.0 <= obj.indi_t1_prob <= 1.0:
-            raise bad("indi_noise", "must be >= 0 (and diffusion.indi_t1_prob in [0, 1])")
-        if obj.residual_scale <= 0 or obj.residual_predictor_channels < 0:
-            raise bad("residual_scale", "must be > 0 (and residual_predictor_channels >= 0)")
-    if isinstance(obj, TrainConfig):
-        for k in (
-            "steps",
-            "batch_size",
-            "accum_steps",
-            "keep_last",
-            "log_every",
-            "val_every",
-            "ckpt_every",
-        ):
-            if getattr(obj, k) < 1:
-                raise bad(k, "must be >= 1")
-    if isinstance(obj, EvaluateConfig):
-        if not obj.steps or min(obj.steps) < 1:
-            raise bad("steps", "must be a non-empty list of step counts >= 1, e.g. [4, 8]")
-        if not obj.seeds:
-            raise bad("seeds", "must be a non-empty list of integer seeds, e.g. [0]")
-        if obj.average_samples is not None and obj.average_samples < 1:
-            raise bad("average_samples", "must be >= 1 or null")
-        if obj.max_images < 1:
-            raise bad("max_images", "must be >= 1")
-    if isinstance(obj, CompareConfig):
-        if not obj.formulations or len(set(obj.formulations)) != len(obj.formulations):
-            raise bad("formulations", "must be a non-empty list without repeats")
-        if not obj.steps or min(obj.steps) < 1:
-            raise bad("steps", "must be a non-empty list of step counts >= 1, e.g. [1, 4, 50]")
-        for k in ("train_steps", "samples", "max_images"):
-            if getattr(obj, k) < 1:
-                raise bad(k, "must be >= 1")
-    if isinstance(obj, ReportConfig) and (obj.crops < 0 or obj.zoom_size < 4):
-        raise bad("crops", "must be >= 0 (and report.zoom_size >= 4)")
-    if isinstance(obj, InferConfig):
-        if not 0 <= obj.tile_overlap < obj.tile:
-            raise bad("tile_overlap", "must be >= 0 and smaller than infer.tile")
-        for k in ("steps", "tile_batch", "samples"):
-            if getattr(obj, k) is not None and getattr(obj, k) < 1:
-                raise bad(k, "must be >= 1" + (" (or null)" if k != "tile_batch" else ""))
-        if obj.eta < 0:
-            raise bad("eta", "must be >= 0")
-    if isinstance(obj, EnhanceConfig):
-        for k in ("shard_size", "workers", "max_pixels"):
-            if getattr(obj, k) < 1:
-                raise bad(k, "must be >= 1")
-        if not 1 <= obj.jpeg_quality <= 100:
-            raise bad("jpeg_quality", "must be within 1..100")
-        if not obj.extensions or not all(e.startswith(".") for e in obj.extensions):
-            raise bad("extensions", "must be a non-empty list of suffixes like .png")
-    if isinstance(obj, StorageConfig):
-        if obj.multipart_threshold_mb < 5:
-            raise bad(
-                "multipart_threshold_mb",
-                f"= {obj.multipart_threshold_mb} is too small: S3 rejects multipart parts "
-                "under 5 MiB; set it to 5 or more",
-            )
-        if obj.max_attempts < 1:
-            raise bad("max_attempts", "must be >= 1 (1 = no retries)")
-        for k, rel in [("publish", p) for p in obj.publish] + [("manifest", obj.manifest)]:
-            parts = rel.split("/")
-            if rel.startswith("/") or "\\" in rel or any(q in ("", ".", "..") for q in parts):
-                raise bad(k, f"entry {rel!r} must be a relative '/'-separated path inside the repo")
-        nested = [(a, b) for a in obj.publish for b in obj.publish if b.startswith(a + "/")]
-        if len(set(obj.publish)) != len(obj.publish) or nested:
-            raise bad("publish", f"lists a folder twice or one inside another: {obj.publish}")
-        if obj.manifest.split("/")[0] in {p.split("/")[0] for p in obj.publish}:
-            raise bad("manifest", f"{obj.manifest!r} must not lie inside a published folder")
+    rules = _RULES.get(type(obj))
+    if rules is not None:
+        rules(obj, bad)
 
 
 # ----------------------------------------------------------------------------- public API
