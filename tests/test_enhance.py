@@ -152,6 +152,18 @@ def test_folder_with_corrupt_and_non_image_files_completes_and_names_each(tmp_pa
     assert read_image(out / "sub0/img2.png").shape == (2, 80, 3)  # 1-pixel strip, x2
 
 
+def test_cli_enhances_a_one_pixel_image(tmp_path, ckpt, params):
+    """1x1 x2 reaches the U-Net's innermost level as 1x1, where GroupNorm has one value per
+    group and raised: the engine pads it."""
+    (src,) = write_inputs(tmp_path / "in", [(1, 1)])
+    res = CliRunner().invoke(
+        app, ["enhance", str(src), str(tmp_path / "x.png"), "-m", str(ckpt), "--params",
+              str(params), *JOB],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert read_image(tmp_path / "x.png").shape == (2, 2, 3)
+
+
 # ----------------------------------------------------------------------------- formats
 
 
