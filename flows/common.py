@@ -37,16 +37,82 @@ def parse_stage_args(argv: Sequence[str] | None, description: str) -> argparse.N
     return p.parse_args(argv)
 
 
+# User errors -> exit code (module, class, code): 2 a bad config or input (params, model file,
+# missing folder), 1 storage that failed (down, refused). Looked up in sys.modules when an
+# exception arrives: a class whose module was never imported cannot have been raised, so
+# light entry points (publish) do not import torch for this table.
+USER_ERRORS: tuple[tuple[str, str, int], ...] = (
+    ("diffenhance.config", "ConfigError", 2),
+    ("diffenhance.model", "CheckpointError", 2),
+    ("diffenhance.enhance", "EnhanceError", 2),
+    ("builtins", "FileNotFoundError", 2),
+    ("diffenhance.storage", "StorageError", 1),
+)
+
+
+def user_error_code(e: BaseException) -> int | None:
+    """The exit code of a user error in `USER_ERRORS`, None for anything else (a bug)."""
+    for module, name, code in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return code
+    return None
+
+
+class _HideUserErrors(logging.Filter):
+    """Drops console records carrying a user error: Prefect logs a failing flow's exception
+    with its traceback, and `run_entry` reports it itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or user_error_code(exc) is None
+
+
+def _console_handlers() -> list[logging.Handler]:
+    loggers = [logging.getLogger()]
+    loggers += [
+        g for g in logging.Logger.manager.loggerDict.values() if isinstance(g, logging.Logger)
+    ]
+    return [h for g in loggers for h in g.handlers if isinstance(h, logging.StreamHandler)]
+
+
+def run_entry(call: Callable[[], int | None]) -> int:
+    """Run a `python -m flows.<X>` entry point and return its exit code (`call`'s, 0 for None).
+
+    A user error (`USER_ERRORS`: bad config or model, storage down) prints one
+    `error: <message>` line to stderr and returns its code, without a traceback: Prefect's
+    console copy of it is dropped (the Prefect API's run logs keep it). Anything else is a
+    bug and propagates with its traceback.
+    """
+    hide = _HideUserErrors()
+    handlers = _console_handlers()
+    for h in handlers:
+        h.addFilter(hide)
+    try:
+        rc = call()
+    except Exception as e:
+        code = user_error_code(e)
+        if code is None:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return code
+    finally:
+        for h in handlers:
+            h.removeFilter(hide)
+    return 0 if rc is None else rc
+
+
 def run_stage(flow: Callable[..., Any], argv: Sequence[str] | None, description: str) -> int:
-    """Entry point for `python -m flows.<stage>`: parse args, run the flow, map errors to exit codes."""
-    from diffenhance.config import ConfigError, check_overrides
+    """Entry point for `python -m flows.<stage>`: parse args, check the config before Prefect
+    starts, run the flow; a user error exits with one `error:` line (`run_entry`)."""
+    from diffenhance.config import check_overrides, load_config
 
     args = parse_stage_args(sys.argv[1:] if argv is None else argv, description)
-    try:
+
+    def run() -> None:
         # before the flow run exists: its parameters are stored (and shown) by Prefect
         overrides = check_overrides(args.overrides)
+        load_config(args.params, overrides)
         flow(params=args.params, overrides=overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_entry(run)

@@ -8,7 +8,8 @@ and `<output>/_diffenhance/summary.json`.
 
 `serve` registers a deployment with that cron schedule on the Prefect API (PREFECT_API_URL)
 and runs its flow runs in this process until stopped (SIGTERM / Ctrl-C), or after N runs.
-Exit codes: 0 all enhanced, 1 some images failed, 2 configuration or usage error.
+Exit codes: 0 all enhanced, 1 some images failed (or storage failed), 2 configuration,
+usage or model-file error - one `error:` line, no traceback (flows.common.run_entry).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from typing import Any
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from diffenhance.config import ConfigError, EnhanceConfig, check_overrides, load_config
-from diffenhance.enhance import EnhanceError, finish_job, plan_job, summarize
-from flows.common import stage_logger
+from diffenhance.config import EnhanceConfig, check_overrides, load_config
+from diffenhance.enhance import finish_job, model_file, plan_job, summarize
+from flows.common import run_entry, stage_logger
 from tasks.enhance import enhance_shard, publish_summary
 
 
@@ -136,6 +137,15 @@ async def _serve(deployment: Any, max_runs: int | None) -> None:
     await asyncio.gather(runner.start(), stop_after_runs())
 
 
+def preflight(params: str, overrides: Sequence[str]) -> None:
+    """Check the config and the model file (`model.validate_checkpoint`: header only) before
+    Prefect starts; ConfigError, EnhanceError or CheckpointError naming what to fix."""
+    from diffenhance.model import validate_checkpoint
+
+    cfg = load_config(params, overrides)
+    validate_checkpoint(model_file(cfg.enhance.model))
+
+
 def serve(
     params: str,
     overrides: Sequence[str],
@@ -145,7 +155,7 @@ def serve(
     max_runs: int | None = None,
 ) -> None:
     """Register the `enhance` deployment `name` with a cron schedule and execute its runs."""
-    load_config(params, overrides)  # fail now, not at the first scheduled run
+    preflight(params, overrides)  # fail now, not at the first scheduled run
     from prefect.deployments.runner import EntrypointType
 
     from flows.enhance import enhance as flow_obj  # importable module path, even under -m
@@ -175,18 +185,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--name", default="enhance-scheduled", help="deployment name")
         p.add_argument("--max-runs", type=int, default=None, help="stop after N finished runs")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> int:
         check_overrides(args.overrides)  # before a flow run or deployment stores them
         if serving:
             serve(
                 args.params, args.overrides, cron=args.cron, name=args.name, max_runs=args.max_runs
             )
             return 0
+        preflight(args.params, args.overrides)
         summary = enhance(params=args.params, overrides=list(args.overrides))
-    except (ConfigError, EnhanceError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 1 if summary["failed"] else 0
+        return 1 if summary["failed"] else 0
+
+    return run_entry(run)  # a bad config or model: one `error:` line, exit 2
 
 
 if __name__ == "__main__":

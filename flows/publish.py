@@ -18,7 +18,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from diffenhance import publish as pub
 from diffenhance.config import load_config
-from diffenhance.storage import StorageError
 from flows.common import run_stage, stage_logger
 from tasks.publish import publish_folder
 
@@ -64,12 +63,9 @@ def publish(params: str = "params.yaml", overrides: list[str] | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 on success, 1 with a one-line `error:` on a storage failure, 2 on a config error."""
-    try:
-        return run_stage(publish, argv, __doc__)
-    except StorageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    """Exit 0 on success, 1 with a one-line `error:` on a storage failure, 2 on a config error
+    (`run_stage`: no traceback)."""
+    return run_stage(publish, argv, __doc__)
 
 
 if __name__ == "__main__":

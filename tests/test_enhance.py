@@ -174,6 +174,18 @@ def test_outputs_manifests_and_summary_get_the_umask_mode(
     assert {p: stat.S_IMODE(p.stat().st_mode) for p in made} == dict.fromkeys(made, 0o644)
 
 
+def test_cli_enhances_a_one_pixel_image(tmp_path, ckpt, params):
+    """1x1 x2 reaches the U-Net's innermost level as 1x1, where GroupNorm has one value per
+    group and raised: the engine pads it."""
+    (src,) = write_inputs(tmp_path / "in", [(1, 1)])
+    res = CliRunner().invoke(
+        app, ["enhance", str(src), str(tmp_path / "x.png"), "-m", str(ckpt), "--params",
+              str(params), *JOB],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert read_image(tmp_path / "x.png").shape == (2, 2, 3)
+
+
 # ----------------------------------------------------------------------------- formats
 
 

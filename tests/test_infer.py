@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffenhance.config import InferConfig
+from diffenhance.config import InferConfig, load_config
 from diffenhance.diffusion.formulations import get_formulation
 from diffenhance.infer import (
     RestorerTiles,
@@ -26,12 +26,14 @@ from diffenhance.infer import (
     tile_starts,
 )
 from diffenhance.model import (
+    build_restorer,
     load_restorer,
     read_checkpoint,
     set_recommended,
 )
 from tests.conftest import REPO
 from tests.enhance_helpers import IdentityTiles, gradient, random_checkpoint
+from tests.tiny import TINY_MODEL
 
 
 def cfg(**kw) -> InferConfig:
@@ -194,7 +196,7 @@ _MEASURE = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from diffenhance.config import InferConfig
+    from diffenhance.config import InferConfig, load_config
     from diffenhance.infer import RestorerTiles, TiledEnhancer
     from diffenhance.model import load_restorer
 
@@ -266,3 +268,18 @@ def test_null_steps_and_samples_come_from_the_checkpoint(tmp_path):
     assert (m.steps, m.samples) == (5, 2)
     with pytest.raises(ValueError, match="must be >= 1"):
         set_recommended(path, 0, 1, "bad")
+
+
+@pytest.mark.parametrize("task", ["sr4", "denoise"])
+def test_images_down_to_one_pixel_enhance(task):
+    """A 1x1 input used to reach the innermost U-Net level as 1x1, where a GroupNorm with one
+    channel per group has a single value and raises (in eval mode too): inputs are padded."""
+    c = load_config(None, [*TINY_MODEL, "model.channel_mults=[1,2,2]"])  # multiple 4, as shipped
+    torch.manual_seed(0)
+    r = build_restorer(c.model, c.diffusion, task, c.degrade)
+    model = RestorerTiles.from_config(r, cfg(tile=8, tile_overlap=2))
+    assert (r.unet.size_multiple, r.scale) == (4, 4 if task == "sr4" else 1)
+    for h, w in [(1, 1), (1, 2), (2, 1), (1, 37), (29, 1), (2, 2)]:
+        out = enhance_image(gradient(h, w), model, cfg(tile=8, tile_overlap=2), key="tiny")
+        assert out.shape == (h * r.scale, w * r.scale, 3), (h, w)
+        assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1

@@ -280,10 +280,14 @@ def plan_job(cfg: Config) -> Job:
     """List `enhance.input`, filter by extension, cut deterministic shards and mark what a
     previous run already did. Reads only listings and manifests, not the images.
 
-    Raises EnhanceError for a missing input or model, or an output equal to the input.
+    Raises EnhanceError for a missing input or model, or an output equal to the input, and
+    CheckpointError for a model file that is not a valid checkpoint (checked before any work).
     """
+    from diffenhance.model import validate_checkpoint
+
     e = cfg.enhance
     m_file = model_file(e.model)
+    validate_checkpoint(m_file)
     m_sha = model_sha256(m_file)
     params = output_params(cfg)
     p_hash = params_hash(params)

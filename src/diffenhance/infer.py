@@ -284,10 +284,11 @@ class TiledEnhancer:
 
     # ---------------------------------------------------------------- one image
 
-    def _axis(self, n: int) -> tuple[int, int, list[int]]:
-        """(padded length, tile length, starts) along an axis of n LQ pixels."""
+    def _axis(self, n: int, min_len: int = 0) -> tuple[int, int, list[int]]:
+        """(padded length, tile length, starts) along an axis of n LQ pixels; an axis that
+        fits in one tile is padded to at least `min_len`."""
         if n <= self.tile:
-            p = -(-n // self.step) * self.step
+            p = -(-max(n, min_len) // self.step) * self.step
             return p, p, [0]
         return n, self.tile, tile_starts(n, self.tile, self.cfg.tile_overlap)
 
@@ -301,6 +302,12 @@ class TiledEnhancer:
         s = self.model.scale
         hp, th, ys = self._axis(h)
         wp, tw, xs = self._axis(w)
+        if th * s <= self.model.size_multiple and tw * s <= self.model.size_multiple:
+            # The U-Net's innermost level (1/size_multiple of the output) would be 1x1: a
+            # GroupNorm with one channel per group then has a single value to normalise and
+            # refuses it (in eval mode too). Pad one more size step along each axis.
+            hp, th, ys = self._axis(h, 2 * self.step)
+            wp, tw, xs = self._axis(w, 2 * self.step)
         lq = torch.from_numpy(a).permute(2, 0, 1)
         if hp > h or wp > w:
             lq = F.pad(lq[None], (0, wp - w, 0, hp - h), mode="replicate")[0]

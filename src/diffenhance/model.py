@@ -3,6 +3,8 @@
 Checkpoints are safetensors files whose metadata embeds the resolved model and diffusion
 config, the task and the training step, so a checkpoint loads without params.yaml. Loading
 never unpickles: safetensors for weights, `torch.load(weights_only=True)` for training state.
+`validate_checkpoint` checks a file from its header alone (metadata, tensor shapes, network
+size) so that a bad model fails in one line before any work; `load_restorer` runs it first.
 
     r = load_restorer("models/sr4")          # a directory (model.safetensors) or a file
     hr = r.restore(lq, steps=8, generator=torch.Generator().manual_seed(0))
@@ -11,6 +13,8 @@ never unpickles: safetensors for weights, `torch.load(weights_only=True)` for tr
 from __future__ import annotations
 
 import json
+import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from diffenhance.config import (
+    TASKS,
+    ConfigError,
     DegradeConfig,
     DiffusionConfig,
     ModelConfig,
@@ -32,6 +38,12 @@ from diffenhance.io import atomic_write_bytes
 
 FORMAT = "diffenhance-checkpoint-v1"
 WEIGHTS_NAME = "model.safetensors"  # EMA weights: what enhancement loads
+# Refused before anything is allocated: the shipped models have ~1.5M parameters, so metadata
+# describing more than 2e9 (8 GB of fp32 weights), a U-Net deeper than any sane one or a
+# schedule of more than 1e6 steps is corrupt or hostile, not a model.
+MAX_PARAMETERS = 2_000_000_000
+MAX_BLOCKS = 1_000  # residual blocks of one U-Net: len(channel_mults) * (2 * num_res_blocks + 1)
+MAX_TIMESTEPS = 1_000_000
 
 
 class CheckpointError(ValueError):
@@ -221,7 +233,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             meta = dict(f.metadata() or {})
         tensors = load_file(str(p))
     except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{p}: not a readable safetensors file ({_one_line(e)})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{p}: not a diffenhance checkpoint (metadata format={meta.get('format')!r})"
@@ -229,59 +241,218 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, meta
 
 
-def load_restorer(path: str | Path, device: str | torch.device = "cpu") -> Restorer:
-    """Load a checkpoint (file or model directory) into a Restorer, using only its metadata."""
-    tensors, meta = read_checkpoint(path)
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """What a checkpoint file describes, validated against its tensors' shapes (weights unread)."""
+
+    path: Path  # the .safetensors file
+    model_cfg: ModelConfig
+    diffusion_cfg: DiffusionConfig
+    task: str
+    scale: int
+    meta: dict[str, str]
+    n_parameters: int
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _header(p: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """(metadata, {tensor name: shape}) from a safetensors header, without reading weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(
+            f"{p}: not a readable safetensors file ({_one_line(e)}); give a model.safetensors "
+            "written by diffenhance"
+        ) from None
+    return meta, shapes
+
+
+def _json_section(p: Path, meta: dict[str, str], key: str, cls: type) -> Any:
+    raw = meta.get(key)
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p}: metadata '{key}' is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{p}: metadata '{key}' must be a JSON object, got {raw!r:.80}")
+    if cls is DiffusionConfig:
+        value.setdefault("formulation", "sr3")  # checkpoints from before formulations were sr3
+    try:
+        return section_from_dict(cls, value, source=f"metadata '{key}'")
+    except ConfigError as e:
+        raise CheckpointError(f"{p}: {_one_line(e)}") from None
+
+
+def _task_and_scale(p: Path, meta: dict[str, str]) -> tuple[str, int]:
+    task = meta.get("task")
+    if task not in TASKS:
+        raise CheckpointError(f"{p}: metadata task={task!r} is not one of {', '.join(TASKS)}")
+    blind = typing.get_args(typing.get_type_hints(DegradeConfig)["blind_scale"])
+    allowed = blind if task == "blind" else (task_scale(task),)
+    raw = meta.get("scale")
+    try:
+        scale = int(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        scale = None
+    if scale is None or scale < 1 or scale not in allowed:
+        want = " or ".join(str(a) for a in allowed)
+        raise CheckpointError(
+            f"{p}: metadata scale={raw!r} does not fit task {task} (expected {want})"
+        )
+    return task, scale
+
+
+def _check_recommended(p: Path, meta: dict[str, str]) -> None:
+    if "recommended" not in meta:
+        return
+    try:
+        rec = json.loads(meta["recommended"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p}: metadata 'recommended' is not valid JSON ({e})") from None
+    if not isinstance(rec, dict):
+        raise CheckpointError(f"{p}: metadata 'recommended' must be a JSON object")
+    for k in ("steps", "samples"):
+        v = rec.get(k, 1)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise CheckpointError(f"{p}: metadata recommended.{k}={v!r} must be an integer >= 1")
+
+
+def _network_shapes(
+    p: Path, model_cfg: ModelConfig, diff_cfg: DiffusionConfig
+) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the network the metadata describes, refusing absurd sizes before any
+    memory is allocated (the network is built on the `meta` device)."""
+    blocks = len(model_cfg.channel_mults) * (2 * model_cfg.num_res_blocks + 1)
+    if blocks > MAX_BLOCKS:
+        raise CheckpointError(
+            f"{p}: metadata describes a U-Net of {blocks} residual blocks (more than "
+            f"{MAX_BLOCKS}): the file is corrupt or not a diffenhance model"
+        )
+    if diff_cfg.timesteps > MAX_TIMESTEPS:
+        raise CheckpointError(
+            f"{p}: metadata describes {diff_cfg.timesteps} diffusion timesteps (more than "
+            f"{MAX_TIMESTEPS}): the file is corrupt or not a diffenhance model"
+        )
+    try:
+        with torch.device("meta"):
+            net = build_network(model_cfg, diff_cfg)
+        Schedule.from_config(diff_cfg)
+    except (ValueError, RuntimeError, OverflowError, TypeError) as e:
+        raise CheckpointError(
+            f"{p}: metadata describes no valid network ({_one_line(e)})"
+        ) from None
+    shapes = {k: tuple(t.shape) for k, t in net.state_dict().items()}
+    n = sum(math.prod(s) for s in shapes.values())
+    if n > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{p}: metadata describes a network of {n:.3g} parameters (more than "
+            f"{MAX_PARAMETERS:.0e}): the file is corrupt or not a diffenhance model"
+        )
+    return shapes
+
+
+def shape_mismatches(
+    expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]
+) -> list[str]:
+    """Each difference between the tensors a network has and those a checkpoint holds."""
+    problems = []
+    for name, shape in got.items():
+        if name not in expected:
+            problems.append(f"unexpected {name} {shape}")
+        elif expected[name] != shape:
+            problems.append(f"{name}: checkpoint {shape} vs model {expected[name]}")
+    problems += [f"missing {n} {s}" for n, s in expected.items() if n not in got]
+    return problems
+
+
+def validate_checkpoint(path: str | Path) -> CheckpointSpec:
+    """Check a checkpoint (file or model dir) before any work starts, reading only its header:
+    a safetensors file of our format whose metadata is valid (model / diffusion config, task,
+    scale, recommended sampling) and whose tensors have exactly the shapes of the network that
+    metadata describes. Absurd network sizes are refused before anything is allocated.
+
+    Raises CheckpointError with one line `<file>: <problem>`."""
     p = _resolve(path)
-    model_cfg = section_from_dict(ModelConfig, json.loads(meta["model"]), source=str(p))
-    diff_raw = json.loads(meta["diffusion"])
-    diff_raw.setdefault("formulation", "sr3")  # checkpoints from before formulations were sr3
-    diff_cfg = section_from_dict(DiffusionConfig, diff_raw, source=str(p))
-    unet = build_network(model_cfg, diff_cfg)
-    load_matching(unet, tensors, strict=True, source=str(p))
+    meta, shapes = _header(p)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{p}: not a diffenhance checkpoint (metadata format={meta.get('format')!r})"
+        )
+    model_cfg = _json_section(p, meta, "model", ModelConfig)
+    diff_cfg = _json_section(p, meta, "diffusion", DiffusionConfig)
+    task, scale = _task_and_scale(p, meta)
+    _check_recommended(p, meta)
+    expected = _network_shapes(p, model_cfg, diff_cfg)
+    problems = shape_mismatches(expected, shapes)
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"{p}: {len(problems)} tensors do not fit the network its metadata describes "
+            f"({'; '.join(problems[:3])}{more})"
+        )
+    n = sum(math.prod(s) for s in expected.values())
+    return CheckpointSpec(p, model_cfg, diff_cfg, task, scale, meta, n)
+
+
+def load_restorer(path: str | Path, device: str | torch.device = "cpu") -> Restorer:
+    """Load a checkpoint (file or model directory) into a Restorer, using only its metadata.
+
+    The file is validated first (`validate_checkpoint`): CheckpointError naming the file."""
+    from safetensors.torch import load_file
+
+    spec = validate_checkpoint(path)
+    try:
+        tensors = load_file(str(spec.path))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(
+            f"{spec.path}: not a readable safetensors file ({_one_line(e)})"
+        ) from None
+    unet = build_network(spec.model_cfg, spec.diffusion_cfg)
+    load_matching(unet, tensors, strict=True, source=str(spec.path))
     r = Restorer(
         unet=unet,
-        schedule=Schedule.from_config(diff_cfg),
-        model_cfg=model_cfg,
-        diffusion_cfg=diff_cfg,
-        task=meta["task"],
-        scale=int(meta["scale"]),
-        meta=meta,
+        schedule=Schedule.from_config(spec.diffusion_cfg),
+        model_cfg=spec.model_cfg,
+        diffusion_cfg=spec.diffusion_cfg,
+        task=spec.task,
+        scale=spec.scale,
+        meta=spec.meta,
     )
     return r.to(device)
 
 
 def load_matching(
-    module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, strict: bool, source: str
+    module: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    *,
+    strict: bool,
+    source: str,
+    advice: str = "",
 ) -> list[str]:
     """Load `tensors` into `module`.
 
     strict: every tensor must exist with the same shape, else CheckpointError listing each
-    mismatch. Not strict: load what matches and return the names that were skipped (missing,
-    unexpected or of another shape) — e.g. fine-tuning across tasks with other input channels.
+    mismatch, then `advice` (what the caller's user can do about it). Not strict: load what
+    matches and return the names that were skipped (missing, unexpected or of another
+    shape) — e.g. fine-tuning across tasks with other input channels.
     """
     own = module.state_dict()
-    problems, skipped, loadable = [], [], {}
-    for name, t in tensors.items():
-        if name not in own:
-            problems.append(f"unexpected {name} {tuple(t.shape)}")
-            skipped.append(name)
-        elif own[name].shape != t.shape:
-            problems.append(
-                f"{name}: checkpoint {tuple(t.shape)} vs model {tuple(own[name].shape)}"
-            )
-            skipped.append(name)
-        else:
-            loadable[name] = t
-    for name in own:
-        if name not in tensors:
-            problems.append(f"missing {name} {tuple(own[name].shape)}")
-            skipped.append(name)
+    got = {name: tuple(t.shape) for name, t in tensors.items()}
+    problems = shape_mismatches({k: tuple(v.shape) for k, v in own.items()}, got)
+    loadable = {k: t for k, t in tensors.items() if k in own and own[k].shape == t.shape}
+    skipped = [k for k in tensors if k not in loadable] + [k for k in own if k not in tensors]
     if strict and problems:
         listing = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
         raise CheckpointError(
-            f"{source}: {len(problems)} tensors do not fit the model:\n  {listing}\n"
-            "Set train.init_strict=false to load only the tensors that match."
+            f"{source}: {len(problems)} tensors do not fit the model:\n  {listing}"
+            + (f"\n{advice}" if advice else "")
         )
     module.load_state_dict(loadable, strict=False)
     return skipped

@@ -242,7 +242,10 @@ def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path
         )
     if t.init_from:
         tensors, _ = read_checkpoint(t.init_from)
-        skipped = load_matching(r.unet, tensors, strict=t.init_strict, source=t.init_from)
+        skipped = load_matching(
+            r.unet, tensors, strict=t.init_strict, source=t.init_from,
+            advice="Set train.init_strict=false to load only the tensors that match.",
+        )  # fmt: skip
         if main and skipped:
             LOG.warning(
                 "init_from %s: %d tensors not loaded: %s", t.init_from, len(skipped), skipped[:8]

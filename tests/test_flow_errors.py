@@ -1,0 +1,62 @@
+"""`python -m flows.<X>` on a user error (bad key, bad model file, bad storage URL): one
+`error:` line and the documented exit code, no traceback - from Prefect's logs neither."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.enhance_helpers import write_inputs
+
+
+def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    env |= {"OMP_NUM_THREADS": "1", "PREFECT_LOGGING_LEVEL": "INFO"}  # show what a user sees
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def assert_one_error_line(res: subprocess.CompletedProcess, code: int, start: str) -> None:
+    out = res.stdout + res.stderr
+    assert res.returncode == code, out
+    assert "Traceback" not in out and "Encountered exception" not in out, out
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(start), out
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("flow-errors")
+    write_inputs(root / "in", [(8, 8)])
+    (root / "params.yaml").write_text("{}\n")
+    (root / "noise.safetensors").write_bytes(os.urandom(4096))
+    return root
+
+
+def test_enhance_flow_bad_key_and_bad_model(prefect_api, job):
+    io = [f"enhance.input={job / 'in'}", f"enhance.output={job / 'out'}"]
+    res = run_module("flows.enhance", *io, "enhance.nope=1", cwd=job)
+    assert_one_error_line(res, 2, "error: params.yaml with overrides")
+    assert "unknown key 'enhance.nope'" in res.stderr
+    model = job / "noise.safetensors"
+    res = run_module("flows.enhance", *io, f"enhance.model={model}", cwd=job)
+    assert_one_error_line(res, 2, f"error: {model}: not a readable safetensors file")
+    serve = ["serve", "--cron", "0 3 * * *", *io, f"enhance.model={model}"]
+    assert_one_error_line(run_module("flows.enhance", *serve, cwd=job), 2, f"error: {model}: ")
+    assert not (job / "out").exists()
+
+
+def test_publish_flow_storage_error_inside_the_flow(prefect_api, job):
+    """The URL is refused inside the flow run (after Prefect started it): Prefect's traceback
+    of it stays out of the console."""
+    res = run_module("flows.publish", "storage.url=ftp://host/x", cwd=job)
+    assert_one_error_line(res, 1, "error: unsupported storage URL scheme 'ftp'")
+    res = run_module("flows.publish", "storage.nope=1", cwd=job)
+    assert_one_error_line(res, 2, "error: params.yaml with overrides")
