@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def test_uninterrupted_equals_stopped_and_resumed(dataset, tmp_path):
     out_a = train_task(a, "sr2")
     # "Crash" after step 5: the last saved state is step 4 (ckpt_every=2).
     out_b = train_task(b, "sr2", stop_after=5)
-    states = sorted(p.name for p in (out_b / "state").glob("*.pt"))
+    states = sorted(p.name for p in (out_b / "state").rglob("state-*.pt"))
     assert states == ["state-00000002.pt", "state-00000004.pt"]
     train_task(b, "sr2")  # resumes from step 4, redoes 5 and 6
     log_a = pd.read_csv(out_a / "train_log.csv")
@@ -39,7 +40,7 @@ def test_uninterrupted_equals_stopped_and_resumed(dataset, tmp_path):
     wa, wb = load_file(out_a / "model.safetensors"), load_file(out_b / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # keep_last=2: only the two newest states remain
-    assert sorted(p.name for p in (out_b / "state").glob("*.pt")) == [
+    assert sorted(p.name for p in (out_b / "state").rglob("state-*.pt")) == [
         "state-00000004.pt",
         "state-00000006.pt",
     ]
@@ -123,23 +124,34 @@ def test_ddp_gloo_two_processes(dataset, tmp_path):
     assert list(log["step"]) == [1, 2, 3, 4]
     assert (tmp_path / "ddp" / "sr2" / "model.safetensors").is_file()
     state = torch.load(
-        sorted((tmp_path / "ddp" / "sr2" / "state").glob("*.pt"))[-1], weights_only=True
+        sorted((tmp_path / "ddp" / "sr2" / "state").rglob("state-*.pt"))[-1], weights_only=True
     )
     assert len(state["gen"]) == 2  # both ranks' generators saved for exact resume
 
 
-def test_state_of_other_params_is_not_resumed(dataset, tmp_path):
+def test_state_of_other_params_is_kept_not_resumed(dataset, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="diffenhance.train")
     out = tmp_path / "m"
     first = tiny_config(dataset, f"train.out_dir={out}", "train.steps=4")
-    train_task(first, "sr2")
+    train_task(first, "sr2", stop_after=2)
+    first_states = sorted((out / "sr2" / "state").rglob("state-*.pt"))
+    assert [p.name for p in first_states] == ["state-00000002.pt"]
     other = tiny_config(dataset, f"train.out_dir={out}", "train.steps=4", "train.lr=1e-4")
-    train_task(other, "sr2", stop_after=2)  # fresh start: step-4 state of `first` is dropped
-    states = sorted(p.name for p in (out / "sr2" / "state").glob("*.pt"))
-    assert states == ["state-00000002.pt"]
+    train_task(other, "sr2", stop_after=2)  # fresh start: the state of `first` is not used...
+    assert "resuming from step" not in caplog.text
+    assert all(p.is_file() for p in first_states)  # ...and kept
+    assert "train.lr: 0.0001 here, 0.0002 there" in caplog.text
+    assert "restore the params it was saved with" in caplog.text
+    assert len(list((out / "sr2" / "state").rglob("state-*.pt"))) == 2
     train_task(other, "sr2")  # resumes from its own step 2
+    assert "resuming from step 2" in caplog.text
     log = pd.read_csv(out / "sr2" / "train_log.csv")
     assert list(log["step"]) == [1, 2, 3, 4]
     assert log["lr"].iloc[1] == pytest.approx(1e-4)
+    caplog.clear()
+    train_task(first, "sr2")  # back to the first params: their state is resumed
+    assert "resuming from step 2" in caplog.text
+    assert pd.read_csv(out / "sr2" / "train_log.csv")["lr"].iloc[1] == pytest.approx(2e-4)
 
 
 def test_finished_run_is_retrained_not_resumed(dataset, tmp_path):

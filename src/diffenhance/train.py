@@ -7,8 +7,9 @@ as the validation pairs, each sample seeded by its global index, so data is iden
 the number of DataLoader workers and whether or not the run was resumed.
 
 Outputs in `<train.out_dir>/<task>/`: `model.safetensors` (EMA weights, config embedded),
-`raw.safetensors`, `state/state-<step>.pt` (exact-resume state, last `keep_last`),
-`train_log.csv`, `samples/step-<step>.png`, `params.resolved.yaml`.
+`raw.safetensors`, `state/<digest>/state-<step>.pt` (exact-resume state, last `keep_last`, one
+folder per `resume_digest`: states of other params are kept, never deleted), `train_log.csv`,
+`samples/step-<step>.png`, `params.resolved.yaml`.
 
 Multi-GPU: `torchrun --nproc_per_node=N -m diffenhance.train [section.key=value ...]`.
 """
@@ -16,14 +17,19 @@ Multi-GPU: `torchrun --nproc_per_node=N -m diffenhance.train [section.key=value 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
 import os
+import pickle
+import re
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +38,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from diffenhance.config import Config, load_config, write_resolved
+from diffenhance.data.folder import file_sha256
 from diffenhance.data.pairs import load_pairs
 from diffenhance.data.prepare import load_manifest
 from diffenhance.degrade import degrade_for_task, pair_seed
@@ -115,10 +122,15 @@ class IndexSampler(Sampler[int]):
         return 2**62
 
 
+def _train_rows(cfg: Config) -> pd.DataFrame:
+    """The manifest's split == 'train' rows, sorted by crop_path."""
+    df = load_manifest(Path(cfg.data.prepared_dir))
+    return df.loc[df["split"] == "train"].sort_values("crop_path")
+
+
 def train_files(cfg: Config) -> list[Path]:
-    prepared = Path(cfg.data.prepared_dir)
-    df = load_manifest(prepared)
-    return [prepared / p for p in sorted(df.loc[df["split"] == "train", "crop_path"])]
+    """The training crops, in a fixed order (SynthPairs picks among them by index)."""
+    return [Path(cfg.data.prepared_dir) / p for p in _train_rows(cfg)["crop_path"]]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -152,38 +164,175 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, cfg: Con
         e.copy_(b)
 
 
-def resume_digest(cfg: Config) -> str:
-    """What must match for a saved state to be resumed: data, degradations, model, optimisation."""
-    t = replace(
-        cfg.train, val_every=1, val_images=1, val_steps=1, ckpt_every=1, keep_last=1,
-        log_every=1, num_workers=0, device="auto", compile=False, tasks=(),
-    )  # fmt: skip
-    return replace(cfg, train=t).digest("data", "degrade", "model", "diffusion", "train")
+# train.* values that do not change the trained weights: where outputs go, how often they are
+# written or validated, how the work is spread. The task list: each task has its own digest.
+_NOT_IN_DIGEST = (
+    "out_dir", "val_every", "val_images", "val_steps", "ckpt_every", "keep_last", "log_every",
+    "num_workers", "device", "compile", "tasks",
+)  # fmt: skip
+
+
+def resume_params(cfg: Config, task: str) -> dict[str, Any]:
+    """What the trained weights depend on, and nothing about where files are written.
+
+    The training crops by content (manifest path + sha256, not the folder they are in), the
+    degradations (less `degrade.out_dir`), model, diffusion and the train.* values that change
+    the result; `train.init_from` by the sha256 of the checkpoint file, not its path.
+    """
+    d = cfg.to_dict()
+    prepared = Path(cfg.data.prepared_dir)
+    rows = _train_rows(cfg)
+    crops = [
+        [p, s if isinstance(s, str) and s else file_sha256(prepared / p)]
+        for p, s in zip(rows["crop_path"], rows.get("crop_sha256", [None] * len(rows)), strict=True)
+    ]
+    train = {k: v for k, v in d["train"].items() if k not in _NOT_IN_DIGEST}
+    init = train.pop("init_from")
+    if init:
+        init = Path(init) / WEIGHTS_NAME if Path(init).is_dir() else Path(init)
+        train["init_from_sha256"] = file_sha256(init)
+    blob = json.dumps(crops).encode()
+    return {
+        "task": task,
+        "train_crops_sha256": hashlib.sha256(blob).hexdigest(),
+        "degrade": {k: v for k, v in d["degrade"].items() if k != "out_dir"},
+        "model": d["model"],
+        "diffusion": d["diffusion"],
+        "train": train,
+    }
+
+
+def resume_digest(cfg: Config, task: str) -> str:
+    """Short hash of `resume_params`: a state is resumed only by a run with the same digest, and
+    the digest is the `config_digest` in checkpoint metadata (so it is free of output paths)."""
+    blob = json.dumps(resume_params(cfg, task), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_STATE_NAME = re.compile(r"state-(\d+)\.pt")
 
 
 def _states(state_dir: Path) -> list[Path]:
-    return sorted(state_dir.glob("state-*.pt"))
+    """state-<step>.pt files in `state_dir`, oldest step first."""
+    found = [
+        (int(m[1]), p) for p in state_dir.glob("state-*.pt") if (m := _STATE_NAME.fullmatch(p.name))
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def _step_of(path: Path) -> int:
+    return int(_STATE_NAME.fullmatch(path.name)[1])
 
 
 def save_state(state_dir: Path, step: int, payload: dict, keep_last: int) -> Path:
-    """Atomically write state-<step>.pt, then delete all but the newest `keep_last`."""
+    """Atomically write state-<step>.pt, then delete all but the newest `keep_last` up to `step`.
+
+    States of later steps (unreadable ones skipped on resume) are left to be overwritten.
+    """
     path = state_dir / f"state-{step:08d}.pt"
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-    for old in _states(state_dir)[:-keep_last]:
+    for old in [p for p in _states(state_dir) if _step_of(p) <= step][:-keep_last]:
         old.unlink(missing_ok=True)
     return path
 
 
-def load_latest_state(state_dir: Path, digest: str) -> dict | None:
-    """The newest state saved with the same config digest (weights_only loading), else None."""
-    for path in reversed(_states(state_dir)):
+def _load_state(path: Path) -> dict:
+    """One state file, loaded weights-only; ValueError saying why it cannot be used."""
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("digest") == digest:
+    except pickle.UnpicklingError as e:
+        # torch's message suggests retrying with weights_only=False, which can run any code in
+        # the file: never done here. A pickled object names a global; garbled bytes do not.
+        if found := re.search(r"GLOBAL (\S+)", str(e)):
+            raise ValueError(
+                f"{path} is not a safe-loadable training state: it holds a pickled Python object "
+                f"({found[1]}), and only tensors and plain values are ever loaded"
+            ) from None
+        raise ValueError(
+            f"{path} is unreadable (damaged or truncated: not a valid pickle)"
+        ) from None
+    except Exception as e:  # truncated or garbled: OSError, RuntimeError, EOFError, ...
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        detail = type(e).__name__ + (f": {first}" if first and "weights_only" not in first else "")
+        raise ValueError(f"{path} is unreadable (damaged or truncated: {detail})") from None
+    if not isinstance(state, dict) or not {"step", "digest", "model"} <= state.keys():
+        raise ValueError(f"{path} is not a training state of this project (missing keys)")
+    return state
+
+
+def load_latest_state(state_dir: Path, digest: str) -> dict | None:
+    """The newest usable state in `state_dir` saved with `digest` (weights-only loading), else
+    None. An unreadable or unsafe file is skipped with a warning naming it, never deleted."""
+    for path in reversed(_states(state_dir)):
+        try:
+            state = _load_state(path)
+        except ValueError as e:
+            LOG.warning("%s; falling back to the previous state", e)
+            continue
+        if state["digest"] == digest:
             return state
-        LOG.warning("%s was saved with other params; not resuming from it", path)
-        return None
+        LOG.warning(
+            "%s was saved with other params (digest %s); skipping it", path, state["digest"]
+        )
     return None
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def param_differences(ours: dict, theirs: dict) -> list[str]:
+    """'key: ours here, theirs there' for each differing entry of two `resume_params` dicts."""
+    a, b = _flat(ours), _flat(theirs)
+    return [f"{k}: {a.get(k)!r} here, {b.get(k)!r} there" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]  # fmt: skip
+
+
+def _log_kept_states(state_root: Path, digest: str, params: dict) -> None:
+    """Say which training states of other params are kept under `state_root` (not used by this
+    run), how they differ and how to resume from them."""
+    if not state_root.is_dir():
+        return
+    for d in sorted(p for p in state_root.iterdir() if p.is_dir() and p.name != digest):
+        states = _states(d)
+        if not states:
+            continue
+        saved = d / "params.json"
+        theirs = json.loads(saved.read_text()) if saved.is_file() else {}
+        diff = "; ".join(param_differences(params, theirs)[:8]) if theirs else "see params.json"
+        last = _step_of(states[-1])
+        if last >= theirs.get("train", {}).get("steps", last + 1):
+            how = "it is a finished run's; delete the folder to free the space"
+        else:
+            how = (f"to resume from it, restore the params it was saved with ({saved}); "
+                   "delete the folder to free the space")  # fmt: skip
+        LOG.warning(
+            "%s: training state up to step %d, saved with other params (%s), is kept and not "
+            "used; %s", d, last, diff, how,
+        )  # fmt: skip
+    if legacy := _states(state_root):
+        LOG.warning(
+            "%s: %d state files of an older diffenhance version (params unknown) are kept and "
+            "not used; delete them to free the space", state_root, len(legacy),
+        )  # fmt: skip
+
+
+def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global torch RNG states training draws from (dropout): CPU, and CUDA if used."""
+    states = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in states:
+        torch.cuda.set_rng_state(states["cuda_rng"], device)
 
 
 @torch.no_grad()
@@ -257,31 +406,40 @@ def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     gen = torch.Generator().manual_seed(pair_seed(t.seed, "noise", task, rank))
-    digest = resume_digest(cfg)
+    params = resume_params(cfg, task)
+    digest = resume_digest(cfg, task)
+    state_dir = out_dir / "state" / digest  # one folder per params: others' are kept as they are
     step, log_rows = 0, []
-    state = load_latest_state(out_dir / "state", digest)
+    state = load_latest_state(state_dir, digest)
     if state is not None and int(state["step"]) >= t.steps:
         # A finished run is not resumed: running the stage again (dvc repro --force) retrains,
-        # deterministically, and rewrites every output DVC removed before the run.
+        # deterministically, and rewrites every output DVC removed before the run. Its states
+        # (same params) go, so that a crash of the retraining resumes the retraining.
         LOG.info("%s: the saved state is a finished run; training again from step 0", task)
         state = None
-    if state is None and main:  # states of other params would shadow this run's on resume
-        for stale in _states(out_dir / "state"):
-            stale.unlink()
+        if main:
+            for done in _states(state_dir):
+                done.unlink()
+    if state is None and main:
+        _log_kept_states(out_dir / "state", digest, params)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"][rank] if world > 1 else state["gen"][0])
-        torch.set_rng_state(state["torch_rng"])
+        _set_rng_states(state, device)
         step = int(state["step"])
         if main:
-            LOG.info("%s: resuming from step %d", task, step)
+            LOG.info("%s: resuming from step %d (%s)", task, step, state_dir)
     log_csv = out_dir / "train_log.csv"
-    if step and log_csv.is_file():
-        log_rows = pd.read_csv(log_csv).query("step <= @step").to_dict("records")
+    own_log = state_dir / "train_log.csv"  # this params' log: train_log.csv may be another's
+    if step and own_log.is_file():
+        log_rows = pd.read_csv(own_log).query("step <= @step").to_dict("records")
     if main:
         write_resolved(cfg, out_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(state_dir / "params.json") as tmp:  # what to restore to resume it
+            tmp.write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")
 
     net = model
     if world > 1:
@@ -298,6 +456,9 @@ def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path
         num_workers=t.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=t.num_workers > 0,
+        # Its own generator: iter() draws a base seed, which from the global RNG would put a
+        # resumed run's dropout one draw ahead of an uninterrupted one.
+        generator=torch.Generator().manual_seed(pair_seed(t.seed, "loader", task, rank)),
     )
     batches = iter(loader)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -354,8 +515,10 @@ def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path
             acc_loss, acc_n, images, t0 = 0.0, 0, 0, time.perf_counter()
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
         if step % t.val_every == 0 or step == t.steps:
+            rng = _rng_states(device)  # validation must not move the training RNG: exact resume
             ema_r = replace(r, unet=ema)
             row.update(validate(ema_r, cfg, out_dir, step))
+            _set_rng_states(rng, device)
             LOG.info(
                 "%s step %d: val PSNR %.2f dB SSIM %.4f",
                 task,
@@ -365,8 +528,9 @@ def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path
             )
         if row is not None:
             log_rows.append(row)
-            with atomic_path(log_csv) as tmp:
-                pd.DataFrame(log_rows).to_csv(tmp, index=False)
+            for path in (log_csv, own_log):
+                with atomic_path(path) as tmp:
+                    pd.DataFrame(log_rows).to_csv(tmp, index=False)
     bar.close()
     if world > 1:
         dist.barrier()
@@ -389,9 +553,9 @@ def _checkpoint(r, model, ema, opt, gen, step, digest, cfg, out_dir, world, main
         "ema": ema.state_dict(),
         "opt": opt.state_dict(),
         "gen": gens,
-        "torch_rng": torch.get_rng_state(),
+        **_rng_states(next(model.parameters()).device),
     }
-    save_state(out_dir / "state", step, payload, cfg.train.keep_last)
+    save_state(out_dir / "state" / digest, step, payload, cfg.train.keep_last)
     meta = checkpoint_metadata(r, step=step, config_digest=digest)
     save_weights(out_dir / WEIGHTS_NAME, ema.state_dict(), meta)
     save_weights(out_dir / "raw.safetensors", model.state_dict(), meta)

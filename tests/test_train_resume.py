@@ -1,0 +1,115 @@
+"""Resume after a stop: exact with dropout, free of output paths, robust to a damaged state."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from diffenhance.train import train_task
+from tests.tiny import make_dataset, tiny_config
+
+# Dropout draws from the global torch RNG; a state after every step; validation at step 2.
+RESUME = ["model.dropout=0.1", "train.steps=4", "train.ckpt_every=1", "train.val_every=2"]
+LOG_COLUMNS = ["step", "loss", "lr", "val_psnr", "val_ssim"]  # all but images_per_s (timing)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    make_dataset(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory):
+    """(model.safetensors bytes, train log) of an uninterrupted run."""
+    out = train_task(
+        tiny_config(dataset, f"train.out_dir={tmp_path_factory.mktemp('ref')}", *RESUME), "sr2"
+    )
+    return (out / "model.safetensors").read_bytes(), pd.read_csv(out / "train_log.csv")[LOG_COLUMNS]
+
+
+def _states(task_dir) -> list[str]:
+    return sorted(p.name for p in (task_dir / "state").rglob("state-*.pt"))
+
+
+def _assert_same_as(reference, task_dir) -> None:
+    weights, log = reference
+    pd.testing.assert_frame_equal(pd.read_csv(task_dir / "train_log.csv")[LOG_COLUMNS], log)
+    assert (task_dir / "model.safetensors").read_bytes() == weights
+
+
+def test_resume_with_dropout_equals_uninterrupted(dataset, reference, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="diffenhance.train")
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", *RESUME)
+    out = train_task(cfg, "sr2", stop_after=2)  # "crash" right after the step-2 validation
+    train_task(cfg, "sr2")
+    assert "resuming from step 2" in caplog.text
+    # Bit-identical losses after the resume, and the same checkpoint bytes although the
+    # reference was written to another folder.
+    _assert_same_as(reference, out)
+
+
+def test_out_dir_spelling_and_a_moved_folder_still_resume(
+    dataset, reference, tmp_path, caplog, monkeypatch
+):
+    caplog.set_level(logging.INFO, logger="diffenhance.train")
+    monkeypatch.chdir(tmp_path)
+    train_task(
+        tiny_config(dataset, f"train.out_dir={tmp_path / 'models'}", *RESUME), "sr2", stop_after=1
+    )
+    train_task(tiny_config(dataset, "train.out_dir=./models/", *RESUME), "sr2", stop_after=2)
+    assert "resuming from step 1" in caplog.text
+    shutil.move(tmp_path / "models", tmp_path / "moved")
+    train_task(tiny_config(dataset, "train.out_dir=moved", *RESUME), "sr2")
+    assert "resuming from step 2" in caplog.text
+    assert "other params" not in caplog.text
+    _assert_same_as(reference, tmp_path / "moved" / "sr2")
+
+
+class _RunsCode:
+    """Unpickling this runs os.mkdir(marker): what a weights-only load must never do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled", "pickled"])
+def test_damaged_newest_state_falls_back_to_the_previous_one(
+    dataset, reference, tmp_path, caplog, damage
+):
+    caplog.set_level(logging.INFO, logger="diffenhance.train")
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path / 'm'}", *RESUME)
+    out = train_task(cfg, "sr2", stop_after=3)
+    assert _states(out) == ["state-00000002.pt", "state-00000003.pt"]
+    newest = sorted((out / "state").rglob("state-00000003.pt"))[0]
+    data = newest.read_bytes()
+    marker = tmp_path / "code-ran"
+    if damage == "truncated":  # torch.load: RuntimeError (no zip directory) or OSError 22
+        newest.write_bytes(data[: len(data) // 2])
+    elif damage == "garbled":  # torch.load: UnpicklingError advising weights_only=False
+        newest.write_bytes(bytes(b ^ 0x5A for b in data))
+    else:
+        digest = newest.parent.name
+        torch.save({"step": 3, "digest": digest, "model": {}, "x": _RunsCode(marker)}, newest)
+    train_task(cfg, "sr2")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(newest) in w for w in warnings), warnings  # names the bad file
+    if damage == "pickled":
+        assert any("is not a safe-loadable training state" in w for w in warnings), warnings
+        assert not marker.exists()
+    else:
+        assert any("is unreadable (damaged or truncated" in w for w in warnings), warnings
+    assert "weights_only" not in caplog.text  # never advises an unsafe load
+    assert "resuming from step 2" in caplog.text
+    _assert_same_as(reference, out)
+    assert _states(out) == ["state-00000003.pt", "state-00000004.pt"]  # the bad one overwritten
+    assert torch.load(newest, weights_only=True)["step"] == 3
