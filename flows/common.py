@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-
-def stage_logger() -> logging.Logger | logging.LoggerAdapter:
-    """Prefect's run logger inside a flow or task run, a plain logger elsewhere."""
-    try:
-        from prefect import get_run_logger
-        from prefect.exceptions import MissingContextError
-
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            pass
-    except ImportError:  # pragma: no cover - prefect is a dependency of flows/
-        pass
-    return logging.getLogger("diffenhance")
+from tasks.common import stage_logger  # noqa: F401 - the flows' logger too; defined below flows/
 
 
 def parse_stage_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:

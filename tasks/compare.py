@@ -6,7 +6,7 @@ from prefect import task
 
 from diffenhance.compare import Comparison, build_compare_report, compare_task
 from diffenhance.config import Config
-from flows.common import stage_logger
+from tasks.common import stage_logger
 
 
 @task(name="compare-formulations")

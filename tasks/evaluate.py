@@ -6,7 +6,7 @@ from prefect import task
 
 from diffenhance.config import Config
 from diffenhance.evaluate import evaluate_task
-from flows.common import stage_logger
+from tasks.common import stage_logger
 
 
 @task(name="evaluate-model")

@@ -11,14 +11,16 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from diffenhance.config import ReportConfig, write_resolved
 from diffenhance.evaluate import evaluate_task, load_evaluation
+from diffenhance.io import write_image
 from diffenhance.report import build_report, per_image_gain, pick_crops
-from diffenhance.report_plots import zoom_box
-from tests.tiny import tiny_config, tiny_model
+from diffenhance.report_plots import crop_figure, zoom_box
+from tests.tiny import smooth_image, tiny_config, tiny_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -181,3 +183,64 @@ def test_chromium_script_is_idempotent():
     script = Path(__file__).resolve().parents[1] / "scripts" / "ensure_chromium.sh"
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and proc.stderr == "" and shutil.which("chromium")
+
+
+def _evaluation_with_gains(eval_dir: Path, dest: Path, gains: dict[str, float]) -> Path:
+    """A copy of a real evaluation folder whose images are replaced by `gains`' names: each with
+    its own HR/LQ/model/baseline PNGs and a headline PSNR-Y of (30 + gain) dB against 30 dB for
+    the reference baseline."""
+    shutil.copytree(eval_dir, dest)
+    ev = load_evaluation(dest)
+    ref = ev.protocol["reference_baseline"]
+    shutil.rmtree(dest / "images")
+    rng = np.random.default_rng(1)
+    rows = []
+    template = {m: ev.per_image[ev.per_image["method"] == m].iloc[0] for m in (ref, ev.headline)}
+    for name, g in gains.items():
+        hr = smooth_image(rng, 32, 32)
+        for kind, img in (("hr", hr), ("lq", hr[::2, ::2]), (ref, smooth_image(rng, 32, 32)),
+                          ("model", smooth_image(rng, 32, 32))):  # fmt: skip
+            write_image(dest / "images" / kind / f"{name}.png", img)
+        rows.append({**template[ref], "image": name, "psnr_y": 30.0})
+        rows.append({**template[ev.headline], "image": name, "psnr_y": 30.0 + g})
+    pd.DataFrame(rows).to_csv(dest / "per_image.csv", index=False)
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("gains", "expected"),
+    [
+        # the worst image is chelsea_s000 (-2.59 dB): it must be shown as worst, never as best
+        ({"chelsea_s000": -2.59, "chelsea_s040": 1.5, "rocket_s000": -0.8, "rocket_s034": 0.4},
+         [("best", "chelsea_s040"), ("best", "rocket_s034"), ("worst", "chelsea_s000"),
+          ("worst", "rocket_s000")]),
+        ({"chelsea_s000": -2.59, "rocket_s034": -1.2},  # the model loses on both
+         [("best", "rocket_s034"), ("worst", "chelsea_s000")]),
+        ({"a": 0.5, "b": -2.59, "c": 2.0},
+         [("best", "c"), ("best", "a"), ("worst", "b")]),
+    ],
+)  # fmt: skip
+def test_best_and_worst_labels_name_the_images_with_the_highest_and_lowest_gain(
+    evaluated, tmp_path, gains, expected
+):
+    _, cfg, eval_dir = evaluated
+    ev_dir = _evaluation_with_gains(eval_dir, tmp_path / "eval", gains)
+    report = build_report(ev_dir, tmp_path / "out", ReportConfig(crops=2, zoom_size=8))
+    ev = load_evaluation(ev_dir)
+    ref = ev.protocol["reference_baseline"]
+    captions = re.findall(
+        r"<figcaption>((?:best|worst): [^<]*)</figcaption>", report.html.read_text()
+    )
+    assert captions == [
+        f"{which}: {name}, PSNR-Y gain over {ref} {gains[name]:+.2f} dB" for which, name in expected
+    ]
+    # each crop figure shows its image: the same figure drawn from that image's files
+    for rank, (which, name) in enumerate(expected):
+        shown = tmp_path / "out" / "plots" / f"crop_{which}_{rank}.png"
+        again = crop_figure(
+            images=[ev.image(k, name) for k in ("lq", ref, "model", "hr")],
+            labels=("LQ input", ref, ev.headline, "ground truth"),
+            scores=(None, 30.0, 30.0 + gains[name], None), zoom_size=8,
+            path=tmp_path / f"again_{rank}.png",
+        )  # fmt: skip
+        assert shown.read_bytes() == again.read_bytes(), (which, name)
