@@ -318,7 +318,8 @@ def build_report(
             scores=(None, g["baseline"], g["model"], None), zoom_size=cfg.zoom_size,
             path=plots / f"crop_{which}_{rank}.png",
         )  # fmt: skip
-        crops.append((p, f"{which}: {name}, PSNR-Y gain over {ref} {g['gain']:+.2f} dB"))
+        note = f" (even the best image is below {ref})" if which == "best" and g["gain"] < 0 else ""
+        crops.append((p, f"{which}: {name}, PSNR-Y gain over {ref} {g['gain']:+.2f} dB{note}"))
     figures["Side by side: best and worst images (zoomed region outlined)"] = crops
     if not training:
         figures.pop("Training")
