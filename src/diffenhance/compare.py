@@ -393,30 +393,32 @@ def _summary(comp: Comparison) -> list[tuple[str, str]]:
     return items
 
 
-def build_compare_report(comp_dir: str | Path, cfg: ReportConfig) -> Path:
-    """report.html and plots/ for the comparison in `comp_dir` (written beside it): the issue's
-    checks, both knob ends of every formulation, the curves, and crops of `cfg.crops` images
-    (LQ | baseline | reference | fidelity end | sharp end | truth) per formulation."""
-    comp = load_comparison(comp_dir)
+def _roles(p: dict[str, Any]) -> tuple[str, str, set[str]]:
+    """(reference formulation, default formulation, formulations without a knob) of a protocol
+    (older protocol.json files: regression is the reference and the one without a knob)."""
+    reference = p.get("reference_formulation", "regression")
+    return reference, p["default_formulation"], set(p.get("without_knob", [reference]))
+
+
+def _checks_html(p: dict[str, Any]) -> list[str]:
+    """The bar for the default formulation: each check measured, met or missed."""
+    if not p["checks"]:
+        return []
+    esc = html.escape
+    return [f"<h2>The bar for the default ({esc(p['default_formulation'])})</h2>", html_table(
+        ["check", "measured", "bar", "result"],
+        [[esc(c["check"]), f"{c['value']:+.3f}" if "dB" in c["check"] else f"{c['value']:.3f}",
+          f"{c['bar']:+.2f}" if "dB" in c["check"] else f"> {c['bar']:.2f}",
+          '<span class="pos">met</span>' if c["met"] else '<span class="neg">missed</span>']
+         for c in p["checks"]],
+    )]  # fmt: skip
+
+
+def _ends_html(comp: Comparison) -> list[str]:
+    """Both knob ends of every formulation against the baseline and the reference."""
     p, m, esc = comp.protocol, comp.metrics, html.escape
-    ref, default = p["baseline"], p["default_formulation"]
-    reference = p.get("reference_formulation", "regression")  # older protocol.json: regression
-    no_knob = set(p.get("without_knob", [reference]))
-    plots = comp.out_dir / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    for old in plots.glob("*.png"):
-        old.unlink()
-    parts = [f"<h1>Formulations compared: {esc(p['task'])}</h1>", "<h2>Summary</h2>",
-             html_table(["", ""], [[esc(k), esc(v)] for k, v in _summary(comp)], left=2)]  # fmt: skip
-    if p["checks"]:
-        parts.append(f"<h2>The bar for the default ({esc(default)})</h2>")
-        parts.append(html_table(
-            ["check", "measured", "bar", "result"],
-            [[esc(c["check"]), f"{c['value']:+.3f}" if "dB" in c["check"] else f"{c['value']:.3f}",
-              f"{c['bar']:+.2f}" if "dB" in c["check"] else f"> {c['bar']:.2f}",
-              '<span class="pos">met</span>' if c["met"] else '<span class="neg">missed</span>']
-             for c in p["checks"]],
-        ))  # fmt: skip
+    ref = p["baseline"]
+    reference, default, no_knob = _roles(p)
     rows, cls = [], []
     reg = m.get(f"{reference}_fidelity_psnr_y")
     for f in [ref, *p["formulations"]]:
@@ -431,33 +433,41 @@ def build_compare_report(comp_dir: str | Path, cfg: ReportConfig) -> Path:
                          fmt_metric("ssim_y", m[f"{f}_{key}ssim_y"]),
                          fmt_metric("hf_ratio", m.get(f"{f}_{key}hf_ratio"))])  # fmt: skip
             cls.append("head" if f == default else "")
-    parts.append("<h2>Both ends of the knob (mean over images)</h2>")
-    parts.append(html_table(
-        ["formulation", "end", "PSNR Y (dB)", f"vs {ref}", f"vs {reference}", "SSIM Y", HF_LABEL],
-        rows, left=2, cls=cls,
-    ))  # fmt: skip
     best = [[esc(f), str(int(m[f"{f}_best_steps"])), fmt_metric("psnr_y", m[f"{f}_best_psnr_y"])]
             for f in p["formulations"]]  # fmt: skip
-    parts.append("<h2>Best step count (single sample, by PSNR-Y)</h2>")
-    parts.append(html_table(["formulation", "steps", "PSNR Y (dB)"], best))
-    parts.append(
+    return [
+        "<h2>Both ends of the knob (mean over images)</h2>",
+        html_table(
+            [
+                "formulation",
+                "end",
+                "PSNR Y (dB)",
+                f"vs {ref}",
+                f"vs {reference}",
+                "SSIM Y",
+                HF_LABEL,
+            ],
+            rows,
+            left=2,
+            cls=cls,
+        ),  # fmt: skip
+        "<h2>Best step count (single sample, by PSNR-Y)</h2>",
+        html_table(["formulation", "steps", "PSNR Y (dB)"], best),
         '<p class="note">Every formulation trains the same U-Net (residual adds its small '
         "predictor) for the same steps, batch and crops. Sharpness is the fine-detail energy of "
         "the Y channel relative to the ground truth (metrics.hf_energy_ratio): a blurry output "
-        "scores below 1 however high its PSNR. PSNR is averaged in dB, capped at 100 dB.</p>"
-    )
-    flat = [ref, *sorted(no_knob)]
-    figures = {"Quality and sharpness vs sampler steps": [(
-        plot_formulation_curves(comp.curves, flat, plots / "curves.png"),
-        f"single samples per formulation; dashed: {', '.join(flat)} (no steps); "
-        f"hollow diamond: {p['fidelity_end']}",
-    )]}  # fmt: skip
+        "scores below 1 however high its PSNR. PSNR is averaged in dB, capped at 100 dB.</p>",
+    ]
+
+
+def _crop_figures(comp: Comparison, cfg: ReportConfig, plots: Path) -> list[tuple[Path, str]]:
+    """Per image and formulation with a knob: LQ | baseline | reference | both ends | truth."""
+    p = comp.protocol
+    ref = p["baseline"]
+    reference, _, no_knob = _roles(p)
     crops = []
-    names = spread(p["images"], cfg.crops) if cfg.crops else []
-    for name in names:
-        for f in p["formulations"]:
-            if f in no_knob:
-                continue
+    for name in spread(p["images"], cfg.crops) if cfg.crops else []:
+        for f in [f for f in p["formulations"] if f not in no_knob]:
             # (image folder, label, per_image formulation and end for the PSNR-Y under it)
             cols = [(ref, ref, ref, "fidelity")]
             if reference in p["formulations"]:
@@ -472,7 +482,31 @@ def build_compare_report(comp_dir: str | Path, cfg: ReportConfig) -> Path:
             )  # fmt: skip
             crops.append((path, f"{name}: {f} at both ends of the knob ({p['fidelity_end']}; "
                                 f"{p['sharp_end']})"))  # fmt: skip
-    figures["Crops at both ends of the knob (zoomed region outlined)"] = crops
+    return crops
+
+
+def build_compare_report(comp_dir: str | Path, cfg: ReportConfig) -> Path:
+    """report.html and plots/ for the comparison in `comp_dir` (written beside it): the issue's
+    checks, both knob ends of every formulation, the curves, and crops of `cfg.crops` images
+    (LQ | baseline | reference | fidelity end | sharp end | truth) per formulation."""
+    comp = load_comparison(comp_dir)
+    p, esc = comp.protocol, html.escape
+    plots = comp.out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for old in plots.glob("*.png"):
+        old.unlink()
+    parts = [f"<h1>Formulations compared: {esc(p['task'])}</h1>", "<h2>Summary</h2>",
+             html_table(["", ""], [[esc(k), esc(v)] for k, v in _summary(comp)], left=2)]  # fmt: skip
+    parts += _checks_html(p) + _ends_html(comp)
+    flat = [p["baseline"], *sorted(_roles(p)[2])]
+    figures = {"Quality and sharpness vs sampler steps": [(
+        plot_formulation_curves(comp.curves, flat, plots / "curves.png"),
+        f"single samples per formulation; dashed: {', '.join(flat)} (no steps); "
+        f"hollow diamond: {p['fidelity_end']}",
+    )]}  # fmt: skip
+    figures["Crops at both ends of the knob (zoomed region outlined)"] = _crop_figures(
+        comp, cfg, plots
+    )
     out = comp.out_dir / "report.html"
     with atomic_path(out) as tmp:
         tmp.write_text(html_page(f"diffenhance: formulations on {p['task']}", parts, figures),

@@ -280,75 +280,85 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+class _Invalid(Exception):
+    """Internal: `value` does not fit the type being coerced to (`_coerce` words the error)."""
+
+
+def _scalar(value: Any, tp: Any) -> Any:
+    """bool, int, float (also from a YAML 1.1 string like '2e-4') or str; _Invalid otherwise."""
+    if tp is bool and isinstance(value, bool):
+        return value
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int and is_number and isinstance(value, int):
+        return value
+    if tp is float and is_number:
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise _Invalid from None
+    if tp is str and isinstance(value, str):
+        return value
+    if tp in (bool, int, float, str):
+        raise _Invalid
+    raise TypeError(f"unsupported config type {tp!r}")  # internal
+
+
+def _union(value: Any, args: tuple[Any, ...], key: str, source: str) -> Any:
+    if value is None:
+        if type(None) in args:
+            return None
+        raise _Invalid
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, key, source)
+        except ConfigError:
+            continue
+    raise _Invalid
+
+
+def _tuple(value: Any, args: tuple[Any, ...], key: str, source: str) -> tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise _Invalid
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise _Invalid
+    return tuple(
+        _coerce(v, a, f"{key}[{i}]", source)
+        for i, (v, a) in enumerate(zip(value, args, strict=True))
+    )
+
+
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Return `value` converted to type `tp`, or raise ConfigError naming `key`."""
-
-    def fail() -> ConfigError:
-        return ConfigError(f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}")
-
-    origin = get_origin(tp)
-    if origin is Annotated:
-        base = _coerce(value, get_args(tp)[0], key, source)
-        for extra in get_args(tp)[1:]:
-            if isinstance(extra, OneOf) and base not in extra.names():
-                raise fail()
-        return base
-    if origin is Literal:
-        if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
-            return value
-        raise fail()
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise fail()
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key, source)
-            except ConfigError:
-                continue
-        raise fail()
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise fail()
-        args = get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise fail()
-        return tuple(
-            _coerce(v, a, f"{key}[{i}]", source)
-            for i, (v, a) in enumerate(zip(value, args, strict=True))
-        )
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
-        return _build(tp, value, key, source)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise fail()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise fail()
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise fail() from None
-        raise fail()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise fail()
-    raise TypeError(f"unsupported config type {tp!r} for {key}")  # internal
+    origin, args = get_origin(tp), get_args(tp)
+    try:
+        if origin is Annotated:
+            base = _coerce(value, args[0], key, source)
+            if any(isinstance(x, OneOf) and base not in x.names() for x in args[1:]):
+                raise _Invalid
+            return base
+        if origin is Literal:
+            if value in args and type(value) in {type(a) for a in args}:
+                return value
+            raise _Invalid
+        if origin in (typing.Union, types.UnionType):
+            return _union(value, args, key, source)
+        if origin is tuple:
+            return _tuple(value, args, key, source)
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+            return _build(tp, value, key, source)
+        return _scalar(value, tp)
+    except _Invalid:
+        raise ConfigError(
+            f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}"
+        ) from None
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:

@@ -152,6 +152,17 @@ def download(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    _fetch_with_retries(url, part, retries=retries, timeout=timeout, progress=progress,
+                        backoff=backoff)  # fmt: skip
+    _verify_part(part, dest, url, expected_sha256, expected_size, validate)
+    os.replace(part, dest)
+    return dest
+
+
+def _fetch_with_retries(
+    url: str, part: Path, *, retries: int, timeout: float, progress: bool, backoff: float
+) -> None:
+    """Fetch `url` into `part`, resuming after each retryable error (see `download`)."""
     attempt = 0
     while True:
         try:
@@ -185,6 +196,13 @@ def download(
         )
         time.sleep(delay)
 
+
+def _verify_part(
+    part: Path, dest: Path, url: str, expected_sha256: str | None, expected_size: int | None,
+    validate: Callable[[Path], None] | None,
+) -> None:  # fmt: skip
+    """Size, sha256 and `validate` checks of a finished `part`; deletes it on a mismatch."""
+
     def reject(what: str, expected: object, actual: object) -> DownloadError:
         part.unlink(missing_ok=True)
         return DownloadError(
@@ -205,8 +223,6 @@ def download(
         except (ArchiveError, DownloadError) as e:
             part.unlink(missing_ok=True)
             raise DownloadError(f"{dest.name}: downloaded file is invalid: {e}") from e
-    os.replace(part, dest)
-    return dest
 
 
 def check_zip(path: str | Path) -> None:
