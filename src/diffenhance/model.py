@@ -111,23 +111,28 @@ class Restorer:
         return from_model_range(x0.float()).clamp(0, 1)
 
 
-def build_network(model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig) -> torch.nn.Module:
-    """The freshly initialised network of `diffusion_cfg.formulation` (its registry entry
-    decides: e.g. a UNet(6 -> 3), or for 'residual' a PredictRefine)."""
-    return get_formulation(diffusion_cfg.formulation).build_network(model_cfg, diffusion_cfg)
+def build_network(
+    model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, scale: int
+) -> torch.nn.Module:
+    """The freshly initialised network of `diffusion_cfg.formulation` for a task of `scale`
+    (its registry entry decides: e.g. a UNet(6 -> 3), or for 'residual' a PredictRefine;
+    `model_cfg.space` = "lr" puts the body on the 1/scale grid)."""
+    f = get_formulation(diffusion_cfg.formulation)
+    return f.build_network(model_cfg, diffusion_cfg, scale)
 
 
 def build_restorer(
     model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, task: str, degrade_cfg: DegradeConfig
 ) -> Restorer:
     """A freshly initialised restorer for `task`."""
+    scale = task_scale(task, degrade_cfg)
     return Restorer(
-        unet=build_network(model_cfg, diffusion_cfg),
+        unet=build_network(model_cfg, diffusion_cfg, scale),
         schedule=Schedule.from_config(diffusion_cfg),
         model_cfg=model_cfg,
         diffusion_cfg=diffusion_cfg,
         task=task,
-        scale=task_scale(task, degrade_cfg),
+        scale=scale,
         meta={},
     )
 
@@ -237,7 +242,7 @@ def load_restorer(path: str | Path, device: str | torch.device = "cpu") -> Resto
     diff_raw = json.loads(meta["diffusion"])
     diff_raw.setdefault("formulation", "sr3")  # checkpoints from before formulations were sr3
     diff_cfg = section_from_dict(DiffusionConfig, diff_raw, source=str(p))
-    unet = build_network(model_cfg, diff_cfg)
+    unet = build_network(model_cfg, diff_cfg, int(meta["scale"]))
     load_matching(unet, tensors, strict=True, source=str(p))
     r = Restorer(
         unet=unet,
