@@ -282,7 +282,7 @@ def test_residual_loss_reaches_every_parameter_in_one_call():
     mcfg = ModelConfig(
         base_channels=16, channel_mults=(1, 2), attn_resolutions=(2,), head_channels=16
     )
-    net = build_network(mcfg, cfg)
+    net = build_network(mcfg, cfg, 2)
     assert isinstance(net, PredictRefine)
     calls = []
     net.register_forward_hook(lambda *a: calls.append(1))

@@ -136,7 +136,7 @@ def test_shipped_models_validate_and_load(task):
 def test_fine_tuning_advice_only_where_the_caller_gives_it(good):
     r = load_restorer(good)
     tensors, _ = read_checkpoint(good)
-    wider = build_network(type(r.model_cfg)(base_channels=32), r.diffusion_cfg)
+    wider = build_network(type(r.model_cfg)(base_channels=32), r.diffusion_cfg, r.scale)
     with pytest.raises(CheckpointError) as e:
         load_matching(wider, tensors, strict=True, source="x")
     assert "init_strict" not in str(e.value)

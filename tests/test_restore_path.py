@@ -32,7 +32,7 @@ from diffenhance.diffusion.formulations.base import pixel_loss
 from diffenhance.evaluate import evaluate_pairs, load_model
 from diffenhance.io import read_image, write_image
 from diffenhance.model import load_restorer, set_recommended
-from diffenhance.nn import build_unet
+from diffenhance.nn import build_cond_net
 from diffenhance.restore import SamplingSpec, restore, sampling_spec
 from diffenhance.train import train_task
 from tests.enhance_helpers import random_checkpoint
@@ -126,8 +126,8 @@ class Halfway(Formulation):
     has_knob = False
     uses_start_noise = False
 
-    def build_network(self, model_cfg, dcfg):
-        return build_unet(model_cfg, in_channels=6, out_channels=3)
+    def build_network(self, model_cfg, dcfg, scale):
+        return build_cond_net(model_cfg, scale, in_channels=6, out_channels=3)
 
     def _predict(self, model, y):
         return y + 0.5 * model(y, torch.zeros(y.shape[0], device=y.device), y).to(y.dtype)

@@ -90,6 +90,10 @@ class ModelConfig:
     attn_resolutions: tuple[int, ...] = (4,)  # downsampling factors (not sizes): size-free
     head_channels: int = 32  # width per attention head
     dropout: float = 0.0
+    # Where the U-Net body runs: "hr" at the output resolution, "lr" on the pixel-unshuffled
+    # 1/scale grid (nn/lrspace.py; 1/2 for scale-1 tasks). "hr": what checkpoints without the
+    # key were trained with (benchmarks/RESULTS.md "LR-space network" compares the two).
+    space: Literal["hr", "lr"] = "hr"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ raised-cosine window and cropped to the exact output size:
     out = enhance_image(read_image("photo.png"), model, cfg.infer, key="photo")  # HxWx3 -> sHxsWx3
 
 * Tile size and overlap are in INPUT (LQ) pixels; the network sees tiles of `tile * scale`.
+  Tile size and starts are multiples of the LQ step the network needs (`size_step`); the
+  overlap is rounded up to one.
   Memory is bounded by `tile` and `tile_batch`, never by the image size: only the input and
   the output image (plus O(H + W) blending weights) grow with it.
 * Seams: along each axis neighbouring tiles cross-fade over their whole overlap with
@@ -286,11 +288,18 @@ class TiledEnhancer:
 
     def _axis(self, n: int, min_len: int = 0) -> tuple[int, int, list[int]]:
         """(padded length, tile length, starts) along an axis of n LQ pixels; an axis that
-        fits in one tile is padded to at least `min_len`."""
-        if n <= self.tile:
-            p = -(-max(n, min_len) // self.step) * self.step
+        fits in one tile is padded to at least `min_len`.
+
+        Starts are multiples of `step`, so every tile sees the image on the same grid of the
+        network's downsamplings / pixel-unshuffle (an LR-space net with f = 2 on a tile
+        starting at an odd pixel would compute another function there: a seam)."""
+        st = self.step
+        p = -(-n // st) * st
+        if p <= self.tile:
+            p = -(-max(n, min_len) // st) * st
             return p, p, [0]
-        return n, self.tile, tile_starts(n, self.tile, self.cfg.tile_overlap)
+        ov = min(-(-self.cfg.tile_overlap // st), self.tile // st - 1)
+        return p, self.tile, [st * a for a in tile_starts(p // st, self.tile // st, ov)]
 
     def _prepare(self, ident: Any, key: str, image: np.ndarray) -> _Image:
         a = np.asarray(image)

@@ -123,23 +123,28 @@ class Restorer:
         return from_model_range(x0.float()).clamp(0, 1)
 
 
-def build_network(model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig) -> torch.nn.Module:
-    """The freshly initialised network of `diffusion_cfg.formulation` (its registry entry
-    decides: e.g. a UNet(6 -> 3), or for 'residual' a PredictRefine)."""
-    return get_formulation(diffusion_cfg.formulation).build_network(model_cfg, diffusion_cfg)
+def build_network(
+    model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, scale: int
+) -> torch.nn.Module:
+    """The freshly initialised network of `diffusion_cfg.formulation` for a task of `scale`
+    (its registry entry decides: e.g. a UNet(6 -> 3), or for 'residual' a PredictRefine;
+    `model_cfg.space` = "lr" puts the body on the 1/scale grid)."""
+    f = get_formulation(diffusion_cfg.formulation)
+    return f.build_network(model_cfg, diffusion_cfg, scale)
 
 
 def build_restorer(
     model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, task: str, degrade_cfg: DegradeConfig
 ) -> Restorer:
     """A freshly initialised restorer for `task`."""
+    scale = task_scale(task, degrade_cfg)
     return Restorer(
-        unet=build_network(model_cfg, diffusion_cfg),
+        unet=build_network(model_cfg, diffusion_cfg, scale),
         schedule=Schedule.from_config(diffusion_cfg),
         model_cfg=model_cfg,
         diffusion_cfg=diffusion_cfg,
         task=task,
-        scale=task_scale(task, degrade_cfg),
+        scale=scale,
         meta={},
     )
 
@@ -325,7 +330,7 @@ def _check_recommended(p: Path, meta: dict[str, str]) -> None:
 
 
 def _network_shapes(
-    p: Path, model_cfg: ModelConfig, diff_cfg: DiffusionConfig
+    p: Path, model_cfg: ModelConfig, diff_cfg: DiffusionConfig, scale: int
 ) -> dict[str, tuple[int, ...]]:
     """{name: shape} of the network the metadata describes, refusing absurd sizes before any
     memory is allocated (the network is built on the `meta` device)."""
@@ -342,7 +347,7 @@ def _network_shapes(
         )
     try:
         with torch.device("meta"):
-            net = build_network(model_cfg, diff_cfg)
+            net = build_network(model_cfg, diff_cfg, scale)
         Schedule.from_config(diff_cfg)
     except (ValueError, RuntimeError, OverflowError, TypeError) as e:
         raise CheckpointError(
@@ -389,7 +394,7 @@ def validate_checkpoint(path: str | Path) -> CheckpointSpec:
     diff_cfg = _json_section(p, meta, "diffusion", DiffusionConfig)
     task, scale = _task_and_scale(p, meta)
     _check_recommended(p, meta)
-    expected = _network_shapes(p, model_cfg, diff_cfg)
+    expected = _network_shapes(p, model_cfg, diff_cfg, scale)
     problems = shape_mismatches(expected, shapes)
     if problems:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
@@ -414,7 +419,7 @@ def load_restorer(path: str | Path, device: str | torch.device = "cpu") -> Resto
         raise CheckpointError(
             f"{spec.path}: not a readable safetensors file ({_one_line(e)})"
         ) from None
-    unet = build_network(spec.model_cfg, spec.diffusion_cfg)
+    unet = build_network(spec.model_cfg, spec.diffusion_cfg, spec.scale)
     load_matching(unet, tensors, strict=True, source=str(spec.path))
     r = Restorer(
         unet=unet,

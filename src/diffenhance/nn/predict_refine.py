@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from diffenhance.config import ModelConfig
+from diffenhance.nn.lrspace import LRResidualNet, LRSpaceUNet, space_factor
 from diffenhance.nn.unet import UNet
 
 
@@ -32,24 +33,35 @@ class RefineOutput(NamedTuple):
 class PredictRefine(nn.Module):
     """`predict(y) -> mu`, `denoise(x_t, t, mu) -> prediction`, and a training `forward`.
 
-    predictor: UNet(6 -> 3) of width `predictor_channels`, called as a regression,
-    mu = y + predictor(y, 0, y) (the residual over the upsampled input, so mu = y at init).
-    denoiser: UNet(6 -> 3) of `model_cfg`, conditioned on mu.
+    `model_cfg.space` = "hr": predictor = UNet(6 -> 3) of width `predictor_channels`, called
+    as a regression, mu = y + predictor(y, 0, y) (the residual over the upsampled input, so
+    mu = y at init); denoiser = UNet(6 -> 3) of `model_cfg`, conditioned on mu.
+    "lr" (factor `space_factor(scale)`): predictor = `LRResidualNet` (EDSR-style, same width
+    rule), mu = y + predictor(y); denoiser = `LRSpaceUNet` of `model_cfg`.
     """
 
-    def __init__(self, model_cfg: ModelConfig, predictor_channels: int = 0) -> None:
+    def __init__(self, model_cfg: ModelConfig, predictor_channels: int = 0, scale: int = 1) -> None:
         super().__init__()
         width = predictor_channels or model_cfg.base_channels
-        pred_cfg = replace(
-            model_cfg, base_channels=width, head_channels=min(width, model_cfg.head_channels)
-        )
-        self.predictor = UNet(pred_cfg, in_channels=6, out_channels=3)
-        self.denoiser = UNet(model_cfg, in_channels=6, out_channels=3)
+        self.predictor: nn.Module
+        self.denoiser: nn.Module
+        if model_cfg.space == "lr":
+            f = space_factor(scale)
+            self.predictor = LRResidualNet(f, width)
+            self.denoiser = LRSpaceUNet(model_cfg, f, in_channels=6, out_channels=3)
+        else:
+            pred_cfg = replace(
+                model_cfg, base_channels=width, head_channels=min(width, model_cfg.head_channels)
+            )
+            self.predictor = UNet(pred_cfg, in_channels=6, out_channels=3)
+            self.denoiser = UNet(model_cfg, in_channels=6, out_channels=3)
         a, b = self.predictor.size_multiple, self.denoiser.size_multiple
         self.size_multiple: int = a * b // math.gcd(a, b)
 
     def predict(self, y: torch.Tensor) -> torch.Tensor:
         """y: [N, 3, H, W] upsampled input in [-1, 1] -> mu [N, 3, H, W] (about [-1, 1])."""
+        if isinstance(self.predictor, LRResidualNet):
+            return y + self.predictor(y)
         t = torch.zeros(y.shape[0], device=y.device)
         return y + self.predictor(y, t, y)
 

@@ -3,7 +3,8 @@
 A formulation owns everything that differs between restoration recipes, and nothing else
 branches on its name (EDM's shape: each recipe is one class chosen once by name):
 
-* `build_network(model_cfg, dcfg)` - the freshly initialised network it trains;
+* `build_network(model_cfg, dcfg, scale)` - the freshly initialised network it trains (in
+  the space `model_cfg.space` asks for: `nn.build_cond_net`);
 * `loss(...)` - its training loss on one batch;
 * `prepare(...)` + `sample_once(...)` - its sampler (the shared driver
   `formulations.formulation_sample` handles sample averaging and per-item generators);
@@ -45,8 +46,11 @@ class Formulation:
     has_knob: ClassVar[bool] = True  # False: steps and samples do not change the output
     uses_start_noise: ClassVar[bool] = True  # False: no randomness at all (samples = 1 suffices)
 
-    def build_network(self, model_cfg: ModelConfig, dcfg: DiffusionConfig) -> torch.nn.Module:
-        """The freshly initialised network; must expose `size_multiple` (output-space)."""
+    def build_network(
+        self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int
+    ) -> torch.nn.Module:
+        """The freshly initialised network for a task of `scale` (1, 2, 4: output size / input
+        size; an LR-space network needs it); must expose `size_multiple` (output-space)."""
         raise NotImplementedError
 
     def loss(

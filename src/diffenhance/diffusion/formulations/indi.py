@@ -18,7 +18,7 @@ from diffenhance.diffusion.formulations.base import (
 )
 from diffenhance.diffusion.indi import indi_loss, indi_sample
 from diffenhance.diffusion.schedule import Schedule
-from diffenhance.nn import build_unet
+from diffenhance.nn import build_cond_net
 
 
 @register
@@ -27,8 +27,10 @@ class InDI(Formulation):
     default_steps = 1  # the fidelity end: exactly a regression on the (noisy) input
     has_knob = True
 
-    def build_network(self, model_cfg: ModelConfig, dcfg: DiffusionConfig) -> torch.nn.Module:
-        return build_unet(model_cfg, in_channels=6, out_channels=3)
+    def build_network(
+        self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int
+    ) -> torch.nn.Module:
+        return build_cond_net(model_cfg, scale, in_channels=6, out_channels=3)
 
     def loss(
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,

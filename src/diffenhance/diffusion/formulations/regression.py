@@ -19,7 +19,7 @@ from diffenhance.diffusion.formulations.base import (
     register,
 )
 from diffenhance.diffusion.schedule import Schedule
-from diffenhance.nn import build_unet
+from diffenhance.nn import build_cond_net
 
 
 def regress(model: Model, y: torch.Tensor) -> torch.Tensor:
@@ -35,8 +35,10 @@ class Regression(Formulation):
     has_knob = False
     uses_start_noise = False
 
-    def build_network(self, model_cfg: ModelConfig, dcfg: DiffusionConfig) -> torch.nn.Module:
-        return build_unet(model_cfg, in_channels=6, out_channels=3)
+    def build_network(
+        self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int
+    ) -> torch.nn.Module:
+        return build_cond_net(model_cfg, scale, in_channels=6, out_channels=3)
 
     def loss(
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,

@@ -33,8 +33,10 @@ class Residual(Formulation):
     default_steps = 4  # keeps PSNR above regression with ground-truth-level detail (RESULTS.md)
     has_knob = True
 
-    def build_network(self, model_cfg: ModelConfig, dcfg: DiffusionConfig) -> torch.nn.Module:
-        return PredictRefine(model_cfg, dcfg.residual_predictor_channels)
+    def build_network(
+        self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int
+    ) -> torch.nn.Module:
+        return PredictRefine(model_cfg, dcfg.residual_predictor_channels, scale)
 
     def loss(
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
