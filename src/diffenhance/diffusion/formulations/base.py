@@ -31,6 +31,7 @@ import torch
 
 from diffenhance.config import DiffusionConfig, ModelConfig
 from diffenhance.diffusion.schedule import Schedule
+from diffenhance.nn import build_cond_net
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,8 +51,11 @@ class Formulation:
         self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int
     ) -> torch.nn.Module:
         """The freshly initialised network for a task of `scale` (1, 2, 4: output size / input
-        size; an LR-space network needs it); must expose `size_multiple` (output-space)."""
-        raise NotImplementedError
+        size; an LR-space network needs it); must expose `size_multiple` (output-space).
+
+        Default: the conditional network of `model.space` (noisy state and condition in,
+        3 channels out: `nn.build_cond_net`)."""
+        return build_cond_net(model_cfg, scale, in_channels=6, out_channels=3)
 
     def loss(
         self,

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.config import DiffusionConfig
 from diffenhance.diffusion.formulations.base import (
     Formulation,
     Generators,
@@ -18,7 +18,6 @@ from diffenhance.diffusion.formulations.base import (
 )
 from diffenhance.diffusion.indi import indi_loss, indi_sample
 from diffenhance.diffusion.schedule import Schedule
-from diffenhance.nn import build_cond_net
 
 
 @register
@@ -26,11 +25,6 @@ class InDI(Formulation):
     name = "indi"
     default_steps = 1  # the fidelity end: exactly a regression on the (noisy) input
     has_knob = True
-
-    def build_network(
-        self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int
-    ) -> torch.nn.Module:
-        return build_cond_net(model_cfg, scale, in_channels=6, out_channels=3)
 
     def loss(
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,

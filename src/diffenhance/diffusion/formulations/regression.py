@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.config import DiffusionConfig
 from diffenhance.diffusion.formulations.base import (
     Formulation,
     Generators,
@@ -19,7 +19,6 @@ from diffenhance.diffusion.formulations.base import (
     register,
 )
 from diffenhance.diffusion.schedule import Schedule
-from diffenhance.nn import build_cond_net
 
 
 def regress(model: Model, y: torch.Tensor) -> torch.Tensor:
@@ -34,11 +33,6 @@ class Regression(Formulation):
     default_steps = 1
     has_knob = False
     uses_start_noise = False
-
-    def build_network(
-        self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int
-    ) -> torch.nn.Module:
-        return build_cond_net(model_cfg, scale, in_channels=6, out_channels=3)
 
     def loss(
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.config import DiffusionConfig
 from diffenhance.diffusion.formulations.base import (
     Formulation,
     Generators,
@@ -19,7 +19,6 @@ from diffenhance.diffusion.formulations.base import (
 from diffenhance.diffusion.process import training_loss
 from diffenhance.diffusion.samplers import sample
 from diffenhance.diffusion.schedule import Schedule
-from diffenhance.nn import build_cond_net
 
 
 @register
@@ -27,11 +26,6 @@ class SR3(Formulation):
     name = "sr3"
     default_steps = 4
     has_knob = True
-
-    def build_network(
-        self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int
-    ) -> torch.nn.Module:
-        return build_cond_net(model_cfg, scale, in_channels=6, out_channels=3)
 
     def loss(
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
