@@ -3,7 +3,13 @@
 DVC owns the DAG (dvc.yaml); this only starts one shared Prefect server on 127.0.0.1 (unless
 PREFECT_API_URL points at one), runs `dvc repro` with it, and prints where the results are.
 
-    python -m flows.pipeline [extra dvc repro args, e.g. --force or a stage name]
+Without a stage name the main job reproduces `report` and what it needs (prepare, degrade,
+train, evaluate, report); the formulation comparison (`train_compare@*`, `compare`, about ten
+CPU minutes) is opt-in:
+
+    python -m flows.pipeline [extra dvc repro args, e.g. --force]   # the main job
+    python -m flows.pipeline compare                                # the formulation comparison
+    python -m flows.pipeline report compare                         # both
 """
 
 from __future__ import annotations
@@ -16,9 +22,13 @@ from pathlib import Path
 
 from flows.server import local_prefect_server
 
+MAIN_TARGETS = ["report"]  # the stages `make run` reproduces (with their ancestors)
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(not a.startswith("-") for a in argv):  # no stage named: the main job
+        argv += MAIN_TARGETS
     bindir = Path(sys.executable).parent
     dvc = shutil.which("dvc", path=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     if dvc is None:

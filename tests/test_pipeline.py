@@ -41,8 +41,12 @@ TINY = {
 def repo(tmp_path_factory, prefect_api):
     r = copy_repo(tmp_path_factory.mktemp("pipeline"))
     set_params(r, TINY)
-    # The main job itself, against the session's Prefect server.
+    # The main job itself, against the session's Prefect server; then the opt-in comparison.
     proc = run(r, "python", "-m", "flows.pipeline")
+    assert "Running stage 'compare'" not in proc.stdout  # opt-in: not part of the main job
+    assert "Running stage 'report@sr4'" in proc.stdout
+    compared = run(r, "python", "-m", "flows.pipeline", "compare")
+    assert "Running stage 'train@sr4'" not in compared.stdout  # up to date: not rerun
     return r, proc
 
 
