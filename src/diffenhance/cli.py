@@ -9,12 +9,18 @@ same dotted overrides:
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
+
+if TYPE_CHECKING:
+    from diffenhance.config import Config
+    from diffenhance.enhance import Job
 
 app = typer.Typer(
     help="Diffusion image restoration: pipeline stages, enhancement and evaluation.",
@@ -205,44 +211,91 @@ def enhance(
     """Enhance one image, or every image under a folder or s3:// prefix (structure kept).
 
     Output format and bit depth follow each input unless enhance.output_format / bit_depth say
-    otherwise. Images already enhanced with the same model and params are skipped. Exit code:
-    0 all done, 1 some images failed (each named with its reason), 2 usage or config error.
+    otherwise. Images already enhanced with the same model and params are skipped. Exit code
+    (as `python -m flows.enhance`): 0 all done, 1 some images failed (each named with its
+    reason) or storage failed, 2 usage, config, input or model-file error (one line).
     """
+    from diffenhance.enhance import exit_code, plan_job
+
+    settings = {"input": input, "output": output, "model": model or None}
+    cfg = _enhance_config(params, overrides, settings, steps=steps, tile=tile, device=device)
+    with _user_errors():
+        job = plan_job(cfg)  # the model file first: a bad one fails before any listing
+    if dry_run:
+        _print_plan(job)
+        return
+    summary = _run_with_progress(cfg, job)
+    typer.echo(
+        f"{summary['enhanced']} enhanced, {summary['skipped_done']} already done, "
+        f"{summary['failed']} failed, {len(summary['ignored'])} ignored "
+        f"({summary['images_per_s']:.3g} images/s, {summary['megapixels_per_s']:.3g} MP/s) "
+        f"-> {job.output_url}"
+    )
+    if code := exit_code(summary):
+        raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """A user error (`diffenhance.exitcodes.USER_ERRORS`, as `python -m flows.<X>` maps them)
+    exits with its code and one `error:` line; anything else is a bug and keeps its traceback."""
+    from diffenhance.exitcodes import user_error_code
+
+    try:
+        yield
+    except Exception as e:
+        code = user_error_code(e)
+        if code is None:
+            raise
+        _fail(str(e), code)
+
+
+def _enhance_config(
+    params: Path, overrides: list[str] | None, settings: dict[str, Any], **infer: Any
+) -> Config:
+    """The config of `diffenhance enhance`: params + overrides + the command's arguments
+    (`settings` for enhance.*, `infer` for infer.*; None means not given)."""
     import dataclasses
 
     from diffenhance.config import ConfigError
-    from diffenhance.enhance import EnhanceError, plan_job, run_job
     from diffenhance.infer import resolve_device
-    from diffenhance.model import CheckpointError
-    from diffenhance.storage import StorageError
 
     cfg = _config_or_defaults(params, overrides)
-    e = {"input": input, "output": output} | ({"model": model} if model else {})
-    i = {k: v for k, v in (("steps", steps), ("tile", tile), ("device", device)) if v is not None}
-    try:
-        infer = dataclasses.replace(cfg.infer, **i)
-        if infer.tile <= infer.tile_overlap or (infer.steps is not None and infer.steps < 1):
+    e = {k: v for k, v in settings.items() if v is not None}
+    i = {k: v for k, v in infer.items() if v is not None}
+    with _user_errors():
+        try:
+            inf = dataclasses.replace(cfg.infer, **i)
+            resolve_device(inf.device)
+        except ValueError as err:  # CUDA asked for but absent, or a rejected value
+            raise ConfigError(str(err)) from None
+        if inf.tile <= inf.tile_overlap or (inf.steps is not None and inf.steps < 1):
             raise ConfigError(
-                f"--tile {infer.tile} must exceed infer.tile_overlap={infer.tile_overlap} "
+                f"--tile {inf.tile} must exceed infer.tile_overlap={inf.tile_overlap} "
                 "and --steps must be >= 1"
             )
-        cfg = dataclasses.replace(cfg, enhance=dataclasses.replace(cfg.enhance, **e), infer=infer)
-        resolve_device(cfg.infer.device)
-        job = plan_job(cfg)
-    except (ConfigError, EnhanceError, CheckpointError, StorageError, ValueError) as err:
-        _fail(str(err))
-    if dry_run:
-        typer.echo(
-            f"{job.n_sources} images in {len(job.shards)} shards: {job.n_todo} to enhance, "
-            f"{job.n_sources - job.n_todo} already done, {len(job.ignored)} ignored"
-        )
-        for shard in job.shards:
-            for src in shard.todo:
-                typer.echo(f"  {src.key} -> {src.output_key}")
-        for ig in job.ignored:
-            typer.echo(f"  ignored {ig['key']}: {ig['reason']}")
-        return
+        return dataclasses.replace(cfg, enhance=dataclasses.replace(cfg.enhance, **e), infer=inf)
+
+
+def _print_plan(job: Job) -> None:
+    """--dry-run: the counts, then each image to enhance and each file ignored (and why)."""
+    typer.echo(
+        f"{job.n_sources} images in {len(job.shards)} shards: {job.n_todo} to enhance, "
+        f"{job.n_sources - job.n_todo} already done, {len(job.ignored)} ignored"
+    )
+    for shard in job.shards:
+        for src in shard.todo:
+            typer.echo(f"  {src.key} -> {src.output_key}")
+    for ig in job.ignored:
+        typer.echo(f"  ignored {ig['key']}: {ig['reason']}")
+
+
+def _run_with_progress(cfg: Config, job: Job) -> dict[str, Any]:
+    """`run_job` with the shards in this process and a progress bar; each failed image and
+    crashed shard printed as an `error:` line. Returns the summary."""
     from tqdm.auto import tqdm
+
+    from diffenhance.enhance import run_job
 
     bar = tqdm(total=job.n_todo, unit="img", desc="enhance", disable=None)
 
@@ -252,21 +305,13 @@ def enhance(
             bar.write(f"error: {ev['key']}: {ev['reason']}", file=sys.stderr)
 
     try:
-        summary = run_job(cfg, on_image=on_image, job=job)
-    except (EnhanceError, CheckpointError) as err:
+        with _user_errors():
+            summary = run_job(cfg, on_image=on_image, job=job)
+    finally:
         bar.close()
-        _fail(str(err))
-    bar.close()
     for se in summary["shard_errors"]:
         typer.secho(f"error: shard {se['shard_id']}: {se['reason']}", fg="red", err=True)
-    typer.echo(
-        f"{summary['enhanced']} enhanced, {summary['skipped_done']} already done, "
-        f"{summary['failed']} failed, {len(summary['ignored'])} ignored "
-        f"({summary['images_per_s']:.3g} images/s, {summary['megapixels_per_s']:.3g} MP/s) "
-        f"-> {job.output_url}"
-    )
-    if summary["failed"] or summary["shard_errors"]:
-        raise typer.Exit(1)
+    return summary
 
 
 if __name__ == "__main__":
