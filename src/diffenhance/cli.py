@@ -1,7 +1,8 @@
 """The `diffenhance` command line.
 
-Stage commands (`prepare`, `degrade`, ...) run the same Prefect flow as `dvc repro`, with the
-same dotted overrides:
+Stage commands (`prepare`, `degrade`, ...) run the same Prefect flow as `dvc repro`, the same
+way (`python -m flows.<stage> --params P overrides...` in a subprocess), with the same dotted
+overrides and exit codes:
 
     diffenhance prepare data.source=folder data.folder=~/photos
     diffenhance config show train.lr=2e-4
@@ -10,6 +11,8 @@ same dotted overrides:
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,21 +45,47 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _run_flow(module: str, name: str, params: Path, overrides: list[str] | None) -> None:
-    import importlib
+def _child_env() -> dict[str, str]:
+    """This environment, with this library and the checkout's flows/ (an editable install) on
+    PYTHONPATH, after the working directory that `python -m` puts first (as under dvc repro)."""
+    src = Path(__file__).resolve().parents[1]
+    paths = [str(src)]
+    if (src.parent / "flows" / "__init__.py").is_file():
+        paths.append(str(src.parent))
+    if old := os.environ.get("PYTHONPATH"):
+        paths.append(old)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
-    from diffenhance.config import ConfigError, check_overrides
 
+def _fileno(stream: Any) -> int | None:
+    """The file descriptor behind `stream`, None for an in-memory one (CliRunner, capsys)."""
     try:
-        # before the flow run exists: its parameters are stored (and shown) by Prefect
-        overrides = check_overrides(overrides or [])
-    except ConfigError as e:
-        _fail(str(e))
-    flow = getattr(importlib.import_module(f"flows.{module}"), name)
-    try:
-        flow(params=str(params), overrides=overrides)
-    except (ConfigError, FileNotFoundError) as e:
-        _fail(str(e))
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _run_stage(stage: str, params: Path, overrides: list[str] | None) -> None:
+    """Run the stage as dvc.yaml does: `python -m flows.<stage> --params P overrides...` in a
+    subprocess (the library imports no flow). Its entry point checks the config and prints one
+    `error:` line for a user error; its exit code is this command's."""
+    env = _child_env()
+    roots = [Path.cwd(), *map(Path, env["PYTHONPATH"].split(os.pathsep))]
+    if not any((r / "flows" / f"{stage}.py").is_file() for r in roots):
+        _fail(f"`diffenhance {stage}` runs flows/{stage}.py: run it from the repository root")
+    cmd = [sys.executable, "-m", f"flows.{stage}", "--params", str(params), *(overrides or [])]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    out, err = _fileno(sys.stdout), _fileno(sys.stderr)
+    pipe = subprocess.PIPE
+    proc = subprocess.run(cmd, env=env, stdout=pipe if out is None else out,
+                          stderr=pipe if err is None else err)  # fmt: skip
+    if out is None:  # an in-memory stream: relay what the stage printed
+        sys.stdout.write(proc.stdout.decode(errors="replace"))
+    if err is None:
+        sys.stderr.write(proc.stderr.decode(errors="replace"))
+    if proc.returncode:  # a signal (-N) exits as a shell reports it: 128 + N
+        raise typer.Exit(proc.returncode if proc.returncode > 0 else 128 - proc.returncode)
 
 
 @config_app.command("show")
@@ -74,24 +103,19 @@ def config_show(overrides: OverridesArg = None, params: ParamsOpt = Path("params
 @app.command()
 def prepare(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yaml")) -> None:
     """Resolve the dataset and cut sub-image crops (the `prepare` stage)."""
-    _run_flow("prepare", "prepare", params, overrides)
+    _run_stage("prepare", params, overrides)
 
 
 @app.command()
 def degrade(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yaml")) -> None:
     """Write the fixed validation LQ/HQ pairs of every task (the `degrade` stage)."""
-    _run_flow("degrade", "degrade", params, overrides)
+    _run_stage("degrade", params, overrides)
 
 
 @app.command()
 def publish(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yaml")) -> None:
     """Push reports, checkpoints and results to storage.url (verified; unchanged files skipped)."""
-    from diffenhance.storage import StorageError
-
-    try:
-        _run_flow("publish", "publish", params, overrides)
-    except StorageError as e:
-        _fail(str(e), 1)
+    _run_stage("publish", params, overrides)
 
 
 def _config_or_defaults(params: Path, overrides: list[str] | None):
@@ -131,7 +155,7 @@ def evaluate(
     if hr_dir is None:
         if task or model or out:
             _fail("--task, --model and --out go with --hr-dir (evaluate a folder of images)")
-        _run_flow("evaluate", "evaluate", params, overrides)
+        _run_stage("evaluate", params, overrides)
         return
     if model is None or out is None:
         _fail("--hr-dir needs --model PATH (checkpoint) and --out DIR")
@@ -169,7 +193,7 @@ def report(
 ) -> None:
     """Self-contained HTML report (the `report` stage, or one --eval-dir folder)."""
     if eval_dir is None:
-        _run_flow("report", "report", params, overrides)
+        _run_stage("report", params, overrides)
         return
     from diffenhance.report import build_report
 
