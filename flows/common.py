@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+# user errors -> exit code: one table, shared with the `diffenhance` CLI
+from diffenhance.exitcodes import USER_ERRORS, user_error_code  # noqa: F401
 from tasks.common import stage_logger  # noqa: F401 - the flows' logger too; defined below flows/
 
 
@@ -22,28 +24,6 @@ def parse_stage_args(argv: Sequence[str] | None, description: str) -> argparse.N
         help="dotted overrides, e.g. train.lr=2e-4",
     )
     return p.parse_args(argv)
-
-
-# User errors -> exit code (module, class, code): 2 a bad config or input (params, model file,
-# missing folder), 1 storage that failed (down, refused). Looked up in sys.modules when an
-# exception arrives: a class whose module was never imported cannot have been raised, so
-# light entry points (publish) do not import torch for this table.
-USER_ERRORS: tuple[tuple[str, str, int], ...] = (
-    ("diffenhance.config", "ConfigError", 2),
-    ("diffenhance.model", "CheckpointError", 2),
-    ("diffenhance.enhance", "EnhanceError", 2),
-    ("builtins", "FileNotFoundError", 2),
-    ("diffenhance.storage", "StorageError", 1),
-)
-
-
-def user_error_code(e: BaseException) -> int | None:
-    """The exit code of a user error in `USER_ERRORS`, None for anything else (a bug)."""
-    for module, name, code in USER_ERRORS:
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(e, cls):
-            return code
-    return None
 
 
 class _HideUserErrors(logging.Filter):

@@ -8,8 +8,9 @@ and `<output>/_diffenhance/summary.json`.
 
 `serve` registers a deployment with that cron schedule on the Prefect API (PREFECT_API_URL)
 and runs its flow runs in this process until stopped (SIGTERM / Ctrl-C), or after N runs.
-Exit codes: 0 all enhanced, 1 some images failed (or storage failed), 2 configuration,
-usage or model-file error - one `error:` line, no traceback (flows.common.run_entry).
+Exit codes (`diffenhance.enhance.run`'s error policy, as `diffenhance enhance`): 0 all
+enhanced, 1 some images failed or shards crashed (storage down), 2 configuration, usage,
+input or model-file error - one `error:` line, no traceback (flows.common.run_entry).
 """
 
 from __future__ import annotations
@@ -17,16 +18,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from diffenhance.config import EnhanceConfig, check_overrides, load_config
-from diffenhance.enhance import finish_job, model_file, plan_job, summarize
+from diffenhance.config import Config, EnhanceConfig, check_overrides, load_config
+from diffenhance.enhance import (
+    Job,
+    Shard,
+    ShardOutcome,
+    ShardsCrashed,
+    exit_code,
+    model_file,
+    plan_job,
+    run_job,
+)
 from flows.common import run_entry, stage_logger
 from tasks.enhance import enhance_shard, publish_summary
 
@@ -50,9 +59,20 @@ def make_task_runner(cfg: EnhanceConfig) -> Any:
     return DaskTaskRunner(address=cfg.dask_address)
 
 
+def prefect_shards(job: Job, shards: Sequence[Shard], cfg: Config) -> Iterator[ShardOutcome]:
+    """The flow's shard runner: `enhance-shard` mapped over the shards on the flow's task
+    runner; each shard's manifest in order, or the exception that stopped it."""
+    futures = enhance_shard.map(list(shards), job=unmapped(job), cfg=unmapped(cfg))
+    for fut in futures:
+        try:
+            yield fut.result()
+        except Exception as e:  # run_job decides: stop the job or record the shard
+            yield e
+
+
 @flow(name="enhance-shards")
 def enhance_shards(params: str, overrides: list[str]) -> dict[str, Any]:
-    """Plan, map `enhance-shard` over the shards with work left, summarise."""
+    """Plan, map `enhance-shard` over the shards with work left, summarise (`run_job`)."""
     cfg = load_config(params, overrides)
     log = stage_logger()
     job = plan_job(cfg)
@@ -61,22 +81,15 @@ def enhance_shards(params: str, overrides: list[str]) -> dict[str, Any]:
         "enhance: %d images in %d shards from %s; %d to do in %d shards; %d ignored",
         job.n_sources, len(job.shards), job.input_url, job.n_todo, len(todo), len(job.ignored),
     )  # fmt: skip
-    t0 = time.perf_counter()
-    futures = enhance_shard.map(todo, job=unmapped(job), cfg=unmapped(cfg))
-    manifests, shard_errors = [], []
-    for shard, fut in zip(todo, futures, strict=True):
-        try:
-            manifests.append(fut.result())
-        except Exception as e:  # a whole shard crashed (storage down...): report, go on
-            shard_errors.append({"shard_id": shard.id, "reason": f"{type(e).__name__}: {e}"})
-    summary = summarize(job, manifests, time.perf_counter() - t0, shard_errors)
-    finish_job(job, summary, cfg)
-    return summary
+    return run_job(cfg, job=job, runner=prefect_shards)
 
 
 @flow(name="enhance")
 def enhance(params: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
-    """Batch enhancement with the task runner that `enhance.dask_address` selects."""
+    """Batch enhancement with the task runner that `enhance.dask_address` selects.
+
+    Raises ShardsCrashed (the run fails, exit 1) when shards crashed as a whole, after the
+    summary of the others is written and published."""
     overrides = list(overrides or [])
     cfg = load_config(params, overrides)
     runner = make_task_runner(cfg.enhance)
@@ -90,10 +103,9 @@ def enhance(params: str = "params.yaml", overrides: list[str] | None = None) -> 
     )  # fmt: skip
     for f in summary["failures"]:
         log.warning("enhance: %s failed: %s", f["key"], f["reason"])
-    if summary["shard_errors"]:
-        raise RuntimeError(
-            f"{len(summary['shard_errors'])} shards crashed: {summary['shard_errors']}"
-        )
+    if errors := summary["shard_errors"]:
+        crashed = "; ".join(f"shard {e['shard_id']}: {e['reason']}" for e in errors)
+        raise ShardsCrashed(f"{len(errors)} shards crashed ({crashed}); rerun to finish them")
     return summary
 
 
@@ -195,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         preflight(args.params, args.overrides)
         summary = enhance(params=args.params, overrides=list(args.overrides))
-        return 1 if summary["failed"] else 0
+        return exit_code(summary)
 
     return run_entry(run)  # a bad config or model: one `error:` line, exit 2
 

@@ -1,7 +1,8 @@
 """The `diffenhance` command line.
 
-Stage commands (`prepare`, `degrade`, ...) run the same Prefect flow as `dvc repro`, with the
-same dotted overrides:
+Stage commands (`prepare`, `degrade`, ...) run the same Prefect flow as `dvc repro`, the same
+way (`python -m flows.<stage> --params P overrides...` in a subprocess), with the same dotted
+overrides and exit codes:
 
     diffenhance prepare data.source=folder data.folder=~/photos
     diffenhance config show train.lr=2e-4
@@ -9,12 +10,20 @@ same dotted overrides:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
+
+if TYPE_CHECKING:
+    from diffenhance.config import Config
+    from diffenhance.enhance import Job
 
 app = typer.Typer(
     help="Diffusion image restoration: pipeline stages, enhancement and evaluation.",
@@ -36,21 +45,47 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _run_flow(module: str, name: str, params: Path, overrides: list[str] | None) -> None:
-    import importlib
+def _child_env() -> dict[str, str]:
+    """This environment, with this library and the checkout's flows/ (an editable install) on
+    PYTHONPATH, after the working directory that `python -m` puts first (as under dvc repro)."""
+    src = Path(__file__).resolve().parents[1]
+    paths = [str(src)]
+    if (src.parent / "flows" / "__init__.py").is_file():
+        paths.append(str(src.parent))
+    if old := os.environ.get("PYTHONPATH"):
+        paths.append(old)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
-    from diffenhance.config import ConfigError, check_overrides
 
+def _fileno(stream: Any) -> int | None:
+    """The file descriptor behind `stream`, None for an in-memory one (CliRunner, capsys)."""
     try:
-        # before the flow run exists: its parameters are stored (and shown) by Prefect
-        overrides = check_overrides(overrides or [])
-    except ConfigError as e:
-        _fail(str(e))
-    flow = getattr(importlib.import_module(f"flows.{module}"), name)
-    try:
-        flow(params=str(params), overrides=overrides)
-    except (ConfigError, FileNotFoundError) as e:
-        _fail(str(e))
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _run_stage(stage: str, params: Path, overrides: list[str] | None) -> None:
+    """Run the stage as dvc.yaml does: `python -m flows.<stage> --params P overrides...` in a
+    subprocess (the library imports no flow). Its entry point checks the config and prints one
+    `error:` line for a user error; its exit code is this command's."""
+    env = _child_env()
+    roots = [Path.cwd(), *map(Path, env["PYTHONPATH"].split(os.pathsep))]
+    if not any((r / "flows" / f"{stage}.py").is_file() for r in roots):
+        _fail(f"`diffenhance {stage}` runs flows/{stage}.py: run it from the repository root")
+    cmd = [sys.executable, "-m", f"flows.{stage}", "--params", str(params), *(overrides or [])]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    out, err = _fileno(sys.stdout), _fileno(sys.stderr)
+    pipe = subprocess.PIPE
+    proc = subprocess.run(cmd, env=env, stdout=pipe if out is None else out,
+                          stderr=pipe if err is None else err)  # fmt: skip
+    if out is None:  # an in-memory stream: relay what the stage printed
+        sys.stdout.write(proc.stdout.decode(errors="replace"))
+    if err is None:
+        sys.stderr.write(proc.stderr.decode(errors="replace"))
+    if proc.returncode:  # a signal (-N) exits as a shell reports it: 128 + N
+        raise typer.Exit(proc.returncode if proc.returncode > 0 else 128 - proc.returncode)
 
 
 @config_app.command("show")
@@ -68,24 +103,19 @@ def config_show(overrides: OverridesArg = None, params: ParamsOpt = Path("params
 @app.command()
 def prepare(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yaml")) -> None:
     """Resolve the dataset and cut sub-image crops (the `prepare` stage)."""
-    _run_flow("prepare", "prepare", params, overrides)
+    _run_stage("prepare", params, overrides)
 
 
 @app.command()
 def degrade(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yaml")) -> None:
     """Write the fixed validation LQ/HQ pairs of every task (the `degrade` stage)."""
-    _run_flow("degrade", "degrade", params, overrides)
+    _run_stage("degrade", params, overrides)
 
 
 @app.command()
 def publish(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yaml")) -> None:
     """Push reports, checkpoints and results to storage.url (verified; unchanged files skipped)."""
-    from diffenhance.storage import StorageError
-
-    try:
-        _run_flow("publish", "publish", params, overrides)
-    except StorageError as e:
-        _fail(str(e), 1)
+    _run_stage("publish", params, overrides)
 
 
 def _config_or_defaults(params: Path, overrides: list[str] | None):
@@ -125,7 +155,7 @@ def evaluate(
     if hr_dir is None:
         if task or model or out:
             _fail("--task, --model and --out go with --hr-dir (evaluate a folder of images)")
-        _run_flow("evaluate", "evaluate", params, overrides)
+        _run_stage("evaluate", params, overrides)
         return
     if model is None or out is None:
         _fail("--hr-dir needs --model PATH (checkpoint) and --out DIR")
@@ -163,7 +193,7 @@ def report(
 ) -> None:
     """Self-contained HTML report (the `report` stage, or one --eval-dir folder)."""
     if eval_dir is None:
-        _run_flow("report", "report", params, overrides)
+        _run_stage("report", params, overrides)
         return
     from diffenhance.report import build_report
 
@@ -205,44 +235,91 @@ def enhance(
     """Enhance one image, or every image under a folder or s3:// prefix (structure kept).
 
     Output format and bit depth follow each input unless enhance.output_format / bit_depth say
-    otherwise. Images already enhanced with the same model and params are skipped. Exit code:
-    0 all done, 1 some images failed (each named with its reason), 2 usage or config error.
+    otherwise. Images already enhanced with the same model and params are skipped. Exit code
+    (as `python -m flows.enhance`): 0 all done, 1 some images failed (each named with its
+    reason) or storage failed, 2 usage, config, input or model-file error (one line).
     """
+    from diffenhance.enhance import exit_code, plan_job
+
+    settings = {"input": input, "output": output, "model": model or None}
+    cfg = _enhance_config(params, overrides, settings, steps=steps, tile=tile, device=device)
+    with _user_errors():
+        job = plan_job(cfg)  # the model file first: a bad one fails before any listing
+    if dry_run:
+        _print_plan(job)
+        return
+    summary = _run_with_progress(cfg, job)
+    typer.echo(
+        f"{summary['enhanced']} enhanced, {summary['skipped_done']} already done, "
+        f"{summary['failed']} failed, {len(summary['ignored'])} ignored "
+        f"({summary['images_per_s']:.3g} images/s, {summary['megapixels_per_s']:.3g} MP/s) "
+        f"-> {job.output_url}"
+    )
+    if code := exit_code(summary):
+        raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """A user error (`diffenhance.exitcodes.USER_ERRORS`, as `python -m flows.<X>` maps them)
+    exits with its code and one `error:` line; anything else is a bug and keeps its traceback."""
+    from diffenhance.exitcodes import user_error_code
+
+    try:
+        yield
+    except Exception as e:
+        code = user_error_code(e)
+        if code is None:
+            raise
+        _fail(str(e), code)
+
+
+def _enhance_config(
+    params: Path, overrides: list[str] | None, settings: dict[str, Any], **infer: Any
+) -> Config:
+    """The config of `diffenhance enhance`: params + overrides + the command's arguments
+    (`settings` for enhance.*, `infer` for infer.*; None means not given)."""
     import dataclasses
 
     from diffenhance.config import ConfigError
-    from diffenhance.enhance import EnhanceError, plan_job, run_job
     from diffenhance.infer import resolve_device
-    from diffenhance.model import CheckpointError
-    from diffenhance.storage import StorageError
 
     cfg = _config_or_defaults(params, overrides)
-    e = {"input": input, "output": output} | ({"model": model} if model else {})
-    i = {k: v for k, v in (("steps", steps), ("tile", tile), ("device", device)) if v is not None}
-    try:
-        infer = dataclasses.replace(cfg.infer, **i)
-        if infer.tile <= infer.tile_overlap or (infer.steps is not None and infer.steps < 1):
+    e = {k: v for k, v in settings.items() if v is not None}
+    i = {k: v for k, v in infer.items() if v is not None}
+    with _user_errors():
+        try:
+            inf = dataclasses.replace(cfg.infer, **i)
+            resolve_device(inf.device)
+        except ValueError as err:  # CUDA asked for but absent, or a rejected value
+            raise ConfigError(str(err)) from None
+        if inf.tile <= inf.tile_overlap or (inf.steps is not None and inf.steps < 1):
             raise ConfigError(
-                f"--tile {infer.tile} must exceed infer.tile_overlap={infer.tile_overlap} "
+                f"--tile {inf.tile} must exceed infer.tile_overlap={inf.tile_overlap} "
                 "and --steps must be >= 1"
             )
-        cfg = dataclasses.replace(cfg, enhance=dataclasses.replace(cfg.enhance, **e), infer=infer)
-        resolve_device(cfg.infer.device)
-        job = plan_job(cfg)
-    except (ConfigError, EnhanceError, CheckpointError, StorageError, ValueError) as err:
-        _fail(str(err))
-    if dry_run:
-        typer.echo(
-            f"{job.n_sources} images in {len(job.shards)} shards: {job.n_todo} to enhance, "
-            f"{job.n_sources - job.n_todo} already done, {len(job.ignored)} ignored"
-        )
-        for shard in job.shards:
-            for src in shard.todo:
-                typer.echo(f"  {src.key} -> {src.output_key}")
-        for ig in job.ignored:
-            typer.echo(f"  ignored {ig['key']}: {ig['reason']}")
-        return
+        return dataclasses.replace(cfg, enhance=dataclasses.replace(cfg.enhance, **e), infer=inf)
+
+
+def _print_plan(job: Job) -> None:
+    """--dry-run: the counts, then each image to enhance and each file ignored (and why)."""
+    typer.echo(
+        f"{job.n_sources} images in {len(job.shards)} shards: {job.n_todo} to enhance, "
+        f"{job.n_sources - job.n_todo} already done, {len(job.ignored)} ignored"
+    )
+    for shard in job.shards:
+        for src in shard.todo:
+            typer.echo(f"  {src.key} -> {src.output_key}")
+    for ig in job.ignored:
+        typer.echo(f"  ignored {ig['key']}: {ig['reason']}")
+
+
+def _run_with_progress(cfg: Config, job: Job) -> dict[str, Any]:
+    """`run_job` with the shards in this process and a progress bar; each failed image and
+    crashed shard printed as an `error:` line. Returns the summary."""
     from tqdm.auto import tqdm
+
+    from diffenhance.enhance import run_job
 
     bar = tqdm(total=job.n_todo, unit="img", desc="enhance", disable=None)
 
@@ -252,21 +329,13 @@ def enhance(
             bar.write(f"error: {ev['key']}: {ev['reason']}", file=sys.stderr)
 
     try:
-        summary = run_job(cfg, on_image=on_image, job=job)
-    except (EnhanceError, CheckpointError) as err:
+        with _user_errors():
+            summary = run_job(cfg, on_image=on_image, job=job)
+    finally:
         bar.close()
-        _fail(str(err))
-    bar.close()
     for se in summary["shard_errors"]:
         typer.secho(f"error: shard {se['shard_id']}: {se['reason']}", fg="red", err=True)
-    typer.echo(
-        f"{summary['enhanced']} enhanced, {summary['skipped_done']} already done, "
-        f"{summary['failed']} failed, {len(summary['ignored'])} ignored "
-        f"({summary['images_per_s']:.3g} images/s, {summary['megapixels_per_s']:.3g} MP/s) "
-        f"-> {job.output_url}"
-    )
-    if summary["failed"] or summary["shard_errors"]:
-        raise typer.Exit(1)
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,0 +1,238 @@
+"""Planning a job: list the input, map each image to its output key, cut deterministic shards
+and mark what an earlier run already did (from the manifests). Reads listings and manifests,
+never the images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffenhance.config import Config, EnhanceConfig
+from diffenhance.enhance.job import (
+    MANIFEST_DIR,
+    MANIFEST_FORMAT,
+    META_DIR,
+    WRITABLE_SUFFIXES,
+    EnhanceError,
+    Job,
+    Shard,
+    Source,
+    output_params,
+    params_hash,
+)
+from diffenhance.enhance.models import model_file, model_sha256
+from diffenhance.storage import (
+    ObjectInfo,
+    Storage,
+    is_local,
+    local_path,
+    normalize_url,
+    open_storage,
+    split_url,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Roots:
+    """Where a job reads and writes."""
+
+    input_url: str  # the input root (the parent folder when the input is one file)
+    output_url: str  # the output root
+    single_key: str | None  # the one input key when the input is a file
+    single_out: str | None  # the one output key when the output names a file
+    excluded: str  # the output's place inside the input ("sub/"), when it is there
+
+
+def output_key(key: str, fmt: str) -> str:
+    """The output key of input `key` under enhance.output_format `fmt` ('same' keeps every
+    writable suffix; others become .png)."""
+    stem, dot, suffix = key.rpartition(".")
+    if not dot or "/" in suffix:
+        stem, suffix = key, ""
+    low = "." + suffix.lower() if suffix else ""
+    if fmt == "same":
+        return key if low in WRITABLE_SUFFIXES else f"{stem}.png"
+    new = f".{fmt}"
+    return key if low == new else f"{stem}{new}"
+
+
+def _clash(key: str, first: str, out_key: str, e: EnhanceConfig) -> str:
+    """Why `key` is ignored when `first` (earlier in key order) has the same output, and what
+    resolves it: enhance.output_format=same only when it gives the two different outputs (it
+    keeps every writable suffix), never for a GIF beside a PNG of the same name."""
+    why = f"its output {out_key} is also the output of {first}; "
+    if e.output_format != "same" and output_key(key, "same") != output_key(first, "same"):
+        return why + "set enhance.output_format=same (keeps each input's format) or rename one"
+    suffix = Path(key).suffix.lower() or "(none)"
+    return why + f"rename one of them, or drop {suffix} from enhance.extensions to skip it"
+
+
+def _fingerprint(o: ObjectInfo) -> str:
+    return f"{o.size}:{o.etag}" if o.etag else f"{o.size}:{o.mtime.timestamp():.6f}"
+
+
+def _hidden(key: str) -> bool:
+    """A dot file or folder; '.' and '..' are not hidden but unsafe (a failure in run_shard)."""
+    return any(part.startswith(".") and part not in (".", "..") for part in key.split("/"))
+
+
+def _resolve_input(url: str, cfg: Config) -> tuple[str, str | None]:
+    """(input root, the one key when the input is a single file, else None)."""
+    exts = tuple(e.lower() for e in cfg.enhance.extensions)
+    if is_local(url):
+        p = local_path(url)
+        if p.is_file():
+            return str(p.parent), p.name
+        if not p.is_dir():
+            raise EnhanceError(f"{url}: input not found; give a folder, an image or s3://...")
+        return url, None
+    split = split_url(url)
+    if split and Path(split[1]).suffix.lower() in exts:
+        store = open_storage(split[0], cfg.storage)
+        if store.exists(split[1]):
+            return split[0], split[1]
+    return url, None
+
+
+def _roots(cfg: Config) -> _Roots:
+    """Resolve enhance.input / enhance.output; EnhanceError for a missing input or an output
+    that is the input folder."""
+    e = cfg.enhance
+    in_url, single_key = _resolve_input(e.input, cfg)
+    out_url, single_out = e.output, None
+    if single_key is not None:
+        split = split_url(e.output)
+        if split and Path(split[1]).suffix.lower() in WRITABLE_SUFFIXES:
+            out_url, single_out = split
+    if normalize_url(in_url) == normalize_url(out_url) and single_key is None:
+        raise EnhanceError(f"enhance.output {e.output!r} is the input folder; choose another one")
+    excluded = ""
+    if normalize_url(out_url).startswith(normalize_url(in_url) + "/"):
+        excluded = normalize_url(out_url)[len(normalize_url(in_url)) + 1 :] + "/"
+    return _Roots(in_url, out_url, single_key, single_out, excluded)
+
+
+def _list_sources(
+    store: Storage, roots: _Roots, e: EnhanceConfig
+) -> tuple[list[Source], list[dict[str, str]]]:
+    """(the images to enhance in key order, {"key", "reason"} of the files ignored)."""
+    if roots.single_key is not None:
+        info = store.stat(roots.single_key)
+        assert info is not None
+        listing: list[ObjectInfo] = [info]
+    else:
+        listing = sorted(store.list(""), key=lambda o: o.key)
+    exts = {x.lower() for x in e.extensions}
+    ignored: list[dict[str, str]] = []
+    by_output: dict[str, str] = {}
+    sources: list[Source] = []
+    for o in listing:
+        if roots.single_key is None and (
+            _hidden(o.key)
+            or o.key.startswith(META_DIR + "/")
+            or (roots.excluded and o.key.startswith(roots.excluded))
+        ):
+            continue
+        if Path(o.key).suffix.lower() not in exts:
+            ignored.append({"key": o.key, "reason": "extension not in enhance.extensions"})
+            continue
+        ok = roots.single_out or output_key(o.key, e.output_format)
+        if ok in by_output:
+            ignored.append({"key": o.key, "reason": _clash(o.key, by_output[ok], ok, e)})
+            continue
+        by_output[ok] = o.key
+        sources.append(Source(o.key, o.size, _fingerprint(o), ok))
+    return sources, ignored
+
+
+def _read_manifests(out: Storage) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """({input_key: newest record + manifest facts}, ids of shards with a final manifest)."""
+    records: dict[str, dict[str, Any]] = {}
+    final: set[str] = set()
+    for o in out.list(MANIFEST_DIR):
+        if not o.key.endswith(".json"):
+            continue
+        try:
+            m = json.loads(out.read_bytes(o.key))
+            assert m.get("format") == MANIFEST_FORMAT
+        except Exception as e:  # a damaged manifest only costs redoing its images
+            log.warning("ignoring unreadable manifest %s: %s", out.url_for(o.key), e)
+            continue
+        if not o.key.endswith(".partial.json"):
+            final.add(m["shard_id"])
+        for r in m.get("images", []):
+            r = {**r, "model_sha256": m["model"]["sha256"], "params_hash": m["params_hash"]}
+            old = records.get(r["input_key"])
+            if old is None or r["finished_at"] > old["finished_at"]:
+                records[r["input_key"]] = r
+    return records, final
+
+
+def _cut_shards(
+    sources: list[Source],
+    records: dict[str, dict[str, Any]],
+    final_ids: set[str],
+    outputs: set[str],
+    e: EnhanceConfig,
+    made_by: tuple[str, str],
+) -> list[Shard]:
+    """Runs of `enhance.shard_size` sources, each with the records of its sources done by
+    `made_by` (model sha256, params hash) whose output exists: `done` when the input's
+    fingerprint is the same, `prior` (a sha256 check) when it changed."""
+    shards = []
+    n = e.shard_size
+    for i in range(0, len(sources), n):
+        chunk = tuple(sources[i : i + n])
+        digest = hashlib.sha256("\n".join(s.key for s in chunk).encode()).hexdigest()[:10]
+        sid = f"{i // n:05d}-{digest}"
+        done, prior = [], []
+        for s in chunk:
+            r = records.get(s.key)
+            if not e.skip_done or r is None or (r["model_sha256"], r["params_hash"]) != made_by:
+                continue
+            if r["output_key"] != s.output_key or s.output_key not in outputs:
+                continue
+            record = {k: v for k, v in r.items() if k not in ("model_sha256", "params_hash")}
+            (done if r["fingerprint"] == s.fingerprint else prior).append(record)
+        shards.append(Shard(sid, chunk, tuple(done), tuple(prior), sid in final_ids))
+    return shards
+
+
+def plan_job(cfg: Config) -> Job:
+    """List `enhance.input`, filter by extension, cut deterministic shards and mark what a
+    previous run already did. Reads only listings and manifests, not the images.
+
+    Raises EnhanceError for a missing input or model, or an output equal to the input, and
+    CheckpointError for a model file that is not a valid checkpoint (checked before any work).
+    """
+    from diffenhance.model import validate_checkpoint
+
+    m_file = model_file(cfg.enhance.model)
+    validate_checkpoint(m_file)
+    m_sha = model_sha256(m_file)
+    params = output_params(cfg)
+    p_hash = params_hash(params)
+    roots = _roots(cfg)
+    out_store = open_storage(roots.output_url, cfg.storage)
+    sources, ignored = _list_sources(open_storage(roots.input_url, cfg.storage), roots, cfg.enhance)
+    single = roots.single_key is not None
+    records, final_ids = ({}, set()) if single else _read_manifests(out_store)
+    outputs = set() if not records else {o.key for o in out_store.list("")}
+    shards = _cut_shards(sources, records, final_ids, outputs, cfg.enhance, (m_sha, p_hash))
+    return Job(
+        input_url=roots.input_url,
+        output_url=roots.output_url,
+        model_path=str(m_file),
+        model_sha256=m_sha,
+        params=params,
+        params_hash=p_hash,
+        shards=tuple(shards),
+        ignored=tuple(ignored),
+        single=single,
+    )

@@ -1,0 +1,324 @@
+"""Running one shard: resume what an earlier attempt recorded, read each input, enhance it
+through the one restore path, write each output atomically, record it at once in the shard's
+partial manifest, and finish with the shard's manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from diffenhance.config import Config
+from diffenhance.enhance.job import (
+    MANIFEST_DIR,
+    MANIFEST_FORMAT,
+    Job,
+    OnImage,
+    Shard,
+    Source,
+    now,
+)
+from diffenhance.enhance.models import cached_restorer
+from diffenhance.io import (
+    ImageReadError,
+    file_sha256,
+    read_image,
+    read_image_info,
+    temp_files,
+    write_image,
+)
+from diffenhance.storage import LocalStorage, Storage, UnsafeKeyError, open_storage, safe_key
+
+log = logging.getLogger(__name__)
+
+_SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
+# What the tiled engine carries for each image: (source, input sha256, info, input (h, w)).
+_Ident = tuple[Source, str, dict[str, Any], tuple[int, int]]
+
+
+def failure_reason(e: BaseException) -> str:
+    """The one-line reason recorded for an image or shard that failed."""
+    if isinstance(e, ImageReadError):
+        return e.reason
+    return f"{type(e).__name__}: {e}"
+
+
+def _sweep_temp(out: Storage, keys: list[str]) -> None:
+    """Remove temp files a killed writer left beside these (local) outputs."""
+    if not isinstance(out, LocalStorage):
+        return  # an S3 PUT is atomic: nothing is left behind
+    for k in keys:
+        for t in temp_files(out.url_for(k)):
+            t.unlink(missing_ok=True)
+
+
+def _frames(path: Path) -> int:
+    """Frames of an image file (1 unless animated); read_image decodes only the first."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return int(getattr(im, "n_frames", 1))
+
+
+def _bit_depth(cfg: Config, info: dict[str, Any], output_key: str) -> int:
+    suffix = Path(output_key).suffix.lower()
+    if suffix not in _SIXTEEN_BIT_SUFFIXES:
+        return 8
+    return cfg.enhance.bit_depth or int(info["bit_depth"])
+
+
+class ShardRun:
+    """One run of one shard (guided-diffusion's TrainLoop shape: state here, one method a step).
+
+    `run` drops unsafe keys, resumes the partial manifest of a failed attempt, enhances the
+    rest and writes the manifest; per-image failures land in `errors`, never raised."""
+
+    def __init__(self, job: Job, shard: Shard, cfg: Config, on_image: OnImage | None = None):
+        self.job, self.shard, self.cfg, self.on_image = job, shard, cfg, on_image
+        self.t0, self.started = time.perf_counter(), now()
+        self.in_store = open_storage(job.input_url, cfg.storage)
+        self.out_store = open_storage(job.output_url, cfg.storage)
+        self.records = {r["input_key"]: r for r in shard.done}
+        self.prior = {r["input_key"]: r for r in shard.prior}
+        self.errors: dict[str, str] = {}
+        self.stats = {"processed": 0, "reused": 0, "in_mpix": 0.0, "out_mpix": 0.0}
+        self.todo = list(shard.todo)
+        self.manifest_key = f"{MANIFEST_DIR}/{shard.id}.json"
+        self.partial_key = f"{MANIFEST_DIR}/{shard.id}.partial.json"
+        self.device = "cpu"
+        self.engine_stats: Any = None
+        self.sampling_used: dict[str, int] | None = None  # steps/samples actually run
+
+    def run(self, model: Any = None) -> dict[str, Any]:
+        """Enhance what is left and write the manifest; returns it (see `run_shard`)."""
+        if not self.job.single:
+            self.drop_unsafe()
+            if self.todo:  # a retried task: keep what the failed attempt recorded
+                self.resume_partial()
+        if self.todo:
+            self.enhance(model)
+        result = self.manifest(True)
+        if not self.job.single:
+            self.out_store.write_bytes(self.manifest_key, json.dumps(result, indent=1).encode())
+            self.out_store.delete(self.partial_key)
+        return result
+
+    # ------------------------------------------------------------------ manifest + records
+
+    def manifest(self, complete: bool) -> dict[str, Any]:
+        """The shard's manifest as it stands (JSON-able)."""
+        job, stats, errors = self.job, self.stats, self.errors
+        seconds = round(time.perf_counter() - self.t0, 4)
+        return {
+            "format": MANIFEST_FORMAT,
+            "shard_id": self.shard.id,
+            "complete": complete,
+            "input": self.in_store.url_for(),
+            "output": self.out_store.url_for(),
+            "model": {"path": job.model_path, "sha256": job.model_sha256},
+            "params_hash": job.params_hash,
+            "params": job.params,
+            "inputs": [s.key for s in self.shard.sources],
+            "images": [self.records[k] for k in sorted(self.records)],
+            "errors": [{"input_key": k, "reason": errors[k]} for k in sorted(errors)],
+            "started_at": self.started,
+            "finished_at": now(),
+            "seconds": seconds,
+            "device": self.device,
+            # the steps/samples actually run (params may leave them to the checkpoint)
+            "sampling": self.sampling_used,
+            "engine": None if self.engine_stats is None else dict(vars(self.engine_stats)),
+            "run": {
+                "processed": stats["processed"],
+                "reused": stats["reused"],
+                "skipped": len(self.shard.done),
+                "failed": len(errors),
+                "input_megapixels": round(stats["in_mpix"], 6),
+                "output_megapixels": round(stats["out_mpix"], 6),
+                "seconds": round(time.perf_counter() - self.t0, 4),
+            },
+        }
+
+    def save_partial(self) -> None:
+        """Record progress at once: a crash loses at most the image being written."""
+        if not self.job.single:
+            data = json.dumps(self.manifest(False), indent=1).encode()
+            self.out_store.write_bytes(self.partial_key, data)
+
+    def report(self, src: Source, status: str, **extra: Any) -> None:
+        if self.on_image is not None:
+            self.on_image({"key": src.key, "output_key": src.output_key, "status": status, **extra})
+
+    def fail(self, src: Source, e: BaseException) -> None:
+        """Record `src` as failed with its reason; the shard goes on."""
+        self.errors[src.key] = failure_reason(e)
+        log.info("enhance: %s failed: %s", self.in_store.url_for(src.key), self.errors[src.key])
+        self.save_partial()
+        self.report(src, "failed", reason=self.errors[src.key])
+
+    # ------------------------------------------------------------------ before enhancing
+
+    def drop_unsafe(self) -> None:
+        """Keys from a listing are untrusted ('../x', '/x', 'a\\b'): a failure each, never an
+        escape."""
+        for src in list(self.todo):
+            try:
+                safe_key("", src.key)
+                safe_key("", src.output_key)
+            except UnsafeKeyError as e:
+                self.todo.remove(src)
+                self.fail(src, e)
+
+    def resume_partial(self) -> None:
+        """Keep the records of this shard's partial manifest made with the job's model and
+        params, for inputs that did not change and whose output exists."""
+        try:
+            m = json.loads(self.out_store.read_bytes(self.partial_key))
+        except Exception:  # none (the usual case) or unreadable: nothing to keep
+            return
+        made_by = (m.get("model", {}).get("sha256"), m.get("params_hash"))
+        if made_by != (self.job.model_sha256, self.job.params_hash):
+            return
+        for r in m.get("images", []):
+            src = next((s for s in self.todo if s.key == r["input_key"]), None)
+            same = src is not None and r["fingerprint"] == src.fingerprint
+            if same and src is not None and self.out_store.exists(src.output_key):
+                self.records[src.key] = r
+                self.todo.remove(src)
+
+    def engine(self, model: Any) -> Any:
+        """The tiled engine: the job's checkpoint through the one restore path (SamplingSpec
+        + RestorerTiles), or an injected `infer.TileModel` run on the params as they are."""
+        from diffenhance.infer import RestorerTiles, TiledEnhancer, resolve_device
+        from diffenhance.restore import sampling_spec
+
+        spec: Any = self.cfg.infer
+        if model is None:
+            r = cached_restorer(
+                self.job.model_path, self.job.model_sha256, resolve_device(self.cfg.infer.device)
+            )
+            spec = sampling_spec(r, self.cfg.infer)
+            model = RestorerTiles.from_spec(r, spec)
+        self.device = str(model.device)
+        if isinstance(model, RestorerTiles):
+            self.sampling_used = {"steps": model.steps, "samples": model.samples}
+        engine = TiledEnhancer(model, spec)
+        self.engine_stats = engine.stats
+        return engine
+
+    # ------------------------------------------------------------------ enhancing
+
+    def enhance(self, model: Any) -> None:
+        """Enhance every image still to do; each output is written and recorded as it comes."""
+        _sweep_temp(self.out_store, [s.output_key for s in self.todo])
+        engine = self.engine(model)
+        with tempfile.TemporaryDirectory(prefix="diffenhance-enhance-") as tmp:
+            for res in engine.stream(self.inputs(Path(tmp))):
+                src = res.ident[0]
+                if res.error is not None:
+                    self.fail(src, res.error)
+                    continue
+                try:
+                    assert res.image is not None
+                    depth = _bit_depth(self.cfg, res.ident[2], src.output_key)
+                    out_sha = self.write(src, res.image, depth, Path(tmp))
+                except Exception as e:
+                    self.fail(src, e)
+                    continue
+                self.record(res.ident, res.image, depth, out_sha, res.seconds)
+
+    def inputs(self, tmp: Path) -> Iterator[tuple[_Ident, str, Any]]:
+        """(ident, noise key, image) of each image to enhance, for `TiledEnhancer.stream`."""
+        from diffenhance.restore import image_key
+
+        for src in self.todo:
+            got = self.read(src, tmp)
+            if got is not None:
+                ident, img = got
+                # noise key = the decoded pixels, as evaluate's (same input, same output)
+                yield ident, image_key(img), img
+
+    def read(self, src: Source, tmp: Path) -> tuple[_Ident, Any] | None:
+        """Read one input; None when it failed (recorded) or is an unchanged input only
+        touched since its record (reused: no work)."""
+        local_in = isinstance(self.in_store, LocalStorage)
+        path = Path(self.in_store.url_for(src.key)) if local_in else tmp / "in"
+        try:
+            if not local_in:
+                self.in_store.download_file(src.key, path)
+            sha = file_sha256(path)
+            old = self.prior.get(src.key)
+            if old is not None and old["input_sha256"] == sha:  # touched, not changed
+                self.records[src.key] = {**old, "fingerprint": src.fingerprint}
+                self.stats["reused"] += 1
+                self.save_partial()
+                self.report(src, "done")
+                return None
+            info = read_image_info(path)
+            if Path(src.key).suffix.lower() == ".gif":
+                info = {**info, "frames": _frames(path)}
+            img = read_image(path, max_pixels=self.cfg.enhance.max_pixels)
+        except Exception as e:
+            self.fail(src, e)
+            return None
+        finally:
+            if not local_in:
+                path.unlink(missing_ok=True)
+        return (src, sha, info, img.shape[:2]), img
+
+    def write(self, src: Source, img: Any, depth: int, tmp: Path) -> str:
+        """Write one output atomically (temp file + rename locally, one PUT on S3); its sha256."""
+        q = self.cfg.enhance.jpeg_quality
+        if isinstance(self.out_store, LocalStorage):
+            out_path = Path(self.out_store.url_for(src.output_key))
+            write_image(out_path, img, bit_depth=depth, quality=q)
+            return file_sha256(out_path)
+        out_path = tmp / ("out" + Path(src.output_key).suffix.lower())
+        write_image(out_path, img, bit_depth=depth, quality=q)
+        out_sha = file_sha256(out_path)
+        self.out_store.upload_file(out_path, src.output_key, checksum=out_sha)
+        out_path.unlink()
+        return out_sha
+
+    def record(self, ident: _Ident, img: Any, depth: int, out_sha: str, seconds: float) -> None:
+        """Record a written output in the partial manifest and report it."""
+        src, sha, info, (ih, iw) = ident
+        h, w = img.shape[:2]
+        self.stats["processed"] += 1
+        self.stats["in_mpix"] += iw * ih / 1e6
+        self.stats["out_mpix"] += w * h / 1e6
+        self.records[src.key] = {
+            "input_key": src.key,
+            "input_sha256": sha,
+            "fingerprint": src.fingerprint,
+            "input_size": [iw, ih],
+            "output_key": src.output_key,
+            "output_sha256": out_sha,
+            "output_size": [w, h],
+            "bit_depth": depth,
+            "seconds": round(seconds, 4),
+            "finished_at": now(),
+        }
+        if info.get("frames", 1) > 1:
+            note = f"animated ({info['frames']} frames): only the first frame is enhanced"
+            self.records[src.key]["note"] = note
+            log.info("enhance: %s: %s", self.in_store.url_for(src.key), note)
+        self.save_partial()
+        self.report(src, "done", seconds=seconds)
+
+
+def run_shard(
+    job: Job, shard: Shard, cfg: Config, *, on_image: OnImage | None = None, model: Any = None
+) -> dict[str, Any]:
+    """Enhance the images of `shard` not yet done, write each output atomically, record it,
+    then write the shard's manifest. Returns the manifest (a JSON-able dict) with a `run`
+    entry holding this run's counts and timings. Per-image failures are recorded in
+    manifest["errors"] ({"input_key", "reason"}) and never raised.
+
+    `model`: a `infer.TileModel` to use instead of the job's checkpoint (tests, benchmarks).
+    """
+    return ShardRun(job, shard, cfg, on_image).run(model)

@@ -1,0 +1,31 @@
+"""Exit codes of user errors: one table for `diffenhance <command>` and `python -m flows.<X>`.
+
+2: a bad config, model file or input (the message names the file and what to fix);
+1: storage that failed (down, refused) or shards of a job that crashed as a whole.
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# (module, class, code). Looked up in sys.modules when an exception arrives: a class whose
+# module was never imported cannot have been raised, so light entry points (publish) do not
+# import torch for this table.
+USER_ERRORS: tuple[tuple[str, str, int], ...] = (
+    ("diffenhance.config", "ConfigError", 2),
+    ("diffenhance.model", "CheckpointError", 2),
+    ("diffenhance.enhance", "EnhanceError", 2),
+    ("builtins", "FileNotFoundError", 2),
+    ("diffenhance.storage", "StorageError", 1),
+    ("diffenhance.enhance", "ShardsCrashed", 1),
+)
+
+
+def user_error_code(e: BaseException) -> int | None:
+    """The exit code of a user error in `USER_ERRORS`, None for anything else (a bug)."""
+    for module, name, code in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return code
+    return None
