@@ -584,6 +584,7 @@ class TrainLoop:
         self.images += hr.shape[0] * self.world
 
     def _update_ema(self) -> None:
+        """Move the EMA weights towards the ones after this step (`ema_update`)."""
         ema_update(self.ema, self.model, self.step, self.cfg)
 
     def save(self) -> None:
@@ -643,6 +644,7 @@ class TrainLoop:
         """The module's `validate` on the EMA weights; it must not move the training RNG (exact
         resume), so the RNG states are saved before and restored after."""
         rng = _rng_states(self.device)
+        # the module-level `validate` (a method's body does not see the class's names)
         metrics = validate(replace(self.r, unet=self.ema), self.cfg, self.out_dir, self.step)
         _set_rng_states(rng, self.device)
         LOG.info(
