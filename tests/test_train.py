@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -173,3 +174,30 @@ def test_ema_decay_ramps_up_and_never_outlasts_the_run():
     assert ema_decay_at(300, 0.999, 50) == pytest.approx(301 / 310)  # capped: a short run
     assert ema_decay_at(20000, 0.999, 50) == 0.999  # a long run: the configured decay
     assert ema_decay_at(300, 0.9, 50) == 0.9
+
+
+# Recorded with torch 2.14.1 on the project's CPU machine before `train_task` was split into
+# `TrainLoop`: dropout and gradient accumulation on, a log row every 2 steps, validation at 3 and 5.
+GOLDEN = ["model.dropout=0.1", "train.accum_steps=2", "train.log_every=2", "train.steps=5"]
+GOLDEN_WEIGHTS_SHA256 = "d6dfc87c552f25e50c46b55823805f4d69401be2444d2f6d7caa84eb0695a951"
+GOLDEN_LOG = [  # step, loss, lr, val_psnr, val_ssim
+    (2, 0.549107551574707, 0.0002, None, None),
+    (3, 0.6546935141086578, 0.0002, 24.407050373095622, 0.6257885845182747),
+    (4, 0.6118431687355042, 0.000155, None, None),
+    (5, 0.5259631872177124, 6.500000000000002e-05, 24.463063803565333, 0.6284739585903841),
+]
+
+
+@pytest.mark.skipif(
+    not torch.__version__.startswith("2.14.1"), reason="golden bytes recorded with torch 2.14.1"
+)
+def test_training_reproduces_recorded_bytes(dataset, tmp_path):
+    """Training is byte-reproducible: the same params give the recorded model.safetensors and
+    train log (all but the images_per_s timing), whatever refactoring the loop goes through."""
+    out = train_task(tiny_config(dataset, f"train.out_dir={tmp_path}", *GOLDEN), "sr2")
+    assert hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest() == (
+        GOLDEN_WEIGHTS_SHA256
+    )
+    log = pd.read_csv(out / "train_log.csv")[["step", "loss", "lr", "val_psnr", "val_ssim"]]
+    expected = pd.DataFrame(GOLDEN_LOG, columns=log.columns, dtype=float).astype({"step": int})
+    pd.testing.assert_frame_equal(log, expected, check_exact=True)

@@ -362,203 +362,311 @@ def validate(r: Restorer, cfg: Config, out_dir: Path, step: int) -> dict[str, fl
 # ----------------------------------------------------------------------------- the loop
 
 
-def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path:
-    """Train (or resume training) the model for `task`; returns the output directory.
-
-    `stop_after` ends the run after that many total steps, as a crash would (used by tests).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+def _device_for_rank(cfg: Config, world: int) -> torch.device:
+    """Join the process group when run by torchrun (`world` > 1); this rank's device."""
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = resolve_device(cfg.train.device, "train.device")
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    t = cfg.train
-    out_dir = Path(t.out_dir) / task
-    out_dir.mkdir(parents=True, exist_ok=True)
-    main = rank == 0
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    return device
 
-    torch.manual_seed(pair_seed(t.seed, "init", task))  # weights init and dropout
-    r = build_restorer(cfg.model, cfg.diffusion, task, cfg.degrade)
-    if t.crop_size % (r.scale * r.unet.size_multiple // math.gcd(r.scale, r.unet.size_multiple)):
-        raise ValueError(
-            f"train.crop_size={t.crop_size} must be a multiple of the task scale ({r.scale}) "
-            f"and of the network's size multiple ({r.unet.size_multiple})"
+
+class TrainLoop:
+    """One task's training run, split as guided-diffusion's `TrainLoop`.
+
+    `__init__` sets up (device, network, optimizer, EMA, resume state, data), `run_loop` steps
+    until done, `run_step` is one optimizer step (`forward_backward` per micro-batch, then
+    `_update_ema`), `save` writes the resume state and the weights, and rank 0 reports with
+    `validate` and `log`. The setup order is the order the global torch RNG is drawn in (weights
+    init, then dropout): it is part of what makes training reproducible to the byte.
+    """
+
+    def __init__(self, cfg: Config, task: str):
+        self.cfg, self.task, t = cfg, task, cfg.train
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = _device_for_rank(cfg, self.world)
+        self.out_dir = Path(t.out_dir) / task
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.main = self.rank == 0
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.r = self._build_restorer()
+        self._setup_optimisation()
+        self.params = resume_params(cfg, task)
+        self.digest = resume_digest(cfg, task)
+        # one folder per params: others' are kept as they are
+        self.state_dir = self.out_dir / "state" / self.digest
+        self.log_csv = self.out_dir / "train_log.csv"
+        # this params' log: train_log.csv may be another's
+        self.own_log = self.state_dir / "train_log.csv"
+        self.step, self.log_rows, self.lr = 0, [], float("nan")
+        self._resume()
+        if self.main:
+            self._write_run_files()
+        self.net = self._wrap_network()
+        self.batches = self._batches()
+        self.autocast = torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
         )
-    if t.init_from:
-        tensors, _ = read_checkpoint(t.init_from)
-        skipped = load_matching(
-            r.unet, tensors, strict=t.init_strict, source=t.init_from,
-            advice="Set train.init_strict=false to load only the tensors that match.",
-        )  # fmt: skip
-        if main and skipped:
-            LOG.warning(
-                "init_from %s: %d tensors not loaded: %s", t.init_from, len(skipped), skipped[:8]
+        self.mf = torch.channels_last if t.channels_last else torch.contiguous_format
+        self._reset_meters()
+
+    # ---- setup
+
+    def _build_restorer(self) -> Restorer:
+        """The restorer, initialised from this task's seed (then fine-tuned from `init_from`)."""
+        t, task = self.cfg.train, self.task
+        torch.manual_seed(pair_seed(t.seed, "init", task))  # weights init and dropout
+        r = build_restorer(self.cfg.model, self.cfg.diffusion, task, self.cfg.degrade)
+        if t.crop_size % (
+            r.scale * r.unet.size_multiple // math.gcd(r.scale, r.unet.size_multiple)
+        ):
+            raise ValueError(
+                f"train.crop_size={t.crop_size} must be a multiple of the task scale ({r.scale}) "
+                f"and of the network's size multiple ({r.unet.size_multiple})"
             )
-    model = r.unet.to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    r.schedule = r.schedule.to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    gen = torch.Generator().manual_seed(pair_seed(t.seed, "noise", task, rank))
-    params = resume_params(cfg, task)
-    digest = resume_digest(cfg, task)
-    state_dir = out_dir / "state" / digest  # one folder per params: others' are kept as they are
-    step, log_rows = 0, []
-    state = load_latest_state(state_dir, digest)
-    if state is not None and int(state["step"]) >= t.steps:
-        # A finished run is not resumed: running the stage again (dvc repro --force) retrains,
-        # deterministically, and rewrites every output DVC removed before the run. Its states
-        # (same params) go, so that a crash of the retraining resumes the retraining.
-        LOG.info("%s: the saved state is a finished run; training again from step 0", task)
-        state = None
-        if main:
-            for done in _states(state_dir):
-                done.unlink()
-    if state is None and main:
-        _log_kept_states(out_dir / "state", digest, params)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"][rank] if world > 1 else state["gen"][0])
-        _set_rng_states(state, device)
-        step = int(state["step"])
-        if main:
-            LOG.info("%s: resuming from step %d (%s)", task, step, state_dir)
-    log_csv = out_dir / "train_log.csv"
-    own_log = state_dir / "train_log.csv"  # this params' log: train_log.csv may be another's
-    if step and own_log.is_file():
-        log_rows = pd.read_csv(own_log).query("step <= @step").to_dict("records")
-    if main:
-        write_resolved(cfg, out_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(state_dir / "params.json") as tmp:  # what to restore to resume it
-            tmp.write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")
-
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if t.compile:
-        net = torch.compile(net)
-    data = SynthPairs(train_files(cfg), task, t.crop_size, cfg, t.seed)
-    loader = DataLoader(
-        data,
-        batch_size=t.batch_size,
-        sampler=IndexSampler(t.batch_size, step * t.accum_steps, rank, world),
-        num_workers=t.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=t.num_workers > 0,
-        # Its own generator: iter() draws a base seed, which from the global RNG would put a
-        # resumed run's dropout one draw ahead of an uninterrupted one.
-        generator=torch.Generator().manual_seed(pair_seed(t.seed, "loader", task, rank)),
-    )
-    batches = iter(loader)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    mf = torch.channels_last if t.channels_last else torch.contiguous_format
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=t.steps, initial=step, desc=f"train {task}", disable=not main, mininterval=2)
-    acc_loss, acc_n, t0, images = 0.0, 0, time.perf_counter(), 0
-    end = t.steps if stop_after is None else min(t.steps, stop_after)
-    while step < end:
-        lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        for _ in range(t.accum_steps):
-            hr, lq = next(batches)
-            x0 = to_model_range(hr.to(device, non_blocking=True)).contiguous(memory_format=mf)
-            cond = r.condition(lq.to(device, non_blocking=True)).contiguous(memory_format=mf)
-            with autocast:
-                loss, _ = formulation_loss(
-                    cfg.diffusion, net, r.schedule, x0, cond, generator=gen
-                )  # fmt: skip
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"{task}: loss is {value} at step {step + 1} (lr {lr:.3g}); lower train.lr, "
-                    f"raise train.warmup_steps or check the data; last good state in {out_dir / 'state'}"
+        if t.init_from:
+            tensors, _ = read_checkpoint(t.init_from)
+            skipped = load_matching(
+                r.unet, tensors, strict=t.init_strict, source=t.init_from,
+                advice="Set train.init_strict=false to load only the tensors that match.",
+            )  # fmt: skip
+            if self.main and skipped:
+                LOG.warning(
+                    "init_from %s: %d tensors not loaded: %s",
+                    t.init_from,
+                    len(skipped),
+                    skipped[:8],
                 )
-            (loss / t.accum_steps).backward()
-            acc_loss += value
-            acc_n += 1
-            images += hr.shape[0] * world
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        ema_update(ema, model, step, cfg)
-        bar.update(1)
-        if step % t.ckpt_every == 0 or step == t.steps:
-            _checkpoint(r, model, ema, opt, gen, step, digest, cfg, out_dir, world, main)
-        if not main:
-            continue
-        row = None
-        if step % t.log_every == 0 or step == t.steps or step % t.val_every == 0:
-            elapsed = time.perf_counter() - t0
-            row = {
-                "step": step,
-                "loss": acc_loss / max(1, acc_n),
-                "lr": lr,
-                "images_per_s": images / elapsed if elapsed > 0 else float("nan"),
-                "val_psnr": float("nan"),
-                "val_ssim": float("nan"),
-            }
-            acc_loss, acc_n, images, t0 = 0.0, 0, 0, time.perf_counter()
-            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
-        if step % t.val_every == 0 or step == t.steps:
-            rng = _rng_states(device)  # validation must not move the training RNG: exact resume
-            ema_r = replace(r, unet=ema)
-            row.update(validate(ema_r, cfg, out_dir, step))
-            _set_rng_states(rng, device)
-            LOG.info(
-                "%s step %d: val PSNR %.2f dB SSIM %.4f",
-                task,
-                step,
-                row["val_psnr"],
-                row["val_ssim"],
+        return r
+
+    def _setup_optimisation(self) -> None:
+        """The network on the device, its EMA copy, AdamW and this rank's noise generator."""
+        t = self.cfg.train
+        model = self.r.unet.to(self.device)
+        if t.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.r.schedule = self.r.schedule.to(self.device)
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.gen = torch.Generator().manual_seed(pair_seed(t.seed, "noise", self.task, self.rank))
+
+    def _resume(self) -> None:
+        """Continue from the newest usable state of these params, if any: weights, EMA,
+        optimizer, RNGs, step and log rows."""
+        state = load_latest_state(self.state_dir, self.digest)
+        if state is not None and int(state["step"]) >= self.cfg.train.steps:
+            # A finished run is not resumed: running the stage again (dvc repro --force) retrains,
+            # deterministically, and rewrites every output DVC removed before the run. Its states
+            # (same params) go, so that a crash of the retraining resumes the retraining.
+            LOG.info("%s: the saved state is a finished run; training again from step 0", self.task)
+            state = None
+            if self.main:
+                for done in _states(self.state_dir):
+                    done.unlink()
+        if state is None and self.main:
+            _log_kept_states(self.out_dir / "state", self.digest, self.params)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+            self.gen.set_state(state["gen"][self.rank] if self.world > 1 else state["gen"][0])
+            _set_rng_states(state, self.device)
+            self.step = int(state["step"])
+            if self.main:
+                LOG.info("%s: resuming from step %d (%s)", self.task, self.step, self.state_dir)
+        step = self.step
+        if step and self.own_log.is_file():
+            self.log_rows = pd.read_csv(self.own_log).query("step <= @step").to_dict("records")
+
+    def _write_run_files(self) -> None:
+        """params.resolved.yaml, and the state folder with the params.json it was saved with."""
+        write_resolved(self.cfg, self.out_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.state_dir / "params.json") as tmp:  # what to restore to resume it
+            tmp.write_text(json.dumps(self.params, indent=1, sort_keys=True) + "\n")
+
+    def _wrap_network(self) -> torch.nn.Module:
+        """The network as trained: DDP-wrapped under torchrun, compiled if `train.compile`."""
+        net = self.model
+        if self.world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        if row is not None:
-            log_rows.append(row)
-            for path in (log_csv, own_log):
-                with atomic_path(path) as tmp:
-                    pd.DataFrame(log_rows).to_csv(tmp, index=False)
-    bar.close()
-    if world > 1:
-        dist.barrier()
-    return out_dir
+        if self.cfg.train.compile:
+            net = torch.compile(net)
+        return net
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's (hr, lq) micro-batches, from the one after the resumed step on."""
+        t = self.cfg.train
+        data = SynthPairs(train_files(self.cfg), self.task, t.crop_size, self.cfg, t.seed)
+        loader = DataLoader(
+            data,
+            batch_size=t.batch_size,
+            sampler=IndexSampler(t.batch_size, self.step * t.accum_steps, self.rank, self.world),
+            num_workers=t.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=t.num_workers > 0,
+            # Its own generator: iter() draws a base seed, which from the global RNG would put a
+            # resumed run's dropout one draw ahead of an uninterrupted one.
+            generator=torch.Generator().manual_seed(
+                pair_seed(t.seed, "loader", self.task, self.rank)
+            ),
+        )
+        return iter(loader)
+
+    # ---- the loop
+
+    def run_loop(self, stop_after: int | None = None) -> Path:
+        """Train up to `train.steps` (or `stop_after`) steps; returns the output directory."""
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        self.bar = tqdm(
+            total=t.steps, initial=self.step, desc=f"train {self.task}", disable=not self.main,
+            mininterval=2,
+        )  # fmt: skip
+        self._reset_meters()
+        end = t.steps if stop_after is None else min(t.steps, stop_after)
+        while self.step < end:
+            self.run_step()
+            self.bar.update(1)
+            if self.step % t.ckpt_every == 0 or self.step == t.steps:
+                self.save()
+            if self.main:
+                self._report()
+        self.bar.close()
+        if self.world > 1:
+            dist.barrier()
+        return self.out_dir
+
+    def run_step(self) -> None:
+        """One optimizer step: the lr of the schedule, `accum_steps` micro-batches, gradient
+        clipping, AdamW, then the EMA."""
+        t = self.cfg.train
+        self.lr = lr_at(self.step, self.cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr
+        for _ in range(t.accum_steps):
+            hr, lq = next(self.batches)
+            self.forward_backward(hr, lq)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self._update_ema()
+
+    def forward_backward(self, hr: torch.Tensor, lq: torch.Tensor) -> None:
+        """The formulation's loss on one micro-batch (hr [B,3,H,W], lq [B,3,H/s,W/s] float32 in
+        [0, 1]), back-propagated scaled by 1/`accum_steps`; TrainingDiverged if not finite."""
+        t, r, mf = self.cfg.train, self.r, self.mf
+        x0 = to_model_range(hr.to(self.device, non_blocking=True)).contiguous(memory_format=mf)
+        cond = r.condition(lq.to(self.device, non_blocking=True)).contiguous(memory_format=mf)
+        with self.autocast:
+            loss, _ = formulation_loss(
+                self.cfg.diffusion, self.net, r.schedule, x0, cond, generator=self.gen
+            )  # fmt: skip
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"{self.task}: loss is {value} at step {self.step + 1} (lr {self.lr:.3g}); lower "
+                f"train.lr, raise train.warmup_steps or check the data; last good state in "
+                f"{self.out_dir / 'state'}"
+            )
+        (loss / t.accum_steps).backward()
+        self.acc_loss += value
+        self.acc_n += 1
+        self.images += hr.shape[0] * self.world
+
+    def _update_ema(self) -> None:
+        """Move the EMA weights towards the ones after this step (`ema_update`)."""
+        ema_update(self.ema, self.model, self.step, self.cfg)
+
+    def save(self) -> None:
+        """Save the resume state and the weights (rank 0 writes; all ranks share their RNG)."""
+        gens = [self.gen.get_state()]
+        if self.world > 1:  # every rank's noise generator, so a resumed DDP run is exact too
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, self.gen.get_state())
+            gens = gathered
+        if not self.main:
+            return
+        payload = {
+            "step": self.step,
+            "digest": self.digest,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "gen": gens,
+            **_rng_states(next(self.model.parameters()).device),
+        }
+        save_state(self.state_dir, self.step, payload, self.cfg.train.keep_last)
+        meta = checkpoint_metadata(self.r, step=self.step, config_digest=self.digest)
+        save_weights(self.out_dir / WEIGHTS_NAME, self.ema.state_dict(), meta)
+        save_weights(self.out_dir / "raw.safetensors", self.model.state_dict(), meta)
+
+    # ---- reporting (rank 0)
+
+    def _reset_meters(self) -> None:
+        self.acc_loss, self.acc_n, self.t0, self.images = 0.0, 0, time.perf_counter(), 0
+
+    def _report(self) -> None:
+        """A log row every `log_every` steps, with validation every `val_every` and at the end."""
+        t, step = self.cfg.train, self.step
+        validating = step % t.val_every == 0 or step == t.steps
+        if step % t.log_every == 0 or validating:
+            row = self._log_row()
+            if validating:
+                row.update(self.validate())
+            self.log(row)
+
+    def _log_row(self) -> dict[str, float]:
+        """The mean loss, lr and throughput since the last row (validation columns NaN)."""
+        elapsed = time.perf_counter() - self.t0
+        row = {
+            "step": self.step,
+            "loss": self.acc_loss / max(1, self.acc_n),
+            "lr": self.lr,
+            "images_per_s": self.images / elapsed if elapsed > 0 else float("nan"),
+            "val_psnr": float("nan"),
+            "val_ssim": float("nan"),
+        }
+        self._reset_meters()
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{self.lr:.2e}")
+        return row
+
+    def validate(self) -> dict[str, float]:
+        """The module's `validate` on the EMA weights; it must not move the training RNG (exact
+        resume), so the RNG states are saved before and restored after."""
+        rng = _rng_states(self.device)
+        # the module-level `validate` (a method's body does not see the class's names)
+        metrics = validate(replace(self.r, unet=self.ema), self.cfg, self.out_dir, self.step)
+        _set_rng_states(rng, self.device)
+        LOG.info(
+            "%s step %d: val PSNR %.2f dB SSIM %.4f",
+            self.task, self.step, metrics["val_psnr"], metrics["val_ssim"],
+        )  # fmt: skip
+        return metrics
+
+    def log(self, row: dict[str, float]) -> None:
+        """Append `row` to train_log.csv and to this params' own copy in the state folder."""
+        self.log_rows.append(row)
+        for path in (self.log_csv, self.own_log):
+            with atomic_path(path) as tmp:
+                pd.DataFrame(self.log_rows).to_csv(tmp, index=False)
 
 
-def _checkpoint(r, model, ema, opt, gen, step, digest, cfg, out_dir, world, main) -> None:
-    """Save the resume state and the weights (rank 0 writes; all ranks share their RNG)."""
-    gens = [gen.get_state()]
-    if world > 1:  # every rank's noise generator, so a resumed DDP run is exact too
-        gathered = [None] * world
-        dist.all_gather_object(gathered, gen.get_state())
-        gens = gathered
-    if not main:
-        return
-    payload = {
-        "step": step,
-        "digest": digest,
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "opt": opt.state_dict(),
-        "gen": gens,
-        **_rng_states(next(model.parameters()).device),
-    }
-    save_state(out_dir / "state" / digest, step, payload, cfg.train.keep_last)
-    meta = checkpoint_metadata(r, step=step, config_digest=digest)
-    save_weights(out_dir / WEIGHTS_NAME, ema.state_dict(), meta)
-    save_weights(out_dir / "raw.safetensors", model.state_dict(), meta)
+def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path:
+    """Train (or resume training) the model for `task`; returns the output directory.
+
+    `stop_after` ends the run after that many total steps, as a crash would (used by tests).
+    """
+    return TrainLoop(cfg, task).run_loop(stop_after)
 
 
 def main(argv: list[str] | None = None) -> int:
