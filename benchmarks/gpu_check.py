@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import git_commit, train_step, write_val_pairs  # benchmarks/_common.py
+from _common import git_commit, train_step  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -92,7 +92,8 @@ def bench_train(dev: torch.device, size: int, batch: int, steps: int, overrides:
 
 
 def real_training(dev: torch.device, steps: int, crop: int, batch: int, out: Path) -> dict:
-    """A short real run of train_task on the bundled photos (prepare + degrade in-process)."""
+    """A short real run of train_task on the bundled photos (the library's prepare and degrade
+    stage functions, in-process: no flows, so no prefect needed)."""
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         return _train_in(Path(tmp), dev, steps, crop, batch, out)
 
@@ -101,6 +102,7 @@ def _train_in(work: Path, dev: torch.device, steps: int, crop: int, batch: int, 
     import pandas as pd
 
     from diffenhance.data import prepare_dataset
+    from diffenhance.data.pairs import degrade_stage
     from diffenhance.train import train_task
 
     cfg = load_config(
@@ -123,7 +125,8 @@ def _train_in(work: Path, dev: torch.device, steps: int, crop: int, batch: int, 
             f"train.num_workers={min(8, os.cpu_count() or 1) if dev.type == 'cuda' else 0}",
         ],
     )
-    write_val_pairs(cfg, prepare_dataset(cfg.data), "sr4", 4)
+    prepare_dataset(cfg.data)  # the `prepare` and `degrade` stages, as library calls
+    degrade_stage(cfg, ["sr4"])
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
