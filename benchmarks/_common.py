@@ -1,6 +1,6 @@
 """What the benchmarks share: the CPU, card and commit they record beside their figures, the
-validation pairs of their work folders, the timed training step, and writing their
-JSON/markdown results."""
+timed training step, and writing their JSON/markdown results. Their data comes from the
+library's stage functions (`prepare_dataset`, `pairs.degrade_stage`), not from copies here."""
 
 from __future__ import annotations
 
@@ -42,20 +42,6 @@ def git_commit() -> str:
     return subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
-
-
-def write_val_pairs(cfg, manifest, task: str, n: int) -> Path:
-    """The `degrade` stage in a benchmark's work folder: the first `n` validation crops of
-    `manifest` (under `cfg.data.prepared_dir`) as `task` pairs in `cfg.degrade.out_dir/<task>`;
-    returns the pairs.csv path."""
-    from diffenhance.data.pairs import select_val_crops, write_pair, write_pairs_csv
-
-    prepared, out = Path(cfg.data.prepared_dir), Path(cfg.degrade.out_dir)
-    rows = [
-        write_pair(prepared / r.crop_path, r.crop_sha256, task, cfg.degrade, out)
-        for r in select_val_crops(manifest, n).itertuples()
-    ]
-    return write_pairs_csv(rows, out / task)
 
 
 def train_step(net, model, diffusion_cfg, dev, size: int, batch: int) -> Callable[[], Any]:

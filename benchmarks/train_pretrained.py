@@ -1,17 +1,25 @@
 """Train a shipped model (models/pretrained/<task>) from its versioned recipe.
 
-The recipe is `benchmarks/pretrained/params-<task>.yaml`, a complete params file. This script
-prepares the bundled photos (`data.source=samples`: random crops of the 7 training photos,
-with `--extra-photos` 9 more from extra_photos.py; degradations synthesised on the fly) and
-the fixed validation pairs in a work folder, runs
+The recipe is `benchmarks/pretrained/params-<task>.yaml`, a complete params file run through
+the `train` stage. This script is a thin wrapper around the pipeline's own pieces:
 
-    python -m diffenhance.train --params benchmarks/pretrained/params-<task>.yaml \
+1. the data, with the library's stage functions in a work folder: `prepare_dataset` on the
+   bundled photos (`data.source=samples`: random crops of the 7 training photos, with
+   `--extra-photos` 9 more from extra_photos.py; degradations synthesised on the fly) and
+   `pairs.degrade_stage` for the task's fixed validation pairs;
+2. the `train` stage's flow, so anyone can reproduce the run with the same command:
+
+    python -m flows.train --params benchmarks/pretrained/params-<task>.yaml \
         data.raw_dir=<work>/raw data.prepared_dir=<work>/prepared \
         degrade.out_dir=<work>/degraded train.out_dir=<work>/models [overrides]
 
-and installs the EMA weights (config embedded in the safetensors metadata) with the training
-log and a record of how they were made (training.json: steps, wall time, machine, date,
-commit, command) in `--dest/<task>/` (default models/pretrained).
+   (a local, ephemeral Prefect; nothing is reached over the network). Where prefect is not
+   installed (a GPU box with only torch and the library's dependencies) the same training runs
+   as `python -m diffenhance.train` with the same arguments - the library function the flow's
+   task calls - and training.json records which command ran;
+3. the EMA weights (config embedded in the safetensors metadata) with the training log and a
+   model card of how they were made (training.json: steps, wall time, machine, date, commit,
+   command) installed in `--dest/<task>/` (default models/pretrained).
 
     python benchmarks/train_pretrained.py --task sr4 --threads 1 --extra-photos   # the CPU recipe
     python benchmarks/train_pretrained.py --task sr4 --dest $OUT/pretrained \
@@ -20,7 +28,7 @@ commit, command) in `--dest/<task>/` (default models/pretrained).
 
 `--init-params` writes the recipe from params.yaml plus RECIPES[task] below (so the recipe
 follows the measured defaults of params.yaml: formulation, prediction, infer steps).
-Needs no prefect/dvc/boto3.
+Needs no dvc/boto3; prefect only for step 2's flow (see the fallback above).
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from _common import card_name, cpu_name, git_commit, write_val_pairs  # benchmarks/_common.py
+from _common import card_name, cpu_name, git_commit  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -113,6 +121,7 @@ def prepare_work(
     photos of extra_photos.py to the training split (the validation photos stay the bundled
     ones)."""
     from diffenhance.data import prepare_dataset
+    from diffenhance.data.pairs import degrade_stage
 
     ov = [
         f"data.raw_dir={work / 'raw'}",
@@ -127,9 +136,18 @@ def prepare_work(
         if cfg.data.source != "samples":
             raise ValueError(f"--extra-photos adds to data.source=samples, not {cfg.data.source}")
         fetch_extra_photos(work / "raw" / "samples" / "train")
-    manifest = prepare_dataset(cfg.data)
-    write_val_pairs(cfg, manifest, task, cfg.degrade.val_max_images)
+    manifest = prepare_dataset(cfg.data)  # the `prepare` stage
+    degrade_stage(cfg, [task])  # the `degrade` stage, for this task only
     return ov, manifest
+
+
+def train_command(params: Path, overrides: list[str]) -> list[str]:
+    """The `train` stage's flow (`python -m flows.train --params ...`), or where prefect is not
+    installed the library entry point it runs (`python -m diffenhance.train --params ...`)."""
+    import importlib.util
+
+    module = "flows.train" if importlib.util.find_spec("prefect") else "diffenhance.train"
+    return [sys.executable, "-m", module, "--params", str(params), *overrides]
 
 
 def machine() -> str:
@@ -147,15 +165,16 @@ def train(
     threads: int | None,
     extra_photos: bool = False,
 ) -> dict:
-    """Prepare, train with `python -m diffenhance.train`, install into dest/<task>/."""
+    """Prepare and degrade, train with the `train` stage (`train_command`), install the
+    weights and the model card (training.json) into dest/<task>/; returns the card."""
     import pandas as pd
 
     from diffenhance.model import WEIGHTS_NAME, read_checkpoint
 
     ov, manifest = prepare_work(params, task, work, overrides, extra_photos)
     rel = params.relative_to(REPO) if params.is_relative_to(REPO) else params
-    cmd = [sys.executable, "-m", "diffenhance.train", "--params", str(rel), *ov, *overrides]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = train_command(rel, [*ov, *overrides])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     if threads:  # torch's intra-op threads; 1 avoids oversubscription on a shared machine
         env["OMP_NUM_THREADS"] = str(threads)
     print("+", shlex.join(cmd), flush=True)

@@ -11,3 +11,6 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "diffenhance")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Library code may log outside a flow run (e.g. from the CLI); that is not a problem to warn about.
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+# A lone `python -m flows.<stage>` (no PREFECT_API_URL) starts Prefect's temporary server;
+# its 20 s startup limit is too short on a busy 2-core machine (flows/server.py's QUIET_ENV).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -4,40 +4,25 @@ written to `data/degraded/<task>/`. Run: `python -m flows.degrade [section.key=v
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from prefect import flow
+from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from diffenhance.config import load_config, write_resolved
-from diffenhance.data import load_manifest, pairs
-from diffenhance.data.prepare import MANIFEST
+from diffenhance.config import load_config
 from flows.common import run_stage, stage_logger
-from tasks.data import degrade_pair
+from tasks.data import degrade_task
 
 
 @flow(name="degrade", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def degrade(params: str = "params.yaml", overrides: list[str] | None = None) -> list[str]:
-    """Write the validation pairs; returns the pairs.csv paths, one per task."""
+    """Write the validation pairs: the library's `degrade_stage`, mapped one Prefect task per
+    degradation task; returns the pairs.csv paths, one per task."""
     cfg = load_config(params, overrides or [])
     log = stage_logger()
-    prepared = Path(cfg.data.prepared_dir)
-    crops = pairs.select_val_crops(load_manifest(prepared), cfg.degrade.val_max_images)
-    if crops.empty:
-        raise RuntimeError(f"{prepared / MANIFEST} has no validation crops (split == 'val')")
-    out_dir = Path(cfg.degrade.out_dir)
-    written = []
-    for task_name in cfg.degrade.tasks:
-        futures = [
-            degrade_pair.submit(
-                prepared / r.crop_path, r.crop_sha256, task_name, cfg.degrade, out_dir
-            )
-            for r in crops.itertuples()
-        ]
-        rows = [f.result() for f in futures]
-        written.append(str(pairs.write_pairs_csv(rows, out_dir / task_name)))
-        log.info("degrade: %s: %d pairs", task_name, len(rows))
-    write_resolved(cfg, out_dir, ["data", "degrade"])
+    futures = degrade_task.map(cfg.degrade.tasks, unmapped(cfg))
+    written = [str(f.result()) for f in futures]
+    for task_name, csv in zip(cfg.degrade.tasks, written, strict=True):
+        log.info("degrade: %s -> %s", task_name, csv)
     return written
 
 

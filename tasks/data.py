@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import task
 
-from diffenhance.config import DataConfig, DegradeConfig
+from diffenhance.config import Config, DataConfig
 from diffenhance.data import pairs, prepare
 
 
@@ -20,8 +20,7 @@ def prepare_image(src, cfg: DataConfig) -> list[dict]:
     return prepare.prepare_one(src, cfg)
 
 
-@task(name="degrade-pair")
-def degrade_pair(
-    crop_file: Path, key: str, task_name: str, cfg: DegradeConfig, out_dir: Path
-) -> dict:
-    return pairs.write_pair(crop_file, key, task_name, cfg, out_dir)
+@task(name="degrade-task")
+def degrade_task(task_name: str, cfg: Config) -> Path:
+    """The `degrade` stage for one degradation task (its folder of pairs); the pairs.csv path."""
+    return pairs.degrade_stage(cfg, [task_name])[task_name]

@@ -9,7 +9,7 @@ import pandas as pd
 
 from diffenhance.config import Config, load_config
 from diffenhance.data.folder import file_sha256
-from diffenhance.data.pairs import write_pair, write_pairs_csv
+from diffenhance.data.pairs import degrade_stage
 from diffenhance.io import write_image
 
 TINY_MODEL = [
@@ -47,14 +47,16 @@ def make_dataset(root: Path, tasks=("sr2",), n_train=4, n_val=2, size=32, seed=0
                 {"crop_path": rel, "split": split, "crop_sha256": file_sha256(prepared / rel)}
             )
     pd.DataFrame(rows).to_csv(prepared / "manifest.csv", index=False)
-    cfg = load_config(None, [f"degrade.val_size={size}"])
-    for task in tasks:
-        out = [
-            write_pair(prepared / r["crop_path"], r["crop_sha256"], task, cfg.degrade, degraded)
-            for r in rows
-            if r["split"] == "val"
-        ]
-        write_pairs_csv(out, degraded / task)
+    cfg = load_config(
+        None,
+        [
+            f"data.prepared_dir={prepared}",
+            f"degrade.out_dir={degraded}",
+            f"degrade.val_size={size}",
+            f"degrade.val_max_images={n_val}",
+        ],
+    )
+    degrade_stage(cfg, tasks)
     return {"prepared": prepared, "degraded": degraded}
 
 

@@ -5,17 +5,22 @@ changes when other images are added or the order changes. Training synthesises L
 the fly with the very same `degrade.degrade_for_task`; only the seed differs.
 
 Layout of `<degrade.out_dir>/<task>/`: `hr/<name>.png`, `lq/<name>.png`, `pairs.csv`.
+
+`degrade_stage(cfg, tasks)` is the whole stage (manifest -> pairs of every task -> the resolved
+config); flows/degrade.py maps it over the tasks, the benchmarks and tests call it directly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from diffenhance.config import DegradeConfig
+from diffenhance.config import Config, DegradeConfig, write_resolved
+from diffenhance.data.prepare import MANIFEST, load_manifest
 from diffenhance.degrade import degrade_for_task, modcrop, pair_seed, task_scale
 from diffenhance.io import atomic_path, read_image, write_image
 
@@ -86,6 +91,43 @@ def write_pairs_csv(rows: list[dict[str, object]], task_dir: Path) -> Path:
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     return out
+
+
+def val_crops(cfg: Config) -> pd.DataFrame:
+    """The validation crops the `degrade` stage pairs up: `select_val_crops` of the manifest in
+    `data.prepared_dir`, at most `degrade.val_max_images`; RuntimeError when there are none."""
+    prepared = Path(cfg.data.prepared_dir)
+    crops = select_val_crops(load_manifest(prepared), cfg.degrade.val_max_images)
+    if crops.empty:
+        raise RuntimeError(
+            f"{prepared / MANIFEST} has no validation crops (split == 'val'); "
+            "prepare a dataset with validation images (rerun the `prepare` stage)"
+        )
+    return crops
+
+
+def write_task_pairs(cfg: Config, task: str, crops: pd.DataFrame) -> Path:
+    """The pairs of one task: every crop of `crops` (rows of the manifest in
+    `data.prepared_dir`) degraded for `task` into `<degrade.out_dir>/<task>/` (hr/, lq/,
+    pairs.csv); returns the pairs.csv path."""
+    prepared, out_dir = Path(cfg.data.prepared_dir), Path(cfg.degrade.out_dir)
+    rows = [
+        write_pair(prepared / r.crop_path, r.crop_sha256, task, cfg.degrade, out_dir)
+        for r in crops.itertuples()
+    ]
+    return write_pairs_csv(rows, out_dir / task)
+
+
+def degrade_stage(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, Path]:
+    """The `degrade` stage: the fixed validation pairs of each of `tasks` (default
+    `degrade.tasks`) from the prepared manifest, and `params.resolved.yaml` (data, degrade) in
+    `degrade.out_dir`; returns {task: pairs.csv path}."""
+    crops = val_crops(cfg)
+    written = {
+        t: write_task_pairs(cfg, t, crops) for t in (cfg.degrade.tasks if tasks is None else tasks)
+    }
+    write_resolved(cfg, cfg.degrade.out_dir, ["data", "degrade"])
+    return written
 
 
 def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:

@@ -1,0 +1,86 @@
+"""The `degrade` stage as one library function (`pairs.degrade_stage`), and the flow that maps
+it over the tasks: both write exactly the pairs of `write_pair` on every validation crop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from diffenhance.config import load_config, write_resolved
+from diffenhance.data.pairs import PAIRS_CSV, degrade_stage, load_pairs, write_pair
+from tests.tiny import make_dataset
+
+
+def stage_config(root: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            f"data.prepared_dir={root / 'prepared'}",
+            f"degrade.out_dir={root / 'out'}",
+            "degrade.val_size=32",
+            "degrade.tasks=[sr2,denoise]",
+            *extra,
+        ],
+    )
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*.png")}
+
+
+def test_degrade_stage_writes_every_task_pair_by_pair(tmp_path):
+    make_dataset(tmp_path, tasks=("sr2",), n_val=3)
+    cfg = stage_config(tmp_path, "degrade.val_max_images=2")
+    written = degrade_stage(cfg)
+    assert written == {t: tmp_path / "out" / t / PAIRS_CSV for t in ("sr2", "denoise")}
+    assert (tmp_path / "out" / "params.resolved.yaml").is_file()
+    manifest = pd.read_csv(tmp_path / "prepared" / "manifest.csv")
+    val = manifest[manifest.split == "val"].sort_values("crop_path")
+    chosen = val.iloc[[0, 2]]  # 2 of 3, evenly spaced: the first and the last
+    for task in ("sr2", "denoise"):
+        expected_dir = tmp_path / "expected"
+        rows = [
+            write_pair(tmp_path / "prepared" / r.crop_path, r.crop_sha256, task,
+                       cfg.degrade, expected_dir)
+            for r in chosen.itertuples()
+        ]  # fmt: skip
+        got = pd.read_csv(written[task])
+        assert list(got["name"]) == [r["name"] for r in rows] == ["img0_s000", "img2_s000"]
+        assert list(got["seed"]) == [r["seed"] for r in rows]
+        assert files(tmp_path / "out" / task) == files(expected_dir / task)
+        assert len(load_pairs(tmp_path / "out" / task)) == 2
+    # one task only: the other's folder is not written
+    only = degrade_stage(stage_config(tmp_path, f"degrade.out_dir={tmp_path / 'one'}"), ["sr2"])
+    assert list(only) == ["sr2"] and not (tmp_path / "one" / "denoise").exists()
+
+
+def test_degrade_stage_without_validation_crops_says_what_to_do(tmp_path):
+    make_dataset(tmp_path, tasks=("sr2",))
+    manifest = tmp_path / "prepared" / "manifest.csv"
+    df = pd.read_csv(manifest)
+    df[df.split == "train"].to_csv(manifest, index=False)
+    with pytest.raises(RuntimeError, match="no validation crops.*prepare"):
+        degrade_stage(stage_config(tmp_path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_degrade_flow_maps_the_library_stage(tmp_path, prefect_api):
+    from flows.degrade import degrade
+
+    make_dataset(tmp_path, tasks=("sr2",))
+    cfg = stage_config(tmp_path)
+    degrade_stage(cfg)
+    lib = {t: files(tmp_path / "out" / t) for t in cfg.degrade.tasks}
+    flow_out = tmp_path / "flow"
+    params = write_resolved(cfg, tmp_path / "params")  # the same config, as a params file
+    written = degrade(params=str(params), overrides=[f"degrade.out_dir={flow_out}"])
+    assert written == [str(flow_out / t / PAIRS_CSV) for t in cfg.degrade.tasks]
+    assert {t: files(flow_out / t) for t in cfg.degrade.tasks} == lib
+    for t in cfg.degrade.tasks:
+        assert (flow_out / t / PAIRS_CSV).read_bytes() == (
+            tmp_path / "out" / t / PAIRS_CSV
+        ).read_bytes()
+    resolved = (flow_out / "params.resolved.yaml").read_text()
+    assert resolved.startswith("data:") and f"out_dir: {flow_out}" in resolved
