@@ -201,3 +201,34 @@ def test_training_reproduces_recorded_bytes(dataset, tmp_path):
     log = pd.read_csv(out / "train_log.csv")[["step", "loss", "lr", "val_psnr", "val_ssim"]]
     expected = pd.DataFrame(GOLDEN_LOG, columns=log.columns, dtype=float).astype({"step": int})
     pd.testing.assert_frame_equal(log, expected, check_exact=True)
+
+
+def test_init_from_pretrained_fine_tunes_the_shipped_model_only_when_it_fits(tmp_path):
+    """train.init_from defaults to 'pretrained': the shipped model of the task when params
+    describe exactly its network and diffusion settings; otherwise (another network, a task
+    without a shipped model) training starts from scratch; a path always wins."""
+    from diffenhance.config import load_config
+    from diffenhance.model import pretrained_model
+    from diffenhance.train import TrainLoop, init_checkpoint
+
+    shipped = pretrained_model("sr4") / "model.safetensors"
+    defaults = load_config(None)  # the params.yaml network: what the shipped sr4 was trained as
+    assert defaults.train.init_from == "pretrained"
+    assert init_checkpoint(defaults, "sr4") == shipped
+    assert init_checkpoint(defaults, "sr2") is None  # nothing shipped for sr2 (yet)
+    tiny = tiny_config(tmp_path)
+    assert init_checkpoint(tiny, "sr4") is None  # another network: from scratch
+    assert init_checkpoint(load_config(None, ["train.init_from=null"]), "sr4") is None
+    assert init_checkpoint(tiny_config(tmp_path, f"train.init_from={shipped}"), "sr4") == shipped
+    # the loop starts from the shipped weights (before any step)
+    make_dataset(tmp_path, tasks=("sr4",), n_train=2, n_val=1, size=32)
+    full = tiny_config(
+        tmp_path, "model.base_channels=32", "model.channel_mults=[1,2,2]",
+        "model.attn_resolutions=[4]", "model.head_channels=32", "diffusion.timesteps=1000",
+        "train.tasks=[sr4]",
+    )  # fmt: skip
+    assert (full.model, full.diffusion) == (defaults.model, defaults.diffusion)
+    loop = TrainLoop(full, "sr4")
+    want, _ = read_checkpoint(shipped)
+    got = loop.r.unet.state_dict()
+    assert all(torch.equal(got[k].cpu(), v) for k, v in want.items())

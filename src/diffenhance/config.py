@@ -139,7 +139,9 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     channels_last: bool = True
-    init_from: str | None = None
+    # 'pretrained': the shipped models/pretrained/<task> when it is this network (model.*,
+    # diffusion.*), else from scratch; a model dir or file: that; null: from scratch
+    init_from: str | None = "pretrained"
     init_strict: bool = True
 
 

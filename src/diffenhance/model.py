@@ -38,6 +38,22 @@ from diffenhance.io import atomic_write_bytes
 
 FORMAT = "diffenhance-checkpoint-v1"
 WEIGHTS_NAME = "model.safetensors"  # EMA weights: what enhancement loads
+# The shipped models: models/pretrained/<task>/model.safetensors of the working directory,
+# else of the checkout this package runs from (an editable install).
+PRETRAINED_DIRS = (
+    Path("models/pretrained"),
+    Path(__file__).resolve().parents[2] / "models/pretrained",
+)
+
+
+def pretrained_model(task: str) -> Path | None:
+    """The shipped model dir of `task` (models/pretrained/<task>), or None when there is none."""
+    for root in PRETRAINED_DIRS:
+        if (root / task / WEIGHTS_NAME).is_file():
+            return root / task
+    return None
+
+
 # Refused before anything is allocated: the shipped models have ~1.5M parameters, so metadata
 # describing more than 2e9 (8 GB of fp32 weights), a U-Net deeper than any sane one or a
 # schedule of more than 1e6 steps is corrupt or hostile, not a model.

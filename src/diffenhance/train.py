@@ -52,8 +52,10 @@ from diffenhance.model import (
     build_restorer,
     checkpoint_metadata,
     load_matching,
+    pretrained_model,
     read_checkpoint,
     save_weights,
+    validate_checkpoint,
 )
 from diffenhance.restore import restore, sampling_spec
 
@@ -172,6 +174,33 @@ _NOT_IN_DIGEST = (
 )  # fmt: skip
 
 
+PRETRAINED = "pretrained"  # train.init_from: the shipped model of the task, when it fits
+
+
+def init_checkpoint(cfg: Config, task: str) -> Path | None:
+    """The checkpoint `task` starts from: `train.init_from` (a model dir or file), None (from
+    scratch), or for 'pretrained' the shipped models/pretrained/<task> when it has exactly the
+    network and diffusion settings of params (model.*, diffusion.*) - else None, from scratch.
+    """
+    init = cfg.train.init_from
+    if init is None:
+        return None
+    if init != PRETRAINED:
+        return Path(init) / WEIGHTS_NAME if Path(init).is_dir() else Path(init)
+    shipped = pretrained_model(task)
+    if shipped is None:
+        LOG.info("train.init_from=pretrained: no shipped %s model; training from scratch", task)
+        return None
+    spec = validate_checkpoint(shipped)
+    if (spec.model_cfg, spec.diffusion_cfg) != (cfg.model, cfg.diffusion) or spec.task != task:
+        LOG.info(
+            "train.init_from=pretrained: %s has other model/diffusion settings than params; "
+            "training from scratch (set train.init_from to a path to force it)", shipped
+        )  # fmt: skip
+        return None
+    return spec.path
+
+
 def resume_params(cfg: Config, task: str) -> dict[str, Any]:
     """What the trained weights depend on, and nothing about where files are written.
 
@@ -187,9 +216,9 @@ def resume_params(cfg: Config, task: str) -> dict[str, Any]:
         for p, s in zip(rows["crop_path"], rows.get("crop_sha256", [None] * len(rows)), strict=True)
     ]
     train = {k: v for k, v in d["train"].items() if k not in _NOT_IN_DIGEST}
-    init = train.pop("init_from")
-    if init:
-        init = Path(init) / WEIGHTS_NAME if Path(init).is_dir() else Path(init)
+    train.pop("init_from")
+    init = init_checkpoint(cfg, task)
+    if init is not None:
         train["init_from_sha256"] = file_sha256(init)
     blob = json.dumps(crops).encode()
     return {
@@ -428,19 +457,18 @@ class TrainLoop:
                 f"train.crop_size={t.crop_size} must be a multiple of the task scale ({r.scale}) "
                 f"and of the network's size multiple ({r.unet.size_multiple})"
             )
-        if t.init_from:
-            tensors, _ = read_checkpoint(t.init_from)
+        init = init_checkpoint(self.cfg, task)
+        if init is not None:
+            tensors, _ = read_checkpoint(init)
             skipped = load_matching(
-                r.unet, tensors, strict=t.init_strict, source=t.init_from,
+                r.unet, tensors, strict=t.init_strict, source=str(init),
                 advice="Set train.init_strict=false to load only the tensors that match.",
             )  # fmt: skip
+            if self.main:
+                LOG.info("fine-tuning from %s", init)
             if self.main and skipped:
-                LOG.warning(
-                    "init_from %s: %d tensors not loaded: %s",
-                    t.init_from,
-                    len(skipped),
-                    skipped[:8],
-                )
+                LOG.warning("init_from %s: %d tensors not loaded: %s", init, len(skipped),
+                            skipped[:8])  # fmt: skip
         return r
 
     def _setup_optimisation(self) -> None:

@@ -11,30 +11,14 @@ from typing import Any
 
 from diffenhance.enhance.job import EnhanceError
 from diffenhance.io import file_sha256
+from diffenhance.model import PRETRAINED_DIRS, pretrained_model  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-
-# The shipped models: models/pretrained/<task>/model.safetensors of the working directory,
-# else of the checkout this package runs from (an editable install).
-PRETRAINED_DIRS = (
-    Path("models/pretrained"),
-    Path(__file__).resolve().parents[3] / "models/pretrained",
-)
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 _MODELS: dict[tuple[str, str, str], Any] = {}
 _MODELS_LOCK = threading.Lock()
 MODEL_LOADS = {"count": 0}  # loads in this process (a worker loads each model once)
-
-
-def pretrained_model(task: str) -> Path | None:
-    """The shipped model dir of `task` (models/pretrained/<task>), or None when there is none."""
-    from diffenhance.model import WEIGHTS_NAME
-
-    for root in PRETRAINED_DIRS:
-        if (root / task / WEIGHTS_NAME).is_file():
-            return root / task
-    return None
 
 
 def model_file(path: str | os.PathLike) -> Path:
