@@ -459,7 +459,9 @@ class TrainLoop:
             )
         init = init_checkpoint(self.cfg, task)
         if init is not None:
-            tensors, _ = read_checkpoint(init)
+            tensors, meta = read_checkpoint(init)
+            if "recommended" in meta:  # measured on the weights it starts from: keep it
+                r.meta["recommended"] = meta["recommended"]
             skipped = load_matching(
                 r.unet, tensors, strict=t.init_strict, source=str(init),
                 advice="Set train.init_strict=false to load only the tensors that match.",
@@ -634,7 +636,8 @@ class TrainLoop:
             **_rng_states(next(self.model.parameters()).device),
         }
         save_state(self.state_dir, self.step, payload, self.cfg.train.keep_last)
-        meta = checkpoint_metadata(self.r, step=self.step, config_digest=self.digest)
+        kept = {k: self.r.meta[k] for k in ("recommended",) if k in self.r.meta}
+        meta = checkpoint_metadata(self.r, step=self.step, config_digest=self.digest, **kept)
         save_weights(self.out_dir / WEIGHTS_NAME, self.ema.state_dict(), meta)
         save_weights(self.out_dir / "raw.safetensors", self.model.state_dict(), meta)
 
