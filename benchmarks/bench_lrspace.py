@@ -7,7 +7,7 @@ For each formulation (regression, residual) and space (hr, lr) on the bundled ph
    included) through `formulation_loss`, backward and AdamW, median of a few;
 2. inference output MP/s: `restore.restore` (the one restore path, `infer.*` defaults of
    params.yaml, the formulation's default steps) of a --infer-side px LQ image, best of 2;
-3. quality after equal CPU wall-clock training: `train.train_task` for as many steps as (1)
+3. quality after equal CPU wall-clock training: `train.train_model` for as many steps as (1)
    fits in --minutes, then `evaluate.evaluate_pairs` (the evaluate stage's code) on the sr4
    validation pairs: PSNR-Y (BT.601, 4 px border crop) against bicubic.
 
@@ -107,7 +107,7 @@ def run_one(ov: list[str], kind: str, space: str, args, work: Path) -> dict:
     from diffenhance.data.pairs import load_pairs
     from diffenhance.evaluate import evaluate_pairs
     from diffenhance.model import build_network, load_restorer
-    from diffenhance.train import train_task
+    from diffenhance.train import train_model
 
     name = f"{kind}-{space}"
     extra = [f"diffusion.formulation={kind}", f"model.space={space}"]
@@ -127,7 +127,7 @@ def run_one(ov: list[str], kind: str, space: str, args, work: Path) -> dict:
          f"train.out_dir={work / 'models' / name}"],
     )  # fmt: skip
     t0 = time.perf_counter()
-    model_dir = train_task(tcfg, TASK)
+    model_dir = train_model(tcfg, TASK)
     wall = time.perf_counter() - t0
     ev = evaluate_pairs(load_restorer(model_dir), load_pairs(work / "degraded" / TASK), TASK,
                         tcfg, work / "eval" / name, source={"kind": "bench_lrspace"})  # fmt: skip

@@ -61,7 +61,7 @@ def commit() -> str:
     return git_commit()
 
 
-def evaluate_task(
+def evaluate_model(
     task: str, model_dir: Path, hr_dir: Path, out: Path, overrides: list[str], steps: list[int]
 ) -> dict[str, Any]:
     """Score one shipped model with `evaluate_folder`; returns the numbers of the tables."""
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         hr_dir = Path(photos) / "val"
         for task in [t for t in args.tasks.split(",") if t]:
             tasks.append(
-                evaluate_task(task, args.models / task, hr_dir, args.out, overrides, steps)
+                evaluate_model(task, args.models / task, hr_dir, args.out, overrides, steps)
             )
     res = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -11,7 +11,7 @@ then scored (benchmarks/bench_quality.py).
 
 Needs only torch, numpy, pandas, pillow, scikit-image, pytest (no prefect/dvc/boto3): the
 library is put on sys.path from src/ and its stage functions (`prepare_dataset`,
-`pairs.degrade_stage`, `train_task`) are called directly, never the flows; without prefect,
+`pairs.degrade_stage`, `train_model`) are called directly, never the flows; without prefect,
 train_pretrained.py trains with `python -m diffenhance.train` (what the `train` flow runs). The
 speed benchmark also needs diffusers (the `bench`
 extra) and is recorded as skipped without it. The pretrained step trains on the extra photos
@@ -95,7 +95,7 @@ def bench_train(dev: torch.device, size: int, batch: int, steps: int, overrides:
 
 
 def real_training(dev: torch.device, steps: int, crop: int, batch: int, out: Path) -> dict:
-    """A short real run of train_task on the bundled photos (the library's prepare and degrade
+    """A short real run of train_model on the bundled photos (the library's prepare and degrade
     stage functions, in-process: no flows, so no prefect needed)."""
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         return _train_in(Path(tmp), dev, steps, crop, batch, out)
@@ -106,7 +106,7 @@ def _train_in(work: Path, dev: torch.device, steps: int, crop: int, batch: int, 
 
     from diffenhance.data import prepare_dataset
     from diffenhance.data.pairs import degrade_stage
-    from diffenhance.train import train_task
+    from diffenhance.train import train_model
 
     cfg = load_config(
         REPO / "params.yaml",
@@ -133,7 +133,7 @@ def _train_in(work: Path, dev: torch.device, steps: int, crop: int, batch: int, 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    model_dir = train_task(cfg, "sr4")
+    model_dir = train_model(cfg, "sr4")
     sec = time.perf_counter() - t0
     log = pd.read_csv(model_dir / "train_log.csv")
     log.to_csv(out / "train_log.csv", index=False)

@@ -10,7 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from diffenhance.config import load_config
 from flows.common import run_stage, stage_logger
-from tasks.data import degrade_task
+from tasks.data import degrade_pairs
 
 
 @flow(name="degrade", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -19,7 +19,7 @@ def degrade(params: str = "params.yaml", overrides: list[str] | None = None) -> 
     degradation task; returns the pairs.csv paths, one per task."""
     cfg = load_config(params, overrides or [])
     log = stage_logger()
-    futures = degrade_task.map(cfg.degrade.tasks, unmapped(cfg))
+    futures = degrade_pairs.map(cfg.degrade.tasks, unmapped(cfg))
     written = [str(f.result()) for f in futures]
     for task_name, csv in zip(cfg.degrade.tasks, written, strict=True):
         log.info("degrade: %s -> %s", task_name, csv)

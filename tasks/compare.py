@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from diffenhance.compare import Comparison, build_compare_report, compare_task
+from diffenhance import compare as comparison
+from diffenhance.compare import Comparison, build_compare_report
 from diffenhance.config import Config
 from tasks.common import stage_logger
 
@@ -12,7 +13,7 @@ from tasks.common import stage_logger
 @task(name="compare-formulations")
 def compare_formulations(cfg: Config) -> Comparison:
     """Score every formulation's comparison model and the baseline (files in compare.out_dir)."""
-    return compare_task(cfg, progress=stage_logger().info)
+    return comparison.compare_formulations(cfg, progress=stage_logger().info)
 
 
 @task(name="compare-report")

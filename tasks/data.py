@@ -20,7 +20,7 @@ def prepare_image(src, cfg: DataConfig) -> list[dict]:
     return prepare.prepare_one(src, cfg)
 
 
-@task(name="degrade-task")
-def degrade_task(task_name: str, cfg: Config) -> Path:
+@task(name="degrade-pairs")
+def degrade_pairs(task_name: str, cfg: Config) -> Path:
     """The `degrade` stage for one degradation task (its folder of pairs); the pairs.csv path."""
     return pairs.degrade_stage(cfg, [task_name])[task_name]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import task
 
+from diffenhance import evaluate as evaluation
 from diffenhance.config import Config
-from diffenhance.evaluate import evaluate_task
 from tasks.common import stage_logger
 
 
@@ -13,4 +13,4 @@ from tasks.common import stage_logger
 def evaluate_model(cfg: Config, task_name: str) -> dict[str, float]:
     """Score `models/<task>` and the baselines on the task's validation pairs; its metrics."""
     log = stage_logger()
-    return evaluate_task(cfg, task_name, progress=log.info).metrics
+    return evaluation.evaluate_model(cfg, task_name, progress=log.info).metrics

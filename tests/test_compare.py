@@ -13,14 +13,14 @@ import yaml
 from diffenhance.compare import (
     build_compare_report,
     checks,
-    compare_task,
+    compare_formulations,
     summarise,
     train_overrides,
 )
 from diffenhance.config import load_config
 from diffenhance.data.pairs import load_pairs
 from diffenhance.evaluate import bicubic_upscale
-from diffenhance.train import train_task
+from diffenhance.train import train_model
 from tests.conftest import REPO
 from tests.test_metrics import ref_psnr, ref_y
 from tests.tiny import make_dataset, tiny_config
@@ -53,14 +53,14 @@ def trained(tmp_path_factory):
     make_dataset(root, tasks=("sr2",))
     cfg = _cfg(root)
     for kind in KINDS:
-        train_task(_cfg(root, *train_overrides(cfg, kind)), "sr2")
+        train_model(_cfg(root, *train_overrides(cfg, kind)), "sr2")
     return root
 
 
 @pytest.fixture(scope="module")
 def compared(trained):
     cfg = _cfg(trained)
-    return cfg, compare_task(cfg)
+    return cfg, compare_formulations(cfg)
 
 
 def test_rows_knob_ends_and_baseline(compared):
@@ -125,7 +125,9 @@ def test_curves_checks_and_protocol(compared):
 
 def test_cpu_comparison_is_bit_reproducible(compared, tmp_path):
     cfg, comp = compared
-    again = compare_task(_cfg(Path(cfg.degrade.out_dir).parent, f"compare.out_dir={tmp_path}"))
+    again = compare_formulations(
+        _cfg(Path(cfg.degrade.out_dir).parent, f"compare.out_dir={tmp_path}")
+    )
     assert (tmp_path / "metrics.json").read_bytes() == (comp.out_dir / "metrics.json").read_bytes()
     assert again.metrics == comp.metrics
 
@@ -146,9 +148,9 @@ def test_report_has_checks_tables_curves_and_crops(compared):
 
 def test_unequal_budget_and_missing_model_are_refused(trained):
     with pytest.raises(ValueError, match=r"trained for 2 steps but compare.train_steps is 3"):
-        compare_task(_cfg(trained, "compare.train_steps=3"))
+        compare_formulations(_cfg(trained, "compare.train_steps=3"))
     with pytest.raises(FileNotFoundError, match=r"train_compare@regression"):
-        compare_task(_cfg(trained, f"compare.models_dir={trained / 'nowhere'}"))
+        compare_formulations(_cfg(trained, f"compare.models_dir={trained / 'nowhere'}"))
 
 
 def test_summarise_golden_values():

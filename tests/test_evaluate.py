@@ -22,8 +22,8 @@ from diffenhance.evaluate import (
     baselines_for_task,
     bicubic_upscale,
     bm3d_missing_reason,
+    evaluate_model,
     evaluate_pairs,
-    evaluate_task,
     lanczos_upscale,
     summarise,
 )
@@ -90,13 +90,13 @@ def test_summarise_caps_identical_images_and_computes_deltas():
     assert all(isinstance(v, float) and math.isfinite(v) for v in m.values())
 
 
-def test_evaluate_task_writes_every_file_with_consistent_numbers(trained):
+def test_evaluate_model_writes_every_file_with_consistent_numbers(trained):
     root, model_dir = trained
     cfg = tiny_config(
         root, f"evaluate.out_dir={root / 'reports'}", "evaluate.steps=[1]", "infer.steps=2",
         "evaluate.seeds=[0,1]", "evaluate.average_samples=2",
     )  # fmt: skip
-    ev = evaluate_task(cfg, "sr2")
+    ev = evaluate_model(cfg, "sr2")
     out = root / "reports" / "sr2"
     per_image = pd.read_csv(out / "per_image.csv")
     assert len(per_image) == 2 * (2 + 2 * 2)  # images x (baselines + steps x seeds)
@@ -142,7 +142,7 @@ def test_evaluate_task_writes_every_file_with_consistent_numbers(trained):
     for kind in ("lq", "hr", "model", "bicubic", "lanczos"):
         assert len(list((out / "images" / kind).glob("*.png"))) == 2, kind
     # Same params, same metrics (CPU): a second run is bit-identical
-    assert evaluate_task(cfg, "sr2").metrics == metrics
+    assert evaluate_model(cfg, "sr2").metrics == metrics
 
 
 def test_model_for_another_task_is_refused(trained):

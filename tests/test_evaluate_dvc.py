@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from diffenhance.train import train_task
+from diffenhance.train import train_model
 from tests.pipeline_utils import copy_repo, git, run, set_params
 from tests.tiny import make_dataset, tiny_config
 
@@ -20,7 +20,7 @@ def test_dvc_stages_metrics_plots_and_reproducibility(tmp_path, prefect_api):
         "report": {"crops": 1},
     })  # fmt: skip
     make_dataset(repo / "data", tasks=("sr2",))  # data/prepared + data/degraded
-    train_task(tiny_config(repo / "data", f"train.out_dir={repo / 'models'}"), "sr2")
+    train_model(tiny_config(repo / "data", f"train.out_dir={repo / 'models'}"), "sr2")
     run(repo, "dvc", "repro", "--single-item", "evaluate@sr2", "report@sr2")
     out = repo / "reports" / "sr2"
     for f in ("per_image.csv", "metrics.json", "timing.json", "psnr_vs_steps.csv",

@@ -24,7 +24,7 @@ from diffenhance.diffusion.process import pred_to_x0_eps
 from diffenhance.metrics import hf_energy_ratio
 from diffenhance.model import build_network, load_restorer
 from diffenhance.nn.predict_refine import PredictRefine
-from diffenhance.train import train_task
+from diffenhance.train import train_model
 from tests.tiny import make_dataset, smooth_image, tiny_config
 
 T = 50
@@ -322,7 +322,7 @@ def test_trains_and_round_trips_through_load_restorer(kind, dataset, tmp_path):
         dataset, f"train.out_dir={tmp_path}", "train.steps=2", "train.val_every=2",
         f"diffusion.formulation={kind}", "diffusion.residual_predictor_channels=8",
     )  # fmt: skip
-    out = train_task(cfg, "sr2")
+    out = train_model(cfg, "sr2")
     log = pd.read_csv(out / "train_log.csv")
     assert list(log["step"]) == [1, 2] and log["loss"].notna().all()
     assert math.isfinite(log["val_psnr"].dropna().iloc[-1])
@@ -346,7 +346,7 @@ def test_checkpoint_without_formulation_loads_as_sr3(dataset, tmp_path):
         dataset, f"train.out_dir={tmp_path}", "train.steps=1", "train.val_every=1",
         "diffusion.formulation=sr3",
     )  # fmt: skip
-    out = train_task(cfg, "sr2")
+    out = train_model(cfg, "sr2")
     from safetensors import safe_open
 
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:

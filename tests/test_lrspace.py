@@ -5,7 +5,7 @@
 * checkpoints of `model.space=lr` round-trip for every formulation (HR checkpoints without the
   key keep loading: tests/test_pretrained.py);
 * tiled restoration through the one restore path has no seam;
-* a few training steps of `train_task` lower the loss.
+* a few training steps of `train_model` lower the loss.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from diffenhance.model import (
 from diffenhance.nn import LRResidualNet, LRSpaceUNet, UNet, build_cond_net, space_factor
 from diffenhance.nn.predict_refine import PredictRefine
 from diffenhance.restore import restore, sampling_spec
-from diffenhance.train import train_task
+from diffenhance.train import train_model
 from tests.tiny import TINY_MODEL, make_dataset, smooth_image, tiny_config
 
 TINY = ModelConfig(
@@ -247,7 +247,7 @@ def test_training_an_lr_network_lowers_the_loss(tmp_path):
         f"train.steps={steps}", f"train.val_every={steps}", f"train.ckpt_every={steps}",
         "train.lr=1e-3", "train.batch_size=4", "degrade.noise_sigma=[30,30]",
     )  # fmt: skip
-    out = train_task(cfg, "denoise")
+    out = train_model(cfg, "denoise")
     r = load_restorer(out)
     assert r.model_cfg.space == "lr" and isinstance(r.unet, LRSpaceUNet) and r.unet.factor == 2
     loss = pd.read_csv(out / "train_log.csv")["loss"].to_numpy()

@@ -97,14 +97,16 @@ def test_degrade_param_reruns_degrade_and_downstream_only(repo):
     lq_before = {p.name: p.read_bytes() for p in lq_before}
     prepared_before = (r / "data/prepared/manifest.csv").stat().st_mtime_ns
     set_params(r, {"degrade": {"val_noise_sigma": 15.0}})
-    proc = run(r, "dvc", "repro")
+    proc = run(r, "dvc", "repro", "report")  # the main job's stages (compare is opt-in)
     assert "Running stage 'degrade'" in proc.stdout
+    assert "Running stage 'train@sr4'" in proc.stdout  # training pairs use the degradations
     assert "Running stage 'prepare'" not in proc.stdout
     assert (r / "data/prepared/manifest.csv").stat().st_mtime_ns == prepared_before
     lq_after = {p.name: p.read_bytes() for p in (r / "data/degraded/denoise/lq").glob("*.png")}
     assert lq_after.keys() == lq_before.keys()  # same pairs, seeded by content
     assert all(lq_after[k] != lq_before[k] for k in lq_after)  # new sigma, new noise
-    assert "up to date" in run(r, "dvc", "status").stdout
+    assert "up to date" in run(r, "dvc", "status", "report").stdout
+    assert "compare" in run(r, "dvc", "status").stdout  # downstream of degrade, not yet rerun
 
 
 def test_forced_rerun_of_whole_pipeline_gives_identical_metrics(repo):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from diffenhance.config import ReportConfig, write_resolved
-from diffenhance.evaluate import evaluate_task, load_evaluation
+from diffenhance.evaluate import evaluate_model, load_evaluation
 from diffenhance.io import write_image
 from diffenhance.report import build_report, per_image_gain, pick_crops
 from diffenhance.report_plots import crop_figure, zoom_box
@@ -39,7 +39,7 @@ def evaluated(tmp_path_factory):
         root, f"evaluate.out_dir={root / 'reports'}", f"report.out_dir={root / 'reports'}",
         "evaluate.steps=[1]", "infer.steps=2", "report.crops=1", "report.zoom_size=8",
     )  # fmt: skip
-    evaluate_task(cfg, "sr2")
+    evaluate_model(cfg, "sr2")
     return root, cfg, root / "reports" / "sr2"
 
 

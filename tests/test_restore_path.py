@@ -34,7 +34,7 @@ from diffenhance.io import read_image, write_image
 from diffenhance.model import load_restorer, set_recommended
 from diffenhance.nn import build_cond_net
 from diffenhance.restore import SamplingSpec, restore, sampling_spec
-from diffenhance.train import train_task
+from diffenhance.train import train_model
 from tests.enhance_helpers import random_checkpoint
 from tests.tiny import TINY_MODEL, make_dataset, smooth_image, tiny_config
 
@@ -164,7 +164,7 @@ def test_a_toy_formulation_trains_and_evaluates_through_the_normal_path(tmp_path
         "train.val_every=3", "train.ckpt_every=3", "train.log_every=3",
         f"evaluate.out_dir={tmp_path / 'reports'}", "evaluate.steps=[1]",
     )  # fmt: skip
-    model_dir = train_task(cfg, "sr2")
+    model_dir = train_model(cfg, "sr2")
     r = load_restorer(model_dir)  # the checkpoint names the toy and rebuilds its network
     assert r.diffusion_cfg.formulation == toy_formulation
     spec = sampling_spec(r, cfg.infer)
@@ -173,8 +173,8 @@ def test_a_toy_formulation_trains_and_evaluates_through_the_normal_path(tmp_path
     out = restore(r, lq, spec)
     assert out.shape == (16, 16, 3) and np.isfinite(out).all()
     np.testing.assert_array_equal(out, restore(r, lq, replace(spec, seed=9)))  # no randomness
-    from diffenhance.evaluate import evaluate_task
+    from diffenhance.evaluate import evaluate_model
 
-    ev = evaluate_task(cfg, "sr2")
+    ev = evaluate_model(cfg, "sr2")
     assert ev.protocol["model"]["formulation"] == toy_formulation
     assert np.isfinite(ev.metrics["model_ddim1_psnr_y"])

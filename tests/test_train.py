@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffenhance.model import CheckpointError, load_restorer, read_checkpoint
-from diffenhance.train import TrainingDiverged, lr_at, train_task
+from diffenhance.train import TrainingDiverged, lr_at, train_model
 from tests.tiny import make_dataset, tiny_config
 
 
@@ -28,12 +28,12 @@ def dataset(tmp_path_factory):
 def test_uninterrupted_equals_stopped_and_resumed(dataset, tmp_path):
     a = tiny_config(dataset, f"train.out_dir={tmp_path / 'a'}")
     b = tiny_config(dataset, f"train.out_dir={tmp_path / 'b'}")
-    out_a = train_task(a, "sr2")
+    out_a = train_model(a, "sr2")
     # "Crash" after step 5: the last saved state is step 4 (ckpt_every=2).
-    out_b = train_task(b, "sr2", stop_after=5)
+    out_b = train_model(b, "sr2", stop_after=5)
     states = sorted(p.name for p in (out_b / "state").rglob("state-*.pt"))
     assert states == ["state-00000002.pt", "state-00000004.pt"]
-    train_task(b, "sr2")  # resumes from step 4, redoes 5 and 6
+    train_model(b, "sr2")  # resumes from step 4, redoes 5 and 6
     log_a = pd.read_csv(out_a / "train_log.csv")
     log_b = pd.read_csv(out_b / "train_log.csv")
     assert list(log_b["step"]) == [1, 2, 3, 4, 5, 6]
@@ -51,7 +51,7 @@ def test_uninterrupted_equals_stopped_and_resumed(dataset, tmp_path):
 
 def test_checkpoint_describes_itself(dataset, tmp_path):
     cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", "train.steps=2", "train.val_every=2")
-    out = train_task(cfg, "sr2")
+    out = train_model(cfg, "sr2")
     tensors, meta = read_checkpoint(out)
     assert meta["task"] == "sr2" and meta["scale"] == "2" and meta["step"] == "2"
     r = load_restorer(out / "model.safetensors")
@@ -67,7 +67,7 @@ def test_checkpoint_describes_itself(dataset, tmp_path):
 
 
 def test_fine_tune_mismatch_lists_tensors_and_non_strict_loads(dataset, tmp_path):
-    src = train_task(
+    src = train_model(
         tiny_config(dataset, f"train.out_dir={tmp_path / 'src'}", "train.steps=2"), "sr2"
     )
     wider = tiny_config(
@@ -78,7 +78,7 @@ def test_fine_tune_mismatch_lists_tensors_and_non_strict_loads(dataset, tmp_path
         f"train.init_from={src}",
     )
     with pytest.raises(CheckpointError, match=r"tensors do not fit the model:\n.*checkpoint \(16,"):
-        train_task(wider, "sr2")
+        train_model(wider, "sr2")
     same = tiny_config(
         dataset,
         f"train.out_dir={tmp_path / 'ft2'}",
@@ -86,7 +86,7 @@ def test_fine_tune_mismatch_lists_tensors_and_non_strict_loads(dataset, tmp_path
         f"train.init_from={src / 'model.safetensors'}",
         "train.lr=1e-4",
     )
-    assert (train_task(same, "sr2") / "model.safetensors").is_file()
+    assert (train_model(same, "sr2") / "model.safetensors").is_file()
 
 
 def test_nan_loss_is_reported_with_step(dataset, tmp_path):
@@ -95,7 +95,7 @@ def test_nan_loss_is_reported_with_step(dataset, tmp_path):
         "train.grad_clip=1e30", "train.steps=20", "train.val_every=100",
     )  # fmt: skip
     with pytest.raises(TrainingDiverged, match=r"at step \d+"):
-        train_task(cfg, "sr2")
+        train_model(cfg, "sr2")
 
 
 def test_lr_schedule_warmup_then_cosine(dataset):
@@ -134,34 +134,34 @@ def test_state_of_other_params_is_kept_not_resumed(dataset, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="diffenhance.train")
     out = tmp_path / "m"
     first = tiny_config(dataset, f"train.out_dir={out}", "train.steps=4")
-    train_task(first, "sr2", stop_after=2)
+    train_model(first, "sr2", stop_after=2)
     first_states = sorted((out / "sr2" / "state").rglob("state-*.pt"))
     assert [p.name for p in first_states] == ["state-00000002.pt"]
     other = tiny_config(dataset, f"train.out_dir={out}", "train.steps=4", "train.lr=1e-4")
-    train_task(other, "sr2", stop_after=2)  # fresh start: the state of `first` is not used...
+    train_model(other, "sr2", stop_after=2)  # fresh start: the state of `first` is not used...
     assert "resuming from step" not in caplog.text
     assert all(p.is_file() for p in first_states)  # ...and kept
     assert "train.lr: 0.0001 here, 0.0002 there" in caplog.text
     assert "restore the params it was saved with" in caplog.text
     assert len(list((out / "sr2" / "state").rglob("state-*.pt"))) == 2
-    train_task(other, "sr2")  # resumes from its own step 2
+    train_model(other, "sr2")  # resumes from its own step 2
     assert "resuming from step 2" in caplog.text
     log = pd.read_csv(out / "sr2" / "train_log.csv")
     assert list(log["step"]) == [1, 2, 3, 4]
     assert log["lr"].iloc[1] == pytest.approx(1e-4)
     caplog.clear()
-    train_task(first, "sr2")  # back to the first params: their state is resumed
+    train_model(first, "sr2")  # back to the first params: their state is resumed
     assert "resuming from step 2" in caplog.text
     assert pd.read_csv(out / "sr2" / "train_log.csv")["lr"].iloc[1] == pytest.approx(2e-4)
 
 
 def test_finished_run_is_retrained_not_resumed(dataset, tmp_path):
     cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", "train.steps=2", "train.val_every=2")
-    out = train_task(cfg, "sr2")
+    out = train_model(cfg, "sr2")
     first = (out / "model.safetensors").read_bytes()
     (out / "model.safetensors").unlink()  # what `dvc repro --force` does to outs
     (out / "train_log.csv").unlink()
-    train_task(cfg, "sr2")
+    train_model(cfg, "sr2")
     assert (out / "model.safetensors").read_bytes() == first
     assert list(pd.read_csv(out / "train_log.csv")["step"]) == [1, 2]
 
@@ -178,7 +178,7 @@ def test_ema_decay_ramps_up_and_never_outlasts_the_run():
 
 # Recorded with torch 2.14.1 on the project's CPU machine, one torch thread (the float sums
 # depend on the thread count): dropout and gradient accumulation on, a log row every 2 steps,
-# validation at 3 and 5. First recorded before `train_task` was split into `TrainLoop`;
+# validation at 3 and 5. First recorded before `train_model` was split into `TrainLoop`;
 # re-recorded when checkpoints gained `model.space` in their metadata (the bytes, not the
 # weights, changed) and the test was pinned to one thread.
 GOLDEN = ["model.dropout=0.1", "train.accum_steps=2", "train.log_every=2", "train.steps=5"]
@@ -197,7 +197,7 @@ GOLDEN_LOG = [  # step, loss, lr, val_psnr, val_ssim
 def test_training_reproduces_recorded_bytes(dataset, tmp_path, one_thread):
     """Training is byte-reproducible: the same params give the recorded model.safetensors and
     train log (all but the images_per_s timing), whatever refactoring the loop goes through."""
-    out = train_task(tiny_config(dataset, f"train.out_dir={tmp_path}", *GOLDEN), "sr2")
+    out = train_model(tiny_config(dataset, f"train.out_dir={tmp_path}", *GOLDEN), "sr2")
     assert hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest() == (
         GOLDEN_WEIGHTS_SHA256
     )

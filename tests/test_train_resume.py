@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from diffenhance.train import train_task
+from diffenhance.train import train_model
 from tests.tiny import make_dataset, tiny_config
 
 # Dropout draws from the global torch RNG; a state after every step; validation at step 2.
@@ -28,7 +28,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(dataset, tmp_path_factory):
     """(model.safetensors bytes, train log) of an uninterrupted run."""
-    out = train_task(
+    out = train_model(
         tiny_config(dataset, f"train.out_dir={tmp_path_factory.mktemp('ref')}", *RESUME), "sr2"
     )
     return (out / "model.safetensors").read_bytes(), pd.read_csv(out / "train_log.csv")[LOG_COLUMNS]
@@ -47,8 +47,8 @@ def _assert_same_as(reference, task_dir) -> None:
 def test_resume_with_dropout_equals_uninterrupted(dataset, reference, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="diffenhance.train")
     cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", *RESUME)
-    out = train_task(cfg, "sr2", stop_after=2)  # "crash" right after the step-2 validation
-    train_task(cfg, "sr2")
+    out = train_model(cfg, "sr2", stop_after=2)  # "crash" right after the step-2 validation
+    train_model(cfg, "sr2")
     assert "resuming from step 2" in caplog.text
     # Bit-identical losses after the resume, and the same checkpoint bytes although the
     # reference was written to another folder.
@@ -60,13 +60,13 @@ def test_out_dir_spelling_and_a_moved_folder_still_resume(
 ):
     caplog.set_level(logging.INFO, logger="diffenhance.train")
     monkeypatch.chdir(tmp_path)
-    train_task(
+    train_model(
         tiny_config(dataset, f"train.out_dir={tmp_path / 'models'}", *RESUME), "sr2", stop_after=1
     )
-    train_task(tiny_config(dataset, "train.out_dir=./models/", *RESUME), "sr2", stop_after=2)
+    train_model(tiny_config(dataset, "train.out_dir=./models/", *RESUME), "sr2", stop_after=2)
     assert "resuming from step 1" in caplog.text
     shutil.move(tmp_path / "models", tmp_path / "moved")
-    train_task(tiny_config(dataset, "train.out_dir=moved", *RESUME), "sr2")
+    train_model(tiny_config(dataset, "train.out_dir=moved", *RESUME), "sr2")
     assert "resuming from step 2" in caplog.text
     assert "other params" not in caplog.text
     _assert_same_as(reference, tmp_path / "moved" / "sr2")
@@ -88,7 +88,7 @@ def test_damaged_newest_state_falls_back_to_the_previous_one(
 ):
     caplog.set_level(logging.INFO, logger="diffenhance.train")
     cfg = tiny_config(dataset, f"train.out_dir={tmp_path / 'm'}", *RESUME)
-    out = train_task(cfg, "sr2", stop_after=3)
+    out = train_model(cfg, "sr2", stop_after=3)
     assert _states(out) == ["state-00000002.pt", "state-00000003.pt"]
     newest = sorted((out / "state").rglob("state-00000003.pt"))[0]
     data = newest.read_bytes()
@@ -100,7 +100,7 @@ def test_damaged_newest_state_falls_back_to_the_previous_one(
     else:
         digest = newest.parent.name
         torch.save({"step": 3, "digest": digest, "model": {}, "x": _RunsCode(marker)}, newest)
-    train_task(cfg, "sr2")
+    train_model(cfg, "sr2")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(newest) in w for w in warnings), warnings  # names the bad file
     if damage == "pickled":

@@ -89,11 +89,11 @@ def tiny_model(root: Path, task: str = "sr2", steps: int = 4) -> Path:
 
     Takes a few seconds on CPU. The dataset is created first if missing.
     """
-    from diffenhance.train import train_task
+    from diffenhance.train import train_model
 
     if not (root / "degraded" / task / "pairs.csv").is_file():
         make_dataset(root, tasks=(task,))
     cfg = tiny_config(
         root, f"train.steps={steps}", f"train.tasks=[{task}]", f"train.val_every={steps}"
     )
-    return train_task(cfg, task)
+    return train_model(cfg, task)

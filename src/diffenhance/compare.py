@@ -329,7 +329,7 @@ def load_models(cfg: Config) -> dict[str, Restorer]:
     return models
 
 
-def compare_task(cfg: Config, **kw: Any) -> Comparison:
+def compare_formulations(cfg: Config, **kw: Any) -> Comparison:
     """The `compare` stage: every formulation's model on the task's validation pairs (at most
     `compare.max_images`, evenly spaced by name), into `compare.out_dir`."""
     pairs = spread(load_pairs(Path(cfg.degrade.out_dir) / cfg.compare.task), cfg.compare.max_images)
@@ -519,7 +519,7 @@ __all__ = [
     "build_compare_report",
     "checks",
     "compare_models",
-    "compare_task",
+    "compare_formulations",
     "comparison_image",
     "load_comparison",
     "load_models",

@@ -426,7 +426,7 @@ def load_model(path: str | Path, cfg: Config) -> Restorer:
     return r
 
 
-def evaluate_task(cfg: Config, task: str, **kw: Any) -> Evaluation:
+def evaluate_model(cfg: Config, task: str, **kw: Any) -> Evaluation:
     """The `evaluate` stage for one task: the model in `<train.out_dir>/<task>/` on the fixed
     validation pairs in `<degrade.out_dir>/<task>/` (at most `evaluate.max_images`, evenly
     spaced by name: `spread`), written to `<evaluate.out_dir>/<task>/`."""
@@ -482,7 +482,7 @@ __all__ = [
     "cbm3d_denoise",
     "evaluate_folder",
     "evaluate_pairs",
-    "evaluate_task",
+    "evaluate_model",
     "folder_pairs",
     "lanczos_upscale",
     "load_evaluation",

@@ -692,7 +692,7 @@ class TrainLoop:
                 pd.DataFrame(self.log_rows).to_csv(tmp, index=False)
 
 
-def train_task(cfg: Config, task: str, *, stop_after: int | None = None) -> Path:
+def train_model(cfg: Config, task: str, *, stop_after: int | None = None) -> Path:
     """Train (or resume training) the model for `task`; returns the output directory.
 
     `stop_after` ends the run after that many total steps, as a crash would (used by tests).
@@ -711,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_config(args.params, args.overrides)
     for task in cfg.train.tasks:
-        train_task(cfg, task)
+        train_model(cfg, task)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
