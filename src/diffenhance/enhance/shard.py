@@ -193,22 +193,21 @@ class ShardRun:
     def engine(self, model: Any) -> Any:
         """The tiled engine: the job's checkpoint through the one restore path (SamplingSpec
         + RestorerTiles), or an injected `infer.TileModel` run on the params as they are."""
-        from diffenhance.infer import RestorerTiles, TiledEnhancer, resolve_device
-        from diffenhance.restore import sampling_spec
+        from diffenhance.infer import TiledEnhancer, resolve_device
+        from diffenhance.restore import engine, sampling_spec
 
-        spec: Any = self.cfg.infer
-        if model is None:
+        if model is None:  # the one restore path: what evaluate scores
             r = cached_restorer(
                 self.job.model_path, self.job.model_sha256, resolve_device(self.cfg.infer.device)
             )
             spec = sampling_spec(r, self.cfg.infer)
-            model = RestorerTiles.from_spec(r, spec)
-        self.device = str(model.device)
-        if isinstance(model, RestorerTiles):
-            self.sampling_used = {"steps": model.steps, "samples": model.samples}
-        engine = TiledEnhancer(model, spec)
-        self.engine_stats = engine.stats
-        return engine
+            tiled = engine(r, spec)
+            self.sampling_used = {"steps": spec.steps, "samples": spec.samples}
+        else:
+            tiled = TiledEnhancer(model, self.cfg.infer)
+        self.device = str(tiled.model.device)
+        self.engine_stats = tiled.stats
+        return tiled
 
     # ------------------------------------------------------------------ enhancing
 
