@@ -1,7 +1,7 @@
 """HR-space against LR-space (`model.space`) networks for x4 SR, at about equal parameters.
 
 For each formulation (regression, residual) and space (hr, lr) on the bundled photos
-(`data.source=samples`, prepared and degraded in-process as `formulations.py` does):
+(`data.source=samples`, prepared and degraded in-process by the library's stage functions):
 
 1. training images/s: training steps of `train.SynthPairs` batches (the data synthesis
    included) through `formulation_loss`, backward and AdamW, median of a few;
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import cpu_name, git_commit, write_results, write_val_pairs  # benchmarks/_common.py
+from _common import cpu_name, git_commit, write_results  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -47,6 +47,7 @@ TASK = "sr4"
 def prepare(work: Path, overrides: list[str], val_images: int) -> list[str]:
     """The prepare and degrade stages under `work`; returns the overrides that point there."""
     from diffenhance.data import prepare_dataset
+    from diffenhance.data.pairs import degrade_stage
 
     ov = [
         f"data.raw_dir={work / 'raw'}",
@@ -54,10 +55,12 @@ def prepare(work: Path, overrides: list[str], val_images: int) -> list[str]:
         "data.source=samples",
         f"degrade.out_dir={work / 'degraded'}",
         f"degrade.val_max_images={val_images}",
+        "train.init_from=null",  # every arm from scratch (hr residual IS the shipped network)
         *overrides,
     ]
     cfg = load_config(REPO / "params.yaml", ov)
-    write_val_pairs(cfg, prepare_dataset(cfg.data), TASK, val_images)
+    prepare_dataset(cfg.data)  # the `prepare` stage
+    degrade_stage(cfg, [TASK])  # the `degrade` stage
     return ov
 
 

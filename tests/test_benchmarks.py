@@ -30,7 +30,20 @@ def test_benchmarks_and_tiny_call_the_stage_functions_not_copies():
     copies = {f.name: sorted(imported_names(f) & STAGE_PIECES) for f in files}
     assert not {k: v for k, v in copies.items() if v}, copies
     users = [f.name for f in files if "degrade_stage" in imported_names(f)]
-    assert sorted(users) == ["gpu_check.py", "tiny.py", "train_pretrained.py"]
+    assert sorted(users) == ["bench_lrspace.py", "gpu_check.py", "tiny.py", "train_pretrained.py"]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "benchmarks").glob("*.py")))
+def test_every_benchmark_imports(name):
+    """A benchmark that imports a helper that no longer exists fails here, not on a GPU box."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            f"bench_{name}", REPO / "benchmarks" / f"{name}.py"
+        )
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
 
 
 def test_the_formulations_script_is_gone():
