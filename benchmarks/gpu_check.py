@@ -118,6 +118,7 @@ def _train_in(work: Path, dev: torch.device, steps: int, crop: int, batch: int, 
             f"degrade.out_dir={work / 'degraded'}",
             "degrade.val_max_images=4",
             f"train.out_dir={work / 'models'}",
+            "train.init_from=null",  # a real run from scratch, not a fine-tune of the shipped
             f"train.steps={steps}",
             f"train.batch_size={batch}",
             f"train.crop_size={crop}",

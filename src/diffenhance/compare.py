@@ -81,6 +81,7 @@ def train_overrides(cfg: Config, formulation: str) -> list[str]:
         f"train.out_dir={Path(c.models_dir) / formulation}",
         f"train.steps={c.train_steps}",
         f"train.ema_decay={c.ema_decay}",
+        "train.init_from=null",  # equal budgets: every formulation from scratch
     ]
 
 
