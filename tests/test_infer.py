@@ -31,6 +31,7 @@ from diffenhance.model import (
     read_checkpoint,
     set_recommended,
 )
+from diffenhance.restore import sampling_spec
 from tests.conftest import REPO
 from tests.enhance_helpers import IdentityTiles, gradient, random_checkpoint
 from tests.tiny import TINY_MODEL
@@ -251,7 +252,7 @@ def test_null_steps_and_samples_come_from_the_checkpoint(tmp_path):
     path = random_checkpoint(tmp_path / "m.safetensors")  # residual (params default), no key
     r = load_restorer(path)
     assert r.diffusion_cfg.formulation == "residual"
-    m = RestorerTiles.from_config(r, cfg(steps=None, samples=None))
+    m = RestorerTiles.from_spec(r, sampling_spec(r, cfg(steps=None, samples=None)))
     f = get_formulation("residual")
     assert (m.steps, m.samples) == (f.default_steps, f.default_samples) == (4, 1)
     weights = read_checkpoint(path)[0]
@@ -262,9 +263,11 @@ def test_null_steps_and_samples_come_from_the_checkpoint(tmp_path):
     after = read_checkpoint(path)[0]
     assert all(torch.equal(weights[k], after[k]) for k in weights)
     r = load_restorer(path)
-    m = RestorerTiles.from_config(r, cfg(steps=None, samples=None))
+    m = RestorerTiles.from_spec(r, sampling_spec(r, cfg(steps=None, samples=None)))
     assert (m.steps, m.samples) == (3, 2)
-    m = RestorerTiles.from_config(r, cfg(steps=5, samples=None))  # params win where set
+    m = RestorerTiles.from_spec(
+        r, sampling_spec(r, cfg(steps=5, samples=None))
+    )  # params win where set
     assert (m.steps, m.samples) == (5, 2)
     with pytest.raises(ValueError, match="must be >= 1"):
         set_recommended(path, 0, 1, "bad")
@@ -277,7 +280,7 @@ def test_images_down_to_one_pixel_enhance(task):
     c = load_config(None, [*TINY_MODEL, "model.channel_mults=[1,2,2]"])  # multiple 4, as shipped
     torch.manual_seed(0)
     r = build_restorer(c.model, c.diffusion, task, c.degrade)
-    model = RestorerTiles.from_config(r, cfg(tile=8, tile_overlap=2))
+    model = RestorerTiles.from_spec(r, sampling_spec(r, cfg(tile=8, tile_overlap=2)))
     assert (r.unet.size_multiple, r.scale) == (4, 4 if task == "sr4" else 1)
     for h, w in [(1, 1), (1, 2), (2, 1), (1, 37), (29, 1), (2, 2)]:
         out = enhance_image(gradient(h, w), model, cfg(tile=8, tile_overlap=2), key="tiny")

@@ -86,13 +86,6 @@ class RestorerTiles:
         """From a resolved `restore.SamplingSpec` (sampler, steps, eta, samples)."""
         return cls(restorer, spec.steps, spec.sampler, spec.eta, spec.samples)
 
-    @classmethod
-    def from_config(cls, restorer: Any, cfg: InferConfig) -> RestorerTiles:
-        """Resolved through `restore.sampling_spec` (null steps/samples: the checkpoint's)."""
-        from diffenhance.restore import sampling_spec
-
-        return cls.from_spec(restorer, sampling_spec(restorer, cfg))
-
     @property
     def scale(self) -> int:
         return int(self.restorer.scale)

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 
 from diffenhance.config import InferConfig
-from diffenhance.infer import Enhanced, RestorerTiles, TiledEnhancer
-
-T = TypeVar("T")
+from diffenhance.infer import RestorerTiles, TiledEnhancer
 
 
 @dataclass(frozen=True)
@@ -90,15 +87,6 @@ def image_key(image: np.ndarray) -> str:
 def engine(r: Any, spec: SamplingSpec) -> TiledEnhancer:
     """The tiled engine around restorer `r` running `spec` (reuse it for many images)."""
     return TiledEnhancer(RestorerTiles.from_spec(r, spec), spec)
-
-
-def restore_stream(
-    r: Any, spec: SamplingSpec, images: Iterable[tuple[T, np.ndarray]]
-) -> Iterator[Enhanced[T]]:
-    """Restore (ident, image) pairs, tiles of several images sharing batches; yields an
-    `Enhanced` per image in completion order (errors per image, the stream goes on)."""
-    jobs = ((ident, image_key(img), img) for ident, img in images)
-    return engine(r, spec).stream(jobs)
 
 
 def restore(r: Any, image: np.ndarray, spec: SamplingSpec, *, key: str | None = None) -> np.ndarray:
