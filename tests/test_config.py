@@ -20,7 +20,7 @@ def test_repo_params_parse_and_match_defaults_types():
     cfg = load_config(REPO / "params.yaml")
     assert isinstance(cfg, Config)
     assert cfg.train.lr == pytest.approx(2e-4)
-    assert cfg.degrade.tasks == ("sr2", "sr4", "denoise", "jpeg", "blind")
+    assert cfg.degrade.tasks == ("sr2", "sr4", "denoise", "jpeg", "blind", "inpaint")
     assert isinstance(cfg.model.channel_mults, tuple)
 
 

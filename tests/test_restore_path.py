@@ -126,8 +126,8 @@ class Halfway(Formulation):
     has_knob = False
     uses_start_noise = False
 
-    def build_network(self, model_cfg, dcfg, scale):
-        return build_cond_net(model_cfg, scale, in_channels=6, out_channels=3)
+    def build_network(self, model_cfg, dcfg, scale, cond_channels=3):
+        return build_cond_net(model_cfg, scale, in_channels=3 + cond_channels, out_channels=3)
 
     def _predict(self, model, y):
         return y + 0.5 * model(y, torch.zeros(y.shape[0], device=y.device), y).to(y.dtype)

@@ -228,6 +228,13 @@ def enhance(
         typer.Option(help="sampler steps (infer.steps; default: the model's recommendation)"),
     ] = None,
     tile: Annotated[int | None, typer.Option(help="tile side in input pixels (infer.tile)")] = None,
+    mask: Annotated[
+        str | None,
+        typer.Option(
+            help="inpaint models: the mask of the input image (white = fill), or for a folder a "
+            "folder of masks with the same relative paths (enhance.mask)"
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N] (infer.device)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be done")] = False,
     params: ParamsOpt = Path("params.yaml"),
@@ -241,7 +248,7 @@ def enhance(
     """
     from diffenhance.enhance import exit_code, plan_job
 
-    settings = {"input": input, "output": output, "model": model or None}
+    settings = {"input": input, "output": output, "model": model or None, "mask": mask}
     cfg = _enhance_config(params, overrides, settings, steps=steps, tile=tile, device=device)
     with _user_errors():
         job = plan_job(cfg)  # the model file first: a bad one fails before any listing

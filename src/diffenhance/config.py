@@ -27,7 +27,7 @@ import yaml
 
 from diffenhance.io import atomic_path
 
-Task = Literal["sr2", "sr4", "denoise", "jpeg", "blind"]
+Task = Literal["sr2", "sr4", "denoise", "jpeg", "blind", "inpaint"]
 TASKS: tuple[str, ...] = get_args(Task)
 
 
@@ -80,6 +80,7 @@ class DegradeConfig:
     jpeg_quality: tuple[int, int] = (10, 60)
     val_jpeg_quality: int = 30
     blind_scale: Literal[1, 2, 4] = 4
+    mask_coverage: tuple[float, float] = (0.05, 0.5)  # inpaint: share of the image to fill
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,9 @@ class EnhanceConfig:
     jpeg_quality: int = 95  # JPEG/WebP outputs
     max_pixels: int = 178_956_970  # decompression-bomb guard (Pillow's limit)
     skip_done: bool = True  # skip images already done with the same model and params
+    # inpainting models: the mask (white = fill) of one input image, or a folder of masks with
+    # the inputs' relative paths (a.jpg -> <mask>/a.jpg or <mask>/a.png)
+    mask: str | None = None
 
 
 @dataclass(frozen=True)
@@ -403,6 +407,9 @@ def _rules_degrade(obj: DegradeConfig, bad: Callable[[str, str], ConfigError]) -
     qlo, qhi = obj.jpeg_quality
     if not 1 <= qlo <= qhi <= 100:
         raise bad("jpeg_quality", "must be [low, high] within 1..100")
+    mlo, mhi = obj.mask_coverage
+    if not 0.0 < mlo <= mhi < 1.0:
+        raise bad("mask_coverage", "must be [low, high] with 0 < low <= high < 1")
 
 
 def _rules_diffusion(obj: DiffusionConfig, bad: Callable[[str, str], ConfigError]) -> None:

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from diffenhance.config import TASKS, DegradeConfig
@@ -272,14 +272,94 @@ def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     return (out.reshape(img.shape) / 255.0).astype(np.float32)
 
 
+# ----------------------------------------------------------------------------- inpainting masks
+
+HOLE_FILL = 0.5  # value of the masked pixels in the inpainting input (mid grey)
+MAX_MASK_SHAPES = 64  # strokes/boxes drawn at most while growing a mask to its coverage
+
+
+def _stroke(draw: ImageDraw.ImageDraw, rng: np.random.Generator, h: int, w: int) -> None:
+    """One free-form brush stroke (Palette / LaMa style): a random walk of 2-8 segments,
+    width 5-20% of the short side, round joints."""
+    side = min(h, w)
+    width = max(1, int(rng.uniform(0.05, 0.2) * side))
+    x, y = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+    points = [(x, y)]
+    for _ in range(int(rng.integers(2, 9))):
+        angle, length = rng.uniform(0, 2 * math.pi), rng.uniform(0.1, 0.4) * side
+        x = float(np.clip(x + length * math.cos(angle), 0, w - 1))
+        y = float(np.clip(y + length * math.sin(angle), 0, h - 1))
+        points.append((x, y))
+    draw.line(points, fill=255, width=width, joint="curve")
+    r = width / 2
+    for px, py in points:  # round caps
+        draw.ellipse((px - r, py - r, px + r, py + r), fill=255)
+
+
+def _box(draw: ImageDraw.ImageDraw, rng: np.random.Generator, h: int, w: int) -> None:
+    """One axis-aligned box, 10-50% of each side."""
+    bh, bw = int(rng.uniform(0.1, 0.5) * h) + 1, int(rng.uniform(0.1, 0.5) * w) + 1
+    top, left = int(rng.integers(0, max(1, h - bh + 1))), int(rng.integers(0, max(1, w - bw + 1)))
+    draw.rectangle((left, top, left + bw - 1, top + bh - 1), fill=255)
+
+
+def random_mask(
+    h: int, w: int, rng: np.random.Generator, coverage: tuple[float, float] = (0.05, 0.5)
+) -> np.ndarray:
+    """A seeded inpainting mask, float32 HxW in {0, 1} (1 = fill), as in Palette and LaMa:
+    free-form brush strokes (70%) and boxes (30%) drawn until the covered share reaches a target
+    drawn from U(coverage); a shape that overshoots the upper bound is undone, so the share lies
+    within `coverage` except for tiny images (at least one pixel is always masked)."""
+    if h < 1 or w < 1:
+        raise ValueError(f"mask size must be positive, got {h}x{w}")
+    lo, hi = coverage
+    target = rng.uniform(lo, hi)
+    mask = Image.new("L", (w, h), 0)
+    for _ in range(MAX_MASK_SHAPES):
+        trial = mask.copy()
+        (_stroke if rng.uniform() < 0.7 else _box)(ImageDraw.Draw(trial), rng, h, w)
+        share = float(np.count_nonzero(np.asarray(trial))) / (h * w)
+        if share > hi and np.asarray(mask).any():
+            continue
+        mask = trial
+        if share >= target:
+            break
+    out = (np.asarray(mask) > 127).astype(np.float32)
+    if not out.any():
+        out[h // 2, w // 2] = 1.0
+    return out
+
+
+def masked_input(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The inpainting input: HxWx4 float32 = the RGB image with the masked pixels set to
+    `HOLE_FILL`, then the mask (1 = fill) as a fourth channel. `img` HxWx3 (or already HxWx4:
+    its RGB is used), `mask` HxW or HxWx1 in [0, 1] (binarised at 0.5)."""
+    img = _as_image(img, "img", channels=(3, 4))[..., :3]
+    m = np.asarray(mask, dtype=np.float32)
+    m = m[..., 0] if m.ndim == 3 else m
+    if m.shape != img.shape[:2]:
+        raise ValueError(f"mask is {m.shape[1]}x{m.shape[0]} but the image is "
+                         f"{img.shape[1]}x{img.shape[0]} (width x height); they must match")  # fmt: skip
+    m = (m >= 0.5).astype(np.float32)[..., None]
+    return np.concatenate([img * (1 - m) + HOLE_FILL * m, m], axis=-1)
+
+
 # ----------------------------------------------------------------------------- task pipelines
 
 
 def task_scale(task: str, cfg: DegradeConfig | None = None) -> int:
-    """HR side / LQ side of a task: sr2 2, sr4 4, denoise 1, jpeg 1, blind cfg.blind_scale."""
+    """HR side / LQ side of a task: sr2 2, sr4 4, denoise 1, jpeg 1, inpaint 1, blind
+    cfg.blind_scale."""
     _check_task(task)
     blind = (cfg or DegradeConfig()).blind_scale
-    return {"sr2": 2, "sr4": 4, "denoise": 1, "jpeg": 1, "blind": blind}[task]
+    return {"sr2": 2, "sr4": 4, "denoise": 1, "jpeg": 1, "blind": blind, "inpaint": 1}[task]
+
+
+def lq_channels(task: str) -> int:
+    """Channels of a task's LQ input (and so of the network's condition): 3 (RGB), 4 for
+    inpaint (`masked_input`: RGB with holes + the mask)."""
+    _check_task(task)
+    return 4 if task == "inpaint" else 3
 
 
 def _check_task(task: str) -> None:
@@ -331,12 +411,13 @@ def degrade_for_task(
     """Synthesise the LQ input of `task` from an HR image.
 
     hr: float32 HxWx3 in [0, 1]; H and W must be multiples of task_scale(task, cfg) (use
-    `modcrop`). Returns float32 (H/s)x(W/s)x3 in [0, 1]:
+    `modcrop`). Returns float32 (H/s)x(W/s)xC in [0, 1], C = `lq_channels(task)`:
       sr2 / sr4: bicubic (antialiased) downscale by 2 / 4;
       denoise:   colour Gaussian noise, sigma ~ U(cfg.noise_sigma), or cfg.val_noise_sigma;
       jpeg:      quality ~ U{cfg.jpeg_quality}, or cfg.val_jpeg_quality;
-      blind:     `degrade_blind` down to HR / cfg.blind_scale.
-    validation=True uses the fixed validation settings (blind stays random: seed it).
+      blind:     `degrade_blind` down to HR / cfg.blind_scale;
+      inpaint:   `masked_input` with a `random_mask` covering U(cfg.mask_coverage) of the image.
+    validation=True uses the fixed validation settings (blind, inpaint stay random: seed them).
     """
     _check_task(task)
     hr = _as_image(hr, "hr", channels=(3,))
@@ -355,6 +436,8 @@ def degrade_for_task(
         lo, hi = cfg.jpeg_quality
         q = cfg.val_jpeg_quality if validation else int(rng.integers(lo, hi + 1))
         return jpeg(hr, q)
+    if task == "inpaint":
+        return masked_input(hr, random_mask(h, w, rng, cfg.mask_coverage))
     return degrade_blind(hr, rng, s)
 
 

@@ -57,11 +57,21 @@ from diffenhance.data.pairs import Pair, load_pairs, make_pair
 from diffenhance.degrade import resize, task_scale
 from diffenhance.infer import autocast_dtype as infer_autocast_dtype
 from diffenhance.io import atomic_path, file_sha256, read_image, write_image
-from diffenhance.metrics import Protocol, hf_energy_ratio, mean_psnr, protocol_for_task
+from diffenhance.metrics import (
+    Protocol,
+    hf_energy_ratio,
+    masked_psnr,
+    masked_ssim,
+    mean_psnr,
+    protocol_for_task,
+)
 from diffenhance.model import WEIGHTS_NAME, Restorer, load_restorer
 from diffenhance.restore import SamplingSpec, restore, sampling_spec
 
 METRICS: tuple[str, ...] = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
+# Inpainting only (the LQ has a mask channel): RGB PSNR / SSIM inside the hole.
+MASK_METRICS: tuple[str, ...] = ("psnr_mask", "ssim_mask")
+TELEA_RADIUS = 5  # px: the neighbourhood OpenCV's Telea inpainting averages over
 # Sharpness beside fidelity (metrics.hf_energy_ratio, Y, 1 = as much fine detail as the truth):
 # reported per method, no deltas - more is not better.
 SHARPNESS = "hf_ratio"
@@ -108,16 +118,31 @@ def cbm3d_denoise(noisy: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def telea_inpaint(lq: np.ndarray) -> np.ndarray:
+    """OpenCV's Telea inpainting (A. Telea, "An Image Inpainting Technique Based on the Fast
+    Marching Method", 2004) of an inpainting input HxWx4 (`degrade.masked_input`): 8-bit, as
+    OpenCV works, radius `TELEA_RADIUS`; the known pixels are returned unchanged."""
+    import cv2  # opencv-python-headless: only the inpaint baseline needs it
+
+    rgb, m = lq[..., :3], lq[..., 3] >= 0.5
+    u8 = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    out = cv2.inpaint(u8, m.astype(np.uint8), TELEA_RADIUS, cv2.INPAINT_TELEA)
+    filled = out.astype(np.float32) / 255.0
+    return np.where(m[..., None], filled, rgb).astype(np.float32)
+
+
 def baselines_for_task(task: str, cfg: Config) -> tuple[dict[str, Callable], dict[str, str]]:
-    """({name: lq HxWx3 -> HR-size HxWx3}, {skipped name: reason}) for `task`."""
+    """({name: lq HxWxC -> HR-size HxWx3}, {skipped name: reason}) for `task`."""
     s = task_scale(task, cfg.degrade)
     if s > 1:
         return {
             "bicubic": lambda lq: bicubic_upscale(lq, s),
             "lanczos": lambda lq: lanczos_upscale(lq, s),
         }, {}
-    methods: dict[str, Callable] = {"input": lambda lq: lq.copy()}
+    methods: dict[str, Callable] = {"input": lambda lq: lq[..., :3].copy()}
     skipped: dict[str, str] = {}
+    if task == "inpaint":  # the first baseline is the report's reference
+        methods = {"telea": telea_inpaint, **methods}
     if task == "denoise":
         reason = bm3d_missing_reason()
         if reason is None:
@@ -139,13 +164,19 @@ def model_key(sampler: str, steps: int) -> str:
 # ----------------------------------------------------------------------------- scoring
 
 
-def score(pred: np.ndarray, hr: np.ndarray, protocols: Sequence[Protocol]) -> dict[str, float]:
+def score(
+    pred: np.ndarray, hr: np.ndarray, protocols: Sequence[Protocol], mask: np.ndarray | None = None
+) -> dict[str, float]:
     """{psnr_rgb, ssim_rgb, psnr_y, ssim_y, hf_ratio} of one HxWx3 [0,1] prediction (PSNR may
-    be inf for identical images; hf_ratio inf/nan when the truth has no fine detail)."""
+    be inf for identical images; hf_ratio inf/nan when the truth has no fine detail), and with
+    an inpainting `mask` (HxW, 1 = hole) psnr_mask / ssim_mask: RGB inside the hole."""
     out = {}
     for p in protocols:
         out[f"psnr_{p.name}"] = float(p.psnr(pred, hr)[0])
         out[f"ssim_{p.name}"] = float(p.ssim(pred, hr)[0])
+    if mask is not None:
+        out["psnr_mask"] = float(masked_psnr(pred, hr, mask)[0])
+        out["ssim_mask"] = float(masked_ssim(pred, hr, mask)[0])
     out[SHARPNESS] = float(hf_energy_ratio(pred, hr, crop=protocols[0].crop)[0])
     return out
 
@@ -160,6 +191,11 @@ def mean_metric(values: pd.Series, metric: str) -> float:
     return mean_psnr(values) if metric.startswith("psnr") else float(np.mean(values))
 
 
+def metric_columns(per_image: pd.DataFrame) -> tuple[str, ...]:
+    """The fidelity metrics scored in `per_image`: METRICS, plus MASK_METRICS for inpainting."""
+    return (*METRICS, *(k for k in MASK_METRICS if k in per_image.columns))
+
+
 def summarise(per_image: pd.DataFrame, headline: str, baselines: Sequence[str]) -> dict[str, float]:
     """Flat numeric metrics from per_image rows (see the module docstring for the keys).
 
@@ -167,20 +203,21 @@ def summarise(per_image: pd.DataFrame, headline: str, baselines: Sequence[str]) 
     Deltas are the headline model minus each baseline. Sharpness (hf_ratio) is left out where
     it is undefined for every image (no NaN in metrics.json)."""
     m: dict[str, float] = {"n_images": float(per_image["image"].nunique())}
+    metrics = metric_columns(per_image)
     for method, rows in per_image.groupby("method", sort=False):
-        for k in METRICS:
+        for k in metrics:
             m[f"{method}_{k}"] = mean_metric(rows[k], k)
         if SHARPNESS in rows and math.isfinite(hf := mean_metric(rows[SHARPNESS], SHARPNESS)):
             m[f"{method}_{SHARPNESS}"] = hf
         if rows["seed"].nunique() > 1:  # spread of the per-seed means
-            for k in METRICS:
+            for k in metrics:
                 per_seed = [mean_metric(g[k], k) for _, g in rows.groupby("seed")]
                 m[f"{method}_{k}_seed_std"] = float(np.std(per_seed))
-    for k in (*METRICS, SHARPNESS):
+    for k in (*metrics, SHARPNESS):
         if f"{headline}_{k}" in m:
             m[f"model_{k}"] = m[f"{headline}_{k}"]
     for b in baselines:
-        for k in METRICS:
+        for k in metrics:
             m[f"delta_{k}_vs_{b}"] = m[f"{headline}_{k}"] - m[f"{b}_{k}"]
     return {k: round(v, 6) for k, v in m.items()}
 
@@ -286,14 +323,17 @@ def _score_pair(r: Restorer, p: Pair, plan: _Plan, images: Path) -> list[dict[st
     """per_image rows of one pair (baselines, then the model at every step count and seed);
     writes its PNGs under `images` (the model's headline output as enhance writes it)."""
     rows: list[dict[str, Any]] = []
-    write_image(images / "lq" / f"{p.name}.png", p.lq)
+    mask = p.lq[..., 3] if p.lq.shape[2] > 3 else None  # inpaint: also scored in the hole
+    write_image(images / "lq" / f"{p.name}.png", p.lq[..., :3])
     write_image(images / "hr" / f"{p.name}.png", p.hr)
+    if mask is not None:
+        write_image(images / "mask" / f"{p.name}.png", mask)
     for name, fn in plan.baselines.items():
         t0 = time.perf_counter()
         pred = fn(p.lq)
         dt = time.perf_counter() - t0
         rows.append({"image": p.name, "method": name, "kind": "baseline", "sampler": "",
-                     "steps": None, "seed": None, **score(pred, p.hr, plan.protocols),
+                     "steps": None, "seed": None, **score(pred, p.hr, plan.protocols, mask),
                      "seconds": dt})  # fmt: skip
         write_image(images / name / f"{p.name}.png", pred)
     sampler = plan.head.sampler
@@ -304,7 +344,7 @@ def _score_pair(r: Restorer, p: Pair, plan: _Plan, images: Path) -> list[dict[st
             dt = time.perf_counter() - t0
             rows.append({"image": p.name, "method": model_key(sampler, steps), "kind": "model",
                          "sampler": sampler, "steps": steps, "seed": seed,
-                         **score(pred, p.hr, plan.protocols), "seconds": dt})  # fmt: skip
+                         **score(pred, p.hr, plan.protocols, mask), "seconds": dt})  # fmt: skip
             if steps == plan.head.steps and seed == plan.seeds[0]:  # what enhance writes
                 write_image(images / MODEL_DIR / f"{p.name}.png", pred)
     return rows
@@ -323,7 +363,8 @@ def _curve(per_image: pd.DataFrame) -> pd.DataFrame:
     """psnr_vs_steps.csv: mean metrics of the model per step count."""
     model_rows = per_image[per_image["kind"] == "model"]
     return pd.DataFrame(
-        [{"steps": int(st), **{k: mean_metric(g[k], k) for k in (*METRICS, SHARPNESS)}}
+        [{"steps": int(st), **{k: mean_metric(g[k], k)
+                               for k in (*metric_columns(per_image), SHARPNESS)}}
          for st, g in model_rows.groupby("steps")]
     )  # fmt: skip
 

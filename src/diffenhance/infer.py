@@ -57,6 +57,7 @@ class TileModel(Protocol):
     scale: int  # output size / input size
     size_multiple: int  # output-space H and W must be multiples of this
     device: torch.device
+    # optional `lq_channels: int`: input channels (3 when absent; 4 for inpainting: RGB + mask)
 
     def __call__(
         self,
@@ -64,7 +65,7 @@ class TileModel(Protocol):
         generators: Sequence[torch.Generator],
         autocast_dtype: torch.dtype | None,
     ) -> torch.Tensor:
-        """lq [N,3,h,w] float32 in [0,1] (CPU) -> [N,3,h*scale,w*scale] float32 in [0,1].
+        """lq [N,C,h,w] float32 in [0,1] (CPU) -> [N,3,h*scale,w*scale] float32 in [0,1].
 
         Tile i must draw all its randomness from `generators[i]` (CPU generators)."""
         ...
@@ -93,6 +94,12 @@ class RestorerTiles:
     @property
     def size_multiple(self) -> int:
         return int(self.restorer.unet.size_multiple)
+
+    @property
+    def lq_channels(self) -> int:
+        from diffenhance.degrade import lq_channels
+
+        return lq_channels(self.restorer.task)
 
     @property
     def device(self) -> torch.device:
@@ -296,10 +303,10 @@ class TiledEnhancer:
 
     def _prepare(self, ident: Any, key: str, image: np.ndarray) -> _Image:
         a = np.asarray(image)
-        if a.ndim != 3 or a.shape[2] != 3 or 0 in a.shape or a.dtype != np.float32:
-            raise ValueError(
-                f"{key}: expected an HxWx3 float32 image in [0, 1], got {a.dtype} {a.shape}"
-            )
+        c = getattr(self.model, "lq_channels", 3)
+        if a.ndim != 3 or a.shape[2] != c or 0 in a.shape or a.dtype != np.float32:
+            what = "an HxWx3 float32 image" if c == 3 else f"an HxWx{c} float32 input"
+            raise ValueError(f"{key}: expected {what} in [0, 1], got {a.dtype} {a.shape}")
         h, w = a.shape[:2]
         s = self.model.scale
         hp, th, ys = self._axis(h)
@@ -332,8 +339,12 @@ class TiledEnhancer:
         out = img.out
         out.div_(img.norm_y[None, :, None]).div_(img.norm_x[None, None, :])
         if self.cfg.color_correction == "meanstd":
-            meanstd_color_fix(out, img.lq[:, : img.h, : img.w])
-        return out.clamp_(0, 1).permute(1, 2, 0).numpy()
+            meanstd_color_fix(out, img.lq[:3, : img.h, : img.w])
+        out.clamp_(0, 1)
+        if img.lq.shape[0] > 3 and self.model.scale == 1:  # inpainting: only holes are filled
+            lq = img.lq[:, : img.h, : img.w]
+            out = torch.where(lq[3:4] >= 0.5, out, lq[:3])
+        return out.permute(1, 2, 0).numpy()
 
     # ---------------------------------------------------------------- batches
 
@@ -371,7 +382,8 @@ class TiledEnhancer:
             ]
             y = self._call(lq, seeds)
             if self.cfg.color_correction == "wavelet":
-                ref = lq if s == 1 else F.interpolate(lq, scale_factor=s, mode="bicubic")
+                rgb = lq[:, :3]
+                ref = rgb if s == 1 else F.interpolate(rgb, scale_factor=s, mode="bicubic")
                 y = wavelet_color_fix(y, ref.clamp(0, 1))
         except Exception as e:  # every image in a failed batch fails, the others go on
             for img, _, _ in jobs:

@@ -228,6 +228,44 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
     return out
 
 
+def read_mask(
+    path: PathLike,
+    size: tuple[int, int] | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Read an inpainting mask as float32 HxW in {0, 1}: 1 (white, or any light pixel:
+    mean of RGB >= 0.5) = fill, 0 (black) = keep. Any image format `read_image` reads; a mask
+    with an alpha channel counts transparent pixels as keep (composited over black, not white).
+
+    `size` = (height, width) of the image it belongs to. Raises ImageReadError naming the file
+    when it cannot be read, its size differs from `size`, or it masks no pixel at all."""
+    with _read_errors(path):
+        p = _check_file(path)
+        with Image.open(p) as im:
+            _check_pixels(path, im.width, im.height, max_pixels)
+            alpha = im.mode in _ALPHA_MODES or "transparency" in im.info
+            if alpha:
+                im.load()
+                rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+                gray = _orient(rgba[..., :3].mean(-1, keepdims=True) * rgba[..., 3:], int(
+                    im.getexif().get(0x0112, 1)))[..., 0]  # fmt: skip
+    if not alpha:
+        gray = read_image(path, max_pixels=max_pixels).mean(-1)
+    mask = (gray >= 0.5).astype(np.float32)
+    if size is not None and mask.shape != tuple(size):
+        raise ImageReadError(
+            path,
+            f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]} "
+            "(width x height); a mask must have exactly the image's size",
+        )
+    if not mask.any():
+        raise ImageReadError(
+            path, "the mask is empty (no white pixel): paint the region to fill in white"
+        )
+    return mask
+
+
 def read_image_info(path: PathLike) -> dict[str, Any]:
     """Header facts without decoding pixels: ``format`` (Pillow name, e.g. 'PNG'), ``mode``,
     ``size`` (width, height) and ``bit_depth`` (16 if any sample has more than 8 bits, else 8).

@@ -115,6 +115,33 @@ def psnr(
     return peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
+def _mask_tensor(mask: np.ndarray | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A mask HxW / [N,1,H,W] (1 = counted) as float64 [N,1,H,W] on `like`'s device."""
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+    m = m.to(device=like.device, dtype=torch.float64)
+    m = m.reshape(1, 1, *m.shape) if m.ndim == 2 else m
+    if m.shape[-2:] != like.shape[-2:]:
+        raise ValueError(f"mask {tuple(m.shape[-2:])} does not fit images {tuple(like.shape)}")
+    return (m >= 0.5).to(torch.float64)
+
+
+def masked_psnr(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    mask: np.ndarray | torch.Tensor,
+) -> torch.Tensor:
+    """Per-image PSNR (RGB, dB, data range 1) over the pixels where `mask` >= 0.5 only:
+    10 log10(1 / MSE), the MSE averaged over those pixels and all channels (inpainting's
+    inside-the-hole score). float64 [N]; +inf when they are identical there."""
+    p, t = _prepare(pred, target, 0, False)
+    m = _mask_tensor(mask, p)
+    n = m.sum(dim=(1, 2, 3)) * p.shape[1]
+    if (n == 0).any():
+        raise ValueError("masked_psnr: the mask selects no pixel")
+    mse = ((p - t).square() * m).sum(dim=(1, 2, 3)) / n
+    return 10 * torch.log10(1.0 / mse)
+
+
 def ssim(
     pred: np.ndarray | torch.Tensor,
     target: np.ndarray | torch.Tensor,
@@ -137,6 +164,26 @@ def ssim(
     )
     pad = _SSIM_PAD
     return full[..., pad:-pad, pad:-pad].flatten(1).mean(dim=1)
+
+
+def masked_ssim(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    mask: np.ndarray | torch.Tensor,
+) -> torch.Tensor:
+    """Per-image SSIM (RGB) averaged over the windows centred on masked pixels (the map of
+    `ssim`, same window and valid region). float64 [N]; NaN when no masked pixel lies in the
+    valid region (within 5 px of the border only)."""
+    p, t = _prepare(pred, target, 0, False, min_side=SSIM_WINDOW)
+    m = _mask_tensor(mask, p)
+    _, full = structural_similarity_index_measure(
+        p, t, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW, data_range=1.0,
+        reduction="none", return_full_image=True,
+    )  # fmt: skip
+    pad = _SSIM_PAD
+    full, m = full[..., pad:-pad, pad:-pad], m[..., pad:-pad, pad:-pad]
+    w = m.expand_as(full)
+    return (full * w).flatten(1).sum(1) / w.flatten(1).sum(1)
 
 
 def mean_psnr(values: Iterable[float] | torch.Tensor | np.ndarray) -> float:
@@ -194,6 +241,8 @@ __all__ = [
     "PSNR_CAP_DB",
     "Protocol",
     "hf_energy_ratio",
+    "masked_psnr",
+    "masked_ssim",
     "mean_psnr",
     "protocol_for_task",
     "psnr",

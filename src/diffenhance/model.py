@@ -31,7 +31,7 @@ from diffenhance.config import (
     section_from_dict,
     to_dict,
 )
-from diffenhance.degrade import task_scale
+from diffenhance.degrade import lq_channels, task_scale
 from diffenhance.diffusion import Schedule, from_model_range, to_model_range
 from diffenhance.diffusion.formulations import Generators, formulation_sample, get_formulation
 from diffenhance.io import atomic_write_bytes
@@ -92,7 +92,8 @@ class Restorer:
         return self
 
     def condition(self, lq: torch.Tensor) -> torch.Tensor:
-        """LQ [N,3,h,w] in [0,1] -> condition [N,3,h*s,w*s] in [-1,1] (bicubic upsampling)."""
+        """LQ [N,C,h,w] in [0,1] -> condition [N,C,h*s,w*s] in [-1,1] (bicubic upsampling;
+        C = `degrade.lq_channels(task)`: 3, or 4 for inpaint)."""
         if self.scale != 1:
             lq = F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return to_model_range(lq.clamp(0, 1))
@@ -109,7 +110,10 @@ class Restorer:
         autocast_dtype: torch.dtype | None = None,
         samples: int = 1,
     ) -> torch.Tensor:
-        """Restore a batch. lq: [N,3,h,w] float32 in [0,1] -> [N,3,h*scale,w*scale] in [0,1].
+        """Restore a batch. lq: [N,C,h,w] float32 in [0,1] -> [N,3,h*scale,w*scale] in [0,1].
+
+        C = `degrade.lq_channels(task)` (inpaint: `degrade.masked_input`; the tiled engine
+        then keeps the known pixels of the input exactly, `infer.TiledEnhancer`).
 
         H and W after upscaling must be multiples of `unet.size_multiple` (infer.py pads).
         The start (x_T, or the noisy input for indi) is drawn from `generator` (on its device,
@@ -140,13 +144,14 @@ class Restorer:
 
 
 def build_network(
-    model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, scale: int
+    model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, scale: int, cond_channels: int = 3
 ) -> torch.nn.Module:
     """The freshly initialised network of `diffusion_cfg.formulation` for a task of `scale`
-    (its registry entry decides: e.g. a UNet(6 -> 3), or for 'residual' a PredictRefine;
-    `model_cfg.space` = "lr" puts the body on the 1/scale grid)."""
+    whose condition has `cond_channels` (`degrade.lq_channels`; its registry entry decides:
+    e.g. a UNet(6 -> 3), or for 'residual' a PredictRefine; `model_cfg.space` = "lr" puts the
+    body on the 1/scale grid)."""
     f = get_formulation(diffusion_cfg.formulation)
-    return f.build_network(model_cfg, diffusion_cfg, scale)
+    return f.build_network(model_cfg, diffusion_cfg, scale, cond_channels)
 
 
 def build_restorer(
@@ -155,7 +160,7 @@ def build_restorer(
     """A freshly initialised restorer for `task`."""
     scale = task_scale(task, degrade_cfg)
     return Restorer(
-        unet=build_network(model_cfg, diffusion_cfg, scale),
+        unet=build_network(model_cfg, diffusion_cfg, scale, lq_channels(task)),
         schedule=Schedule.from_config(diffusion_cfg),
         model_cfg=model_cfg,
         diffusion_cfg=diffusion_cfg,
@@ -187,6 +192,12 @@ def recommended_sampling(r: Restorer) -> tuple[int, int]:
     return int(rec.get("steps", f.default_steps)), int(rec.get("samples", f.default_samples))
 
 
+def recommended_min_tile(r: Restorer) -> int:
+    """The smallest tile (input pixels) the checkpoint recommends, 0 when it names none: an
+    inpainting model needs context around a hole, so its tile is a quality setting."""
+    return int(json.loads(r.meta.get("recommended") or "{}").get("min_tile", 0))
+
+
 def sampling(r: Restorer, steps: int | None, samples: int | None) -> tuple[int, int]:
     """(steps, samples) to run `r` with: the given values, each None filled in from
     `recommended_sampling`."""
@@ -194,14 +205,20 @@ def sampling(r: Restorer, steps: int | None, samples: int | None) -> tuple[int, 
     return (rec_steps if steps is None else steps), (rec_samples if samples is None else samples)
 
 
-def set_recommended(path: str | Path, steps: int, samples: int, why: str) -> Path:
-    """Record the measured best sampler settings in a checkpoint's metadata (weights unchanged,
-    bytes deterministic as `save_weights`)."""
-    if steps < 1 or samples < 1:
-        raise ValueError(f"steps and samples must be >= 1, got {steps} and {samples}")
+def set_recommended(
+    path: str | Path, steps: int, samples: int, why: str, min_tile: int | None = None
+) -> Path:
+    """Record the measured best sampler settings (and optionally the smallest tile,
+    `recommended_min_tile`) in a checkpoint's metadata (weights unchanged, bytes deterministic
+    as `save_weights`)."""
+    if steps < 1 or samples < 1 or (min_tile is not None and min_tile < 1):
+        raise ValueError(f"steps, samples and min_tile must be >= 1, got {steps}, {samples}, "
+                         f"{min_tile}")  # fmt: skip
     tensors, meta = read_checkpoint(path)
-    meta["recommended"] = json.dumps({"steps": steps, "samples": samples, "why": why},
-                                     sort_keys=True)  # fmt: skip
+    rec: dict[str, Any] = {"steps": steps, "samples": samples, "why": why}
+    if min_tile is not None:
+        rec["min_tile"] = min_tile
+    meta["recommended"] = json.dumps(rec, sort_keys=True)
     return save_weights(_resolve(path), tensors, meta)
 
 
@@ -339,14 +356,14 @@ def _check_recommended(p: Path, meta: dict[str, str]) -> None:
         raise CheckpointError(f"{p}: metadata 'recommended' is not valid JSON ({e})") from None
     if not isinstance(rec, dict):
         raise CheckpointError(f"{p}: metadata 'recommended' must be a JSON object")
-    for k in ("steps", "samples"):
+    for k in ("steps", "samples", "min_tile"):
         v = rec.get(k, 1)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise CheckpointError(f"{p}: metadata recommended.{k}={v!r} must be an integer >= 1")
 
 
 def _network_shapes(
-    p: Path, model_cfg: ModelConfig, diff_cfg: DiffusionConfig, scale: int
+    p: Path, model_cfg: ModelConfig, diff_cfg: DiffusionConfig, scale: int, task: str
 ) -> dict[str, tuple[int, ...]]:
     """{name: shape} of the network the metadata describes, refusing absurd sizes before any
     memory is allocated (the network is built on the `meta` device)."""
@@ -363,7 +380,7 @@ def _network_shapes(
         )
     try:
         with torch.device("meta"):
-            net = build_network(model_cfg, diff_cfg, scale)
+            net = build_network(model_cfg, diff_cfg, scale, lq_channels(task))
         Schedule.from_config(diff_cfg)
     except (ValueError, RuntimeError, OverflowError, TypeError) as e:
         raise CheckpointError(
@@ -410,7 +427,7 @@ def validate_checkpoint(path: str | Path) -> CheckpointSpec:
     diff_cfg = _json_section(p, meta, "diffusion", DiffusionConfig)
     task, scale = _task_and_scale(p, meta)
     _check_recommended(p, meta)
-    expected = _network_shapes(p, model_cfg, diff_cfg, scale)
+    expected = _network_shapes(p, model_cfg, diff_cfg, scale, task)
     problems = shape_mismatches(expected, shapes)
     if problems:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
@@ -435,7 +452,7 @@ def load_restorer(path: str | Path, device: str | torch.device = "cpu") -> Resto
         raise CheckpointError(
             f"{spec.path}: not a readable safetensors file ({_one_line(e)})"
         ) from None
-    unet = build_network(spec.model_cfg, spec.diffusion_cfg, spec.scale)
+    unet = build_network(spec.model_cfg, spec.diffusion_cfg, spec.scale, lq_channels(spec.task))
     load_matching(unet, tensors, strict=True, source=str(spec.path))
     r = Restorer(
         unet=unet,

@@ -39,7 +39,15 @@ from diffenhance.report_plots import (
 )
 
 METRIC_LABELS = {"psnr_rgb": "PSNR RGB (dB)", "ssim_rgb": "SSIM RGB",
-                 "psnr_y": "PSNR Y (dB)", "ssim_y": "SSIM Y"}  # fmt: skip
+                 "psnr_y": "PSNR Y (dB)", "ssim_y": "SSIM Y",
+                 "psnr_mask": "PSNR in the hole (dB)", "ssim_mask": "SSIM in the hole"}  # fmt: skip
+
+
+def scored(ev: Evaluation) -> list[str]:
+    """The METRIC_LABELS keys this evaluation has (the hole's only for inpainting)."""
+    return [k for k in METRIC_LABELS if f"model_{k}" in ev.metrics]
+
+
 HF_LABEL = "sharpness (HF ratio, 1 = truth)"
 
 
@@ -60,7 +68,7 @@ def method_table(ev: Evaluation) -> list[dict[str, Any]]:
     methods = [m for m in ev.per_image["method"].unique() if m.startswith("model_")]
     for m in methods + ev.baselines:
         row: dict[str, Any] = {"method": m + (" (headline)" if m == ev.headline else "")}
-        row |= {k: ev.metrics[f"{m}_{k}"] for k in METRIC_LABELS}
+        row |= {k: ev.metrics[f"{m}_{k}"] for k in scored(ev)}
         row["hf_ratio"] = ev.metrics.get(f"{m}_hf_ratio")  # sharpness; absent: undefined
         row["seconds_per_image"] = ev.timing.get(f"{m}_seconds_per_image")
         rows.append(row)
@@ -72,7 +80,7 @@ def delta_rows(ev: Evaluation) -> list[dict[str, Any]]:
     return [
         {"baseline": b, "metric": k, "baseline_value": ev.metrics[f"{b}_{k}"],
          "model_value": ev.metrics[f"model_{k}"], "delta": ev.metrics[f"delta_{k}_vs_{b}"]}
-        for b in ev.baselines for k in METRIC_LABELS
+        for b in ev.baselines for k in scored(ev)
     ]  # fmt: skip
 
 
@@ -146,15 +154,15 @@ def summary_markdown(ev: Evaluation, report_path: str | Path | None = None) -> s
     lines += markdown_table(["", ""], summary_items(ev))
     rows = []
     for r in method_table(ev):
-        vals = [fmt_metric(k, r[k]) for k in (*METRIC_LABELS, "hf_ratio")]
+        vals = [fmt_metric(k, r[k]) for k in (*scored(ev), "hf_ratio")]
         rows.append([r["method"], *vals, fmt_metric("seconds", r["seconds_per_image"])])
-    header = ["method", *METRIC_LABELS.values(), HF_LABEL, "s/image"]
+    header = ["method", *(METRIC_LABELS[k] for k in scored(ev)), HF_LABEL, "s/image"]
     lines += ["", *markdown_table(header, rows)]
     lines += ["", "Headline model minus baseline:", ""]
     for b in ev.baselines:
         d = ", ".join(
             f"{METRIC_LABELS[k]} {fmt_metric(k, ev.metrics[f'delta_{k}_vs_{b}'], True)}"
-            for k in METRIC_LABELS
+            for k in scored(ev)
         )
         lines.append(f"- vs **{b}**: {d}")
     if report_path:
@@ -231,8 +239,8 @@ def render_html(ev: Evaluation, figures: dict[str, list[tuple[Path, str]]], titl
     mt = method_table(ev)
     parts.append("<h2>All methods (mean over images)</h2>")
     parts.append(html_table(
-        ["method", *METRIC_LABELS.values(), HF_LABEL, "s / image"],
-        [[esc(r["method"]), *(fmt_metric(k, r[k]) for k in (*METRIC_LABELS, "hf_ratio")),
+        ["method", *(METRIC_LABELS[k] for k in scored(ev)), HF_LABEL, "s / image"],
+        [[esc(r["method"]), *(fmt_metric(k, r[k]) for k in (*scored(ev), "hf_ratio")),
           fmt_metric("seconds", r["seconds_per_image"])] for r in mt],
         cls=["head" if "(headline)" in r["method"] else "" for r in mt],
     ))  # fmt: skip
@@ -314,7 +322,10 @@ def build_report(
         g = gain.loc[name]
         p = crop_figure(
             images=[ev.image(k, name) for k in ("lq", ref, "model", "hr")],
-            labels=("LQ input", ref, ev.headline, "ground truth"),
+            labels=(
+                "masked input" if "psnr_mask" in ev.per_image else "LQ input", ref, ev.headline,
+                "ground truth",
+            ),
             scores=(None, g["baseline"], g["model"], None), zoom_size=cfg.zoom_size,
             path=plots / f"crop_{which}_{rank}.png",
         )  # fmt: skip

@@ -10,8 +10,9 @@ report measures exactly what `diffenhance enhance` writes (diffusers' one-pipeli
 
 `sampling_spec` is the only place where sampler settings are resolved: `infer.*` from params,
 each of steps/samples left null filled from the checkpoint's "recommended" metadata, else the
-formulation's default (`Formulation.default_steps`); callers that sweep a setting (evaluate's
-step curve, compare's knob ends, validation) pass it as an explicit override.
+formulation's default (`Formulation.default_steps`), and the tile raised to the checkpoint's
+recommended minimum (inpainting needs context around a hole); callers that sweep a setting
+(evaluate's step curve, compare's knob ends, validation) pass it as an explicit override.
 
 The noise of every tile is seeded from (spec.seed, image key, tile position) (`infer.tile_seed`);
 the key defaults to `image_key(image)`, a hash of the decoded pixels, so the same input gives
@@ -57,15 +58,16 @@ def sampling_spec(r: Any, infer: InferConfig, **overrides: Any) -> SamplingSpec:
     """Resolve the sampling settings for restorer `r` (a `model.Restorer`).
 
     infer: the params' `infer` section; steps/samples that are null come from the checkpoint's
-    recommendation, else the formulation's default (`model.recommended_sampling`). overrides:
+    recommendation, else the formulation's default (`model.recommended_sampling`); the tile is
+    at least the checkpoint's `model.recommended_min_tile`. overrides:
     explicit values for a sweep (e.g. steps=8, samples=4, seed=1); None values are ignored.
     Raises ValueError for steps or samples < 1 or an unknown field.
     """
-    from diffenhance.model import sampling
+    from diffenhance.model import recommended_min_tile, sampling
 
     steps, samples = sampling(r, infer.steps, infer.samples)
     base = {f.name: getattr(infer, f.name) for f in dataclasses.fields(SamplingSpec)}
-    base |= {"steps": steps, "samples": samples}
+    base |= {"steps": steps, "samples": samples, "tile": max(infer.tile, recommended_min_tile(r))}
     unknown = set(overrides) - set(base)
     if unknown:
         raise ValueError(f"unknown sampling setting(s) {sorted(unknown)}; known: {sorted(base)}")

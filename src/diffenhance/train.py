@@ -375,7 +375,7 @@ def validate(r: Restorer, cfg: Config, out_dir: Path, step: int) -> dict[str, fl
         outs.append(torch.from_numpy(restore(r, p.lq, spec)).permute(2, 0, 1)[None])
         hrs.append(torch.from_numpy(p.hr).permute(2, 0, 1)[None])
         lq = torch.from_numpy(p.lq).permute(2, 0, 1)[None].to(r.device)
-        conds.append(((r.condition(lq) + 1) / 2).cpu())
+        conds.append(((r.condition(lq)[:, :3] + 1) / 2).cpu())  # the image (no mask channel)
     crop = r.scale if r.scale > 1 else 0
     vp = [
         float(psnr(o, h, crop=crop).clamp(max=100).mean()) for o, h in zip(outs, hrs, strict=True)

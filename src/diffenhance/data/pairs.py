@@ -4,7 +4,8 @@ Each pair is seeded by (degrade.seed, task, content hash of the HR crop), so a p
 changes when other images are added or the order changes. Training synthesises LQ images on
 the fly with the very same `degrade.degrade_for_task`; only the seed differs.
 
-Layout of `<degrade.out_dir>/<task>/`: `hr/<name>.png`, `lq/<name>.png`, `pairs.csv`.
+Layout of `<degrade.out_dir>/<task>/`: `hr/<name>.png`, `lq/<name>.png`, `pairs.csv`, and for
+inpaint `mask/<name>.png` (white = fill; lq/ is then the masked input, holes grey): the triple.
 
 `degrade_stage(cfg, tasks)` is the whole stage (manifest -> pairs of every task -> the resolved
 config); flows/degrade.py maps it over the tasks, the benchmarks and tests call it directly.
@@ -21,8 +22,8 @@ import pandas as pd
 
 from diffenhance.config import Config, DegradeConfig, write_resolved
 from diffenhance.data.prepare import MANIFEST, load_manifest
-from diffenhance.degrade import degrade_for_task, modcrop, pair_seed, task_scale
-from diffenhance.io import atomic_path, read_image, write_image
+from diffenhance.degrade import degrade_for_task, masked_input, modcrop, pair_seed, task_scale
+from diffenhance.io import atomic_path, read_image, read_mask, write_image
 
 PAIRS_CSV = "pairs.csv"
 
@@ -31,7 +32,7 @@ PAIRS_CSV = "pairs.csv"
 class Pair:
     name: str
     hr: np.ndarray  # float32 HxWx3 in [0, 1]
-    lq: np.ndarray  # float32 hxwx3 in [0, 1], h = H / scale
+    lq: np.ndarray  # float32 hxwxC in [0, 1], h = H / scale; C = 4 for inpaint (+ the mask)
 
 
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -68,11 +69,16 @@ def write_pair(
     name = Path(crop_file).stem
     task_dir = Path(out_dir) / task
     write_image(task_dir / "hr" / f"{name}.png", hr)
-    write_image(task_dir / "lq" / f"{name}.png", lq)
+    write_image(task_dir / "lq" / f"{name}.png", lq[..., :3])
+    extra = {}
+    if lq.shape[2] > 3:  # inpaint: the mask beside the masked input
+        write_image(task_dir / "mask" / f"{name}.png", lq[..., 3])
+        extra = {"mask": f"mask/{name}.png", "mask_coverage": round(float(lq[..., 3].mean()), 6)}
     return {
         "name": name,
         "hr": f"hr/{name}.png",
         "lq": f"lq/{name}.png",
+        **extra,
         "task": task,
         "scale": task_scale(task, cfg),
         "seed": seed,
@@ -142,6 +148,14 @@ def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
     if limit is not None:
         df = df.head(limit)
     return [
-        Pair(r.name, read_image(task_dir / r.hr), read_image(task_dir / r.lq))
-        for r in df.itertuples()
+        Pair(r.name, read_image(task_dir / r.hr), _read_lq(task_dir, r)) for r in df.itertuples()
     ]
+
+
+def _read_lq(task_dir: Path, row: object) -> np.ndarray:
+    """A pair's LQ input: lq/ (+ its mask/ as a fourth channel where pairs.csv names one)."""
+    lq = read_image(task_dir / row.lq)  # type: ignore[attr-defined]
+    mask = getattr(row, "mask", None)
+    if isinstance(mask, str) and mask:
+        return masked_input(lq, read_mask(task_dir / mask, lq.shape[:2]))
+    return lq

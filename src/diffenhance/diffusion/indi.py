@@ -6,11 +6,13 @@ Denoising Diffusion for Image Restoration", TMLR (arXiv 2303.11435). Related: He
 starts from the degraded image, with a Gaussian noise schedule on the residual; InDI was
 chosen here because one step of it is exactly a regression, which gives an honest knob).
 
-Notation: x clean image, y degraded image at the output size (the condition), both in the
-model range [-1, 1]; t in (0, 1]; sigma = `diffusion.indi_noise` (model range units).
+Notation: x clean image, y degraded image at the output size, both in the model range
+[-1, 1]; t in (0, 1]; sigma = `diffusion.indi_noise` (model range units). The network's
+condition c is y itself, or y followed by side channels (inpainting's mask); the functions
+below take c and read y as its first channels.
 
   (1) forward degradation:  x_t = (1 - t) x + t y + t sigma eps,   eps ~ N(0, I)
-  (2) estimator:            F(x_t, t) = x_t + net(x_t, 1000 t, y)   (predicts x; L1/L2 to x)
+  (2) estimator:            F(x_t, t) = x_t + net(x_t, 1000 t, c)   (predicts x; L1/L2 to x)
   (3) update, t -> s < t:   x_s = (s / t) x_t + (1 - s / t) F(x_t, t)
   (4) update with fresh noise (eta in [0, 1]):
         eps^ = (x_t - (1 - t) F - t y) / (t sigma)                  (the noise x_t carries)
@@ -45,10 +47,11 @@ def indi_degrade(
 
 
 def indi_estimate(
-    model: Model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor
+    model: Model, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor
 ) -> torch.Tensor:
-    """Eq. (2): F(x_t, t) = x_t + model(x_t, 1000 t, y). x_t, y [N,3,H,W]; t [N] float in (0, 1]."""
-    return x_t + model(x_t, t.float() * TIME_SCALE, y).to(x_t.dtype)
+    """Eq. (2): F(x_t, t) = x_t + model(x_t, 1000 t, cond). x_t [N,3,H,W], cond [N,C,H,W];
+    t [N] float in (0, 1]."""
+    return x_t + model(x_t, t.float() * TIME_SCALE, cond).to(x_t.dtype)
 
 
 def indi_loss(
@@ -63,7 +66,8 @@ def indi_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """InDI training loss on one batch: || F(x_t, t) - x0 || ('l1' | 'mse', mean over pixels).
 
-    x0: [N, 3, H, W] clean, y: [N, 3, H, W] degraded at the output size, both in [-1, 1].
+    x0: [N, 3, H, W] clean, y: [N, C, H, W] the condition (the degraded image at the output
+    size in its first 3 channels), both in [-1, 1].
     t = 1 with probability `t1_prob` (the one-step regression point), else t ~ U(0, 1]; noise
     ~ N(0, I); both from `generator` (any device). Returns (scalar loss, detached stats).
     """
@@ -73,7 +77,7 @@ def indi_loss(
     at_one = torch.rand(n, generator=generator, device=gdev).to(device) < t1_prob
     t = torch.where(at_one, torch.ones_like(u), 1.0 - u)  # 1 - U[0, 1) lies in (0, 1]
     noise = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(device)
-    x_t = indi_degrade(x0, y, t, noise, sigma)
+    x_t = indi_degrade(x0, y[:, : x0.shape[1]], t, noise, sigma)
     err = indi_estimate(model, x_t, t, y).float() - x0.float()
     per_sample = (err.abs() if loss == "l1" else err.square()).mean(dim=tuple(range(1, x0.ndim)))
     total = per_sample.mean()
@@ -101,14 +105,15 @@ def indi_sample(
 ) -> torch.Tensor:
     """Run the InDI chain from x_1 (= y + sigma eps, drawn by the caller) to t = 0.
 
-    x_1, y: [N, 3, H, W] in the model range. `steps` uniform steps; eta in [0, 1] is the share
+    x_1: [N, 3, H, W], y: the condition [N, C, H, W] (the degraded image in its first 3
+    channels), in the model range. `steps` uniform steps; eta in [0, 1] is the share
     of fresh noise per step (eq. 4; only used when sigma > 0), `randn(like)` draws it. Returns
     x_0 [N, 3, H, W] unclipped; with steps = 1 it is exactly F(x_1, 1).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1] for the indi formulation, got {eta}")
     times = indi_times(steps)
-    x = x_1
+    x, cond, y = x_1, y, y[:, : x_1.shape[1]]
     it = range(steps)
     if progress:
         from tqdm.auto import tqdm
@@ -118,7 +123,7 @@ def indi_sample(
         t, s = times[i], times[i + 1]
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
         # Eq. (2): the model's estimate of the clean image at time t.
-        f = indi_estimate(model, x, tt, y)
+        f = indi_estimate(model, x, tt, cond)
         if s == 0.0:
             x = f  # eqs. (3)/(4) at s = 0: x_0 = F exactly
         elif eta > 0 and sigma > 0:

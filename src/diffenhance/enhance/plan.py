@@ -24,6 +24,7 @@ from diffenhance.enhance.job import (
     output_params,
     params_hash,
 )
+from diffenhance.enhance.masks import check_mask_setting, check_single_mask, mask_fingerprint
 from diffenhance.enhance.models import model_file, model_sha256
 from diffenhance.storage import (
     ObjectInfo,
@@ -119,9 +120,10 @@ def _roots(cfg: Config) -> _Roots:
 
 
 def _list_sources(
-    store: Storage, roots: _Roots, e: EnhanceConfig
+    store: Storage, roots: _Roots, cfg: Config
 ) -> tuple[list[Source], list[dict[str, str]]]:
     """(the images to enhance in key order, {"key", "reason"} of the files ignored)."""
+    e = cfg.enhance
     if roots.single_key is not None:
         info = store.stat(roots.single_key)
         assert info is not None
@@ -147,7 +149,8 @@ def _list_sources(
             ignored.append({"key": o.key, "reason": _clash(o.key, by_output[ok], ok, e)})
             continue
         by_output[ok] = o.key
-        sources.append(Source(o.key, o.size, _fingerprint(o), ok))
+        fp = _fingerprint(o) + mask_fingerprint(cfg, o.key)
+        sources.append(Source(o.key, o.size, fp, ok))
     return sources, ignored
 
 
@@ -214,13 +217,16 @@ def plan_job(cfg: Config) -> Job:
     from diffenhance.model import validate_checkpoint
 
     m_file = model_file(cfg.enhance.model)
-    validate_checkpoint(m_file)
+    spec = validate_checkpoint(m_file)
     m_sha = model_sha256(m_file)
     params = output_params(cfg)
     p_hash = params_hash(params)
     roots = _roots(cfg)
+    check_mask_setting(cfg, spec.task, roots.single_key is not None)
+    if cfg.enhance.mask and roots.single_key is not None and "://" not in roots.input_url:
+        check_single_mask(cfg, Path(roots.input_url) / roots.single_key)
     out_store = open_storage(roots.output_url, cfg.storage)
-    sources, ignored = _list_sources(open_storage(roots.input_url, cfg.storage), roots, cfg.enhance)
+    sources, ignored = _list_sources(open_storage(roots.input_url, cfg.storage), roots, cfg)
     single = roots.single_key is not None
     records, final_ids = ({}, set()) if single else _read_manifests(out_store)
     outputs = set() if not records else {o.key for o in out_store.list("")}

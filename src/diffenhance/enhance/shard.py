@@ -22,6 +22,7 @@ from diffenhance.enhance.job import (
     Source,
     now,
 )
+from diffenhance.enhance.masks import mask_sha256, with_mask
 from diffenhance.enhance.models import cached_restorer
 from diffenhance.io import (
     ImageReadError,
@@ -250,8 +251,13 @@ class ShardRun:
             if not local_in:
                 self.in_store.download_file(src.key, path)
             sha = file_sha256(path)
+            mask_sha = mask_sha256(self.cfg, src.key)
             old = self.prior.get(src.key)
-            if old is not None and old["input_sha256"] == sha:  # touched, not changed
+            if (
+                old is not None
+                and old["input_sha256"] == sha
+                and old.get("mask_sha256") == mask_sha
+            ):  # touched, not changed
                 self.records[src.key] = {**old, "fingerprint": src.fingerprint}
                 self.stats["reused"] += 1
                 self.save_partial()
@@ -261,6 +267,8 @@ class ShardRun:
             if Path(src.key).suffix.lower() == ".gif":
                 info = {**info, "frames": _frames(path)}
             img = read_image(path, max_pixels=self.cfg.enhance.max_pixels)
+            img, mask_info = with_mask(self.cfg, src.key, img)
+            info = {**info, **mask_info}
         except Exception as e:
             self.fail(src, e)
             return None
@@ -293,6 +301,7 @@ class ShardRun:
         self.records[src.key] = {
             "input_key": src.key,
             "input_sha256": sha,
+            **{k: info[k] for k in ("mask_key", "mask_sha256") if k in info},
             "fingerprint": src.fingerprint,
             "input_size": [iw, ih],
             "output_key": src.output_key,

@@ -98,7 +98,8 @@ class LRResidualNet(nn.Module):
     """EDSR-style regressor on the 1/f grid (Lim et al. 2017, "Enhanced Deep Residual Networks
     for Single Image Super-Resolution"): `forward(y) -> residual`.
 
-    y: [N, channels, H, W] at the output size -> [N, channels, H, W]. Pixel-unshuffle by
+    y: [N, in_channels, H, W] at the output size (default in_channels = channels; more for a
+    condition with side channels) -> [N, channels, H, W]. Pixel-unshuffle by
     `factor`, a 3x3 conv to `width` features, `blocks` residual blocks and a conv (with a
     global skip), then a conv to channels * factor^2 and a pixel shuffle (ESPCN's sub-pixel
     upsampler). The last conv is zero-initialised: the residual is 0 at initialisation.
@@ -106,7 +107,12 @@ class LRResidualNet(nn.Module):
     """
 
     def __init__(
-        self, factor: int, width: int, blocks: int = LR_PREDICTOR_BLOCKS, channels: int = 3
+        self,
+        factor: int,
+        width: int,
+        blocks: int = LR_PREDICTOR_BLOCKS,
+        channels: int = 3,
+        in_channels: int | None = None,
     ) -> None:
         super().__init__()
         if factor < 1 or width < 1 or blocks < 0:
@@ -115,13 +121,14 @@ class LRResidualNet(nn.Module):
             )
         self.factor = factor
         self.size_multiple: int = factor
-        self.head = nn.Conv2d(channels * factor**2, width, 3, padding=1)
+        self.head = nn.Conv2d((in_channels or channels) * factor**2, width, 3, padding=1)
         self.blocks = nn.Sequential(*(_EDSRBlock(width) for _ in range(blocks)))
         self.body_out = nn.Conv2d(width, width, 3, padding=1)
         self.tail = zero_module(nn.Conv2d(width, channels * factor**2, 3, padding=1))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """y: [N, channels, H, W] (H, W multiples of `factor`) -> residual, same shape."""
+        """y: [N, in_channels, H, W] (H, W multiples of `factor`) -> residual [N, channels,
+        H, W]."""
         _check_size(y, self.size_multiple, "y")
         h = self.head(F.pixel_unshuffle(y, self.factor))
         h = h + self.body_out(self.blocks(h))

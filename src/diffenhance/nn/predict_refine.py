@@ -27,53 +27,72 @@ class RefineOutput(NamedTuple):
     """What `PredictRefine.forward` returns (the contract with the residual formulation)."""
 
     prediction: torch.Tensor  # [N, 3, H, W] the denoiser's prediction for x_t given mu.detach()
+    # (and the condition's side channels, `refine_cond`)
     mu: torch.Tensor  # [N, 3, H, W] the predictor's estimate, with grad (its own loss)
+
+
+def refine_cond(mu: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """The denoiser's condition: mu [N, 3, H, W], then the side channels of `cond` [N, C, H, W]
+    (none for RGB; inpainting's mask)."""
+    return torch.cat([mu, cond[:, 3:]], dim=1) if cond.shape[1] > 3 else mu
 
 
 class PredictRefine(nn.Module):
     """`predict(y) -> mu`, `denoise(x_t, t, mu) -> prediction`, and a training `forward`.
 
-    `model_cfg.space` = "hr": predictor = UNet(6 -> 3) of width `predictor_channels`, called
-    as a regression, mu = y + predictor(y, 0, y) (the residual over the upsampled input, so
-    mu = y at init); denoiser = UNet(6 -> 3) of `model_cfg`, conditioned on mu.
+    The condition `cond` [N, C, H, W] is the upsampled input y (its first 3 channels) followed by
+    C - 3 side channels (inpainting's mask), which both networks see.
+    `model_cfg.space` = "hr": predictor = UNet(3 + C -> 3) of width `predictor_channels`,
+    called as a regression, mu = y + predictor(y, 0, cond) (the residual over the upsampled
+    input, so mu = y at init); denoiser = UNet(6 + side -> 3) of `model_cfg`, conditioned on
+    `refine_cond(mu, cond)`.
     "lr" (factor `space_factor(scale)`): predictor = `LRResidualNet` (EDSR-style, same width
-    rule), mu = y + predictor(y); denoiser = `LRSpaceUNet` of `model_cfg`.
+    rule), mu = y + predictor(cond); denoiser = `LRSpaceUNet` of `model_cfg`.
     """
 
-    def __init__(self, model_cfg: ModelConfig, predictor_channels: int = 0, scale: int = 1) -> None:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        predictor_channels: int = 0,
+        scale: int = 1,
+        cond_channels: int = 3,
+    ) -> None:
         super().__init__()
         width = predictor_channels or model_cfg.base_channels
+        side = cond_channels - 3
         self.predictor: nn.Module
         self.denoiser: nn.Module
         if model_cfg.space == "lr":
             f = space_factor(scale)
-            self.predictor = LRResidualNet(f, width)
-            self.denoiser = LRSpaceUNet(model_cfg, f, in_channels=6, out_channels=3)
+            self.predictor = LRResidualNet(f, width, in_channels=cond_channels)
+            self.denoiser = LRSpaceUNet(model_cfg, f, in_channels=6 + side, out_channels=3)
         else:
             pred_cfg = replace(
                 model_cfg, base_channels=width, head_channels=min(width, model_cfg.head_channels)
             )
-            self.predictor = UNet(pred_cfg, in_channels=6, out_channels=3)
-            self.denoiser = UNet(model_cfg, in_channels=6, out_channels=3)
+            self.predictor = UNet(pred_cfg, in_channels=3 + cond_channels, out_channels=3)
+            self.denoiser = UNet(model_cfg, in_channels=6 + side, out_channels=3)
         a, b = self.predictor.size_multiple, self.denoiser.size_multiple
         self.size_multiple: int = a * b // math.gcd(a, b)
 
-    def predict(self, y: torch.Tensor) -> torch.Tensor:
-        """y: [N, 3, H, W] upsampled input in [-1, 1] -> mu [N, 3, H, W] (about [-1, 1])."""
+    def predict(self, cond: torch.Tensor) -> torch.Tensor:
+        """cond: [N, C, H, W] condition in [-1, 1] -> mu [N, 3, H, W] (about [-1, 1])."""
+        y = cond[:, :3]
         if isinstance(self.predictor, LRResidualNet):
-            return y + self.predictor(y)
+            return y + self.predictor(cond)
         t = torch.zeros(y.shape[0], device=y.device)
-        return y + self.predictor(y, t, y)
+        return y + self.predictor(y, t, cond)
 
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-        """The denoiser's prediction for the noisy residual x_t [N, 3, H, W] at timesteps t [N]."""
-        return self.denoiser(x_t, t, mu)
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The denoiser's prediction for the noisy residual x_t [N, 3, H, W] at timesteps t [N]
+        given c = `refine_cond(mu, cond)`."""
+        return self.denoiser(x_t, t, c)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> RefineOutput:
-        """Training pass in ONE call (so DDP sees every parameter once): cond = y [N, 3, H, W].
+        """Training pass in ONE call (so DDP sees every parameter once): cond [N, C, H, W].
 
         Returns `RefineOutput(prediction, mu)`: the denoiser's prediction for x_t conditioned
         on mu.detach(), and mu = predict(y) (with grad, for the predictor's own loss).
         """
         mu = self.predict(cond)
-        return RefineOutput(self.denoise(x_t, t, mu.detach()), mu)
+        return RefineOutput(self.denoise(x_t, t, refine_cond(mu.detach(), cond)), mu)

@@ -3,8 +3,8 @@
 A formulation owns everything that differs between restoration recipes, and nothing else
 branches on its name (EDM's shape: each recipe is one class chosen once by name):
 
-* `build_network(model_cfg, dcfg, scale)` - the freshly initialised network it trains (in
-  the space `model_cfg.space` asks for: `nn.build_cond_net`);
+* `build_network(model_cfg, dcfg, scale, cond_channels)` - the freshly initialised network it
+  trains (in the space `model_cfg.space` asks for: `nn.build_cond_net`);
 * `loss(...)` - its training loss on one batch;
 * `prepare(...)` + `sample_once(...)` - its sampler (the shared driver
   `formulations.formulation_sample` handles sample averaging and per-item generators);
@@ -48,14 +48,15 @@ class Formulation:
     uses_start_noise: ClassVar[bool] = True  # False: no randomness at all (samples = 1 suffices)
 
     def build_network(
-        self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int
+        self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int, cond_channels: int = 3
     ) -> torch.nn.Module:
         """The freshly initialised network for a task of `scale` (1, 2, 4: output size / input
-        size; an LR-space network needs it); must expose `size_multiple` (output-space).
+        size; an LR-space network needs it) whose condition has `cond_channels` (3, or 4 for
+        inpainting: see `cond_image`); must expose `size_multiple` (output-space).
 
         Default: the conditional network of `model.space` (noisy state and condition in,
         3 channels out: `nn.build_cond_net`)."""
-        return build_cond_net(model_cfg, scale, in_channels=6, out_channels=3)
+        return build_cond_net(model_cfg, scale, in_channels=3 + cond_channels, out_channels=3)
 
     def loss(
         self,
@@ -69,7 +70,8 @@ class Formulation:
     ) -> tuple[torch.Tensor, Stats]:
         """(scalar loss with grad, stats: detached 0-d tensors incl. 'loss') on one batch.
 
-        x0, cond: [N, 3, H, W] in [-1, 1] (cond = degraded image at the output size). `model`
+        x0: [N, 3, H, W], cond: [N, C, H, W] in [-1, 1] (cond = degraded image at the output
+        size, then any side channels: `cond_image`). `model`
         may be wrapped (DDP, torch.compile): call it once; reach inner methods via `unwrap`."""
         raise NotImplementedError
 
@@ -139,6 +141,12 @@ def get_formulation(name: str) -> Formulation:
 
 
 # ----------------------------------------------------------------------------- shared helpers
+
+
+def cond_image(cond: torch.Tensor) -> torch.Tensor:
+    """The degraded image in a condition [N, C, H, W]: its first 3 channels. Further channels
+    are side information the network sees but nothing samples from (inpainting's mask)."""
+    return cond[:, :3]
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

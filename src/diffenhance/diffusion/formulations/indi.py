@@ -13,6 +13,7 @@ from diffenhance.diffusion.formulations.base import (
     Formulation,
     Generators,
     Stats,
+    cond_image,
     draw_normal,
     register,
 )
@@ -44,9 +45,10 @@ class InDI(Formulation):
         generator: Generators, step_gen: torch.Generator | None, progress: bool, clip_x0: bool,
     ) -> torch.Tensor:  # fmt: skip
         # eta in [0, 1] is the share of fresh noise per step; the sampler name is unused
-        eps = draw_normal(cond.shape, generator, cond.device).to(cond.dtype)
+        y = cond_image(cond)
+        eps = draw_normal(y.shape, generator, cond.device).to(cond.dtype)
         return indi_sample(
-            model, cond + dcfg.indi_noise * eps, cond, steps=steps, sigma=dcfg.indi_noise,
+            model, y + dcfg.indi_noise * eps, cond, steps=steps, sigma=dcfg.indi_noise,
             eta=eta, randn=lambda like: draw_normal(like.shape, step_gen, like.device),
             progress=progress,
         )  # fmt: skip

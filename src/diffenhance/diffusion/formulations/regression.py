@@ -1,4 +1,5 @@
-"""``regression``: the network as a one-shot regressor, x^ = y + net(y, 0, y), L1/L2 to x.
+"""``regression``: the network as a one-shot regressor, x^ = y + net(y, 0, cond), L1/L2 to x
+(y = `cond_image(cond)`, the degraded image).
 
 The same-size regression baseline: one network evaluation, no randomness; steps and samples
 do not change its output (no knob)."""
@@ -15,16 +16,19 @@ from diffenhance.diffusion.formulations.base import (
     Generators,
     Model,
     Stats,
+    cond_image,
     pixel_loss,
     register,
 )
 from diffenhance.diffusion.schedule import Schedule
 
 
-def regress(model: Model, y: torch.Tensor) -> torch.Tensor:
-    """The one-shot regression x^ = y + model(y, 0, y): y [N, 3, H, W] -> [N, 3, H, W]."""
+def regress(model: Model, cond: torch.Tensor) -> torch.Tensor:
+    """The one-shot regression x^ = y + model(y, 0, cond), y = `cond_image(cond)`:
+    cond [N, C, H, W] -> [N, 3, H, W]."""
+    y = cond_image(cond)
     t = torch.zeros(y.shape[0], device=y.device)
-    return y + model(y, t, y).to(y.dtype)
+    return y + model(y, t, cond).to(y.dtype)
 
 
 @register

@@ -24,7 +24,7 @@ from diffenhance.diffusion.formulations.base import (
 from diffenhance.diffusion.process import training_loss
 from diffenhance.diffusion.samplers import sample
 from diffenhance.diffusion.schedule import Schedule
-from diffenhance.nn.predict_refine import PredictRefine, RefineOutput
+from diffenhance.nn.predict_refine import PredictRefine, RefineOutput, refine_cond
 
 
 @register
@@ -34,9 +34,9 @@ class Residual(Formulation):
     has_knob = True
 
     def build_network(
-        self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int
+        self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int, cond_channels: int = 3
     ) -> torch.nn.Module:
-        return PredictRefine(model_cfg, dcfg.residual_predictor_channels, scale)
+        return PredictRefine(model_cfg, dcfg.residual_predictor_channels, scale, cond_channels)
 
     def loss(
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
@@ -64,7 +64,8 @@ class Residual(Formulation):
                        "loss_predictor": pred.detach()}  # fmt: skip
 
     def prepare(self, dcfg: DiffusionConfig, model: torch.nn.Module, cond: torch.Tensor) -> Any:
-        return unwrap(model).predict(cond)  # mu, shared by every sample
+        # the denoiser's condition [mu, side channels], shared by every sample
+        return refine_cond(unwrap(model).predict(cond), cond)
 
     def sample_once(
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
@@ -72,10 +73,10 @@ class Residual(Formulation):
         generator: Generators, step_gen: torch.Generator | None, progress: bool, clip_x0: bool,
     ) -> torch.Tensor:  # fmt: skip
         """SR3 (DDIM/DDPM) on the scaled residual conditioned on mu; returns mu + r^ / s."""
-        mu = prepared
+        mu = prepared[:, :3]
         r_T = draw_normal(mu.shape, generator, mu.device).to(mu.dtype)
         r = sample(
-            sampler, unwrap(model).denoise, sched, r_T, mu, steps=steps, eta=eta,
+            sampler, unwrap(model).denoise, sched, r_T, prepared, steps=steps, eta=eta,
             prediction=dcfg.prediction, generator=step_gen, clip_x0=False, progress=progress,
         )  # fmt: skip
         return mu + r / dcfg.residual_scale

@@ -13,6 +13,7 @@ from diffenhance.diffusion.formulations.base import (
     Formulation,
     Generators,
     Stats,
+    cond_image,
     draw_normal,
     register,
 )
@@ -41,7 +42,7 @@ class SR3(Formulation):
         cond: torch.Tensor, prepared: Any, *, steps: int, sampler: str, eta: float,
         generator: Generators, step_gen: torch.Generator | None, progress: bool, clip_x0: bool,
     ) -> torch.Tensor:  # fmt: skip
-        x_T = draw_normal(cond.shape, generator, cond.device).to(cond.dtype)
+        x_T = draw_normal(cond_image(cond).shape, generator, cond.device).to(cond.dtype)
         return sample(
             sampler, model, sched, x_T, cond, steps=steps, eta=eta,
             prediction=dcfg.prediction, generator=step_gen, clip_x0=clip_x0, progress=progress,
