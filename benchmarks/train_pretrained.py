@@ -91,7 +91,38 @@ RECIPES = {
     "denoise": [*COMMON, "diffusion.formulation=indi", "diffusion.indi_noise=0.0",
                 "train.tasks=[denoise]", "train.steps=12000", "train.val_every=3000",
                 "train.val_steps=1"],
+    # sr2, jpeg, blind (issue 13's missing tasks): the LR-space network (model.space=lr: the
+    # body on the 1/2 or 1/4 grid, 8x the training throughput of the HR U-Net at x4,
+    # benchmarks/RESULTS.md "HR vs LR space"), 96 px crops, what one busy core does in ~30 min;
+    # residual (predict and refine, best LR arm at 1 step) for SR, indi for JPEG like denoise.
+    "sr2": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[sr2]",
+            "train.crop_size=96", "train.steps=2500", "train.val_every=1250",
+            "train.val_steps=1", "degrade.tasks=[sr2]"],
+    "jpeg": [*COMMON, "model.space=lr", "diffusion.formulation=indi", "diffusion.indi_noise=0.0",
+             "train.tasks=[jpeg]", "train.crop_size=96", "train.steps=2500",
+             "train.val_every=1250", "train.val_steps=1", "degrade.tasks=[jpeg]"],
+    "blind": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[blind]",
+              "train.crop_size=96", "train.steps=3000", "train.val_every=1500",
+              "train.val_steps=1", "degrade.tasks=[blind]"],
+    # inpaint: InDI on the LR (1/2) grid, whose bottom level (1/8 of the image) has attention,
+    # so a hole sees the whole crop; 96 px crops (holes of up to ~50 px) and whole-image tiles
+    # at inference; a little start noise (indi_noise) so that samples differ where it guesses.
+    "inpaint": [*COMMON, "model.space=lr", "diffusion.formulation=indi",
+                "diffusion.indi_noise=0.1", "train.tasks=[inpaint]", "train.crop_size=96",
+                "train.steps=5000", "train.val_every=1250", "train.val_steps=1",
+                "infer.tile=128", "degrade.tasks=[inpaint]"],
 }  # fmt: skip
+
+
+def photo_licences(manifest: pd.DataFrame) -> dict[str, str]:
+    """{photo: licence} of every photo in the prepared manifest (training and validation)."""
+    from extra_photos import EXTRA_LICENCES
+
+    from diffenhance.data.samples import SAMPLE_LICENCES
+
+    known = {**SAMPLE_LICENCES, **EXTRA_LICENCES}
+    names = sorted({Path(p).stem for p in manifest["source_path"]})
+    return {n: known.get(n, "unknown: not a bundled or extra photo") for n in names}
 
 
 def recipe_path(task: str) -> Path:
@@ -135,7 +166,9 @@ def prepare_work(
 
         if cfg.data.source != "samples":
             raise ValueError(f"--extra-photos adds to data.source=samples, not {cfg.data.source}")
-        fetch_extra_photos(work / "raw" / "samples" / "train")
+        from extra_photos import TRAINING_PHOTOS
+
+        fetch_extra_photos(work / "raw" / "samples" / "train", photos=TRAINING_PHOTOS)
     manifest = prepare_dataset(cfg.data)  # the `prepare` stage
     degrade_stage(cfg, [task])  # the `degrade` stage, for this task only
     return ov, manifest
@@ -199,6 +232,7 @@ def train(
         "training_photos": sorted(
             {Path(p).stem for p in manifest.query("split == 'train'")["source_path"]}
         ),
+        "photo_licences": photo_licences(manifest),
         "wall_seconds": round(wall, 1),
         "threads": threads or "torch default",
         "final_loss": float(log["loss"].iloc[-1]),

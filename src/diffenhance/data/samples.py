@@ -59,6 +59,21 @@ SAMPLE_FILES: dict[str, str] = {
     "rocket": "rocket.jpg",
 }
 
+#: name -> licence of the photo, as scikit-image's docstrings state it (model cards cite these).
+SAMPLE_LICENCES: dict[str, str] = {
+    "astronaut": "NASA; public domain",
+    "chelsea": "CC0 (Stefan van der Walt)",
+    "coffee": "CC0 (Rachel Michetti; courtesy of Pikolo Espresso Bar)",
+    "hubble_deep_field": "NASA; public domain",
+    "ihc": "no known copyright restrictions (scikit-image)",
+    "motorcycle_left": "Middlebury 2014 stereo data set (Scharstein et al., GCPR 2014), "
+    "redistributed in scikit-image",
+    "motorcycle_right": "Middlebury 2014 stereo data set (Scharstein et al., GCPR 2014), "
+    "redistributed in scikit-image",
+    "retina": "CC0 1.0 (Mikael Häggström)",
+    "rocket": "SpaceX; public domain",
+}
+
 #: The held-out images (fixed forever: changing it changes every validation number).
 VALIDATION: tuple[str, ...] = ("chelsea", "rocket")
 #: Everything else; both motorcycle views stay here (same scene).
