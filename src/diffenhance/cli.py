@@ -278,27 +278,13 @@ def _enhance_config(
     params: Path, overrides: list[str] | None, settings: dict[str, Any], **infer: Any
 ) -> Config:
     """The config of `diffenhance enhance`: params + overrides + the command's arguments
-    (`settings` for enhance.*, `infer` for infer.*; None means not given)."""
-    import dataclasses
-
-    from diffenhance.config import ConfigError
-    from diffenhance.infer import resolve_device
+    (`settings` for enhance.*, `infer` for infer.*; None means not given), resolved as
+    `diffenhance ui` resolves its form (`diffenhance.enhance.settings.enhance_config`)."""
+    from diffenhance.enhance.settings import enhance_config
 
     cfg = _config_or_defaults(params, overrides)
-    e = {k: v for k, v in settings.items() if v is not None}
-    i = {k: v for k, v in infer.items() if v is not None}
     with _user_errors():
-        try:
-            inf = dataclasses.replace(cfg.infer, **i)
-            resolve_device(inf.device)
-        except ValueError as err:  # CUDA asked for but absent, or a rejected value
-            raise ConfigError(str(err)) from None
-        if inf.tile <= inf.tile_overlap or (inf.steps is not None and inf.steps < 1):
-            raise ConfigError(
-                f"--tile {inf.tile} must exceed infer.tile_overlap={inf.tile_overlap} "
-                "and --steps must be >= 1"
-            )
-        return dataclasses.replace(cfg, enhance=dataclasses.replace(cfg.enhance, **e), infer=inf)
+        return enhance_config(cfg, settings, infer)
 
 
 def _print_plan(job: Job) -> None:
