@@ -94,9 +94,10 @@ def run(client: TestClient, timeout: float = 60, **req) -> dict:
     return job
 
 
-def cli_enhance(src: Path, out: Path, *args: str) -> bytes:
+def cli_enhance(src: Path, out: Path, *args: str, model: str = "sr4") -> bytes:
+    """What `diffenhance enhance SRC OUT -m MODEL --params P ARGS...` writes."""
     r = CliRunner().invoke(
-        cli_app, ["enhance", str(src), str(out), "-m", "sr4", "--params", str(PARAMS), *args]
+        cli_app, ["enhance", str(src), str(out), "-m", model, "--params", str(PARAMS), *args]
     )
     assert r.exit_code == 0, r.output
     return out.read_bytes()
@@ -191,6 +192,24 @@ def test_uncertainty_without_the_feature_says_so(client):
     assert client.get("/api/info").json()["features"]["uncertainty"] is False
     job = run(client, upload=up["id"], model="sr4", uncertainty=True)
     assert job["state"] == "failed" and "unknown key 'infer.uncertainty'" in job["message"]
+
+
+@pytest.mark.skipif(not has_setting("infer", "uncertainty"), reason="no uncertainty maps yet")
+def test_uncertainty_map_is_the_clis(client, tmp_path):
+    src = tmp_path / "crop.png"
+    src.write_bytes(encode(photo(16)))
+    want = cli_enhance(src, tmp_path / "cli.png", "infer.samples=2", "infer.uncertainty=true")
+    want_map = (tmp_path / "cli.uncertainty.png").read_bytes()
+    assert client.get("/api/info").json()["features"]["uncertainty"] is True
+    up = upload(client, "crop.png", src.read_bytes())
+    job = run(client, upload=up["id"], model="sr4", samples=2, uncertainty=True)
+    assert job["state"] == "done" and job["uncertainty"] is True, job
+    assert client.get(f"/api/jobs/{job['id']}/output").content == want
+    assert client.get(f"/api/jobs/{job['id']}/uncertainty.png").content == want_map
+    plain = run(client, upload=up["id"], model="sr4", samples=2)
+    assert plain["uncertainty"] is False
+    r = client.get(f"/api/jobs/{plain['id']}/uncertainty.png")
+    assert r.status_code == 404 and "no uncertainty map" in r.json()["error"]
 
 
 @pytest.mark.skipif(has_setting("enhance", "mask"), reason="inpainting exists")
@@ -296,6 +315,14 @@ def test_page_enhances_compares_and_reports_errors(browser, server, tmp_path):
     page.set_input_files("#file", str(src))
     page.wait_for_selector("#run:enabled")
     assert page.is_hidden("#error")
+    if has_setting("infer", "uncertainty"):  # the knob set by hand, and the map shown
+        page.uncheck("#auto")
+        page.fill("#samples", "2")
+        page.check("#uncertainty")
+        page.click("#run")
+        page.wait_for_selector("#unc-figure:visible", timeout=60_000)
+        page.wait_for_function("document.getElementById('unc').complete")
+        assert page.eval_on_selector("#unc", "i => i.naturalWidth") == 128
     # nothing fetched from anywhere else (offline), no script errors
     assert all(u.startswith(server) for u in requests), requests
     assert not errors, errors
@@ -325,3 +352,60 @@ def test_ui_command_names_a_busy_port():
         port = busy.getsockname()[1]
         r = CliRunner().invoke(cli_app, ["ui", "--port", str(port), "--params", str(PARAMS)])
     assert r.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in r.output, r.output
+
+
+@pytest.fixture
+def inpaint_case(tmp_path):
+    """(untrained inpainting model dir, 32x32 photo, its mask PNG: a white box = fill)."""
+    from tests.enhance_helpers import random_checkpoint
+
+    if not has_setting("enhance", "mask"):
+        pytest.skip("no inpainting (enhance.mask) in this version yet")
+    ckpt = random_checkpoint(tmp_path / "inpaint" / "model.safetensors", "inpaint")
+    img, mask = tmp_path / "a.png", tmp_path / "m.png"
+    img.write_bytes(encode(photo()))
+    box = np.zeros((32, 32), np.uint8)
+    box[8:20, 10:24] = 255
+    mask.write_bytes(encode(box))
+    return ckpt.parent, img, mask
+
+
+def test_mask_runs_as_the_clis(client, inpaint_case, tmp_path):
+    model, img, mask = inpaint_case
+    want = cli_enhance(img, tmp_path / "o.png", "--mask", str(mask), model=str(model))
+    up, mu = upload(client, "a.png", img.read_bytes()), upload(client, "m.png", mask.read_bytes())
+    job = run(client, upload=up["id"], model=str(model), mask=mu["id"])
+    assert job["state"] == "done", job
+    assert client.get(f"/api/jobs/{job['id']}/output").content == want
+    job = run(client, upload=up["id"], model=str(model))  # enhance's own refusal, as a message
+    assert job["state"] == "failed" and "is an inpainting model" in job["message"]
+
+
+def test_page_mask_brush_and_mask_file(browser, server, inpaint_case, tmp_path):
+    model, img, mask = inpaint_case
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    page.fill("#model-path", str(model))
+    page.press("#model-path", "Tab")  # a typed model is checked: an inpainting one shows the mask
+    page.wait_for_selector("#mask-section:visible")
+    page.set_input_files("#file", str(img))
+    page.wait_for_selector("#mask:visible")
+    box = page.locator("#mask").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.5, steps=5)
+    page.mouse.up()
+    page.click("#run")
+    page.wait_for_selector("#after:visible", timeout=60_000)
+    assert page.eval_on_selector("#after", "i => i.naturalWidth") == 32
+    # a mask file goes through the same canvas: the output is the CLI's with that file
+    page.click("#mask-edit")
+    page.set_input_files("#mask-file", str(mask))
+    page.click("#run")
+    page.wait_for_selector("#after:visible", timeout=60_000)
+    body = page.request.get(server.rstrip("/") + page.get_attribute("#download", "href")).body()
+    assert body == cli_enhance(img, tmp_path / "o.png", "--mask", str(mask), model=str(model))
+    assert not errors, errors
