@@ -241,18 +241,35 @@ def test_models_listed_and_checked(tmp_path):
         assert c.post("/api/model", json={"path": str(tmp_path / "mine")}).json()["scale"] == 4
 
 
+def test_old_uploads_are_deleted_and_the_workspace_at_shutdown(monkeypatch):
+    from diffenhance.ui import jobs
+
+    monkeypatch.setattr(jobs, "KEEP", 2)
+    app = create_app(load_config(PARAMS), hosts=["testserver"])
+    with TestClient(app) as c:
+        root = app.state.workspace.root
+        ids = [upload(c, f"{i}.png", encode(photo(8)))["id"] for i in range(4)]
+        kept = [c.get(f"/api/uploads/{i}/preview.png").status_code for i in ids]
+        assert kept == [404, 404, 200, 200]
+        assert sorted(p.name for p in (root / "uploads").iterdir()) == sorted(ids[2:])
+    assert not root.exists()
+
+
 # --------------------------------------------------------------------------- the browser
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
+    missing = [] if CHROMIUM.exists() else ["/usr/bin/chromium (scripts/ensure_chromium.sh)"]
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing.append("the playwright package (pip install -e '.[dev]')")
+    if missing:
+        why = f"the browser test needs {' and '.join(missing)}"
         if os.environ.get("CI"):
-            pytest.fail(
-                "CI needs /usr/bin/chromium for the UI test: run scripts/ensure_chromium.sh"
-            )
-        pytest.skip("needs /usr/bin/chromium (scripts/ensure_chromium.sh installs it)")
-    from playwright.sync_api import sync_playwright
+            pytest.fail(why)
+        pytest.skip(why)
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -273,7 +290,11 @@ def server():
         yield line.split()[2]
     finally:
         proc.terminate()
-        assert proc.wait(timeout=30) is not None
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
 
 
 def test_page_enhances_compares_and_reports_errors(browser, server, tmp_path):
