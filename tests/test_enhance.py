@@ -297,7 +297,7 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
     r = cli.invoke(
         app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt), "--tile", "2", *base]
     )
-    assert r.exit_code == 2 and "--tile 2" in r.output
+    assert r.exit_code == 2 and "infer.tile=2: 'infer.tile_overlap' must be" in r.output
     r = cli.invoke(
         app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt), "--dry-run", *base]
     )

@@ -266,6 +266,48 @@ def enhance(
         raise typer.Exit(code)
 
 
+@app.command()
+def ui(
+    overrides: OverridesArg = None,
+    host: Annotated[str, typer.Option(help="address to bind (0.0.0.0: every network)")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="port to listen on")] = 7860,
+    models_dir: Annotated[
+        Path, typer.Option("--models-dir", help="model dirs (with model.safetensors) to list")
+    ] = Path("models"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """A local web app: upload an image, pick a model, enhance, compare and download.
+
+    Each run is `diffenhance enhance` on the upload with the same params and overrides, so the
+    result has the bytes the command writes. Serves only this machine unless --host says so.
+    """
+    import socket
+
+    import uvicorn
+
+    from diffenhance.ui import create_app
+
+    cfg = _config_or_defaults(params, overrides)
+    anywhere = host in ("0.0.0.0", "::")
+    hosts = ["*"] if anywhere else ["127.0.0.1", "localhost", host]
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # connections wait from now on, before the server takes them
+    except OSError as e:
+        _fail(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port")
+    port = sock.getsockname()[1]  # --port 0: the one the system gave
+    app_ = create_app(cfg, models_dir=models_dir, hosts=hosts)
+    server = uvicorn.Server(uvicorn.Config(app_, log_level="warning"))
+    shown = "127.0.0.1" if anywhere else f"[{host}]" if ":" in host else host
+    typer.echo(f"diffenhance ui: http://{shown}:{port}/  (Ctrl-C stops it)")
+    sys.stdout.flush()  # the URL at once, also when stdout is a pipe
+    server.run(sockets=[sock])
+
+
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     """A user error (`diffenhance.exitcodes.USER_ERRORS`, as `python -m flows.<X>` maps them)
@@ -285,27 +327,13 @@ def _enhance_config(
     params: Path, overrides: list[str] | None, settings: dict[str, Any], **infer: Any
 ) -> Config:
     """The config of `diffenhance enhance`: params + overrides + the command's arguments
-    (`settings` for enhance.*, `infer` for infer.*; None means not given)."""
-    import dataclasses
-
-    from diffenhance.config import ConfigError
-    from diffenhance.infer import resolve_device
+    (`settings` for enhance.*, `infer` for infer.*; None means not given), resolved as
+    `diffenhance ui` resolves its form (`diffenhance.enhance.settings.enhance_config`)."""
+    from diffenhance.enhance.settings import enhance_config
 
     cfg = _config_or_defaults(params, overrides)
-    e = {k: v for k, v in settings.items() if v is not None}
-    i = {k: v for k, v in infer.items() if v is not None}
     with _user_errors():
-        try:
-            inf = dataclasses.replace(cfg.infer, **i)
-            resolve_device(inf.device)
-        except ValueError as err:  # CUDA asked for but absent, or a rejected value
-            raise ConfigError(str(err)) from None
-        if inf.tile <= inf.tile_overlap or (inf.steps is not None and inf.steps < 1):
-            raise ConfigError(
-                f"--tile {inf.tile} must exceed infer.tile_overlap={inf.tile_overlap} "
-                "and --steps must be >= 1"
-            )
-        return dataclasses.replace(cfg, enhance=dataclasses.replace(cfg.enhance, **e), infer=inf)
+        return enhance_config(cfg, settings, infer)
 
 
 def _print_plan(job: Job) -> None:

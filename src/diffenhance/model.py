@@ -184,9 +184,11 @@ def checkpoint_metadata(r: Restorer, **extra: Any) -> dict[str, str]:
     return meta
 
 
-def recommended_sampling(r: Restorer) -> tuple[int, int]:
+def recommended_sampling(r: Restorer | CheckpointSpec) -> tuple[int, int]:
     """(steps, samples) the checkpoint recommends (its "recommended" metadata: what measured
-    best for that model), else its formulation's default (`Formulation.default_steps`)."""
+    best for that model), else its formulation's default (`Formulation.default_steps`).
+
+    `r`: a loaded restorer, or a checkpoint's header (`validate_checkpoint`: nothing loaded)."""
     rec = json.loads(r.meta.get("recommended") or "{}")
     f = get_formulation(r.diffusion_cfg.formulation)
     return int(rec.get("steps", f.default_steps)), int(rec.get("samples", f.default_samples))

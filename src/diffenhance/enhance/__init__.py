@@ -10,7 +10,8 @@ Prefect task runner: threads or Dask) call, with one error policy (see `run`).
 
 Modules: `job` (the job's data and constants), `plan` (listing, output keys, shards),
 `models` (model resolution, shipped models, per-process model cache), `shard` (one shard:
-resume, read, write, record, manifest), `summary` (summary, finish), `run` (`run_job`).
+resume, read, write, record, manifest), `summary` (summary, finish), `run` (`run_job`),
+`settings` (`enhance_config`: a front end's settings -> the job's Config, for the CLI and UI).
 
 An output root (a folder or ``s3://bucket/prefix``) holds:
 

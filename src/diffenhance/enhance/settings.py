@@ -1,0 +1,52 @@
+"""The config of one enhancement run from a front end's settings.
+
+`diffenhance enhance` (its arguments) and `diffenhance ui` (its form) both call
+`enhance_config`, so the same values give the same Config, the same checks and the same
+messages: the settings are merged into the params and validated again as a params file is
+(types, ranges, unknown keys), then the device is checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from diffenhance.config import Config, ConfigError, config_from_dict
+
+
+def enhance_config(
+    cfg: Config, settings: Mapping[str, Any], infer: Mapping[str, Any] | None = None
+) -> Config:
+    """`cfg` with `settings` as enhance.* and `infer` as infer.* values; a None value means
+    "not given" (the params' value stays).
+
+    Raises ConfigError naming the key and what is allowed: a wrong type or range (steps or
+    samples < 1, a tile not above infer.tile_overlap), a key this version does not have
+    (e.g. enhance.mask where inpainting is absent), or a CUDA device that is not there.
+    """
+    from diffenhance.infer import resolve_device
+
+    raw = cfg.to_dict()
+    given = {
+        f"{section}.{k}": v
+        for section, values in (("enhance", settings), ("infer", infer or {}))
+        for k, v in values.items()
+        if v is not None
+    }
+    for key, v in given.items():
+        section, k = key.split(".")
+        raw[section][k] = v
+    said = ", ".join(f"{k}={v!r}" for k, v in given.items())
+    new = config_from_dict(raw, source=f"the params with {said}")
+    try:
+        resolve_device(new.infer.device)
+    except ValueError as e:  # CUDA asked for but absent
+        raise ConfigError(str(e)) from None
+    return new
+
+
+def has_setting(section: str, key: str) -> bool:
+    """Whether this version's config has `section.key` (a front end offers only what exists)."""
+    sec = getattr(Config(), section, None)
+    return dataclasses.is_dataclass(sec) and key in {f.name for f in dataclasses.fields(sec)}

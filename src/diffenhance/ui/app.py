@@ -1,0 +1,239 @@
+"""The `diffenhance ui` web app: one static page and a small JSON API over a `Workspace`.
+
+    GET  /                              the page (static/index.html: plain JS/CSS, offline)
+    GET  /api/info                      models, features of this version, upload limits
+    POST /api/model        {"path"}     a typed model path checked: task, scale, sampling
+    POST /api/uploads?name=N            raw image bytes (application/octet-stream) -> upload
+    GET  /api/uploads/{id}/preview.png  the decoded upload as an 8-bit PNG
+    POST /api/jobs         {"upload", "model", "steps", "samples", "mask", "uncertainty"}
+    GET  /api/jobs/{id}                 state, seconds, jobs ahead, message or output size
+    GET  /api/jobs/{id}/output          the output file as `enhance` wrote it (?download=1)
+    GET  /api/jobs/{id}/preview         the output as a browser shows it (TIFF -> PNG)
+    GET  /api/jobs/{id}/uncertainty.png the uncertainty map (infer.uncertainty)
+
+Every error reaches the page as {"error": message} with a 4xx status (a bug: 500, its
+traceback in the server's log only). Only requests naming this machine as the host are served
+(a web page elsewhere cannot drive it through DNS rebinding); uploads must be sent as
+application/octet-stream and jobs as JSON, which browsers do not send across origins unasked.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from diffenhance.config import Config
+from diffenhance.io import read_image, write_image
+from diffenhance.ui.jobs import Job, UiError, Workspace, list_models, model_info
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # a 16-bit 8K TIFF fits; larger bodies are refused
+BROWSER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")  # shown as written
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+class ModelQuery(BaseModel):
+    path: str
+
+
+class JobRequest(BaseModel):
+    upload: str
+    model: str
+    steps: int | None = None  # None: the model's recommendation
+    samples: int | None = None
+    mask: str | None = None  # an upload id (white = fill)
+    uncertainty: bool = False
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every failure as {"error": message}: the page shows the message, never a traceback."""
+
+    @app.exception_handler(UiError)
+    async def ui_error(_: Request, e: UiError) -> JSONResponse:
+        return _error(str(e), e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, e: RequestValidationError) -> JSONResponse:
+        why = "; ".join(f"{'.'.join(map(str, x['loc'][1:]))}: {x['msg']}" for x in e.errors())
+        return _error(f"bad request: {why}", 400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        return _error(str(e.detail), e.status_code)
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, e: Exception) -> JSONResponse:
+        log.error("ui: internal error", exc_info=e)
+        return _error(f"internal error ({type(e).__name__}); see the server's log", 500)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused past `limit` bytes without reading the rest."""
+    if request.headers.get("content-type", "").split(";")[0] != "application/octet-stream":
+        raise UiError("send the image as the body with Content-Type: application/octet-stream")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise UiError(f"the upload is larger than {limit // (1024 * 1024)} MiB", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _png_of(path: Path, cache: Path) -> Path:
+    """`path` as the browser can show it: itself, else an 8-bit PNG made once into `cache`."""
+    if path.suffix.lower() in BROWSER_SUFFIXES:
+        return path
+    if not cache.is_file():
+        write_image(cache, read_image(path))
+    return cache
+
+
+@dataclass(frozen=True)
+class UiSettings:
+    """What the routes need besides the workspace (`app.state.ui`)."""
+
+    cfg: Config
+    models_dir: Path
+    max_upload_bytes: int
+
+
+router = APIRouter()
+
+
+def _ws(request: Request) -> Workspace:
+    return request.app.state.workspace
+
+
+def _ui(request: Request) -> UiSettings:
+    return request.app.state.ui
+
+
+@router.get("/", response_class=HTMLResponse)
+def index() -> HTMLResponse:
+    page = (files("diffenhance.ui") / "static" / "index.html").read_text(encoding="utf-8")
+    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/api/info")
+def info(request: Request) -> dict:
+    from diffenhance.enhance.settings import has_setting
+
+    ui = _ui(request)
+    return {
+        "models": list_models(ui.models_dir),
+        "features": {"mask": has_setting("enhance", "mask"),
+                     "uncertainty": has_setting("infer", "uncertainty")},
+        "extensions": list(ui.cfg.enhance.extensions),
+        "max_upload_bytes": ui.max_upload_bytes,
+    }  # fmt: skip
+
+
+@router.post("/api/model")
+def check_model(q: ModelQuery) -> dict:
+    try:
+        return model_info(q.path.strip())
+    except ValueError as e:  # EnhanceError, CheckpointError: one line naming the file
+        raise UiError(str(e)) from None
+
+
+@router.post("/api/uploads")
+async def upload(request: Request, name: str = "upload") -> dict:
+    data = await _body(request, _ui(request).max_upload_bytes)
+    up = await run_in_threadpool(_ws(request).add_upload, name, data)
+    return up.describe()
+
+
+@router.get("/api/uploads/{upload_id}/preview.png")
+def upload_preview(request: Request, upload_id: str) -> FileResponse:
+    return FileResponse(_ws(request).upload(upload_id).preview, media_type="image/png")
+
+
+@router.post("/api/jobs")
+def submit(request: Request, r: JobRequest) -> dict:
+    ws = _ws(request)
+    job = ws.submit(r.upload, r.model, steps=r.steps, samples=r.samples, mask_id=r.mask,
+                    uncertainty=r.uncertainty)  # fmt: skip
+    return ws.status(job)
+
+
+@router.get("/api/jobs/{job_id}")
+def status(request: Request, job_id: str) -> dict:
+    ws = _ws(request)
+    return ws.status(ws.job(job_id))
+
+
+def _finished(request: Request, job_id: str) -> tuple[Job, Path]:
+    job = _ws(request).job(job_id)
+    if job.output is None:
+        raise UiError(f"job {job_id} has no output ({job.state})", 409)
+    return job, job.output
+
+
+@router.get("/api/jobs/{job_id}/output")
+def output(request: Request, job_id: str, download: bool = False) -> FileResponse:
+    job, path = _finished(request, job_id)
+    how = "attachment" if download else "inline"
+    return FileResponse(path, filename=job.download_name, content_disposition_type=how)
+
+
+@router.get("/api/jobs/{job_id}/preview")
+def output_preview(request: Request, job_id: str) -> FileResponse:
+    job, path = _finished(request, job_id)
+    return FileResponse(_png_of(path, job.folder / "preview.png"))
+
+
+@router.get("/api/jobs/{job_id}/uncertainty.png")
+def uncertainty(request: Request, job_id: str) -> FileResponse:
+    job, _ = _finished(request, job_id)
+    if job.uncertainty_map is None:
+        raise UiError(f"job {job_id} has no uncertainty map (tick 'uncertainty')", 404)
+    return FileResponse(job.uncertainty_map, media_type="image/png")
+
+
+def create_app(
+    cfg: Config,
+    *,
+    models_dir: Path = Path("models"),
+    hosts: Sequence[str] = LOCAL_HOSTS,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> FastAPI:
+    """The app for params `cfg` (what `diffenhance enhance` would load), listing the model
+    dirs under `models_dir`; served only to requests for `hosts` ("*": any).
+
+    Its uploads and outputs live in a temporary folder made at startup, deleted at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ws = Workspace(cfg, Path(tempfile.mkdtemp(prefix="diffenhance-ui-")))
+        app.state.workspace = ws
+        try:
+            yield
+        finally:
+            await run_in_threadpool(ws.close)
+
+    app = FastAPI(title="diffenhance", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)  # fmt: skip
+    app.state.ui = UiSettings(cfg, models_dir, max_upload_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
+    _install_error_handlers(app)
+    app.include_router(router)
+    return app
