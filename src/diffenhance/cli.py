@@ -227,6 +227,19 @@ def enhance(
         int | None,
         typer.Option(help="sampler steps (infer.steps; default: the model's recommendation)"),
     ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(help="output = mean of N samples (infer.samples; default: the model's)"),
+    ] = None,
+    uncertainty: Annotated[
+        bool | None,
+        typer.Option(
+            "--uncertainty/--no-uncertainty",
+            help="also write <output stem>.uncertainty.png and .npy: the per-pixel std of the "
+            "samples (infer.uncertainty; needs --samples N >= 2 and a model that samples)",
+            show_default=False,
+        ),
+    ] = None,
     tile: Annotated[int | None, typer.Option(help="tile side in input pixels (infer.tile)")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N] (infer.device)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be done")] = False,
@@ -235,14 +248,20 @@ def enhance(
     """Enhance one image, or every image under a folder or s3:// prefix (structure kept).
 
     Output format and bit depth follow each input unless enhance.output_format / bit_depth say
-    otherwise. Images already enhanced with the same model and params are skipped. Exit code
+    otherwise. Images already enhanced with the same model and params are skipped.
+    `--samples 4 --uncertainty` also writes, beside each output, its uncertainty map: the
+    per-pixel std of the 4 samples (`<stem>.uncertainty.png` coloured black = 0 to yellow =
+    0.05, `<stem>.uncertainty.npy` float32). Exit code
     (as `python -m flows.enhance`): 0 all done, 1 some images failed (each named with its
     reason) or storage failed, 2 usage, config, input or model-file error (one line).
     """
     from diffenhance.enhance import exit_code, plan_job
 
     settings = {"input": input, "output": output, "model": model or None}
-    cfg = _enhance_config(params, overrides, settings, steps=steps, tile=tile, device=device)
+    cfg = _enhance_config(
+        params, overrides, settings, steps=steps, samples=samples, uncertainty=uncertainty,
+        tile=tile, device=device,
+    )  # fmt: skip
     with _user_errors():
         job = plan_job(cfg)  # the model file first: a bad one fails before any listing
     if dry_run:
@@ -293,10 +312,11 @@ def _enhance_config(
             resolve_device(inf.device)
         except ValueError as err:  # CUDA asked for but absent, or a rejected value
             raise ConfigError(str(err)) from None
-        if inf.tile <= inf.tile_overlap or (inf.steps is not None and inf.steps < 1):
+        small = [k for k in ("steps", "samples") if (v := getattr(inf, k)) is not None and v < 1]
+        if inf.tile <= inf.tile_overlap or small:
             raise ConfigError(
                 f"--tile {inf.tile} must exceed infer.tile_overlap={inf.tile_overlap} "
-                "and --steps must be >= 1"
+                "and --steps and --samples must be >= 1"
             )
         return dataclasses.replace(cfg, enhance=dataclasses.replace(cfg.enhance, **e), infer=inf)
 
