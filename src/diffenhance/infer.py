@@ -401,11 +401,8 @@ class TiledEnhancer:
     def _call(self, lq: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the model on a batch, redoing in fp32 any tile that came out non-finite."""
         y, v = self._forward(lq, seeds, self.dtype)
-        if self.dtype is not None:
-            ok = torch.isfinite(y).flatten(1).all(dim=1)
-            if v is not None:
-                ok &= torch.isfinite(v).flatten(1).all(dim=1)
-            bad = (~ok).nonzero().flatten().tolist()
+        if self.dtype is not None:  # decided on the output alone: the same with uncertainty
+            bad = (~torch.isfinite(y).flatten(1).all(dim=1)).nonzero().flatten().tolist()
             if bad:
                 self.stats.fp32_redone += len(bad)
                 ry, rv = self._forward(lq[bad], [seeds[i] for i in bad], None)
