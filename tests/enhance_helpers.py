@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +37,12 @@ class IdentityTiles:
         return F.interpolate(lq, scale_factor=self.scale, mode="bicubic").clamp(0, 1)
 
 
-def random_checkpoint(path: Path, task: str = "sr2", seed: int = 0) -> Path:
-    """An untrained tiny restorer saved as a real checkpoint (loads with load_restorer)."""
-    cfg = load_config(None, TINY_MODEL)
+def random_checkpoint(
+    path: Path, task: str = "sr2", seed: int = 0, overrides: Sequence[str] = ()
+) -> Path:
+    """An untrained tiny restorer saved as a real checkpoint (loads with load_restorer);
+    `overrides` change its config (e.g. diffusion.formulation=indi)."""
+    cfg = load_config(None, [*TINY_MODEL, *overrides])
     torch.manual_seed(seed)
     r = build_restorer(cfg.model, cfg.diffusion, task, cfg.degrade)
     return save_weights(path, r.unet.state_dict(), checkpoint_metadata(r, step=0))

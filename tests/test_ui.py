@@ -25,7 +25,6 @@ from typer.testing import CliRunner
 
 from diffenhance.cli import app as cli_app
 from diffenhance.config import load_config
-from diffenhance.enhance.settings import has_setting
 from diffenhance.io import read_image_info
 from diffenhance.ui import create_app
 from tests.conftest import REPO
@@ -186,21 +185,11 @@ def test_job_errors_are_messages(client, tmp_path):
     assert r.status_code == 409 and "has no output (failed)" in r.json()["error"]
 
 
-@pytest.mark.skipif(has_setting("infer", "uncertainty"), reason="uncertainty maps exist")
-def test_uncertainty_without_the_feature_says_so(client):
-    up = upload(client, "a.png", encode(photo(8)))
-    assert client.get("/api/info").json()["features"]["uncertainty"] is False
-    job = run(client, upload=up["id"], model="sr4", uncertainty=True)
-    assert job["state"] == "failed" and "unknown key 'infer.uncertainty'" in job["message"]
-
-
-@pytest.mark.skipif(not has_setting("infer", "uncertainty"), reason="no uncertainty maps yet")
 def test_uncertainty_map_is_the_clis(client, tmp_path):
     src = tmp_path / "crop.png"
     src.write_bytes(encode(photo(16)))
     want = cli_enhance(src, tmp_path / "cli.png", "infer.samples=2", "infer.uncertainty=true")
     want_map = (tmp_path / "cli.uncertainty.png").read_bytes()
-    assert client.get("/api/info").json()["features"]["uncertainty"] is True
     up = upload(client, "crop.png", src.read_bytes())
     job = run(client, upload=up["id"], model="sr4", samples=2, uncertainty=True)
     assert job["state"] == "done" and job["uncertainty"] is True, job
@@ -210,15 +199,6 @@ def test_uncertainty_map_is_the_clis(client, tmp_path):
     assert plain["uncertainty"] is False
     r = client.get(f"/api/jobs/{plain['id']}/uncertainty.png")
     assert r.status_code == 404 and "no uncertainty map" in r.json()["error"]
-
-
-@pytest.mark.skipif(has_setting("enhance", "mask"), reason="inpainting exists")
-def test_mask_without_the_feature_says_so(client):
-    up = upload(client, "a.png", encode(photo(8)))
-    mask = upload(client, "mask.png", encode(np.full((8, 8), 255, np.uint8)))
-    assert client.get("/api/info").json()["features"]["mask"] is False
-    job = run(client, upload=up["id"], model="sr4", mask=mask["id"])
-    assert job["state"] == "failed" and "unknown key 'enhance.mask'" in job["message"]
 
 
 def test_models_listed_and_checked(tmp_path):
@@ -336,14 +316,14 @@ def test_page_enhances_compares_and_reports_errors(browser, server, tmp_path):
     page.set_input_files("#file", str(src))
     page.wait_for_selector("#run:enabled")
     assert page.is_hidden("#error")
-    if has_setting("infer", "uncertainty"):  # the knob set by hand, and the map shown
-        page.uncheck("#auto")
-        page.fill("#samples", "2")
-        page.check("#uncertainty")
-        page.click("#run")
-        page.wait_for_selector("#unc-figure:visible", timeout=60_000)
-        page.wait_for_function("document.getElementById('unc').complete")
-        assert page.eval_on_selector("#unc", "i => i.naturalWidth") == 128
+    # the knob set by hand, and the uncertainty map shown
+    page.uncheck("#auto")
+    page.fill("#samples", "2")
+    page.check("#uncertainty")
+    page.click("#run")
+    page.wait_for_selector("#unc-figure:visible", timeout=60_000)
+    page.wait_for_function("document.getElementById('unc').complete")
+    assert page.eval_on_selector("#unc", "i => i.naturalWidth") == 128
     # nothing fetched from anywhere else (offline), no script errors
     assert all(u.startswith(server) for u in requests), requests
     assert not errors, errors
@@ -361,7 +341,6 @@ def test_enhance_config_is_the_params_with_the_given_settings():
     assert got.train == cfg.train and got.infer.tile == cfg.infer.tile
     with pytest.raises(ConfigError, match=r"with infer\.samples=0: 'infer\.samples' must be >= 1"):
         enhance_config(cfg, {}, {"samples": 0})
-    assert has_setting("infer", "steps") and not has_setting("infer", "nope")
 
 
 def test_ui_command_names_a_busy_port():
@@ -380,8 +359,6 @@ def inpaint_case(tmp_path):
     """(untrained inpainting model dir, 32x32 photo, its mask PNG: a white box = fill)."""
     from tests.enhance_helpers import random_checkpoint
 
-    if not has_setting("enhance", "mask"):
-        pytest.skip("no inpainting (enhance.mask) in this version yet")
     ckpt = random_checkpoint(tmp_path / "inpaint" / "model.safetensors", "inpaint")
     img, mask = tmp_path / "a.png", tmp_path / "m.png"
     img.write_bytes(encode(photo()))

@@ -227,6 +227,19 @@ def enhance(
         int | None,
         typer.Option(help="sampler steps (infer.steps; default: the model's recommendation)"),
     ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(help="output = mean of N samples (infer.samples; default: the model's)"),
+    ] = None,
+    uncertainty: Annotated[
+        bool | None,
+        typer.Option(
+            "--uncertainty/--no-uncertainty",
+            help="also write <output stem>.uncertainty.png and .npy: the per-pixel std of the "
+            "samples (infer.uncertainty; needs --samples N >= 2 and a model that samples)",
+            show_default=False,
+        ),
+    ] = None,
     tile: Annotated[int | None, typer.Option(help="tile side in input pixels (infer.tile)")] = None,
     mask: Annotated[
         str | None,
@@ -242,14 +255,20 @@ def enhance(
     """Enhance one image, or every image under a folder or s3:// prefix (structure kept).
 
     Output format and bit depth follow each input unless enhance.output_format / bit_depth say
-    otherwise. Images already enhanced with the same model and params are skipped. Exit code
+    otherwise. Images already enhanced with the same model and params are skipped.
+    `--samples 4 --uncertainty` also writes, beside each output, its uncertainty map: the
+    per-pixel std of the 4 samples (`<stem>.uncertainty.png` coloured black = 0 to yellow =
+    0.05, `<stem>.uncertainty.npy` float32). Exit code
     (as `python -m flows.enhance`): 0 all done, 1 some images failed (each named with its
     reason) or storage failed, 2 usage, config, input or model-file error (one line).
     """
     from diffenhance.enhance import exit_code, plan_job
 
     settings = {"input": input, "output": output, "model": model or None, "mask": mask}
-    cfg = _enhance_config(params, overrides, settings, steps=steps, tile=tile, device=device)
+    cfg = _enhance_config(
+        params, overrides, settings, steps=steps, samples=samples, uncertainty=uncertainty,
+        tile=tile, device=device,
+    )  # fmt: skip
     with _user_errors():
         job = plan_job(cfg)  # the model file first: a bad one fails before any listing
     if dry_run:

@@ -161,6 +161,9 @@ class InferConfig:
     samples: int | None = (
         None  # mean of N samples: more PSNR, less texture (knob); None: checkpoint
     )
+    # also write each output's per-pixel std across the samples (<stem>.uncertainty.png/.npy);
+    # needs samples >= 2 and a model whose samples differ (diffenhance.uncertainty)
+    uncertainty: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,9 @@ class EvaluateConfig:
     max_images: int = 4  # evenly spaced pairs (or --hr-dir images); small: fast on CPU
     out_dir: str = "reports"
     sampler: Literal["ddim", "ddpm"] | None = None  # None: infer.sampler; eta, precision: infer
+    # std map of the headline from N samples and its correlation with |error| (0 = off); 4
+    # costs 4 model runs per image. Skipped with a note for a model whose samples cannot differ
+    uncertainty_samples: int = 4
 
 
 @dataclass(frozen=True)
@@ -444,6 +450,8 @@ def _rules_evaluate(obj: EvaluateConfig, bad: Callable[[str, str], ConfigError])
         raise bad("average_samples", "must be >= 1 or null")
     if obj.max_images < 1:
         raise bad("max_images", "must be >= 1")
+    if obj.uncertainty_samples == 1 or obj.uncertainty_samples < 0:
+        raise bad("uncertainty_samples", "must be 0 (off) or >= 2: a spread needs two samples")
 
 
 def _rules_compare(obj: CompareConfig, bad: Callable[[str, str], ConfigError]) -> None:

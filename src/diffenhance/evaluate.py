@@ -31,7 +31,14 @@ Outputs in `<out_dir>/` (`reports/<task>/` for the stage):
   psnr_vs_steps.csv  mean metrics per step count (DVC plot)
   protocol.json      what was measured: protocols, sampler, steps, seeds, images, skipped baselines
   images/            lq/, hr/, model/ (headline step count, first seed) and one folder per baseline,
-                     8-bit PNGs for the report
+                     8-bit PNGs for the report; uncertainty/<name>.png (colour map) and .npy (std)
+
+Uncertainty (`evaluate.uncertainty_samples` = N >= 2; 0 = off): per pair, the std map of the
+headline's spec at N samples (`restore.restore_with_uncertainty`, first seed) and its Pearson and
+Spearman correlation with the headline output's per-pixel |error| (mean over RGB, the protocol's
+border crop): `uncertainty_pearson` / `uncertainty_spearman` / `uncertainty_std_mean` in
+metrics.json (means over images), per image in protocol.json["uncertainty"]. A model whose
+samples cannot differ (regression; indi with indi_noise 0) is skipped with a note.
 """
 
 from __future__ import annotations
@@ -66,7 +73,14 @@ from diffenhance.metrics import (
     protocol_for_task,
 )
 from diffenhance.model import WEIGHTS_NAME, Restorer, load_restorer
-from diffenhance.restore import SamplingSpec, restore, sampling_spec
+from diffenhance.restore import (
+    SamplingSpec,
+    restore,
+    restore_with_uncertainty,
+    sampling_spec,
+    uncertainty_problem,
+)
+from diffenhance.uncertainty import error_correlation, scale_info, write_map, write_std
 
 METRICS: tuple[str, ...] = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
 # Inpainting only (the LQ has a mask channel): RGB PSNR / SSIM inside the hole.
@@ -77,6 +91,7 @@ TELEA_RADIUS = 5  # px: the neighbourhood OpenCV's Telea inpainting averages ove
 SHARPNESS = "hf_ratio"
 SR_BASELINES: tuple[str, ...] = ("bicubic", "lanczos")
 MODEL_DIR = "model"  # images/<MODEL_DIR>/: the headline model's outputs
+UNCERTAINTY_DIR = "uncertainty"  # images/<UNCERTAINTY_DIR>/<name>.png|.npy: the std maps
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -295,6 +310,8 @@ class _Plan:
     protocols: Sequence[Protocol]
     baselines: dict[str, Callable]
     skipped: dict[str, str]
+    uncertainty: SamplingSpec | None  # the headline at evaluate.uncertainty_samples, or None
+    uncertainty_skipped: str | None  # why there is no uncertainty evaluation
 
     @property
     def headline(self) -> str:
@@ -313,16 +330,22 @@ def _plan(r: Restorer, task: str, cfg: Config, n_pairs: int) -> _Plan:
         raise ValueError(f"no images to evaluate for task {task!r}")
     head = sampling_spec(r, cfg.infer, sampler=e.sampler, samples=e.average_samples)
     baselines, skipped = baselines_for_task(task, cfg)
+    unc = replace(head, samples=e.uncertainty_samples, seed=e.seeds[0])
+    why = uncertainty_problem(r, unc) if e.uncertainty_samples else "evaluate.uncertainty_samples=0"
     return _Plan(
         task, s, head, sorted({*e.steps, head.steps}), tuple(e.seeds),
         protocol_for_task(task, cfg.degrade), baselines, skipped,
+        None if why else unc, why,
     )  # fmt: skip
 
 
-def _score_pair(r: Restorer, p: Pair, plan: _Plan, images: Path) -> list[dict[str, Any]]:
-    """per_image rows of one pair (baselines, then the model at every step count and seed);
-    writes its PNGs under `images` (the model's headline output as enhance writes it)."""
+def _score_pair(
+    r: Restorer, p: Pair, plan: _Plan, images: Path
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """(per_image rows of one pair (baselines, then the model at every step count and seed),
+    the headline output); writes its PNGs under `images` (the headline as enhance writes it)."""
     rows: list[dict[str, Any]] = []
+    headline = None
     mask = p.lq[..., 3] if p.lq.shape[2] > 3 else None  # inpaint: also scored in the hole
     write_image(images / "lq" / f"{p.name}.png", p.lq[..., :3])
     write_image(images / "hr" / f"{p.name}.png", p.hr)
@@ -347,7 +370,52 @@ def _score_pair(r: Restorer, p: Pair, plan: _Plan, images: Path) -> list[dict[st
                          **score(pred, p.hr, plan.protocols, mask), "seconds": dt})  # fmt: skip
             if steps == plan.head.steps and seed == plan.seeds[0]:  # what enhance writes
                 write_image(images / MODEL_DIR / f"{p.name}.png", pred)
-    return rows
+                headline = pred
+    assert headline is not None
+    return rows, headline
+
+
+def _uncertainty_row(
+    r: Restorer, p: Pair, plan: _Plan, headline: np.ndarray, images: Path
+) -> dict[str, Any]:
+    """One pair's std map (`plan.uncertainty`: the headline's spec at N samples) written under
+    images/uncertainty/, and its correlation with the headline output's |error|."""
+    assert plan.uncertainty is not None
+    t0 = time.perf_counter()
+    _, std = restore_with_uncertainty(r, p.lq, plan.uncertainty)
+    dt = time.perf_counter() - t0
+    write_map(images / UNCERTAINTY_DIR / f"{p.name}.png", std)
+    write_std(images / UNCERTAINTY_DIR / f"{p.name}.npy", std)
+    corr = error_correlation(std, headline, p.hr, plan.protocols[0].crop)
+    return {"image": p.name, **corr, "seconds": dt}
+
+
+def _finite_mean(values: Sequence[float]) -> float | None:
+    v = [x for x in values if math.isfinite(x)]
+    return float(np.mean(v)) if v else None
+
+
+def _uncertainty_summary(plan: _Plan, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """protocol.json["uncertainty"]: how the maps were made and each image's correlations (NaN,
+    a constant map or error, as null), with their means; or why it was skipped."""
+    if plan.uncertainty is None:
+        return {"skipped": plan.uncertainty_skipped}
+    keys = ("pearson", "spearman", "std_mean", "abs_error_mean")
+    per_image = {
+        row["image"]: {k: round(row[k], 6) if math.isfinite(row[k]) else None for k in keys}
+        for row in rows
+    }
+    means = {k: _finite_mean([row[k] for row in rows]) for k in keys}
+    return {
+        **scale_info(plan.uncertainty.samples),
+        "sampling": plan.uncertainty.describe(),
+        "error": "per pixel: mean over RGB of |headline output - ground truth|",
+        "correlation": "Pearson and Spearman between the std map and the error over the "
+        f"pixels of each image ({plan.protocols[0].crop} px border crop), then the mean over "
+        "images",
+        "mean": {k: None if v is None else round(v, 6) for k, v in means.items()},
+        "per_image": per_image,
+    }
 
 
 def _timing(per_image: pd.DataFrame, headline: str) -> dict[str, float]:
@@ -434,15 +502,27 @@ def evaluate_pairs(
     images = out_dir / "images"
     shutil.rmtree(images, ignore_errors=True)  # stale images of a previous, larger run
     rows: list[dict[str, Any]] = []
+    unc_rows: list[dict[str, Any]] = []
     for i, p in enumerate(pairs):
         if progress:
             progress(f"{task}: image {i + 1}/{len(pairs)} {p.name}")
-        rows += _score_pair(r, p, plan, images)
+        pair_rows, headline = _score_pair(r, p, plan, images)
+        rows += pair_rows
+        if plan.uncertainty is not None:
+            unc_rows.append(_uncertainty_row(r, p, plan, headline, images))
     per_image = pd.DataFrame(rows).astype({"steps": "Int64", "seed": "Int64"})
     metrics = summarise(per_image, plan.headline, list(plan.baselines))
     metrics["headline_steps"] = float(plan.head.steps)
     timing, curve = _timing(per_image, plan.headline), _curve(per_image)
     protocol = _protocol(r, plan, pairs, cfg, source)
+    protocol["uncertainty"] = unc = _uncertainty_summary(plan, unc_rows)
+    if unc_rows:
+        metrics |= {f"uncertainty_{k}": v for k, v in unc["mean"].items() if v is not None}
+        timing["uncertainty_seconds_per_image"] = round(
+            np.mean([u["seconds"] for u in unc_rows]), 4
+        )
+    elif plan.uncertainty_skipped and cfg.evaluate.uncertainty_samples:
+        protocol["notes"].append(f"uncertainty skipped: {plan.uncertainty_skipped}")
     write_csv(out_dir / "per_image.csv", per_image)
     write_csv(out_dir / "psnr_vs_steps.csv", curve)
     write_json(out_dir / "metrics.json", metrics)

@@ -23,6 +23,9 @@ raised-cosine window and cropped to the exact output size:
   and a batch runs as soon as `tile_batch` tiles of one shape wait.
 * Precision: bf16 autocast on CUDA (`infer.precision: auto`), fp32 on CPU. Under autocast each
   tile's output is checked; a tile with a NaN/inf is redone in fp32 (same generator seed).
+* Uncertainty (`TiledEnhancer(..., uncertainty=True)`, `infer.uncertainty`): each tile's
+  per-pixel variance across its samples (`TileModel.moments`) is cross-faded with the same
+  windows as the output and square-rooted: a std map without seams; the output is unchanged.
 * Colour correction (`infer.color_correction`): `wavelet` replaces each tile's low frequencies
   (5-level a-trous decomposition, as in StableSR) with those of the bicubic-upsampled input;
   `meanstd` matches each output channel's mean and std to the input's, per image.
@@ -67,7 +70,11 @@ class TileModel(Protocol):
     ) -> torch.Tensor:
         """lq [N,C,h,w] float32 in [0,1] (CPU) -> [N,3,h*scale,w*scale] float32 in [0,1].
 
-        Tile i must draw all its randomness from `generators[i]` (CPU generators)."""
+        Tile i must draw all its randomness from `generators[i]` (CPU generators).
+
+        A model that can also give uncertainty maps has `moments(lq, generators,
+        autocast_dtype) -> (mean, var)`: mean as here, var [N,1,h*scale,w*scale] float32 the
+        per-pixel variance of its samples (`RestorerTiles.moments`)."""
         ...
 
 
@@ -112,9 +119,31 @@ class RestorerTiles:
         generators: Sequence[torch.Generator],
         autocast_dtype: torch.dtype | None,
     ) -> torch.Tensor:
-        # One generator per tile: Restorer.restore then draws tile i's randomness from
+        return self._restore(lq, generators, autocast_dtype, variance=False)[0]
+
+    @torch.no_grad()
+    def moments(
+        self,
+        lq: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        autocast_dtype: torch.dtype | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the tiles as `__call__` returns them, var [N,1,H,W]: the mean over RGB of the
+        per-channel variance of the `samples` samples, [0,1] units squared)."""
+        mean, var = self._restore(lq, generators, autocast_dtype, variance=True)
+        assert var is not None
+        return mean, var
+
+    def _restore(
+        self,
+        lq: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        autocast_dtype: torch.dtype | None,
+        variance: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # One generator per tile: Restorer.restore_moments then draws tile i's randomness from
         # generator i only (and runs tiles one by one when the sampler adds noise per step).
-        out = self.restorer.restore(
+        mean, var = self.restorer.restore_moments(
             lq,
             steps=self.steps,
             sampler=self.sampler,
@@ -122,8 +151,9 @@ class RestorerTiles:
             generator=list(generators),
             autocast_dtype=autocast_dtype,
             samples=self.samples,
+            variance=variance,
         )
-        return out.float().cpu()
+        return mean.float().cpu(), None if var is None else var.float().cpu()
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -223,12 +253,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @dataclass
 class Enhanced(Generic[T]):
-    """One result of `TiledEnhancer.stream`: `image` (HxWx3 float32 in [0,1]) or `error`."""
+    """One result of `TiledEnhancer.stream`: `image` (HxWx3 float32 in [0,1]) or `error`;
+    `std` (HxW float32, [0,1] units) when the engine makes uncertainty maps."""
 
     ident: T
     image: np.ndarray | None
     error: BaseException | None
     seconds: float  # from the image entering the engine to its result (batches are shared)
+    std: np.ndarray | None = None
 
 
 @dataclass(eq=False)
@@ -250,6 +282,7 @@ class _Image:
     remaining: int
     t0: float
     error: BaseException | None = None
+    var: torch.Tensor | None = None  # [h*s,w*s] weighted sum of the tiles' variance maps
 
 
 @dataclass
@@ -264,11 +297,18 @@ class TiledEnhancer:
     """Blended tiled inference over a `TileModel`, with tiles of many images per batch.
 
     cfg: an `InferConfig` or a resolved `restore.SamplingSpec` (the same field names): tile,
-    tile_overlap, tile_batch, seed, precision, color_correction."""
+    tile_overlap, tile_batch, seed, precision, color_correction.
+
+    uncertainty: also return each image's per-pixel std across the model's samples
+    (`Enhanced.std`; the model needs `moments`). The tiles' variance maps are cross-faded with
+    the output's window weights, then square-rooted, so the map has no seams either; it is the
+    spread of the samples as drawn (before colour correction). The output image is the same
+    bits with or without it."""
 
     model: TileModel
     cfg: Any
     stats: EngineStats = field(default_factory=EngineStats)
+    uncertainty: bool = False
 
     def __post_init__(self) -> None:
         s, m = self.model.scale, self.model.size_multiple
@@ -283,6 +323,11 @@ class TiledEnhancer:
         if self.cfg.tile_batch < 1:
             raise ValueError(f"infer.tile_batch must be >= 1, got {self.cfg.tile_batch}")
         self.dtype = autocast_dtype(self.cfg.precision, self.model.device)
+        if self.uncertainty and not callable(getattr(self.model, "moments", None)):
+            raise ValueError(
+                f"{type(self.model).__name__} gives no sample variance (no `moments`): it "
+                "cannot make uncertainty maps"
+            )
 
     # ---------------------------------------------------------------- one image
 
@@ -333,37 +378,52 @@ class TiledEnhancer:
             norm_x=norm_x[: w * s].clone(),
             remaining=len(ys) * len(xs),
             t0=time.perf_counter(),
+            var=torch.zeros(h * s, w * s) if self.uncertainty else None,
         )  # fmt: skip
 
-    def _finish(self, img: _Image) -> np.ndarray:
+    def _finish(self, img: _Image) -> tuple[np.ndarray, np.ndarray | None]:
+        """(image HxWx3, std HxW or None): the blended sums divided by the summed weights."""
         out = img.out
         out.div_(img.norm_y[None, :, None]).div_(img.norm_x[None, None, :])
         if self.cfg.color_correction == "meanstd":
             meanstd_color_fix(out, img.lq[:3, : img.h, : img.w])
         out.clamp_(0, 1)
+        std = None
+        if img.var is not None:
+            var = img.var.div_(img.norm_y[:, None]).div_(img.norm_x[None, :])
+            std = var.clamp_(min=0).sqrt_()
         if img.lq.shape[0] > 3 and self.model.scale == 1:  # inpainting: only holes are filled
-            lq = img.lq[:, : img.h, : img.w]
-            out = torch.where(lq[3:4] >= 0.5, out, lq[:3])
-        return out.permute(1, 2, 0).numpy()
+            hole = img.lq[3:4, : img.h, : img.w] >= 0.5
+            out = torch.where(hole, out, img.lq[:3, : img.h, : img.w])
+            std = None if std is None else torch.where(hole[0], std, 0.0)  # known: certain
+        return out.permute(1, 2, 0).numpy(), None if std is None else std.numpy()
 
     # ---------------------------------------------------------------- batches
 
-    def _call(self, lq: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    def _forward(
+        self, lq: torch.Tensor, seeds: list[int], dtype: torch.dtype | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tiles, their variance maps or None) of one model call, a generator per seed."""
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        if self.uncertainty:
+            y, v = self.model.moments(lq, gens, dtype)  # type: ignore[attr-defined]
+            return y.float(), v.float()
+        return self.model(lq, gens, dtype).float(), None
+
+    def _call(self, lq: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the model on a batch, redoing in fp32 any tile that came out non-finite."""
-
-        def gens(ss: list[int]) -> list[torch.Generator]:
-            return [torch.Generator().manual_seed(s) for s in ss]
-
-        y = self.model(lq, gens(seeds), self.dtype).float()
-        if self.dtype is not None:
+        y, v = self._forward(lq, seeds, self.dtype)
+        if self.dtype is not None:  # decided on the output alone: the same with uncertainty
             bad = (~torch.isfinite(y).flatten(1).all(dim=1)).nonzero().flatten().tolist()
             if bad:
                 self.stats.fp32_redone += len(bad)
-                redo = self.model(lq[bad], gens([seeds[i] for i in bad]), None).float()
-                y[bad] = redo
-        if not torch.isfinite(y).all():
+                ry, rv = self._forward(lq[bad], [seeds[i] for i in bad], None)
+                y[bad] = ry
+                if v is not None and rv is not None:
+                    v[bad] = rv
+        if not torch.isfinite(y).all() or (v is not None and not torch.isfinite(v).all()):
             raise FloatingPointError("the model returned NaN or inf even in fp32")
-        return y
+        return y, v
 
     def _run(self, jobs: list[tuple[_Image, int, int]]) -> None:
         jobs = [j for j in jobs if j[0].error is None]
@@ -380,7 +440,7 @@ class TiledEnhancer:
             seeds = [
                 tile_seed(self.cfg.seed, img.key, img.ys[iy], img.xs[ix]) for img, iy, ix in jobs
             ]
-            y = self._call(lq, seeds)
+            y, v = self._call(lq, seeds)
             if self.cfg.color_correction == "wavelet":
                 rgb = lq[:, :3]
                 ref = rgb if s == 1 else F.interpolate(rgb, scale_factor=s, mode="bicubic")
@@ -396,6 +456,8 @@ class TiledEnhancer:
             y1, x1 = min(y0 + img.th * s, img.h * s), min(x0 + img.tw * s, img.w * s)
             wgt = img.wys[iy][: y1 - y0, None] * img.wxs[ix][None, : x1 - x0]
             img.out[:, y0:y1, x0:x1] += y[k, :, : y1 - y0, : x1 - x0] * wgt
+            if img.var is not None and v is not None:  # the same cross-fade: no seams
+                img.var[y0:y1, x0:x1] += v[k, 0, : y1 - y0, : x1 - x0] * wgt
             img.remaining -= 1
 
     # ---------------------------------------------------------------- public
@@ -419,13 +481,13 @@ class TiledEnhancer:
         def collect() -> Iterator[Enhanced[T]]:
             for img in [i for i in inflight if i.remaining == 0 or i.error is not None]:
                 inflight.remove(img)
-                result, err = None, img.error
+                result, std, err = None, None, img.error
                 if err is None:
                     try:
-                        result = self._finish(img)
+                        result, std = self._finish(img)
                     except Exception as e:
                         err = e
-                yield Enhanced(img.ident, result, err, time.perf_counter() - img.t0)
+                yield Enhanced(img.ident, result, err, time.perf_counter() - img.t0, std)
 
         for ident, key, image in jobs:
             t0 = time.perf_counter()
@@ -453,11 +515,16 @@ class TiledEnhancer:
 
     def enhance(self, image: np.ndarray, key: str = "") -> np.ndarray:
         """One image: HxWx3 float32 in [0,1] -> (H*scale)x(W*scale)x3 float32 in [0,1]."""
+        return self.enhance_one(image, key).image  # type: ignore[return-value]
+
+    def enhance_one(self, image: np.ndarray, key: str = "") -> Enhanced[None]:
+        """One image through `stream`: its `Enhanced` (image, and std with `uncertainty`);
+        raises the image's error instead of returning it."""
         (res,) = list(self.stream([(None, key, image)]))
         if res.error is not None:
             raise res.error
         assert res.image is not None
-        return res.image
+        return res
 
 
 def enhance_image(

@@ -33,7 +33,7 @@ from diffenhance.config import (
 )
 from diffenhance.degrade import lq_channels, task_scale
 from diffenhance.diffusion import Schedule, from_model_range, to_model_range
-from diffenhance.diffusion.formulations import Generators, formulation_sample, get_formulation
+from diffenhance.diffusion.formulations import Generators, formulation_moments, get_formulation
 from diffenhance.io import atomic_write_bytes
 
 FORMAT = "diffenhance-checkpoint-v1"
@@ -122,6 +122,28 @@ class Restorer:
         seeds, steps). `samples` > 1 returns the mean of that many independent samples (more
         faithful, less texture); `steps` is ignored by the regression formulation.
         """
+        return self.restore_moments(
+            lq, steps=steps, sampler=sampler, eta=eta, generator=generator,
+            autocast_dtype=autocast_dtype, samples=samples, variance=False,
+        )[0]  # fmt: skip
+
+    @torch.no_grad()
+    def restore_moments(
+        self,
+        lq: torch.Tensor,
+        *,
+        steps: int = 8,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        generator: Generators = None,
+        autocast_dtype: torch.dtype | None = None,
+        samples: int = 1,
+        variance: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`restore` and, when `variance`, the spread of its samples: (mean [N,3,H,W] in [0,1]
+        (the same bits as `restore`), var [N,1,H,W] float32: the mean over RGB of each channel's
+        unbiased variance across the `samples` samples, in [0,1] intensity units squared
+        (0 for one sample)), or (mean, None)."""
         self.unet.eval()
         cond = self.condition(lq.to(self.device, torch.float32))
         with torch.autocast(
@@ -129,7 +151,7 @@ class Restorer:
             dtype=autocast_dtype or torch.bfloat16,
             enabled=autocast_dtype is not None,
         ):
-            x0 = formulation_sample(
+            m = formulation_moments(
                 self.diffusion_cfg,
                 self.unet,
                 self.schedule,
@@ -139,8 +161,12 @@ class Restorer:
                 eta=eta,
                 generator=generator,
                 samples=samples,
+                variance=variance,
             )
-        return from_model_range(x0.float()).clamp(0, 1)
+        mean = from_model_range(m.mean.float()).clamp(0, 1)
+        # [-1, 1] -> [0, 1] halves values, so it quarters variances
+        var = None if m.var is None else m.var.float().mean(dim=1, keepdim=True) / 4
+        return mean, var
 
 
 def build_network(

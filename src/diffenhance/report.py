@@ -144,8 +144,27 @@ def summary_items(ev: Evaluation) -> list[tuple[str, str]]:
         ("baselines", ", ".join(p["baselines"])),
         ("seconds per image", f"{ev.timing.get('seconds_per_image', float('nan')):.3f} (headline model)"),
     ]  # fmt: skip
+    items += _uncertainty_items(p.get("uncertainty"))
     items += [("note", n) for n in p.get("notes", [])]
     return items
+
+
+def _uncertainty_items(unc: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The summary row of the uncertainty evaluation (none for evaluations that predate it)."""
+    if not unc:
+        return []
+    if "mean" not in unc:
+        return [("uncertainty", f"not measured: {unc.get('skipped')}")]
+    m, (lo, hi) = unc["mean"], unc["std_range"]
+    corr = ", ".join(
+        f"{k.capitalize()} {'-' if m[k] is None else format(m[k], '.3f')}"
+        for k in ("pearson", "spearman")
+    )
+    return [(
+        f"uncertainty (std of {unc['samples']} samples vs |error|)",
+        f"{corr} (mean over images); mean std {fmt_metric('std', m['std_mean'])}; maps: "
+        f"{unc['colormap']}, std {lo:g} black to {hi:g} yellow (saturated above)",
+    )]  # fmt: skip
 
 
 def summary_markdown(ev: Evaluation, report_path: str | Path | None = None) -> str:
@@ -279,6 +298,39 @@ def html_page(title: str, parts: list[str], figures: dict[str, list[tuple[Path, 
     )
 
 
+def _crops(
+    ev: Evaluation, gain: pd.DataFrame, ref: str, cfg: ReportConfig, plots: Path
+) -> list[tuple[Path, str]]:
+    """The best and worst images: LQ (inpainting: the masked input) | baseline | model
+    [| uncertainty map] | ground truth."""
+    unc = ev.protocol.get("uncertainty") or {}
+    per_image = unc.get("per_image", {})
+    crops = []
+    for rank, (which, name) in enumerate(pick_crops(gain, cfg.crops)):
+        g = gain.loc[name]
+        kinds = ["lq", ref, "model", "hr"]
+        lq_label = "masked input" if "psnr_mask" in ev.per_image else "LQ input"
+        labels = [lq_label, ref, ev.headline, "ground truth"]
+        extra = ""
+        if name in per_image:  # the std map beside the model's output
+            kinds.insert(3, "uncertainty")
+            labels.insert(3, f"uncertainty: std of {unc['samples']} samples\n"
+                             f"black 0 .. yellow {unc['std_range'][1]:g}")  # fmt: skip
+            r = per_image[name]["pearson"]
+            extra = f"; std vs |error| Pearson {'-' if r is None else format(r, '.2f')}"
+        p = crop_figure(
+            images=[ev.image(k, name) for k in kinds], labels=labels,
+            scores=[g["baseline"] if k == ref else g["model"] if k == "model" else None
+                    for k in kinds],
+            zoom_size=cfg.zoom_size, path=plots / f"crop_{which}_{rank}.png",
+        )  # fmt: skip
+        note = f" (even the best image is below {ref})" if which == "best" and g["gain"] < 0 else ""
+        crops.append(
+            (p, f"{which}: {name}, PSNR-Y gain over {ref} {g['gain']:+.2f} dB{note}{extra}")
+        )
+    return crops
+
+
 def build_report(
     eval_dir: str | Path,
     out_dir: str | Path,
@@ -317,21 +369,9 @@ def build_report(
     p = plot_scatter(gain, ref, ev.headline, plots / "scatter.png")
     figures["Per image"] = [(p, f"PSNR-Y per image: above the diagonal the model beats {ref}")]
 
-    crops = []
-    for rank, (which, name) in enumerate(pick_crops(gain, cfg.crops)):
-        g = gain.loc[name]
-        p = crop_figure(
-            images=[ev.image(k, name) for k in ("lq", ref, "model", "hr")],
-            labels=(
-                "masked input" if "psnr_mask" in ev.per_image else "LQ input", ref, ev.headline,
-                "ground truth",
-            ),
-            scores=(None, g["baseline"], g["model"], None), zoom_size=cfg.zoom_size,
-            path=plots / f"crop_{which}_{rank}.png",
-        )  # fmt: skip
-        note = f" (even the best image is below {ref})" if which == "best" and g["gain"] < 0 else ""
-        crops.append((p, f"{which}: {name}, PSNR-Y gain over {ref} {g['gain']:+.2f} dB{note}"))
-    figures["Side by side: best and worst images (zoomed region outlined)"] = crops
+    figures["Side by side: best and worst images (zoomed region outlined)"] = _crops(
+        ev, gain, ref, cfg, plots
+    )
     if not training:
         figures.pop("Training")
 

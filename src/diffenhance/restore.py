@@ -7,6 +7,7 @@ report measures exactly what `diffenhance enhance` writes (diffusers' one-pipeli
     r = load_restorer("models/sr4")
     spec = sampling_spec(r, cfg.infer)                  # params + checkpoint recommendation
     hr = restore(r, lq, spec)                           # HxWx3 float32 [0,1] -> sHxsWx3
+    hr, std = restore_with_uncertainty(r, lq, spec)     # + the spread of spec.samples samples
 
 `sampling_spec` is the only place where sampler settings are resolved: `infer.*` from params,
 each of steps/samples left null filled from the checkpoint's "recommended" metadata, else the
@@ -86,9 +87,35 @@ def image_key(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def engine(r: Any, spec: SamplingSpec) -> TiledEnhancer:
-    """The tiled engine around restorer `r` running `spec` (reuse it for many images)."""
-    return TiledEnhancer(RestorerTiles.from_spec(r, spec), spec)
+def uncertainty_problem(r: Any, spec: SamplingSpec) -> str | None:
+    """Why `spec` on restorer `r` cannot give an uncertainty map (the spread of its samples),
+    saying what to do instead; None when it can. `r` is a `model.Restorer` or the
+    `model.CheckpointSpec` of a file not yet loaded (both carry diffusion_cfg)."""
+    from diffenhance.diffusion.formulations import deterministic_reason
+
+    why = deterministic_reason(r.diffusion_cfg, spec.sampler, spec.eta)
+    if why is not None:
+        return (
+            f"uncertainty maps need a model whose samples differ, but {why}: all samples are "
+            "the same image. Use a model that samples (e.g. the shipped sr4; the shipped "
+            "denoise does not) or an indi model trained with diffusion.indi_noise > 0"
+        )
+    if spec.samples < 2:
+        return (
+            f"uncertainty maps are the spread of several samples, but samples={spec.samples} "
+            "(infer.samples, or the model's recommendation when it is null); pass --samples N "
+            "(infer.samples=N) with N >= 2, e.g. 4 (the output is then their mean)"
+        )
+    return None
+
+
+def engine(r: Any, spec: SamplingSpec, *, uncertainty: bool = False) -> TiledEnhancer:
+    """The tiled engine around restorer `r` running `spec` (reuse it for many images);
+    `uncertainty`: it also returns each image's std map (ValueError when `uncertainty_problem`
+    says it cannot)."""
+    if uncertainty and (why := uncertainty_problem(r, spec)) is not None:
+        raise ValueError(why)
+    return TiledEnhancer(RestorerTiles.from_spec(r, spec), spec, uncertainty=uncertainty)
 
 
 def restore(r: Any, image: np.ndarray, spec: SamplingSpec, *, key: str | None = None) -> np.ndarray:
@@ -96,3 +123,18 @@ def restore(r: Any, image: np.ndarray, spec: SamplingSpec, *, key: str | None = 
 
     key: the noise key (default `image_key(image)`: the same pixels give the same output)."""
     return engine(r, spec).enhance(image, image_key(image) if key is None else key)
+
+
+def restore_with_uncertainty(
+    r: Any, image: np.ndarray, spec: SamplingSpec, *, key: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`restore` (the same bits) and its uncertainty map: (sHxsWx3 float32 in [0, 1], sHxsW
+    float32 std >= 0 in [0, 1] intensity units: per pixel, the square root of the mean over RGB
+    of each channel's unbiased variance across the `spec.samples` samples, cross-faded over
+    tiles like the output). ValueError (`uncertainty_problem`) when the model's samples cannot
+    differ or spec.samples < 2."""
+    res = engine(r, spec, uncertainty=True).enhance_one(
+        image, image_key(image) if key is None else key
+    )
+    assert res.image is not None and res.std is not None
+    return res.image, res.std

@@ -86,11 +86,23 @@ def now() -> str:
 
 
 def output_params(cfg: Config) -> dict[str, Any]:
-    """The settings that change output pixels or files (not tile_batch, device or workers)."""
+    """The settings that change output pixels or files (not tile_batch, device or workers).
+
+    infer.uncertainty is left out while false, so the hash of a job without uncertainty maps
+    is the one it had before the setting existed (its outputs are not redone)."""
     infer = {k: v for k, v in to_dict(cfg.infer).items() if k not in ("tile_batch", "device")}
+    if not infer["uncertainty"]:
+        del infer["uncertainty"]
     e = cfg.enhance
     out = {"output_format": e.output_format, "bit_depth": e.bit_depth, "quality": e.jpeg_quality}
     return {"infer": infer, "output": out}
+
+
+def written_keys(record: dict[str, Any]) -> list[str]:
+    """Every file a manifest record says its image wrote: the output, then its uncertainty map
+    and std (when made). A record counts as done only while all of them exist."""
+    unc = record.get("uncertainty") or {}
+    return [record["output_key"], *(unc[k] for k in ("map", "std") if k in unc)]
 
 
 def params_hash(params: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from diffenhance.enhance.job import (
     Source,
     output_params,
     params_hash,
+    written_keys,
 )
 from diffenhance.enhance.masks import check_mask_setting, check_single_mask, mask_fingerprint
 from diffenhance.enhance.models import model_file, model_sha256
@@ -35,6 +36,7 @@ from diffenhance.storage import (
     open_storage,
     split_url,
 )
+from diffenhance.uncertainty import uncertainty_keys
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +124,12 @@ def _roots(cfg: Config) -> _Roots:
 def _list_sources(
     store: Storage, roots: _Roots, cfg: Config
 ) -> tuple[list[Source], list[dict[str, str]]]:
-    """(the images to enhance in key order, {"key", "reason"} of the files ignored)."""
-    e = cfg.enhance
+    """(the images to enhance in key order, {"key", "reason"} of the files ignored).
+
+    With `infer.uncertainty` each image also writes its uncertainty map and std beside its
+    output; an image any of whose files is already another image's is ignored. With
+    `enhance.mask` each fingerprint includes its mask's (`masks.mask_fingerprint`)."""
+    e, uncertainty = cfg.enhance, cfg.infer.uncertainty
     if roots.single_key is not None:
         info = store.stat(roots.single_key)
         assert info is not None
@@ -132,7 +138,8 @@ def _list_sources(
         listing = sorted(store.list(""), key=lambda o: o.key)
     exts = {x.lower() for x in e.extensions}
     ignored: list[dict[str, str]] = []
-    by_output: dict[str, str] = {}
+    by_output: dict[str, str] = {}  # output key -> its input key
+    written: dict[str, str] = {}  # every file written (outputs and maps) -> its input key
     sources: list[Source] = []
     for o in listing:
         if roots.single_key is None and (
@@ -148,7 +155,13 @@ def _list_sources(
         if ok in by_output:
             ignored.append({"key": o.key, "reason": _clash(o.key, by_output[ok], ok, e)})
             continue
+        files = [ok, *uncertainty_keys(ok)] if uncertainty else [ok]
+        if taken := next((f for f in files if f in written), None):  # an uncertainty map
+            why = f"{taken} would be written for it and for {written[taken]}; rename one of them"
+            ignored.append({"key": o.key, "reason": why})
+            continue
         by_output[ok] = o.key
+        written |= dict.fromkeys(files, o.key)
         fp = _fingerprint(o) + mask_fingerprint(cfg, o.key)
         sources.append(Source(o.key, o.size, fp, ok))
     return sources, ignored
@@ -199,7 +212,7 @@ def _cut_shards(
             r = records.get(s.key)
             if not e.skip_done or r is None or (r["model_sha256"], r["params_hash"]) != made_by:
                 continue
-            if r["output_key"] != s.output_key or s.output_key not in outputs:
+            if r["output_key"] != s.output_key or not set(written_keys(r)) <= outputs:
                 continue
             record = {k: v for k, v in r.items() if k not in ("model_sha256", "params_hash")}
             (done if r["fingerprint"] == s.fingerprint else prior).append(record)
@@ -207,22 +220,36 @@ def _cut_shards(
     return shards
 
 
+def _check_uncertainty(ckpt: Any, cfg: Config) -> None:
+    """EnhanceError (exit 2, one line) when infer.uncertainty cannot be honoured: samples < 2
+    or a model whose samples cannot differ (`restore.uncertainty_problem`)."""
+    from diffenhance.restore import sampling_spec, uncertainty_problem
+
+    why = uncertainty_problem(ckpt, sampling_spec(ckpt, cfg.infer))
+    if why is not None:
+        raise EnhanceError(f"{ckpt.path}: --uncertainty (infer.uncertainty): {why}")
+
+
 def plan_job(cfg: Config) -> Job:
     """List `enhance.input`, filter by extension, cut deterministic shards and mark what a
     previous run already did. Reads only listings and manifests, not the images.
 
-    Raises EnhanceError for a missing input or model, or an output equal to the input, and
-    CheckpointError for a model file that is not a valid checkpoint (checked before any work).
+    Raises EnhanceError for a missing input or model, an output equal to the input, a mask
+    setting that does not fit the model (`masks.check_mask_setting`), or infer.uncertainty with
+    a model or samples that cannot give a spread, and CheckpointError for a model file that is
+    not a valid checkpoint (checked before any work).
     """
     from diffenhance.model import validate_checkpoint
 
     m_file = model_file(cfg.enhance.model)
-    spec = validate_checkpoint(m_file)
+    ckpt = validate_checkpoint(m_file)
+    if cfg.infer.uncertainty:
+        _check_uncertainty(ckpt, cfg)
     m_sha = model_sha256(m_file)
     params = output_params(cfg)
     p_hash = params_hash(params)
     roots = _roots(cfg)
-    check_mask_setting(cfg, spec.task, roots.single_key is not None)
+    check_mask_setting(cfg, ckpt.task, roots.single_key is not None)
     if cfg.enhance.mask and roots.single_key is not None and "://" not in roots.input_url:
         check_single_mask(cfg, Path(roots.input_url) / roots.single_key)
     out_store = open_storage(roots.output_url, cfg.storage)

@@ -8,7 +8,6 @@ messages: the settings are merged into the params and validated again as a param
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,9 +43,3 @@ def enhance_config(
     except ValueError as e:  # CUDA asked for but absent
         raise ConfigError(str(e)) from None
     return new
-
-
-def has_setting(section: str, key: str) -> bool:
-    """Whether this version's config has `section.key` (a front end offers only what exists)."""
-    sec = getattr(Config(), section, None)
-    return dataclasses.is_dataclass(sec) and key in {f.name for f in dataclasses.fields(sec)}

@@ -8,7 +8,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from diffenhance.enhance.job import (
     Shard,
     Source,
     now,
+    written_keys,
 )
 from diffenhance.enhance.masks import mask_sha256, with_mask
 from diffenhance.enhance.models import cached_restorer
@@ -33,6 +34,7 @@ from diffenhance.io import (
     write_image,
 )
 from diffenhance.storage import LocalStorage, Storage, UnsafeKeyError, open_storage, safe_key
+from diffenhance.uncertainty import scale_info, uncertainty_keys, write_map, write_std
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class ShardRun:
         self.device = "cpu"
         self.engine_stats: Any = None
         self.sampling_used: dict[str, int] | None = None  # steps/samples actually run
+        self.uncertainty_info: dict[str, Any] | None = None
 
     def run(self, model: Any = None) -> dict[str, Any]:
         """Enhance what is left and write the manifest; returns it (see `run_shard`)."""
@@ -132,6 +135,8 @@ class ShardRun:
             "device": self.device,
             # the steps/samples actually run (params may leave them to the checkpoint)
             "sampling": self.sampling_used,
+            # how each image's uncertainty map is made and coloured (null: none made)
+            "uncertainty": self.uncertainty_info,
             "engine": None if self.engine_stats is None else dict(vars(self.engine_stats)),
             "run": {
                 "processed": stats["processed"],
@@ -187,7 +192,7 @@ class ShardRun:
         for r in m.get("images", []):
             src = next((s for s in self.todo if s.key == r["input_key"]), None)
             same = src is not None and r["fingerprint"] == src.fingerprint
-            if same and src is not None and self.out_store.exists(src.output_key):
+            if same and src is not None and all(map(self.out_store.exists, written_keys(r))):
                 self.records[src.key] = r
                 self.todo.remove(src)
 
@@ -197,15 +202,18 @@ class ShardRun:
         from diffenhance.infer import TiledEnhancer, resolve_device
         from diffenhance.restore import engine, sampling_spec
 
+        unc = self.cfg.infer.uncertainty
         if model is None:  # the one restore path: what evaluate scores
             r = cached_restorer(
                 self.job.model_path, self.job.model_sha256, resolve_device(self.cfg.infer.device)
             )
             spec = sampling_spec(r, self.cfg.infer)
-            tiled = engine(r, spec)
+            tiled = engine(r, spec, uncertainty=unc)
             self.sampling_used = {"steps": spec.steps, "samples": spec.samples}
         else:
-            tiled = TiledEnhancer(model, self.cfg.infer)
+            tiled = TiledEnhancer(model, self.cfg.infer, uncertainty=unc)
+        if unc:
+            self.uncertainty_info = scale_info((self.sampling_used or {}).get("samples"))
         self.device = str(tiled.model.device)
         self.engine_stats = tiled.stats
         return tiled
@@ -214,10 +222,14 @@ class ShardRun:
 
     def enhance(self, model: Any) -> None:
         """Enhance every image still to do; each output is written and recorded as it comes."""
-        _sweep_temp(self.out_store, [s.output_key for s in self.todo])
+        keys = [s.output_key for s in self.todo]
+        if self.cfg.infer.uncertainty:
+            keys += [k for s in self.todo for k in uncertainty_keys(s.output_key)]
+        _sweep_temp(self.out_store, keys)
         engine = self.engine(model)
-        with tempfile.TemporaryDirectory(prefix="diffenhance-enhance-") as tmp:
-            for res in engine.stream(self.inputs(Path(tmp))):
+        with tempfile.TemporaryDirectory(prefix="diffenhance-enhance-") as tmp_name:
+            tmp = Path(tmp_name)
+            for res in engine.stream(self.inputs(tmp)):
                 src = res.ident[0]
                 if res.error is not None:
                     self.fail(src, res.error)
@@ -225,11 +237,12 @@ class ShardRun:
                 try:
                     assert res.image is not None
                     depth = _bit_depth(self.cfg, res.ident[2], src.output_key)
-                    out_sha = self.write(src, res.image, depth, Path(tmp))
+                    out_sha = self.write(src, res.image, depth, tmp)
+                    maps = None if res.std is None else self.write_uncertainty(src, res.std, tmp)
                 except Exception as e:
                     self.fail(src, e)
                     continue
-                self.record(res.ident, res.image, depth, out_sha, res.seconds)
+                self.record(res.ident, res.image, depth, out_sha, res.seconds, maps)
 
     def inputs(self, tmp: Path) -> Iterator[tuple[_Ident, str, Any]]:
         """(ident, noise key, image) of each image to enhance, for `TiledEnhancer.stream`."""
@@ -277,22 +290,48 @@ class ShardRun:
                 path.unlink(missing_ok=True)
         return (src, sha, info, img.shape[:2]), img
 
-    def write(self, src: Source, img: Any, depth: int, tmp: Path) -> str:
-        """Write one output atomically (temp file + rename locally, one PUT on S3); its sha256."""
-        q = self.cfg.enhance.jpeg_quality
+    def put(self, key: str, save: Callable[[Path], Any], tmp: Path) -> str:
+        """Write one file of the output atomically with `save(path)` (an atomic local writer;
+        on S3 a temp file, then one PUT); its sha256."""
         if isinstance(self.out_store, LocalStorage):
-            out_path = Path(self.out_store.url_for(src.output_key))
-            write_image(out_path, img, bit_depth=depth, quality=q)
+            out_path = Path(self.out_store.url_for(key))
+            save(out_path)
             return file_sha256(out_path)
-        out_path = tmp / ("out" + Path(src.output_key).suffix.lower())
-        write_image(out_path, img, bit_depth=depth, quality=q)
+        out_path = tmp / ("out" + Path(key).suffix.lower())
+        save(out_path)
         out_sha = file_sha256(out_path)
-        self.out_store.upload_file(out_path, src.output_key, checksum=out_sha)
+        self.out_store.upload_file(out_path, key, checksum=out_sha)
         out_path.unlink()
         return out_sha
 
-    def record(self, ident: _Ident, img: Any, depth: int, out_sha: str, seconds: float) -> None:
-        """Record a written output in the partial manifest and report it."""
+    def write(self, src: Source, img: Any, depth: int, tmp: Path) -> str:
+        """Write one output image; its sha256."""
+        q = self.cfg.enhance.jpeg_quality
+
+        def save(path: Path) -> None:
+            write_image(path, img, bit_depth=depth, quality=q)
+
+        return self.put(src.output_key, save, tmp)
+
+    def write_uncertainty(self, src: Source, std: Any, tmp: Path) -> dict[str, Any]:
+        """Write an output's uncertainty map (PNG) and std (.npy) beside it; their record."""
+        map_key, std_key = uncertainty_keys(src.output_key)
+        return {
+            "map": map_key,
+            "map_sha256": self.put(map_key, lambda p: write_map(p, std), tmp),
+            "std": std_key,
+            "std_sha256": self.put(std_key, lambda p: write_std(p, std), tmp),
+            "std_mean": round(float(std.mean()), 6),
+            "std_max": round(float(std.max()), 6),
+            "map_std_range": scale_info()["std_range"],  # black .. yellow of the PNG
+        }
+
+    def record(
+        self, ident: _Ident, img: Any, depth: int, out_sha: str, seconds: float,
+        uncertainty: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """Record a written output (and its uncertainty files) in the partial manifest and
+        report it."""
         src, sha, info, (ih, iw) = ident
         h, w = img.shape[:2]
         self.stats["processed"] += 1
@@ -311,6 +350,8 @@ class ShardRun:
             "seconds": round(seconds, 4),
             "finished_at": now(),
         }
+        if uncertainty is not None:
+            self.records[src.key]["uncertainty"] = uncertainty
         if info.get("frames", 1) > 1:
             note = f"animated ({info['frames']} frames): only the first frame is enhanced"
             self.records[src.key]["note"] = note

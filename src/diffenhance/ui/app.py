@@ -1,7 +1,7 @@
 """The `diffenhance ui` web app: one static page and a small JSON API over a `Workspace`.
 
     GET  /                              the page (static/index.html: plain JS/CSS, offline)
-    GET  /api/info                      models, features of this version, upload limits
+    GET  /api/info                      models, image extensions, upload limits
     POST /api/model        {"path"}     a typed model path checked: task, scale, sampling
     POST /api/uploads?name=N            raw image bytes (application/octet-stream) -> upload
     GET  /api/uploads/{id}/preview.png  the decoded upload as an 8-bit PNG
@@ -135,13 +135,9 @@ def index() -> HTMLResponse:
 
 @router.get("/api/info")
 def info(request: Request) -> dict:
-    from diffenhance.enhance.settings import has_setting
-
     ui = _ui(request)
     return {
         "models": list_models(ui.models_dir),
-        "features": {"mask": has_setting("enhance", "mask"),
-                     "uncertainty": has_setting("infer", "uncertainty")},
         "extensions": list(ui.cfg.enhance.extensions),
         "max_upload_bytes": ui.max_upload_bytes,
     }  # fmt: skip

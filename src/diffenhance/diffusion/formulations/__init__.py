@@ -8,8 +8,10 @@ The registry (`base.py`) maps `diffusion.formulation` to a `Formulation`; the bu
 * ``residual`` (`residual.py`) - predict and refine: diffusion on the residual over a predictor.
 
 Two entry points dispatch through the registry and never on a name: `formulation_loss` (used
-by training) and `formulation_sample` (used by `Restorer.restore`), which also owns what every
-formulation shares: averaging `samples` samples, clipping, and per-item generators.
+by training) and `formulation_moments` (the one sample driver, used by `Restorer.restore`;
+`formulation_sample` is its mean), which also owns what every formulation shares: averaging
+`samples` samples, their per-pixel variance (uncertainty maps), clipping, and per-item
+generators.
 
 Images are in the model range [-1, 1]; `cond` is the degraded image upsampled to the output
 size. Randomness: `generator` is one `torch.Generator` for the whole batch, or one per batch
@@ -18,6 +20,8 @@ does not depend on how items were batched.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -49,7 +53,10 @@ __all__ = [
     "Generators",
     "Model",
     "draw_normal",
+    "Moments",
+    "deterministic_reason",
     "formulation_loss",
+    "formulation_moments",
     "formulation_names",
     "formulation_sample",
     "get_formulation",
@@ -85,6 +92,38 @@ def stochastic_steps(dcfg: DiffusionConfig, sampler: str, eta: float) -> bool:
     return get_formulation(dcfg.formulation).draws_noise(dcfg, sampler, eta)
 
 
+def deterministic_reason(dcfg: DiffusionConfig, sampler: str, eta: float) -> str | None:
+    """Why samples of `dcfg.formulation` cannot differ under (sampler, eta); None when they do."""
+    return get_formulation(dcfg.formulation).deterministic_reason(dcfg, sampler, eta)
+
+
+class Moments(NamedTuple):
+    """What the sample driver returns: the mean of the samples and, when asked, their spread."""
+
+    mean: torch.Tensor  # [N, 3, H, W] model range
+    var: torch.Tensor | None  # [N, 3, H, W] float32 per-channel sample variance (1 / (n - 1))
+
+
+class _Welford:
+    """Running per-element variance (Welford 1962), float32: stable where sum/sumsq cancels."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, torch.zeros(()), torch.zeros(())
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.float()
+        self.n += 1
+        delta = x - self.mean
+        self.mean = self.mean + delta / self.n
+        self.m2 = self.m2 + delta * (x - self.mean)
+
+    def variance(self, like: torch.Tensor) -> torch.Tensor:
+        """The unbiased sample variance; 0 for a single sample (no spread to measure)."""
+        if self.n < 2:
+            return torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+        return self.m2 / (self.n - 1)
+
+
 @torch.no_grad()
 def formulation_sample(
     dcfg: DiffusionConfig,
@@ -101,7 +140,33 @@ def formulation_sample(
     progress: bool = False,
 ) -> torch.Tensor:
     """Restore a batch: cond [N, 3, H, W] in [-1, 1] -> x0 [N, 3, H, W] in [-1, 1] (clipped
-    when clip_x0), the mean of `samples` independent samples.
+    when clip_x0), the mean of `samples` independent samples (`formulation_moments`' mean)."""
+    return formulation_moments(
+        dcfg, model, sched, cond, steps=steps, sampler=sampler, eta=eta, generator=generator,
+        samples=samples, clip_x0=clip_x0, progress=progress,
+    ).mean  # fmt: skip
+
+
+@torch.no_grad()
+def formulation_moments(
+    dcfg: DiffusionConfig,
+    model: torch.nn.Module,
+    sched: Schedule,
+    cond: torch.Tensor,
+    *,
+    steps: int,
+    sampler: str = "ddim",
+    eta: float = 0.0,
+    generator: Generators = None,
+    samples: int = 1,
+    clip_x0: bool = True,
+    progress: bool = False,
+    variance: bool = False,
+) -> Moments:
+    """The one sample driver: cond [N, 3, H, W] in [-1, 1] -> `Moments`: the mean of `samples`
+    independent samples in [-1, 1] (each clipped when clip_x0) and, when `variance`, their
+    per-channel unbiased variance (Welford; 0 with one sample). The mean is the same bits with
+    or without `variance` (it is summed and divided exactly as before).
 
     The formulation draws its own start from `generator`. steps: sampler steps (1..T for
     sr3/residual, >= 1 for indi; unused by formulations without a knob). sampler/eta: 'ddim' |
@@ -113,23 +178,25 @@ def formulation_sample(
         raise ValueError(f"samples must be >= 1, got {samples}")
     if not f.uses_start_noise:
         samples = 1  # no randomness: every sample is the same image
+    args = dict(steps=steps, sampler=sampler, eta=eta, samples=samples, clip_x0=clip_x0,
+                variance=variance)  # fmt: skip
     per_item = generator is not None and not isinstance(generator, torch.Generator)
     if per_item and f.draws_noise(dcfg, sampler, eta) and cond.shape[0] > 1:
         # per-item generators and per-step noise: run each item alone
         gens = list(generator)  # type: ignore[arg-type]
         if len(gens) != cond.shape[0]:
             raise ValueError(f"{len(gens)} generators for a batch of {cond.shape[0]}")
-        args = dict(steps=steps, sampler=sampler, eta=eta, samples=samples, clip_x0=clip_x0)
-        return torch.cat(
-            [
-                formulation_sample(dcfg, model, sched, cond[i : i + 1], generator=g, **args)
-                for i, g in enumerate(gens)
-            ]
-        )
+        items = [
+            formulation_moments(dcfg, model, sched, cond[i : i + 1], generator=g, **args)
+            for i, g in enumerate(gens)
+        ]
+        var = torch.cat([m.var for m in items]) if variance else None  # type: ignore[misc]
+        return Moments(torch.cat([m.mean for m in items]), var)
     # per-step noise: the one generator, or a single item's own (or deterministic steps)
     step_gen = list(generator)[0] if per_item else generator  # type: ignore[arg-type]
     prepared = f.prepare(dcfg, model, cond)
     acc = None
+    spread = _Welford() if variance else None
     for _ in range(samples):
         x = f.sample_once(
             dcfg, model, sched, cond, prepared, steps=steps, sampler=sampler, eta=eta,
@@ -138,5 +205,8 @@ def formulation_sample(
         if clip_x0:
             x = x.clamp(-1, 1)
         acc = x if acc is None else acc + x
+        if spread is not None:
+            spread.add(x)
     assert acc is not None
-    return acc / samples if samples > 1 else acc
+    mean = acc / samples if samples > 1 else acc
+    return Moments(mean, None if spread is None else spread.variance(mean))

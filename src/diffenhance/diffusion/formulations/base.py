@@ -11,7 +11,9 @@ branches on its name (EDM's shape: each recipe is one class chosen once by name)
 * `default_steps` / `default_samples` - what `enhance` runs when neither params nor the
   checkpoint say otherwise;
 * `has_knob` - whether steps/samples change its output (the fidelity <-> sharpness knob);
-* `draws_noise(dcfg, sampler, eta)` - whether sampling draws noise after its start.
+* `draws_noise(dcfg, sampler, eta)` - whether sampling draws noise after its start;
+* `deterministic_reason(dcfg, sampler, eta)` - why its samples cannot differ (None: they do), so
+  an uncertainty map (the spread of N samples) is refused for it.
 
 Register a new one with the `register` decorator on an ordinary class; config validation,
 training, evaluation, compare and enhance then accept its name with no other change:
@@ -79,6 +81,14 @@ class Formulation:
         """Whether sampling draws noise after its start (then per-item generators run item by
         item, so a result does not depend on its batch)."""
         return eta > 0
+
+    def deterministic_reason(self, dcfg: DiffusionConfig, sampler: str, eta: float) -> str | None:
+        """Why two samples drawn with different generators are the same image, or None when
+        they differ (the start noise or per-step noise reaches the output). Default: from
+        `uses_start_noise` and `draws_noise`."""
+        if self.uses_start_noise or self.draws_noise(dcfg, sampler, eta):
+            return None
+        return f"the {self.name} formulation draws no noise"
 
     def prepare(self, dcfg: DiffusionConfig, model: torch.nn.Module, cond: torch.Tensor) -> Any:
         """Work shared by every sample of one batch (e.g. a predictor's estimate)."""

@@ -39,6 +39,15 @@ class InDI(Formulation):
     def draws_noise(self, dcfg: DiffusionConfig, sampler: str, eta: float) -> bool:
         return eta > 0 and dcfg.indi_noise > 0
 
+    def deterministic_reason(self, dcfg: DiffusionConfig, sampler: str, eta: float) -> str | None:
+        # the start noise is scaled by indi_noise, and eta's fresh noise needs indi_noise > 0
+        if dcfg.indi_noise > 0:
+            return None
+        return (
+            "the indi formulation with diffusion.indi_noise=0 starts at the input itself and "
+            "draws no noise (eta adds noise only when indi_noise > 0)"
+        )
+
     def sample_once(
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
         cond: torch.Tensor, prepared: Any, *, steps: int, sampler: str, eta: float,
