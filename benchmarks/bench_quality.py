@@ -138,6 +138,8 @@ def evaluate_model(
             }
             for r in curve.itertuples()
         ],  # fmt: skip
+        "uncertainty": {k: m.get(f"uncertainty_{k}") for k in ("pearson", "spearman", "std_mean")},
+        "uncertainty_skipped": (ev.protocol.get("uncertainty") or {}).get("skipped"),
         "seconds": seconds,
         "seconds_per_image": ev.timing["seconds_per_image"],
     }
@@ -173,6 +175,22 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {t['task']} | | | | {b}: skipped ({why}) | | {t['target_text']} "
                 "| not measured |"
             )
+    lines += [
+        "",
+        "Uncertainty map (std of `evaluate.uncertainty_samples` samples at the headline "
+        "steps) against the headline's |error| per pixel (inpaint: inside the hole), mean "
+        "over images:",
+        "",
+        "| task | Pearson | Spearman | mean std |",
+        "|---|---|---|---|",
+    ]
+    for t in res["tasks"]:
+        u = t["uncertainty"]
+        if u["pearson"] is None:
+            lines.append(f"| {t['task']} | skipped: {t['uncertainty_skipped']} | | |")
+        else:
+            lines.append(f"| {t['task']} | {u['pearson']:.2f} | {u['spearman']:.2f} "
+                         f"| {u['std_mean']:.4f} |")  # fmt: skip
     lines += ["", "PSNR (dB, protocol as above) against sampler steps:", ""]
     steps = sorted({c["steps"] for t in res["tasks"] for c in t["curve"]})
     lines.append("| task | " + " | ".join(f"{s} steps" for s in steps) + " |")

@@ -294,3 +294,20 @@ def test_enhance_a_folder_with_a_mask_folder(trained, tmp_path):
     res = _enhance(str(inp), str(tmp_path / "o2"), "-m", str(model_dir),
                    "--mask", str(masks / "a.png"))  # fmt: skip
     assert res.exit_code == 2 and "a folder of inputs takes a folder of masks" in res.output
+
+
+def test_uncertainty_correlation_of_inpainting_counts_the_hole_only():
+    from diffenhance.uncertainty import error_correlation
+
+    hr = np.zeros((8, 8, 3), np.float32)
+    mask = np.zeros((8, 8), np.float32)
+    mask[2:6, 2:6] = 1
+    std = np.zeros((8, 8), np.float32)
+    pred = hr.copy()
+    ramp = np.linspace(0.1, 0.4, 16, dtype=np.float32).reshape(4, 4)
+    std[2:6, 2:6] = ramp
+    pred[2:6, 2:6] = (0.5 - ramp)[..., None]  # more spread, less error: -1 inside the hole
+    inside = error_correlation(std, pred, hr, mask=mask)
+    assert inside["pearson"] == pytest.approx(-1.0) and inside["spearman"] == pytest.approx(-1.0)
+    whole = error_correlation(std, pred, hr)  # the exact, certain known pixels dominate
+    assert whole["pearson"] > 0.5

@@ -386,7 +386,8 @@ def _uncertainty_row(
     dt = time.perf_counter() - t0
     write_map(images / UNCERTAINTY_DIR / f"{p.name}.png", std)
     write_std(images / UNCERTAINTY_DIR / f"{p.name}.npy", std)
-    corr = error_correlation(std, headline, p.hr, plan.protocols[0].crop)
+    mask = p.lq[..., 3] if p.lq.shape[2] > 3 else None  # inpainting: inside the hole
+    corr = error_correlation(std, headline, p.hr, plan.protocols[0].crop, mask)
     return {"image": p.name, **corr, "seconds": dt}
 
 
@@ -411,8 +412,8 @@ def _uncertainty_summary(plan: _Plan, rows: Sequence[dict[str, Any]]) -> dict[st
         "sampling": plan.uncertainty.describe(),
         "error": "per pixel: mean over RGB of |headline output - ground truth|",
         "correlation": "Pearson and Spearman between the std map and the error over the "
-        f"pixels of each image ({plan.protocols[0].crop} px border crop), then the mean over "
-        "images",
+        f"pixels of each image ({plan.protocols[0].crop} px border crop; inpainting: the pixels "
+        "of the hole), then the mean over images",
         "mean": {k: None if v is None else round(v, 6) for k, v in means.items()},
         "per_image": per_image,
     }

@@ -108,18 +108,27 @@ def abs_error(pred: np.ndarray, hr: np.ndarray) -> np.ndarray:
 
 
 def error_correlation(
-    std: np.ndarray, pred: np.ndarray, hr: np.ndarray, crop: int = 0
+    std: np.ndarray,
+    pred: np.ndarray,
+    hr: np.ndarray,
+    crop: int = 0,
+    mask: np.ndarray | None = None,
 ) -> dict[str, float]:
     """How well the std map predicts where the output is wrong, over the pixels of one image.
 
     std HxW (`restore_with_uncertainty`), pred and hr HxWx3 in [0, 1]; `crop` border pixels
-    dropped on each side (the metric protocol's). Returns {pearson, spearman} between std and
-    `abs_error(pred, hr)` (NaN when either is constant), std_mean and abs_error_mean."""
+    dropped on each side (the metric protocol's); `mask` HxW (inpainting's hole, 1 = counted):
+    only those pixels (the known ones are exact and certain by construction, and would inflate
+    the figure). Returns {pearson, spearman} between std and `abs_error(pred, hr)` (NaN when
+    either is constant), std_mean and abs_error_mean."""
     err = abs_error(pred, hr)
     s = np.asarray(std, np.float64)
     if s.shape != err.shape:
         raise ValueError(f"std map {s.shape} and image {err.shape} differ in size")
-    if crop:
+    if mask is not None:
+        keep = np.asarray(mask) >= 0.5
+        s, err = s[keep], err[keep]
+    elif crop:
         s, err = s[crop:-crop, crop:-crop], err[crop:-crop, crop:-crop]
     s, err = s.ravel(), err.ravel()
     return {
