@@ -43,12 +43,14 @@ from extra_photos import materialize_held_out  # benchmarks/extra_photos.py
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from diffenhance.config import load_config  # noqa: E402
 from diffenhance.data.samples import materialize_samples  # noqa: E402
 from diffenhance.evaluate import evaluate_folder  # noqa: E402
+from diffenhance.io import read_image  # noqa: E402
 from diffenhance.model import read_checkpoint  # noqa: E402
 
 PRETRAINED = REPO / "models" / "pretrained"
@@ -142,6 +144,14 @@ def evaluate_model(
         "uncertainty_skipped": (ev.protocol.get("uncertainty") or {}).get("skipped"),
         "seconds": seconds,
         "seconds_per_image": ev.timing["seconds_per_image"],
+        "out_pixels": float(  # mean output size: the HR crops' pixels
+            np.mean(
+                [
+                    np.prod(read_image(p).shape[:2])
+                    for p in (out / name / "images" / "hr").glob("*.png")
+                ]
+            )
+        ),
     }
 
 
@@ -175,6 +185,12 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {t['task']} | | | | {b}: skipped ({why}) | | {t['target_text']} "
                 "| not measured |"
             )
+    lines += ["", "Speed of the headline (the restore path as `enhance` runs it, with this "
+              "machine's threads) in output megapixels per second:", "",
+              "| task | s / image | output MP/s |", "|---|---|---|"]  # fmt: skip
+    for t in res["tasks"]:
+        mp = t["out_pixels"] / 1e6 / t["seconds_per_image"]
+        lines.append(f"| {t['task']} | {t['seconds_per_image']:.3f} | {mp:.3f} |")
     lines += [
         "",
         "Uncertainty map (std of `evaluate.uncertainty_samples` samples at the headline "
