@@ -87,11 +87,8 @@ COMMON = [
     "train.init_from=null",  # a recipe trains from scratch: reproducible whatever is shipped
 ]
 RECIPES = {
-    # sr4 on the LR-space network (issue 13: 21x the HR U-Net's inference speed at x4), the
-    # params.yaml network otherwise, so the main job's `train.init_from: pretrained` fine-tunes it
-    "sr4": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[sr4]",
-            "train.crop_size=96", "train.steps=5000", "train.val_every=2500",
-            "train.val_steps=1", "degrade.tasks=[sr4]"],
+    "sr4": [*COMMON, "diffusion.formulation=residual", "train.tasks=[sr4]", "train.steps=7000",
+            "train.val_every=1750"],
     "denoise": [*COMMON, "diffusion.formulation=indi", "diffusion.indi_noise=0.0",
                 "train.tasks=[denoise]", "train.steps=12000", "train.val_every=3000",
                 "train.val_steps=1"],
