@@ -17,6 +17,7 @@ from diffenhance.data.pairs import load_pairs
 from diffenhance.degrade import (
     HOLE_FILL,
     degrade_for_task,
+    fill_holes,
     lq_channels,
     masked_input,
     random_mask,
@@ -61,11 +62,29 @@ def test_masked_input_fills_holes_and_appends_the_mask():
     x = masked_input(img, mask)
     assert x.shape == (6, 5, 4) and x.dtype == np.float32
     hole = mask >= 0.5
-    assert np.all(x[hole, :3] == HOLE_FILL) and np.array_equal(x[~hole, :3], img[~hole])
+    assert np.array_equal(x[hole, :3], fill_holes(img, hole)[hole])
+    assert np.array_equal(x[~hole, :3], img[~hole])
     assert np.array_equal(x[..., 3], hole.astype(np.float32))
     assert np.array_equal(masked_input(x, mask), x)  # idempotent on its own output
     with pytest.raises(ValueError, match="mask is 5x5 but the image is 5x6"):
         masked_input(img, mask[:5])
+
+
+def test_fill_holes_is_a_smooth_guess_from_the_known_pixels_only():
+    flat = np.full((20, 24, 3), [0.2, 0.6, 0.4], np.float32)
+    hole = np.zeros((20, 24), bool)
+    hole[3:15, 5:20] = True
+    assert np.allclose(fill_holes(flat, hole), flat, atol=1e-6)  # a flat image stays flat
+    ramp = np.repeat(np.linspace(0, 1, 24, dtype=np.float32)[None, :, None], 20, 0)
+    ramp = np.repeat(ramp, 3, 2)
+    got = fill_holes(ramp, hole)
+    assert np.array_equal(got[~hole], ramp[~hole])
+    assert got[hole].min() >= 0 and got[hole].max() <= 1
+    assert got[10, 6, 0] < got[10, 18, 0]  # the fill follows the ramp across the hole
+    noisy = ramp.copy()
+    noisy[hole] = np.random.default_rng(0).random((hole.sum(), 3))  # hole content is ignored
+    assert np.array_equal(fill_holes(noisy, hole), got)
+    assert np.all(fill_holes(ramp, np.ones((20, 24), bool)) == HOLE_FILL)  # nothing known
 
 
 def test_degrade_for_inpaint_is_a_seeded_masked_input():
@@ -206,7 +225,9 @@ def test_degrade_writes_triples_and_evaluate_scores_the_hole_against_telea(train
     assert {"hr", "lq", "mask", "mask_coverage"} <= set(pairs_csv.columns)
     for row in pairs_csv.itertuples():
         lq, mask = read_image(task_dir / row.lq), read_mask(task_dir / row.mask)
-        assert np.all(lq[mask == 1] == pytest.approx(HOLE_FILL, abs=1 / 255))
+        hr = read_image(task_dir / row.hr)
+        want = masked_input(hr, mask)[..., :3]  # the fill, stored as 8-bit
+        assert np.abs(lq - want).max() <= 0.5 / 255 + 1e-6
         assert mask.mean() == pytest.approx(row.mask_coverage, abs=1e-6)
     cfg = tiny_config(root, f"evaluate.out_dir={root / 'reports'}", "evaluate.steps=[1]")
     ev = evaluate_model(cfg, "inpaint")

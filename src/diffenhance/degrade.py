@@ -274,7 +274,7 @@ def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- inpainting masks
 
-HOLE_FILL = 0.5  # value of the masked pixels in the inpainting input (mid grey)
+HOLE_FILL = 0.5  # value of the holes of an image without any known pixel (mid grey)
 MAX_MASK_SHAPES = 64  # strokes/boxes drawn at most while growing a mask to its coverage
 
 
@@ -330,18 +330,48 @@ def random_mask(
     return out
 
 
+def fill_holes(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """A smooth first guess for the holes: push-pull normalised averaging (Gortler et al. 1996,
+    "The Lumigraph"). Known pixels are averaged over blocks of 2, 4, 8, ... px (weights = the
+    known share) and bilinearly upsampled; each hole pixel takes the finest level that reaches
+    it. Deterministic, O(pixels), independent of tiling (computed on the whole image); known
+    pixels are returned unchanged. img HxWx3 float32, hole HxW bool (True = fill)."""
+    h, w = hole.shape
+    if not hole.any():
+        return img.copy()
+    if hole.all():
+        return np.full_like(img, HOLE_FILL)
+    known = torch.from_numpy((~hole).astype(np.float32))[None, None]
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None] * known
+    out = x.clone()
+    todo = torch.from_numpy(hole)[None, None]
+    k = 2
+    while todo.any():
+        num, den = (
+            F.interpolate(F.avg_pool2d(t, k, k, ceil_mode=True), size=(h, w), mode="bilinear",
+                          align_corners=False)
+            for t in (x, known)
+        )  # fmt: skip
+        ok = todo & (den > 1e-6)
+        out = torch.where(ok, num / den.clamp_min(1e-12), out)
+        todo = todo & ~ok
+        k *= 2
+    return np.ascontiguousarray(out[0].permute(1, 2, 0).clamp_(0, 1).numpy())
+
+
 def masked_input(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The inpainting input: HxWx4 float32 = the RGB image with the masked pixels set to
-    `HOLE_FILL`, then the mask (1 = fill) as a fourth channel. `img` HxWx3 (or already HxWx4:
-    its RGB is used), `mask` HxW or HxWx1 in [0, 1] (binarised at 0.5)."""
+    """The inpainting input: HxWx4 float32 = the RGB image with the masked pixels replaced by
+    a smooth guess from the known ones (`fill_holes`: the network refines it), then the mask
+    (1 = fill) as a fourth channel. `img` HxWx3 (or already HxWx4: its RGB is used), `mask` HxW
+    or HxWx1 in [0, 1] (binarised at 0.5)."""
     img = _as_image(img, "img", channels=(3, 4))[..., :3]
     m = np.asarray(mask, dtype=np.float32)
     m = m[..., 0] if m.ndim == 3 else m
     if m.shape != img.shape[:2]:
         raise ValueError(f"mask is {m.shape[1]}x{m.shape[0]} but the image is "
                          f"{img.shape[1]}x{img.shape[0]} (width x height); they must match")  # fmt: skip
-    m = (m >= 0.5).astype(np.float32)[..., None]
-    return np.concatenate([img * (1 - m) + HOLE_FILL * m, m], axis=-1)
+    hole = m >= 0.5
+    return np.concatenate([fill_holes(img, hole), hole[..., None].astype(np.float32)], axis=-1)
 
 
 # ----------------------------------------------------------------------------- task pipelines

@@ -5,7 +5,7 @@ changes when other images are added or the order changes. Training synthesises L
 the fly with the very same `degrade.degrade_for_task`; only the seed differs.
 
 Layout of `<degrade.out_dir>/<task>/`: `hr/<name>.png`, `lq/<name>.png`, `pairs.csv`, and for
-inpaint `mask/<name>.png` (white = fill; lq/ is then the masked input, holes grey): the triple.
+inpaint `mask/<name>.png` (white = fill; lq/ is then the masked input, holes pre-filled by `degrade.fill_holes`): the triple.
 
 `degrade_stage(cfg, tasks)` is the whole stage (manifest -> pairs of every task -> the resolved
 config); flows/degrade.py maps it over the tasks, the benchmarks and tests call it directly.
