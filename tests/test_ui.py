@@ -24,7 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffenhance.cli import app as cli_app
-from diffenhance.config import load_config
+from diffenhance.config import TASKS, load_config
 from diffenhance.io import read_image_info
 from diffenhance.ui import create_app
 from tests.conftest import REPO
@@ -212,7 +212,10 @@ def test_models_listed_and_checked(tmp_path):
     ) as c:
         models = c.get("/api/info").json()["models"]
         labels = [m["label"] for m in models]
-        assert labels == ["sr4 (shipped)", "denoise (shipped)", str(tmp_path / "mine")]
+        shipped = [f"{t} (shipped)" for t in TASKS
+                   if (REPO / "models" / "pretrained" / t / "model.safetensors").is_file()]  # fmt: skip
+        assert shipped[:2] == ["sr4 (shipped)", "denoise (shipped)"]  # in task order
+        assert labels == [*shipped, str(tmp_path / "mine")]
         assert models[0] | {"label": None} == {
             "value": "sr4", "label": None, "task": "sr4", "scale": 4, "formulation": "residual",
             "steps": 1, "samples": 1, "has_knob": True}  # fmt: skip
