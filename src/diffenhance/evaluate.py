@@ -346,7 +346,7 @@ def _score_pair(
     the headline output); writes its PNGs under `images` (the headline as enhance writes it)."""
     rows: list[dict[str, Any]] = []
     headline = None
-    mask = p.lq[..., 3] if p.lq.shape[2] > 3 else None  # inpaint: also scored in the hole
+    mask = p.mask  # inpaint: also scored in the hole
     write_image(images / "lq" / f"{p.name}.png", p.lq[..., :3])
     write_image(images / "hr" / f"{p.name}.png", p.hr)
     if mask is not None:
@@ -386,8 +386,7 @@ def _uncertainty_row(
     dt = time.perf_counter() - t0
     write_map(images / UNCERTAINTY_DIR / f"{p.name}.png", std)
     write_std(images / UNCERTAINTY_DIR / f"{p.name}.npy", std)
-    mask = p.lq[..., 3] if p.lq.shape[2] > 3 else None  # inpainting: inside the hole
-    corr = error_correlation(std, headline, p.hr, plan.protocols[0].crop, mask)
+    corr = error_correlation(std, headline, p.hr, plan.protocols[0].crop, p.mask)
     return {"image": p.name, **corr, "seconds": dt}
 
 

@@ -34,6 +34,11 @@ class Pair:
     hr: np.ndarray  # float32 HxWx3 in [0, 1]
     lq: np.ndarray  # float32 hxwxC in [0, 1], h = H / scale; C = 4 for inpaint (+ the mask)
 
+    @property
+    def mask(self) -> np.ndarray | None:
+        """Inpainting's hole (HxW, 1 = fill): the LQ's 4th channel; None for other tasks."""
+        return self.lq[..., 3] if self.lq.shape[2] > 3 else None
+
 
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     """Centre crop to at most `size` x `size` (smaller sides are kept)."""

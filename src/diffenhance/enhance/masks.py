@@ -63,9 +63,12 @@ def check_single_mask(cfg: Config, image: Path) -> None:
         raise EnhanceError(f"--mask {e} (image {image})") from None
 
 
-def with_mask(cfg: Config, key: str, img: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+def with_mask(
+    cfg: Config, key: str, img: np.ndarray, mask_sha: str | None
+) -> tuple[np.ndarray, dict[str, str]]:
     """The network input of image `key`: `img` itself without masks, else the inpainting
-    input (`degrade.masked_input`) and {"mask_key", "mask_sha256"} for its record.
+    input (`degrade.masked_input`) and {"mask_key", "mask_sha256"} for its record; `mask_sha`
+    is `mask_sha256(cfg, key)`, already computed for the resume check (hashed once).
     ImageReadError naming the mask when it is missing, unreadable, empty or of another size."""
     if not cfg.enhance.mask:
         return img, {}
@@ -74,7 +77,7 @@ def with_mask(cfg: Config, key: str, img: np.ndarray) -> tuple[np.ndarray, dict[
         looked = " or ".join(str(c) for c in mask_candidates(Path(cfg.enhance.mask), key))
         raise ImageReadError(key, f"no mask: {looked} does not exist")
     mask = read_mask(p, img.shape[:2], max_pixels=cfg.enhance.max_pixels)
-    return masked_input(img, mask), {"mask_key": str(p), "mask_sha256": file_sha256(p)}
+    return masked_input(img, mask), {"mask_key": str(p), "mask_sha256": str(mask_sha)}
 
 
 def mask_file(cfg: Config, key: str) -> Path | None:

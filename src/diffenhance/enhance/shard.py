@@ -280,7 +280,7 @@ class ShardRun:
             if Path(src.key).suffix.lower() == ".gif":
                 info = {**info, "frames": _frames(path)}
             img = read_image(path, max_pixels=self.cfg.enhance.max_pixels)
-            img, mask_info = with_mask(self.cfg, src.key, img)
+            img, mask_info = with_mask(self.cfg, src.key, img, mask_sha)
             info = {**info, **mask_info}
         except Exception as e:
             self.fail(src, e)
