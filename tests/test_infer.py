@@ -223,24 +223,33 @@ def test_peak_memory_does_not_grow_with_image_size(tmp_path):
     ckpt = random_checkpoint(tmp_path / "m.safetensors")
     # (side, tile): 32 and 128 px (4x the side, 16x the pixels) tiled; 96 px in one tile
     runs = {"small": (32, 16), "large": (128, 16), "untiled": (96, 96)}
+    # the tiled runs twice each, in fresh processes, keeping the smaller working set: a
+    # process's peak RSS carries a few MB of allocator slack that varies run to run (one run in
+    # a fresh clone measured 5.7 MB over the bound, then passed), while memory that really grows
+    # with the image grows in every run
+    reps = {"small": 2, "large": 2, "untiled": 1}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {
-        k: subprocess.Popen(
+    procs = [
+        (k, subprocess.Popen(
             [sys.executable, "-c", _MEASURE, str(ckpt), str(side), str(tile)],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
             text=True,
-        )
+        ))
         for k, (side, tile) in runs.items()
-    }
-    got = {k: json.loads(p.communicate(timeout=120)[0].splitlines()[-1]) for k, p in procs.items()}
-    work = {k: g["extra"] - g["out_bytes"] for k, g in got.items()}  # beyond the output image
-    assert got["large"]["tiles"] > 8 * got["small"]["tiles"], got
+        for _ in range(reps[k])
+    ]  # fmt: skip
+    got: dict[str, list[dict]] = {k: [] for k in runs}
+    for k, p in procs:
+        got[k].append(json.loads(p.communicate(timeout=180)[0].splitlines()[-1]))
+    # beyond the output image, the smallest of the repetitions
+    work = {k: min(g["extra"] - g["out_bytes"] for g in gs) for k, gs in got.items()}
+    assert got["large"][0]["tiles"] > 8 * got["small"][0]["tiles"], got
     # Tiled, the working set stays flat as the image grows 16x (allocator slack allowed) ...
-    assert work["large"] - work["small"] < 4 * 2**20, got
+    assert work["large"] - work["small"] < 4 * 2**20, (work, got)
     # ... while one forward pass over a smaller image, untiled, needs several times more.
-    assert work["untiled"] > 3 * work["large"], got
+    assert work["untiled"] > 3 * work["large"], (work, got)
 
 
 # ----------------------------------------------------------------------------- recommended steps
