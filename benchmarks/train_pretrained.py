@@ -61,13 +61,14 @@ if TYPE_CHECKING:
 RECIPE_DIR = REPO / "benchmarks" / "pretrained"
 # The overrides of params.yaml each recipe was written with (`--init-params`). The network is
 # the params.yaml default (base 32, mults 1-2-2: 1.2M parameters; residual adds a 16-wide
-# predictor: 1.5M, 6 MB fp32 - both models fit the 20 MB budget), trained on 48 px HR crops of
-# the bundled photos plus the 9 of extra_photos.py (`--extra-photos`) for what one core of a
-# 2-core CPU does in about 50 minutes, both tasks side by side (`--threads 1`: two threads on a
-# busy 2-core box were 30x slower per step). Each task ships the formulation that scored best
-# on the held-out photos at the params.yaml infer defaults (benchmarks/RESULTS.md):
-# sr4 = residual (the measured params.yaml default), denoise = indi (1.1x the residual's steps
-# per second, so 3000 steps in the budget: +0.7 dB over the 1800-step residual denoiser).
+# predictor: 1.5M, 6 MB fp32 - well inside the 20 MB budget) on the LR-space grid
+# (model.space=lr: the body on the 1/scale grid, 1/2 for scale-1 tasks; 6-8x the training
+# images/s of the HR U-Net at x4, benchmarks/RESULTS.md "HR vs LR space"), trained on random
+# crops of the bundled photos plus those of extra_photos.py (`--extra-photos`; the six held-out
+# photos are never among them) for what one core of a 2-core CPU does in 30-50 minutes, two
+# tasks side by side (`--threads 1`: two threads on a busy 2-core box were 30x slower per step).
+# Formulations: residual (predict and refine: the best LR arm at 1 step) for the SR tasks, indi
+# (deterministic, starts at the degraded image) for the scale-1 restorations.
 COMMON = [
     "data.source=samples",
     "data.crop_size=256",  # large sub-images: random 48 px training crops see more variety
@@ -87,15 +88,14 @@ COMMON = [
     "train.init_from=null",  # a recipe trains from scratch: reproducible whatever is shipped
 ]
 RECIPES = {
-    "sr4": [*COMMON, "diffusion.formulation=residual", "train.tasks=[sr4]", "train.steps=7000",
-            "train.val_every=1750"],
-    "denoise": [*COMMON, "diffusion.formulation=indi", "diffusion.indi_noise=0.0",
-                "train.tasks=[denoise]", "train.steps=12000", "train.val_every=3000",
-                "train.val_steps=1"],
-    # sr2, jpeg, blind (issue 13's missing tasks): the LR-space network (model.space=lr: the
-    # body on the 1/2 or 1/4 grid, 8x the training throughput of the HR U-Net at x4,
-    # benchmarks/RESULTS.md "HR vs LR space"), 96 px crops, what one busy core does in ~30 min;
-    # residual (predict and refine, best LR arm at 1 step) for SR, indi for JPEG like denoise.
+    # 96 px crops (24 px on the x4 grid: cheap, so more steps), 64 px for denoising (local)
+    "sr4": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[sr4]",
+            "train.crop_size=96", "train.steps=9000", "train.val_every=3000",
+            "train.val_steps=1", "degrade.tasks=[sr4]"],
+    "denoise": [*COMMON, "model.space=lr", "diffusion.formulation=indi",
+                "diffusion.indi_noise=0.0", "train.tasks=[denoise]", "train.crop_size=64",
+                "train.steps=8000", "train.val_every=4000", "train.val_steps=1",
+                "degrade.tasks=[denoise]"],
     "sr2": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[sr2]",
             "train.crop_size=96", "train.steps=2500", "train.val_every=1250",
             "train.val_steps=1", "degrade.tasks=[sr2]"],
@@ -103,7 +103,7 @@ RECIPES = {
              "train.tasks=[jpeg]", "train.crop_size=96", "train.steps=2500",
              "train.val_every=1250", "train.val_steps=1", "degrade.tasks=[jpeg]"],
     "blind": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[blind]",
-              "train.crop_size=96", "train.steps=3000", "train.val_every=1500",
+              "train.crop_size=96", "train.steps=6000", "train.val_every=3000",
               "train.val_steps=1", "degrade.tasks=[blind]"],
     # inpaint: InDI on the LR (1/2) grid, whose bottom level (1/8 of the image) has attention,
     # so a hole sees the whole crop; it refines the push-pull fill of the input (InDI starts at
