@@ -94,7 +94,7 @@ RECIPES = {
             "train.val_steps=1", "degrade.tasks=[sr4]"],
     "denoise": [*COMMON, "model.space=lr", "diffusion.formulation=indi",
                 "diffusion.indi_noise=0.0", "train.tasks=[denoise]", "train.crop_size=64",
-                "train.steps=8000", "train.val_every=4000", "train.val_steps=1",
+                "train.steps=6000", "train.val_every=3000", "train.val_steps=1",
                 "degrade.tasks=[denoise]"],
     "sr2": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[sr2]",
             "train.crop_size=96", "train.steps=2500", "train.val_every=1250",
