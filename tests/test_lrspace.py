@@ -2,8 +2,8 @@
 
 * shapes and `size_multiple` for scale 1, 2, 4, for every formulation's network;
 * the pixel-unshuffle / shuffle wrapper puts every output pixel back where it came from;
-* checkpoints of `model.space=lr` round-trip for every formulation (HR checkpoints without the
-  key keep loading: tests/test_pretrained.py);
+* checkpoints of `model.space=lr` round-trip for every formulation, and checkpoints written
+  before the key existed load as the HR U-Net they are;
 * tiled restoration through the one restore path has no seam;
 * a few training steps of `train_model` lower the loss.
 """
