@@ -63,10 +63,10 @@ RECIPE_DIR = REPO / "benchmarks" / "pretrained"
 # the params.yaml default (base 32, mults 1-2-2: 1.2M parameters; residual adds a 16-wide
 # predictor: 1.5M, 6 MB fp32 - well inside the 20 MB budget) on the LR-space grid
 # (model.space=lr: the body on the 1/scale grid, 1/2 for scale-1 tasks; 6-8x the training
-# images/s of the HR U-Net at x4, benchmarks/RESULTS.md "HR vs LR space"), trained on random
-# crops of the bundled photos plus those of extra_photos.py (`--extra-photos`; the six held-out
-# photos are never among them) for what one core of a 2-core CPU does in 30-50 minutes, two
-# tasks side by side (`--threads 1`: two threads on a busy 2-core box were 30x slower per step).
+# images/s of the HR U-Net at x4, benchmarks/RESULTS.md "HR vs LR space"; denoise: the HR
+# U-Net), trained on random crops of the bundled photos plus those of extra_photos.py
+# (`--extra-photos`; the six held-out photos are never among them) for what one core of a
+# 2-core CPU does in 30-60 minutes, two tasks side by side (`--threads 1`: two threads on a busy 2-core box were 30x slower per step).
 # Formulations: residual (predict and refine: the best LR arm at 1 step) for the SR tasks, indi
 # (deterministic, starts at the degraded image) for the scale-1 restorations.
 COMMON = [
@@ -92,10 +92,11 @@ RECIPES = {
     "sr4": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[sr4]",
             "train.crop_size=96", "train.steps=9000", "train.val_every=3000",
             "train.val_steps=1", "degrade.tasks=[sr4]"],
-    "denoise": [*COMMON, "model.space=lr", "diffusion.formulation=indi",
-                "diffusion.indi_noise=0.0", "train.tasks=[denoise]", "train.crop_size=64",
-                "train.steps=6000", "train.val_every=3000", "train.val_steps=1",
-                "degrade.tasks=[denoise]"],
+    # denoise stays on the HR U-Net: the LR-space (1/2 grid) denoiser, 6000 steps on 64 px
+    # crops, scored 1.0 dB below it on chelsea (RESULTS.md, "LR-space denoiser")
+    "denoise": [*COMMON, "model.space=hr", "diffusion.formulation=indi",
+                "diffusion.indi_noise=0.0", "train.tasks=[denoise]", "train.steps=12000",
+                "train.val_every=3000", "train.val_steps=1", "degrade.tasks=[denoise]"],
     "sr2": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[sr2]",
             "train.crop_size=96", "train.steps=2500", "train.val_every=1250",
             "train.val_steps=1", "degrade.tasks=[sr2]"],

@@ -23,8 +23,11 @@ from diffenhance.restore import restore, sampling_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "pretrained"
-TASKS = {"sr4": 4, "denoise": 1}  # task -> scale
-MAX_TOTAL_BYTES = 20 * 1024 * 1024
+TASKS = {"sr2": 2, "sr4": 4, "denoise": 1, "jpeg": 1, "blind": 4, "inpaint": 1}  # -> scale
+# the tasks scored against a baseline below (inpainting's own test is tests/test_inpaint.py)
+SCORED = sorted(set(TASKS) - {"inpaint"})
+MAX_MODEL_BYTES = 20 * 1000 * 1000
+MAX_TOTAL_BYTES = 64 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +55,21 @@ def test_shipped_checkpoint_describes_itself(task):
 
 
 def test_shipped_models_fit_the_size_budget():
+    """Each shipped model <= 20 MB (issue 13), and all of them small enough to keep in git."""
     files = sorted(SHIPPED.glob("*/model.safetensors"))
     assert {f.parent.name for f in files} >= set(TASKS)
-    total = sum(f.stat().st_size for f in files)
-    assert total <= MAX_TOTAL_BYTES, f"{total / 2**20:.1f} MiB > 20 MiB"
+    sizes = {f.parent.name: f.stat().st_size for f in files}
+    assert max(sizes.values()) <= MAX_MODEL_BYTES, sizes
+    assert sum(sizes.values()) <= MAX_TOTAL_BYTES, sizes
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", SCORED)
 def test_shipped_model_beats_the_baseline_on_held_out_photos(task, val_photos):
     """A 96 px centre crop of each validation photo (never trained on), degraded with the fixed
     validation seed, enhanced as `enhance` runs it: params.yaml's infer.steps/samples are null,
     so the checkpoint's recommendation (indi: 1 step, its fidelity end; see RESULTS.md)."""
-    cfg = load_config(REPO / "params.yaml", ["degrade.val_size=96"])
+    # blind: 256 px (a 64 px input); at 96 px its 24 px inputs carry too little to restore
+    cfg = load_config(REPO / "params.yaml", [f"degrade.val_size={256 if task == 'blind' else 96}"])
     r = load_restorer(SHIPPED / task)
     spec = sampling_spec(r, cfg.infer)  # what enhance runs
     proto = [
@@ -77,9 +83,8 @@ def test_shipped_model_beats_the_baseline_on_held_out_photos(task, val_photos):
         base = bicubic_upscale(lq, r.scale) if r.scale > 1 else lq
         model_psnr.append(score(out, hr, proto)[f"psnr_{proto[0].name}"])
         base_psnr.append(score(base, hr, proto)[f"psnr_{proto[0].name}"])
-    # Measured 2026-11-26 on these crops: sr4 (residual) +0.21 dB PSNR-Y over bicubic at 4 steps
-    # (a CPU-trained model; the +1.5 dB target of issue 7 needs GPU training, see RESULTS.md).
-    # The test guards "beats it"; the denoiser is far above the noisy input.
+    # The figures against issue 13's targets are benchmarks/RESULTS.md's (256 px crops of six
+    # held-out photos); this guards "beats it" on two small crops, as shipped.
     assert np.mean(model_psnr) > np.mean(base_psnr) + 0.1, (model_psnr, base_psnr)
 
 
@@ -109,7 +114,7 @@ def test_cli_enhances_with_the_shipped_model_by_default(tmp_path, monkeypatch, v
     assert read_image(tmp_path / "out.png").shape == (48, 64, 3)
 
 
-@pytest.mark.parametrize(("task", "steps"), [("sr4", 1), ("denoise", 1)])
+@pytest.mark.parametrize(("task", "steps"), [(t, 1) for t in sorted(TASKS)])  # all: 1 step
 def test_shipped_models_recommend_their_best_measured_steps(task, steps):
     """params.yaml leaves infer.steps/samples null: enhance runs what measured best per model
     (benchmarks/RESULTS.md, PSNR against steps); explicit params still win."""
