@@ -214,9 +214,10 @@ def test_models_listed_and_checked(tmp_path):
         labels = [m["label"] for m in models]
         shipped = [f"{t} (shipped)" for t in TASKS
                    if (REPO / "models" / "pretrained" / t / "model.safetensors").is_file()]  # fmt: skip
-        assert shipped[:2] == ["sr4 (shipped)", "denoise (shipped)"]  # in task order
+        assert shipped == [f"{t} (shipped)" for t in TASKS]  # every task ships, in task order
         assert labels == [*shipped, str(tmp_path / "mine")]
-        assert models[0] | {"label": None} == {
+        sr4 = next(m for m in models if m["value"] == "sr4")
+        assert sr4 | {"label": None} == {
             "value": "sr4", "label": None, "task": "sr4", "scale": 4, "formulation": "residual",
             "steps": 1, "samples": 1, "has_knob": True}  # fmt: skip
         r = c.post("/api/model", json={"path": str(tmp_path / "broken")})
@@ -289,7 +290,9 @@ def test_page_enhances_compares_and_reports_errors(browser, server, tmp_path):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server)
     page.wait_for_function("document.querySelectorAll('#model option').length > 0")
-    assert page.input_value("#task") == "sr4" and page.input_value("#model") == "sr4"
+    assert page.input_value("#task") == TASKS[0]  # the first task with a model
+    page.select_option("#task", "sr4")
+    assert page.input_value("#model") == "sr4"
     page.set_input_files("#file", str(src))
     page.wait_for_selector("#run:enabled")
     page.click("#run")
