@@ -66,7 +66,8 @@ RECIPE_DIR = REPO / "benchmarks" / "pretrained"
 # images/s of the HR U-Net at x4, benchmarks/RESULTS.md "HR vs LR space"; denoise: the HR
 # U-Net), trained on random crops of the bundled photos plus those of extra_photos.py
 # (`--extra-photos`; the six held-out photos are never among them) for what one core of a
-# 2-core CPU does in 30-60 minutes, two tasks side by side (`--threads 1`: two threads on a busy 2-core box were 30x slower per step).
+# 2-core CPU does in 30-60 minutes, two tasks side by side (`--threads 1`: two threads on a
+# busy 2-core box were 30x slower per step).
 # Formulations: residual (predict and refine: the best LR arm at 1 step) for the SR tasks, indi
 # (deterministic, starts at the degraded image) for the scale-1 restorations.
 COMMON = [
@@ -88,7 +89,7 @@ COMMON = [
     "train.init_from=null",  # a recipe trains from scratch: reproducible whatever is shipped
 ]
 RECIPES = {
-    # 96 px crops (24 px on the x4 grid: cheap, so more steps), 64 px for denoising (local)
+    # LR-space recipes: 96 px crops (24 px on the x4 grid: cheap, so more steps)
     "sr4": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[sr4]",
             "train.crop_size=96", "train.steps=9000", "train.val_every=3000",
             "train.val_steps=1", "degrade.tasks=[sr4]"],
