@@ -19,7 +19,12 @@ the `train` stage. This script is a thin wrapper around the pipeline's own piece
    task calls - and training.json records which command ran;
 3. the EMA weights (config embedded in the safetensors metadata) with the training log and a
    model card of how they were made (training.json: steps, wall time, machine, date, commit,
-   command) installed in `--dest/<task>/` (default models/pretrained).
+   command) installed in `--dest/<task>/` (default models/pretrained);
+4. after evaluating it (bench_quality.py --models <dest>), `--ship <dest>` puts a run trained
+   into a side folder in models/pretrained with its measured sampler setting and figures:
+
+    python benchmarks/train_pretrained.py --task denoise --ship /tmp/run/out \
+        --recommend-steps 1 --why "1 step: 31.0 dB, 2 steps: 30.8" --measured fig.json
 
     python benchmarks/train_pretrained.py --task sr4 --threads 1 --extra-photos   # the CPU recipe
     python benchmarks/train_pretrained.py --task sr4 --dest $OUT/pretrained \
@@ -294,6 +299,47 @@ def install(
     return record
 
 
+def ship(
+    task: str, run_out: Path, dest: Path, steps: int, why: str, measured: dict | None = None
+) -> dict:
+    """Ship a finished, evaluated run: copy run_out/<task>/ (the weights, training log and card
+    that `train`/`install` wrote) into dest/<task>/, record the measured sampler setting in the
+    checkpoint (`model.set_recommended`: `steps` steps, 1 sample, `why`) and the held-out
+    figures in the card (`measured`: e.g. bench_quality.py's numbers and its command). The
+    copy is made next to dest/<task> and swapped in whole, so a failure leaves the shipped
+    model as it was. Returns the card."""
+    from diffenhance.model import WEIGHTS_NAME, load_restorer, set_recommended
+
+    src = run_out / task
+    missing = [
+        f for f in (WEIGHTS_NAME, "train_log.csv", "training.json") if not (src / f).is_file()
+    ]
+    if missing:
+        raise FileNotFoundError(f"{src}: not a finished run of train_pretrained.py (no {missing})")
+    card = json.loads((src / "training.json").read_text())
+    if card.get("task") != task:
+        raise ValueError(f"{src / 'training.json'}: a {card.get('task')!r} model, not {task!r}")
+    out = dest / task
+    tmp = dest / f".{task}.shipping"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in (WEIGHTS_NAME, "train_log.csv"):
+        shutil.copyfile(src / f, tmp / f)
+    set_recommended(tmp / WEIGHTS_NAME, steps, 1, why)
+    card["size_bytes"] = (tmp / WEIGHTS_NAME).stat().st_size
+    if measured is not None:
+        card["measured"] = measured
+    (tmp / "training.json").write_text(json.dumps(card, indent=2) + "\n")
+    load_restorer(tmp)  # it loads from its own metadata, as users will load it
+    old = dest / f".{task}.replaced"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return card
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", required=True, choices=sorted(RECIPES))
@@ -317,8 +363,29 @@ def main(argv: list[str] | None = None) -> int:
         help="install the weights and card of a run already finished in --work, whose training "
         "took SECONDS of wall time (e.g. after the wrapper itself was interrupted)",
     )
+    ap.add_argument(
+        "--ship",
+        type=Path,
+        default=None,
+        metavar="RUN_OUT",
+        help="ship a finished run's --dest folder into models/pretrained (or --dest) with "
+        "--recommend-steps, --why and --measured; no training",
+    )
+    ap.add_argument("--recommend-steps", type=int, default=1, help="with --ship")
+    ap.add_argument("--why", default=None, help="with --ship: the measured reason for the steps")
+    ap.add_argument(
+        "--measured", type=Path, default=None, help="with --ship: a JSON file of held-out figures"
+    )
     ap.add_argument("overrides", nargs="*", help="dotted overrides on top of the recipe")
     args = ap.parse_args(argv)
+    if args.ship is not None:
+        if not args.why:
+            print("error: --ship needs --why (the measured reason for the steps)", file=sys.stderr)
+            return 2
+        measured = json.loads(args.measured.read_text()) if args.measured else None
+        card = ship(args.task, args.ship, args.dest, args.recommend_steps, args.why, measured)
+        print(json.dumps(card, indent=2))
+        return 0
     if args.init_params:
         print(f"wrote {init_params(args.task)}")
         return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +89,37 @@ def test_recipe_runs_through_the_train_flow_or_its_library_entry(train_pretraine
     )
     cmd = train_pretrained.train_command(recipe, ["train.steps=2"])
     assert cmd[1:] == ["-m", "diffenhance.train", "--params", str(recipe), "train.steps=2"]
+
+
+def test_ship_installs_a_finished_run_with_its_recommendation_and_figures(
+    train_pretrained, tmp_path
+):
+    """`--ship` copies a run's folder into the shipped place whole, records the recommended
+    steps in the checkpoint and the held-out figures in the card; a wrong folder changes
+    nothing."""
+    from diffenhance.model import load_restorer
+
+    run_out = tmp_path / "run"
+    shutil.copytree(REPO / "models" / "pretrained" / "sr2", run_out / "sr2")
+    dest = tmp_path / "pretrained"
+    figures = {"psnr_y_model": 33.75, "command": "bench_quality.py --tasks sr2"}
+    (tmp_path / "fig.json").write_text(json.dumps(figures))
+    rc = train_pretrained.main(["--task", "sr2", "--ship", str(run_out), "--dest", str(dest),
+                                "--recommend-steps", "2", "--why", "2 steps: +0.01 dB",
+                                "--measured", str(tmp_path / "fig.json")])  # fmt: skip
+    assert rc == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["sr2"]  # no temp folders left
+    card = json.loads((dest / "sr2" / "training.json").read_text())
+    assert card["measured"] == figures and card["task"] == "sr2"
+    assert card["size_bytes"] == (dest / "sr2" / "model.safetensors").stat().st_size
+    rec = json.loads(load_restorer(dest / "sr2").meta["recommended"])
+    assert (rec["steps"], rec["samples"], rec["why"]) == (2, 1, "2 steps: +0.01 dB")
+    before = (dest / "sr2" / "model.safetensors").read_bytes()
+    shutil.copytree(run_out / "sr2", run_out / "sr4")
+    with pytest.raises(ValueError, match="not 'sr4'"):  # an sr2 run shipped as sr4
+        train_pretrained.ship("sr4", run_out, dest, 1, "x")
+    (run_out / "sr2" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no \\['model.safetensors'"):
+        train_pretrained.ship("sr2", run_out, dest, 1, "x")
+    assert (dest / "sr2" / "model.safetensors").read_bytes() == before
+    assert train_pretrained.main(["--task", "sr2", "--ship", str(run_out)]) == 2  # no --why
