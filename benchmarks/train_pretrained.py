@@ -24,7 +24,7 @@ the `train` stage. This script is a thin wrapper around the pipeline's own piece
    into a side folder in models/pretrained with its measured sampler setting and figures:
 
     python benchmarks/train_pretrained.py --task denoise --ship /tmp/run/out \
-        --recommend-steps 1 --why "1 step: 31.0 dB, 2 steps: 30.8" --measured fig.json
+        --recommend-steps 1 --why "1 step = 2 steps (RESULTS.md, ...)" --measured fig.json
 
     python benchmarks/train_pretrained.py --task sr4 --threads 1 --extra-photos   # the CPU recipe
     python benchmarks/train_pretrained.py --task sr4 --dest $OUT/pretrained \
@@ -259,8 +259,7 @@ def install(
     log = pd.read_csv(src / "train_log.csv")
     out = dest / task
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / WEIGHTS_NAME, out / WEIGHTS_NAME)
-    shutil.copyfile(src / "train_log.csv", out / "train_log.csv")
+    copy_run_files(src, out)
     cfg = load_config(params, [*ov, *overrides])
     val = log.dropna(subset=["val_psnr"])
     record = {
@@ -299,6 +298,14 @@ def install(
     return record
 
 
+def copy_run_files(src: Path, out: Path) -> None:
+    """Copy a run's weights and training log (what a model folder holds besides its card)."""
+    from diffenhance.model import WEIGHTS_NAME
+
+    for f in (WEIGHTS_NAME, "train_log.csv"):
+        shutil.copyfile(src / f, out / f)
+
+
 def ship(
     task: str, run_out: Path, dest: Path, steps: int, why: str, measured: dict | None = None
 ) -> dict:
@@ -308,6 +315,7 @@ def ship(
     figures in the card (`measured`: e.g. bench_quality.py's numbers and its command). The
     copy is made next to dest/<task> and swapped in whole, so a failure leaves the shipped
     model as it was. Returns the card."""
+    from diffenhance.io import temp_name
     from diffenhance.model import WEIGHTS_NAME, load_restorer, set_recommended
 
     src = run_out / task
@@ -320,19 +328,20 @@ def ship(
     if card.get("task") != task:
         raise ValueError(f"{src / 'training.json'}: a {card.get('task')!r} model, not {task!r}")
     out = dest / task
-    tmp = dest / f".{task}.shipping"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = dest / temp_name(task)  # hidden .tmp: sweeps and publishing skip it
     tmp.mkdir(parents=True)
-    for f in (WEIGHTS_NAME, "train_log.csv"):
-        shutil.copyfile(src / f, tmp / f)
-    set_recommended(tmp / WEIGHTS_NAME, steps, 1, why)
-    card["size_bytes"] = (tmp / WEIGHTS_NAME).stat().st_size
-    if measured is not None:
-        card["measured"] = measured
-    (tmp / "training.json").write_text(json.dumps(card, indent=2) + "\n")
-    load_restorer(tmp)  # it loads from its own metadata, as users will load it
-    old = dest / f".{task}.replaced"
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        copy_run_files(src, tmp)
+        set_recommended(tmp / WEIGHTS_NAME, steps, 1, why)
+        card["size_bytes"] = (tmp / WEIGHTS_NAME).stat().st_size
+        if measured is not None:
+            card["measured"] = measured
+        (tmp / "training.json").write_text(json.dumps(card, indent=2) + "\n")
+        load_restorer(tmp)  # it loads from its own metadata, as users will load it
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = dest / temp_name(task)
     if out.exists():
         out.rename(old)
     tmp.rename(out)
