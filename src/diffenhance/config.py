@@ -113,6 +113,10 @@ class DiffusionConfig:
     indi_t1_prob: float = 0.2  # share of InDI training at t = 1: keeps the 1-step end faithful
     residual_scale: float = 4.0  # residual: diffuse s * (x - mu); residuals are small, s lifts SNR
     residual_predictor_channels: int = 16  # residual: predictor U-Net width (0 = model's)
+    # pmrf (posterior-mean rectified flow): stage 1 is this formulation's 1-step output
+    pmrf_mean: Formulation = "residual"
+    pmrf_noise: float = 0.1  # pmrf: sigma_s of the flow's start mu + sigma_s eps (model range)
+    pmrf_train_mean: bool = True  # pmrf: train stage 1 too (false: frozen, from train.init_from)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,13 @@ class InferConfig:
     samples: int | None = (
         None  # mean of N samples: more PSNR, less texture (knob); None: checkpoint
     )
+    # formulations with a detail knob (pmrf): 0 = the posterior mean (best PSNR) .. 1 = the
+    # flow's sample (ground-truth-like detail); null: the checkpoint's recommendation
+    detail: float | None = None
+    # a named point of the knob the checkpoint records (fidelity | balanced | detail, measured
+    # per model: `diffenhance models`); null: the checkpoint's default (fidelity). steps,
+    # samples and detail set here override the preset's
+    preset: str | None = None
     # also write each output's per-pixel std across the samples (<stem>.uncertainty.png/.npy);
     # needs samples >= 2 and a model whose samples differ (diffenhance.uncertainty)
     uncertainty: bool = False
@@ -425,6 +436,8 @@ def _rules_diffusion(obj: DiffusionConfig, bad: Callable[[str, str], ConfigError
         raise bad("indi_noise", "must be >= 0 (and diffusion.indi_t1_prob in [0, 1])")
     if obj.residual_scale <= 0 or obj.residual_predictor_channels < 0:
         raise bad("residual_scale", "must be > 0 (and residual_predictor_channels >= 0)")
+    if not 0.0 <= obj.pmrf_noise <= 1.0:
+        raise bad("pmrf_noise", "must be in [0, 1]")
 
 
 def _rules_train(obj: TrainConfig, bad: Callable[[str, str], ConfigError]) -> None:
@@ -477,6 +490,8 @@ def _rules_infer(obj: InferConfig, bad: Callable[[str, str], ConfigError]) -> No
             raise bad(k, "must be >= 1" + (" (or null)" if k != "tile_batch" else ""))
     if obj.eta < 0:
         raise bad("eta", "must be >= 0")
+    if obj.detail is not None and not 0.0 <= obj.detail <= 1.0:
+        raise bad("detail", "must be in [0, 1] (or null)")
 
 
 def _rules_enhance(obj: EnhanceConfig, bad: Callable[[str, str], ConfigError]) -> None:

@@ -88,11 +88,12 @@ class RestorerTiles:
     sampler: str = "ddim"
     eta: float = 0.0
     samples: int = 1  # > 1: the mean of that many samples per tile
+    detail: float = 1.0  # formulations with a detail knob: 0 = posterior mean .. 1 = sample
 
     @classmethod
     def from_spec(cls, restorer: Any, spec: Any) -> RestorerTiles:
         """From a resolved `restore.SamplingSpec` (sampler, steps, eta, samples)."""
-        return cls(restorer, spec.steps, spec.sampler, spec.eta, spec.samples)
+        return cls(restorer, spec.steps, spec.sampler, spec.eta, spec.samples, spec.detail)
 
     @property
     def scale(self) -> int:
@@ -152,6 +153,7 @@ class RestorerTiles:
             autocast_dtype=autocast_dtype,
             samples=self.samples,
             variance=variance,
+            detail=self.detail,
         )
         return mean.float().cpu(), None if var is None else var.float().cpu()
 

@@ -109,6 +109,7 @@ class Restorer:
         generator: Generators = None,
         autocast_dtype: torch.dtype | None = None,
         samples: int = 1,
+        detail: float = 1.0,
     ) -> torch.Tensor:
         """Restore a batch. lq: [N,C,h,w] float32 in [0,1] -> [N,3,h*scale,w*scale] in [0,1].
 
@@ -120,11 +121,13 @@ class Restorer:
         then moved): one generator for the batch, or one per item (a sequence: item i then
         depends on generator i only). The result is a pure function of (weights, lq, generator
         seeds, steps). `samples` > 1 returns the mean of that many independent samples (more
-        faithful, less texture); `steps` is ignored by the regression formulation.
+        faithful, less texture); `steps` is ignored by the regression formulation. `detail` in
+        [0, 1] (formulations with a detail knob, e.g. pmrf): 0 = the posterior mean, 1 = the
+        sample.
         """
         return self.restore_moments(
             lq, steps=steps, sampler=sampler, eta=eta, generator=generator,
-            autocast_dtype=autocast_dtype, samples=samples, variance=False,
+            autocast_dtype=autocast_dtype, samples=samples, variance=False, detail=detail,
         )[0]  # fmt: skip
 
     @torch.no_grad()
@@ -139,6 +142,7 @@ class Restorer:
         autocast_dtype: torch.dtype | None = None,
         samples: int = 1,
         variance: bool = True,
+        detail: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`restore` and, when `variance`, the spread of its samples: (mean [N,3,H,W] in [0,1]
         (the same bits as `restore`), var [N,1,H,W] float32: the mean over RGB of each channel's
@@ -162,6 +166,7 @@ class Restorer:
                 generator=generator,
                 samples=samples,
                 variance=variance,
+                detail=detail,
             )
         mean = from_model_range(m.mean.float()).clamp(0, 1)
         # [-1, 1] -> [0, 1] halves values, so it quarters variances
@@ -226,11 +231,52 @@ def recommended_min_tile(r: Restorer) -> int:
     return int(json.loads(r.meta.get("recommended") or "{}").get("min_tile", 0))
 
 
-def sampling(r: Restorer, steps: int | None, samples: int | None) -> tuple[int, int]:
-    """(steps, samples) to run `r` with: the given values, each None filled in from
-    `recommended_sampling`."""
-    rec_steps, rec_samples = recommended_sampling(r)
-    return (rec_steps if steps is None else steps), (rec_samples if samples is None else samples)
+PRESETS = ("fidelity", "balanced", "detail")  # along the knob: best PSNR .. most detail
+
+
+def presets(r: Restorer | CheckpointSpec) -> dict[str, dict[str, Any]]:
+    """The named settings of the knob the checkpoint records, {name: {"steps", "samples",
+    "detail"}} in `PRESETS` order: its measured "presets" metadata, else only "fidelity" =
+    `recommended_sampling` (at detail 0 for a formulation with a detail knob: its posterior
+    mean; 1 otherwise, where detail has no meaning)."""
+    rec = json.loads(r.meta.get("recommended") or "{}")
+    steps, samples = recommended_sampling(r)
+    knob = get_formulation(r.diffusion_cfg.formulation).detail_knob
+    out = {"fidelity": {"steps": steps, "samples": samples, "detail": 0.0 if knob else 1.0}}
+    for name, p in (rec.get("presets") or {}).items():
+        out[name] = {"steps": int(p.get("steps", steps)), "samples": int(p.get("samples", 1)),
+                     "detail": float(p.get("detail", 1.0))}  # fmt: skip
+    return {k: out[k] for k in sorted(out, key=lambda k: (PRESETS + (k,)).index(k))}
+
+
+def default_preset(r: Restorer | CheckpointSpec) -> str:
+    """The preset the checkpoint runs when none is asked for ("fidelity" unless it says)."""
+    return str(json.loads(r.meta.get("recommended") or "{}").get("preset", "fidelity"))
+
+
+def sampling(
+    r: Restorer,
+    steps: int | None,
+    samples: int | None,
+    detail: float | None = None,
+    preset: str | None = None,
+) -> tuple[int, int, float]:
+    """(steps, samples, detail) to run `r` with: the given values, each None filled in from
+    the checkpoint's preset `preset` (None: `default_preset`). ValueError naming the presets
+    the model has when it has no `preset`."""
+    known = presets(r)
+    name = default_preset(r) if preset is None else preset
+    if name not in known:
+        raise ValueError(
+            f"model {r.task} ({r.diffusion_cfg.formulation}) has no preset {name!r}; it has "
+            f"{', '.join(known)} (presets are measured per model and recorded in its checkpoint)"
+        )
+    p = known[name]
+    return (
+        p["steps"] if steps is None else steps,
+        p["samples"] if samples is None else samples,
+        p["detail"] if detail is None else detail,
+    )
 
 
 def set_recommended(
@@ -388,6 +434,26 @@ def _check_recommended(p: Path, meta: dict[str, str]) -> None:
         v = rec.get(k, 1)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise CheckpointError(f"{p}: metadata recommended.{k}={v!r} must be an integer >= 1")
+    named = rec.get("presets", {})
+    if not isinstance(named, dict) or rec.get("preset", "fidelity") not in {"fidelity", *named}:
+        raise CheckpointError(f"{p}: metadata recommended.presets/preset are malformed")
+    for name, spec in named.items():
+        ok = (
+            isinstance(spec, dict)
+            and all(
+                isinstance(spec.get(k, 1), int)
+                and not isinstance(spec.get(k, 1), bool)
+                and spec.get(k, 1) >= 1
+                for k in ("steps", "samples")
+            )
+            and isinstance(spec.get("detail", 1.0), (int, float))
+            and 0 <= spec.get("detail", 1) <= 1
+        )
+        if not ok:
+            raise CheckpointError(
+                f"{p}: metadata recommended.presets.{name}={spec!r} needs integer steps and "
+                "samples >= 1 and detail in [0, 1]"
+            )
 
 
 def _network_shapes(

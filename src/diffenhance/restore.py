@@ -10,8 +10,9 @@ report measures exactly what `diffenhance enhance` writes (diffusers' one-pipeli
     hr, std = restore_with_uncertainty(r, lq, spec)     # + the spread of spec.samples samples
 
 `sampling_spec` is the only place where sampler settings are resolved: `infer.*` from params,
-each of steps/samples left null filled from the checkpoint's "recommended" metadata, else the
-formulation's default (`Formulation.default_steps`), and the tile raised to the checkpoint's
+each of steps/samples/detail left null filled from the checkpoint's preset `infer.preset`
+(null: its default preset; `model.presets`: "fidelity" .. "detail", measured per model), else
+the formulation's default (`Formulation.default_steps`), and the tile raised to the checkpoint's
 recommended minimum (inpainting needs context around a hole); callers that sweep a setting
 (evaluate's step curve, compare's knob ends, validation) pass it as an explicit override.
 
@@ -49,6 +50,7 @@ class SamplingSpec:
     tile_overlap: int
     tile_batch: int
     color_correction: Literal["none", "meanstd", "wavelet"]
+    detail: float = 1.0  # formulations with a detail knob: 0 = posterior mean .. 1 = sample
 
     def describe(self) -> dict[str, Any]:
         """The spec as a JSON-able dict (for protocol.json, manifests and reports)."""
@@ -66,15 +68,18 @@ def sampling_spec(r: Any, infer: InferConfig, **overrides: Any) -> SamplingSpec:
     """
     from diffenhance.model import recommended_min_tile, sampling
 
-    steps, samples = sampling(r, infer.steps, infer.samples)
+    steps, samples, detail = sampling(r, infer.steps, infer.samples, infer.detail, infer.preset)
     base = {f.name: getattr(infer, f.name) for f in dataclasses.fields(SamplingSpec)}
-    base |= {"steps": steps, "samples": samples, "tile": max(infer.tile, recommended_min_tile(r))}
+    base |= {"steps": steps, "samples": samples, "detail": detail,
+             "tile": max(infer.tile, recommended_min_tile(r))}  # fmt: skip
     unknown = set(overrides) - set(base)
     if unknown:
         raise ValueError(f"unknown sampling setting(s) {sorted(unknown)}; known: {sorted(base)}")
     spec = SamplingSpec(**(base | {k: v for k, v in overrides.items() if v is not None}))
     if spec.steps < 1 or spec.samples < 1:
         raise ValueError(f"steps and samples must be >= 1, got {spec.steps} and {spec.samples}")
+    if not 0.0 <= spec.detail <= 1.0:
+        raise ValueError(f"detail must be in [0, 1], got {spec.detail}")
     return spec
 
 

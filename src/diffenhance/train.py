@@ -43,6 +43,7 @@ from diffenhance.data.pairs import load_pairs
 from diffenhance.data.prepare import load_manifest
 from diffenhance.degrade import degrade_for_task, pair_seed
 from diffenhance.diffusion import formulation_loss, to_model_range
+from diffenhance.diffusion.formulations import get_formulation
 from diffenhance.infer import resolve_device
 from diffenhance.io import atomic_path, read_image, write_image
 from diffenhance.metrics import psnr, ssim
@@ -462,6 +463,9 @@ class TrainLoop:
             tensors, meta = read_checkpoint(init)
             if "recommended" in meta:  # measured on the weights it starts from: keep it
                 r.meta["recommended"] = meta["recommended"]
+            tensors = get_formulation(self.cfg.diffusion.formulation).init_tensors(
+                r.unet, tensors, meta
+            )
             skipped = load_matching(
                 r.unet, tensors, strict=t.init_strict, source=str(init),
                 advice="Set train.init_strict=false to load only the tensors that match.",

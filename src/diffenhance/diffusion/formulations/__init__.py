@@ -5,7 +5,8 @@ The registry (`base.py`) maps `diffusion.formulation` to a `Formulation`; the bu
 * ``sr3`` (`sr3.py`) - conditional diffusion from pure noise, the reference;
 * ``regression`` (`regression.py`) - the same network as a one-shot regressor;
 * ``indi`` (`indi.py`) - Inversion by Direct Iteration, starts at the degraded image;
-* ``residual`` (`residual.py`) - predict and refine: diffusion on the residual over a predictor.
+* ``residual`` (`residual.py`) - predict and refine: diffusion on the residual over a predictor;
+* ``pmrf`` (`pmrf.py`) - posterior-mean rectified flow: a flow from the mean to the image.
 
 Two entry points dispatch through the registry and never on a name: `formulation_loss` (used
 by training) and `formulation_moments` (the one sample driver, used by `Restorer.restore`;
@@ -28,7 +29,7 @@ import torch
 from diffenhance.config import DiffusionConfig
 
 # importing the built-in formulations registers them
-from diffenhance.diffusion.formulations import indi, regression, residual, sr3  # noqa: F401
+from diffenhance.diffusion.formulations import indi, pmrf, regression, residual, sr3  # noqa: F401
 from diffenhance.diffusion.formulations.base import (
     Formulation,
     Generators,
@@ -138,12 +139,13 @@ def formulation_sample(
     samples: int = 1,
     clip_x0: bool = True,
     progress: bool = False,
+    detail: float = 1.0,
 ) -> torch.Tensor:
     """Restore a batch: cond [N, 3, H, W] in [-1, 1] -> x0 [N, 3, H, W] in [-1, 1] (clipped
     when clip_x0), the mean of `samples` independent samples (`formulation_moments`' mean)."""
     return formulation_moments(
         dcfg, model, sched, cond, steps=steps, sampler=sampler, eta=eta, generator=generator,
-        samples=samples, clip_x0=clip_x0, progress=progress,
+        samples=samples, clip_x0=clip_x0, progress=progress, detail=detail,
     ).mean  # fmt: skip
 
 
@@ -162,6 +164,7 @@ def formulation_moments(
     clip_x0: bool = True,
     progress: bool = False,
     variance: bool = False,
+    detail: float = 1.0,
 ) -> Moments:
     """The one sample driver: cond [N, 3, H, W] in [-1, 1] -> `Moments`: the mean of `samples`
     independent samples in [-1, 1] (each clipped when clip_x0) and, when `variance`, their
@@ -171,15 +174,25 @@ def formulation_moments(
     The formulation draws its own start from `generator`. steps: sampler steps (1..T for
     sr3/residual, >= 1 for indi; unused by formulations without a knob). sampler/eta: 'ddim' |
     'ddpm' and its eta (indi: eta in [0, 1] is the share of fresh noise per step). A pure
-    function of (weights, cond, generator states, arguments).
+    function of (weights, cond, generator states, arguments). detail in [0, 1]: for a
+    formulation with a detail knob (`Formulation.detail_knob`), 0 = its posterior mean, 1 = its
+    sample; others accept only 1.
     """
     f = get_formulation(dcfg.formulation)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if not 0.0 <= detail <= 1.0 or (detail != 1.0 and not f.detail_knob):
+        raise ValueError(
+            f"detail must be in [0, 1] (and 1 for the {f.name} formulation, which has no detail "
+            f"knob: use steps), got {detail}"
+        )
+    knob = {"detail": detail} if f.detail_knob else {}
+    if f.detail_knob and detail == 0.0:
+        samples = 1  # the posterior mean itself: every sample is the same image
     if not f.uses_start_noise:
         samples = 1  # no randomness: every sample is the same image
     args = dict(steps=steps, sampler=sampler, eta=eta, samples=samples, clip_x0=clip_x0,
-                variance=variance)  # fmt: skip
+                variance=variance, detail=detail)  # fmt: skip
     per_item = generator is not None and not isinstance(generator, torch.Generator)
     if per_item and f.draws_noise(dcfg, sampler, eta) and cond.shape[0] > 1:
         # per-item generators and per-step noise: run each item alone
@@ -200,7 +213,7 @@ def formulation_moments(
     for _ in range(samples):
         x = f.sample_once(
             dcfg, model, sched, cond, prepared, steps=steps, sampler=sampler, eta=eta,
-            generator=generator, step_gen=step_gen, progress=progress, clip_x0=clip_x0,
+            generator=generator, step_gen=step_gen, progress=progress, clip_x0=clip_x0, **knob,
         )  # fmt: skip
         if clip_x0:
             x = x.clamp(-1, 1)

@@ -11,6 +11,8 @@ branches on its name (EDM's shape: each recipe is one class chosen once by name)
 * `default_steps` / `default_samples` - what `enhance` runs when neither params nor the
   checkpoint say otherwise;
 * `has_knob` - whether steps/samples change its output (the fidelity <-> sharpness knob);
+* `detail_knob` - whether `sample_once` also takes `detail` in [0, 1] (posterior mean .. sample);
+* `init_tensors(net, tensors, meta)` - an init checkpoint's tensors mapped onto its network;
 * `draws_noise(dcfg, sampler, eta)` - whether sampling draws noise after its start;
 * `deterministic_reason(dcfg, sampler, eta)` - why its samples cannot differ (None: they do), so
   an uncertainty map (the spread of N samples) is refused for it.
@@ -48,6 +50,8 @@ class Formulation:
     default_samples: ClassVar[int] = 1  # ... and samples (mean of N)
     has_knob: ClassVar[bool] = True  # False: steps and samples do not change the output
     uses_start_noise: ClassVar[bool] = True  # False: no randomness at all (samples = 1 suffices)
+    # True: `sample_once` takes `detail` in [0, 1] (0 = its posterior mean, 1 = its sample)
+    detail_knob: ClassVar[bool] = False
 
     def build_network(
         self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int, cond_channels: int = 3
@@ -59,6 +63,13 @@ class Formulation:
         Default: the conditional network of `model.space` (noisy state and condition in,
         3 channels out: `nn.build_cond_net`)."""
         return build_cond_net(model_cfg, scale, in_channels=3 + cond_channels, out_channels=3)
+
+    def init_tensors(
+        self, net: torch.nn.Module, tensors: dict[str, torch.Tensor], meta: dict[str, str]
+    ) -> dict[str, torch.Tensor]:
+        """The tensors of an init checkpoint (`train.init_from`, with its metadata) mapped onto
+        `net`'s names (default: as they are; pmrf puts a stage-1 model under ``mean.``)."""
+        return tensors
 
     def loss(
         self,

@@ -1,0 +1,179 @@
+"""pmrf (posterior-mean rectified flow): its Euler sampler, its detail knob, its loss and the
+frozen stage 1 loaded from a model of the mean formulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.diffusion import Schedule, formulation_loss, formulation_sample
+from diffenhance.diffusion.formulations import get_formulation
+from diffenhance.diffusion.formulations.pmrf import (
+    TIME_SCALE,
+    PosteriorMeanFlow,
+    posterior_mean,
+)
+from diffenhance.model import build_network, load_matching
+
+T = 50
+SCHED = Schedule.from_config(DiffusionConfig(timesteps=T))
+MCFG = ModelConfig(base_channels=16, channel_mults=(1, 2), attn_resolutions=(2,), head_channels=16)
+
+
+def dcfg(**kw) -> DiffusionConfig:
+    base = dict(timesteps=T, formulation="pmrf", pmrf_mean="regression", pmrf_noise=0.1)
+    return DiffusionConfig(**(base | kw))
+
+
+def images(n: int = 2, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(n, 3, size, size, generator=g) * 1.6 - 0.8
+    y = F.avg_pool2d(F.pad(x0, (1, 1, 1, 1), mode="reflect"), 3, stride=1) * 0.9
+    return x0, y
+
+
+class HalfY(torch.nn.Module):
+    """A regression 'mean' network: y + net(y) = 0.5 y."""
+
+    size_multiple = 1
+
+    def forward(self, x_t, t, cond):
+        return -0.5 * cond[:, :3]
+
+
+class OracleFlow(torch.nn.Module):
+    """The exact velocity towards a fixed target x: v(z, t) = (x - z) / (1 - t)."""
+
+    size_multiple = 1
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__()
+        self.target = target
+        self.calls: list[float] = []
+
+    def forward(self, z, t, cond):
+        tt = t / TIME_SCALE
+        self.calls.append(float(tt[0]))
+        return (self.target - z) / (1 - tt).view(-1, 1, 1, 1)
+
+
+def sample(net, y, *, steps=4, detail=1.0, seed=0, cfg=None):
+    return formulation_sample(
+        cfg or dcfg(), net, SCHED, y, steps=steps, detail=detail, clip_x0=False,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5])
+def test_euler_reaches_the_target_of_an_exact_straight_flow(steps):
+    """Straight paths: Euler with the exact velocity lands on the target for any step count,
+    visiting t = 0, 1/K, ..., (K-1)/K (Alg. 2)."""
+    x0, y = images()
+    flow = OracleFlow(x0)
+    out = sample(PosteriorMeanFlow(HalfY(), flow), y, steps=steps)
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+    assert flow.calls == pytest.approx([i / steps for i in range(steps)])
+
+
+def test_detail_zero_is_the_posterior_mean_and_the_knob_is_linear():
+    x0, y = images()
+    flow = OracleFlow(x0)
+    net = PosteriorMeanFlow(HalfY(), flow)
+    mean = sample(net, y, detail=0.0)
+    torch.testing.assert_close(mean, 0.5 * y)
+    assert flow.calls == []  # the fidelity end never runs the flow
+    full = sample(net, y, detail=1.0)
+    for d in (0.25, 0.5, 0.75):
+        torch.testing.assert_close(sample(net, y, detail=d), mean + d * (full - mean))
+
+
+def test_detail_is_refused_by_formulations_without_the_knob():
+    x0, y = images()
+    with pytest.raises(ValueError, match="no detail knob"):
+        formulation_sample(
+            DiffusionConfig(timesteps=T, formulation="regression"), HalfY(), SCHED, y, steps=1,
+            detail=0.5,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        sample(PosteriorMeanFlow(HalfY(), OracleFlow(x0)), y, detail=1.5)
+
+
+def test_samples_differ_by_their_start_noise_only():
+    """Two seeds give two samples of a network that is not the oracle; one seed, one sample."""
+    torch.manual_seed(0)
+    cfg = dcfg()
+    net = build_network(MCFG, cfg, 1)
+    torch.nn.init.normal_(net.flow.out[-1].weight, std=0.05)  # zero at init: make it move
+    _, y = images()
+    a, b = sample(net, y, cfg=cfg, seed=1), sample(net, y, cfg=cfg, seed=2)
+    torch.testing.assert_close(a, sample(net, y, cfg=cfg, seed=1))
+    assert not torch.equal(a, b)
+
+
+def test_loss_is_flow_matching_on_the_straight_path():
+    """With a zero flow network the loss is mean((x0 - z0)^2), z0 = mu + sigma eps drawn after
+    the mean's own randomness (none for regression) and t."""
+    cfg = dcfg(loss="mse", pmrf_train_mean=False)
+    x0, y = images()
+
+    class Zero(torch.nn.Module):
+        size_multiple = 1
+
+        def forward(self, z, t, cond):
+            return torch.zeros_like(z)
+
+    net = PosteriorMeanFlow(HalfY(), Zero())
+    loss, stats = formulation_loss(cfg, net, SCHED, x0, y, generator=torch.Generator())
+    g = torch.Generator()
+    torch.rand(2, generator=g)  # t
+    z0 = 0.5 * y + 0.1 * torch.randn(x0.shape, generator=g)
+    assert float(loss) == pytest.approx(float((x0 - z0).square().mean()), rel=1e-5)
+    assert "loss_mean" not in stats
+
+
+def test_frozen_mean_gets_no_gradient_and_trained_mean_does():
+    x0, y = images()
+    for train_mean in (False, True):
+        cfg = dcfg(pmrf_mean="residual", residual_predictor_channels=8, pmrf_train_mean=train_mean)
+        net = build_network(MCFG, cfg, 1)
+        loss, stats = formulation_loss(
+            cfg, net, SCHED, x0, y, generator=torch.Generator().manual_seed(0)
+        )
+        loss.backward()
+        assert all(p.grad is not None for p in net.flow.parameters())
+        mean_grads = [p.grad is not None for p in net.mean.parameters()]
+        assert all(mean_grads) if train_mean else not any(mean_grads)
+        assert ("loss_mean" in stats) == train_mean
+
+
+def test_a_mean_formulation_checkpoint_becomes_stage_one():
+    """init_tensors puts a residual model's tensors under mean.* and keeps the fresh flow; the
+    posterior mean is then exactly that model's 1-step output."""
+    torch.manual_seed(0)
+    rcfg = DiffusionConfig(timesteps=T, formulation="residual", residual_predictor_channels=8)
+    residual = build_network(MCFG, rcfg, 1)
+    for p in residual.parameters():  # a 'trained' model: not the zero-initialised output
+        p.data.add_(0.01 * torch.randn_like(p))
+    cfg = dcfg(pmrf_mean="residual", residual_predictor_channels=8, pmrf_train_mean=False)
+    net = build_network(MCFG, cfg, 1)
+    fresh_flow = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("flow.")}
+    tensors = get_formulation("pmrf").init_tensors(net, residual.state_dict(), {})
+    assert load_matching(net, tensors, strict=True, source="test") == []
+    for k, v in fresh_flow.items():
+        torch.testing.assert_close(net.state_dict()[k], v)
+    _, y = images()
+    want = formulation_sample(rcfg, residual, SCHED, y, steps=1,
+                              generator=torch.Generator().manual_seed(3))  # fmt: skip
+    got = posterior_mean(cfg, net, SCHED, y, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(got, want)
+    # a pmrf checkpoint is loaded as it is
+    assert get_formulation("pmrf").init_tensors(net, net.state_dict(), {}).keys() == (
+        net.state_dict().keys()
+    )
+
+
+def test_pmrf_cannot_be_its_own_mean():
+    with pytest.raises(ValueError, match="stage-1"):
+        build_network(MCFG, dcfg(pmrf_mean="pmrf"), 1)
