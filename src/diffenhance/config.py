@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -408,34 +409,86 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
     return obj
 
 
+def _span(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    """'in [0, 1)', '> 0', '>= 0': the allowed range of a float in words."""
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    return f"{'<' if hi_open else '<='} {hi:g}"
+
+
+def _in_range(
+    obj: Any,
+    key: str,
+    bad: Callable[[str, str], ConfigError],
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    why: str = "",
+) -> None:
+    """Refuse `obj.<key>` (a float, or a [low, high] pair as 'key[i]') outside the range, NaN
+    and infinity included, naming the key and the range: "'train.lr' = nan must be a finite
+    number > 0". A null (an optional field) passes: its rule says what null means."""
+    value = getattr(obj, key)
+    items = list(enumerate(value)) if isinstance(value, tuple) else [(None, value)]
+    for i, v in items:
+        if v is None:
+            continue
+        ok = math.isfinite(v)
+        ok = ok and (lo is None or (v > lo if lo_open else v >= lo))
+        ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            span = _span(lo, hi, lo_open, hi_open)
+            what = span if lo is not None and hi is not None else f"a finite number {span}"
+            name = key if i is None else f"{key}[{i}]"
+            raise bad(name, f"= {v!r} must be {what}{f' ({why})' if why else ''}")
+
+
 def _rules_data(obj: DataConfig, bad: Callable[[str, str], ConfigError]) -> None:
     if obj.crop_size < 8 or obj.crop_step < 1:
         raise bad("crop_size", "must be >= 8 with crop_step >= 1")
-    if not 0.0 <= obj.val_fraction < 1.0:
-        raise bad("val_fraction", "must be in [0, 1)")
+    _in_range(obj, "val_fraction", bad, 0, 1, hi_open=True)
     if obj.source == "folder" and not obj.folder:
         raise bad("folder", "must be set when data.source is 'folder'")
 
 
 def _rules_degrade(obj: DegradeConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    # sigmas on the 0-255 scale: 255 is already noise as large as the whole range
+    _in_range(obj, "noise_sigma", bad, 0, 255, why="0-255 scale")
     lo, hi = obj.noise_sigma
-    if not 0 <= lo <= hi:
-        raise bad("noise_sigma", "must be [low, high] with 0 <= low <= high")
+    if not lo <= hi:
+        raise bad("noise_sigma", "must be [low, high] with 0 <= low <= high <= 255")
+    _in_range(obj, "val_noise_sigma", bad, 0, 255, why="0-255 scale")
     qlo, qhi = obj.jpeg_quality
     if not 1 <= qlo <= qhi <= 100:
         raise bad("jpeg_quality", "must be [low, high] within 1..100")
     mlo, mhi = obj.mask_coverage
-    if not 0.0 < mlo <= mhi < 1.0:
+    if not 0.0 < mlo <= mhi < 1.0:  # NaN fails every comparison; inf fails < 1
         raise bad("mask_coverage", "must be [low, high] with 0 < low <= high < 1")
+
+
+def _rules_model(obj: ModelConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    _in_range(obj, "dropout", bad, 0, 1, hi_open=True)  # 1 would drop every activation
 
 
 def _rules_diffusion(obj: DiffusionConfig, bad: Callable[[str, str], ConfigError]) -> None:
     if obj.timesteps < 2:
         raise bad("timesteps", "must be >= 2")
-    if obj.indi_noise < 0 or not 0.0 <= obj.indi_t1_prob <= 1.0:
-        raise bad("indi_noise", "must be >= 0 (and diffusion.indi_t1_prob in [0, 1])")
-    if obj.residual_scale <= 0 or obj.residual_predictor_channels < 0:
-        raise bad("residual_scale", "must be > 0 (and residual_predictor_channels >= 0)")
+    _in_range(obj, "min_snr_gamma", bad, 0, why="0 = off")
+    # checked whatever the schedule (cosine ignores them): as diffusion.schedule.make_betas
+    _in_range(obj, "beta_start", bad, 0, 1, lo_open=True, hi_open=True)
+    _in_range(obj, "beta_end", bad, 0, 1, lo_open=True, hi_open=True)
+    if obj.beta_start > obj.beta_end:
+        raise bad("beta_start", f"= {obj.beta_start!r} must be <= diffusion.beta_end")
+    # sigmas in model-range units ([-1, 1]): 1 is noise as large as the whole range
+    _in_range(obj, "indi_noise", bad, 0, 1)
+    _in_range(obj, "indi_t1_prob", bad, 0, 1)
+    _in_range(obj, "residual_scale", bad, 0, lo_open=True)
+    if obj.residual_predictor_channels < 0:
+        raise bad("residual_predictor_channels", "must be >= 0 (0 = model.base_channels)")
     if not 0.0 <= obj.pmrf_noise <= 1.0:
         raise bad("pmrf_noise", "must be in [0, 1]")
 
@@ -452,6 +505,12 @@ def _rules_train(obj: TrainConfig, bad: Callable[[str, str], ConfigError]) -> No
     ):
         if getattr(obj, k) < 1:
             raise bad(k, "must be >= 1")
+    # no upper bound: a huge lr is how tests make training diverge on purpose
+    _in_range(obj, "lr", bad, 0, lo_open=True)
+    _in_range(obj, "weight_decay", bad, 0)  # AdamW's decoupled decay; 0 = off
+    _in_range(obj, "grad_clip", bad, 0, lo_open=True, why="max gradient norm; 0 zeroes every step")
+    # 1: only the (1 + step) / (10 + step) cap of train.ema_decay_at is left
+    _in_range(obj, "ema_decay", bad, 0, 1)
 
 
 def _rules_evaluate(obj: EvaluateConfig, bad: Callable[[str, str], ConfigError]) -> None:
@@ -475,6 +534,7 @@ def _rules_compare(obj: CompareConfig, bad: Callable[[str, str], ConfigError]) -
     for k in ("train_steps", "samples", "max_images"):
         if getattr(obj, k) < 1:
             raise bad(k, "must be >= 1")
+    _in_range(obj, "ema_decay", bad, 0, 1)  # passed on as train.ema_decay
 
 
 def _rules_report(obj: ReportConfig, bad: Callable[[str, str], ConfigError]) -> None:
@@ -488,8 +548,8 @@ def _rules_infer(obj: InferConfig, bad: Callable[[str, str], ConfigError]) -> No
     for k in ("steps", "tile_batch", "samples"):
         if getattr(obj, k) is not None and getattr(obj, k) < 1:
             raise bad(k, "must be >= 1" + (" (or null)" if k != "tile_batch" else ""))
-    if obj.eta < 0:
-        raise bad("eta", "must be >= 0")
+    # 1 = DDPM's posterior variance; DDIM has no room for more and indi refuses more
+    _in_range(obj, "eta", bad, 0, 1)
     if obj.detail is not None and not 0.0 <= obj.detail <= 1.0:
         raise bad("detail", "must be in [0, 1] (or null)")
 
@@ -513,6 +573,8 @@ def _rules_storage(obj: StorageConfig, bad: Callable[[str, str], ConfigError]) -
         )
     if obj.max_attempts < 1:
         raise bad("max_attempts", "must be >= 1 (1 = no retries)")
+    _in_range(obj, "connect_timeout_s", bad, 0, lo_open=True)
+    _in_range(obj, "read_timeout_s", bad, 0, lo_open=True)
     for k, rel in [("publish", p) for p in obj.publish] + [("manifest", obj.manifest)]:
         parts = rel.split("/")
         if rel.startswith("/") or "\\" in rel or any(q in ("", ".", "..") for q in parts):
@@ -528,6 +590,7 @@ def _rules_storage(obj: StorageConfig, bad: Callable[[str, str], ConfigError]) -
 _RULES: dict[type, Callable[..., None]] = {
     DataConfig: _rules_data,
     DegradeConfig: _rules_degrade,
+    ModelConfig: _rules_model,
     DiffusionConfig: _rules_diffusion,
     TrainConfig: _rules_train,
     EvaluateConfig: _rules_evaluate,
@@ -547,7 +610,27 @@ def _check_invariants(obj: Any, prefix: str, source: str) -> None:
 
     rules = _RULES.get(type(obj))
     if rules is not None:
-        rules(obj, bad)
+        rules(obj, bad)  # first: a rule names the field's range, NaN and inf included
+    _check_finite(obj, bad)
+
+
+# float fields that may be infinite: none today (a huge finite value does what inf would)
+_MAY_BE_INFINITE: frozenset[tuple[type, str]] = frozenset()
+
+
+def _check_finite(obj: Any, bad: Callable[[str, str], ConfigError]) -> None:
+    """Refuse NaN and infinity in every float field (lists included), whether or not a rule
+    covers it: NaN passes any `x < lo` test and poisons training or sampling much later."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        items = list(enumerate(value)) if isinstance(value, tuple) else [(None, value)]
+        for i, v in items:
+            if not isinstance(v, float) or math.isfinite(v):
+                continue
+            if math.isinf(v) and (type(obj), f.name) in _MAY_BE_INFINITE:
+                continue
+            name = f.name if i is None else f"{f.name}[{i}]"
+            raise bad(name, f"= {v!r} must be a finite number (NaN and infinity are refused)")
 
 
 # ----------------------------------------------------------------------------- public API
@@ -571,6 +654,68 @@ def has_url_credentials(text: str) -> bool:
     return False
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently, so `steps: 300` ... `steps: 400` would train 400 steps without a word)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._paths: dict[int, str] = {}  # id(mapping node) -> its dotted key, for messages
+        self._label(node, "")
+        return super().construct_document(node)
+
+    def _label(self, node: yaml.Node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode) and id(node) not in self._paths:
+            self._paths[id(node)] = path
+            for k, v in node.value:
+                name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                self._label(v, f"{path}.{name}" if path else name)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                self._label(v, f"{path}[{i}]")
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # unhashable: PyYAML's own error says so
+                continue
+            if first is not key_node:
+                path = getattr(self, "_paths", {}).get(id(node), "")
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key '{f'{path}.{key}' if path else key}' (first given on line "
+                    f"{first.start_mark.line + 1}); give each key once",
+                    key_node.start_mark,
+                )  # fmt: skip
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """A PyYAML error as one line: 'line L, column C: problem (context at line L2)'."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        m = e.problem_mark
+        text = f"line {m.line + 1}, column {m.column + 1}: {e.problem}"
+        if e.context:
+            cm = e.context_mark
+            at = f" at line {cm.line + 1}" if cm is not None and cm.line != m.line else ""
+            text += f" ({e.context}{at})"
+        return " ".join(text.split())
+    return " ".join(str(e).split())
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse params YAML (safe tags only); ConfigError in one line naming `source`, the line
+    and the column for a syntax error or a key given twice in one mapping."""
+    try:
+        return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_error(e)}") from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'train.lr=2e-4' -> (['train', 'lr'], 2e-4); the value is parsed as YAML.
 
@@ -591,7 +736,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = key.strip().split(".")
     if len(path) < 2 or not all(path):
         raise ConfigError(f"override {text!r}: key must be section.key (e.g. train.lr=2e-4)")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = load_yaml(raw, f"override {text!r}") if raw.strip() else None
     return path, value
 
 
@@ -628,9 +773,12 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"{source}: params file not found")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot be read ({e.strerror or e})") from None
+        raw = load_yaml(text, source) or {}
     overrides = list(overrides)
     for ov in overrides:
         keys, value = parse_override(ov)

@@ -66,13 +66,14 @@ from diffenhance.infer import autocast_dtype as infer_autocast_dtype
 from diffenhance.io import atomic_path, file_sha256, read_image, write_image
 from diffenhance.metrics import (
     Protocol,
+    error_std_flat,
     hf_energy_ratio,
     masked_psnr,
     masked_ssim,
     mean_psnr,
     protocol_for_task,
 )
-from diffenhance.model import WEIGHTS_NAME, Restorer, load_restorer
+from diffenhance.model import WEIGHTS_NAME, Restorer, load_restorer, presets
 from diffenhance.restore import (
     SamplingSpec,
     restore,
@@ -89,6 +90,10 @@ TELEA_RADIUS = 5  # px: the neighbourhood OpenCV's Telea inpainting averages ove
 # Sharpness beside fidelity (metrics.hf_energy_ratio, Y, 1 = as much fine detail as the truth):
 # reported per method, no deltas - more is not better.
 SHARPNESS = "hf_ratio"
+# Where the error sits (metrics.error_std_flat, Y, 0-255): on the flattest 30% of the truth's
+# pixels and on all; a preset's grain score compares both against the fidelity preset.
+GRAIN: tuple[str, ...] = ("err_std_flat_y", "err_std_y")
+PRESET_PREFIX = "preset_"  # method name of a named preset: preset_fidelity, preset_detail
 SR_BASELINES: tuple[str, ...] = ("bicubic", "lanczos")
 MODEL_DIR = "model"  # images/<MODEL_DIR>/: the headline model's outputs
 UNCERTAINTY_DIR = "uncertainty"  # images/<UNCERTAINTY_DIR>/<name>.png|.npy: the std maps
@@ -171,9 +176,10 @@ def baselines_for_task(task: str, cfg: Config) -> tuple[dict[str, Callable], dic
 # ----------------------------------------------------------------------------- the model
 
 
-def model_key(sampler: str, steps: int) -> str:
-    """Method name of the model at a step count, e.g. 'model_ddim8'."""
-    return f"model_{sampler}{steps}"
+def model_key(sampler: str, steps: int, detail: float = 1.0) -> str:
+    """Method name of the model at a step count, e.g. 'model_ddim8' ('model_ddim1_d0' at
+    detail 0, for a formulation with a detail knob)."""
+    return f"model_{sampler}{steps}" + ("" if detail == 1.0 else f"_d{detail:g}")
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -182,8 +188,9 @@ def model_key(sampler: str, steps: int) -> str:
 def score(
     pred: np.ndarray, hr: np.ndarray, protocols: Sequence[Protocol], mask: np.ndarray | None = None
 ) -> dict[str, float]:
-    """{psnr_rgb, ssim_rgb, psnr_y, ssim_y, hf_ratio} of one HxWx3 [0,1] prediction (PSNR may
-    be inf for identical images; hf_ratio inf/nan when the truth has no fine detail), and with
+    """{psnr_rgb, ssim_rgb, psnr_y, ssim_y, hf_ratio, err_std_flat_y, err_std_y} of one HxWx3
+    [0,1] prediction (PSNR may be inf for identical images; hf_ratio inf/nan when the truth
+    has no fine detail; the error stds: `metrics.error_std_flat`, 0-255), and with
     an inpainting `mask` (HxW, 1 = hole) psnr_mask / ssim_mask: RGB inside the hole."""
     out = {}
     for p in protocols:
@@ -193,6 +200,8 @@ def score(
         out["psnr_mask"] = float(masked_psnr(pred, hr, mask)[0])
         out["ssim_mask"] = float(masked_ssim(pred, hr, mask)[0])
     out[SHARPNESS] = float(hf_energy_ratio(pred, hr, crop=protocols[0].crop)[0])
+    flat, whole = error_std_flat(pred, hr, crop=protocols[0].crop)
+    out[GRAIN[0]], out[GRAIN[1]] = float(flat[0]), float(whole[0])
     return out
 
 
@@ -228,13 +237,39 @@ def summarise(per_image: pd.DataFrame, headline: str, baselines: Sequence[str]) 
             for k in metrics:
                 per_seed = [mean_metric(g[k], k) for _, g in rows.groupby("seed")]
                 m[f"{method}_{k}_seed_std"] = float(np.std(per_seed))
-    for k in (*metrics, SHARPNESS):
+        for k in GRAIN:
+            if k in rows:
+                m[f"{method}_{k}"] = float(np.mean(rows[k]))
+    for k in (*metrics, SHARPNESS, *GRAIN):
         if f"{headline}_{k}" in m:
             m[f"model_{k}"] = m[f"{headline}_{k}"]
+    m |= grain_scores(m)
     for b in baselines:
         for k in metrics:
             m[f"delta_{k}_vs_{b}"] = m[f"{headline}_{k}"] - m[f"{b}_{k}"]
     return {k: round(v, 6) for k, v in m.items()}
+
+
+def grain_scores(m: dict[str, float]) -> dict[str, float]:
+    """{preset_<p>_grain_score}: for each preset p beside fidelity, (flat error std of p /
+    of fidelity) / (whole-image error std of p / of fidelity), from the means in `m`. About 1
+    when p's extra error sits where the image has detail (a posterior sample), above 1 when it
+    is grain in flat areas (issue 21's bar: at most 1.1)."""
+    f = f"{PRESET_PREFIX}fidelity"
+    out: dict[str, float] = {}
+    if f"{f}_{GRAIN[0]}" not in m:
+        return out
+    for key in list(m):
+        if not (key.startswith(PRESET_PREFIX) and key.endswith(f"_{GRAIN[0]}")):
+            continue
+        p = key[: -len(GRAIN[0]) - 1]
+        if p == f:
+            continue
+        ref_flat, ref_all = m[f"{f}_{GRAIN[0]}"], m[f"{f}_{GRAIN[1]}"]
+        if ref_flat > 0 and ref_all > 0 and m[f"{p}_{GRAIN[1]}"] > 0:
+            flat_ratio, all_ratio = m[key] / ref_flat, m[f"{p}_{GRAIN[1]}"] / ref_all
+            out[f"{p}_grain_score"] = flat_ratio / all_ratio
+    return out
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -306,6 +341,8 @@ class _Plan:
     scale: int
     head: SamplingSpec  # what enhance runs (seed: evaluate.seeds[0] for the headline image)
     sweep: list[int]
+    sweep_detail: float  # the detail the steps curve runs at (the knob's detail end)
+    presets: dict[str, SamplingSpec]  # the model's named presets (model.presets), first seed
     seeds: tuple[int, ...]
     protocols: Sequence[Protocol]
     baselines: dict[str, Callable]
@@ -315,7 +352,7 @@ class _Plan:
 
     @property
     def headline(self) -> str:
-        return model_key(self.head.sampler, self.head.steps)
+        return model_key(self.head.sampler, self.head.steps, self.head.detail)
 
 
 def _plan(r: Restorer, task: str, cfg: Config, n_pairs: int) -> _Plan:
@@ -329,11 +366,20 @@ def _plan(r: Restorer, task: str, cfg: Config, n_pairs: int) -> _Plan:
     if not n_pairs:
         raise ValueError(f"no images to evaluate for task {task!r}")
     head = sampling_spec(r, cfg.infer, sampler=e.sampler, samples=e.average_samples)
+    named = {
+        name: sampling_spec(r, replace(cfg.infer, preset=name, steps=None, samples=None,
+                                       detail=None), sampler=e.sampler, seed=e.seeds[0])
+        for name in presets(r)
+    }  # fmt: skip
+    # the steps curve runs where steps matter: at the detail end of a detail knob
+    sweep_detail = head.detail if head.detail > 0 else max(s.detail for s in named.values())
+    if len(named) < 2:  # no measured knob: the one preset is the recommendation (the headline)
+        named = {}
     baselines, skipped = baselines_for_task(task, cfg)
     unc = replace(head, samples=e.uncertainty_samples, seed=e.seeds[0])
     why = uncertainty_problem(r, unc) if e.uncertainty_samples else "evaluate.uncertainty_samples=0"
     return _Plan(
-        task, s, head, sorted({*e.steps, head.steps}), tuple(e.seeds),
+        task, s, head, sorted({*e.steps, head.steps}), sweep_detail or 1.0, named, tuple(e.seeds),
         protocol_for_task(task, cfg.degrade), baselines, skipped,
         None if why else unc, why,
     )  # fmt: skip
@@ -360,17 +406,31 @@ def _score_pair(
                      "seconds": dt})  # fmt: skip
         write_image(images / name / f"{p.name}.png", pred)
     sampler = plan.head.sampler
-    for steps in plan.sweep:
+    runs = [(steps, plan.sweep_detail) for steps in plan.sweep]
+    if (plan.head.steps, plan.head.detail) not in runs:  # a headline off the curve (detail 0)
+        runs.insert(0, (plan.head.steps, plan.head.detail))
+    for steps, detail in runs:
+        kind = "model" if detail == plan.sweep_detail else "headline"
         for seed in plan.seeds:
             t0 = time.perf_counter()
-            pred = restore(r, p.lq, replace(plan.head, steps=steps, seed=seed))
+            pred = restore(r, p.lq, replace(plan.head, steps=steps, seed=seed, detail=detail))
             dt = time.perf_counter() - t0
-            rows.append({"image": p.name, "method": model_key(sampler, steps), "kind": "model",
-                         "sampler": sampler, "steps": steps, "seed": seed,
-                         **score(pred, p.hr, plan.protocols, mask), "seconds": dt})  # fmt: skip
-            if steps == plan.head.steps and seed == plan.seeds[0]:  # what enhance writes
-                write_image(images / MODEL_DIR / f"{p.name}.png", pred)
+            rows.append({"image": p.name, "method": model_key(sampler, steps, detail),
+                         "kind": kind, "sampler": sampler, "steps": steps, "seed": seed,
+                         "detail": detail, **score(pred, p.hr, plan.protocols, mask),
+                         "seconds": dt})  # fmt: skip
+            if (steps, detail, seed) == (plan.head.steps, plan.head.detail, plan.seeds[0]):
+                write_image(images / MODEL_DIR / f"{p.name}.png", pred)  # what enhance writes
                 headline = pred
+    for name, spec in plan.presets.items():
+        t0 = time.perf_counter()
+        pred = restore(r, p.lq, spec)
+        dt = time.perf_counter() - t0
+        rows.append({"image": p.name, "method": f"{PRESET_PREFIX}{name}", "kind": "preset",
+                     "sampler": spec.sampler, "steps": spec.steps, "seed": spec.seed,
+                     "detail": spec.detail, **score(pred, p.hr, plan.protocols, mask),
+                     "seconds": dt})  # fmt: skip
+        write_image(images / f"{PRESET_PREFIX}{name}" / f"{p.name}.png", pred)
     assert headline is not None
     return rows, headline
 
@@ -432,7 +492,8 @@ def _curve(per_image: pd.DataFrame) -> pd.DataFrame:
     model_rows = per_image[per_image["kind"] == "model"]
     return pd.DataFrame(
         [{"steps": int(st), **{k: mean_metric(g[k], k)
-                               for k in (*metric_columns(per_image), SHARPNESS)}}
+                               for k in (*metric_columns(per_image), SHARPNESS)},
+          **{k: float(g[k].mean()) for k in GRAIN}}
          for st, g in model_rows.groupby("steps")]
     )  # fmt: skip
 
@@ -452,7 +513,12 @@ def _protocol(
         "sampler": plan.head.sampler,
         "eta": plan.head.eta,
         "steps": plan.sweep,
+        "steps_detail": plan.sweep_detail,
         "headline_steps": plan.head.steps,
+        "presets": {name: s.describe() for name, s in plan.presets.items()},
+        "grain": "err_std_flat_y / err_std_y: std of the Y error (0-255, border crop) on the "
+        "30% of pixels where the truth's local gradient is lowest / on all pixels; "
+        "preset_<p>_grain_score = (flat std ratio) / (whole-image std ratio), p over fidelity",
         "headline_method": plan.headline,
         "seeds": list(plan.seeds),
         "average_samples": plan.head.samples,
@@ -594,7 +660,9 @@ def evaluate_folder(
 
 
 __all__ = [
+    "GRAIN",
     "METRICS",
+    "PRESET_PREFIX",
     "SHARPNESS",
     "Evaluation",
     "baselines_for_task",
@@ -605,6 +673,7 @@ __all__ = [
     "evaluate_pairs",
     "evaluate_model",
     "folder_pairs",
+    "grain_scores",
     "lanczos_upscale",
     "load_evaluation",
     "load_model",

@@ -292,3 +292,44 @@ def hf_energy_ratio(
         raise ValueError(f"cutoff must be in (0, 1) (a fraction of Nyquist), got {cutoff}")
     p, t = _prepare(pred, target, crop, y_channel=True, min_side=8)
     return _hf_energy(p, cutoff) / _hf_energy(t, cutoff)
+
+
+# ----------------------------------------------------------------------------- grain
+
+FLAT_SHARE = 0.3  # the share of pixels, lowest local gradient of the truth, that count as flat
+
+
+def error_std_flat(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    *,
+    crop: int = 0,
+    flat_share: float = FLAT_SHARE,
+    window: int = 5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the error sits: (std of Y error on the flat pixels, std of Y error on all pixels),
+    per image float64 [N] each, in 8-bit units (0-255).
+
+    The Y error is pred - target (BT.601, `crop` border pixels dropped). Flat pixels: the
+    `flat_share` of each image whose truth has the lowest local gradient (|finite-difference
+    gradient| averaged over a `window` x `window` box). Detail that a restorer adds where the
+    truth has detail raises both figures alike; noise (grain) raises the flat one more: the
+    ratio (flat_b / flat_a) / (all_b / all_a) of two settings a -> b is about 1 for a true
+    posterior sample over the posterior mean (its error grows by sqrt(2) everywhere) and well
+    above 1 for added grain. pred/target as for `psnr`, [0, 1].
+    """
+    if not 0.0 < flat_share <= 1.0:
+        raise ValueError(f"flat_share must be in (0, 1], got {flat_share}")
+    p, t = _prepare(pred, target, crop, y_channel=True, min_side=window)
+    gy = torch.nn.functional.pad(t[..., 1:, :] - t[..., :-1, :], (0, 0, 0, 1), mode="replicate")
+    gx = torch.nn.functional.pad(t[..., :, 1:] - t[..., :, :-1], (0, 1, 0, 0), mode="replicate")
+    grad = torch.nn.functional.avg_pool2d(
+        (gy.square() + gx.square()).sqrt(), window, stride=1, padding=window // 2,
+        count_include_pad=False,
+    ).flatten(1)  # fmt: skip
+    err = ((p - t) * 255.0).flatten(1)
+    k = max(1, int(round(flat_share * grad.shape[1])))
+    flat = torch.zeros_like(grad, dtype=torch.bool)
+    flat.scatter_(1, grad.argsort(dim=1, stable=True)[:, :k], True)
+    flat_std = torch.stack([e[m].std(correction=0) for e, m in zip(err, flat, strict=True)])
+    return flat_std, err.std(dim=1, correction=0)
