@@ -231,6 +231,21 @@ def enhance(
         int | None,
         typer.Option(help="output = mean of N samples (infer.samples; default: the model's)"),
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="a named point of the model's fidelity/detail knob: fidelity (best PSNR), "
+            "balanced, detail (ground-truth-like texture) - measured per model, see "
+            "`diffenhance models` (infer.preset; default: the model's, fidelity)",
+        ),
+    ] = None,
+    detail: Annotated[
+        float | None,
+        typer.Option(
+            help="the knob itself, 0 (posterior mean) .. 1 (sample), for models with a detail "
+            "knob (infer.detail; overrides the preset's)",
+        ),
+    ] = None,
     uncertainty: Annotated[
         bool | None,
         typer.Option(
@@ -267,7 +282,7 @@ def enhance(
     settings = {"input": input, "output": output, "model": model or None, "mask": mask}
     cfg = _enhance_config(
         params, overrides, settings, steps=steps, samples=samples, uncertainty=uncertainty,
-        tile=tile, device=device,
+        tile=tile, device=device, preset=preset, detail=detail,
     )  # fmt: skip
     with _user_errors():
         job = plan_job(cfg)  # the model file first: a bad one fails before any listing
@@ -283,6 +298,46 @@ def enhance(
     )
     if code := exit_code(summary):
         raise typer.Exit(code)
+
+
+@app.command()
+def models(
+    models_dir: Annotated[
+        Path | None,
+        typer.Option("--models-dir", help="folder of model dirs (default: the shipped models)"),
+    ] = None,
+) -> None:
+    """List the models: task, formulation, size, the presets of the fidelity/detail knob
+    (steps, samples, detail) and the figures measured on held-out photos (the model card)."""
+    import json
+
+    from diffenhance.model import (
+        PRETRAINED_DIRS,
+        WEIGHTS_NAME,
+        default_preset,
+        presets,
+        validate_checkpoint,
+    )
+
+    root = models_dir or next((d for d in PRETRAINED_DIRS if d.is_dir()), PRETRAINED_DIRS[-1])
+    found = sorted(p.parent for p in root.glob(f"*/{WEIGHTS_NAME}"))
+    if not found:
+        _fail(f"{root}: no model dirs (<name>/{WEIGHTS_NAME}) found")
+    for d in found:
+        with _user_errors():
+            spec = validate_checkpoint(d)
+        size = (d / WEIGHTS_NAME).stat().st_size / 1e6
+        typer.echo(f"{d.name}: task {spec.task}, {spec.diffusion_cfg.formulation}, {size:.1f} MB")
+        default = default_preset(spec)
+        for name, p in presets(spec).items():
+            mark = " (default)" if name == default else ""
+            typer.echo(f"  --preset {name}{mark}: steps {p['steps']}, samples {p['samples']}, "
+                       f"detail {p['detail']:g}")  # fmt: skip
+        card = d / "training.json"
+        measured = json.loads(card.read_text()).get("measured", {}) if card.is_file() else {}
+        figures = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
+        if figures:
+            typer.echo("  measured: " + ", ".join(f"{k} {v:g}" for k, v in figures.items()))
 
 
 @app.command()

@@ -66,6 +66,7 @@ def sampling_spec(r: Any, infer: InferConfig, **overrides: Any) -> SamplingSpec:
     explicit values for a sweep (e.g. steps=8, samples=4, seed=1); None values are ignored.
     Raises ValueError for steps or samples < 1 or an unknown field.
     """
+    from diffenhance.diffusion.formulations import get_formulation
     from diffenhance.model import recommended_min_tile, sampling
 
     steps, samples, detail = sampling(r, infer.steps, infer.samples, infer.detail, infer.preset)
@@ -80,6 +81,12 @@ def sampling_spec(r: Any, infer: InferConfig, **overrides: Any) -> SamplingSpec:
         raise ValueError(f"steps and samples must be >= 1, got {spec.steps} and {spec.samples}")
     if not 0.0 <= spec.detail <= 1.0:
         raise ValueError(f"detail must be in [0, 1], got {spec.detail}")
+    f = get_formulation(r.diffusion_cfg.formulation)
+    if spec.detail != 1.0 and not f.detail_knob:
+        raise ValueError(
+            f"detail={spec.detail:g} asked of a {f.name} model, which has no detail knob: its "
+            "knob is steps (infer.steps) and samples; leave infer.detail null"
+        )
     return spec
 
 

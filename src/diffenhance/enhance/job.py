@@ -88,11 +88,15 @@ def now() -> str:
 def output_params(cfg: Config) -> dict[str, Any]:
     """The settings that change output pixels or files (not tile_batch, device or workers).
 
-    infer.uncertainty is left out while false, so the hash of a job without uncertainty maps
-    is the one it had before the setting existed (its outputs are not redone)."""
+    infer.uncertainty is left out while false, and infer.detail / infer.preset while null, so
+    the hash of a job without them is the one it had before the settings existed (its outputs
+    are not redone)."""
     infer = {k: v for k, v in to_dict(cfg.infer).items() if k not in ("tile_batch", "device")}
     if not infer["uncertainty"]:
         del infer["uncertainty"]
+    for k in ("detail", "preset"):  # null: the hash a job had before the knob existed
+        if infer[k] is None:
+            del infer[k]
     e = cfg.enhance
     out = {"output_format": e.output_format, "bit_depth": e.bit_depth, "quality": e.jpeg_quality}
     return {"infer": infer, "output": out}

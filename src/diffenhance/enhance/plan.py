@@ -220,12 +220,18 @@ def _cut_shards(
     return shards
 
 
-def _check_uncertainty(ckpt: Any, cfg: Config) -> None:
-    """EnhanceError (exit 2, one line) when infer.uncertainty cannot be honoured: samples < 2
-    or a model whose samples cannot differ (`restore.uncertainty_problem`)."""
+def _check_sampling(ckpt: Any, cfg: Config) -> None:
+    """EnhanceError (exit 2, one line) when the sampler settings do not fit the model (a preset
+    it does not have, detail on a model without a detail knob: `restore.sampling_spec`) or
+    infer.uncertainty cannot be honoured: samples < 2 or a model whose samples cannot differ
+    (`restore.uncertainty_problem`)."""
     from diffenhance.restore import sampling_spec, uncertainty_problem
 
-    why = uncertainty_problem(ckpt, sampling_spec(ckpt, cfg.infer))
+    try:
+        spec = sampling_spec(ckpt, cfg.infer)
+    except ValueError as e:
+        raise EnhanceError(f"{ckpt.path}: {e}") from None
+    why = uncertainty_problem(ckpt, spec) if cfg.infer.uncertainty else None
     if why is not None:
         raise EnhanceError(f"{ckpt.path}: --uncertainty (infer.uncertainty): {why}")
 
@@ -235,7 +241,8 @@ def plan_job(cfg: Config) -> Job:
     previous run already did. Reads only listings and manifests, not the images.
 
     Raises EnhanceError for a missing input or model, an output equal to the input, a mask
-    setting that does not fit the model (`masks.check_mask_setting`), or infer.uncertainty with
+    setting that does not fit the model (`masks.check_mask_setting`), sampler settings that do
+    not fit it (a preset it lacks, detail without a detail knob), or infer.uncertainty with
     a model or samples that cannot give a spread, and CheckpointError for a model file that is
     not a valid checkpoint (checked before any work).
     """
@@ -243,8 +250,7 @@ def plan_job(cfg: Config) -> Job:
 
     m_file = model_file(cfg.enhance.model)
     ckpt = validate_checkpoint(m_file)
-    if cfg.infer.uncertainty:
-        _check_uncertainty(ckpt, cfg)
+    _check_sampling(ckpt, cfg)
     m_sha = model_sha256(m_file)
     params = output_params(cfg)
     p_hash = params_hash(params)
