@@ -1,15 +1,19 @@
 import stat
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from diffenhance.cli import app
 from diffenhance.config import (
     Config,
     ConfigError,
     ModelConfig,
     check_overrides,
     load_config,
+    load_yaml,
     section_from_dict,
     write_resolved,
 )
@@ -139,3 +143,152 @@ def test_params_yaml_lists_every_field():
         assert section in raw, section
         missing = set(fields) - set(raw[section])
         assert not missing, f"{section}: {missing} not in params.yaml"
+
+
+# issue 24 N5: every float is range-checked, NaN and infinity refused, in one line naming the
+# key and what is allowed
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("train.lr=nan", r"'train\.lr' = nan must be a finite number > 0$"),
+        ("train.lr=-1", r"'train\.lr' = -1\.0 must be a finite number > 0$"),
+        ("train.lr=0", r"'train\.lr' = 0\.0 must be a finite number > 0$"),
+        ("train.lr=inf", r"'train\.lr' = inf must be a finite number > 0$"),
+        ("train.lr=.inf", r"'train\.lr' = inf must be a finite number > 0$"),
+        ("train.ema_decay=2", r"'train\.ema_decay' = 2\.0 must be in \[0, 1\]$"),
+        ("train.ema_decay=nan", r"'train\.ema_decay' = nan must be in \[0, 1\]$"),
+        ("train.grad_clip=nan", r"'train\.grad_clip' = nan must be a finite number > 0"),
+        ("train.weight_decay=-1", r"'train\.weight_decay' = -1\.0 must be a finite number >= 0"),
+        ("infer.eta=nan", r"'infer\.eta' = nan must be in \[0, 1\]$"),
+        ("infer.eta=1.5", r"'infer\.eta' = 1\.5 must be in \[0, 1\]$"),
+        ("compare.ema_decay=-0.5", r"'compare\.ema_decay' = -0\.5 must be in \[0, 1\]$"),
+        ("model.dropout=1", r"'model\.dropout' = 1\.0 must be in \[0, 1\)$"),
+        ("degrade.noise_sigma=[5, .nan]", r"'degrade\.noise_sigma\[1\]' = nan must be in \[0, 255\]"),
+        ("degrade.val_noise_sigma=-1", r"'degrade\.val_noise_sigma' = -1\.0 must be in \[0, 255\]"),
+        ("diffusion.beta_end=1", r"'diffusion\.beta_end' = 1\.0 must be in \(0, 1\)$"),
+        ("diffusion.beta_start=0.5", r"'diffusion\.beta_start' = 0\.5 must be <= diffusion\.beta_end"),
+        ("diffusion.min_snr_gamma=-1", r"'diffusion\.min_snr_gamma' = -1\.0 must be a finite number >= 0"),
+        ("diffusion.indi_t1_prob=nan", r"'diffusion\.indi_t1_prob' = nan must be in \[0, 1\]$"),
+        ("diffusion.residual_scale=0", r"'diffusion\.residual_scale' = 0\.0 must be a finite number > 0$"),
+        ("storage.read_timeout_s=inf", r"'storage\.read_timeout_s' = inf must be a finite number > 0$"),
+    ],
+)  # fmt: skip
+def test_bad_float_values_name_the_key_and_the_range(override, pattern):
+    with pytest.raises(ConfigError, match=pattern) as e:
+        load_config(REPO / "params.yaml", [override])
+    assert "\n" not in str(e.value)
+
+
+def _float_fields() -> list[tuple[str, str, bool]]:
+    """(section, field, is a list) of every float field of every section, found by type."""
+    out = []
+    for section, cls in typing.get_type_hints(Config).items():
+        for name, tp in typing.get_type_hints(cls).items():
+            args = typing.get_args(tp)
+            if tp is float or (float in args and typing.get_origin(tp) is not tuple):
+                out.append((section, name, False))
+            elif typing.get_origin(tp) is tuple and float in args:
+                out.append((section, name, True))
+    return out
+
+
+def test_float_fields_are_found():
+    found = {f"{s}.{n}" for s, n, _ in _float_fields()}
+    assert {"train.lr", "infer.eta", "degrade.noise_sigma", "infer.detail"} <= found
+    assert "storage.read_timeout_s" in found and "train.steps" not in found
+
+
+@pytest.mark.parametrize(("section", "name", "is_list"), _float_fields())
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_every_float_field_refuses_nan_and_infinity(section, name, is_list, value):
+    """Every float field, today's and any added later, refuses NaN and +-infinity, naming
+    the key; none passes silently into training or sampling."""
+    key = f"{section}.{name}"
+    default = getattr(getattr(Config(), section), name)
+    override = f"{key}=[{default[0]}, {value}]" if is_list else f"{key}={value}"
+    with pytest.raises(ConfigError, match=rf"'{key}(\[1\])?' (= \S+ )?must be") as e:
+        load_config(None, [override])
+    assert "\n" not in str(e.value)
+
+
+def test_float_defaults_and_edges_pass():
+    ok = ["train.lr=1e30", "train.grad_clip=1e30", "train.ema_decay=1", "train.ema_decay=0"]
+    ok += ["infer.eta=1", "infer.eta=0", "diffusion.beta_start=0.02", "degrade.noise_sigma=[0,0]"]
+    cfg = load_config(REPO / "params.yaml", ok)
+    assert cfg.train.lr == 1e30 and cfg.infer.eta == 0.0 and cfg.train.ema_decay == 0.0
+    assert isinstance(load_config(None), Config)  # every default is in range
+
+
+def test_checkpoint_sections_are_range_checked_too():
+    with pytest.raises(ConfigError, match=r"'ModelConfig\.dropout' = nan must be in \[0, 1\)"):
+        section_from_dict(ModelConfig, {"dropout": float("nan")})
+
+
+# issue 24 N6: a key given twice and a YAML syntax error: one line, file, line, column
+
+
+def test_duplicate_key_is_refused_naming_file_line_and_key(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  steps: 300\n  lr: 0.1\n  steps: 400\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: ") and "\n" not in msg
+    assert "line 4, column 3: duplicate key 'train.steps' (first given on line 2)" in msg
+
+
+def test_duplicate_section_is_refused(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  steps: 3\ninfer:\n  eta: 0\ntrain:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"line 5, column 1: duplicate key 'train' \(first"):
+        load_config(p)
+
+
+def test_yaml_merge_keys_may_override(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train: &t\n  steps: 3\ncompare:\n  train_steps: 2\n")
+    assert load_config(p).train.steps == 3  # anchors still load
+    with pytest.raises(ConfigError, match="duplicate key 'x.b'"):
+        load_yaml("y: &y {a: 1}\nx: {<<: *y, a: 2, b: 1, b: 2}\n", "s")
+    assert load_yaml("y: &y {a: 1}\nx: {<<: *y, a: 2}\n", "s")["x"] == {"a": 2}
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("train:\n  steps: 300\n  lr: [1,\n", "line 4, column 1: "),
+        ("train:\n  steps: 300\n lr: 1\n", "line 3, column 2: "),
+        ("train:\n  steps: 'x\n", "line 3, column 1: "),
+        ("train:\n\tsteps: 3\n", "line 2, column 1: "),
+    ],
+)
+def test_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path, text, where):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: not valid YAML: {where}") and "\n" not in msg, msg
+
+
+def test_override_yaml_syntax_error_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"override 'train\.lr=\[1,': not valid YAML: line 1"):
+        load_config(None, ["train.lr=[1,"])
+
+
+def test_unreadable_params_file_is_one_line(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_bytes(b"train:\n  steps: \xff\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 16\)"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("case", ["nan", "duplicate", "syntax"])
+def test_cli_prints_one_line_and_exits_2(tmp_path, case):
+    p = tmp_path / "params.yaml"
+    p.write_text({"duplicate": "train:\n  steps: 3\n  steps: 4\n", "syntax": "train: [1,\n"}
+                 .get(case, "train:\n  steps: 3\n"))  # fmt: skip
+    args = ["config", "show", "--params", str(p)] + (["train.lr=nan"] if case == "nan" else [])
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert res.stdout == "" and res.stderr.count("\n") == 1 and res.stderr.startswith("error: ")

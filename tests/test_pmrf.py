@@ -44,7 +44,7 @@ class HalfY(torch.nn.Module):
 
 
 class OracleFlow(torch.nn.Module):
-    """The exact velocity towards a fixed target x: v(z, t) = (x - z) / (1 - t)."""
+    """The exact estimate of a fixed target x: net = x - mu (so x^ = x, v = (x - z) / (1 - t))."""
 
     size_multiple = 1
 
@@ -56,7 +56,7 @@ class OracleFlow(torch.nn.Module):
     def forward(self, z, t, cond):
         tt = t / TIME_SCALE
         self.calls.append(float(tt[0]))
-        return (self.target - z) / (1 - tt).view(-1, 1, 1, 1)
+        return self.target - cond[:, :3]  # cond = [mu, the condition]
 
 
 def sample(net, y, *, steps=4, detail=1.0, seed=0, cfg=None):
@@ -112,25 +112,47 @@ def test_samples_differ_by_their_start_noise_only():
     assert not torch.equal(a, b)
 
 
+class Zero(torch.nn.Module):
+    """An untrained flow: its last layer is zero-initialised."""
+
+    size_multiple = 1
+
+    def forward(self, z, t, cond):
+        return torch.zeros_like(z)
+
+
+class StateIsEstimate(torch.nn.Module):
+    """net = z - mu, so x^(z_t, t) = z_t."""
+
+    size_multiple = 1
+
+    def forward(self, z, t, cond):
+        return z - cond[:, :3]
+
+
 def test_loss_is_flow_matching_on_the_straight_path():
-    """With a zero flow network the loss is mean((x0 - z0)^2), z0 = mu + sigma eps drawn after
-    the mean's own randomness (none for regression) and t."""
+    """With x^ = z_t the loss is mean((z_t - x0)^2) = mean(((1 - t)(z0 - x0))^2) per item,
+    z0 = mu + sigma eps, t ~ U[0, 1) drawn before eps."""
     cfg = dcfg(loss="mse", pmrf_train_mean=False)
     x0, y = images()
-
-    class Zero(torch.nn.Module):
-        size_multiple = 1
-
-        def forward(self, z, t, cond):
-            return torch.zeros_like(z)
-
-    net = PosteriorMeanFlow(HalfY(), Zero())
+    net = PosteriorMeanFlow(HalfY(), StateIsEstimate())
     loss, stats = formulation_loss(cfg, net, SCHED, x0, y, generator=torch.Generator())
     g = torch.Generator()
-    torch.rand(2, generator=g)  # t
+    t = torch.rand(2, generator=g).view(-1, 1, 1, 1)
     z0 = 0.5 * y + 0.1 * torch.randn(x0.shape, generator=g)
-    assert float(loss) == pytest.approx(float((x0 - z0).square().mean()), rel=1e-5)
+    want = ((1 - t) * (z0 - x0)).square().mean()
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
     assert "loss_mean" not in stats
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_an_untrained_flow_returns_the_mean_not_grain(steps):
+    """The flow is anchored at mu: with a zero network every Euler step removes start noise
+    and the end point is mu exactly, at any detail."""
+    _, y = images()
+    net = PosteriorMeanFlow(HalfY(), Zero())
+    for d in (0.5, 1.0):
+        torch.testing.assert_close(sample(net, y, steps=steps, detail=d), 0.5 * y)
 
 
 def test_frozen_mean_gets_no_gradient_and_trained_mean_does():

@@ -280,11 +280,17 @@ def sampling(
 
 
 def set_recommended(
-    path: str | Path, steps: int, samples: int, why: str, min_tile: int | None = None
+    path: str | Path,
+    steps: int,
+    samples: int,
+    why: str,
+    min_tile: int | None = None,
+    presets: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Record the measured best sampler settings (and optionally the smallest tile,
-    `recommended_min_tile`) in a checkpoint's metadata (weights unchanged, bytes deterministic
-    as `save_weights`)."""
+    `recommended_min_tile`, and the named presets of the knob, `presets`: {name: {steps,
+    samples, detail}}) in a checkpoint's metadata (weights unchanged, bytes deterministic as
+    `save_weights`)."""
     if steps < 1 or samples < 1 or (min_tile is not None and min_tile < 1):
         raise ValueError(f"steps, samples and min_tile must be >= 1, got {steps}, {samples}, "
                          f"{min_tile}")  # fmt: skip
@@ -292,6 +298,9 @@ def set_recommended(
     rec: dict[str, Any] = {"steps": steps, "samples": samples, "why": why}
     if min_tile is not None:
         rec["min_tile"] = min_tile
+    if presets:
+        rec["presets"] = {k: {"steps": int(v["steps"]), "samples": int(v["samples"]),
+                              "detail": float(v["detail"])} for k, v in presets.items()}  # fmt: skip
     meta["recommended"] = json.dumps(rec, sort_keys=True)
     return save_weights(_resolve(path), tensors, meta)
 

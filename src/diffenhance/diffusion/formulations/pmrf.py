@@ -7,11 +7,18 @@ Two stages, one network (`PosteriorMeanFlow`: ``mean.*`` and ``flow.*`` tensors)
       (`diffusion.pmrf_mean`, e.g. ``residual``), trained with its own loss or loaded frozen
       from a shipped model (`diffusion.pmrf_train_mean: false` + `train.init_from`);
   (2) a rectified flow from Z_0 = mu + sigma_s eps (sigma_s = `diffusion.pmrf_noise`, model
-      range) to Z_1 = x on the straight path Z_t = (1 - t) Z_0 + t x, t in [0, 1]; the network
-      v(Z_t, t, [mu, cond]) regresses the constant velocity x - Z_0 (paper eq. 6, with the
-      condition added: at this compute the flow is told what mu and y are).
+      range) to Z_1 = x on the straight path Z_t = (1 - t) Z_0 + t x, t in [0, 1], with the
+      condition added (at this compute the flow is told what mu and y are).
 
-Sampling (paper Alg. 2): Z_0 = mu + sigma_s eps, K Euler steps Z_{t + 1/K} = Z_t + v / K.
+The velocity is parameterised by a clean estimate anchored at the mean (as InDI's and EDM's
+x0 parameterisations): x^(Z_t, t) = mu + net(Z_t, t, [mu, cond]), v = (x^ - Z_t) / (1 - t),
+trained by ||x^ - x||^2, which is the paper's flow-matching loss ||v - (x - Z_0)||^2 weighted by
+(1 - t)^2: the minimiser is the same, E[x | Z_t, y]. At initialisation (net = 0) the flow
+removes the start noise and ends exactly at mu, so an undertrained flow is a fidelity model,
+never grain; what the network learns is only the detail x - mu.
+
+Sampling (paper Alg. 2): Z_0 = mu + sigma_s eps, K Euler steps Z_{t + 1/K} = Z_t + v / K (the
+last one lands on x^ exactly).
 The flow transports the mean's distribution towards the images' along the shortest path, so
 its end point keeps most of mu's fidelity while restoring the high frequencies mu averaged away.
 
@@ -57,17 +64,19 @@ class PosteriorMeanFlow(nn.Module):
         a, b = mean.size_multiple, flow.size_multiple
         self.size_multiple: int = max(a, b) if max(a, b) % min(a, b) == 0 else a * b
 
-    def velocity(
+    def estimate(
         self, z: torch.Tensor, t: torch.Tensor, mu: torch.Tensor, cond: torch.Tensor
     ) -> torch.Tensor:
-        """v(z, t): z, mu [N, 3, H, W], cond [N, C, H, W], t [N] in [0, 1] -> [N, 3, H, W]."""
-        return self.flow(z, t.float() * TIME_SCALE, torch.cat([mu, cond], dim=1)).to(z.dtype)
+        """x^(z, t) = mu + net(z, t, [mu, cond]): z, mu [N, 3, H, W], cond [N, C, H, W], t [N]
+        in [0, 1) -> [N, 3, H, W]."""
+        net = self.flow(z, t.float() * TIME_SCALE, torch.cat([mu, cond], dim=1))
+        return mu + net.to(z.dtype)
 
     def forward(
         self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mu: torch.Tensor
     ) -> torch.Tensor:
-        """Training pass (one call, so DDP sees the flow's parameters once): `velocity`."""
-        return self.velocity(z, t, mu, cond)
+        """Training pass (one call, so DDP sees the flow's parameters once): `estimate`."""
+        return self.estimate(z, t, mu, cond)
 
 
 def mean_config(dcfg: DiffusionConfig) -> DiffusionConfig:
@@ -127,8 +136,8 @@ class PMRF(Formulation):
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
         x0: torch.Tensor, cond: torch.Tensor, *, generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, Stats]:  # fmt: skip
-        """Flow matching on the straight path from mu + sigma_s eps to x0 (+ the mean's own
-        loss when `diffusion.pmrf_train_mean`)."""
+        """Flow matching on the straight path from mu + sigma_s eps to x0, as ||x^ - x0||
+        (module docstring; + the mean's own loss when `diffusion.pmrf_train_mean`)."""
         inner: PosteriorMeanFlow = unwrap(model)  # type: ignore[assignment]
         stats: Stats = {}
         total = torch.zeros((), device=x0.device)
@@ -141,11 +150,11 @@ class PMRF(Formulation):
             stats["loss_mean"] = mean_loss.detach()
         mu = posterior_mean(dcfg, inner, sched, cond, generator).to(x0.dtype)
         n, gdev = x0.shape[0], (generator.device if generator is not None else x0.device)
-        t = torch.rand(n, generator=generator, device=gdev).to(x0.device)
+        t = torch.rand(n, generator=generator, device=gdev).to(x0.device)  # U[0, 1)
         z0 = mu + dcfg.pmrf_noise * draw_normal(x0.shape, generator, x0.device).to(x0.dtype)
         tt = t.to(x0.dtype).reshape(-1, 1, 1, 1)
         z_t = (1 - tt) * z0 + tt * x0
-        flow = pixel_loss(model(z_t, t, cond, mu), x0 - z0, dcfg.loss).mean()
+        flow = pixel_loss(model(z_t, t, cond, mu), x0, dcfg.loss).mean()
         total = total + flow
         return total, {**stats, "loss": total.detach(), "loss_flow": flow.detach(),
                        "t_mean": t.mean()}  # fmt: skip
@@ -170,8 +179,10 @@ class PMRF(Formulation):
             return mu
         z = mu + dcfg.pmrf_noise * draw_normal(mu.shape, generator, mu.device).to(mu.dtype)
         for i in range(steps):
-            t = torch.full((z.shape[0],), i / steps, device=z.device)
-            z = z + inner.velocity(z, t, mu, cond) / steps  # Euler step of dZ/dt = v(Z_t, t)
+            t = i / steps
+            x_hat = inner.estimate(z, torch.full((z.shape[0],), t, device=z.device), mu, cond)
             if clip_x0:
-                z = z.clamp(-1.5, 1.5)  # keep an off-manifold state in the trained range
+                x_hat = x_hat.clamp(-1, 1)
+            # Euler step of dZ/dt = v = (x^ - Z_t) / (1 - t) over dt = 1 / K
+            z = z + (x_hat - z) / ((1 - t) * steps)
         return mu + detail * (z - mu)
