@@ -199,3 +199,100 @@ def test_a_mean_formulation_checkpoint_becomes_stage_one():
 def test_pmrf_cannot_be_its_own_mean():
     with pytest.raises(ValueError, match="stage-1"):
         build_network(MCFG, dcfg(pmrf_mean="pmrf"), 1)
+
+
+# ----------------------------------------------------------------------------- presets end to end
+
+
+@pytest.fixture(scope="module")
+def pmrf_model(tmp_path_factory):
+    """A tiny pmrf sr2 model with measured-looking presets recorded; (root, model dir)."""
+    from diffenhance.model import set_recommended
+    from diffenhance.train import train_model
+    from tests.tiny import make_dataset, tiny_config
+
+    root = tmp_path_factory.mktemp("pmrf")
+    make_dataset(root)
+    cfg = tiny_config(
+        root, "train.steps=3", "train.val_every=3", "diffusion.formulation=pmrf",
+        "diffusion.pmrf_mean=regression", "infer.detail=1",
+    )  # fmt: skip
+    out = train_model(cfg, "sr2")
+    presets = {"fidelity": {"steps": 1, "samples": 1, "detail": 0.0},
+               "balanced": {"steps": 2, "samples": 1, "detail": 0.5},
+               "detail": {"steps": 2, "samples": 1, "detail": 1.0}}  # fmt: skip
+    set_recommended(out, 1, 1, "test presets (RESULTS.md)", presets=presets)
+    return root, out
+
+
+def test_presets_resolve_and_explicit_settings_win(pmrf_model):
+    from dataclasses import replace
+
+    from diffenhance.config import InferConfig
+    from diffenhance.model import load_restorer, presets
+    from diffenhance.restore import sampling_spec
+
+    r = load_restorer(pmrf_model[1])
+    assert list(presets(r)) == ["fidelity", "balanced", "detail"]
+    base = InferConfig()
+    got = lambda **kw: sampling_spec(r, replace(base, **kw))  # noqa: E731
+    assert (got().steps, got().detail) == (1, 0.0)  # the default preset: fidelity
+    assert (got(preset="detail").steps, got(preset="detail").detail) == (2, 1.0)
+    assert got(preset="detail", steps=4, detail=0.25).steps == 4
+    assert got(preset="detail", steps=4, detail=0.25).detail == 0.25
+    with pytest.raises(ValueError, match="no preset 'sharp'.*fidelity, balanced, detail"):
+        got(preset="sharp")
+
+
+def test_evaluate_and_report_show_the_knob(pmrf_model):
+    from diffenhance.evaluate import evaluate_model
+    from diffenhance.report import build_report
+    from tests.tiny import tiny_config
+
+    root, out = pmrf_model
+    cfg = tiny_config(
+        root, f"evaluate.out_dir={root / 'reports'}", "evaluate.steps=[1, 2]", "report.crops=1",
+        "report.zoom_size=8",
+    )  # fmt: skip
+    ev = evaluate_model(cfg, "sr2")
+    m = ev.metrics
+    assert ev.headline == "model_ddim1_d0"  # fidelity: the posterior mean
+    for name in ("fidelity", "balanced", "detail"):
+        assert (ev.dir / "images" / f"preset_{name}").is_dir()
+        assert f"preset_{name}_psnr_y" in m and f"preset_{name}_err_std_flat_y" in m
+    # the fidelity preset is the headline, bit for bit
+    assert m["preset_fidelity_psnr_y"] == m["model_psnr_y"]
+    want = (m["preset_detail_err_std_flat_y"] / m["preset_fidelity_err_std_flat_y"]) / (
+        m["preset_detail_err_std_y"] / m["preset_fidelity_err_std_y"]
+    )
+    assert m["preset_detail_grain_score"] == pytest.approx(want, rel=1e-5)
+    # the steps curve runs at the detail end (detail 1), not at the headline's detail 0
+    assert set(ev.per_image.query("kind == 'model'")["detail"]) == {1.0}
+    rep = build_report(ev.dir, ev.dir, cfg.report)
+    knob = [p for p in rep.plots if p.name.startswith("knob_")]
+    assert [p.name for p in knob] == ["knob_best_0.png", "knob_worst_1.png"]
+    assert "grain score" in rep.html.read_text()
+
+
+def test_cli_preset_and_models_listing(pmrf_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from diffenhance.cli import app
+    from diffenhance.io import read_image, write_image
+
+    root, out = pmrf_model
+    write_image(tmp_path / "in.png", torch.rand(16, 16, 3).numpy())
+    run = lambda *a: CliRunner().invoke(app, list(a))  # noqa: E731
+    args = ["enhance", str(tmp_path / "in.png"), "--model", str(out), "--device", "cpu"]
+    r = run(*args[:2], str(tmp_path / "fid.png"), *args[2:])
+    assert r.exit_code == 0, r.output
+    r = run(*args[:2], str(tmp_path / "det.png"), *args[2:], "--preset", "detail")
+    assert r.exit_code == 0, r.output
+    assert read_image(tmp_path / "det.png").shape == (32, 32, 3)
+    r = run(*args[:2], str(tmp_path / "x.png"), *args[2:], "--preset", "sharp")
+    assert r.exit_code == 2 and "no preset 'sharp'" in r.output
+    assert not (tmp_path / "x.png").exists()
+    r = run("models", "--models-dir", str(out.parent))
+    assert r.exit_code == 0, r.output
+    assert "--preset detail: steps 2, samples 1, detail 1" in r.output
+    assert "--preset fidelity (default): steps 1, samples 1, detail 0" in r.output

@@ -331,6 +331,38 @@ def _crops(
     return crops
 
 
+def _knob_strips(
+    ev: Evaluation, gain: pd.DataFrame, cfg: ReportConfig, plots: Path
+) -> list[tuple[Path, str]]:
+    """The fidelity/detail knob on the best and worst images: input | each preset (fidelity ..
+    detail) | ground truth, each with its PSNR-Y and HF ratio; none when the model has no
+    measured presets (evaluate wrote no images/preset_*)."""
+    names = [
+        n for n in ev.protocol.get("presets", {}) if (ev.dir / "images" / f"preset_{n}").is_dir()
+    ]
+    if len(names) < 2:
+        return []
+    df = ev.per_image.set_index(["image", "method"])
+    strips = []
+    for rank, (which, name) in enumerate(pick_crops(gain, cfg.crops)):
+        rows = [df.loc[(name, f"preset_{n}")] for n in names]
+        p = crop_figure(
+            images=[ev.image("lq", name), *(ev.image(f"preset_{n}", name) for n in names),
+                    ev.image("hr", name)],
+            labels=["LQ input", *(f"{n}\nHF {r['hf_ratio']:.2f}" for n, r in zip(names, rows,
+                    strict=True)), "ground truth"],
+            scores=[None, *(float(r["psnr_y"]) for r in rows), None],
+            zoom_size=cfg.zoom_size, path=plots / f"knob_{which}_{rank}.png",
+        )  # fmt: skip
+        spec = "; ".join(
+            f"{n}: steps {ev.protocol['presets'][n]['steps']}, detail "
+            f"{ev.protocol['presets'][n]['detail']:g}"
+            for n in names
+        )
+        strips.append((p, f"{which}: {name} ({spec})"))
+    return strips
+
+
 def build_report(
     eval_dir: str | Path,
     out_dir: str | Path,
@@ -372,6 +404,14 @@ def build_report(
     figures["Side by side: best and worst images (zoomed region outlined)"] = _crops(
         ev, gain, ref, cfg, plots
     )
+    knob = _knob_strips(ev, gain, cfg, plots)
+    if knob:
+        grain = {k[len("preset_"):-len("_grain_score")]: v for k, v in ev.metrics.items()
+                 if k.startswith("preset_") and k.endswith("_grain_score")}  # fmt: skip
+        note = "; ".join(f"{k} grain score {v:.2f} (<= 1.1: its extra error sits where the "
+                         "image has detail)" for k, v in grain.items())  # fmt: skip
+        knob[0] = (knob[0][0], knob[0][1] + (f". {note}" if note else ""))
+        figures["The fidelity/detail knob: presets side by side"] = knob
     if not training:
         figures.pop("Training")
 
