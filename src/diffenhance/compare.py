@@ -8,7 +8,8 @@ on the task's fixed validation pairs, beside the task's reference baseline (bicu
 * each formulation at every step count of `compare.steps`, one sample (seed k=0) per image;
   regression once (it has no steps: its row repeats at every step count in the curves);
 * the two ends of the fidelity/sharpness knob: the **fidelity end** is the mean of
-  `compare.samples` samples at the fewest steps, the **sharp end** one sample at the most steps;
+  `compare.samples` samples at the fewest steps (for a formulation with a detail knob, pmrf:
+  its posterior mean, detail 0), the **sharp end** one sample at the most steps (detail 1);
 * PSNR/SSIM under the task's RGB and Y protocols (`metrics.protocol_for_task`) and the
   sharpness measure `metrics.hf_energy_ratio` (fine-detail energy relative to the truth, so a
   blurry output cannot win on PSNR alone).
@@ -81,7 +82,8 @@ def train_overrides(cfg: Config, formulation: str) -> list[str]:
         f"train.out_dir={Path(c.models_dir) / formulation}",
         f"train.steps={c.train_steps}",
         f"train.ema_decay={c.ema_decay}",
-        "train.init_from=null",  # equal budgets: every formulation from scratch
+        "train.init_from=null",  # equal budgets: every formulation from scratch,
+        "diffusion.pmrf_train_mean=true",  # every stage of it (pmrf's mean too)
     ]
 
 
@@ -216,9 +218,13 @@ def _score_pair(
     for f, r in models.items():
         if progress:
             progress(f"compare: {p.name}: {f}")
+        knob = get_formulation(f).detail_knob
         for steps, n, end in knob_grid(f, cfg.compare):
             t0 = time.perf_counter()
-            spec = sampling_spec(r, cfg.infer, steps=steps, samples=n, seed=cfg.compare.seed)
+            # a detail knob: its fidelity end is the posterior mean (detail 0), the rest samples
+            detail = (0.0 if "fidelity" in end.split(",") else 1.0) if knob else None
+            spec = sampling_spec(r, cfg.infer, steps=steps, samples=n, seed=cfg.compare.seed,
+                                 detail=detail)  # fmt: skip
             pred = restore(r, p.lq, spec)
             add(f, "model", steps, n, end, pred, time.perf_counter() - t0)
     return rows
