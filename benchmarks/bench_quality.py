@@ -272,6 +272,16 @@ def evaluate_model(
             }
             for r in curve.itertuples()
         ],  # fmt: skip
+        "presets": {
+            name: {
+                "psnr": m[f"preset_{name}_psnr_{proto}"],
+                "hf_ratio": m.get(f"preset_{name}_{SHARPNESS}"),
+                "grain_score": m.get(f"preset_{name}_grain_score"),
+                **spec,
+            }
+            for name, spec in ev.protocol.get("presets", {}).items()
+            if f"preset_{name}_psnr_{proto}" in m
+        },
         "uncertainty": {k: m.get(f"uncertainty_{k}") for k in ("pearson", "spearman", "std_mean")},
         "uncertainty_skipped": (ev.protocol.get("uncertainty") or {}).get("skipped"),
         "seconds": seconds,
@@ -353,6 +363,21 @@ def markdown(res: dict[str, Any]) -> str:
         else:
             lines.append(f"| {t['task']} | {u['pearson']:.2f} | {u['spearman']:.2f} "
                          f"| {u['std_mean']:.4f} |")  # fmt: skip
+    knob = [t for t in res["tasks"] if t.get("presets")]
+    if knob:
+        lines += ["", "The fidelity/detail knob: each measured preset of the model (issue 21's bars: "
+                  "detail at most 2.0 dB below fidelity, HF ratio 0.8-1.2, grain score <= 1.1; "
+                  "sr4's detail preset >= Real-ESRGAN + 1.0 dB with HF >= 0.8):", "",
+                  "| task | preset | steps | detail | PSNR | HF ratio | grain score | vs Real-ESRGAN |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for t in knob:
+        esr = t["baselines"].get("realesrgan")
+        for name, v in t["presets"].items():
+            hf = "" if v["hf_ratio"] is None else f"{v['hf_ratio']:.2f}"
+            grain = "" if v["grain_score"] is None else f"{v['grain_score']:.2f}"
+            vs = "" if esr is None else f"{v['psnr'] - esr['psnr']:+.2f} dB"
+            lines.append(f"| {t['task']} | {name} | {v['steps']} | {v['detail']:g} | {v['psnr']:.2f} "
+                         f"| {hf} | {grain} | {vs} |")  # fmt: skip
     lines += ["", "PSNR (dB, protocol as above) against sampler steps:", ""]
     steps = sorted({c["steps"] for t in res["tasks"] for c in t["curve"]})
     lines.append("| task | " + " | ".join(f"{s} steps" for s in steps) + " |")

@@ -147,6 +147,8 @@ def test_folder_with_corrupt_and_non_image_files_completes_and_names_each(tmp_pa
     assert "not a recognised image" in reasons["bad.png"]
     assert "truncated" in reasons["trunc.jpg"].lower() and "empty" in reasons["empty.webp"]
     assert {i["key"] for i in summary["ignored"]} == {"notes.txt", "sub0/README"}
+    for ig in summary["ignored"]:  # named on the console too, with why (issue 24 N7)
+        assert f"ignored {ig['key']}: {ig['reason']}" in res.output
     assert summary["enhanced"] == 4 and summary["images"] == 7
     assert summary["images_per_s"] > 0 and summary["megapixels_per_s"] > 0
     assert sorted(images(out)) == ["photo.jpg", "sub0/img0.png", "sub0/img2.png", "sub1/img1.png"]
@@ -416,3 +418,18 @@ def test_retried_shard_keeps_what_the_failed_attempt_recorded(tmp_path, ckpt, pa
     manifest = run_shard(job, shard, cfg, model=IdentityTiles(scale=2))  # the retry
     assert manifest["run"]["processed"] == 1 and len(manifest["images"]) == 3
     assert not list((out / MANIFEST_DIR).glob("*.partial.json"))
+
+
+def test_many_ignored_files_are_named_up_to_ten_then_counted(tmp_path, ckpt, params):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(inp, [(20, 30)])
+    for i in range(12):
+        (inp / f"note{i:02d}.txt").write_text("hello")
+    res = CliRunner().invoke(
+        app,
+        ["enhance", str(inp), str(out), "--model", str(ckpt), "--params", str(params), *JOB],
+    )
+    assert res.exit_code == 0, res.output
+    named = [line for line in res.output.splitlines() if line.startswith("ignored note")]
+    assert len(named) == 10 and all(": " in line for line in named)  # the name, then why
+    assert "... and 2 more ignored" in res.output

@@ -290,6 +290,7 @@ def enhance(
         _print_plan(job)
         return
     summary = _run_with_progress(cfg, job)
+    _print_ignored(summary["ignored"])
     typer.echo(
         f"{summary['enhanced']} enhanced, {summary['skipped_done']} already done, "
         f"{summary['failed']} failed, {len(summary['ignored'])} ignored "
@@ -408,6 +409,18 @@ def _enhance_config(
     cfg = _config_or_defaults(params, overrides)
     with _user_errors():
         return enhance_config(cfg, settings, infer)
+
+
+MAX_LISTED = 10  # ignored files named one per line after a job; the rest are counted
+
+
+def _print_ignored(ignored: list[dict[str, Any]]) -> None:
+    """Each file the job ignored and why (the first `MAX_LISTED`, then a count)."""
+    for ig in ignored[:MAX_LISTED]:
+        typer.echo(f"ignored {ig['key']}: {ig['reason']}")
+    if len(ignored) > MAX_LISTED:
+        typer.echo(f"... and {len(ignored) - MAX_LISTED} more ignored (all in the job's "
+                   "_diffenhance/summary.json)")  # fmt: skip
 
 
 def _print_plan(job: Job) -> None:
