@@ -1,8 +1,9 @@
 """`diffenhance ui`: the API (TestClient) and the page in a real headless Chromium (Playwright).
 
 The UI runs the CLI's enhance path, so its output must be byte-identical to what
-`diffenhance enhance IN OUT -m sr4` writes for the same image and settings; every bad upload
-must come back as a message, with the server still serving."""
+`diffenhance enhance IN OUT -m sr4` writes for the same image and settings (a preset too);
+every bad upload must come back as a message, with the server still serving; no request can
+tie it up (every knob bounded, jobs cancellable and time-limited)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from diffenhance.cli import app as cli_app
 from diffenhance.config import TASKS, load_config
 from diffenhance.io import read_image_info
 from diffenhance.ui import create_app
+from diffenhance.ui.jobs import Limits
 from tests.conftest import REPO
 
 with warnings.catch_warnings():  # starlette's note that its TestClient will move to httpx2
@@ -39,6 +41,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]  # fmt: skip
 OCTET = {"content-type": "application/octet-stream"}
+# the presets recorded in the tiny pmrf model (a detail knob), as `bench_knob.py` records them
+PMRF_PRESETS = {"fidelity": {"steps": 1, "samples": 1, "detail": 0.0},
+                "balanced": {"steps": 2, "samples": 1, "detail": 0.5},
+                "detail": {"steps": 3, "samples": 2, "detail": 1.0}}  # fmt: skip
+SLOW = {"steps": 50, "samples": 32}  # 1600 network calls: tens of seconds of CPU on sr4
 
 
 def photo(size: int = 32) -> np.ndarray:
@@ -80,17 +87,25 @@ def upload(client: TestClient, name: str, data: bytes) -> dict:
     return r.json()
 
 
-def run(client: TestClient, timeout: float = 60, **req) -> dict:
-    """Submit a job and wait for it to finish; its last status."""
+def submit(client: TestClient, **req) -> dict:
     r = client.post("/api/jobs", json=req)
     assert r.status_code == 200, r.text
-    job = r.json()
+    return r.json()
+
+
+def wait(client: TestClient, job_id: str, timeout: float = 60, until=("done", "failed",
+         "cancelled", "timed_out")) -> dict:  # fmt: skip
+    """Poll a job until its state is one of `until` (default: it ended); its last status."""
     t0 = time.monotonic()
-    while job["state"] in ("queued", "running"):
+    while (job := client.get(f"/api/jobs/{job_id}").json())["state"] not in until:
         assert time.monotonic() - t0 < timeout, job
-        time.sleep(0.1)
-        job = client.get(f"/api/jobs/{job['id']}").json()
+        time.sleep(0.05)
     return job
+
+
+def run(client: TestClient, timeout: float = 60, **req) -> dict:
+    """Submit a job and wait for it to finish; its last status."""
+    return wait(client, submit(client, **req)["id"], timeout)
 
 
 def cli_enhance(src: Path, out: Path, *args: str, model: str = "sr4") -> bytes:
@@ -178,9 +193,6 @@ def test_job_errors_are_messages(client, tmp_path):
     up = upload(client, "a.png", encode(photo(8)))
     job = run(client, upload=up["id"], model=str(tmp_path / "none"))
     assert job["state"] == "failed" and f"{tmp_path / 'none'}: no model here" in job["message"]
-    job = run(client, upload=up["id"], model="sr4", steps=0)
-    assert job["state"] == "failed" and "'infer.steps' must be >= 1" in job["message"]
-    assert "/uploads/" not in job["message"] and "enhance.input='a.png'" in job["message"]
     r = client.get(f"/api/jobs/{job['id']}/output")
     assert r.status_code == 409 and "has no output (failed)" in r.json()["error"]
 
@@ -219,7 +231,9 @@ def test_models_listed_and_checked(tmp_path):
         sr4 = next(m for m in models if m["value"] == "sr4")
         assert sr4 | {"label": None} == {
             "value": "sr4", "label": None, "task": "sr4", "scale": 4, "formulation": "residual",
-            "steps": 1, "samples": 1, "has_knob": True}  # fmt: skip
+            "steps": 1, "samples": 1, "has_knob": True, "detail_knob": False,
+            "presets": {"fidelity": {"steps": 1, "samples": 1, "detail": 1.0}},
+            "preset": "fidelity"}  # fmt: skip
         r = c.post("/api/model", json={"path": str(tmp_path / "broken")})
         assert r.status_code == 400 and "not a readable safetensors file" in r.json()["error"]
         assert c.post("/api/model", json={"path": str(tmp_path / "mine")}).json()["scale"] == 4
@@ -237,6 +251,148 @@ def test_old_uploads_are_deleted_and_the_workspace_at_shutdown(monkeypatch):
         assert kept == [404, 404, 200, 200]
         assert sorted(p.name for p in (root / "uploads").iterdir()) == sorted(ids[2:])
     assert not root.exists()
+
+
+# --------------------------------------------------------------------------- limits, cancel
+
+
+@pytest.mark.parametrize(
+    ("req", "message"),
+    [
+        ({"samples": 100_000_000},
+         "samples must be between 1 and 32 (the UI's limit), got 100000000"),
+        ({"samples": 0}, "samples must be between 1 and 32 (the UI's limit), got 0"),
+        ({"steps": 100_000_000}, "steps must be between 1 and 50 (the UI's limit), got 100000000"),
+        ({"steps": 0}, "steps must be between 1 and 50 (the UI's limit), got 0"),
+        ({"detail": 1.5}, "detail must be between 0 and 1, got 1.5"),
+        ({"detail": -0.25}, "detail must be between 0 and 1, got -0.25"),
+    ],
+    ids=["samples-huge", "samples-0", "steps-huge", "steps-0", "detail-over", "detail-under"],
+)  # fmt: skip
+def test_every_knob_is_bounded(client, req, message):
+    up = upload(client, "a.png", encode(photo(8)))
+    r = client.post("/api/jobs", json={"upload": up["id"], "model": "sr4", **req})
+    assert r.status_code == 400 and r.json() == {"error": message}
+    limits = client.get("/api/info").json()["limits"]
+    assert limits == {"steps": 50, "samples": 32, "pixels": 4096 * 4096, "job_seconds": 300.0}
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(client):
+    r = client.post("/api/uploads?name=big.png", content=bomb_png(4097), headers=OCTET)
+    assert r.status_code == 400 and r.json()["error"] == (
+        "big.png: 4097 x 4097 = 16785409 pixels, over the limit of 16777216 pixels per image; "
+        "shrink it, or enhance it with `diffenhance enhance`"
+    )
+
+
+@pytest.fixture(scope="module")
+def pmrf_model(tmp_path_factory):
+    """A tiny pmrf sr2 model dir (a detail knob) with PMRF_PRESETS recorded: random weights,
+    the zero-initialised output layers too (else the flow adds nothing to its mean and every
+    detail gives the same image)."""
+    import torch
+
+    from diffenhance.model import read_checkpoint, save_weights, set_recommended
+    from tests.enhance_helpers import random_checkpoint
+
+    path = tmp_path_factory.mktemp("pmrf") / "pmrf-sr2" / "model.safetensors"
+    overrides = ["diffusion.formulation=pmrf", "diffusion.pmrf_mean=regression"]
+    tensors, meta = read_checkpoint(random_checkpoint(path, "sr2", overrides=overrides))
+    g = torch.Generator().manual_seed(0)
+    for t in tensors.values():
+        if t.is_floating_point():
+            t.add_(0.05 * torch.randn(t.shape, generator=g, dtype=t.dtype))
+    save_weights(path, tensors, meta)
+    set_recommended(path, 1, 1, "test", presets=PMRF_PRESETS)
+    return path.parent
+
+
+def test_presets_listed_and_an_unknown_one_refused(client, pmrf_model):
+    info = client.post("/api/model", json={"path": str(pmrf_model)}).json()
+    assert (info["presets"], info["preset"], info["detail_knob"]) == (
+        PMRF_PRESETS,
+        "fidelity",
+        True,
+    )
+    assert list(info["presets"]) == ["fidelity", "balanced", "detail"]  # along the knob
+    up = upload(client, "a.png", encode(photo(8)))
+    r = client.post("/api/jobs", json={"upload": up["id"], "model": str(pmrf_model),
+                                       "preset": "sharp"})  # fmt: skip
+    assert r.status_code == 400
+    assert "has no preset 'sharp'; it has fidelity, balanced, detail" in r.json()["error"]
+    r = client.post("/api/jobs", json={"upload": up["id"], "model": "sr4", "preset": "balanced"})
+    assert r.status_code == 400 and "has no preset 'balanced'; it has fidelity" in r.json()["error"]
+    r = client.post("/api/jobs", json={"upload": up["id"], "model": "sr4", "detail": 0.5})
+    assert r.status_code == 400 and "no detail knob" in r.json()["error"]
+
+
+def test_a_preset_job_runs_the_presets_settings_and_records_them(client, pmrf_model, tmp_path):
+    src = tmp_path / "crop.png"
+    src.write_bytes(encode(photo(16)))
+    up = upload(client, "crop.png", src.read_bytes())
+    cases = [
+        ({}, [], {"preset": "fidelity", "steps": 1, "samples": 1, "detail": 0.0}),
+        ({"preset": "balanced"}, ["--preset", "balanced"],
+         {"preset": "balanced", "steps": 2, "samples": 1, "detail": 0.5}),
+        ({"preset": "balanced", "steps": 3, "detail": 0.25},  # given values override the preset's
+         ["--preset", "balanced", "--steps", "3", "--detail", "0.25"],
+         {"preset": "balanced", "steps": 3, "samples": 1, "detail": 0.25}),
+    ]  # fmt: skip
+    outputs = set()
+    for i, (req, args, settings) in enumerate(cases):
+        job = run(client, upload=up["id"], model=str(pmrf_model), **req)
+        assert job["state"] == "done" and job["settings"] == settings, job
+        got = client.get(f"/api/jobs/{job['id']}/output").content
+        assert got == cli_enhance(src, tmp_path / f"cli{i}.png", *args, model=str(pmrf_model))
+        outputs.add(got)
+    assert len(outputs) == len(cases)  # each setting reached the sampler
+
+
+def test_cancel_a_queued_and_a_running_job(client):
+    up = upload(client, "a.png", encode(photo(64)))
+    slow, queued, last = (submit(client, upload=up["id"], model="sr4", **kw)
+                          for kw in (SLOW, {}, {}))  # fmt: skip
+    r = client.post(f"/api/jobs/{queued['id']}/cancel")  # a queued job: at once
+    assert r.status_code == 200 and (r.json()["state"], r.json()["message"]) == ("cancelled",
+                                                                                 "cancelled")  # fmt: skip
+    assert client.get(f"/api/jobs/{last['id']}").json()["ahead"] == 1  # the slow one only
+    wait(client, slow["id"], until=("running",))
+    time.sleep(0.5)  # well inside its sampling loop
+    t0 = time.monotonic()
+    r = client.post(f"/api/jobs/{slow['id']}/cancel")  # a running job: at its next network call
+    assert r.status_code == 200 and r.json()["state"] in ("running", "cancelled"), r.json()
+    job = wait(client, slow["id"])
+    assert (job["state"], job["message"]) == ("cancelled", "cancelled") and "output" not in job
+    assert time.monotonic() - t0 < 5 and job["seconds"] < 10
+    assert client.get(f"/api/jobs/{slow['id']}/output").status_code == 409
+    assert wait(client, last["id"])["state"] == "done"  # the next queued job ran
+    assert client.get(f"/api/jobs/{queued['id']}").json()["seconds"] == 0.0  # never started
+    assert client.post(f"/api/jobs/{queued['id']}/cancel").json()["state"] == "cancelled"
+    r = client.post(f"/api/jobs/{last['id']}/cancel")
+    assert (
+        r.status_code == 409 and r.json()["error"] == f"job {last['id']} has already ended (done)"
+    )
+    assert client.post("/api/jobs/nope/cancel").status_code == 404
+
+
+def test_a_job_past_its_time_limit_stops_and_the_next_one_runs():
+    limits = Limits(pixels=32 * 32, job_seconds=1.5)
+    app = create_app(load_config(PARAMS), hosts=["testserver"], limits=limits)
+    with TestClient(app) as c:
+        assert c.get("/api/info").json()["limits"]["job_seconds"] == 1.5
+        r = c.post("/api/uploads?name=b.png", content=encode(photo(33)), headers=OCTET)
+        assert r.status_code == 400 and "33 x 33 = 1089 pixels, over the limit of 1024" in r.text
+        up = upload(c, "a.png", encode(photo(32)))
+        slow, quick = (submit(c, upload=up["id"], model="sr4", **kw) for kw in (SLOW, {}))
+        job = wait(c, slow["id"])
+        assert job["state"] == "timed_out" and "output" not in job, job
+        assert job["message"].startswith("timed out after 1.5 s (the UI's limit per job)")
+        assert 1.5 <= job["seconds"] < 5
+        assert wait(c, quick["id"])["state"] == "done"
+        # shutting down stops the running job (no waiting for it to end)
+        wait(c, submit(c, upload=up["id"], model="sr4", **SLOW)["id"], until=("running",))
+        root, t0 = app.state.workspace.root, time.monotonic()
+    assert time.monotonic() - t0 < 5 and not root.exists()
 
 
 # --------------------------------------------------------------------------- the browser
@@ -293,10 +449,14 @@ def test_page_enhances_compares_and_reports_errors(browser, server, tmp_path):
     assert page.input_value("#task") == TASKS[0]  # the first task with a model
     page.select_option("#task", "sr4")
     assert page.input_value("#model") == "sr4"
+    # the shipped sr4 records one preset: the selector offers just that one, chosen
+    assert page.locator("#presets label").all_inner_texts() == ["fidelity"]
+    assert page.is_checked("#preset-fidelity") and page.is_disabled("#steps")
     page.set_input_files("#file", str(src))
     page.wait_for_selector("#run:enabled")
     page.click("#run")
     page.wait_for_selector("#after:visible", timeout=60_000)
+    assert page.inner_text("#result-settings") == "preset fidelity: 1 step, 1 sample"
     size = page.eval_on_selector("#after", "i => [i.naturalWidth, i.naturalHeight, i.complete]")
     assert size == [128, 128, True]
     assert page.eval_on_selector("#before", "i => [i.naturalWidth, i.naturalHeight]") == [32, 32]
@@ -383,6 +543,12 @@ def test_mask_runs_as_the_clis(client, inpaint_case, tmp_path):
     assert client.get(f"/api/jobs/{job['id']}/output").content == want
     job = run(client, upload=up["id"], model=str(model))  # enhance's own refusal, as a message
     assert job["state"] == "failed" and "is an inpainting model" in job["message"]
+    # a message names the user's files, not this server's folders
+    small = upload(client, "small.png", encode(np.zeros((16, 16), np.uint8)))
+    job = run(client, upload=up["id"], model=str(model), mask=small["id"])
+    assert job["state"] == "failed" and "/uploads/" not in job["message"], job
+    assert job["message"].startswith("--mask small.png: mask is 16x16 but its image is 32x32")
+    assert job["message"].endswith("(image a.png)")
 
 
 def test_page_mask_brush_and_mask_file(browser, server, inpaint_case, tmp_path):
@@ -412,4 +578,50 @@ def test_page_mask_brush_and_mask_file(browser, server, inpaint_case, tmp_path):
     page.wait_for_selector("#after:visible", timeout=60_000)
     body = page.request.get(server.rstrip("/") + page.get_attribute("#download", "href")).body()
     assert body == cli_enhance(img, tmp_path / "o.png", "--mask", str(mask), model=str(model))
+    assert not errors, errors
+
+
+def test_page_presets_and_cancel(browser, server, pmrf_model, tmp_path):
+    src = tmp_path / "crop.png"
+    src.write_bytes(encode(photo()))
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    page.fill("#model-path", str(pmrf_model))
+    page.press("#model-path", "Tab")  # a typed model is checked: its presets fill the selector
+    page.wait_for_function("document.querySelectorAll('#presets label').length === 3")
+    assert page.locator("#presets label").all_inner_texts() == ["fidelity", "balanced", "detail"]
+    assert page.is_checked("#preset-fidelity") and page.is_visible("#detail")  # a detail knob
+    page.click("label[for=preset-balanced]")
+    assert page.is_checked("#preset-balanced")
+    assert (page.input_value("#steps"), page.input_value("#samples")) == ("2", "1")
+    assert page.input_value("#detail") == "0.5" and page.is_disabled("#detail")
+    assert page.inner_text("#preset-note") == "balanced: 2 steps, 1 sample, detail 0.5"
+    page.set_input_files("#file", str(src))
+    page.wait_for_selector("#run:enabled")
+    page.click("#run")
+    page.wait_for_selector("#after:visible", timeout=60_000)
+    assert page.inner_text("#result-settings") == "preset balanced: 2 steps, 1 sample, detail 0.5"
+    body = page.request.get(server.rstrip("/") + page.get_attribute("#download", "href")).body()
+    assert body == cli_enhance(src, tmp_path / "o.png", "--preset", "balanced",
+                               model=str(pmrf_model))  # fmt: skip
+    page.screenshot(path=str(tmp_path / "presets.png"), full_page=True)
+    # by hand: the preset's values are the start; a long run is stopped with Cancel
+    page.select_option("#task", "sr4")  # the shipped sr4 (the typed path cleared)
+    page.fill("#model-path", "")
+    page.select_option("#model", "sr4")
+    page.uncheck("#auto")
+    page.fill("#samples", "32")
+    page.eval_on_selector("#steps", "e => { e.value = 50; e.dispatchEvent(new Event('input')); }")
+    page.click("#run")
+    page.wait_for_selector("#cancel:visible")
+    page.wait_for_function("document.getElementById('status-text').textContent.startsWith('Enh')")
+    page.click("#cancel")
+    page.wait_for_function(
+        "document.getElementById('status-text').textContent === 'Cancelled.'", timeout=15_000
+    )
+    assert page.is_hidden("#cancel") and page.is_hidden("#error") and page.is_enabled("#run")
+    page.screenshot(path=str(tmp_path / "cancelled.png"), full_page=True)
     assert not errors, errors

@@ -1,18 +1,26 @@
 """The `diffenhance ui` web app: one static page and a small JSON API over a `Workspace`.
 
     GET  /                              the page (static/index.html: plain JS/CSS, offline)
-    GET  /api/info                      models, image extensions, upload limits
-    POST /api/model        {"path"}     a typed model path checked: task, scale, sampling
+    GET  /api/info                      models (each with its presets), image extensions,
+                                        upload and job limits
+    POST /api/model        {"path"}     a typed model path checked: task, scale, presets
     POST /api/uploads?name=N            raw image bytes (application/octet-stream) -> upload
     GET  /api/uploads/{id}/preview.png  the decoded upload as an 8-bit PNG
-    POST /api/jobs         {"upload", "model", "steps", "samples", "mask", "uncertainty"}
-    GET  /api/jobs/{id}                 state, seconds, jobs ahead, message or output size
+    POST /api/jobs         {"upload", "model", "preset", "steps", "samples", "detail", "mask",
+                            "uncertainty"}   preset: a name of the model's (null: its default);
+                                        steps/samples/detail given override the preset's
+    GET  /api/jobs/{id}                 state, seconds, jobs ahead, the settings it runs with
+                                        (preset, steps, samples, detail), message or output
+    POST /api/jobs/{id}/cancel          stop it: queued at once, running at its next network
+                                        call (state "cancelled"); the next queued job starts
     GET  /api/jobs/{id}/output          the output file as `enhance` wrote it (?download=1)
     GET  /api/jobs/{id}/preview         the output as a browser shows it (TIFF -> PNG)
     GET  /api/jobs/{id}/uncertainty.png the uncertainty map (infer.uncertainty)
 
 Every error reaches the page as {"error": message} with a 4xx status (a bug: 500, its
-traceback in the server's log only). Only requests naming this machine as the host are served
+traceback in the server's log only). Every knob is bounded (`jobs.Limits`: steps, samples,
+detail, the pixels of an upload; a 400 says the limit) and a job running past its time limit
+ends "timed_out", so no request can hold the server. Only requests naming this machine as the host are served
 (a web page elsewhere cannot drive it through DNS rebinding); uploads must be sent as
 application/octet-stream and jobs as JSON, which browsers do not send across origins unasked.
 """
@@ -37,7 +45,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from diffenhance.config import Config
 from diffenhance.io import read_image, write_image
-from diffenhance.ui.jobs import Job, UiError, Workspace, list_models, model_info
+from diffenhance.ui.jobs import Job, Limits, UiError, Workspace, list_models, model_info
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +61,10 @@ class ModelQuery(BaseModel):
 class JobRequest(BaseModel):
     upload: str
     model: str
-    steps: int | None = None  # None: the model's recommendation
+    preset: str | None = None  # one of the model's (fidelity, balanced, detail); None: its default
+    steps: int | None = None  # None: the preset's
     samples: int | None = None
+    detail: float | None = None  # models with a detail knob; None: the preset's
     mask: str | None = None  # an upload id (white = fill)
     uncertainty: bool = False
 
@@ -114,6 +124,7 @@ class UiSettings:
     cfg: Config
     models_dir: Path
     max_upload_bytes: int
+    limits: Limits
 
 
 router = APIRouter()
@@ -140,6 +151,7 @@ def info(request: Request) -> dict:
         "models": list_models(ui.models_dir),
         "extensions": list(ui.cfg.enhance.extensions),
         "max_upload_bytes": ui.max_upload_bytes,
+        "limits": ui.limits.describe(),
     }  # fmt: skip
 
 
@@ -167,7 +179,15 @@ def upload_preview(request: Request, upload_id: str) -> FileResponse:
 def submit(request: Request, r: JobRequest) -> dict:
     ws = _ws(request)
     job = ws.submit(r.upload, r.model, steps=r.steps, samples=r.samples, mask_id=r.mask,
-                    uncertainty=r.uncertainty)  # fmt: skip
+                    uncertainty=r.uncertainty, preset=r.preset, detail=r.detail)  # fmt: skip
+    return ws.status(job)
+
+
+@router.post("/api/jobs/{job_id}/cancel")
+def cancel(request: Request, job_id: str) -> dict:
+    ws = _ws(request)
+    job = ws.job(job_id)
+    ws.cancel(job)
     return ws.status(job)
 
 
@@ -211,15 +231,18 @@ def create_app(
     models_dir: Path = Path("models"),
     hosts: Sequence[str] = LOCAL_HOSTS,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    limits: Limits | None = None,
 ) -> FastAPI:
     """The app for params `cfg` (what `diffenhance enhance` would load), listing the model
-    dirs under `models_dir`; served only to requests for `hosts` ("*": any).
+    dirs under `models_dir`; served only to requests for `hosts` ("*": any); `limits`: the
+    bounds of a request and a job's time limit (default `Limits()`).
 
     Its uploads and outputs live in a temporary folder made at startup, deleted at shutdown."""
+    limits = limits or Limits()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ws = Workspace(cfg, Path(tempfile.mkdtemp(prefix="diffenhance-ui-")))
+        ws = Workspace(cfg, Path(tempfile.mkdtemp(prefix="diffenhance-ui-")), limits)
         app.state.workspace = ws
         try:
             yield
@@ -228,7 +251,7 @@ def create_app(
 
     app = FastAPI(title="diffenhance", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)  # fmt: skip
-    app.state.ui = UiSettings(cfg, models_dir, max_upload_bytes)
+    app.state.ui = UiSettings(cfg, models_dir, max_upload_bytes, limits)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
     _install_error_handlers(app)
     app.include_router(router)
