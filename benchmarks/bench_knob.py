@@ -14,11 +14,14 @@ task's protocol: Y with border crop = scale for SR). Per setting, the means over
   and its Pearson correlation with the output's |error|, beside an edge map's (the gradient
   magnitude of the output: a map that only finds edges).
 
-The presets (issue 21's bars): fidelity = detail 0 (the posterior mean); detail = the setting
-with the most detail (HF ratio closest to 1, at most 1.2) whose grain score is at most 1.1 and
-whose PSNR-Y is at most 2.0 dB below fidelity (fewest steps on ties); balanced = the same steps
-at half that detail. `--set-presets` records them, with the figures, in the checkpoint's
-"recommended" metadata (`model.set_recommended`: weights unchanged).
+The presets (issue 21's bars): fidelity = detail 0 (the posterior mean). Among the settings
+whose grain score is at most 1.1, whose PSNR-Y is at most 2.0 dB below fidelity and whose HF
+ratio is at most 1.2, the one with the most detail (fewest steps on ties) is the detail preset
+when its HF ratio reaches 0.8 (then balanced = the same steps at half its detail); when none
+reaches 0.8 it is shipped as balanced only, and the model has no detail preset: no setting of
+it gives ground-truth-like detail without grain. `--set-presets` records them, with the
+figures, in the checkpoint's "recommended" metadata (`model.set_recommended`: weights
+unchanged).
 
     python benchmarks/bench_knob.py --model models/pretrained/sr4 --out /tmp/knob
     python benchmarks/bench_knob.py --model RUN/out/sr4 --set-presets --record
@@ -56,6 +59,7 @@ from diffenhance.uncertainty import error_correlation  # noqa: E402
 MAX_DROP_DB = 2.0  # the detail preset may cost at most this much PSNR-Y against fidelity
 MAX_GRAIN = 1.1  # ... and its grain score may be at most this
 MAX_HF = 1.2  # ... and its HF ratio at most this (more is grain, not detail)
+MIN_HF = 0.8  # the detail preset reaches at least this much of the truth's fine detail
 
 
 def edge_map(img: np.ndarray) -> np.ndarray:
@@ -102,8 +106,12 @@ def choose_presets(rows: list[dict], proto: str) -> dict[str, dict[str, Any]]:
     ]  # fmt: skip
     if ok:
         best = max(ok, key=lambda r: (r["hf_ratio"], -r["steps"]))
-        presets["detail"] = {"steps": best["steps"], "samples": 1, "detail": best["detail"]}
-        presets["balanced"] = {"steps": best["steps"], "samples": 1, "detail": best["detail"] / 2}
+        chosen = {"steps": best["steps"], "samples": 1, "detail": best["detail"]}
+        if best["hf_ratio"] >= MIN_HF:
+            presets["balanced"] = {**chosen, "detail": best["detail"] / 2}
+            presets["detail"] = chosen
+        else:
+            presets["balanced"] = chosen
     return presets
 
 
@@ -140,13 +148,14 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {r[f'ssim_{p}']:.4f} | {r['hf_ratio']:.3f} | {r['err_std_flat_y']:.2f} "
             f"| {r['err_std_y']:.2f} | {r['grain_score']:.3f} | {r['seconds_per_image']:.2f} |"
         )
-    lines += ["", "Presets chosen (bars: PSNR drop <= 2.0 dB, grain score <= 1.1, HF <= 1.2): "
+    lines += ["", "Presets chosen (bars: PSNR drop <= 2.0 dB, grain score <= 1.1, HF <= 1.2; "
+              "detail: HF >= 0.8): "
               + "; ".join(f"{k}: steps {v['steps']}, detail {v['detail']:g}"
                           for k, v in res["presets"].items())]  # fmt: skip
     if res.get("uncertainty"):
         u = res["uncertainty"]
         lines.append(
-            f"Uncertainty at the detail preset ({u['samples']} samples): Pearson with |error| "
+            f"Uncertainty at the knob's far preset ({u['samples']} samples): Pearson with |error| "
             f"{u['std_pearson']:.3f} (edge map: {u['edge_pearson']:.3f})."
         )
     return "\n".join(lines) + "\n"
@@ -192,14 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": git_commit(),
         "command": "python benchmarks/bench_knob.py " + " ".join(argv or sys.argv[1:]),
     }  # fmt: skip
-    if args.unc_samples >= 2 and "detail" in presets:
-        res["uncertainty"] = uncertainty(r, pairs, cfg, presets["detail"], args.unc_samples,
-                                         proto.crop)  # fmt: skip
+    far = presets.get("detail") or presets.get("balanced")  # the knob's far end as shipped
+    if args.unc_samples >= 2 and far is not None:
+        res["uncertainty"] = uncertainty(r, pairs, cfg, far, args.unc_samples, proto.crop)
     write_results(out, "bench_knob", res, markdown(res), args.record)
     if args.set_presets:
-        figures = {name: next(row for row in rows if (row["steps"], row["detail"]) == (
-            v["steps"], v["detail"]) or (v["detail"] == 0 and row["detail"] == 0))
-            for name, v in presets.items() if name != "balanced"}  # fmt: skip
+        figures = {name: row for name, v in presets.items() for row in rows
+                   if (row["steps"], row["detail"]) == (v["steps"], v["detail"])
+                   or (v["detail"] == 0 and row["detail"] == 0)}  # fmt: skip
         why = (
             "; ".join(
                 f"{k}: PSNR-{p} {f[f'psnr_{p}']:.2f}, HF {f['hf_ratio']:.2f}, grain "

@@ -38,14 +38,7 @@ def test_benchmarks_and_tiny_call_the_stage_functions_not_copies():
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "benchmarks").glob("*.py")))
 def test_every_benchmark_imports(name):
     """A benchmark that imports a helper that no longer exists fails here, not on a GPU box."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            f"bench_{name}", REPO / "benchmarks" / f"{name}.py"
-        )
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    _bench(name)
 
 
 def test_the_formulations_script_is_gone():
@@ -123,3 +116,45 @@ def test_ship_installs_a_finished_run_with_its_recommendation_and_figures(
         train_pretrained.ship("sr2", run_out, dest, 1, "x")
     assert (dest / "sr2" / "model.safetensors").read_bytes() == before
     assert train_pretrained.main(["--task", "sr2", "--ship", str(run_out)]) == 2  # no --why
+
+
+def _bench(name: str):
+    """Import benchmarks/<name>.py as a module (its helpers resolve from benchmarks/)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            f"bench_{name}", REPO / "benchmarks" / f"{name}.py"
+        )
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def _row(steps, detail, psnr, hf, flat, whole):
+    return {"steps": steps, "detail": detail, "psnr_y": psnr, "hf_ratio": hf,
+            "err_std_flat_y": flat, "err_std_y": whole}  # fmt: skip
+
+
+def test_bench_knob_presets_follow_the_bars():
+    """The detail preset needs HF >= 0.8 with grain <= 1.1, <= 2 dB below fidelity, HF <= 1.2;
+    otherwise the best setting under the no-grain bar ships as balanced and there is no detail."""
+    knob = _bench("bench_knob")
+    fid = _row(1, 0.0, 30.0, 0.3, 2.0, 10.0)
+    rows = [
+        fid,
+        _row(2, 1.0, 28.5, 0.9, 2.8, 14.0),  # grain (2.8/2)/(14/10) = 1.0: ok, HF 0.9: detail
+        _row(4, 1.0, 28.4, 1.1, 4.0, 14.0),  # grain 1.43: refused though sharper
+        _row(8, 1.0, 27.5, 1.1, 2.8, 14.0),  # 2.5 dB below fidelity: refused
+    ]
+    for r in rows:
+        r["grain_score"] = knob.grain(r, fid)
+    assert rows[1]["grain_score"] == pytest.approx(1.0)
+    got = knob.choose_presets(rows, "y")
+    assert got == {"fidelity": {"steps": 1, "samples": 1, "detail": 0.0},
+                   "balanced": {"steps": 2, "samples": 1, "detail": 0.5},
+                   "detail": {"steps": 2, "samples": 1, "detail": 1.0}}  # fmt: skip
+    rows[1]["hf_ratio"] = 0.5  # the best clean setting is not ground-truth-like: balanced only
+    got = knob.choose_presets(rows, "y")
+    assert list(got) == ["fidelity", "balanced"] and got["balanced"]["detail"] == 1.0
