@@ -307,12 +307,20 @@ def copy_run_files(src: Path, out: Path) -> None:
 
 
 def ship(
-    task: str, run_out: Path, dest: Path, steps: int, why: str, measured: dict | None = None
+    task: str,
+    run_out: Path,
+    dest: Path,
+    steps: int,
+    why: str,
+    measured: dict | None = None,
+    knob: dict | None = None,
 ) -> dict:
     """Ship a finished, evaluated run: copy run_out/<task>/ (the weights, training log and card
     that `train`/`install` wrote) into dest/<task>/, record the measured sampler setting in the
     checkpoint (`model.set_recommended`: `steps` steps, 1 sample, `why`) and the held-out
-    figures in the card (`measured`: e.g. bench_quality.py's numbers and its command). The
+    figures in the card (`measured`: e.g. bench_quality.py's numbers and its command), and with
+    `knob` (bench_knob.py's result) the measured presets in the checkpoint and the knob's table
+    in the card. The
     copy is made next to dest/<task> and swapped in whole, so a failure leaves the shipped
     model as it was. Returns the card."""
     from diffenhance.io import temp_name
@@ -332,10 +340,14 @@ def ship(
     tmp.mkdir(parents=True)
     try:
         copy_run_files(src, tmp)
-        set_recommended(tmp / WEIGHTS_NAME, steps, 1, why)
+        presets = None if knob is None else knob["presets"]
+        set_recommended(tmp / WEIGHTS_NAME, steps, 1, why, presets=presets)
         card["size_bytes"] = (tmp / WEIGHTS_NAME).stat().st_size
         if measured is not None:
             card["measured"] = measured
+        if knob is not None:
+            card["knob"] = {k: knob[k] for k in ("presets", "rows", "uncertainty", "command",
+                                                 "machine", "date") if k in knob}  # fmt: skip
         (tmp / "training.json").write_text(json.dumps(card, indent=2) + "\n")
         load_restorer(tmp)  # it loads from its own metadata, as users will load it
     except BaseException:
@@ -385,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--measured", type=Path, default=None, help="with --ship: a JSON file of held-out figures"
     )
+    ap.add_argument(
+        "--knob", type=Path, default=None,
+        help="with --ship: bench_knob.json of the run (its measured presets go into the "
+        "checkpoint, its table into the card)",
+    )  # fmt: skip
     ap.add_argument("overrides", nargs="*", help="dotted overrides on top of the recipe")
     args = ap.parse_args(argv)
     if args.ship is not None:
@@ -392,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --ship needs --why (the measured reason for the steps)", file=sys.stderr)
             return 2
         measured = json.loads(args.measured.read_text()) if args.measured else None
-        card = ship(args.task, args.ship, args.dest, args.recommend_steps, args.why, measured)
+        knob = json.loads(args.knob.read_text()) if args.knob else None
+        card = ship(args.task, args.ship, args.dest, args.recommend_steps, args.why, measured,
+                    knob)  # fmt: skip
         print(json.dumps(card, indent=2))
         return 0
     if args.init_params:

@@ -90,7 +90,7 @@ def test_ship_installs_a_finished_run_with_its_recommendation_and_figures(
     """`--ship` copies a run's folder into the shipped place whole, records the recommended
     steps in the checkpoint and the held-out figures in the card; a wrong folder changes
     nothing."""
-    from diffenhance.model import load_restorer
+    from diffenhance.model import load_restorer, presets
 
     run_out = tmp_path / "run"
     shutil.copytree(REPO / "models" / "pretrained" / "sr2", run_out / "sr2")
@@ -107,6 +107,16 @@ def test_ship_installs_a_finished_run_with_its_recommendation_and_figures(
     assert card["size_bytes"] == (dest / "sr2" / "model.safetensors").stat().st_size
     rec = json.loads(load_restorer(dest / "sr2").meta["recommended"])
     assert (rec["steps"], rec["samples"], rec["why"]) == (2, 1, "2 steps: +0.01 dB")
+    # --knob: bench_knob.py's presets go into the checkpoint, its table into the card
+    knob = {"presets": {"fidelity": {"steps": 1, "samples": 1, "detail": 1.0},
+                        "balanced": {"steps": 4, "samples": 1, "detail": 1.0}},
+            "rows": [{"steps": 4, "detail": 1.0, "psnr_y": 33.7}], "command": "bench_knob.py"}  # fmt: skip
+    (tmp_path / "knob.json").write_text(json.dumps(knob))
+    rc = train_pretrained.main(["--task", "sr2", "--ship", str(run_out), "--dest", str(dest),
+                                "--why", "measured", "--knob", str(tmp_path / "knob.json")])  # fmt: skip
+    assert rc == 0
+    assert presets(load_restorer(dest / "sr2")) == knob["presets"]
+    assert json.loads((dest / "sr2" / "training.json").read_text())["knob"] == knob
     before = (dest / "sr2" / "model.safetensors").read_bytes()
     shutil.copytree(run_out / "sr2", run_out / "sr4")
     with pytest.raises(ValueError, match="not 'sr4'"):  # an sr2 run shipped as sr4

@@ -296,3 +296,18 @@ def test_cli_preset_and_models_listing(pmrf_model, tmp_path):
     assert r.exit_code == 0, r.output
     assert "--preset detail: steps 2, samples 1, detail 1" in r.output
     assert "--preset fidelity (default): steps 1, samples 1, detail 0" in r.output
+
+
+def test_a_frozen_mean_without_a_checkpoint_is_refused(tmp_path):
+    """pmrf_train_mean=false with nothing to load would train a flow on a random, frozen mean."""
+    from diffenhance.train import train_model
+    from tests.tiny import make_dataset, tiny_config
+
+    make_dataset(tmp_path)
+    cfg = tiny_config(
+        tmp_path, "diffusion.formulation=pmrf", "diffusion.pmrf_train_mean=false",
+        "train.init_from=null",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="pmrf_train_mean=false freezes stage 1"):
+        train_model(cfg, "sr2")
+    assert not (tmp_path / "models" / "sr2" / "model.safetensors").exists()

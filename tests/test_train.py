@@ -225,7 +225,7 @@ def test_init_from_pretrained_fine_tunes_the_shipped_model_only_when_it_fits(tmp
     assert init_checkpoint(params, "sr4") == shipped
     hr = load_config(REPO / "params.yaml", ["model.space=hr"])  # the HR U-Net: not what ships
     assert init_checkpoint(hr, "sr4") is None
-    # the shipped denoiser is indi, params.yaml's formulation residual: from scratch
+    # the shipped denoiser is indi, params.yaml's formulation pmrf: from scratch
     assert init_checkpoint(params, "denoise") is None
     tiny = tiny_config(tmp_path)
     assert init_checkpoint(tiny, "sr4") is None  # another network: from scratch
@@ -236,7 +236,8 @@ def test_init_from_pretrained_fine_tunes_the_shipped_model_only_when_it_fits(tmp
     full = tiny_config(
         tmp_path, "model.base_channels=32", "model.channel_mults=[1,2,2]",
         "model.attn_resolutions=[4]", "model.head_channels=32", "diffusion.timesteps=1000",
-        "train.tasks=[sr4]", "model.space=lr",
+        "train.tasks=[sr4]", "model.space=lr", "diffusion.formulation=pmrf",
+        "diffusion.loss=mse", "diffusion.pmrf_train_mean=false",
     )  # fmt: skip
     assert (full.model, full.diffusion) == (params.model, params.diffusion)
     loop = TrainLoop(full, "sr4")

@@ -459,6 +459,10 @@ class TrainLoop:
                 f"and of the network's size multiple ({r.unet.size_multiple})"
             )
         init = init_checkpoint(self.cfg, task)
+        why = get_formulation(self.cfg.diffusion.formulation).scratch_problem(self.cfg.diffusion)
+        if init is None and why is not None:
+            raise ValueError(f"{task}: no checkpoint to start from (train.init_from="
+                             f"{t.init_from}, see the log) but {why}")  # fmt: skip
         if init is not None:
             tensors, meta = read_checkpoint(init)
             if "recommended" in meta:  # measured on the weights it starts from: keep it

@@ -71,6 +71,11 @@ class Formulation:
         `net`'s names (default: as they are; pmrf puts a stage-1 model under ``mean.``)."""
         return tensors
 
+    def scratch_problem(self, dcfg: DiffusionConfig) -> str | None:
+        """Why training `dcfg` from scratch (no `train.init_from` checkpoint) cannot work, or
+        None (default: it can)."""
+        return None
+
     def loss(
         self,
         dcfg: DiffusionConfig,

@@ -122,6 +122,15 @@ class PMRF(Formulation):
         flow = build_cond_net(model_cfg, scale, in_channels=3 + 3 + cond_channels, out_channels=3)
         return PosteriorMeanFlow(mean, flow)
 
+    def scratch_problem(self, dcfg: DiffusionConfig) -> str | None:
+        if dcfg.pmrf_train_mean:
+            return None
+        return (
+            "diffusion.pmrf_train_mean=false freezes stage 1, which then must come from "
+            f"train.init_from (a {dcfg.pmrf_mean} or pmrf model of this task and network); "
+            "set diffusion.pmrf_train_mean=true to train it too"
+        )
+
     def init_tensors(
         self, net: nn.Module, tensors: dict[str, torch.Tensor], meta: dict[str, str]
     ) -> dict[str, torch.Tensor]:
