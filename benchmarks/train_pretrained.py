@@ -286,6 +286,7 @@ def install(
                 "benchmarks/train_pretrained.py",
                 "--task",
                 task,
+                *(["--params", str(rel)] if params != recipe_path(task).resolve() else []),
                 *([f"--threads={threads}"] if threads else []),
                 *(["--extra-photos"] if extra_photos else []),
                 *overrides,

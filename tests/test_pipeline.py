@@ -29,7 +29,7 @@ TINY = {
         "val_images": 1,
     },
     "compare": {
-        "formulations": ["regression", "residual"],
+        "formulations": ["regression", "pmrf"],  # the reference and params.yaml's formulation
         "train_steps": 2,
         "steps": [1, 2],
         "samples": 2,
@@ -74,14 +74,14 @@ def test_main_job_produces_prepared_and_degraded(repo):
     assert log["step"].iloc[-1] == 4 and log["val_psnr"].notna().any()
     assert (r / "models/sr4/model.safetensors").is_file()
     # the formulation comparison: both models at the same budget, scored, reported
-    for kind in ("regression", "residual"):
+    for kind in ("regression", "pmrf"):
         log = pd.read_csv(r / f"models/compare/{kind}/sr4/train_log.csv")
         assert log["step"].iloc[-1] == 2
     metrics = json.loads((r / "reports/compare/metrics.json").read_text())
-    assert {"bicubic_psnr_y", "regression_fidelity_psnr_y", "residual_sharp_hf_ratio",
+    assert {"bicubic_psnr_y", "regression_fidelity_psnr_y", "pmrf_sharp_hf_ratio",
             "check_fidelity_minus_regression_psnr_y"} <= set(metrics)  # fmt: skip
     html = (r / "reports/compare/report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2  # curves + residual's crops
+    assert html.count("data:image/png;base64,") == 2  # curves + pmrf's crops
 
 
 def test_repro_twice_changes_nothing(repo):

@@ -266,8 +266,10 @@ def test_evaluate_and_report_show_the_knob(pmrf_model):
         m["preset_detail_err_std_y"] / m["preset_fidelity_err_std_y"]
     )
     assert m["preset_detail_grain_score"] == pytest.approx(want, rel=1e-5)
-    # the steps curve runs at the detail end (detail 1), not at the headline's detail 0
+    # the steps curve and the uncertainty maps run at the detail end (detail 1), not at the
+    # headline's detail 0 (where every sample is the mean)
     assert set(ev.per_image.query("kind == 'model'")["detail"]) == {1.0}
+    assert ev.protocol["uncertainty"]["sampling"]["detail"] == 1.0
     rep = build_report(ev.dir, ev.dir, cfg.report)
     knob = [p for p in rep.plots if p.name.startswith("knob_")]
     assert [p.name for p in knob] == ["knob_best_0.png", "knob_worst_1.png"]
@@ -289,6 +291,12 @@ def test_cli_preset_and_models_listing(pmrf_model, tmp_path):
     r = run(*args[:2], str(tmp_path / "det.png"), *args[2:], "--preset", "detail")
     assert r.exit_code == 0, r.output
     assert read_image(tmp_path / "det.png").shape == (32, 32, 3)
+    r = run(*args[:2], str(tmp_path / "u.png"), *args[2:], "--samples", "2", "--uncertainty")
+    assert r.exit_code == 2 and "detail=0 is the posterior mean" in r.output  # fidelity
+    r = run(*args[:2], str(tmp_path / "u.png"), *args[2:], "--samples", "2", "--uncertainty",
+            "--preset", "balanced")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "u.uncertainty.png").is_file()
     r = run(*args[:2], str(tmp_path / "x.png"), *args[2:], "--preset", "sharp")
     assert r.exit_code == 2 and "no preset 'sharp'" in r.output
     assert not (tmp_path / "x.png").exists()

@@ -372,14 +372,16 @@ def _plan(r: Restorer, task: str, cfg: Config, n_pairs: int) -> _Plan:
         for name in presets(r)
     }  # fmt: skip
     # the steps curve runs where steps matter: at the detail end of a detail knob
-    sweep_detail = head.detail if head.detail > 0 else max(s.detail for s in named.values())
+    sweep_detail = head.detail or max(s.detail for s in named.values()) or 1.0
     if len(named) < 2:  # no measured knob: the one preset is the recommendation (the headline)
         named = {}
     baselines, skipped = baselines_for_task(task, cfg)
-    unc = replace(head, samples=e.uncertainty_samples, seed=e.seeds[0])
+    # the spread of samples at the knob's far end (at detail 0 every sample is the mean)
+    unc = replace(head, samples=e.uncertainty_samples, seed=e.seeds[0],
+                  detail=sweep_detail)  # fmt: skip
     why = uncertainty_problem(r, unc) if e.uncertainty_samples else "evaluate.uncertainty_samples=0"
     return _Plan(
-        task, s, head, sorted({*e.steps, head.steps}), sweep_detail or 1.0, named, tuple(e.seeds),
+        task, s, head, sorted({*e.steps, head.steps}), sweep_detail, named, tuple(e.seeds),
         protocol_for_task(task, cfg.degrade), baselines, skipped,
         None if why else unc, why,
     )  # fmt: skip

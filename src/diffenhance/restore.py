@@ -112,6 +112,12 @@ def uncertainty_problem(r: Any, spec: SamplingSpec) -> str | None:
             "the same image. Use a model that samples (e.g. the shipped sr4; the shipped "
             "denoise does not) or an indi model trained with diffusion.indi_noise > 0"
         )
+    if spec.detail == 0.0:
+        return (
+            "uncertainty maps are the spread of samples, but detail=0 is the posterior mean "
+            "itself (every sample is the same image); pick a preset with detail > 0 (--preset "
+            "balanced; `diffenhance models` lists them) or pass --detail, e.g. 1"
+        )
     if spec.samples < 2:
         return (
             f"uncertainty maps are the spread of several samples, but samples={spec.samples} "
