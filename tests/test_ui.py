@@ -45,7 +45,10 @@ OCTET = {"content-type": "application/octet-stream"}
 PMRF_PRESETS = {"fidelity": {"steps": 1, "samples": 1, "detail": 0.0},
                 "balanced": {"steps": 2, "samples": 1, "detail": 0.5},
                 "detail": {"steps": 3, "samples": 2, "detail": 1.0}}  # fmt: skip
-SLOW = {"steps": 50, "samples": 32}  # 1600 network calls: tens of seconds of CPU on sr4
+# the shipped sr4 (pmrf) at full detail, its knob at the UI's limits: 32 samples of 50 Euler
+# steps of the flow, 1600 network calls (minutes of CPU, far past any wait here). Its default
+# preset (fidelity, detail 0) is the posterior mean alone: one pass whatever steps and samples.
+SLOW = {"detail": 1.0, "steps": 50, "samples": 32}
 
 
 def photo(size: int = 32) -> np.ndarray:
@@ -123,8 +126,8 @@ def cli_enhance(src: Path, out: Path, *args: str, model: str = "sr4") -> bytes:
 @pytest.mark.parametrize(
     ("name", "data", "cli_args", "req"),
     [
-        ("crop.png", encode(photo()), ["--steps", "2", "infer.samples=2"],
-         {"steps": 2, "samples": 2}),
+        ("crop.png", encode(photo()), ["--preset", "balanced", "--steps", "3", "--samples", "2"],
+         {"preset": "balanced", "steps": 3, "samples": 2}),
         ("deep.png", encode((photo(24).astype(np.uint16) * 257)[..., 0]), [], {}),
         ("cmyk.jpg", encode(Image.fromarray(photo(24)).convert("CMYK"), "JPEG", quality=90),
          [], {}),
@@ -149,10 +152,15 @@ def test_output_is_byte_identical_to_the_cli(client, tmp_path, name, data, cli_a
     assert preview.size == (4 * w, 4 * h) and preview.format in ("PNG", "JPEG")
     if name == "deep.png":  # 16 bits stay 16 bits, as the CLI keeps them
         assert read_image_info(tmp_path / "cli.png")["bit_depth"] == 16
-    if name == "crop.png":  # the knob reached the sampler: the default settings differ
-        default = run(client, upload=up["id"], model="sr4")
-        other = client.get(f"/api/jobs/{default['id']}/output").content
-        assert other == cli_enhance(src, tmp_path / "d.png") and other != want
+    if name == "crop.png":  # the knob reached the sampler: other settings give other bytes
+        assert job["settings"] == {"preset": "balanced", "steps": 3, "samples": 2, "detail": 0.25}
+        # sr4's default (fidelity: detail 0, the posterior mean), and balanced's own 2 steps
+        others = [([], {}), (["--preset", "balanced"], {"preset": "balanced"})]
+        for i, (args, kw) in enumerate(others):
+            other = run(client, upload=up["id"], model="sr4", **kw)
+            got_other = client.get(f"/api/jobs/{other['id']}/output").content
+            assert got_other == cli_enhance(src, tmp_path / f"d{i}.png", *args)
+            assert got_other != want
 
 
 @pytest.mark.parametrize(
@@ -200,17 +208,23 @@ def test_job_errors_are_messages(client, tmp_path):
 def test_uncertainty_map_is_the_clis(client, tmp_path):
     src = tmp_path / "crop.png"
     src.write_bytes(encode(photo(16)))
-    want = cli_enhance(src, tmp_path / "cli.png", "infer.samples=2", "infer.uncertainty=true")
+    # sr4's samples differ only with detail > 0 (balanced: 0.25)
+    args = ("--preset", "balanced", "--samples", "2", "infer.uncertainty=true")
+    want = cli_enhance(src, tmp_path / "cli.png", *args)
     want_map = (tmp_path / "cli.uncertainty.png").read_bytes()
     up = upload(client, "crop.png", src.read_bytes())
-    job = run(client, upload=up["id"], model="sr4", samples=2, uncertainty=True)
+    job = run(client, upload=up["id"], model="sr4", preset="balanced", samples=2, uncertainty=True)
     assert job["state"] == "done" and job["uncertainty"] is True, job
     assert client.get(f"/api/jobs/{job['id']}/output").content == want
     assert client.get(f"/api/jobs/{job['id']}/uncertainty.png").content == want_map
-    plain = run(client, upload=up["id"], model="sr4", samples=2)
+    plain = run(client, upload=up["id"], model="sr4", preset="balanced", samples=2)
     assert plain["uncertainty"] is False
     r = client.get(f"/api/jobs/{plain['id']}/uncertainty.png")
     assert r.status_code == 404 and "no uncertainty map" in r.json()["error"]
+    # at the default preset (detail 0: the posterior mean) the CLI's refusal, as a message
+    mean = run(client, upload=up["id"], model="sr4", samples=2, uncertainty=True)
+    assert mean["state"] == "failed" and "detail=0 is the posterior mean" in mean["message"]
+    assert "output" not in mean, mean
 
 
 def test_models_listed_and_checked(tmp_path):
@@ -230,9 +244,10 @@ def test_models_listed_and_checked(tmp_path):
         assert labels == [*shipped, str(tmp_path / "mine")]
         sr4 = next(m for m in models if m["value"] == "sr4")
         assert sr4 | {"label": None} == {
-            "value": "sr4", "label": None, "task": "sr4", "scale": 4, "formulation": "residual",
-            "steps": 1, "samples": 1, "has_knob": True, "detail_knob": False,
-            "presets": {"fidelity": {"steps": 1, "samples": 1, "detail": 1.0}},
+            "value": "sr4", "label": None, "task": "sr4", "scale": 4, "formulation": "pmrf",
+            "steps": 1, "samples": 1, "has_knob": True, "detail_knob": True,
+            "presets": {"fidelity": {"steps": 1, "samples": 1, "detail": 0.0},
+                        "balanced": {"steps": 2, "samples": 1, "detail": 0.25}},
             "preset": "fidelity"}  # fmt: skip
         r = c.post("/api/model", json={"path": str(tmp_path / "broken")})
         assert r.status_code == 400 and "not a readable safetensors file" in r.json()["error"]
@@ -320,10 +335,11 @@ def test_presets_listed_and_an_unknown_one_refused(client, pmrf_model):
                                        "preset": "sharp"})  # fmt: skip
     assert r.status_code == 400
     assert "has no preset 'sharp'; it has fidelity, balanced, detail" in r.json()["error"]
-    r = client.post("/api/jobs", json={"upload": up["id"], "model": "sr4", "preset": "balanced"})
-    assert r.status_code == 400 and "has no preset 'balanced'; it has fidelity" in r.json()["error"]
-    r = client.post("/api/jobs", json={"upload": up["id"], "model": "sr4", "detail": 0.5})
-    assert r.status_code == 400 and "no detail knob" in r.json()["error"]
+    r = client.post("/api/jobs", json={"upload": up["id"], "model": "sr4", "preset": "detail"})
+    assert r.status_code == 400
+    assert "sr4 (pmrf) has no preset 'detail'; it has fidelity, balanced" in r.json()["error"]
+    r = client.post("/api/jobs", json={"upload": up["id"], "model": "sr2", "detail": 0.5})
+    assert r.status_code == 400 and "residual model, which has no detail knob" in r.json()["error"]
 
 
 def test_a_preset_job_runs_the_presets_settings_and_records_them(client, pmrf_model, tmp_path):
@@ -449,14 +465,18 @@ def test_page_enhances_compares_and_reports_errors(browser, server, tmp_path):
     assert page.input_value("#task") == TASKS[0]  # the first task with a model
     page.select_option("#task", "sr4")
     assert page.input_value("#model") == "sr4"
-    # the shipped sr4 records one preset: the selector offers just that one, chosen
-    assert page.locator("#presets label").all_inner_texts() == ["fidelity"]
+    # the shipped sr4 (pmrf) records two presets along its detail knob, fidelity chosen
+    assert page.locator("#presets label").all_inner_texts() == ["fidelity", "balanced"]
     assert page.is_checked("#preset-fidelity") and page.is_disabled("#steps")
+    assert page.is_visible("#detail") and page.is_disabled("#detail")
+    assert page.inner_text("#preset-note") == (
+        "fidelity, the model's default: 1 step, 1 sample, detail 0"
+    )
     page.set_input_files("#file", str(src))
     page.wait_for_selector("#run:enabled")
     page.click("#run")
     page.wait_for_selector("#after:visible", timeout=60_000)
-    assert page.inner_text("#result-settings") == "preset fidelity: 1 step, 1 sample"
+    assert page.inner_text("#result-settings") == "preset fidelity: 1 step, 1 sample, detail 0"
     size = page.eval_on_selector("#after", "i => [i.naturalWidth, i.naturalHeight, i.complete]")
     assert size == [128, 128, True]
     assert page.eval_on_selector("#before", "i => [i.naturalWidth, i.naturalHeight]") == [32, 32]
@@ -464,9 +484,11 @@ def test_page_enhances_compares_and_reports_errors(browser, server, tmp_path):
     assert link.get_attribute("download") == "crop-enhanced.png"
     body = page.request.get(server.rstrip("/") + link.get_attribute("href")).body()
     assert body == cli_enhance(src, tmp_path / "cli.png")
-    # the divider follows the pointer: the after image is clipped left of it
+    # the divider follows the pointer: the after image is clipped left of it (the stage in
+    # view: clicking #run, below the knob's detail slider, may have scrolled the page)
+    page.locator("#stage").scroll_into_view_if_needed()
     box = page.locator("#stage").bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + 10)
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] / 2)
     page.mouse.down()
     page.mouse.up()
     assert page.eval_on_selector("#after", "i => i.style.clipPath") == "inset(0px 0px 0px 25%)"
@@ -482,14 +504,19 @@ def test_page_enhances_compares_and_reports_errors(browser, server, tmp_path):
     page.set_input_files("#file", str(src))
     page.wait_for_selector("#run:enabled")
     assert page.is_hidden("#error")
-    # the knob set by hand, and the uncertainty map shown
+    # the knob set by hand from balanced's values (detail 0.25: samples differ), and the
+    # uncertainty map shown
+    page.click("label[for=preset-balanced]")
     page.uncheck("#auto")
+    assert page.input_value("#detail") == "0.25" and page.is_enabled("#detail")
     page.fill("#samples", "2")
     page.check("#uncertainty")
     page.click("#run")
     page.wait_for_selector("#unc-figure:visible", timeout=60_000)
     page.wait_for_function("document.getElementById('unc').complete")
     assert page.eval_on_selector("#unc", "i => i.naturalWidth") == 128
+    settings = "preset balanced: 2 steps, 2 samples, detail 0.25"
+    assert page.inner_text("#result-settings") == settings
     # nothing fetched from anywhere else (offline), no script errors
     assert all(u.startswith(server) for u in requests), requests
     assert not errors, errors
@@ -615,6 +642,9 @@ def test_page_presets_and_cancel(browser, server, pmrf_model, tmp_path):
     page.uncheck("#auto")
     page.fill("#samples", "32")
     page.eval_on_selector("#steps", "e => { e.value = 50; e.dispatchEvent(new Event('input')); }")
+    # full detail: the flow runs (at sr4's default detail 0 one mean pass ends the job at once)
+    page.eval_on_selector("#detail", "e => { e.value = 1; e.dispatchEvent(new Event('input')); }")
+    assert page.inner_text("#detail-out") == "1.00"
     page.click("#run")
     page.wait_for_selector("#cancel:visible")
     page.wait_for_function("document.getElementById('status-text').textContent.startsWith('Enh')")
