@@ -79,7 +79,10 @@ def test_every_formulation_builds_its_lr_network(formulation, scale):
     cfg = load_config(None, [*LR, f"diffusion.formulation={formulation}"])
     net = build_network(cfg.model, cfg.diffusion, scale)
     f = space_factor(scale)
-    if formulation == "residual":
+    if formulation == "pmrf":  # the mean formulation's network (residual) and an LR flow
+        assert isinstance(net.mean, PredictRefine) and isinstance(net.mean.denoiser, LRSpaceUNet)
+        assert isinstance(net.flow, LRSpaceUNet) and net.flow.factor == f
+    elif formulation == "residual":
         assert isinstance(net, PredictRefine)
         assert isinstance(net.predictor, LRResidualNet) and net.predictor.factor == f
         assert isinstance(net.denoiser, LRSpaceUNet) and net.denoiser.factor == f
