@@ -195,3 +195,29 @@ def test_protocols():
     assert float(p.ssim(a, b)[0]) == float(ssim(a, b, crop=4, y_channel=True)[0])
     with pytest.raises(ValueError, match="unknown task"):
         protocol_for_task("sr3")
+
+
+def test_error_std_flat_against_an_independent_computation():
+    """Flat = the 30% of pixels where the truth's 5x5-averaged gradient magnitude is lowest;
+    noise added only there raises the flat std and the whole one as numpy computes them."""
+    from diffenhance.metrics import error_std_flat
+
+    rng = np.random.default_rng(0)
+    h, w = 40, 40
+    truth = np.full((h, w, 3), 0.5, np.float32)
+    truth[:, 20:] = rng.random((h, 20, 1)).astype(np.float32)  # right half: texture (grey)
+    err = np.zeros((h, w), np.float32)
+    err[:, :8] = rng.normal(0, 3 / 255, (h, 8))  # noise on the left 8 columns (flat)
+    pred = truth + err[..., None]  # the same error on R, G, B: Y error = 219/255 * err
+    flat, whole = error_std_flat(pred, truth)
+    y_err = err * 219.0  # (65.481 + 128.553 + 24.966) / 255 * 255: Y error in 0-255 units
+    assert float(whole[0]) == pytest.approx(float(y_err.std()), rel=1e-4)
+    # the truth's gradient is 0 up to column 16 (the 5x5 box centred at 17 reaches the step
+    # from column 19 to 20); the flattest 30% (480 px) are 480 of those 680 zero-gradient
+    # pixels, the first in row-major order (a stable sort of equal keys)
+    zero = np.broadcast_to(np.arange(w)[None, :] < 17, (h, w)).ravel()
+    idx = np.flatnonzero(zero)[: int(round(0.3 * h * w))]
+    assert float(flat[0]) == pytest.approx(float(y_err.ravel()[idx].std()), rel=1e-4)
+    assert float(flat[0]) > 0 and float(whole[0]) > 0
+    none, _ = error_std_flat(truth, truth)
+    assert float(none[0]) == 0.0
