@@ -338,8 +338,8 @@ def test_presets_listed_and_an_unknown_one_refused(client, pmrf_model):
     r = client.post("/api/jobs", json={"upload": up["id"], "model": "sr4", "preset": "detail"})
     assert r.status_code == 400
     assert "sr4 (pmrf) has no preset 'detail'; it has fidelity, balanced" in r.json()["error"]
-    r = client.post("/api/jobs", json={"upload": up["id"], "model": "sr2", "detail": 0.5})
-    assert r.status_code == 400 and "residual model, which has no detail knob" in r.json()["error"]
+    r = client.post("/api/jobs", json={"upload": up["id"], "model": "jpeg", "detail": 0.5})
+    assert r.status_code == 400 and "indi model, which has no detail knob" in r.json()["error"]
 
 
 def test_a_preset_job_runs_the_presets_settings_and_records_them(client, pmrf_model, tmp_path):
