@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import card_name, cpu_name, git_commit, write_results  # benchmarks/_common.py
+from bench_uncertainty import edge_map  # the reference map bench_uncertainty.py reports
 from extra_photos import materialize_held_out  # benchmarks/extra_photos.py
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ import numpy as np  # noqa: E402
 from diffenhance.config import load_config  # noqa: E402
 from diffenhance.evaluate import folder_pairs, score  # noqa: E402
 from diffenhance.io import write_image  # noqa: E402
-from diffenhance.metrics import mean_psnr, protocol_for_task  # noqa: E402
+from diffenhance.metrics import grain_score, mean_psnr, protocol_for_task  # noqa: E402
 from diffenhance.model import load_restorer, set_recommended  # noqa: E402
 from diffenhance.restore import restore, restore_with_uncertainty, sampling_spec  # noqa: E402
 from diffenhance.uncertainty import error_correlation  # noqa: E402
@@ -60,12 +61,6 @@ MAX_DROP_DB = 2.0  # the detail preset may cost at most this much PSNR-Y against
 MAX_GRAIN = 1.1  # ... and its grain score may be at most this
 MAX_HF = 1.2  # ... and its HF ratio at most this (more is grain, not detail)
 MIN_HF = 0.8  # the detail preset reaches at least this much of the truth's fine detail
-
-
-def edge_map(img: np.ndarray) -> np.ndarray:
-    """Gradient magnitude (central differences) of the mean over RGB, HxW."""
-    gy, gx = np.gradient(img.mean(axis=2, dtype=np.float64))
-    return np.hypot(gy, gx)
 
 
 def setting_name(steps: int, detail: float) -> str:
@@ -91,8 +86,9 @@ def measure(r: Any, pairs: list, cfg: Any, steps: int, detail: float, images: Pa
 
 
 def grain(row: dict, ref: dict) -> float:
-    """(flat error std ratio) / (whole-image error std ratio) of `row` over `ref`."""
-    return (row["err_std_flat_y"] / ref["err_std_flat_y"]) / (row["err_std_y"] / ref["err_std_y"])
+    """`metrics.grain_score` of the setting `row` over `ref` (their mean error stds)."""
+    return grain_score(row["err_std_flat_y"], row["err_std_y"], ref["err_std_flat_y"],
+                       ref["err_std_y"])  # fmt: skip
 
 
 def choose_presets(rows: list[dict], proto: str) -> dict[str, dict[str, Any]]:

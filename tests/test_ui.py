@@ -578,13 +578,19 @@ def test_mask_runs_as_the_clis(client, inpaint_case, tmp_path):
     assert job["message"].endswith("(image a.png)")
 
 
-def test_page_mask_brush_and_mask_file(browser, server, inpaint_case, tmp_path):
-    model, img, mask = inpaint_case
+def open_page(browser, server):
+    """(the page loaded with its model list, the list its script errors are appended to)."""
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server)
     page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    return page, errors
+
+
+def test_page_mask_brush_and_mask_file(browser, server, inpaint_case, tmp_path):
+    model, img, mask = inpaint_case
+    page, errors = open_page(browser, server)
     page.fill("#model-path", str(model))
     page.press("#model-path", "Tab")  # a typed model is checked: an inpainting one shows the mask
     page.wait_for_selector("#mask-section:visible")
@@ -611,11 +617,7 @@ def test_page_mask_brush_and_mask_file(browser, server, inpaint_case, tmp_path):
 def test_page_presets_and_cancel(browser, server, pmrf_model, tmp_path):
     src = tmp_path / "crop.png"
     src.write_bytes(encode(photo()))
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server)
-    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    page, errors = open_page(browser, server)
     page.fill("#model-path", str(pmrf_model))
     page.press("#model-path", "Tab")  # a typed model is checked: its presets fill the selector
     page.wait_for_function("document.querySelectorAll('#presets label').length === 3")

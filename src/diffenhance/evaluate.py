@@ -67,6 +67,7 @@ from diffenhance.io import atomic_path, file_sha256, read_image, write_image
 from diffenhance.metrics import (
     Protocol,
     error_std_flat,
+    grain_score,
     hf_energy_ratio,
     masked_psnr,
     masked_ssim,
@@ -267,8 +268,7 @@ def grain_scores(m: dict[str, float]) -> dict[str, float]:
             continue
         ref_flat, ref_all = m[f"{f}_{GRAIN[0]}"], m[f"{f}_{GRAIN[1]}"]
         if ref_flat > 0 and ref_all > 0 and m[f"{p}_{GRAIN[1]}"] > 0:
-            flat_ratio, all_ratio = m[key] / ref_flat, m[f"{p}_{GRAIN[1]}"] / ref_all
-            out[f"{p}_grain_score"] = flat_ratio / all_ratio
+            out[f"{p}_grain_score"] = grain_score(m[key], m[f"{p}_{GRAIN[1]}"], ref_flat, ref_all)
     return out
 
 
@@ -407,6 +407,18 @@ def _score_pair(
                      "steps": None, "seed": None, **score(pred, p.hr, plan.protocols, mask),
                      "seconds": dt})  # fmt: skip
         write_image(images / name / f"{p.name}.png", pred)
+    done: dict[SamplingSpec, tuple[np.ndarray, dict[str, float], float]] = {}
+
+    def run(spec: SamplingSpec) -> tuple[np.ndarray, dict[str, float], float]:
+        """(output, scores, seconds) of `spec`; a spec already run (a preset that is the
+        headline's) is not run again: the same spec gives the same bits."""
+        if spec not in done:
+            t0 = time.perf_counter()
+            out = restore(r, p.lq, spec)
+            dt = time.perf_counter() - t0
+            done[spec] = out, score(out, p.hr, plan.protocols, mask), dt
+        return done[spec]
+
     sampler = plan.head.sampler
     runs = [(steps, plan.sweep_detail) for steps in plan.sweep]
     if (plan.head.steps, plan.head.detail) not in runs:  # a headline off the curve (detail 0)
@@ -414,24 +426,18 @@ def _score_pair(
     for steps, detail in runs:
         kind = "model" if detail == plan.sweep_detail else "headline"
         for seed in plan.seeds:
-            t0 = time.perf_counter()
-            pred = restore(r, p.lq, replace(plan.head, steps=steps, seed=seed, detail=detail))
-            dt = time.perf_counter() - t0
+            pred, s, dt = run(replace(plan.head, steps=steps, seed=seed, detail=detail))
             rows.append({"image": p.name, "method": model_key(sampler, steps, detail),
                          "kind": kind, "sampler": sampler, "steps": steps, "seed": seed,
-                         "detail": detail, **score(pred, p.hr, plan.protocols, mask),
-                         "seconds": dt})  # fmt: skip
+                         "detail": detail, **s, "seconds": dt})  # fmt: skip
             if (steps, detail, seed) == (plan.head.steps, plan.head.detail, plan.seeds[0]):
                 write_image(images / MODEL_DIR / f"{p.name}.png", pred)  # what enhance writes
                 headline = pred
     for name, spec in plan.presets.items():
-        t0 = time.perf_counter()
-        pred = restore(r, p.lq, spec)
-        dt = time.perf_counter() - t0
+        pred, s, dt = run(spec)
         rows.append({"image": p.name, "method": f"{PRESET_PREFIX}{name}", "kind": "preset",
                      "sampler": spec.sampler, "steps": spec.steps, "seed": spec.seed,
-                     "detail": spec.detail, **score(pred, p.hr, plan.protocols, mask),
-                     "seconds": dt})  # fmt: skip
+                     "detail": spec.detail, **s, "seconds": dt})  # fmt: skip
         write_image(images / f"{PRESET_PREFIX}{name}" / f"{p.name}.png", pred)
     assert headline is not None
     return rows, headline

@@ -333,3 +333,10 @@ def error_std_flat(
     flat.scatter_(1, grad.argsort(dim=1, stable=True)[:, :k], True)
     flat_std = torch.stack([e[m].std(correction=0) for e, m in zip(err, flat, strict=True)])
     return flat_std, err.std(dim=1, correction=0)
+
+
+def grain_score(flat: float, whole: float, ref_flat: float, ref_whole: float) -> float:
+    """(flat / ref_flat) / (whole / ref_whole): how much more a setting's error grew on the flat
+    pixels than on all, against a reference setting (both from `error_std_flat`). About 1 for
+    a posterior sample over the posterior mean, above 1 for grain (issue 21's bar: <= 1.1)."""
+    return (flat / ref_flat) / (whole / ref_whole)

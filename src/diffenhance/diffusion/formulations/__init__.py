@@ -149,6 +149,17 @@ def formulation_sample(
     ).mean  # fmt: skip
 
 
+def _detail_argument(f: Formulation, detail: float) -> dict[str, float]:
+    """`sample_once`'s detail keyword for `f` ({} for a formulation without the knob);
+    ValueError for detail outside [0, 1], or other than 1 where `f` has no detail knob."""
+    if not 0.0 <= detail <= 1.0 or (detail != 1.0 and not f.detail_knob):
+        raise ValueError(
+            f"detail must be in [0, 1] (and 1 for the {f.name} formulation, which has no detail "
+            f"knob: use steps), got {detail}"
+        )
+    return {"detail": detail} if f.detail_knob else {}
+
+
 @torch.no_grad()
 def formulation_moments(
     dcfg: DiffusionConfig,
@@ -181,12 +192,7 @@ def formulation_moments(
     f = get_formulation(dcfg.formulation)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    if not 0.0 <= detail <= 1.0 or (detail != 1.0 and not f.detail_knob):
-        raise ValueError(
-            f"detail must be in [0, 1] (and 1 for the {f.name} formulation, which has no detail "
-            f"knob: use steps), got {detail}"
-        )
-    knob = {"detail": detail} if f.detail_knob else {}
+    knob = _detail_argument(f, detail)
     if f.detail_knob and detail == 0.0:
         samples = 1  # the posterior mean itself: every sample is the same image
     if not f.uses_start_noise:
