@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.pipeline_utils import copy_repo, run
+from tests.pipeline_utils import commit_stand_ins, copy_repo, run
 
 # Top-level project packages and the folder each is imported from (sys.path entries).
 PACKAGES = {"diffenhance": "src", "flows": ".", "tasks": "."}
@@ -162,19 +162,7 @@ def committed(tmp_path_factory):
     """A copy of the repo whose dvc.lock records every stage as run (placeholder outputs and
     `dvc commit -f` instead of running the heavy stages)."""
     r = copy_repo(tmp_path_factory.mktemp("dvcdeps"))
-    from dvc.repo import Repo
-
-    with Repo(str(r)) as repo:
-        for st in repo.index.stages:
-            for o in st.outs:
-                p = r / o.def_path
-                if p.suffix:  # a file output
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    p.write_text(f"placeholder of {o.def_path}\n")
-                else:
-                    p.mkdir(parents=True, exist_ok=True)
-                    (p / "placeholder.txt").write_text(f"placeholder of {o.def_path}\n")
-    run(r, "dvc", "commit", "-f", "-q")
+    commit_stand_ins(r)
     assert status(r) == {}
     return r
 

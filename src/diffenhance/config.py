@@ -11,14 +11,17 @@ naming the key, the file and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import re
+import sys
+import threading
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -751,7 +754,10 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<dict>") -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping of sections")
-    return _build(Config, raw, "", source)
+    cfg = _build(Config, raw, "", source)
+    if _READS is not None:
+        _READS.watch(cfg)
+    return cfg
 
 
 def load_config(
@@ -805,7 +811,8 @@ def section_from_dict(cls: type, raw: dict[str, Any], *, source: str = "<dict>")
 
 def write_resolved(cfg: Config, out_dir: str | Path, sections: typing.Iterable[str] = ()) -> Path:
     """Write the resolved config (all sections, or the named ones) as params.resolved.yaml."""
-    d = cfg.to_dict()
+    with unrecorded():  # a record of the run's config, not an input of what the stage computes
+        d = cfg.to_dict()
     sections = tuple(sections)
     if sections:
         d = {k: d[k] for k in sections}
@@ -813,3 +820,96 @@ def write_resolved(cfg: Config, out_dir: str | Path, sections: typing.Iterable[s
     with atomic_path(out) as tmp:
         tmp.write_text(yaml.safe_dump(d, sort_keys=False))
     return out
+
+
+# ----------------------------------------------------------------------------- read tracking
+# Which params does a stage's code read? tests/test_params_deps.py runs each DVC stage with
+# `recorded_reads()` and checks the answer against the stage's `params:` in dvc.yaml, both ways.
+
+
+class _ReadLog:
+    """The sections of the configs loaded while recording, and the 'section.key' reads of them.
+
+    Only sections of a `Config` parsed from params (config_from_dict) are watched, and only
+    after validation: a checkpoint's own ModelConfig/DiffusionConfig (section_from_dict) is not
+    params.yaml, and validating a value is not using it.
+    """
+
+    def __init__(self) -> None:
+        self.reads: set[str] = set()
+        self.sections: dict[int, tuple[str, Any]] = {}  # id -> (section, the object: keeps id)
+
+    def watch(self, cfg: Config) -> None:
+        for f in dataclasses.fields(Config):
+            obj = getattr(cfg, f.name)
+            self.sections[id(obj)] = (f.name, obj)
+
+
+_READS: _ReadLog | None = None
+_QUIET = threading.local()
+_SECTION_FIELDS: dict[type, frozenset[str]] = {
+    type(section): frozenset(f.name for f in dataclasses.fields(section))
+    for section in (getattr(Config(), f.name) for f in dataclasses.fields(Config))
+}
+
+
+# Modules that read fields on behalf of their caller (copying, hashing, serialising): the first
+# frame outside them is the reader that counts.
+_GENERIC = ("dataclasses", "copy", "pydantic", "json", "functools", "typing", "pickle",
+            "cloudpickle", "collections", "reprlib", "pprint")  # fmt: skip
+
+
+def _from_prefect() -> bool:
+    """Prefect's engine visits every field of a task's arguments (visit_collection, cache keys):
+    bookkeeping, not a use of the value."""
+    frame = sys._getframe(2)  # the frame that did the getattr
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.split(".")[0] not in _GENERIC:
+            return module.split(".")[0] == "prefect"
+        frame = frame.f_back
+    return False
+
+
+def _recording_getattribute(self: Any, name: str) -> Any:
+    log = _READS
+    if (
+        log is not None
+        and name in _SECTION_FIELDS[type(self)]
+        and not getattr(_QUIET, "depth", 0)
+        and (section := log.sections.get(id(self))) is not None
+        and not _from_prefect()
+    ):
+        log.reads.add(f"{section[0]}.{name}")
+    return object.__getattribute__(self, name)
+
+
+@contextlib.contextmanager
+def recorded_reads() -> Iterator[set[str]]:
+    """Record every field read of the configs loaded inside the block, as 'section.key'.
+
+    For tests: it patches the section classes while active (one recording at a time).
+    """
+    global _READS
+    if _READS is not None:
+        raise RuntimeError("recorded_reads() is already active")
+    _READS = _ReadLog()
+    for cls in _SECTION_FIELDS:
+        cls.__getattribute__ = _recording_getattribute  # type: ignore[method-assign]
+    try:
+        yield _READS.reads
+    finally:
+        for cls in _SECTION_FIELDS:
+            del cls.__getattribute__
+        _READS = None
+
+
+@contextlib.contextmanager
+def unrecorded() -> Iterator[None]:
+    """Reads inside are bookkeeping (a dump of the config, a resume digest), not inputs of an
+    output: `recorded_reads` leaves them out."""
+    _QUIET.depth = getattr(_QUIET, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _QUIET.depth -= 1

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from diffenhance.config import Config, load_config, write_resolved
+from diffenhance.config import Config, load_config, unrecorded, write_resolved
 from diffenhance.data.folder import file_sha256
 from diffenhance.data.pairs import load_pairs
 from diffenhance.data.prepare import load_manifest
@@ -202,6 +202,7 @@ def init_checkpoint(cfg: Config, task: str) -> Path | None:
     return spec.path
 
 
+@unrecorded()  # decides whether to resume; a resumed run ends with the same weights
 def resume_params(cfg: Config, task: str) -> dict[str, Any]:
     """What the trained weights depend on, and nothing about where files are written.
 

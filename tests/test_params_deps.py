@@ -1,0 +1,270 @@
+"""Each DVC stage depends on exactly the params its code reads, so `dvc repro` never keeps a
+report that no longer matches params.yaml, and never reruns a stage for a key it ignores.
+
+The lists are derived, not kept by hand: every stage's flow runs for real (tiny data, every
+task, every compared formulation) under `config.recorded_reads()`, and the keys it read are
+checked against the stage's `params:` in dvc.yaml in both directions. Then real `dvc status`,
+in a copy of the repo with every stage committed, must name exactly the stages that read each
+`infer.*` field when that field changes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from diffenhance import config as C
+from tests.conftest import REPO
+from tests.pipeline_utils import commit_stand_ins, copy_repo, git, run
+from tests.tiny import TINY_MODEL, smooth_image
+
+
+def task_names() -> tuple[str, ...]:
+    return C.TASKS
+
+
+# Keys a stage reads only on a path the tiny runs do not take; each says which path.
+READ_ELSEWHERE = {
+    "prepare": {
+        "data.div2k_url": "data.source=div2k (tests/test_data.py downloads from a local server)",
+        "data.div2k_lr_scales": "data.source=div2k",
+        "data.raw_dir": "data.source=div2k",
+    },
+    "train": {"train.init_strict": "loading a train.init_from checkpoint; tiny runs start afresh"},
+}
+READ_ELSEWHERE["train_compare"] = READ_ELSEWHERE["train"]
+
+TINY_RUN = [
+    *TINY_MODEL,
+    "data.source=folder",
+    "data.crop_size=32",
+    "data.crop_step=16",
+    "data.min_size=32",
+    "data.val_fraction=0.5",
+    "degrade.val_size=32",
+    "degrade.val_max_images=1",
+    "train.steps=2",
+    "train.batch_size=2",
+    "train.crop_size=16",
+    "train.warmup_steps=1",
+    "train.log_every=1",
+    "train.val_every=2",
+    "train.val_steps=2",
+    "train.ckpt_every=2",
+    "train.ema_warmup_steps=1",
+    "train.val_images=1",
+    "train.init_from=null",
+    "diffusion.pmrf_train_mean=true",  # no shipped mean to freeze for a tiny network
+    "evaluate.steps=[2]",
+    "evaluate.max_images=1",
+    "evaluate.uncertainty_samples=2",
+    "report.crops=1",
+    "compare.train_steps=2",
+    "compare.steps=[1,2]",
+    "compare.samples=2",
+    "compare.max_images=1",
+]
+
+
+def _stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def _body(stage: dict) -> dict:
+    return stage.get("do", stage)
+
+
+def _set_by_cmd(stage: dict) -> tuple[set[str], set[str]]:
+    """(keys the stage's cmd overrides, params.yaml keys the stage interpolates with ${...})."""
+    body = _body(stage)
+    cmd = body["cmd"]
+    overridden = set(re.findall(r"([a-z_]+\.[a-z_0-9]+)=", cmd))
+    text = json.dumps({k: v for k, v in body.items() if k != "params"})
+    return overridden, set(re.findall(r"\$\{([a-z_]+\.[a-z_0-9]+)\}", text))
+
+
+def _section_keys() -> dict[str, list[str]]:
+    return {
+        f.name: [g.name for g in dataclasses.fields(getattr(C.Config(), f.name))]
+        for f in dataclasses.fields(C.Config)
+    }
+
+
+def declared(stage: dict) -> set[str]:
+    """The stage's params as keys: a listed section stands for all of its keys."""
+    keys = _section_keys()
+    out = set()
+    for entry in _body(stage).get("params", []):
+        assert isinstance(entry, str), f"params entry {entry!r}: only params.yaml keys are used"
+        out |= {f"{entry}.{k}" for k in keys[entry]} if entry in keys else {entry}
+    return out
+
+
+def _write_params(root: Path) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for ov in [*TINY_RUN, f"data.folder={root / 'photos'}",
+               f"data.prepared_dir={root / 'data/prepared'}", f"degrade.out_dir={root / 'data/degraded'}",
+               f"degrade.tasks=[{','.join(task_names())}]", f"train.out_dir={root / 'models'}",
+               f"evaluate.out_dir={root / 'reports'}", f"report.out_dir={root / 'reports'}",
+               f"compare.models_dir={root / 'models/compare'}", f"compare.out_dir={root / 'reports/compare'}"]:  # fmt: skip
+        keys, value = C.parse_override(ov)
+        raw[keys[0]][keys[1]] = value
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stage_reads(tmp_path_factory, prefect_api) -> dict[str, set[str]]:
+    """{stage: the params.yaml keys its flow read}, foreach stages as the union of their items,
+    from real flow runs (Prefect's engine, tiny network and data; about a minute on 2 cores)."""
+    from flows.compare import compare
+    from flows.degrade import degrade
+    from flows.evaluate import evaluate
+    from flows.prepare import prepare
+    from flows.report import report
+    from flows.train import train
+
+    root = tmp_path_factory.mktemp("reads")
+    rng = np.random.default_rng(0)
+    from diffenhance.io import write_image
+
+    for i in range(4):
+        write_image(root / "photos" / f"p{i}.png", smooth_image(rng, 48, 48))
+    params = str(_write_params(root))
+    cfg = C.load_config(params)
+    reads: dict[str, set[str]] = {}
+
+    def record(stage: str, flow, overrides: list[str]) -> None:
+        with C.recorded_reads() as r:
+            flow(params, overrides)
+        reads.setdefault(stage, set()).update(r)
+
+    cwd = os.getcwd()
+    os.chdir(root)  # nothing may depend on the repo's own folders
+    try:
+        record("prepare", prepare, [])
+        record("degrade", degrade, [])
+        for task in task_names():
+            for stage, flow in (("train", train), ("evaluate", evaluate), ("report", report)):
+                record(stage, flow, [f"train.tasks=[{task}]"])
+        compare_cmd = _body(_stages()["train_compare"])["cmd"]
+        for formulation in cfg.compare.formulations:
+            cmd = compare_cmd.replace("${item}", formulation)
+            for key in re.findall(r"\$\{([a-z_]+\.[a-z_0-9]+)\}", cmd):
+                section, name = key.split(".")
+                cmd = cmd.replace(f"${{{key}}}", str(getattr(getattr(cfg, section), name)))
+            overrides = [t.strip('"') for t in cmd.split()[3:]]  # after `python -m flows.train`
+            record("train_compare", train, overrides)
+        record("compare", compare, [])
+    finally:
+        os.chdir(cwd)
+    # train_compare runs the train flow on compare.task; compare.task may be any task
+    reads["train_compare"] |= reads["train"]
+    return reads
+
+
+def test_recorded_reads_sees_uses_not_bookkeeping(tmp_path):
+    """The recorder counts a field used by code, not validation, a dump or another config."""
+    with C.recorded_reads() as reads:
+        cfg = C.load_config(None, ["train.lr=1e-3"])
+        assert cfg.train.lr == 1e-3
+        C.write_resolved(cfg, tmp_path)  # a record of every key, not a use
+        assert C.section_from_dict(C.ModelConfig, {}).space  # a checkpoint's, not params.yaml
+        with C.unrecorded():
+            assert cfg.infer.tile
+    assert reads == {"train.lr"}
+    assert type(cfg.train).__getattribute__ is object.__getattribute__  # unpatched afterwards
+
+
+@pytest.mark.parametrize("stage_name", sorted(_stages()))
+def test_stage_lists_exactly_the_params_it_reads(stage_reads, stage_name):
+    stage = _stages()[stage_name]
+    overridden, interpolated = _set_by_cmd(stage)
+    foreach = str(stage.get("foreach", ""))
+    interpolated -= set(re.findall(r"\$\{([a-z_]+\.[a-z_0-9]+)\}", foreach))
+    elsewhere = READ_ELSEWHERE.get(stage_name, {})
+    used = (stage_reads[stage_name] - overridden) | interpolated | set(elsewhere)
+    listed = declared(stage)
+    missing, unread = sorted(used - listed), sorted(listed - used)
+    assert not missing, (
+        f"dvc.yaml stage {stage_name!r} reads params it does not list (a change leaves a stale "
+        f"output): add {missing}"
+    )
+    assert not unread, (
+        f"dvc.yaml stage {stage_name!r} lists params its code never reads (a change reruns it "
+        f"for nothing): remove {unread}"
+    )
+
+
+# a valid value different from the default, for each infer.* field
+INFER_CHANGES = {
+    "sampler": "ddpm", "steps": 3, "eta": 0.5, "seed": 7, "tile": 48, "tile_overlap": 8,
+    "tile_batch": 4, "color_correction": "wavelet", "precision": "fp32", "device": "cpu",
+    "samples": 2, "detail": 0.5, "preset": "balanced", "uncertainty": True,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def committed_repo(tmp_path_factory) -> Path:
+    """A copy of the repo where every stage is committed (`dvc commit`) on stand-in files:
+    `dvc status` is clean, so a params change shows exactly the stages that list the key."""
+    repo = copy_repo(tmp_path_factory.mktemp("dvcrepo") / "repo")
+    commit_stand_ins(repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "committed stand-ins")
+    assert json.loads(run(repo, "dvc", "status", "--json").stdout) == {}
+    return repo
+
+
+def _stale(repo: Path) -> set[str]:
+    return set(json.loads(run(repo, "dvc", "status", "--json").stdout))
+
+
+def test_every_infer_field_reruns_the_stages_that_read_it(committed_repo, stage_reads):
+    """The issue's reproduction, field by field: set `infer.<f>` and `dvc status` names every
+    stage (item) whose code reads it, and no other."""
+    assert set(INFER_CHANGES) == {f.name for f in dataclasses.fields(C.InferConfig)}
+    params = committed_repo / "params.yaml"
+    original = params.read_text()
+    raw = yaml.safe_load(original)
+    items = {"train": raw["train"]["tasks"], "evaluate": raw["train"]["tasks"],
+             "report": raw["train"]["tasks"], "train_compare": raw["compare"]["formulations"]}  # fmt: skip
+    try:
+        for name, value in INFER_CHANGES.items():
+            key = f"infer.{name}"
+            changed = {**raw, "infer": {**raw["infer"], name: value}}
+            params.write_text(yaml.safe_dump(changed, sort_keys=False))
+            expect = set()
+            for stage, keys in stage_reads.items():
+                overridden, _ = _set_by_cmd(_stages()[stage])
+                if key in keys and key not in overridden:
+                    expect |= {f"{stage}@{i}" for i in items[stage]} if stage in items else {stage}
+            assert _stale(committed_repo) == expect, key
+    finally:
+        params.write_text(original)
+
+
+def test_another_tasks_degradation_does_not_rerun_sr4(committed_repo):
+    """The issue's other direction: degrade.val_noise_sigma is denoise's. It reruns degrade,
+    which rewrites denoise's pairs; the sr4 chain depends on sr4's pairs only, so it stays."""
+    params = committed_repo / "params.yaml"
+    pairs = committed_repo / "data/degraded/denoise/pairs.csv"
+    original = params.read_text()
+    raw = yaml.safe_load(original)
+    try:
+        raw["degrade"]["val_noise_sigma"] = 15.0
+        params.write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert _stale(committed_repo) == {"degrade"}
+        pairs.parent.mkdir(parents=True, exist_ok=True)
+        pairs.write_text("rewritten by degrade\n")  # what its rerun does
+        assert _stale(committed_repo) == {"degrade"}
+    finally:
+        params.write_text(original)
+        pairs.unlink()
