@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,10 +24,18 @@ from typer.testing import CliRunner
 from diffenhance.cli import app
 from diffenhance.config import load_config
 from diffenhance.enhance import MANIFEST_DIR, SUMMARY_KEY, plan_job, run_job, run_shard
-from diffenhance.io import read_image, read_image_info, temp_name, write_image
+from diffenhance.enhance.job import SCRATCH_DIR
+from diffenhance.io import (
+    read_image,
+    read_image_alpha,
+    read_image_info,
+    temp_name,
+    to_uint8,
+    write_image,
+)
 from diffenhance.storage import open_storage
 from tests.conftest import REPO
-from tests.enhance_helpers import IdentityTiles, random_checkpoint, write_inputs
+from tests.enhance_helpers import IdentityTiles, gradient, random_checkpoint, write_inputs
 from tests.tiny import smooth_image
 
 JOB = ["enhance.shard_size=3", "infer.tile=16", "infer.tile_overlap=4", "infer.steps=2"]
@@ -68,6 +79,12 @@ def images(root: Path) -> dict[str, bytes]:
     return {k: v for k, v in files(root).items() if not k.startswith("_diffenhance/")}
 
 
+def records(out: Path) -> dict[str, dict]:
+    """The manifest record of each image, by input key."""
+    ms = [json.loads(p.read_text()) for p in (out / MANIFEST_DIR).glob("*.json")]
+    return {r["input_key"]: r for m in ms for r in m["images"]}
+
+
 def recorded(out: Path) -> set[str]:
     keys: set[str] = set()
     for m in (out / MANIFEST_DIR).glob("*.json"):
@@ -93,7 +110,7 @@ def test_killed_run_leaves_no_partial_outputs_and_rerun_finishes_only_the_rest(
     # A real run in a subprocess, SIGKILLed once the second shard has recorded an image.
     cmd = [sys.executable, "-m", "diffenhance.cli", "enhance", str(inp), str(out)]
     cmd += ["--model", str(ckpt), "--params", str(params), *JOB]
-    # TMPDIR: the kill leaves the job's scratch directory behind, as any crash would
+    # TMPDIR: where a job's scratch would be (local input and output need none: N8)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -115,6 +132,7 @@ def test_killed_run_leaves_no_partial_outputs_and_rerun_finishes_only_the_rest(
     assert summary["enhanced"] == 8 - len(done_before)  # only the missing work
     assert summary["skipped_done"] == len(done_before) and summary["failed"] == 0
     assert images(out) == expected  # no temp files left, outputs identical
+    assert not list(tmp_path.glob("diffenhance-enhance-*"))  # local in and out: no scratch
     manifests = sorted(p.name for p in (out / MANIFEST_DIR).iterdir())
     assert len(manifests) == 3 and not any("partial" in m for m in manifests)
     again = run_job(config(params, inp, out, ckpt))
@@ -254,6 +272,59 @@ def test_gif_is_enhanced_by_default_to_png_and_clash_advice_is_right(tmp_path, c
     assert "output_format=same" not in reasons["still.png"]  # with same: both -> still.png
 
 
+def test_alpha_is_kept_where_the_output_format_has_it_else_composited_and_said(
+    tmp_path, ckpt, params, caplog
+):
+    """RGBA (8 and 16 bits) and LA inputs keep their alpha in PNG outputs: the colour goes
+    through the model, the alpha is resized bicubic; a JPEG output composites over white as
+    before. Each record and the log say which."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    inp = tmp_path / "in"
+    rgb = smooth_image(np.random.default_rng(0), 12, 10)
+    alpha = gradient(12, 10)[..., 0]  # 0 (transparent) at the left .. 0.9 at the right
+    write_image(inp / "rgba.png", rgb, alpha=alpha)
+    write_image(inp / "deep.png", rgb, alpha=alpha, bit_depth=16)
+    write_image(inp / "la.png", rgb[..., 0], alpha=alpha)
+    write_image(inp / "plain.png", rgb)
+    ident = IdentityTiles(scale=2)
+    caplog.set_level(logging.INFO, logger="diffenhance.enhance.shard")
+    out = tmp_path / "out"
+    assert run_job(config(params, inp, out, ckpt), model=ident)["enhanced"] == 4
+    recs = records(out)
+    assert {k: r.get("alpha") for k, r in recs.items()} == {
+        "rgba.png": "kept", "deep.png": "kept", "la.png": "kept", "plain.png": None
+    }  # fmt: skip
+    assert f"{inp / 'rgba.png'}: alpha kept" in caplog.text
+    in_alpha = read_image_alpha(inp / "rgba.png")[1]
+    want = F.interpolate(torch.from_numpy(in_alpha)[None, None], scale_factor=2, mode="bicubic")
+    for name in ("rgba.png", "deep.png", "la.png"):
+        with Image.open(out / name) as im:
+            assert im.mode == "RGBA" and im.size == (20, 24)
+        colour, kept = read_image_alpha(out / name)
+        np.testing.assert_allclose(kept, want[0, 0].clamp(0, 1).numpy(), atol=1 / 255)
+        assert colour[:, :2].min() < 0.9  # under the transparent edge: not composited white
+    assert read_image_info(out / "deep.png")["bit_depth"] == 16
+    deep_alpha = read_image_alpha(out / "deep.png")[1]
+    assert np.abs(deep_alpha * 255 - np.round(deep_alpha * 255)).max() > 1e-3  # 16-bit alpha
+    assert read_image_alpha(out / "plain.png")[1] is None
+
+    caplog.clear()
+    jpg = tmp_path / "jpg"
+    run_job(config(params, inp, jpg, ckpt, "enhance.output_format=jpg"), model=ident)
+    why = records(jpg)["rgba.png"]["alpha"]
+    assert why.startswith("composited over white: .jpg has no alpha channel"), why
+    assert ".png" in why and records(jpg)["plain.png"].get("alpha") is None
+    assert any(
+        r.levelno == logging.WARNING and "rgba.png: alpha composited" in r.getMessage()
+        for r in caplog.records
+    )
+    with Image.open(jpg / "rgba.jpg") as im:
+        assert im.mode == "RGB"
+    assert to_uint8(read_image(jpg / "rgba.jpg")[:, 0]).min() > 240  # transparent -> white
+
+
 # ----------------------------------------------------------------------------- skip-done
 
 
@@ -349,6 +420,43 @@ def test_s3_input_and_output(s3_prefix, tmp_path, ckpt, params):
     assert got.read_bytes() == (tmp_path / "local/sub1/img1.png").read_bytes()
     again = run_job(cfg)
     assert again["enhanced"] == 0 and again["skipped_done"] == 2
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(proc.stdout)
+
+
+def test_s3_scratch_stays_local_and_what_a_killed_run_left_is_swept(
+    s3_prefix, tmp_path, ckpt, params, monkeypatch
+):
+    """S3 input, local output: scratch under the output's _diffenhance/tmp/; S3 output: in the
+    system temp folder. Each run removes its own and sweeps those of dead processes (a kill
+    -9 leaves one), never a live process's."""
+    local = tmp_path / "in"
+    write_inputs(local, [(8, 8), (8, 8)])
+    src = open_storage(f"{s3_prefix}/in")
+    for p in sorted(local.rglob("*.png")):
+        src.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    host, dead = socket.gethostname(), _dead_pid()
+    systmp = tmp_path / "systmp"
+    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
+    out = tmp_path / "out"
+    stale, live, stale_sys = (
+        d / f"diffenhance-enhance-{pid}-0123abcd@{host}"
+        for d, pid in ((out / SCRATCH_DIR, dead), (out / SCRATCH_DIR, os.getppid()), (systmp, dead))
+    )
+    for d in (stale, live, stale_sys):
+        d.mkdir(parents=True)
+    (stale / "in").write_bytes(b"half a download")
+    ident = IdentityTiles(scale=2)
+    assert run_job(config(params, f"{s3_prefix}/in", out, ckpt), model=ident)["enhanced"] == 2
+    assert list((out / SCRATCH_DIR).iterdir()) == [live] and stale_sys.exists()
+    assert sorted(images(out)) == ["sub0/img0.png", "sub1/img1.png"]
+
+    summary = run_job(config(params, local, f"{s3_prefix}/out", ckpt), model=ident)
+    assert summary["enhanced"] == 2 and list(systmp.iterdir()) == []
 
 
 HOSTILE = ["../evil.png", "/abs.png", "a\\..\\..\\b.png", "sub/../../x.png", "./dot.png"]

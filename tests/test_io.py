@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import signal
+import socket
 import stat
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -15,16 +20,21 @@ import tifffile
 from PIL import Image, ImageFile, ImageOps
 
 from diffenhance.io import (
+    ALPHA_SUFFIXES,
     IMAGE_EXTENSIONS,
     ImageReadError,
     ImageWriteError,
     atomic_open,
     atomic_path,
     atomic_write_bytes,
+    composite_over_white,
     file_sha256,
     is_temp_name,
     read_image,
+    read_image_alpha,
     read_image_info,
+    scratch_dir,
+    sweep_scratch,
     temp_files,
     temp_name,
     to_uint8,
@@ -155,6 +165,72 @@ def test_alpha_is_composited_over_white(tmp_path: Path) -> None:
     la = np.array([[[0, 128]]], dtype=np.uint8)
     Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
     np.testing.assert_allclose(read_image(tmp_path / "la.png")[0, 0], [1 - a] * 3, atol=1e-6)
+
+
+def test_read_image_alpha_keeps_what_read_image_composites(tmp_path: Path) -> None:
+    """RGBA, LA and a palette with transparency give their alpha apart; compositing it gives
+    read_image's array exactly; an image without alpha gives None."""
+    rgba = _rand_u8(5, 6, 4)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    rgb, alpha = read_image_alpha(tmp_path / "a.png")
+    np.testing.assert_array_equal(to_uint8(rgb), rgba[..., :3])
+    np.testing.assert_array_equal(to_uint8(alpha), rgba[..., 3])
+    assert alpha.shape == (5, 6) and alpha.dtype == np.float32
+    np.testing.assert_array_equal(composite_over_white(rgb, alpha), read_image(tmp_path / "a.png"))
+    Image.fromarray(rgba[..., 2:], mode="LA").save(tmp_path / "la.png")
+    rgb, alpha = read_image_alpha(tmp_path / "la.png")
+    assert rgb.shape == (5, 6, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    np.testing.assert_array_equal(to_uint8(alpha), rgba[..., 3])
+    im = Image.new("P", (3, 2), 0)
+    im.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    im.putpixel((1, 0), 1)
+    im.save(tmp_path / "p.png", transparency=0)
+    rgb, alpha = read_image_alpha(tmp_path / "p.png")
+    np.testing.assert_array_equal(alpha, [[0, 1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(rgb[0, 1], [0, 1, 0])
+    write_image(tmp_path / "rgb.png", rgb)
+    assert read_image_alpha(tmp_path / "rgb.png")[1] is None
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_rgba_keeps_16_bits_in_colour_and_alpha(tmp_path: Path, suffix: str) -> None:
+    u16 = _rand_u16((6, 7, 4))
+    path = write_image(
+        tmp_path / f"a{suffix}", u16[..., :3] / 65535.0, alpha=u16[..., 3] / 65535.0, bit_depth=16
+    )
+    assert read_image_info(path)["bit_depth"] == 16
+    rgb, alpha = read_image_alpha(path)
+    _assert_16bit_exact(rgb, u16[..., :3])
+    _assert_16bit_exact(np.repeat(alpha[..., None], 3, -1), np.repeat(u16[..., 3:], 3, -1))
+
+
+@pytest.mark.parametrize("suffix", sorted(ALPHA_SUFFIXES))
+def test_write_image_with_alpha_8_bit(tmp_path: Path, suffix: str) -> None:
+    u8 = _rand_u8(8, 9, 4)
+    u8[..., 3] = 255
+    u8[0, :, 3] = 0  # a transparent row and a half one
+    u8[1, :, 3] = 128
+    path = write_image(tmp_path / f"a{suffix}", u8[..., :3] / 255.0, alpha=u8[..., 3] / 255.0)
+    with Image.open(path) as im:
+        assert im.mode == "RGBA"
+    rgb, alpha = read_image_alpha(path)
+    np.testing.assert_array_equal(to_uint8(alpha), u8[..., 3])  # WebP keeps alpha lossless
+    if suffix != ".webp":
+        np.testing.assert_array_equal(to_uint8(rgb), u8[..., :3])
+    gray = write_image(tmp_path / f"g{suffix}", u8[..., 0] / 255.0, alpha=u8[..., 3] / 255.0)
+    np.testing.assert_array_equal(to_uint8(read_image_alpha(gray)[1]), u8[..., 3])
+
+
+def test_write_image_refuses_alpha_where_the_format_has_none(tmp_path: Path) -> None:
+    img, alpha = np.zeros((4, 4, 3), np.float32), np.ones((4, 4), np.float32)
+    for suffix in (".jpg", ".bmp"):
+        with pytest.raises(ImageWriteError, match=f"{suffix} has no alpha channel"):
+            write_image(tmp_path / f"a{suffix}", img, alpha=alpha)
+    with pytest.raises(ImageWriteError, match="alpha must be float HxW"):
+        write_image(tmp_path / "a.png", img, alpha=np.ones((4, 5), np.float32))
+    with pytest.raises(ImageWriteError, match="alpha contains NaN"):
+        write_image(tmp_path / "a.png", img, alpha=np.full((4, 4), np.nan, np.float32))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gif_reads_first_frame(tmp_path: Path) -> None:
@@ -342,6 +418,24 @@ def test_write_is_atomic_when_rename_fails(tmp_path: Path, monkeypatch: pytest.M
     assert _no_tmp_left(tmp_path)
 
 
+def test_a_full_disk_names_the_file_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An encoder's write gets ENOSPC without a file name: the error names the target."""
+    target = tmp_path / "out.png"
+
+    def full(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        Path(str(fp)).write_bytes(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(OSError, match="No space left") as e:
+        write_image(target, np.zeros((4, 4, 3)))
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
+    assert str(target) in str(e.value)
+    assert not target.exists() and _no_tmp_left(tmp_path)
+
+
 def test_atomic_helpers(tmp_path: Path) -> None:
     target = tmp_path / "deep" / "x.json"
     assert atomic_write_bytes(target, b"{}") == target
@@ -418,3 +512,39 @@ def test_file_sha256_streams_in_blocks(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(data)
     want = hashlib.sha256(data).hexdigest()
     assert file_sha256(tmp_path / "f") == file_sha256(str(tmp_path / "f"), chunk=999) == want
+
+
+# ---------------------------------------------------------------------------- scratch folders
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(proc.stdout)
+
+
+def test_scratch_dir_left_by_kill_9_is_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """A process killed inside `scratch_dir` leaves its folder; the next call removes it, but
+    never the folder of a running process, of another host, or anything else there."""
+    code = (
+        "import os, signal, sys; from diffenhance.io import scratch_dir\n"
+        "with scratch_dir(sys.argv[1], 'job-') as d:\n"
+        "    (d / 'in').write_bytes(b'x'); print(d, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    killed = Path(proc.stdout.strip())
+    assert killed.parent == tmp_path and (killed / "in").is_file()
+    host = socket.gethostname()
+    live = tmp_path / f"job-{os.getppid()}-0123abcd@{host}"  # a running process's
+    other_host = tmp_path / f"job-{_dead_pid()}-0123abcd@{host}.elsewhere"
+    other = [tmp_path / f"other-{_dead_pid()}-0123abcd@{host}", tmp_path / "job-notes"]
+    for d in (live, other_host, *other):
+        d.mkdir()
+    with scratch_dir(tmp_path, "job-") as mine:
+        assert mine.is_dir() and stat.S_IMODE(mine.stat().st_mode) == 0o700
+        assert not killed.exists()
+        assert sweep_scratch(tmp_path, "job-") == []  # this process runs: its own is kept
+        assert mine.is_dir()
+    assert not mine.exists()
+    assert sorted(tmp_path.iterdir()) == sorted([live, other_host, *other])

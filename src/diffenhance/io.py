@@ -4,11 +4,17 @@
   RGB array of shape HxWx3 in [0, 1]. EXIF orientation is applied, alpha is composited over
   white, and 16-bit PNG/TIFF keep their 16-bit precision. Every failure (missing, empty,
   non-image, truncated, over the pixel limit) raises `ImageReadError` naming file and reason.
-* `write_image` encodes such an array by the path's suffix, 8 or 16 bits per channel.
+  `read_image_alpha` gives the colour and the alpha channel apart (`composite_over_white`
+  joins them as `read_image` does).
+* `write_image` encodes such an array by the path's suffix, 8 or 16 bits per channel, with an
+  alpha channel where the format has one (`ALPHA_SUFFIXES`).
 * `atomic_path` / `atomic_open` / `atomic_write_bytes` write through a hidden temporary file
   in the target's directory (named by `temp_name`, recognised by `is_temp_name`) that is
   fsync'ed and renamed onto the target, so readers never see partial files. The result has the
-  permissions a plain `open(path, "w")` gives a new file (0o666 minus the umask).
+  permissions a plain `open(path, "w")` gives a new file (0o666 minus the umask). An OSError
+  of the write (a full disk) names the target.
+* `scratch_dir` is a private folder for temporary files, named for its process, that a later
+  call sweeps once that process is gone (a kill -9 leaves it behind).
 * `file_sha256` is the one content hash of a file every module uses.
 """
 
@@ -19,6 +25,8 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
+import socket
 import struct
 import warnings
 import zlib
@@ -36,6 +44,8 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own DecompressionBombError threshold
 _WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 _WRITE_FORMATS |= {".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+# the suffixes `write_image` writes an alpha channel to (JPEG and BMP have none)
+ALPHA_SUFFIXES: frozenset[str] = frozenset({".png", ".webp", ".tif", ".tiff"})
 _GRAY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
@@ -181,18 +191,9 @@ def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
     return ops[orientation](a) if orientation in ops else a
 
 
-def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image file as float32 RGB of shape HxWx3 with values in [0, 1].
-
-    Supports PNG, JPEG, WebP, TIFF, BMP and the first frame of GIF. EXIF orientation is applied.
-    Gray becomes three equal channels; alpha is composited over white; CMYK, YCbCr and
-    paletted images are converted to RGB; 16-bit PNG/TIFF keep 16-bit precision (value/65535);
-    float TIFF is clipped into [0, 1]. Images with more than `max_pixels` pixels are refused
-    before decoding (Pillow's own ceiling of 2 * PIL.Image.MAX_IMAGE_PIXELS still applies).
-
-    Raises ImageReadError (attributes `path`, `reason`) for every failure: missing or empty file,
-    not an image, truncated or corrupt data, or too many pixels.
-    """
+def _decode(path: PathLike, max_pixels: int) -> np.ndarray:
+    """The oriented pixels of an image file: float32 HxWxC in [0, 1], C = 1 gray, 2 gray +
+    alpha, 3 RGB, 4 RGBA (see `read_image`)."""
     with _read_errors(path):
         p = _check_file(path)
         try:
@@ -218,14 +219,51 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
                         im.load()
                         a = _pil_to_float(im)
                     orientation = int(im.getexif().get(0x0112, 1))
-    if a.shape[-1] in (2, 4):  # composite over white: c * alpha + 1 * (1 - alpha)
-        alpha = a[..., -1:]
-        a = a[..., :-1] * alpha + (np.float32(1) - alpha)
+    return _orient(a, orientation)
+
+
+def read_image_alpha(
+    path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read an image file as (colour, alpha): float32 RGB HxWx3 in [0, 1], not composited,
+    and float32 HxW in [0, 1] (0 = transparent), or None when the file has no alpha channel
+    (RGBA, LA, a palette or colour key with transparency, TIFF with an extra sample).
+
+    Decodes as `read_image` does (formats, orientation, 16-bit precision of the colour and
+    the alpha, errors); `composite_over_white(colour, alpha)` is `read_image`'s array."""
+    a = _decode(path, max_pixels)
+    alpha = None
+    if a.shape[-1] in (2, 4):
+        a, alpha = a[..., :-1], np.ascontiguousarray(a[..., -1], dtype=np.float32)
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
-    out = np.ascontiguousarray(_orient(a, orientation), dtype=np.float32)
+    out = np.ascontiguousarray(a, dtype=np.float32)
     assert out.ndim == 3 and out.shape[-1] == 3, out.shape
-    return out
+    return out, alpha
+
+
+def composite_over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Colour HxWx3 over a white background with alpha HxW (both float in [0, 1]):
+    c * alpha + 1 * (1 - alpha), float32 HxWx3."""
+    a = np.asarray(alpha, dtype=np.float32)[..., None]
+    return np.ascontiguousarray(rgb * a + (np.float32(1) - a), dtype=np.float32)
+
+
+def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as float32 RGB of shape HxWx3 with values in [0, 1].
+
+    Supports PNG, JPEG, WebP, TIFF, BMP and the first frame of GIF. EXIF orientation is applied.
+    Gray becomes three equal channels; alpha is composited over white (`read_image_alpha`
+    keeps it); CMYK, YCbCr and paletted images are converted to RGB; 16-bit PNG/TIFF keep
+    16-bit precision (value/65535); float TIFF is clipped into [0, 1]. Images with more than
+    `max_pixels` pixels are refused before decoding (Pillow's own ceiling of
+    2 * PIL.Image.MAX_IMAGE_PIXELS still applies).
+
+    Raises ImageReadError (attributes `path`, `reason`) for every failure: missing or empty file,
+    not an image, truncated or corrupt data, or too many pixels.
+    """
+    rgb, alpha = read_image_alpha(path, max_pixels=max_pixels)
+    return rgb if alpha is None else composite_over_white(rgb, alpha)
 
 
 def read_mask(
@@ -349,9 +387,11 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and _unnamed(e, tmp):  # ENOSPC from an encoder: say where
+            raise OSError(e.errno, e.strerror, str(target)) from e
         raise
     with contextlib.suppress(OSError):  # persist the rename; not possible on every platform
         _fsync(target.parent)
@@ -363,6 +403,14 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
     exit it is closed, fsync'ed and renamed onto `path`, as `atomic_path` does."""
     with atomic_path(path) as tmp, open(tmp, "xb") as f:
         yield f
+
+
+def _unnamed(e: OSError, tmp: Path) -> bool:
+    """A plain OSError with an errno that names no file, or only the hidden temp file."""
+    if e.errno is None or type(e).__module__ != "builtins":
+        return False
+    name = e.filename
+    return name is None or (isinstance(name, str | os.PathLike) and os.fspath(name) == str(tmp))
 
 
 def _fsync(path: Path) -> None:
@@ -398,7 +446,8 @@ def to_uint16(img: np.ndarray) -> np.ndarray:
 
 
 def _encode_png16(a: np.ndarray) -> bytes:
-    """uint16 HxW (gray) or HxWx3 (RGB) -> PNG bytes, 16 bits per sample, no filtering."""
+    """uint16 HxW (gray) or HxWxC (C = 2 gray + alpha, 3 RGB, 4 RGBA) -> PNG bytes, 16 bits
+    per sample, no filtering."""
     h, w = a.shape[:2]
     rows = np.ascontiguousarray(a, dtype=">u2").reshape(h, -1).view(np.uint8)
     raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1)  # filter byte 0 per row
@@ -408,18 +457,27 @@ def _encode_png16(a: np.ndarray) -> bytes:
             struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         )
 
-    color_type = 2 if a.ndim == 3 else 0
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[a.shape[-1] if a.ndim == 3 else 1]
     ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
     idat = zlib.compress(raw.tobytes(), 6)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8, quality: int = 95) -> Path:
+def write_image(
+    path: PathLike,
+    img: np.ndarray,
+    *,
+    alpha: np.ndarray | None = None,
+    bit_depth: int = 8,
+    quality: int = 95,
+) -> Path:
     """Write a float image (HxWx3 RGB or HxW gray, values in [0, 1]) atomically.
 
     The format follows the suffix: .png, .jpg/.jpeg, .webp, .tif/.tiff, .bmp. Values are
-    clipped to [0, 1] and rounded to the nearest code. `bit_depth` 16 is allowed for PNG and
-    TIFF only; `quality` (1-100) applies to JPEG (4:4:4 chroma) and WebP. Parent directories
+    clipped to [0, 1] and rounded to the nearest code. `alpha` (float HxW in [0, 1], 0 =
+    transparent) is written as the alpha channel (RGBA or gray + alpha) of .png, .webp and
+    .tif/.tiff (`ALPHA_SUFFIXES`), at the image's bit depth. `bit_depth` 16 is allowed for PNG
+    and TIFF only; `quality` (1-100) applies to JPEG (4:4:4 chroma) and WebP. Parent directories
     are created. Returns the path. Raises ImageWriteError for an invalid request.
     """
     suffix = Path(path).suffix.lower()
@@ -438,6 +496,25 @@ def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8, quality:
         )
     if not 1 <= quality <= 100:
         raise ImageWriteError(path, f"quality must be in 1..100, got {quality!r}")
+    a = _check_image(path, img)
+    if alpha is not None:
+        a = np.concatenate([a if a.ndim == 3 else a[..., None], _check_alpha(path, alpha, a)], -1)
+    data = to_uint16(a) if bit_depth == 16 else to_uint8(a)
+    with atomic_path(path) as tmp:
+        if fmt == "TIFF":
+            photometric = "rgb" if data.ndim == 3 and data.shape[-1] >= 3 else "minisblack"
+            extra = {"extrasamples": ["unassalpha"]} if alpha is not None else {}
+            tifffile.imwrite(tmp, data, photometric=photometric, compression="zlib", **extra)
+        elif bit_depth == 16:
+            tmp.write_bytes(_encode_png16(data))
+        else:
+            options = {"JPEG": {"quality": quality, "subsampling": 0}, "WEBP": {"quality": quality}}
+            Image.fromarray(data).save(tmp, format=fmt, **options.get(fmt, {}))
+    return Path(path)
+
+
+def _check_image(path: PathLike, img: np.ndarray) -> np.ndarray:
+    """`write_image`'s image as float HxW or HxWx3; ImageWriteError saying what is wrong."""
     a = np.asarray(img)
     if a.dtype.kind != "f":
         raise ImageWriteError(
@@ -451,14 +528,72 @@ def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8, quality:
         raise ImageWriteError(path, f"expected shape HxWx3 or HxW, got {a.shape}")
     if not np.isfinite(a).all():
         raise ImageWriteError(path, "image contains NaN or infinite values")
-    data = to_uint16(a) if bit_depth == 16 else to_uint8(a)
-    with atomic_path(path) as tmp:
-        if fmt == "TIFF":
-            photometric = "rgb" if data.ndim == 3 else "minisblack"
-            tifffile.imwrite(tmp, data, photometric=photometric, compression="zlib")
-        elif bit_depth == 16:
-            tmp.write_bytes(_encode_png16(data))
-        else:
-            options = {"JPEG": {"quality": quality, "subsampling": 0}, "WEBP": {"quality": quality}}
-            Image.fromarray(data).save(tmp, format=fmt, **options.get(fmt, {}))
-    return Path(path)
+    return a
+
+
+def _check_alpha(path: PathLike, alpha: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """`write_image`'s alpha as float HxWx1; ImageWriteError saying what is wrong."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in ALPHA_SUFFIXES:
+        raise ImageWriteError(
+            path,
+            f"{suffix} has no alpha channel; composite the image first "
+            f"(composite_over_white) or write one of {sorted(ALPHA_SUFFIXES)}",
+        )
+    al = np.asarray(alpha)
+    if al.dtype.kind != "f" or al.shape != img.shape[:2]:
+        raise ImageWriteError(
+            path, f"alpha must be float HxW {img.shape[:2]}, got {al.dtype} {al.shape}"
+        )
+    if not np.isfinite(al).all():
+        raise ImageWriteError(path, "alpha contains NaN or infinite values")
+    return al[..., None]
+
+
+# ----------------------------------------------------------------------------------- scratch
+_SCRATCH_NAME = re.compile(r"(?P<pid>[0-9]+)-[0-9a-f]{8}@(?P<host>.+)")
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` of this host exists (a zombie counts)."""
+    if pid <= 0:
+        return True  # not a process id: never take it for a finished one
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_scratch(parent: PathLike, prefix: str) -> list[Path]:
+    """Remove the `scratch_dir` folders under `parent` of processes of this host that no
+    longer run; returns them. Never a running process's, nor another host's (a shared disk)."""
+    root, host, gone = Path(parent), socket.gethostname(), []
+    if not root.is_dir():
+        return []
+    for p in sorted(root.iterdir()):
+        m = _SCRATCH_NAME.fullmatch(p.name[len(prefix) :]) if p.name.startswith(prefix) else None
+        if m is not None and m["host"] == host and p.is_dir() and not _running(int(m["pid"])):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: PathLike, prefix: str) -> Iterator[Path]:
+    """A new private folder under `parent` (created) for temporary files, removed on exit.
+
+    Named ``<prefix><pid>-<8 hex>@<host>``: the folders a killed process (kill -9) left there
+    are swept first (`sweep_scratch`), while those of running processes, on this or another
+    host, are left alone."""
+    root = Path(parent)
+    root.mkdir(parents=True, exist_ok=True)
+    sweep_scratch(root, prefix)
+    path = root / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}@{socket.gethostname()}"
+    path.mkdir(mode=0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

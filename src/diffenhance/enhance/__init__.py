@@ -20,6 +20,7 @@ An output root (a folder or ``s3://bucket/prefix``) holds:
                                              model sha256, params hash, outputs, timings, errors
     _diffenhance/manifests/<shard>.partial.json   progress of a running (or crashed) shard
     _diffenhance/summary.json                the last run's summary
+    _diffenhance/tmp/                        scratch of S3 inputs (swept when its run is gone)
 
 Shards are runs of `enhance.shard_size` images in sorted key order; a shard's id is its index
 plus a hash of its keys, so the same inputs always give the same shards. Outputs are written
@@ -36,6 +37,7 @@ from diffenhance.enhance.job import (
     META_DIR,
     SUMMARY_KEY,
     WRITABLE_SUFFIXES,
+    DiskFull,
     EnhanceError,
     Job,
     OnImage,
@@ -66,6 +68,7 @@ __all__ = [
     "PRETRAINED_DIRS",
     "SUMMARY_KEY",
     "WRITABLE_SUFFIXES",
+    "DiskFull",
     "EnhanceError",
     "Job",
     "OnImage",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,9 +16,11 @@ from diffenhance.config import Config, to_dict
 META_DIR = "_diffenhance"
 MANIFEST_DIR = f"{META_DIR}/manifests"
 SUMMARY_KEY = f"{META_DIR}/summary.json"
+SCRATCH_DIR = f"{META_DIR}/tmp"  # a local output's scratch folders (`io.scratch_dir`)
 MANIFEST_FORMAT = "diffenhance-enhance-manifest-v1"
 WRITABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 OnImage = Callable[[dict[str, Any]], None]
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class EnhanceError(ValueError):
@@ -24,7 +28,12 @@ class EnhanceError(ValueError):
 
 
 class ShardsCrashed(RuntimeError):
-    """Shards crashed as a whole (storage down, disk full); the others ran and were summarised."""
+    """Shards crashed as a whole (storage down); the others ran and were summarised."""
+
+
+class DiskFull(ShardsCrashed):
+    """No space left where the job writes (ENOSPC, EDQUOT): the job stops at once (exit 1);
+    the message names the file. What was written is recorded, so a rerun goes on from there."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,27 @@ def output_params(cfg: Config) -> dict[str, Any]:
     e = cfg.enhance
     out = {"output_format": e.output_format, "bit_depth": e.bit_depth, "quality": e.jpeg_quality}
     return {"infer": infer, "output": out}
+
+
+def disk_full(e: BaseException, path: str | None = None) -> DiskFull | None:
+    """`e` as a `DiskFull` when it or an error that caused it is ENOSPC or EDQUOT: one line
+    naming the file (the error's own, else `path`); None for any other error."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, DiskFull):
+            return cur
+        if isinstance(cur, OSError) and cur.errno in _DISK_FULL:
+            name = cur.filename if cur.filename is not None else path
+            where = os.fsdecode(name) if name is not None else "the output"
+            return DiskFull(
+                f"{where}: {os.strerror(cur.errno)} ({errno.errorcode[cur.errno]}); the job "
+                "stopped there: free space (or choose another output), then rerun it to "
+                "finish the rest"
+            )
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def written_keys(record: dict[str, Any]) -> list[str]:

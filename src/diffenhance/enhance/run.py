@@ -7,9 +7,12 @@ runner, summarise. `diffenhance enhance` runs the shards in this process (`in_pr
   model file differs) -> exit 2, one line naming the file and the problem;
 * an image that cannot be read, enhanced or written is recorded with its reason (manifest
   `errors`, summary `failures`) and the job goes on -> exit 1 at the end (`exit_code`);
-* a shard that crashes as a whole (storage down, disk full) is recorded in the summary's
+* a shard that crashes as a whole (storage down) is recorded in the summary's
   `shard_errors` and the other shards go on -> exit 1; storage that fails while planning
-  raises StorageError -> exit 1.
+  raises StorageError -> exit 1;
+* a full disk (ENOSPC, EDQUOT: writing an output, a manifest or a scratch file) stops the job
+  at once (no further image is read): `DiskFull`, one line naming the file -> exit 1.
+  Every image written so far is recorded, so a rerun goes on from there.
 
 The exit codes of the raised errors are `diffenhance.exitcodes.USER_ERRORS`.
 """
@@ -21,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from diffenhance.config import Config, ConfigError
-from diffenhance.enhance.job import EnhanceError, Job, OnImage, Shard
+from diffenhance.enhance.job import EnhanceError, Job, OnImage, Shard, disk_full
 from diffenhance.enhance.plan import plan_job
 from diffenhance.enhance.shard import failure_reason, run_shard
 from diffenhance.enhance.summary import finish_job, summarize
@@ -63,7 +66,8 @@ def run_job(
     return it (see `summarize`; `exit_code(summary)` is the job's exit code).
 
     `runner`: how shards run (default `in_process(on_image=..., model=...)`). Raises the
-    first config, model or input error (see the module docstring); records the others."""
+    first config, model or input error and `DiskFull` (see the module docstring); records
+    the others."""
     job = job or plan_job(cfg)
     runner = runner or in_process(on_image=on_image, model=model)
     todo = [s for s in job.shards if s.needs_run]
@@ -73,6 +77,8 @@ def run_job(
         if isinstance(outcome, Exception):
             if is_job_error(outcome):
                 raise outcome
+            if (full := disk_full(outcome)) is not None:  # the next shard would fail alike
+                raise full
             # storage down, disk full: report the shard, go on
             shard_errors.append({"shard_id": shard.id, "reason": failure_reason(outcome)})
         else:

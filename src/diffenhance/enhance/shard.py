@@ -1,9 +1,15 @@
 """Running one shard: resume what an earlier attempt recorded, read each input, enhance it
 through the one restore path, write each output atomically, record it at once in the shard's
-partial manifest, and finish with the shard's manifest."""
+partial manifest, and finish with the shard's manifest.
+
+An input's alpha channel is kept where the output format has one (PNG, WebP, TIFF): the model
+restores the colour and the alpha is resized bicubic to the output's size; other outputs
+(JPEG, BMP) get the colour composited over white. Either way the image's record says which.
+A full disk stops the shard at once (`DiskFull`, naming the file)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -16,20 +22,25 @@ from diffenhance.config import Config
 from diffenhance.enhance.job import (
     MANIFEST_DIR,
     MANIFEST_FORMAT,
+    SCRATCH_DIR,
     Job,
     OnImage,
     Shard,
     Source,
+    disk_full,
     now,
     written_keys,
 )
 from diffenhance.enhance.masks import mask_sha256, with_mask
 from diffenhance.enhance.models import cached_restorer
 from diffenhance.io import (
+    ALPHA_SUFFIXES,
     ImageReadError,
+    composite_over_white,
     file_sha256,
-    read_image,
+    read_image_alpha,
     read_image_info,
+    scratch_dir,
     temp_files,
     write_image,
 )
@@ -39,8 +50,10 @@ from diffenhance.uncertainty import scale_info, uncertainty_keys, write_map, wri
 log = logging.getLogger(__name__)
 
 _SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
-# What the tiled engine carries for each image: (source, input sha256, info, input (h, w)).
-_Ident = tuple[Source, str, dict[str, Any], tuple[int, int]]
+SCRATCH_PREFIX = "diffenhance-enhance-"  # `io.scratch_dir` folders of S3 inputs and outputs
+# What the tiled engine carries for each image: (source, input sha256, info, input (h, w),
+# its alpha channel HxW when the output keeps it).
+_Ident = tuple[Source, str, dict[str, Any], tuple[int, int], Any]
 
 
 def failure_reason(e: BaseException) -> str:
@@ -65,6 +78,30 @@ def _frames(path: Path) -> int:
 
     with Image.open(path) as im:
         return int(getattr(im, "n_frames", 1))
+
+
+def _alpha(output_key: str, rgb: Any, alpha: Any) -> tuple[Any, Any, dict[str, str]]:
+    """(network input, the alpha to keep or None, {"alpha": what happens to it}) of an image
+    read as `rgb` and `alpha` (`io.read_image_alpha`)."""
+    if alpha is None:
+        return rgb, None, {}
+    suffix = Path(output_key).suffix.lower()
+    if suffix in ALPHA_SUFFIXES:
+        return rgb, alpha, {"alpha": "kept"}
+    keep = ", ".join(sorted(ALPHA_SUFFIXES))
+    why = f"composited over white: {suffix} has no alpha channel (outputs {keep} keep it)"
+    return composite_over_white(rgb, alpha), None, {"alpha": why}
+
+
+def _resize_alpha(alpha: Any, size: tuple[int, int]) -> Any:
+    """Alpha HxW float32 in [0, 1] at `size` (h, w): bicubic (as Real-ESRGAN may), clipped."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(alpha.shape) == tuple(size):
+        return alpha
+    t = F.interpolate(torch.from_numpy(alpha)[None, None], size=size, mode="bicubic")
+    return t[0, 0].clamp(0, 1).numpy()
 
 
 def _bit_depth(cfg: Config, info: dict[str, Any], output_key: str) -> int:
@@ -160,7 +197,11 @@ class ShardRun:
             self.on_image({"key": src.key, "output_key": src.output_key, "status": status, **extra})
 
     def fail(self, src: Source, e: BaseException) -> None:
-        """Record `src` as failed with its reason; the shard goes on."""
+        """Record `src` as failed with its reason; the shard goes on, unless the disk is full
+        (raises `DiskFull`: the next images would fail the same way)."""
+        full = disk_full(e, self.out_store.url_for(src.output_key))
+        if full is not None:
+            raise full from e
         self.errors[src.key] = failure_reason(e)
         log.info("enhance: %s failed: %s", self.in_store.url_for(src.key), self.errors[src.key])
         self.save_partial()
@@ -227,24 +268,36 @@ class ShardRun:
             keys += [k for s in self.todo for k in uncertainty_keys(s.output_key)]
         _sweep_temp(self.out_store, keys)
         engine = self.engine(model)
-        with tempfile.TemporaryDirectory(prefix="diffenhance-enhance-") as tmp_name:
-            tmp = Path(tmp_name)
+        with self.scratch() as tmp:
             for res in engine.stream(self.inputs(tmp)):
-                src = res.ident[0]
+                src, alpha = res.ident[0], res.ident[4]
                 if res.error is not None:
                     self.fail(src, res.error)
                     continue
                 try:
                     assert res.image is not None
                     depth = _bit_depth(self.cfg, res.ident[2], src.output_key)
-                    out_sha = self.write(src, res.image, depth, tmp)
+                    if alpha is not None:
+                        alpha = _resize_alpha(alpha, res.image.shape[:2])
+                    out_sha = self.write(src, res.image, alpha, depth, tmp)
                     maps = None if res.std is None else self.write_uncertainty(src, res.std, tmp)
                 except Exception as e:
                     self.fail(src, e)
                     continue
                 self.record(res.ident, res.image, depth, out_sha, res.seconds, maps)
 
-    def inputs(self, tmp: Path) -> Iterator[tuple[_Ident, str, Any]]:
+    def scratch(self) -> contextlib.AbstractContextManager[Path | None]:
+        """Local room for S3 inputs and outputs (None when both are local folders): under a
+        local output's `_diffenhance/tmp/`, else in the system temp folder; a folder that a
+        killed run left there is swept by the next (`io.scratch_dir`)."""
+        local_out = isinstance(self.out_store, LocalStorage)
+        if local_out and isinstance(self.in_store, LocalStorage):
+            return contextlib.nullcontext()
+        if local_out and not self.job.single:  # one file out: nothing beside it but it
+            return scratch_dir(self.out_store.url_for(SCRATCH_DIR), SCRATCH_PREFIX)
+        return scratch_dir(tempfile.gettempdir(), SCRATCH_PREFIX)
+
+    def inputs(self, tmp: Path | None) -> Iterator[tuple[_Ident, str, Any]]:
         """(ident, noise key, image) of each image to enhance, for `TiledEnhancer.stream`."""
         from diffenhance.restore import image_key
 
@@ -255,11 +308,15 @@ class ShardRun:
                 # noise key = the decoded pixels, as evaluate's (same input, same output)
                 yield ident, image_key(img), img
 
-    def read(self, src: Source, tmp: Path) -> tuple[_Ident, Any] | None:
+    def read(self, src: Source, tmp: Path | None) -> tuple[_Ident, Any] | None:
         """Read one input; None when it failed (recorded) or is an unchanged input only
         touched since its record (reused: no work)."""
         local_in = isinstance(self.in_store, LocalStorage)
-        path = Path(self.in_store.url_for(src.key)) if local_in else tmp / "in"
+        if local_in:
+            path = Path(self.in_store.url_for(src.key))
+        else:
+            assert tmp is not None, "a scratch folder for S3 inputs"
+            path = tmp / "in"
         try:
             if not local_in:
                 self.in_store.download_file(src.key, path)
@@ -279,24 +336,26 @@ class ShardRun:
             info = read_image_info(path)
             if Path(src.key).suffix.lower() == ".gif":
                 info = {**info, "frames": _frames(path)}
-            img = read_image(path, max_pixels=self.cfg.enhance.max_pixels)
+            rgb, alpha = read_image_alpha(path, max_pixels=self.cfg.enhance.max_pixels)
+            img, alpha, alpha_info = _alpha(src.output_key, rgb, alpha)
             img, mask_info = with_mask(self.cfg, src.key, img, mask_sha)
-            info = {**info, **mask_info}
+            info = {**info, **mask_info, **alpha_info}
         except Exception as e:
             self.fail(src, e)
             return None
         finally:
             if not local_in:
                 path.unlink(missing_ok=True)
-        return (src, sha, info, img.shape[:2]), img
+        return (src, sha, info, img.shape[:2], alpha), img
 
-    def put(self, key: str, save: Callable[[Path], Any], tmp: Path) -> str:
+    def put(self, key: str, save: Callable[[Path], Any], tmp: Path | None) -> str:
         """Write one file of the output atomically with `save(path)` (an atomic local writer;
         on S3 a temp file, then one PUT); its sha256."""
         if isinstance(self.out_store, LocalStorage):
             out_path = Path(self.out_store.url_for(key))
             save(out_path)
             return file_sha256(out_path)
+        assert tmp is not None, "a scratch folder for S3 outputs"
         out_path = tmp / ("out" + Path(key).suffix.lower())
         save(out_path)
         out_sha = file_sha256(out_path)
@@ -304,16 +363,16 @@ class ShardRun:
         out_path.unlink()
         return out_sha
 
-    def write(self, src: Source, img: Any, depth: int, tmp: Path) -> str:
-        """Write one output image; its sha256."""
+    def write(self, src: Source, img: Any, alpha: Any, depth: int, tmp: Path | None) -> str:
+        """Write one output image (with its alpha channel unless None); its sha256."""
         q = self.cfg.enhance.jpeg_quality
 
         def save(path: Path) -> None:
-            write_image(path, img, bit_depth=depth, quality=q)
+            write_image(path, img, alpha=alpha, bit_depth=depth, quality=q)
 
         return self.put(src.output_key, save, tmp)
 
-    def write_uncertainty(self, src: Source, std: Any, tmp: Path) -> dict[str, Any]:
+    def write_uncertainty(self, src: Source, std: Any, tmp: Path | None) -> dict[str, Any]:
         """Write an output's uncertainty map (PNG) and std (.npy) beside it; their record."""
         map_key, std_key = uncertainty_keys(src.output_key)
         return {
@@ -332,7 +391,7 @@ class ShardRun:
     ) -> None:  # fmt: skip
         """Record a written output (and its uncertainty files) in the partial manifest and
         report it."""
-        src, sha, info, (ih, iw) = ident
+        src, sha, info, (ih, iw), _ = ident
         h, w = img.shape[:2]
         self.stats["processed"] += 1
         self.stats["in_mpix"] += iw * ih / 1e6
@@ -356,6 +415,10 @@ class ShardRun:
             note = f"animated ({info['frames']} frames): only the first frame is enhanced"
             self.records[src.key]["note"] = note
             log.info("enhance: %s: %s", self.in_store.url_for(src.key), note)
+        if "alpha" in info:  # "kept", or composited over white for JPEG/BMP: say which
+            self.records[src.key]["alpha"] = info["alpha"]
+            level = logging.INFO if info["alpha"] == "kept" else logging.WARNING
+            log.log(level, "enhance: %s: alpha %s", self.in_store.url_for(src.key), info["alpha"])
         self.save_partial()
         self.report(src, "done", seconds=seconds)
 
