@@ -292,3 +292,21 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, case):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output
     assert res.stdout == "" and res.stderr.count("\n") == 1 and res.stderr.startswith("error: ")
+
+
+def test_cli_version_and_a_command_per_stage():
+    """`diffenhance --version`, and every dvc.yaml stage as a subcommand (train_compare is
+    `diffenhance train` with the overrides its cmd shows)."""
+    import diffenhance
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout == f"diffenhance {diffenhance.__version__}\n"
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    assert set(stages) - {"train_compare"} <= commands
+
+
+def test_cli_train_refuses_a_bad_param_in_one_line():
+    res = CliRunner().invoke(app, ["train", "train.lr=nan"])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.count("\n") == 1 and "'train.lr' = nan" in res.stderr

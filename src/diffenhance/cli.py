@@ -33,6 +33,25 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from diffenhance import __version__
+
+        typer.echo(f"diffenhance {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """Diffusion image restoration: pipeline stages, enhancement and evaluation."""
+
+
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 OverridesArg = Annotated[
     list[str] | None,
@@ -110,6 +129,18 @@ def prepare(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yam
 def degrade(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yaml")) -> None:
     """Write the fixed validation LQ/HQ pairs of every task (the `degrade` stage)."""
     _run_stage("degrade", params, overrides)
+
+
+@app.command()
+def train(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Train (or resume) one restorer per task in `train.tasks` (the `train` stage)."""
+    _run_stage("train", params, overrides)
+
+
+@app.command()
+def compare(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Score the formulations trained by `train_compare` side by side (the `compare` stage)."""
+    _run_stage("compare", params, overrides)
 
 
 @app.command()
