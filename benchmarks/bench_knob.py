@@ -10,6 +10,9 @@ task's protocol: Y with border crop = scale for SR). Per setting, the means over
 * where the error sits: the Y error std on the flattest 30% of the truth's pixels and on all
   (`metrics.error_std_flat`, 0-255), and the grain score over the fidelity end (detail 0):
   (flat ratio) / (whole-image ratio); about 1 for a posterior sample, above 1.1 is grain;
+* inpainting: all of the above inside the hole only (`hole_score`: outside it the output is
+  the input, exact by construction): PSNR/SSIM over the hole's pixels, the HF ratio and the
+  error stds over the hole's pixels (the flat pixels: the flattest 30% of the hole);
 * at the chosen detail preset, the uncertainty map (per-pixel std of `--unc-samples` samples)
   and its Pearson correlation with the output's |error|, beside an edge map's (the gradient
   magnitude of the output: a map that only finds edges).
@@ -21,7 +24,8 @@ when its HF ratio reaches 0.8 (then balanced = the same steps at half its detail
 reaches 0.8 it is shipped as balanced only, and the model has no detail preset: no setting of
 it gives ground-truth-like detail without grain. `--set-presets` records them, with the
 figures, in the checkpoint's "recommended" metadata (`model.set_recommended`: weights
-unchanged).
+unchanged; a recorded `min_tile` is kept). A model without a detail knob (indi, residual)
+gets one row, its output at the first `--steps` (to compare a knob model's fidelity end with).
 
     python benchmarks/bench_knob.py --model models/pretrained/sr4 --out /tmp/knob
     python benchmarks/bench_knob.py --model RUN/out/sr4 --set-presets --record
@@ -50,10 +54,19 @@ sys.path.insert(0, str(REPO / "src"))
 import numpy as np  # noqa: E402
 
 from diffenhance.config import load_config  # noqa: E402
+from diffenhance.diffusion.formulations import get_formulation  # noqa: E402
 from diffenhance.evaluate import folder_pairs, score  # noqa: E402
 from diffenhance.io import write_image  # noqa: E402
-from diffenhance.metrics import grain_score, mean_psnr, protocol_for_task  # noqa: E402
-from diffenhance.model import load_restorer, set_recommended  # noqa: E402
+from diffenhance.metrics import (  # noqa: E402
+    error_std_flat,
+    grain_score,
+    hf_energy_ratio,
+    masked_psnr,
+    masked_ssim,
+    mean_psnr,
+    protocol_for_task,
+)
+from diffenhance.model import load_restorer, recommended_min_tile, set_recommended  # noqa: E402
 from diffenhance.restore import restore, restore_with_uncertainty, sampling_spec  # noqa: E402
 from diffenhance.uncertainty import error_correlation  # noqa: E402
 
@@ -61,20 +74,50 @@ MAX_DROP_DB = 2.0  # the detail preset may cost at most this much PSNR-Y against
 MAX_GRAIN = 1.1  # ... and its grain score may be at most this
 MAX_HF = 1.2  # ... and its HF ratio at most this (more is grain, not detail)
 MIN_HF = 0.8  # the detail preset reaches at least this much of the truth's fine detail
+# What the figures of an inpainting model cover (recorded in the results and the card).
+HOLE_SCOPE = (
+    "inside the hole: PSNR/SSIM (RGB, Y), HF ratio and error stds over the hole's "
+    "pixels only (the HF band filtered on the whole image, summed in the hole)"
+)
 
 
 def setting_name(steps: int, detail: float) -> str:
     return "fidelity" if detail == 0 else f"steps{steps}_detail{detail:g}"
 
 
+def hole_score(pred: np.ndarray, hr: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """`evaluate.score`'s keys for an inpainting prediction, inside the hole (`mask` HxW, 1 =
+    hole) only: PSNR/SSIM RGB and Y over the hole's pixels (`metrics.masked_psnr` /
+    `masked_ssim`; psnr_rgb is evaluate's psnr_mask), the HF ratio and the Y error stds
+    (flat: the flattest 30% of the hole) over the hole's pixels (`hf_energy_ratio` /
+    `error_std_flat` with the mask). The output outside the hole is taken as the truth there
+    (what the restore path returns: the input's known pixels), so nothing of it counts, also
+    not in the SSIM windows and the HF filter that reach across the hole's edge."""
+    pred = np.where(mask[..., None] >= 0.5, pred, hr)
+    out = {}
+    for name, y in (("rgb", False), ("y", True)):
+        out[f"psnr_{name}"] = float(masked_psnr(pred, hr, mask, y_channel=y)[0])
+        out[f"ssim_{name}"] = float(masked_ssim(pred, hr, mask, y_channel=y)[0])
+    out["hf_ratio"] = float(hf_energy_ratio(pred, hr, mask=mask)[0])
+    flat, whole = error_std_flat(pred, hr, mask=mask)
+    out["err_std_flat_y"], out["err_std_y"] = float(flat[0]), float(whole[0])
+    return out
+
+
 def measure(r: Any, pairs: list, cfg: Any, steps: int, detail: float, images: Path | None) -> dict:
-    """Mean figures of one (steps, detail) over the pairs (see the module docstring)."""
+    """Mean figures of one (steps, detail) over the pairs (see the module docstring); for a
+    model without a detail knob, its output at `steps` (detail is not asked)."""
     protocols = protocol_for_task(r.task, cfg.degrade)
-    spec = sampling_spec(r, cfg.infer, steps=steps, detail=detail, samples=1, seed=0)
+    knob = get_formulation(r.diffusion_cfg.formulation).detail_knob
+    spec = sampling_spec(r, cfg.infer, steps=steps, detail=detail if knob else None, samples=1,
+                         seed=0)  # fmt: skip
     rows, t0 = [], time.perf_counter()
     for p in pairs:
         pred = restore(r, p.lq, spec)
-        rows.append(score(pred, p.hr, protocols, p.mask))
+        if p.mask is None:
+            rows.append(score(pred, p.hr, protocols))
+        else:
+            rows.append(hole_score(pred, p.hr, p.mask))
         if images is not None:
             write_image(images / setting_name(steps, detail) / f"{p.name}.png", pred)
     seconds = (time.perf_counter() - t0) / len(pairs)
@@ -133,7 +176,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"- command: `{res['command']}`",
         f"- data: the six held-out photos ({', '.join(res['images'])}), centre crop "
         f"{res['val_size']} px; {p} protocol (border crop = scale); one sample, seed 0",
-        "",
+        *([f"- scored {res['scope']}", ""] if res.get("scope") else [""]),
         f"| steps | detail | PSNR-{p} | SSIM-{p} | HF ratio | flat err std | all err std "
         "| grain score | s / image |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -180,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     p = "y" if proto.y_channel else "rgb"
     details = sorted({float(d) for d in args.detail.split(",")} | {0.0})
     steps = [int(s) for s in args.steps.split(",")]
-    grid = [(steps[0], 0.0)] + [(s, d) for s in steps for d in details if d > 0]
+    knob = get_formulation(r.diffusion_cfg.formulation).detail_knob
+    if args.set_presets and not knob:
+        ap.error(f"--set-presets: a {r.diffusion_cfg.formulation} model has no detail knob")
+    grid = [(steps[0], 0.0)] + [(s, d) for s in steps for d in details if d > 0 and knob]
     rows = []
     for s, d in grid:
         rows.append(measure(r, pairs, cfg, s, d, out / "images"))
@@ -197,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": git_commit(),
         "command": "python benchmarks/bench_knob.py " + " ".join(argv or sys.argv[1:]),
     }  # fmt: skip
+    if any(q.mask is not None for q in pairs):
+        res["scope"] = HOLE_SCOPE
     far = presets.get("detail") or presets.get("balanced")  # the knob's far end as shipped
     if args.unc_samples >= 2 and far is not None:
         res["uncertainty"] = uncertainty(r, pairs, cfg, far, args.unc_samples, proto.crop)
@@ -214,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             + f" (RESULTS.md, bench_knob.py, six held-out photos at {args.val_size} px)"
         )
         fid = presets["fidelity"]
-        set_recommended(args.model, fid["steps"], 1, why, presets=presets)
+        set_recommended(args.model, fid["steps"], 1, why,
+                        min_tile=recommended_min_tile(r) or None, presets=presets)  # fmt: skip
         print(f"presets recorded in {args.model}: {presets}")
     return 0
 

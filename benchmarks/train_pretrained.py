@@ -321,11 +321,16 @@ def ship(
     checkpoint (`model.set_recommended`: `steps` steps, 1 sample, `why`) and the held-out
     figures in the card (`measured`: e.g. bench_quality.py's numbers and its command), and with
     `knob` (bench_knob.py's result) the measured presets in the checkpoint and the knob's table
-    in the card. The
+    in the card. A `min_tile` the run's checkpoint recommends (inpaint's) is kept. The
     copy is made next to dest/<task> and swapped in whole, so a failure leaves the shipped
     model as it was. Returns the card."""
     from diffenhance.io import temp_name
-    from diffenhance.model import WEIGHTS_NAME, load_restorer, set_recommended
+    from diffenhance.model import (
+        WEIGHTS_NAME,
+        load_restorer,
+        recommended_min_tile,
+        set_recommended,
+    )
 
     src = run_out / task
     missing = [
@@ -342,13 +347,14 @@ def ship(
     try:
         copy_run_files(src, tmp)
         presets = None if knob is None else knob["presets"]
-        set_recommended(tmp / WEIGHTS_NAME, steps, 1, why, presets=presets)
+        min_tile = recommended_min_tile(load_restorer(tmp)) or None
+        set_recommended(tmp / WEIGHTS_NAME, steps, 1, why, min_tile=min_tile, presets=presets)
         card["size_bytes"] = (tmp / WEIGHTS_NAME).stat().st_size
         if measured is not None:
             card["measured"] = measured
         if knob is not None:
-            card["knob"] = {k: knob[k] for k in ("presets", "rows", "uncertainty", "command",
-                                                 "machine", "date") if k in knob}  # fmt: skip
+            card["knob"] = {k: knob[k] for k in ("presets", "rows", "uncertainty", "scope",
+                                                 "command", "machine", "date") if k in knob}  # fmt: skip
         (tmp / "training.json").write_text(json.dumps(card, indent=2) + "\n")
         load_restorer(tmp)  # it loads from its own metadata, as users will load it
     except BaseException:

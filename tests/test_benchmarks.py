@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,3 +169,53 @@ def test_bench_knob_presets_follow_the_bars():
     rows[1]["hf_ratio"] = 0.5  # the best clean setting is not ground-truth-like: balanced only
     got = knob.choose_presets(rows, "y")
     assert list(got) == ["fidelity", "balanced"] and got["balanced"]["detail"] == 1.0
+
+
+def test_bench_knob_scores_inpainting_inside_the_hole_only():
+    """An inpainting output is scored in the hole: corrupting the output outside it changes no
+    figure, a change inside does; the figures are `evaluate.score`'s keys (psnr_rgb is
+    evaluate's psnr_mask) without the exact known pixels that lift the whole-image ones."""
+    from diffenhance.evaluate import score
+    from diffenhance.metrics import protocol_for_task
+
+    knob = _bench("bench_knob")
+    rng = np.random.default_rng(0)
+    hr = rng.random((64, 64, 3)).astype(np.float32)
+    mask = np.zeros((64, 64), np.float32)
+    mask[10:40, 20:50] = 1.0
+    hole = mask[..., None] >= 0.5
+    noisy = np.clip(hr + 0.1 * rng.standard_normal(hr.shape), 0, 1).astype(np.float32)
+    pred = np.where(hole, noisy, hr)  # what inpainting returns: the input outside the hole
+    got = knob.hole_score(pred, hr, mask)
+    whole = score(pred, hr, protocol_for_task("inpaint"), mask)
+    assert set(got) == set(whole) - {"psnr_mask", "ssim_mask"}
+    assert got["psnr_rgb"] == whole["psnr_mask"]
+    assert got["psnr_y"] < whole["psnr_y"] and got["err_std_y"] > whole["err_std_y"]
+    corrupt = np.where(hole, pred, rng.random(hr.shape).astype(np.float32))
+    assert knob.hole_score(corrupt, hr, mask) == got  # outside the hole: nothing counts
+    worse = pred.copy()
+    worse[20:30, 30:40] = 1.0 - worse[20:30, 30:40]
+    assert knob.hole_score(worse, hr, mask)["psnr_y"] < got["psnr_y"]
+    assert knob.hole_score(worse, hr, mask)["err_std_y"] > got["err_std_y"]
+
+
+def test_ship_keeps_the_runs_min_tile(train_pretrained, tmp_path):
+    """Shipping with a knob rewrites the recommendation but keeps a min_tile the run's
+    checkpoint recommends (inpaint's: a hole needs its whole crop as context)."""
+    from diffenhance.model import load_restorer, presets, recommended_min_tile
+
+    run_out = tmp_path / "run"
+    shutil.copytree(REPO / "models" / "pretrained" / "inpaint", run_out / "inpaint")
+    assert recommended_min_tile(load_restorer(run_out / "inpaint")) == 256
+    knob = {"presets": {"fidelity": {"steps": 1, "samples": 1, "detail": 1.0}}, "rows": [],
+            "scope": "inside the hole"}  # fmt: skip
+    (tmp_path / "knob.json").write_text(json.dumps(knob))
+    dest = tmp_path / "pretrained"
+    rc = train_pretrained.main(["--task", "inpaint", "--ship", str(run_out), "--dest", str(dest),
+                                "--why", "measured", "--knob", str(tmp_path / "knob.json")])  # fmt: skip
+    assert rc == 0
+    r = load_restorer(dest / "inpaint")
+    assert recommended_min_tile(r) == 256 and presets(r) == knob["presets"]
+    assert json.loads((dest / "inpaint" / "training.json").read_text())["knob"]["scope"] == (
+        "inside the hole"
+    )

@@ -129,11 +129,14 @@ def masked_psnr(
     pred: np.ndarray | torch.Tensor,
     target: np.ndarray | torch.Tensor,
     mask: np.ndarray | torch.Tensor,
+    *,
+    y_channel: bool = False,
 ) -> torch.Tensor:
-    """Per-image PSNR (RGB, dB, data range 1) over the pixels where `mask` >= 0.5 only:
-    10 log10(1 / MSE), the MSE averaged over those pixels and all channels (inpainting's
-    inside-the-hole score). float64 [N]; +inf when they are identical there."""
-    p, t = _prepare(pred, target, 0, False)
+    """Per-image PSNR (RGB, or BT.601 Y with `y_channel`; dB, data range 1) over the pixels
+    where `mask` >= 0.5 only: 10 log10(1 / MSE), the MSE averaged over those pixels and all
+    channels (inpainting's inside-the-hole score). float64 [N]; +inf when they are identical
+    there."""
+    p, t = _prepare(pred, target, 0, y_channel)
     m = _mask_tensor(mask, p)
     n = m.sum(dim=(1, 2, 3)) * p.shape[1]
     if (n == 0).any():
@@ -170,11 +173,13 @@ def masked_ssim(
     pred: np.ndarray | torch.Tensor,
     target: np.ndarray | torch.Tensor,
     mask: np.ndarray | torch.Tensor,
+    *,
+    y_channel: bool = False,
 ) -> torch.Tensor:
-    """Per-image SSIM (RGB) averaged over the windows centred on masked pixels (the map of
-    `ssim`, same window and valid region). float64 [N]; NaN when no masked pixel lies in the
-    valid region (within 5 px of the border only)."""
-    p, t = _prepare(pred, target, 0, False, min_side=SSIM_WINDOW)
+    """Per-image SSIM (RGB, or Y with `y_channel`) averaged over the windows centred on masked
+    pixels (the map of `ssim`, same window and valid region). float64 [N]; NaN when no masked
+    pixel lies in the valid region (within 5 px of the border only)."""
+    p, t = _prepare(pred, target, 0, y_channel, min_side=SSIM_WINDOW)
     m = _mask_tensor(mask, p)
     _, full = structural_similarity_index_measure(
         p, t, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW, data_range=1.0,
@@ -271,12 +276,28 @@ def _hf_energy(y: torch.Tensor, cutoff: float) -> torch.Tensor:
     return (power * mask).flatten(1).sum(dim=1)
 
 
+def _hf_energy_in(y: torch.Tensor, cutoff: float, keep: torch.Tensor) -> torch.Tensor:
+    """High-frequency energy of [N,1,H,W] float64 counted on the pixels `keep` ([N,1,H,W],
+    0/1) only: the same radial band as `_hf_energy` applied as a filter to the whole image
+    (mirror-extended to 2H x 2W, so there is no wrap-around edge; no window), its squared
+    response summed over `keep` (by Parseval the spectral sum when `keep` is everything)."""
+    h, w = y.shape[-2:]
+    z = torch.cat([y, y.flip(-1)], dim=-1)
+    z = torch.cat([z, z.flip(-2)], dim=-2)
+    fy = torch.fft.fftfreq(2 * h, dtype=y.dtype, device=y.device).view(-1, 1)
+    fx = torch.fft.fftfreq(2 * w, dtype=y.dtype, device=y.device).view(1, -1)
+    band = (fy.square() + fx.square()).sqrt() / 0.5 > cutoff
+    hp = torch.fft.ifft2(torch.fft.fft2(z) * band).real[..., :h, :w]
+    return (hp.square() * keep).flatten(1).sum(dim=1)
+
+
 def hf_energy_ratio(
     pred: np.ndarray | torch.Tensor,
     target: np.ndarray | torch.Tensor,
     *,
     cutoff: float = 0.25,
     crop: int = 0,
+    mask: np.ndarray | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sharpness of `pred` relative to `target`: per-image float64 [N], no learned weights.
 
@@ -287,10 +308,19 @@ def hf_energy_ratio(
     the amount of detail, not its correctness: read it beside PSNR/SSIM. With cutoff 0.25 it
     counts exactly the band that x4 downsampling removes. pred/target as for `psnr`, [0, 1];
     `crop` border pixels dropped first. A target with no energy there gives inf (or nan).
+
+    With a `mask` (HxW, 1 = counted; inpainting's hole; no crop) the energy is counted on the
+    masked pixels only (`_hf_energy_in`: the same band as a filter over the whole image, its
+    squared response summed in the mask), so pixels outside it do not dilute the ratio.
     """
     if not 0.0 < cutoff < 1.0:
         raise ValueError(f"cutoff must be in (0, 1) (a fraction of Nyquist), got {cutoff}")
+    if mask is not None and crop:
+        raise ValueError("hf_energy_ratio: a mask is scored without a border crop")
     p, t = _prepare(pred, target, crop, y_channel=True, min_side=8)
+    if mask is not None:
+        keep = _mask_tensor(mask, p)
+        return _hf_energy_in(p, cutoff, keep) / _hf_energy_in(t, cutoff, keep)
     return _hf_energy(p, cutoff) / _hf_energy(t, cutoff)
 
 
@@ -306,6 +336,7 @@ def error_std_flat(
     crop: int = 0,
     flat_share: float = FLAT_SHARE,
     window: int = 5,
+    mask: np.ndarray | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the error sits: (std of Y error on the flat pixels, std of Y error on all pixels),
     per image float64 [N] each, in 8-bit units (0-255).
@@ -317,6 +348,10 @@ def error_std_flat(
     ratio (flat_b / flat_a) / (all_b / all_a) of two settings a -> b is about 1 for a true
     posterior sample over the posterior mean (its error grows by sqrt(2) everywhere) and well
     above 1 for added grain. pred/target as for `psnr`, [0, 1].
+
+    With a `mask` (HxW, 1 = counted; inpainting's hole; no crop) both figures are over the
+    masked pixels only: the flat ones are the `flat_share` of the masked pixels with the lowest
+    local gradient (computed on the whole truth), so pixels outside the mask never count.
     """
     if not 0.0 < flat_share <= 1.0:
         raise ValueError(f"flat_share must be in (0, 1], got {flat_share}")
@@ -328,6 +363,19 @@ def error_std_flat(
         count_include_pad=False,
     ).flatten(1)  # fmt: skip
     err = ((p - t) * 255.0).flatten(1)
+    if mask is not None:
+        if crop:
+            raise ValueError("error_std_flat: a mask is scored without a border crop")
+        keep = _mask_tensor(mask, p).expand_as(p).flatten(1) > 0
+        if not keep.any(dim=1).all():
+            raise ValueError("error_std_flat: the mask selects no pixel")
+        flat_s, whole_s = [], []
+        for e, g, m in zip(err, grad, keep, strict=True):
+            e, g = e[m], g[m]
+            n = max(1, int(round(flat_share * g.numel())))
+            flat_s.append(e[g.argsort(stable=True)[:n].sort().values].std(correction=0))
+            whole_s.append(e.std(correction=0))
+        return torch.stack(flat_s), torch.stack(whole_s)
     k = max(1, int(round(flat_share * grad.shape[1])))
     flat = torch.zeros_like(grad, dtype=torch.bool)
     flat.scatter_(1, grad.argsort(dim=1, stable=True)[:, :k], True)
