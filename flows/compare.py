@@ -2,7 +2,7 @@
 by `train_compare@<formulation>`, scored side by side on the validation pairs of
 `compare.task` (PSNR/SSIM and sharpness against sampler steps, both ends of the fidelity knob,
 the baseline and regression), into `reports/compare/` with a self-contained report.html.
-Run: `dvc repro compare` or `python -m flows.compare [section.key=value ...]`."""
+Run: `dvc repro compare/dvc.yaml` or `python -m flows.compare [section.key=value ...]`."""
 
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ CPU minutes) is opt-in:
     python -m flows.pipeline [extra dvc repro args, e.g. --force]   # the main job
     python -m flows.pipeline compare                                # the formulation comparison
     python -m flows.pipeline report compare                         # both
+
+`compare` stands for compare/dvc.yaml's final stage (the comparison lives in its own dvc.yaml,
+so that a bare `dvc repro` never runs it).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from pathlib import Path
 from flows.server import local_prefect_server
 
 MAIN_TARGETS = ["report"]  # the stages `make run` reproduces (with their ancestors)
+TARGET_NAMES = {"compare": "compare/dvc.yaml:compare"}  # short names of the opt-in pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(not a.startswith("-") for a in argv):  # no stage named: the main job
         argv += MAIN_TARGETS
+    argv = [TARGET_NAMES.get(a, a) for a in argv]
     bindir = Path(sys.executable).parent
     dvc = shutil.which("dvc", path=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     if dvc is None:

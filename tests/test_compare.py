@@ -181,7 +181,7 @@ def test_summarise_golden_values():
 
 def test_dvc_stage_trains_with_exactly_the_compare_overrides():
     """dvc.yaml's train_compare command passes the same overrides as `train_overrides`."""
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train_compare"]
+    stage = yaml.safe_load((REPO / "compare/dvc.yaml").read_text())["stages"]["train_compare"]
     cfg = load_config(REPO / "params.yaml")
     c = cfg.compare
     for kind in c.formulations:

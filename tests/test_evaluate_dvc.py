@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
+
+import pytest
 
 from diffenhance.train import train_model
+from tests.browser import CHROMIUM, chromium, console_lines
 from tests.pipeline_utils import copy_repo, git, run, set_params
 from tests.tiny import make_dataset, tiny_config
 
@@ -42,3 +47,21 @@ def test_dvc_stages_metrics_plots_and_reproducibility(tmp_path, prefect_api):
     plots = json.loads(run(repo, "dvc", "plots", "show", "--json").stdout)
     assert "reports/sr2/psnr_vs_steps.csv" in json.dumps(plots)
     assert "reports/sr2/plots/scatter.png" in json.dumps(plots)
+    _plots_page_draws_offline(repo, tmp_path)
+
+
+def _plots_page_draws_offline(repo, tmp_path):
+    """`dvc plots show` writes a page whose charts draw without a network: .dvc/config's
+    html_template (docs/dvc-plots.html) inlines vega; DVC's own page loads it from a CDN."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs /usr/bin/chromium: run scripts/ensure_chromium.sh")
+    page = Path(run(repo, "dvc", "plots", "show", "-o", str(tmp_path / "plots")).stdout.split()[-1]
+                .removeprefix("file://"))  # fmt: skip
+    html = page.read_text()
+    assert "<script src=" not in html and "cdn.jsdelivr" not in html
+    n_charts = html.count("vegaEmbed('#")
+    assert n_charts >= 2  # psnr_vs_steps.csv and train_log.csv
+    dom = chromium(page, tmp_path, "--virtual-time-budget=10000", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert len(re.findall(r'<canvas[^>]*class="marks"', dom.stdout)) == n_charts
+    assert not [line for line in console_lines(dom.stderr) if "rror" in line]

@@ -72,8 +72,24 @@ TINY_RUN = [
 ]
 
 
+DVC_FILES = {"": "dvc.yaml", "compare/dvc.yaml:": "compare/dvc.yaml"}  # address prefix: file
+
+
 def _stages() -> dict:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    """{stage name: its definition} over both pipelines (the main one and the opt-in compare)."""
+    return {
+        name: stage
+        for f in DVC_FILES.values()
+        for name, stage in yaml.safe_load((REPO / f).read_text())["stages"].items()
+    }
+
+
+def _address(stage: str) -> str:
+    """The name `dvc status` gives a stage: prefixed by its dvc.yaml outside the root's."""
+    for prefix, f in DVC_FILES.items():
+        if stage in yaml.safe_load((REPO / f).read_text())["stages"]:
+            return prefix + stage
+    raise KeyError(stage)
 
 
 def _body(stage: dict) -> dict:
@@ -245,7 +261,8 @@ def test_every_infer_field_reruns_the_stages_that_read_it(committed_repo, stage_
             for stage, keys in stage_reads.items():
                 overridden, _ = _set_by_cmd(_stages()[stage])
                 if key in keys and key not in overridden:
-                    expect |= {f"{stage}@{i}" for i in items[stage]} if stage in items else {stage}
+                    name = _address(stage)
+                    expect |= {f"{name}@{i}" for i in items[stage]} if stage in items else {name}
             assert _stale(committed_repo) == expect, key
     finally:
         params.write_text(original)

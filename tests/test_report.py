@@ -20,14 +20,8 @@ from diffenhance.evaluate import evaluate_model, load_evaluation
 from diffenhance.io import write_image
 from diffenhance.report import build_report, per_image_gain, pick_crops
 from diffenhance.report_plots import crop_figure, zoom_box
+from tests.browser import CHROMIUM, chromium, console_lines, needs_chromium
 from tests.tiny import smooth_image, tiny_config, tiny_model
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--enable-logging=stderr", "--v=0",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -101,36 +95,22 @@ def test_best_and_worst_crops_and_zoom_region(evaluated):
     assert zoom_box(img[:10, :10], 32)[2] == 5  # at most half the image
 
 
-def _chromium(html: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", *args,
-         html.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-
-
-def _console_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
-
-
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs /usr/bin/chromium: run scripts/ensure_chromium.sh"
-)
+@needs_chromium
 def test_report_renders_in_headless_chromium(report, tmp_path):
     shot = tmp_path / "report.png"
-    proc = _chromium(report.html, tmp_path, f"--screenshot={shot}", "--window-size=1280,2000")
+    proc = chromium(report.html, tmp_path, f"--screenshot={shot}", "--window-size=1280,2000")
     assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
     page = np.asarray(Image.open(shot).convert("RGB"), np.float32)
     assert page.shape == (2000, 1280, 3)
     ink = (page.min(axis=2) < 200).mean()  # share of pixels that are not (near) white
     assert 0.03 < ink < 0.9 and page.std() > 20, (ink, page.std())  # not blank
-    assert not _console_lines(proc.stderr), _console_lines(proc.stderr)
-    dom = _chromium(report.html, tmp_path, "--dump-dom")
+    assert not console_lines(proc.stderr), console_lines(proc.stderr)
+    dom = chromium(report.html, tmp_path, "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     n_img = len(re.findall(r"<img ", dom.stdout))
     assert n_img == 5 and dom.stdout.count('data-decoded="1"') == n_img
     assert 'data-images-ok="1"' in dom.stdout
-    assert not _console_lines(dom.stderr), _console_lines(dom.stderr)  # no errors, no logs
+    assert not console_lines(dom.stderr), console_lines(dom.stderr)  # no errors, no logs
     # the same checks catch a broken image and a script error
     bad = tmp_path / "bad.html"
     bad.write_text(
@@ -138,9 +118,9 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         .replace("base64,iVBOR", "base64,AAAA", 1)
         .replace("<h1>", "<script>undefined_function();</script><h1>", 1)
     )
-    dom = _chromium(bad, tmp_path, "--dump-dom")
+    dom = chromium(bad, tmp_path, "--dump-dom")
     assert 'data-decoded="0"' in dom.stdout and 'data-images-ok="0"' in dom.stdout
-    logged = "\n".join(_console_lines(dom.stderr))
+    logged = "\n".join(console_lines(dom.stderr))
     assert "image failed to decode" in logged and "Uncaught ReferenceError" in logged
 
 
