@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from diffenhance.config import ConfigError, StorageConfig, load_config, section_from_dict
-from diffenhance.publish import PublishError, publish
+from diffenhance.publish import PublishError, publish, summary_markdown
 from diffenhance.storage import open_storage
 from flows.publish import publish as publish_flow  # at import: Prefect configures logging
 from tests.conftest import REPO
@@ -142,6 +142,34 @@ def test_local_default_never_publishes_itself(tmp_path: Path) -> None:
     second = publish(cfg, root=repo)
     assert (second.uploaded, second.skipped, second.manifest_written) == (0, 5, False)
     assert {p: p.stat().st_mtime_ns for p in [*dest.rglob("*"), copy]} == stamps  # untouched
+
+
+def test_shipped_pretrained_models_are_not_published_by_default(tmp_path: Path) -> None:
+    """models/pretrained/ is in git already (tens of MB; the manifest names the commit):
+    publish leaves it out by default and counts it as excluded, as it does the resume state;
+    storage.publish_exclude without it publishes it."""
+    repo = make_repo(tmp_path / "repo")
+    shipped = {
+        "models/pretrained/sr4/model.safetensors": os.urandom(9000),
+        "models/pretrained/sr4/training.json": b"{}\n",
+    }
+    for rel, data in shipped.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_bytes(data)
+    git(repo, "add", "-f", "models/pretrained")  # tracked, as in this repository
+    git(repo, "commit", "-qm", "ship pretrained models")
+    result = publish(config(repo, "results/published"), root=repo)
+    assert [o["key"] for o in result.manifest["objects"]] == PUBLISHED
+    assert not (repo / "results/published/models/pretrained").exists()
+    assert result.manifest["sources"]["models"]["excluded"] == 3  # resume state + 2 shipped
+    assert ", 4 excluded -> " in str(result)  # and results/.gitkeep
+    assert "| `models/` | `models` | 2 | 2 | 0 | 3 |" in summary_markdown(result)
+
+    keep = 'storage.publish_exclude=["models/*/state/*", "*/.gitkeep"]'
+    opted_in = publish(config(repo, "results/published", keep), root=repo)
+    assert opted_in.uploaded == 2 and opted_in.excluded == 2
+    for rel, data in shipped.items():
+        assert (repo / "results/published" / rel).read_bytes() == data
 
 
 def test_local_publish_gives_files_the_umask_mode(tmp_path: Path, umask_022: int) -> None:

@@ -16,6 +16,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -368,6 +369,98 @@ def test_credentials_never_leak(
     for secret in secrets:
         leaks = [t[:200] for t in texts if secret in t]
         assert not leaks, f"credential leaked: {leaks[:3]}"
+
+
+# ----------------------------------------------------------------------------- upload
+
+
+def upload_cli(*args: str):
+    """`diffenhance upload ARGS` in-process (stdout and stderr kept apart)."""
+    from typer.testing import CliRunner
+
+    from diffenhance.cli import app
+
+    return CliRunner().invoke(app, ["upload", *args])
+
+
+def test_upload_command_skips_unchanged_and_hidden(
+    s3_env: SeaweedS3, s3_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`diffenhance upload DIR s3://...`: every file (any extension) through the test server,
+    verified; hidden files and folders named, not sent; a rerun sends nothing; a changed file
+    alone is sent again; one file goes to DEST/<its name>."""
+    src = write_tree(tmp_path / "photos")
+    hidden = {".DS_Store": b"finder", ".git/config": b"[core]", "a/.thumbs/t.png": b"thumb"}
+    write_tree(src, hidden)
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the built-in storage defaults
+    url = s3_prefix + "/in"
+    store = open_storage(url)
+    with FaultProxy(s3_env.endpoint_url, fail_first=0) as proxy:
+        via = f"storage.endpoint_url={proxy.url}"  # storage.* overrides as publish's
+        res = upload_cli(str(src), url, via)
+        assert res.exit_code == 0, res.output
+        size = sum(map(len, TREE.values()))
+        assert res.stdout == f"upload: {len(TREE)} files ({size} bytes) sent, 0 unchanged, "\
+                             f"3 hidden skipped -> {url}\n"  # fmt: skip
+        lines = res.stderr.splitlines()
+        assert lines[:3] == ["skipped .git/ (hidden)", "skipped .DS_Store (hidden)",
+                             "skipped a/.thumbs/ (hidden)"]  # fmt: skip
+        assert lines[3] == f"[1/5] empty.txt -> {url}/empty.txt (uploaded, 0 bytes)"
+        assert (
+            f"] a/b/ünï çødé.png -> {url}/a/b/ünï çødé.png (uploaded, 3000 bytes)\n" in res.stderr
+        )
+        assert len(lines) == 3 + len(TREE)
+        store.download_dir("", tmp_path / "back")
+        assert read_tree(tmp_path / "back") == TREE
+        for key, data in TREE.items():
+            assert store.checksum(key) == sha(data)  # verified: our sha256 metadata is there
+
+        n = len(proxy.log)
+        res = upload_cli(str(src), url, via)
+        assert res.exit_code == 0, res.output
+        assert {m for m, _, _ in proxy.log[n:]} == {"HEAD"}  # nothing sent, only compared
+        assert res.stdout.startswith(f"upload: 0 files (0 bytes) sent, {len(TREE)} unchanged")
+        assert f"[1/5] empty.txt -> {url}/empty.txt (unchanged)\n" in res.stderr
+
+        (src / "x/y/z/deep name.bin").write_bytes(b"changed")
+        n = len(proxy.log)
+        res = upload_cli(str(src), url, via)
+        assert res.exit_code == 0, res.output
+        sent = [unquote(path) for m, path, _ in proxy.log[n:] if m in ("PUT", "POST")]
+        assert [p.rsplit("/in/", 1)[1] for p in sent] == ["x/y/z/deep name.bin"]
+        assert res.stdout.startswith(f"upload: 1 files (7 bytes) sent, {len(TREE) - 1} unchanged")
+        assert store.read_bytes("x/y/z/deep name.bin") == b"changed"
+
+    res = upload_cli(str(src / "top level.txt"), s3_prefix + "/one")  # AWS_ENDPOINT_URL_S3
+    assert res.exit_code == 0, res.output
+    assert [o.key for o in open_storage(s3_prefix + "/one").list()] == ["top level.txt"]
+
+
+def test_upload_command_errors_are_one_line(
+    s3_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad source, an unreadable file: exit 2; a store that is down: exit 1; each one
+    `error:` line naming the path."""
+    monkeypatch.chdir(tmp_path)
+    res = upload_cli(str(tmp_path / "nope"), s3_prefix)
+    assert res.exit_code == 2, res.output
+    assert res.stderr == f"error: upload: {tmp_path / 'nope'}: no such file or folder\n"
+
+    src = write_tree(tmp_path / "src", {"a.png": b"a"})
+    (src / "b.png").symlink_to(src / "gone")  # listed, cannot be read
+    res = upload_cli(str(src), s3_prefix)
+    assert res.exit_code == 2, res.output
+    assert res.stderr.splitlines()[-1] == (
+        f"error: upload: cannot read {src / 'b.png'}: No such file or directory"
+    )
+    (src / "b.png").unlink()
+
+    dead = [f"storage.endpoint_url=http://127.0.0.1:{closed_port()}", "storage.max_attempts=1"]
+    res = upload_cli(str(src), s3_prefix, *dead)
+    assert res.exit_code == 1, res.output
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"error: upload of {src / 'a.png'} stopped: "), line
+    assert "is the server running" in line
 
 
 # ----------------------------------------------------------------------------- misc

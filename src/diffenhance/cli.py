@@ -149,6 +149,33 @@ def publish(overrides: OverridesArg = None, params: ParamsOpt = Path("params.yam
     _run_stage("publish", params, overrides)
 
 
+@app.command()
+def upload(
+    src: Annotated[str, typer.Argument(help="a file or a folder (recursive) on this machine")],
+    dest: Annotated[str, typer.Argument(help="s3://bucket/prefix (or a local folder)")],
+    overrides: OverridesArg = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Put input images into a bucket for `enhance`: a file to DEST/<name>, a folder's files to
+    DEST/<relative path>. Every file goes (enhance picks its images itself) except hidden ones
+    ('.*' files and folders, each named); uploads are verified and unchanged files skipped, as
+    by publish. Endpoint and credentials as publish's: storage.endpoint_url or
+    AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE. Exit code: 0
+    done, 1 storage failed (the file named; a rerun skips what was sent), 2 a bad source,
+    unreadable file or config (one line).
+    """
+    from diffenhance.storage import open_storage, upload_path
+
+    cfg = _config_or_defaults(params, overrides)
+    with _user_errors():  # a StorageError (store down, refused, bad URL): exit 1
+        try:
+            store = open_storage(dest, cfg.storage)
+            result = upload_path(store, src, progress=lambda line: typer.echo(line, err=True))
+        except OSError as e:  # a local file that cannot be read: a bad input, as a missing one
+            _fail(str(e), 2)
+    typer.echo(f"upload: {result} -> {store.url_for()}")
+
+
 def _config_or_defaults(params: Path, overrides: list[str] | None):
     """params.yaml when present (or when named explicitly), else the built-in defaults."""
     from diffenhance.config import ConfigError, load_config

@@ -255,8 +255,10 @@ class StorageConfig:
     read_timeout_s: float = 30.0
     # `publish`: local folders (relative to the repo root) pushed to <url>/<folder>/
     publish: tuple[str, ...] = ("reports", "models", "results")
-    # glob patterns on the object key that publish skips: resume state is big, pickled, private
-    publish_exclude: tuple[str, ...] = ("models/*/state/*", "*/.gitkeep")
+    # glob patterns on the object key that publish skips (and counts): resume state is big,
+    # pickled, private; models/pretrained/ ships in git (tens of MB), so the commit in the
+    # manifest already pins it and uploading it on every publish would only cost time and space
+    publish_exclude: tuple[str, ...] = ("models/*/state/*", "*/.gitkeep", "models/pretrained/*")
     manifest: str = "publish-manifest.json"  # key under url, written last, after every upload
     manifest_copy: str = "results/publish-manifest.json"  # local copy of the last publish
 

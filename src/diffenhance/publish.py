@@ -1,7 +1,7 @@
 """Publish pipeline outputs (reports, checkpoints, batch results) to `storage.url`.
 
     result = publish(cfg, publish_sources(cfg.storage))   # or the Prefect flow `flows.publish`
-    print(result)   # "12 objects: 3 uploaded (1.2 MB), 9 unchanged -> s3://bucket/run-7"
+    print(result)   # "12 objects: 3 uploaded (1234 bytes), 9 unchanged, 7 excluded -> s3://..."
 
 Each local folder `<name>` goes to `<url>/<name>/<relative path>`. A file whose size and sha256
 already match the stored object is skipped, so a second run with no changes uploads nothing
@@ -15,7 +15,9 @@ manifest never claims an object that is not there. A byte-identical local copy i
 `storage.manifest_copy`. Nothing is ever deleted from the store.
 
 The destination folder (when `storage.url` is local, e.g. `results/published`), the manifest copy,
-half-written temp files and keys matching `storage.publish_exclude` are never published.
+half-written temp files and keys matching `storage.publish_exclude` are never published; the
+last are counted per folder ("excluded": in the result, the manifest and the summary). By default
+those are resume state and the shipped `models/pretrained/` (already in git: tens of MB).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from diffenhance.config import Config, StorageConfig
-from diffenhance.io import file_sha256, is_temp_name
+from diffenhance.io import is_temp_name
 from diffenhance.markdown import markdown_table
 from diffenhance.storage import (
     LocalStorage,
@@ -116,6 +118,10 @@ class PublishResult:
         return sum(s.bytes_uploaded for s in self.sources)
 
     @property
+    def excluded(self) -> int:
+        return sum(s.excluded for s in self.sources)
+
+    @property
     def missing(self) -> list[str]:
         return [s.name for s in self.sources if s.missing]
 
@@ -123,7 +129,7 @@ class PublishResult:
         n = len(self.manifest["objects"])
         return (
             f"{n} objects: {self.uploaded} uploaded ({self.bytes_uploaded} bytes), "
-            f"{self.skipped} unchanged -> {self.url}"
+            f"{self.skipped} unchanged, {self.excluded} excluded -> {self.url}"
             + ("" if self.manifest_written else " (manifest unchanged)")
         )
 
@@ -251,28 +257,23 @@ def publish_source(
         if any(fnmatch.fnmatchcase(key, p) for p in exclude):
             result.excluded += 1
             continue
-        try:
-            size, sha = path.stat().st_size, file_sha256(path)
+        try:  # the step `diffenhance upload` takes too: verified, unchanged files skipped
+            info, uploaded = store.sync_file(path, key)
         except OSError as e:
             raise PublishError(
                 f"publish {name}/: cannot read {path}: {e.strerror or e}; fix the file or add "
                 "a pattern for it to storage.publish_exclude. No manifest was written"
             ) from None
-        try:
-            info = store.stat(key)
-            uploaded = info is None or info.size != size or info.sha256 != sha
-            if uploaded:  # verified by the store: size and sha256 as stored
-                info = store.upload_file(path, key, checksum=sha)
-        except PublishError:
-            raise
         except StorageError as e:
             raise PublishError(
                 f"publish {name}/ stopped at {rel}: {e}. No manifest was written; "
                 "rerun when the store is reachable (finished files are skipped then)"
             ) from None
-        assert info is not None
+        assert info.sha256 is not None  # sync_file compared or verified it
         result.objects.append(
-            PublishedObject(key, size, sha, _rel(path, Path(root)), _iso(info.mtime), uploaded)
+            PublishedObject(
+                key, info.size, info.sha256, _rel(path, Path(root)), _iso(info.mtime), uploaded
+            )
         )
     log.info(
         "publish %s -> %s: %d uploaded, %d unchanged, %d excluded",

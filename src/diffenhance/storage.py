@@ -3,11 +3,13 @@
     store = open_storage("s3://results/run-7", cfg.storage)  # or open_storage("results/published")
     result = store.upload_dir("reports")  # skips files whose size and sha256 already match
     store.download_dir("", "restored/")
+    upload_path(store, "photos/", progress=print)  # `diffenhance upload`: a file or a folder
 
 Keys are relative, '/'-separated and checked by `safe_key`: a hostile file or object name can
 never escape the storage root. Every upload stores the content's sha256 in the object metadata
 (``x-amz-meta-sha256``) and is verified afterwards (size + sha256), so unchanged files are skipped
-and a truncated upload raises instead of passing silently. Local writes are atomic (temp file +
+and a truncated upload raises instead of passing silently: `Storage.sync_file` is that one step,
+shared by `upload_dir`, `upload_path` and publish. Local writes are atomic (temp file +
 ``os.replace``: `diffenhance.io.atomic_open`). `is_local`, `local_path`, `split_url` and
 `normalize_url` are the one parser of locations (paths, file:// and s3:// URLs). Errors are
 `StorageError`s naming the endpoint host, the key and the cause, never the credentials;
@@ -23,7 +25,7 @@ import logging
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -66,6 +68,7 @@ class SyncResult:
     bytes: int = 0  # bytes transferred
     keys: list[str] = field(default_factory=list)  # keys transferred
     skipped_keys: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)  # `upload_path`: hidden paths left out
 
     def add(self, key: str, size: int) -> None:
         self.transferred, self.bytes = self.transferred + 1, self.bytes + size
@@ -76,7 +79,8 @@ class SyncResult:
         self.skipped_keys.append(key)
 
     def __str__(self) -> str:
-        return f"{self.transferred} files ({self.bytes} bytes) sent, {self.skipped} unchanged"
+        text = f"{self.transferred} files ({self.bytes} bytes) sent, {self.skipped} unchanged"
+        return text + (f", {len(self.hidden)} hidden skipped" if self.hidden else "")
 
 
 def _check_parts(path: str, *, allow_empty: bool) -> list[str]:
@@ -123,12 +127,22 @@ def _dir_prefix(prefix: str) -> str:
     return "/".join(parts) + "/" if parts else ""
 
 
-def _local_files(local_dir: Path) -> Iterator[tuple[str, Path]]:
+def _local_files(local_dir: Path, hidden: list[str] | None = None) -> Iterator[tuple[str, Path]]:
+    """(relative '/' path, path) of the files under `local_dir`, sorted, without half-written
+    temp files. With a `hidden` list, files and whole folders whose name starts with '.' are left
+    out too, and their relative paths (folders with a trailing '/') appended to it."""
     for dirpath, dirnames, filenames in os.walk(local_dir):
+        here = Path(dirpath)
         dirnames.sort()
+        if hidden is not None:
+            rel = here.relative_to(local_dir)
+            hidden += [(rel / d).as_posix() + "/" for d in dirnames if d.startswith(".")]
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in sorted(filenames):
-            if not is_temp_name(name):
-                path = Path(dirpath, name)
+            if hidden is not None and name.startswith("."):  # temp files included
+                hidden.append((here / name).relative_to(local_dir).as_posix())
+            elif not is_temp_name(name):
+                path = here / name
                 yield path.relative_to(local_dir).as_posix(), path
 
 
@@ -191,6 +205,23 @@ class Storage(ABC):
             raise ObjectNotFoundError(f"{self.url_for(key)} does not exist")
         return info.sha256
 
+    def sync_file(
+        self, local_path: str | os.PathLike, key: str, *, skip_unchanged: bool = True
+    ) -> tuple[ObjectInfo, bool]:
+        """Upload a local file to `key` unless (with `skip_unchanged`) the stored object already
+        has its size and sha256: (the stored object's info, whether it was sent). The one upload
+        step of `upload_dir`, `upload_path` and publish; an upload is verified (`upload_file`).
+
+        Raises `OSError` when the local file cannot be read (before any request), else
+        `StorageError` from the store.
+        """
+        path = Path(local_path)
+        size, sha = path.stat().st_size, file_sha256(path)
+        remote = self.stat(key) if skip_unchanged else None
+        if remote is not None and remote.size == size and remote.sha256 == sha:
+            return remote, False
+        return self.upload_file(path, key, checksum=sha), True
+
     def upload_dir(
         self, local_dir: str | os.PathLike, key_prefix: str = "", *, skip_unchanged: bool = True
     ) -> SyncResult:
@@ -205,13 +236,11 @@ class Storage(ABC):
         result = SyncResult()
         for rel, path in _local_files(root):
             key = safe_key(key_prefix, rel)
-            size, sha = path.stat().st_size, file_sha256(path)
-            remote = self.stat(key) if skip_unchanged else None
-            if remote is not None and remote.size == size and remote.sha256 == sha:
+            info, sent = self.sync_file(path, key, skip_unchanged=skip_unchanged)
+            if sent:
+                result.add(key, info.size)
+            else:
                 result.skip(key)
-                continue
-            self.upload_file(path, key, checksum=sha)
-            result.add(key, size)
         log.info("upload_dir %s -> %s: %s", root, self.url_for(key_prefix), result)
         return result
 
@@ -619,3 +648,49 @@ def open_storage(url: str, cfg: StorageConfig | None = None) -> Storage:
     if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{2,62}", parts.netloc):
         raise StorageError(f"invalid bucket name {parts.netloc!r}: expected s3://bucket/prefix")
     return S3Storage(parts.netloc, parts.path, _make_client(cfg), cfg)
+
+
+# --------------------------------------------------------------------------------- upload
+
+
+def upload_path(
+    store: Storage, src: str | os.PathLike, *, progress: Callable[[str], None] | None = None
+) -> SyncResult:
+    """`diffenhance upload`: a file to `<its name>`, or every file under a folder to
+    `<relative path>`, in `store`, each through `Storage.sync_file` (verified; unchanged files
+    skipped). Every file goes, whatever its extension (enhance picks its images itself), except
+    hidden ones below `src`: files and folders named '.*' (.git, .DS_Store, half-written temp
+    files), listed in `SyncResult.hidden`. `progress` gets one line per file and hidden path.
+
+    Raises `FileNotFoundError` when `src` is neither a file nor a folder, `OSError` naming a file
+    that cannot be read, `StorageError` naming the file whose upload failed (the files already
+    sent are skipped by a rerun).
+    """
+    root, result = Path(src), SyncResult()
+    say = progress or (lambda line: None)
+    if root.is_file():
+        files = [(root.name, root)]
+    elif root.is_dir():
+        files = list(_local_files(root, result.hidden))  # listed first: [i/n] and no surprises
+    else:
+        raise FileNotFoundError(f"upload: {src}: no such file or folder")
+    for rel in result.hidden:
+        say(f"skipped {rel} (hidden)")
+    for i, (rel, path) in enumerate(files, 1):
+        key = safe_key("", rel)
+        try:
+            info, sent = store.sync_file(path, key)
+        except OSError as e:
+            raise type(e)(f"upload: cannot read {path}: {e.strerror or e}") from None
+        except StorageError as e:
+            raise StorageError(
+                f"upload of {path} stopped: {e}; a rerun skips the files already sent"
+            ) from None
+        if sent:
+            result.add(key, info.size)
+        else:
+            result.skip(key)
+        what = f"uploaded, {info.size} bytes" if sent else "unchanged"
+        say(f"[{i}/{len(files)}] {rel} -> {store.url_for(key)} ({what})")
+    log.info("upload %s -> %s: %s", root, store.url_for(), result)
+    return result
