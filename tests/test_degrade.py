@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffenhance.config import TASKS, DegradeConfig
+from diffenhance.config import DegradeConfig
 from diffenhance.degrade import (
     add_gaussian_noise,
     add_poisson_noise,
     blur,
-    degrade_for_task,
     gaussian_kernel,
     generalized_gaussian_kernel,
     jpeg,
@@ -21,10 +20,11 @@ from diffenhance.degrade import (
     pair_seed,
     random_kernel,
     resize,
-    task_scale,
 )
+from diffenhance.restoration import get_task, task_names
 
 CFG = DegradeConfig()
+TASKS = task_names()
 
 
 def smooth_image(h: int = 96, w: int = 64) -> np.ndarray:
@@ -61,14 +61,14 @@ def pillow_bicubic(img: np.ndarray, h: int, w: int) -> np.ndarray:
 @pytest.mark.parametrize("validation", [False, True])
 def test_degrade_deterministic(task, validation):
     hr = textured_image()
-    a = degrade_for_task(hr, task, np.random.default_rng(7), CFG, validation=validation)
-    b = degrade_for_task(hr, task, np.random.default_rng(7), CFG, validation=validation)
+    a = get_task(task).degrade(hr, np.random.default_rng(7), CFG, validation=validation)
+    b = get_task(task).degrade(hr, np.random.default_rng(7), CFG, validation=validation)
     assert a.dtype == np.float32 and np.array_equal(a, b)
     assert a.min() >= 0.0 and a.max() <= 1.0
     if task in ("sr2", "sr4") or (validation and task in ("jpeg",)):
         return  # no randomness at all
     outs = [
-        degrade_for_task(hr, task, np.random.default_rng(s), CFG, validation=validation)
+        get_task(task).degrade(hr, np.random.default_rng(s), CFG, validation=validation)
         for s in range(8, 12)
     ]
     assert any(not np.array_equal(a, o) for o in outs), "different seeds must differ"
@@ -78,7 +78,7 @@ def test_degrade_does_not_touch_input():
     hr = textured_image()
     before = hr.copy()
     for task in TASKS:
-        degrade_for_task(hr, task, np.random.default_rng(0), CFG)
+        get_task(task).degrade(hr, np.random.default_rng(0), CFG)
     assert np.array_equal(hr, before)
 
 
@@ -181,37 +181,37 @@ def test_jpeg_quality_monotone():
 
 def test_sizes():
     hr = textured_image(64, 48)
-    assert degrade_for_task(hr, "sr4", np.random.default_rng(0), CFG).shape == (16, 12, 3)
-    assert degrade_for_task(hr, "sr2", np.random.default_rng(0), CFG).shape == (32, 24, 3)
+    assert get_task("sr4").degrade(hr, np.random.default_rng(0), CFG).shape == (16, 12, 3)
+    assert get_task("sr2").degrade(hr, np.random.default_rng(0), CFG).shape == (32, 24, 3)
     for task in ("denoise", "jpeg"):
-        assert degrade_for_task(hr, task, np.random.default_rng(0), CFG).shape == hr.shape
+        assert get_task(task).degrade(hr, np.random.default_rng(0), CFG).shape == hr.shape
     for scale in (1, 2, 4):
         cfg = DegradeConfig(blind_scale=scale)
         for seed in range(6):
-            lq = degrade_for_task(hr, "blind", np.random.default_rng(seed), cfg)
+            lq = get_task("blind").degrade(hr, np.random.default_rng(seed), cfg)
             assert lq.shape == (64 // scale, 48 // scale, 3) and lq.dtype == np.float32
             assert lq.min() >= 0.0 and lq.max() <= 1.0
 
 
 def test_task_scale_and_errors():
-    assert [task_scale(t, CFG) for t in ("sr2", "sr4", "denoise", "jpeg")] == [2, 4, 1, 1]
-    assert task_scale("blind", DegradeConfig(blind_scale=2)) == 2
+    assert [get_task(t).scale(CFG) for t in ("sr2", "sr4", "denoise", "jpeg")] == [2, 4, 1, 1]
+    assert get_task("blind").scale(DegradeConfig(blind_scale=2)) == 2
     with pytest.raises(ValueError, match="unknown task"):
-        task_scale("sr8", CFG)
+        get_task("sr8")
     with pytest.raises(ValueError, match="modcrop"):
-        degrade_for_task(textured_image(30, 32), "sr4", np.random.default_rng(0), CFG)
+        get_task("sr4").degrade(textured_image(30, 32), np.random.default_rng(0), CFG)
     with pytest.raises(ValueError, match="HxWxC"):
-        degrade_for_task(np.zeros((32, 32), np.float32), "sr2", np.random.default_rng(0), CFG)
+        get_task("sr2").degrade(np.zeros((32, 32), np.float32), np.random.default_rng(0), CFG)
     with pytest.raises(TypeError, match="255"):
-        degrade_for_task(np.zeros((32, 32, 3), np.uint8), "sr2", np.random.default_rng(0), CFG)
+        get_task("sr2").degrade(np.zeros((32, 32, 3), np.uint8), np.random.default_rng(0), CFG)
 
 
 def test_validation_settings_fixed():
     hr = textured_image()
-    val = degrade_for_task(hr, "jpeg", np.random.default_rng(0), CFG, validation=True)
+    val = get_task("jpeg").degrade(hr, np.random.default_rng(0), CFG, validation=True)
     assert np.array_equal(val, jpeg(hr, CFG.val_jpeg_quality))
     flat = np.full((256, 256, 3), 0.5, np.float32)
-    noisy = degrade_for_task(flat, "denoise", np.random.default_rng(0), CFG, validation=True)
+    noisy = get_task("denoise").degrade(flat, np.random.default_rng(0), CFG, validation=True)
     assert abs(float((noisy - 0.5).std() * 255) - CFG.val_noise_sigma) / CFG.val_noise_sigma < 0.02
 
 
@@ -270,13 +270,13 @@ def test_blur_preserves_flat_and_smooths():
 _DIGEST_CODE = """
 import hashlib
 import numpy as np
-from diffenhance.config import TASKS, DegradeConfig
-from diffenhance.degrade import degrade_for_task
+from diffenhance.config import DegradeConfig
+from diffenhance.restoration import get_task, task_names
 hr = np.random.default_rng(1).random((64, 64, 3), dtype=np.float32)
 h = hashlib.sha256()
-for task in TASKS:
+for task in task_names():
     for seed in range(3):
-        h.update(degrade_for_task(hr, task, np.random.default_rng(seed), DegradeConfig()).tobytes())
+        h.update(get_task(task).degrade(hr, np.random.default_rng(seed), DegradeConfig()).tobytes())
 digest = h.hexdigest()
 """
 

@@ -14,22 +14,22 @@ from typer.testing import CliRunner
 from diffenhance.cli import app
 from diffenhance.config import DegradeConfig, load_config
 from diffenhance.data.pairs import load_pairs
-from diffenhance.degrade import (
-    HOLE_FILL,
-    degrade_for_task,
-    fill_holes,
-    lq_channels,
-    masked_input,
-    random_mask,
-    task_scale,
-)
+from diffenhance.degrade import HOLE_FILL, fill_holes, random_mask
 from diffenhance.evaluate import evaluate_model, telea_inpaint
 from diffenhance.io import ImageReadError, read_image, read_mask, write_image
 from diffenhance.metrics import masked_psnr, masked_ssim, ssim
 from diffenhance.model import build_network, load_restorer, set_recommended
 from diffenhance.report import build_report
+from diffenhance.restoration import get_task
 from diffenhance.restore import restore, sampling_spec
 from tests.tiny import TINY_MODEL, smooth_image, tiny_config, tiny_model
+
+INPAINT = get_task("inpaint")
+
+
+def masked_input(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The inpainting network input: the image with its holes pre-filled, then the mask."""
+    return INPAINT.join(img, mask=mask)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,9 @@ def test_masked_input_fills_holes_and_appends_the_mask():
     hole = mask >= 0.5
     assert np.array_equal(x[hole, :3], fill_holes(img, hole)[hole])
     assert np.array_equal(x[~hole, :3], img[~hole])
-    assert np.array_equal(x[..., 3], hole.astype(np.float32))
+    assert np.array_equal(INPAINT.side(x, "mask"), hole.astype(np.float32))
+    image, side = INPAINT.split(x)
+    assert np.array_equal(image, x[..., :3]) and list(side) == ["mask"]
     assert np.array_equal(masked_input(x, mask), x)  # idempotent on its own output
     with pytest.raises(ValueError, match="mask is 5x5 but the image is 5x6"):
         masked_input(img, mask[:5])
@@ -89,11 +91,12 @@ def test_fill_holes_is_a_smooth_guess_from_the_known_pixels_only():
 
 def test_degrade_for_inpaint_is_a_seeded_masked_input():
     cfg = DegradeConfig(mask_coverage=(0.1, 0.3))
-    assert task_scale("inpaint") == 1 and lq_channels("inpaint") == 4 and lq_channels("sr4") == 3
+    assert INPAINT.scale() == 1 and INPAINT.channels == 4 and get_task("sr4").channels == 3
+    assert INPAINT.side_inputs == ("mask",) and get_task("sr4").side_inputs == ()
     hr = smooth_image(np.random.default_rng(1), 32, 32)
-    lq = degrade_for_task(hr, "inpaint", np.random.default_rng(5), cfg)
-    assert lq.shape == (32, 32, 4) and 0.1 <= lq[..., 3].mean() <= 0.3
-    again = degrade_for_task(hr, "inpaint", np.random.default_rng(5), cfg)
+    lq = get_task("inpaint").degrade(hr, np.random.default_rng(5), cfg)
+    assert lq.shape == (32, 32, 4) and 0.1 <= INPAINT.side(lq, "mask").mean() <= 0.3
+    again = get_task("inpaint").degrade(hr, np.random.default_rng(5), cfg)
     assert np.array_equal(lq, again)
     expected = masked_input(hr, random_mask(32, 32, np.random.default_rng(5), (0.1, 0.3)))
     assert np.array_equal(lq, expected)
@@ -150,7 +153,7 @@ def test_telea_fills_only_the_hole_and_restores_flat_colour():
     flat = np.full((16, 16, 3), [0.2, 0.6, 0.4], np.float32)
     mask = np.zeros((16, 16), np.float32)
     mask[5:10, 4:12] = 1
-    out = telea_inpaint(masked_input(flat, mask))
+    out = telea_inpaint(flat, mask)
     assert out.shape == (16, 16, 3)
     assert np.array_equal(out[mask == 0], flat[mask == 0])
     assert np.abs(out[mask == 1] - flat[mask == 1]).max() <= 2 / 255 + 1e-6  # 8-bit maths
@@ -238,7 +241,7 @@ def test_degrade_writes_triples_and_evaluate_scores_the_hole_against_telea(train
         assert isinstance(m[key], float), key
     # the Telea row recomputed independently from the pairs
     pairs = load_pairs(task_dir)
-    want = [float(masked_psnr(telea_inpaint(p.lq), p.hr, p.lq[..., 3])) for p in pairs]
+    want = [float(masked_psnr(telea_inpaint(p.lq[..., :3], p.mask), p.hr, p.mask)) for p in pairs]
     assert m["telea_psnr_mask"] == pytest.approx(np.mean(want), abs=1e-6)
     out = root / "reports" / "inpaint" / "images"
     assert len(list((out / "mask").glob("*.png"))) == len(pairs)

@@ -25,8 +25,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffenhance.cli import app as cli_app
-from diffenhance.config import TASKS, load_config
+from diffenhance.config import load_config
 from diffenhance.io import read_image_info
+from diffenhance.restoration import task_names
 from diffenhance.ui import create_app
 from diffenhance.ui.jobs import Limits
 from tests.conftest import REPO
@@ -238,17 +239,19 @@ def test_models_listed_and_checked(tmp_path):
     ) as c:
         models = c.get("/api/info").json()["models"]
         labels = [m["label"] for m in models]
-        shipped = [f"{t} (shipped)" for t in TASKS
+        shipped = [f"{t} (shipped)" for t in task_names()
                    if (REPO / "models" / "pretrained" / t / "model.safetensors").is_file()]  # fmt: skip
-        assert shipped == [f"{t} (shipped)" for t in TASKS]  # every task ships, in task order
+        assert shipped == [f"{t} (shipped)" for t in task_names()]  # every task, in task order
         assert labels == [*shipped, str(tmp_path / "mine")]
         sr4 = next(m for m in models if m["value"] == "sr4")
         assert sr4 | {"label": None} == {
-            "value": "sr4", "label": None, "task": "sr4", "scale": 4, "formulation": "pmrf",
-            "steps": 1, "samples": 1, "has_knob": True, "detail_knob": True,
+            "value": "sr4", "label": None, "task": "sr4", "scale": 4, "side_inputs": [],
+            "formulation": "pmrf", "steps": 1, "samples": 1, "has_knob": True, "detail_knob": True,
             "presets": {"fidelity": {"steps": 1, "samples": 1, "detail": 0.0},
                         "balanced": {"steps": 2, "samples": 1, "detail": 0.25}},
             "preset": "fidelity"}  # fmt: skip
+        inpaint = next(m for m in models if m["value"] == "inpaint")
+        assert inpaint["side_inputs"] == ["mask"]  # the page shows the mask painter for it
         r = c.post("/api/model", json={"path": str(tmp_path / "broken")})
         assert r.status_code == 400 and "not a readable safetensors file" in r.json()["error"]
         assert c.post("/api/model", json={"path": str(tmp_path / "mine")}).json()["scale"] == 4
@@ -462,7 +465,7 @@ def test_page_enhances_compares_and_reports_errors(browser, server, tmp_path):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server)
     page.wait_for_function("document.querySelectorAll('#model option').length > 0")
-    assert page.input_value("#task") == TASKS[0]  # the first task with a model
+    assert page.input_value("#task") == task_names()[0]  # the first task with a model
     page.select_option("#task", "sr4")
     assert page.input_value("#model") == "sr4"
     # the shipped sr4 (pmrf) records two presets along its detail knob, fidelity chosen

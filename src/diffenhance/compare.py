@@ -10,7 +10,7 @@ on the task's fixed validation pairs, beside the task's reference baseline (bicu
 * the two ends of the fidelity/sharpness knob: the **fidelity end** is the mean of
   `compare.samples` samples at the fewest steps (for a formulation with a detail knob, pmrf:
   its posterior mean, detail 0), the **sharp end** one sample at the most steps (detail 1);
-* PSNR/SSIM under the task's RGB and Y protocols (`metrics.protocol_for_task`) and the
+* PSNR/SSIM under the task's RGB and Y protocols (`RestorationTask.protocols`) and the
   sharpness measure `metrics.hf_energy_ratio` (fine-detail energy relative to the truth, so a
   blurry output cannot win on PSNR alone).
 
@@ -46,7 +46,6 @@ from diffenhance.diffusion.formulations import get_formulation
 from diffenhance.evaluate import (
     METRICS,
     SHARPNESS,
-    baselines_for_task,
     load_model,
     mean_metric,
     score,
@@ -55,10 +54,10 @@ from diffenhance.evaluate import (
     write_json,
 )
 from diffenhance.io import atomic_path, read_image, write_image
-from diffenhance.metrics import protocol_for_task
 from diffenhance.model import WEIGHTS_NAME, Restorer
 from diffenhance.report import HF_LABEL, fmt_metric, html_page, html_table, signed_metric
 from diffenhance.report_plots import crop_figure, plot_formulation_curves
+from diffenhance.restoration import get_task
 from diffenhance.restore import restore, sampling_spec
 
 COLUMNS = (*METRICS, SHARPNESS)
@@ -201,7 +200,7 @@ def _score_pair(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """per_image rows of one pair: the baseline, then every formulation on its knob grid,
     each through the restore path; writes the PNGs the report shows."""
-    protocols = protocol_for_task(cfg.compare.task, cfg.degrade)
+    protocols = get_task(cfg.compare.task).protocols(cfg.degrade)
     rows: list[dict[str, Any]] = []
 
     def add(f: str, kind: str, steps: int, n: int, end: str, pred, dt) -> None:
@@ -237,7 +236,7 @@ def _compare_protocol(
     """protocol.json of a comparison: what was compared and how."""
     c, task = cfg.compare, cfg.compare.task
     budget = _budget_check(models, cfg)
-    protocols = protocol_for_task(task, cfg.degrade)
+    protocols = get_task(task).protocols(cfg.degrade)
     sampler, eta = cfg.infer.sampler, cfg.infer.eta
     lo, hi = min(c.steps), max(c.steps)
     protocol = {
@@ -290,7 +289,7 @@ def compare_models(
     if not pairs:
         raise ValueError(f"no validation pairs to compare on for task {c.task!r}")
     _budget_check(models, cfg)  # before any work
-    baselines, skipped = baselines_for_task(c.task, cfg)
+    baselines, skipped = get_task(c.task).baselines(cfg)
     ref = next(iter(baselines))
     out = Path(out_dir)
     images = out / "images"

@@ -31,9 +31,6 @@ import yaml
 
 from diffenhance.io import atomic_path
 
-Task = Literal["sr2", "sr4", "denoise", "jpeg", "blind", "inpaint"]
-TASKS: tuple[str, ...] = get_args(Task)
-
 
 @dataclass(frozen=True)
 class OneOf:
@@ -51,6 +48,16 @@ def _formulation_names() -> tuple[str, ...]:
 
 
 Formulation = Annotated[str, OneOf("formulation", _formulation_names)]
+
+
+def _task_names() -> tuple[str, ...]:
+    from diffenhance.restoration import task_names  # the registry (numpy, torch)
+
+    return task_names()
+
+
+# a restoration task (diffenhance.restoration: sr2, sr4, denoise, jpeg, blind, inpaint, ...)
+Task = Annotated[str, OneOf("task", _task_names)]
 
 
 class ConfigError(ValueError):
@@ -74,7 +81,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class DegradeConfig:
-    tasks: tuple[Task, ...] = TASKS
+    # the built-in tasks, in registration order (tests check this against the registry; config
+    # imports no registry)
+    tasks: tuple[Task, ...] = ("sr2", "sr4", "denoise", "jpeg", "blind", "inpaint")
     out_dir: str = "data/degraded"
     seed: int = 20261126  # fixed: validation pairs must never change between runs
     val_size: int = 128  # HR side of a validation pair
@@ -162,7 +171,10 @@ class InferConfig:
     seed: int = 0  # tile noise = f(seed, image key, tile position): batching-independent
     tile: int = 64  # input (LQ) pixels; the network sees tile * scale: bounds memory
     tile_overlap: int = 16  # input pixels cross-faded between neighbours: hides seams
-    tile_batch: int = 8  # tiles per forward pass (from one or several images)
+    tile_batch: int = 8  # tiles of one image per forward pass (the output's bits depend on it)
+    # intra-op CPU threads of a restore (0: torch's default, the cores). The output's bits depend
+    # on it: give the CLI and Dask workers (whose nanny sets 1) the same value for equal bytes
+    threads: int = 0
     color_correction: Literal["none", "meanstd", "wavelet"] = "none"  # fixes colour drift
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -193,11 +205,17 @@ class EnhanceConfig:
     shard_size: int = 16  # images per shard: one task and one manifest each
     workers: int = 2  # shards at once (threads; LocalCluster workers with dask_address=local)
     dask_address: str | None = None  # null: threads; tcp://host:8786: that cluster; local
-    output_format: Literal["same", "png", "jpg", "webp", "tif", "bmp"] = "same"  # same: input's
+    # same: the input's format (PNG for a JPEG input when the model removes compression
+    # artifacts: `RestorationTask.lossless_output`; writing JPEG again would add them back)
+    output_format: Literal["same", "png", "jpg", "webp", "tif", "bmp"] = "same"
     bit_depth: Literal[0, 8, 16] = 0  # 0: as the input (16-bit PNG/TIFF stay 16-bit)
     jpeg_quality: int = 95  # JPEG/WebP outputs
     max_pixels: int = 178_956_970  # decompression-bomb guard (Pillow's limit)
     skip_done: bool = True  # skip images already done with the same model and params
+    # final size / input size (Real-ESRGAN's --outscale): the model's output is resized to
+    # round(input side * outscale), bicubic; null: the model's own scale (no resize)
+    outscale: float | None = None
+    suffix: str = ""  # output name = input stem + "_" + suffix (photo_x4.png); "": the input's
     # inpainting models: the mask (white = fill) of one input image, or a folder of masks with
     # the inputs' relative paths (a.jpg -> <mask>/a.jpg or <mask>/a.png)
     mask: str | None = None
@@ -557,6 +575,8 @@ def _rules_infer(obj: InferConfig, bad: Callable[[str, str], ConfigError]) -> No
     _in_range(obj, "eta", bad, 0, 1)
     if obj.detail is not None and not 0.0 <= obj.detail <= 1.0:
         raise bad("detail", "must be in [0, 1] (or null)")
+    if obj.threads < 0:
+        raise bad("threads", "must be >= 0 (0: torch's default)")
 
 
 def _rules_enhance(obj: EnhanceConfig, bad: Callable[[str, str], ConfigError]) -> None:
@@ -567,6 +587,13 @@ def _rules_enhance(obj: EnhanceConfig, bad: Callable[[str, str], ConfigError]) -
         raise bad("jpeg_quality", "must be within 1..100")
     if not obj.extensions or not all(e.startswith(".") for e in obj.extensions):
         raise bad("extensions", "must be a non-empty list of suffixes like .png")
+    _in_range(obj, "outscale", bad, 0, lo_open=True, why="null: the model's own scale")
+    if any(c in obj.suffix for c in "/\\\0") or obj.suffix.startswith("."):
+        raise bad(
+            "suffix",
+            f"= {obj.suffix!r} must be a plain name fragment (no '/', '\\' or leading '.'), "
+            "e.g. out or x4",
+        )
 
 
 def _rules_storage(obj: StorageConfig, bad: Callable[[str, str], ConfigError]) -> None:

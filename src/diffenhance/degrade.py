@@ -1,6 +1,7 @@
 """Pure, seeded image degradations: the LQ side of every (LQ, HQ) pair.
 
-One function per operation, BasicSR-style, composed by `degrade_for_task`. Images are numpy
+One function per operation, BasicSR-style, composed by each restoration task's `synthesise`
+(`diffenhance.restoration`: one file per task). Images are numpy
 float32 HxWxC (C = 3, or 1 where noted) in [0, 1]; all randomness comes from an injected
 `np.random.Generator`, so the same input and seed give a bit-identical output in any process
 (no global RNG, no thread-count-dependent maths). Training calls these in DataLoader workers
@@ -29,8 +30,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from PIL import Image, ImageDraw
 from scipy import ndimage
-
-from diffenhance.config import TASKS, DegradeConfig
 
 ResizeMethod = Literal["bicubic", "bilinear", "area"]
 RESIZE_METHODS: tuple[str, ...] = ("bicubic", "bilinear", "area")
@@ -72,7 +71,7 @@ BLIND_STAGE2: dict[str, object] = {
 }
 
 
-def _as_image(img: np.ndarray, name: str = "img", channels: tuple[int, ...] = (1, 3)) -> np.ndarray:
+def as_image(img: np.ndarray, name: str = "img", channels: tuple[int, ...] = (1, 3)) -> np.ndarray:
     """Validate an HxWxC float image and return it as contiguous float32."""
     if not isinstance(img, np.ndarray):
         raise TypeError(f"{name} must be a numpy array (HxWxC float32 in [0, 1]), got {type(img)}")
@@ -157,7 +156,7 @@ def random_kernel(
 def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Convolve each channel with a 2-D kernel; mirror padding (cv2 BORDER_REFLECT_101,
     torch 'reflect'); same-size float32 output, clipped to [0, 1]."""
-    img = _as_image(img)
+    img = as_image(img)
     kernel = np.asarray(kernel, dtype=np.float64)
     if kernel.ndim != 2:
         raise ValueError(f"kernel must be 2-D, got shape {kernel.shape}")
@@ -195,7 +194,7 @@ def resize(
     Pillow to 1e-5). 'bilinear' is antialiased likewise; 'area' is a box average (upscaling
     with it replicates pixels, as torch's mode='area' does in Real-ESRGAN).
     """
-    img = _as_image(img)
+    img = as_image(img)
     h, w = img.shape[:2]
     if (scale is None) == (size is None):
         raise ValueError("resize: give exactly one of `scale` or `size`")
@@ -233,7 +232,7 @@ def add_gaussian_noise(
 ) -> np.ndarray:
     """Add N(0, (sigma/255)^2) noise; `sigma` is on the 0-255 scale. gray=True draws one
     noise plane shared by all channels. Returns float32 clipped to [0, 1]."""
-    img = _as_image(img)
+    img = as_image(img)
     if sigma < 0:
         raise ValueError(f"noise sigma must be >= 0 (0-255 scale), got {sigma}")
     shape = (*img.shape[:2], 1 if gray else img.shape[2])
@@ -249,7 +248,7 @@ def add_poisson_noise(
     The noise has zero mean and std scale * sqrt(img / 256) (Real-ESRGAN's `poisson_scale`).
     gray=True computes one noise plane from the BT.601 luma. Returns float32 in [0, 1].
     """
-    img = _as_image(img)
+    img = as_image(img)
     if scale < 0:
         raise ValueError(f"poisson scale must be >= 0, got {scale}")
     base = _gray(img) if gray else img
@@ -261,7 +260,7 @@ def add_poisson_noise(
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     """JPEG round trip through Pillow in memory (8-bit, 4:2:0 chroma for RGB, Pillow's
     default); deterministic. HxWx{1,3} float32 in [0, 1] -> same shape float32."""
-    img = _as_image(img)
+    img = as_image(img)
     if not isinstance(quality, int | np.integer) or not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be an integer in 1..100, got {quality!r}")
     u8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -359,42 +358,7 @@ def fill_holes(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out[0].permute(1, 2, 0).clamp_(0, 1).numpy())
 
 
-def masked_input(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The inpainting input: HxWx4 float32 = the RGB image with the masked pixels replaced by
-    a smooth guess from the known ones (`fill_holes`: the network refines it), then the mask
-    (1 = fill) as a fourth channel. `img` HxWx3 (or already HxWx4: its RGB is used), `mask` HxW
-    or HxWx1 in [0, 1] (binarised at 0.5)."""
-    img = _as_image(img, "img", channels=(3, 4))[..., :3]
-    m = np.asarray(mask, dtype=np.float32)
-    m = m[..., 0] if m.ndim == 3 else m
-    if m.shape != img.shape[:2]:
-        raise ValueError(f"mask is {m.shape[1]}x{m.shape[0]} but the image is "
-                         f"{img.shape[1]}x{img.shape[0]} (width x height); they must match")  # fmt: skip
-    hole = m >= 0.5
-    return np.concatenate([fill_holes(img, hole), hole[..., None].astype(np.float32)], axis=-1)
-
-
-# ----------------------------------------------------------------------------- task pipelines
-
-
-def task_scale(task: str, cfg: DegradeConfig | None = None) -> int:
-    """HR side / LQ side of a task: sr2 2, sr4 4, denoise 1, jpeg 1, inpaint 1, blind
-    cfg.blind_scale."""
-    _check_task(task)
-    blind = (cfg or DegradeConfig()).blind_scale
-    return {"sr2": 2, "sr4": 4, "denoise": 1, "jpeg": 1, "blind": blind, "inpaint": 1}[task]
-
-
-def lq_channels(task: str) -> int:
-    """Channels of a task's LQ input (and so of the network's condition): 3 (RGB), 4 for
-    inpaint (`masked_input`: RGB with holes + the mask)."""
-    _check_task(task)
-    return 4 if task == "inpaint" else 3
-
-
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+# ----------------------------------------------------------------------------- blind pipeline
 
 
 def _stage(
@@ -428,47 +392,6 @@ def degrade_blind(hr: np.ndarray, rng: np.random.Generator, scale: int) -> np.nd
     img = resize(img, size=out_size, method=method)
     q_lo, q_hi = BLIND_STAGE2["jpeg_quality"]
     return jpeg(img, int(rng.integers(q_lo, q_hi + 1)))
-
-
-def degrade_for_task(
-    hr: np.ndarray,
-    task: str,
-    rng: np.random.Generator,
-    cfg: DegradeConfig,
-    *,
-    validation: bool = False,
-) -> np.ndarray:
-    """Synthesise the LQ input of `task` from an HR image.
-
-    hr: float32 HxWx3 in [0, 1]; H and W must be multiples of task_scale(task, cfg) (use
-    `modcrop`). Returns float32 (H/s)x(W/s)xC in [0, 1], C = `lq_channels(task)`:
-      sr2 / sr4: bicubic (antialiased) downscale by 2 / 4;
-      denoise:   colour Gaussian noise, sigma ~ U(cfg.noise_sigma), or cfg.val_noise_sigma;
-      jpeg:      quality ~ U{cfg.jpeg_quality}, or cfg.val_jpeg_quality;
-      blind:     `degrade_blind` down to HR / cfg.blind_scale;
-      inpaint:   `masked_input` with a `random_mask` covering U(cfg.mask_coverage) of the image.
-    validation=True uses the fixed validation settings (blind, inpaint stay random: seed them).
-    """
-    _check_task(task)
-    hr = _as_image(hr, "hr", channels=(3,))
-    s = task_scale(task, cfg)
-    h, w = hr.shape[:2]
-    if h % s or w % s:
-        raise ValueError(
-            f"task {task!r} needs HR sides divisible by {s}, got {h}x{w}; crop with modcrop(hr, {s})"
-        )
-    if task in ("sr2", "sr4"):
-        return resize(hr, size=(h // s, w // s), method="bicubic")
-    if task == "denoise":
-        sigma = cfg.val_noise_sigma if validation else float(rng.uniform(*cfg.noise_sigma))
-        return add_gaussian_noise(hr, sigma, rng)
-    if task == "jpeg":
-        lo, hi = cfg.jpeg_quality
-        q = cfg.val_jpeg_quality if validation else int(rng.integers(lo, hi + 1))
-        return jpeg(hr, q)
-    if task == "inpaint":
-        return masked_input(hr, random_mask(h, w, rng, cfg.mask_coverage))
-    return degrade_blind(hr, rng, s)
 
 
 def pair_seed(base_seed: int, *keys: str | int) -> int:

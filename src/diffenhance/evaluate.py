@@ -5,16 +5,19 @@ the headline is the resolved `SamplingSpec` (`infer.*`, null steps/samples from 
 recommendation), so the headline image is exactly what `diffenhance enhance` writes for the same
 params. Around it, the steps curve adds every count of `evaluate.steps`, once per seed of
 `evaluate.seeds` (the spec's seed; `evaluate.average_samples`, when set, overrides the samples).
-The task's baselines run on the same LQ input:
+The task's baselines (`RestorationTask.baselines`, `diffenhance.restoration`) run on the same
+LQ input, e.g.:
 
 * SR (sr2, sr4, blind): `bicubic` (Keys a=-0.5, as MATLAB imresize) and `lanczos` (Lanczos-3,
   Pillow) upscaling of the LQ image;
 * denoise / jpeg: `input`, the degraded image itself; for denoise also `cbm3d` (colour BM3D,
   Dabov et al. 2007) when the optional `bm3d` package is installed - otherwise it is skipped
-  and the reason recorded in protocol.json and the report.
+  and the reason recorded in protocol.json and the report;
+* inpaint: `telea` (OpenCV) and the pre-filled input.
 
-Every result is scored under both protocols of `metrics.protocol_for_task` (RGB and BT.601 Y,
-border crop = scale for SR, data range 1.0), on the float outputs (not 8-bit files).
+Every result is scored under the task's protocols (`RestorationTask.protocols`: RGB and BT.601
+Y, border crop = scale for SR, data range 1.0), on the float outputs (not 8-bit files), and
+where the task has one, inside its scored region (`scored_region`; inpainting: the hole).
 
 Determinism: each tile's noise comes from a CPU generator seeded with (seed, image content key,
 tile position) (`infer.tile_seed`), the same for every step count and independent of the image
@@ -43,7 +46,6 @@ samples cannot differ (regression; indi with indi_noise 0) is skipped with a not
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -56,13 +58,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from diffenhance.config import Config
 from diffenhance.data.folder import iter_image_files
-from diffenhance.data.pairs import Pair, load_pairs, make_pair
-from diffenhance.degrade import resize, task_scale
+from diffenhance.data.pairs import Pair, load_pairs, make_pair, task_pair
 from diffenhance.infer import autocast_dtype as infer_autocast_dtype
+from diffenhance.infer import set_threads
 from diffenhance.io import atomic_path, file_sha256, read_image, write_image
 from diffenhance.metrics import (
     Protocol,
@@ -72,9 +73,16 @@ from diffenhance.metrics import (
     masked_psnr,
     masked_ssim,
     mean_psnr,
-    protocol_for_task,
 )
-from diffenhance.model import WEIGHTS_NAME, Restorer, load_restorer, presets
+from diffenhance.model import WEIGHTS_NAME, Restorer, load_restorer, presets, training_record
+from diffenhance.restoration import Baseline, RestorationTask, get_task, image_of
+from diffenhance.restoration.baselines import (
+    bicubic_upscale,
+    bm3d_missing_reason,
+    cbm3d_denoise,
+    lanczos_upscale,
+    telea_inpaint,
+)
 from diffenhance.restore import (
     SamplingSpec,
     restore,
@@ -85,9 +93,9 @@ from diffenhance.restore import (
 from diffenhance.uncertainty import error_correlation, scale_info, write_map, write_std
 
 METRICS: tuple[str, ...] = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
-# Inpainting only (the LQ has a mask channel): RGB PSNR / SSIM inside the hole.
+# Tasks with a scored region (`RestorationTask.scored_region`; inpainting: the hole): RGB PSNR
+# / SSIM inside it.
 MASK_METRICS: tuple[str, ...] = ("psnr_mask", "ssim_mask")
-TELEA_RADIUS = 5  # px: the neighbourhood OpenCV's Telea inpainting averages over
 # Sharpness beside fidelity (metrics.hf_energy_ratio, Y, 1 = as much fine detail as the truth):
 # reported per method, no deltas - more is not better.
 SHARPNESS = "hf_ratio"
@@ -95,7 +103,6 @@ SHARPNESS = "hf_ratio"
 # pixels and on all; a preset's grain score compares both against the fidelity preset.
 GRAIN: tuple[str, ...] = ("err_std_flat_y", "err_std_y")
 PRESET_PREFIX = "preset_"  # method name of a named preset: preset_fidelity, preset_detail
-SR_BASELINES: tuple[str, ...] = ("bicubic", "lanczos")
 MODEL_DIR = "model"  # images/<MODEL_DIR>/: the headline model's outputs
 UNCERTAINTY_DIR = "uncertainty"  # images/<UNCERTAINTY_DIR>/<name>.png|.npy: the std maps
 
@@ -103,75 +110,12 @@ UNCERTAINTY_DIR = "uncertainty"  # images/<UNCERTAINTY_DIR>/<name>.png|.npy: the
 # ----------------------------------------------------------------------------- baselines
 
 
-def bicubic_upscale(lq: np.ndarray, scale: int) -> np.ndarray:
-    """HxWx3 float32 [0,1] -> (H*scale)x(W*scale)x3: Keys cubic (a=-0.5), as MATLAB imresize."""
-    return resize(lq, size=(lq.shape[0] * scale, lq.shape[1] * scale), method="bicubic")
-
-
-def lanczos_upscale(lq: np.ndarray, scale: int) -> np.ndarray:
-    """HxWx3 float32 [0,1] -> (H*scale)x(W*scale)x3: Lanczos-3 (Pillow, float per channel)."""
-    h, w = lq.shape[:2]
-    chans = [
-        np.asarray(
-            Image.fromarray(np.ascontiguousarray(lq[..., c], dtype=np.float32), mode="F").resize(
-                (w * scale, h * scale), Image.Resampling.LANCZOS
-            )
-        )
-        for c in range(3)
-    ]
-    return np.clip(np.stack(chans, axis=-1), 0.0, 1.0).astype(np.float32)
-
-
-def bm3d_missing_reason() -> str | None:
-    """None when the optional `bm3d` package can be imported, else why CBM3D is skipped."""
-    if importlib.util.find_spec("bm3d") is None:
-        return "the optional `bm3d` package is not installed (pip install -e .[quality] adds CBM3D)"
-    return None
-
-
-def cbm3d_denoise(noisy: np.ndarray, sigma: float) -> np.ndarray:
-    """Colour BM3D of an HxWx3 float32 [0,1] image with Gaussian noise of `sigma` (0-255 scale).
-
-    Needs the optional `bm3d` package (see `bm3d_missing_reason`)."""
-    import bm3d  # optional dependency, checked by bm3d_missing_reason
-
-    out = bm3d.bm3d_rgb(noisy.astype(np.float64), sigma_psd=sigma / 255.0)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-def telea_inpaint(lq: np.ndarray) -> np.ndarray:
-    """OpenCV's Telea inpainting (A. Telea, "An Image Inpainting Technique Based on the Fast
-    Marching Method", 2004) of an inpainting input HxWx4 (`degrade.masked_input`): 8-bit, as
-    OpenCV works, radius `TELEA_RADIUS`; the known pixels are returned unchanged."""
-    import cv2  # opencv-python-headless: only the inpaint baseline needs it
-
-    rgb, m = lq[..., :3], lq[..., 3] >= 0.5
-    u8 = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-    out = cv2.inpaint(u8, m.astype(np.uint8), TELEA_RADIUS, cv2.INPAINT_TELEA)
-    filled = out.astype(np.float32) / 255.0
-    return np.where(m[..., None], filled, rgb).astype(np.float32)
-
-
-def baselines_for_task(task: str, cfg: Config) -> tuple[dict[str, Callable], dict[str, str]]:
-    """({name: lq HxWxC -> HR-size HxWx3}, {skipped name: reason}) for `task`."""
-    s = task_scale(task, cfg.degrade)
-    if s > 1:
-        return {
-            "bicubic": lambda lq: bicubic_upscale(lq, s),
-            "lanczos": lambda lq: lanczos_upscale(lq, s),
-        }, {}
-    methods: dict[str, Callable] = {"input": lambda lq: lq[..., :3].copy()}
-    skipped: dict[str, str] = {}
-    if task == "inpaint":  # the first baseline is the report's reference
-        methods = {"telea": telea_inpaint, **methods}
-    if task == "denoise":
-        reason = bm3d_missing_reason()
-        if reason is None:
-            sigma = cfg.degrade.val_noise_sigma
-            methods["cbm3d"] = lambda lq: cbm3d_denoise(lq, sigma)
-        else:
-            skipped["cbm3d"] = reason
-    return methods, skipped
+def baselines_for_task(
+    task: str | RestorationTask, cfg: Config
+) -> tuple[dict[str, Baseline], dict[str, str]]:
+    """({name: lq HxWxC -> HR-size HxWx3}, {skipped name: reason}) for `task`: its own
+    `RestorationTask.baselines` (the first is the report's reference)."""
+    return get_task(task).baselines(cfg)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -337,7 +281,7 @@ def _device(cfg: Config) -> torch.device:
 class _Plan:
     """What one evaluation runs: the headline spec, the step sweep, protocols and baselines."""
 
-    task: str
+    task: RestorationTask
     scale: int
     head: SamplingSpec  # what enhance runs (seed: evaluate.seeds[0] for the headline image)
     sweep: list[int]
@@ -355,16 +299,16 @@ class _Plan:
         return model_key(self.head.sampler, self.head.steps, self.head.detail)
 
 
-def _plan(r: Restorer, task: str, cfg: Config, n_pairs: int) -> _Plan:
+def _plan(r: Restorer, task: RestorationTask, cfg: Config, n_pairs: int) -> _Plan:
     """Check the model fits `task` and resolve what to run; ValueError otherwise."""
-    e, s = cfg.evaluate, task_scale(task, cfg.degrade)
-    if r.task != task or r.scale != s:
+    e, s = cfg.evaluate, task.scale(cfg.degrade)
+    if r.task != task.name or r.scale != s:
         raise ValueError(
-            f"the model was trained for task {r.task!r} (scale {r.scale}) but task {task!r} "
-            f"(scale {s}) is evaluated; pass the matching --task / checkpoint"
+            f"the model was trained for task {r.task!r} (scale {r.scale}) but task "
+            f"{task.name!r} (scale {s}) is evaluated; pass the matching --task / checkpoint"
         )
     if not n_pairs:
-        raise ValueError(f"no images to evaluate for task {task!r}")
+        raise ValueError(f"no images to evaluate for task {task.name!r}")
     head = sampling_spec(r, cfg.infer, sampler=e.sampler, samples=e.average_samples)
     named = {
         name: sampling_spec(r, replace(cfg.infer, preset=name, steps=None, samples=None,
@@ -375,14 +319,14 @@ def _plan(r: Restorer, task: str, cfg: Config, n_pairs: int) -> _Plan:
     sweep_detail = head.detail or max(s.detail for s in named.values()) or 1.0
     if len(named) < 2:  # no measured knob: the one preset is the recommendation (the headline)
         named = {}
-    baselines, skipped = baselines_for_task(task, cfg)
+    baselines, skipped = task.baselines(cfg)
     # the spread of samples at the knob's far end (at detail 0 every sample is the mean)
     unc = replace(head, samples=e.uncertainty_samples, seed=e.seeds[0],
                   detail=sweep_detail)  # fmt: skip
     why = uncertainty_problem(r, unc) if e.uncertainty_samples else "evaluate.uncertainty_samples=0"
     return _Plan(
         task, s, head, sorted({*e.steps, head.steps}), sweep_detail, named, tuple(e.seeds),
-        protocol_for_task(task, cfg.degrade), baselines, skipped,
+        task.protocols(cfg.degrade), baselines, skipped,
         None if why else unc, why,
     )  # fmt: skip
 
@@ -395,7 +339,7 @@ def _score_pair(
     rows: list[dict[str, Any]] = []
     headline = None
     mask = p.mask  # inpaint: also scored in the hole
-    write_image(images / "lq" / f"{p.name}.png", p.lq[..., :3])
+    write_image(images / "lq" / f"{p.name}.png", image_of(p.lq))
     write_image(images / "hr" / f"{p.name}.png", p.hr)
     if mask is not None:
         write_image(images / "mask" / f"{p.name}.png", mask)
@@ -512,7 +456,7 @@ def _protocol(
     """protocol.json: what was measured and how (the headline's SamplingSpec included)."""
     autocast = infer_autocast_dtype(cfg.infer.precision, r.device)  # as enhancement runs
     return {
-        "task": plan.task,
+        "task": plan.task.name,
         "scale": plan.scale,
         "protocols": [
             {"name": p.name, "y_channel": p.y_channel, "crop": p.crop, "description": p.describe()}
@@ -544,6 +488,8 @@ def _protocol(
             "step": r.meta.get("step"),
             "path": r.meta.get("path"),
             "formulation": r.diffusion_cfg.formulation,
+            # what it was fine-tuned from, and so on back (None: trained from scratch)
+            "init_from": training_record(r.meta.get("path"), r.meta).get("init_from"),
         },
         "device": str(r.device),
         "autocast": "bf16" if autocast is not None else "fp32",
@@ -556,7 +502,7 @@ def _protocol(
 def evaluate_pairs(
     r: Restorer,
     pairs: Sequence[Pair],
-    task: str,
+    task: str | RestorationTask,
     cfg: Config,
     out_dir: str | Path,
     *,
@@ -569,7 +515,8 @@ def evaluate_pairs(
     recorded in protocol.json (where the pairs came from). Raises ValueError when the model's
     task or scale does not match `task` or when there are no pairs.
     """
-    plan = _plan(r, task, cfg, len(pairs))
+    set_threads(cfg.infer.threads)  # the metrics' bits depend on it (infer.set_threads)
+    plan = _plan(r, get_task(task), cfg, len(pairs))
     if r.device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     out_dir = Path(out_dir)
@@ -579,7 +526,7 @@ def evaluate_pairs(
     unc_rows: list[dict[str, Any]] = []
     for i, p in enumerate(pairs):
         if progress:
-            progress(f"{task}: image {i + 1}/{len(pairs)} {p.name}")
+            progress(f"{plan.task.name}: image {i + 1}/{len(pairs)} {p.name}")
         pair_rows, headline = _score_pair(r, p, plan, images)
         rows += pair_rows
         if plan.uncertainty is not None:
@@ -635,7 +582,7 @@ def evaluate_model(cfg: Config, task: str, **kw: Any) -> Evaluation:
     return evaluate_pairs(load_model(model, cfg), pairs, task, cfg, out, source=source, **kw)
 
 
-def folder_pairs(hr_dir: str | Path, task: str, cfg: Config) -> list[Pair]:
+def folder_pairs(hr_dir: str | Path, task: str | RestorationTask, cfg: Config) -> list[Pair]:
     """(HR, LQ) pairs from any folder of HR images, exactly as the `degrade` stage makes them
     (`pairs.make_pair`: centre crop to `degrade.val_size`, the task's fixed validation seed
     from the file's content hash). At most `evaluate.max_images` (evenly spaced in sorted path
@@ -648,11 +595,12 @@ def folder_pairs(hr_dir: str | Path, task: str, cfg: Config) -> list[Pair]:
     files = spread(iter_image_files(root), cfg.evaluate.max_images)
     if not files:
         raise FileNotFoundError(f"{root}: no images found (PNG, JPEG, WebP, TIFF, BMP, GIF)")
+    t = get_task(task)
     pairs = []
     for f in files:
-        hr, lq, _ = make_pair(read_image(f), file_sha256(f), task, cfg.degrade)
+        hr, lq, _ = make_pair(read_image(f), file_sha256(f), t, cfg.degrade)
         name = f.relative_to(root).with_suffix("").as_posix().replace("/", "__")
-        pairs.append(Pair(name, hr, lq))
+        pairs.append(task_pair(name, hr, lq, t))
     return pairs
 
 
@@ -690,6 +638,7 @@ __all__ = [
     "score",
     "spread",
     "summarise",
+    "telea_inpaint",
     "write_csv",
     "write_json",
 ]

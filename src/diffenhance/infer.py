@@ -17,10 +17,11 @@ raised-cosine window and cropped to the exact output size:
   returns the same value for the same pixel in two tiles is reproduced exactly. Image borders
   get weight 1 (no fade), so nothing is divided by a tiny weight.
 * Determinism: every tile's noise comes from its own `torch.Generator` seeded from
-  (seed, image key, tile position) (`tile_seed`), so an output never depends on which other
-  tiles or images shared its batch, on the batch size, or on the shard it ran in.
-* Tiles of several images share batches (`TiledEnhancer.stream`): tiles are grouped by shape
-  and a batch runs as soon as `tile_batch` tiles of one shape wait.
+  (seed, image key, tile position) (`tile_seed`), and a batch holds tiles of one image only
+  (`tile_batch` at a time, in raster order), so an output's bits never depend on which other
+  images share its run, shard or worker. They do depend on `tile_batch` (CPU convolutions
+  round differently at another batch size) and on the intra-op thread count (oneDNN's conv with
+  a bias does too): `infer.threads` pins it (`set_threads`).
 * Precision: bf16 autocast on CUDA (`infer.precision: auto`), fp32 on CPU. Under autocast each
   tile's output is checked; a tile with a NaN/inf is redone in fp32 (same generator seed).
 * Uncertainty (`TiledEnhancer(..., uncertainty=True)`, `infer.uncertainty`): each tile's
@@ -48,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from diffenhance.config import InferConfig
+from diffenhance.restoration.base import image_of
 
 T = TypeVar("T")
 WAVELET_LEVELS = 5  # StableSR's choice: the low band keeps structures up to ~64 px
@@ -60,7 +62,9 @@ class TileModel(Protocol):
     scale: int  # output size / input size
     size_multiple: int  # output-space H and W must be multiples of this
     device: torch.device
-    # optional `lq_channels: int`: input channels (3 when absent; 4 for inpainting: RGB + mask)
+    # optional `lq_channels: int`: input channels (3 when absent; the image + side inputs),
+    # optional `finish(out [3,H,W], lq [C,h,w], std [H,W] | None) -> (out, std)`: composes one
+    # image's output with its input (`RestorationTask.finish`: inpainting keeps known pixels)
 
     def __call__(
         self,
@@ -105,9 +109,13 @@ class RestorerTiles:
 
     @property
     def lq_channels(self) -> int:
-        from diffenhance.degrade import lq_channels
+        return self.restorer.restoration.channels
 
-        return lq_channels(self.restorer.task)
+    def finish(
+        self, out: torch.Tensor, lq: torch.Tensor, std: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The task's composition of an output with its input (`RestorationTask.finish`)."""
+        return self.restorer.restoration.finish(out, lq, std)
 
     @property
     def device(self) -> torch.device:
@@ -159,6 +167,16 @@ class RestorerTiles:
 
 
 # ----------------------------------------------------------------------------- geometry
+
+
+def set_threads(n: int) -> None:
+    """Pin torch's intra-op CPU threads to `n` for this process (0: leave torch's default).
+
+    An output's bits depend on the thread count (oneDNN splits a convolution with a bias by
+    thread), so the jobs that promise equal bytes everywhere (enhance shards, evaluate) call
+    this with `infer.threads`."""
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def size_step(scale: int, size_multiple: int) -> int:
@@ -261,7 +279,7 @@ class Enhanced(Generic[T]):
     ident: T
     image: np.ndarray | None
     error: BaseException | None
-    seconds: float  # from the image entering the engine to its result (batches are shared)
+    seconds: float  # from the image entering the engine to its result
     std: np.ndarray | None = None
 
 
@@ -281,7 +299,6 @@ class _Image:
     out: torch.Tensor  # [3,h*s,w*s] weighted sum
     norm_y: torch.Tensor  # [h*s] sum of y windows (2-D normaliser is its outer product)
     norm_x: torch.Tensor
-    remaining: int
     t0: float
     error: BaseException | None = None
     var: torch.Tensor | None = None  # [h*s,w*s] weighted sum of the tiles' variance maps
@@ -296,7 +313,7 @@ class EngineStats:
 
 @dataclass
 class TiledEnhancer:
-    """Blended tiled inference over a `TileModel`, with tiles of many images per batch.
+    """Blended tiled inference over a `TileModel`, batch by batch of one image's tiles.
 
     cfg: an `InferConfig` or a resolved `restore.SamplingSpec` (the same field names): tile,
     tile_overlap, tile_batch, seed, precision, color_correction.
@@ -378,7 +395,6 @@ class TiledEnhancer:
             out=torch.zeros(3, h * s, w * s),
             norm_y=norm_y[: h * s].clone(),
             norm_x=norm_x[: w * s].clone(),
-            remaining=len(ys) * len(xs),
             t0=time.perf_counter(),
             var=torch.zeros(h * s, w * s) if self.uncertainty else None,
         )  # fmt: skip
@@ -388,16 +404,15 @@ class TiledEnhancer:
         out = img.out
         out.div_(img.norm_y[None, :, None]).div_(img.norm_x[None, None, :])
         if self.cfg.color_correction == "meanstd":
-            meanstd_color_fix(out, img.lq[:3, : img.h, : img.w])
+            meanstd_color_fix(out, image_of(img.lq, axis=0)[:, : img.h, : img.w])
         out.clamp_(0, 1)
         std = None
         if img.var is not None:
             var = img.var.div_(img.norm_y[:, None]).div_(img.norm_x[None, :])
             std = var.clamp_(min=0).sqrt_()
-        if img.lq.shape[0] > 3 and self.model.scale == 1:  # inpainting: only holes are filled
-            hole = img.lq[3:4, : img.h, : img.w] >= 0.5
-            out = torch.where(hole, out, img.lq[:3, : img.h, : img.w])
-            std = None if std is None else torch.where(hole[0], std, 0.0)  # known: certain
+        finish = getattr(self.model, "finish", None)
+        if finish is not None:  # e.g. inpainting: only the holes are filled
+            out, std = finish(out, img.lq, std)
         return out.permute(1, 2, 0).numpy(), None if std is None else std.numpy()
 
     # ---------------------------------------------------------------- batches
@@ -444,7 +459,7 @@ class TiledEnhancer:
             ]
             y, v = self._call(lq, seeds)
             if self.cfg.color_correction == "wavelet":
-                rgb = lq[:, :3]
+                rgb = image_of(lq, axis=1)
                 ref = rgb if s == 1 else F.interpolate(rgb, scale_factor=s, mode="bicubic")
                 y = wavelet_color_fix(y, ref.clamp(0, 1))
         except Exception as e:  # every image in a failed batch fails, the others go on
@@ -460,37 +475,18 @@ class TiledEnhancer:
             img.out[:, y0:y1, x0:x1] += y[k, :, : y1 - y0, : x1 - x0] * wgt
             if img.var is not None and v is not None:  # the same cross-fade: no seams
                 img.var[y0:y1, x0:x1] += v[k, 0, : y1 - y0, : x1 - x0] * wgt
-            img.remaining -= 1
 
     # ---------------------------------------------------------------- public
 
     def stream(self, jobs: Iterable[tuple[T, str, np.ndarray]]) -> Iterator[Enhanced[T]]:
-        """Enhance (ident, key, image) triples; yield an `Enhanced` per image as it completes.
+        """Enhance (ident, key, image) triples; yield an `Enhanced` per image, in order.
 
         image: HxWx3 float32 in [0, 1]; key names the image for the noise seeds (use a
-        content hash or a stable name). Results come in completion order. An image whose
-        preparation or batch fails is yielded with `error` set; the stream goes on. At most
-        `tile_batch` images are in flight, so memory does not grow with their number.
+        content hash or a stable name). An image whose preparation or batch fails is yielded
+        with `error` set; the stream goes on. One image is in flight at a time and its tiles
+        run `tile_batch` at a time, so neither memory nor an output's bits depend on the
+        other images.
         """
-        pending: dict[tuple[int, int], list[tuple[_Image, int, int]]] = {}
-        inflight: list[_Image] = []
-
-        def run_group(shape: tuple[int, int]) -> None:
-            group = pending.pop(shape, [])
-            for i in range(0, len(group), self.cfg.tile_batch):
-                self._run(group[i : i + self.cfg.tile_batch])
-
-        def collect() -> Iterator[Enhanced[T]]:
-            for img in [i for i in inflight if i.remaining == 0 or i.error is not None]:
-                inflight.remove(img)
-                result, std, err = None, None, img.error
-                if err is None:
-                    try:
-                        result, std = self._finish(img)
-                    except Exception as e:
-                        err = e
-                yield Enhanced(img.ident, result, err, time.perf_counter() - img.t0, std)
-
         for ident, key, image in jobs:
             t0 = time.perf_counter()
             try:
@@ -498,22 +494,18 @@ class TiledEnhancer:
             except Exception as e:
                 yield Enhanced(ident, None, e, time.perf_counter() - t0)
                 continue
-            inflight.append(img)
-            group = pending.setdefault((img.th, img.tw), [])
-            for iy in range(len(img.ys)):
-                for ix in range(len(img.xs)):
-                    group.append((img, iy, ix))
-                    if len(group) == self.cfg.tile_batch:
-                        self._run(group)
-                        group = pending[(img.th, img.tw)] = []
-            yield from collect()
-            while len(inflight) > self.cfg.tile_batch:
-                run_group((inflight[0].th, inflight[0].tw))
-                yield from collect()
-        for shape in list(pending):
-            run_group(shape)
-        yield from collect()
-        assert not inflight, "every image must have been yielded"
+            tiles = [(img, iy, ix) for iy in range(len(img.ys)) for ix in range(len(img.xs))]
+            for i in range(0, len(tiles), self.cfg.tile_batch):
+                if img.error is not None:
+                    break
+                self._run(tiles[i : i + self.cfg.tile_batch])
+            result, std, err = None, None, img.error
+            if err is None:
+                try:
+                    result, std = self._finish(img)
+                except Exception as e:
+                    err = e
+            yield Enhanced(img.ident, result, err, time.perf_counter() - img.t0, std)
 
     def enhance(self, image: np.ndarray, key: str = "") -> np.ndarray:
         """One image: HxWx3 float32 in [0,1] -> (H*scale)x(W*scale)x3 float32 in [0,1]."""

@@ -233,13 +233,11 @@ class Protocol:
 
 
 def protocol_for_task(task: str, cfg: DegradeConfig | None = None) -> list[Protocol]:
-    """The protocols reported for a task: RGB and Y, border crop = the task's scale for
-    sr2/sr4/blind (as BasicSR's `crop_border`), none for denoise/jpeg (or blind_scale 1)."""
-    from diffenhance.degrade import task_scale  # validates the task name
+    """The protocols reported for a task (its `RestorationTask.protocols`: RGB and Y, border
+    crop = the scale for SR tasks, as BasicSR's `crop_border`). ValueError for an unknown task."""
+    from diffenhance.restoration import get_task  # the registry (imports this module)
 
-    s = task_scale(task, cfg)
-    crop = s if s > 1 else 0  # = the scale for sr2/sr4/blind; 0 for same-size tasks
-    return [Protocol("rgb", False, crop), Protocol("y", True, crop)]
+    return get_task(task).protocols(cfg)
 
 
 __all__ = [

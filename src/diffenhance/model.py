@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from diffenhance.config import (
-    TASKS,
     ConfigError,
     DegradeConfig,
     DiffusionConfig,
@@ -31,10 +29,10 @@ from diffenhance.config import (
     section_from_dict,
     to_dict,
 )
-from diffenhance.degrade import lq_channels, task_scale
 from diffenhance.diffusion import Schedule, from_model_range, to_model_range
 from diffenhance.diffusion.formulations import Generators, formulation_moments, get_formulation
 from diffenhance.io import atomic_write_bytes
+from diffenhance.restoration import RestorationTask, get_task, task_names
 
 FORMAT = "diffenhance-checkpoint-v1"
 WEIGHTS_NAME = "model.safetensors"  # EMA weights: what enhancement loads
@@ -86,6 +84,11 @@ class Restorer:
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    @property
+    def restoration(self) -> RestorationTask:
+        """The registered task object of `task` (its side inputs, scoring, composition)."""
+        return get_task(self.task)
+
     def to(self, device: torch.device | str) -> Restorer:
         self.unet.to(device)
         self.schedule = self.schedule.to(device)
@@ -93,7 +96,7 @@ class Restorer:
 
     def condition(self, lq: torch.Tensor) -> torch.Tensor:
         """LQ [N,C,h,w] in [0,1] -> condition [N,C,h*s,w*s] in [-1,1] (bicubic upsampling;
-        C = `degrade.lq_channels(task)`: 3, or 4 for inpaint)."""
+        C = the task's `channels`: the image, then its side inputs)."""
         if self.scale != 1:
             lq = F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return to_model_range(lq.clamp(0, 1))
@@ -113,8 +116,8 @@ class Restorer:
     ) -> torch.Tensor:
         """Restore a batch. lq: [N,C,h,w] float32 in [0,1] -> [N,3,h*scale,w*scale] in [0,1].
 
-        C = `degrade.lq_channels(task)` (inpaint: `degrade.masked_input`; the tiled engine
-        then keeps the known pixels of the input exactly, `infer.TiledEnhancer`).
+        C = the task's `channels` (its `join`: the image, then its side inputs; the tiled
+        engine then composes the output with the input: the task's `finish`).
 
         H and W after upscaling must be multiples of `unet.size_multiple` (infer.py pads).
         The start (x_T, or the noisy input for indi) is drawn from `generator` (on its device,
@@ -178,7 +181,7 @@ def build_network(
     model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, scale: int, cond_channels: int = 3
 ) -> torch.nn.Module:
     """The freshly initialised network of `diffusion_cfg.formulation` for a task of `scale`
-    whose condition has `cond_channels` (`degrade.lq_channels`; its registry entry decides:
+    whose condition has `cond_channels` (the task's `channels`; its registry entry decides:
     e.g. a UNet(6 -> 3), or for 'residual' a PredictRefine; `model_cfg.space` = "lr" puts the
     body on the 1/scale grid)."""
     f = get_formulation(diffusion_cfg.formulation)
@@ -186,16 +189,20 @@ def build_network(
 
 
 def build_restorer(
-    model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, task: str, degrade_cfg: DegradeConfig
+    model_cfg: ModelConfig,
+    diffusion_cfg: DiffusionConfig,
+    task: str | RestorationTask,
+    degrade_cfg: DegradeConfig,
 ) -> Restorer:
     """A freshly initialised restorer for `task`."""
-    scale = task_scale(task, degrade_cfg)
+    t = get_task(task)
+    scale = t.scale(degrade_cfg)
     return Restorer(
-        unet=build_network(model_cfg, diffusion_cfg, scale, lq_channels(task)),
+        unet=build_network(model_cfg, diffusion_cfg, scale, t.channels),
         schedule=Schedule.from_config(diffusion_cfg),
         model_cfg=model_cfg,
         diffusion_cfg=diffusion_cfg,
-        task=task,
+        task=t.name,
         scale=scale,
         meta={},
     )
@@ -213,6 +220,33 @@ def checkpoint_metadata(r: Restorer, **extra: Any) -> dict[str, str]:
     }
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
     return meta
+
+
+CARD_NAME = "training.json"  # a shipped model's card, beside its weights
+
+
+def training_record(path: str | Path | None, meta: dict[str, str]) -> dict[str, Any]:
+    """How the checkpoint at `path` (safetensors metadata `meta`) was trained: {path, step,
+    formulation}, its card's recipe and commit (a shipped model's training.json beside it),
+    and under "init_from" the same record of the checkpoint it was fine-tuned from (its
+    metadata's "init_from", else its card's), so the chain of runs behind the weights survives
+    any number of fine-tunings. A fine-tuning run stores this record of its start checkpoint
+    as its own "init_from" metadata (train.py); evaluate puts it in protocol.json."""
+    rec: dict[str, Any] = {"path": None if path is None else str(path),
+                           "step": int(meta.get("step", 0)),
+                           "formulation": meta.get("formulation")}  # fmt: skip
+    prior = json.loads(meta["init_from"]) if meta.get("init_from") else None
+    card = None
+    if path is not None:
+        p = Path(path)
+        card = (p if p.is_dir() else p.parent) / CARD_NAME
+    if card is not None and card.is_file():
+        c = json.loads(card.read_text(encoding="utf-8"))
+        rec |= {k: c[k] for k in ("recipe", "commit") if k in c}
+        prior = prior or c.get("init_from")
+    if prior:
+        rec["init_from"] = prior
+    return rec
 
 
 def recommended_sampling(r: Restorer | CheckpointSpec) -> tuple[int, int]:
@@ -413,10 +447,11 @@ def _json_section(p: Path, meta: dict[str, str], key: str, cls: type) -> Any:
 
 def _task_and_scale(p: Path, meta: dict[str, str]) -> tuple[str, int]:
     task = meta.get("task")
-    if task not in TASKS:
-        raise CheckpointError(f"{p}: metadata task={task!r} is not one of {', '.join(TASKS)}")
-    blind = typing.get_args(typing.get_type_hints(DegradeConfig)["blind_scale"])
-    allowed = blind if task == "blind" else (task_scale(task),)
+    if task not in task_names():
+        raise CheckpointError(
+            f"{p}: metadata task={task!r} is not one of {', '.join(task_names())}"
+        )
+    allowed = get_task(task).scales()
     raw = meta.get("scale")
     try:
         scale = int(raw)  # type: ignore[arg-type]
@@ -483,7 +518,7 @@ def _network_shapes(
         )
     try:
         with torch.device("meta"):
-            net = build_network(model_cfg, diff_cfg, scale, lq_channels(task))
+            net = build_network(model_cfg, diff_cfg, scale, get_task(task).channels)
         Schedule.from_config(diff_cfg)
     except (ValueError, RuntimeError, OverflowError, TypeError) as e:
         raise CheckpointError(
@@ -555,7 +590,8 @@ def load_restorer(path: str | Path, device: str | torch.device = "cpu") -> Resto
         raise CheckpointError(
             f"{spec.path}: not a readable safetensors file ({_one_line(e)})"
         ) from None
-    unet = build_network(spec.model_cfg, spec.diffusion_cfg, spec.scale, lq_channels(spec.task))
+    channels = get_task(spec.task).channels
+    unet = build_network(spec.model_cfg, spec.diffusion_cfg, spec.scale, channels)
     load_matching(unet, tensors, strict=True, source=str(spec.path))
     r = Restorer(
         unet=unet,

@@ -41,12 +41,11 @@ from diffenhance.config import Config, load_config, unrecorded, write_resolved
 from diffenhance.data.folder import file_sha256
 from diffenhance.data.pairs import load_pairs
 from diffenhance.data.prepare import load_manifest
-from diffenhance.degrade import degrade_for_task, pair_seed
+from diffenhance.degrade import pair_seed
 from diffenhance.diffusion import formulation_loss, to_model_range
 from diffenhance.diffusion.formulations import get_formulation
 from diffenhance.infer import resolve_device
 from diffenhance.io import atomic_path, read_image, write_image
-from diffenhance.metrics import psnr, ssim
 from diffenhance.model import (
     WEIGHTS_NAME,
     Restorer,
@@ -56,8 +55,10 @@ from diffenhance.model import (
     pretrained_model,
     read_checkpoint,
     save_weights,
+    training_record,
     validate_checkpoint,
 )
+from diffenhance.restoration import RestorationTask, get_task, image_of
 from diffenhance.restore import restore, sampling_spec
 
 LOG = logging.getLogger("diffenhance.train")
@@ -77,16 +78,19 @@ class SynthPairs(Dataset):
     degradation, all drawn from `np.random.default_rng(pair_seed(seed, "train", task, k))`.
     """
 
-    def __init__(self, files: list[Path], task: str, crop: int, cfg: Config, seed: int):
+    def __init__(
+        self, files: list[Path], task: str | RestorationTask, crop: int, cfg: Config, seed: int
+    ):
         if not files:
             raise ValueError("no training images: the manifest has no split == 'train' crops")
-        self.files, self.task, self.crop, self.cfg, self.seed = files, task, crop, cfg, seed
+        self.files, self.crop, self.cfg, self.seed = files, crop, cfg, seed
+        self.task = get_task(task)
 
     def __len__(self) -> int:
         return 2**62
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng(pair_seed(self.seed, "train", self.task, int(k)))
+        rng = np.random.default_rng(pair_seed(self.seed, "train", self.task.name, int(k)))
         img = read_image(self.files[int(rng.integers(len(self.files)))])
         h, w = img.shape[:2]
         c = min(self.crop, h, w)
@@ -99,7 +103,7 @@ class SynthPairs(Dataset):
         if rng.random() < 0.5:
             hr = hr[:, ::-1]
         hr = np.ascontiguousarray(hr, dtype=np.float32)
-        lq = degrade_for_task(hr, self.task, rng, self.cfg.degrade, validation=False)
+        lq = self.task.degrade(hr, rng, self.cfg.degrade, validation=False)
         to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)  # noqa: E731
         return to_t(hr), to_t(lq)
 
@@ -234,8 +238,8 @@ def resume_params(cfg: Config, task: str) -> dict[str, Any]:
 
 
 def resume_digest(cfg: Config, task: str) -> str:
-    """Short hash of `resume_params`: a state is resumed only by a run with the same digest, and
-    the digest is the `config_digest` in checkpoint metadata (so it is free of output paths)."""
+    """Short hash of `resume_params`: a state is resumed only by a run with the same digest
+    (free of output paths)."""
     blob = json.dumps(resume_params(cfg, task), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -369,7 +373,8 @@ def _set_rng_states(states: dict, device: torch.device) -> None:
 @torch.no_grad()
 def validate(r: Restorer, cfg: Config, out_dir: Path, step: int) -> dict[str, float]:
     """The restore path (as enhance runs it, at `train.val_steps` steps, 1 sample, seed
-    `train.seed`) on the first `val_images` fixed pairs: mean PSNR/SSIM (RGB) and a grid PNG."""
+    `train.seed`) on the first `val_images` fixed pairs: mean PSNR/SSIM under the task's first
+    (RGB) protocol, and a grid PNG."""
     pairs = load_pairs(Path(cfg.degrade.out_dir) / r.task, limit=cfg.train.val_images)
     spec = sampling_spec(r, cfg.infer, steps=cfg.train.val_steps, samples=1, seed=cfg.train.seed)
     outs, hrs, conds = [], [], []
@@ -377,12 +382,10 @@ def validate(r: Restorer, cfg: Config, out_dir: Path, step: int) -> dict[str, fl
         outs.append(torch.from_numpy(restore(r, p.lq, spec)).permute(2, 0, 1)[None])
         hrs.append(torch.from_numpy(p.hr).permute(2, 0, 1)[None])
         lq = torch.from_numpy(p.lq).permute(2, 0, 1)[None].to(r.device)
-        conds.append(((r.condition(lq)[:, :3] + 1) / 2).cpu())  # the image (no mask channel)
-    crop = r.scale if r.scale > 1 else 0
-    vp = [
-        float(psnr(o, h, crop=crop).clamp(max=100).mean()) for o, h in zip(outs, hrs, strict=True)
-    ]
-    vs = [float(ssim(o, h, crop=crop).mean()) for o, h in zip(outs, hrs, strict=True)]
+        conds.append(((image_of(r.condition(lq), axis=1) + 1) / 2).cpu())  # no side inputs
+    proto = r.restoration.protocols(cfg.degrade)[0]
+    vp = [float(proto.psnr(o, h).clamp(max=100).mean()) for o, h in zip(outs, hrs, strict=True)]
+    vs = [float(proto.ssim(o, h).mean()) for o, h in zip(outs, hrs, strict=True)]
     rows = [torch.cat([c[0], o[0], h[0]], dim=2) for c, o, h in zip(conds, outs, hrs, strict=True)]
     if rows and len({tuple(x.shape) for x in rows}) == 1:
         grid = torch.cat(rows, dim=1).permute(1, 2, 0).numpy()
@@ -468,6 +471,8 @@ class TrainLoop:
             tensors, meta = read_checkpoint(init)
             if "recommended" in meta:  # measured on the weights it starts from: keep it
                 r.meta["recommended"] = meta["recommended"]
+            # the runs behind the start weights: a report says "300 steps from ..." with them
+            r.meta["init_from"] = json.dumps(training_record(init, meta), sort_keys=True)
             tensors = get_formulation(self.cfg.diffusion.formulation).init_tensors(
                 r.unet, tensors, meta
             )
@@ -645,8 +650,10 @@ class TrainLoop:
             **_rng_states(next(self.model.parameters()).device),
         }
         save_state(self.state_dir, self.step, payload, self.cfg.train.keep_last)
-        kept = {k: self.r.meta[k] for k in ("recommended",) if k in self.r.meta}
-        meta = checkpoint_metadata(self.r, step=self.step, config_digest=self.digest, **kept)
+        kept = {k: self.r.meta[k] for k in ("recommended", "init_from") if k in self.r.meta}
+        # no resume digest here: it covers every degrade.* key, so the weights' bytes would
+        # change with another task's degradation (the state folder is named by it instead)
+        meta = checkpoint_metadata(self.r, step=self.step, **kept)
         save_weights(self.out_dir / WEIGHTS_NAME, self.ema.state_dict(), meta)
         save_weights(self.out_dir / "raw.safetensors", self.model.state_dict(), meta)
 

@@ -2,10 +2,12 @@
 
 Each pair is seeded by (degrade.seed, task, content hash of the HR crop), so a pair never
 changes when other images are added or the order changes. Training synthesises LQ images on
-the fly with the very same `degrade.degrade_for_task`; only the seed differs.
+the fly with the very same `RestorationTask.degrade`; only the seed differs.
 
-Layout of `<degrade.out_dir>/<task>/`: `hr/<name>.png`, `lq/<name>.png`, `pairs.csv`, and for
-inpaint `mask/<name>.png` (white = fill; lq/ is then the masked input, holes pre-filled by `degrade.fill_holes`): the triple.
+Layout of `<degrade.out_dir>/<task>/`: `hr/<name>.png`, `lq/<name>.png` (the LQ image),
+`pairs.csv`, and one `<side input>/<name>.png` per side input of the task, named by a pairs.csv
+column of that name (inpaint: `mask/<name>.png`, white = fill; lq/ is then the masked input,
+holes pre-filled).
 
 `degrade_stage(cfg, tasks)` is the whole stage (manifest -> pairs of every task -> the resolved
 config); flows/degrade.py maps it over the tasks, the benchmarks and tests call it directly.
@@ -22,8 +24,9 @@ import pandas as pd
 
 from diffenhance.config import Config, DegradeConfig, write_resolved
 from diffenhance.data.prepare import MANIFEST, load_manifest
-from diffenhance.degrade import degrade_for_task, masked_input, modcrop, pair_seed, task_scale
+from diffenhance.degrade import modcrop, pair_seed
 from diffenhance.io import atomic_path, read_image, read_mask, write_image
+from diffenhance.restoration import RestorationTask, get_task
 
 PAIRS_CSV = "pairs.csv"
 
@@ -32,12 +35,19 @@ PAIRS_CSV = "pairs.csv"
 class Pair:
     name: str
     hr: np.ndarray  # float32 HxWx3 in [0, 1]
-    lq: np.ndarray  # float32 hxwxC in [0, 1], h = H / scale; C = 4 for inpaint (+ the mask)
+    lq: np.ndarray  # float32 hxwxC in [0, 1], h = H / scale: the network input of its task
+    # the region scored on its own (`RestorationTask.scored_region`; inpaint: the hole), HxW
+    region: np.ndarray | None = None
 
     @property
     def mask(self) -> np.ndarray | None:
-        """Inpainting's hole (HxW, 1 = fill): the LQ's 4th channel; None for other tasks."""
-        return self.lq[..., 3] if self.lq.shape[2] > 3 else None
+        """The region scored on its own (inpainting's hole, HxW, 1 = fill), or None."""
+        return self.region
+
+
+def task_pair(name: str, hr: np.ndarray, lq: np.ndarray, task: RestorationTask) -> Pair:
+    """A `Pair` of `task`, its scored region taken from the input (`scored_region`)."""
+    return Pair(name, hr, lq, task.scored_region(lq))
 
 
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -57,35 +67,40 @@ def select_val_crops(manifest: pd.DataFrame, max_images: int) -> pd.DataFrame:
     return val.iloc[np.unique(idx)].reset_index(drop=True)
 
 
-def make_pair(hr_img: np.ndarray, key: str, task: str, cfg: DegradeConfig) -> tuple:
-    """(hr, lq, seed) for one validation crop: centre crop, modcrop to the scale, degrade."""
-    scale = task_scale(task, cfg)
-    hr = modcrop(center_crop(hr_img, cfg.val_size), scale)
-    seed = pair_seed(cfg.seed, "val", task, key)
-    lq = degrade_for_task(hr, task, np.random.default_rng(seed), cfg, validation=True)
+def make_pair(
+    hr_img: np.ndarray, key: str, task: str | RestorationTask, cfg: DegradeConfig
+) -> tuple:
+    """(hr, lq, seed) for one validation crop: centre crop, modcrop to the scale, degrade
+    with the task's validation settings."""
+    task = get_task(task)
+    hr = modcrop(center_crop(hr_img, cfg.val_size), task.scale(cfg))
+    seed = pair_seed(cfg.seed, "val", task.name, key)
+    lq = task.degrade(hr, np.random.default_rng(seed), cfg, validation=True)
     return hr, lq, seed
 
 
 def write_pair(
-    crop_file: Path, key: str, task: str, cfg: DegradeConfig, out_dir: Path
+    crop_file: Path, key: str, task: str | RestorationTask, cfg: DegradeConfig, out_dir: Path
 ) -> dict[str, object]:
-    """Degrade one HR crop for `task` and write hr/ and lq/ PNGs; return its pairs.csv row."""
+    """Degrade one HR crop for `task` and write hr/ and lq/ PNGs (and one per side input);
+    return its pairs.csv row."""
+    task = get_task(task)
     hr, lq, seed = make_pair(read_image(crop_file), key, task, cfg)
     name = Path(crop_file).stem
-    task_dir = Path(out_dir) / task
+    task_dir = Path(out_dir) / task.name
+    image, side = task.split(lq)
     write_image(task_dir / "hr" / f"{name}.png", hr)
-    write_image(task_dir / "lq" / f"{name}.png", lq[..., :3])
-    extra = {}
-    if lq.shape[2] > 3:  # inpaint: the mask beside the masked input
-        write_image(task_dir / "mask" / f"{name}.png", lq[..., 3])
-        extra = {"mask": f"mask/{name}.png", "mask_coverage": round(float(lq[..., 3].mean()), 6)}
+    write_image(task_dir / "lq" / f"{name}.png", image)
+    for k, plane in side.items():  # inpaint: the mask beside the masked input
+        write_image(task_dir / k / f"{name}.png", plane)
     return {
         "name": name,
         "hr": f"hr/{name}.png",
         "lq": f"lq/{name}.png",
-        **extra,
-        "task": task,
-        "scale": task_scale(task, cfg),
+        **{k: f"{k}/{name}.png" for k in side},
+        **task.pair_columns(lq),
+        "task": task.name,
+        "scale": task.scale(cfg),
         "seed": seed,
         "source_sha256": key,
         "hr_height": hr.shape[0],
@@ -117,16 +132,17 @@ def val_crops(cfg: Config) -> pd.DataFrame:
     return crops
 
 
-def write_task_pairs(cfg: Config, task: str, crops: pd.DataFrame) -> Path:
+def write_task_pairs(cfg: Config, task: str | RestorationTask, crops: pd.DataFrame) -> Path:
     """The pairs of one task: every crop of `crops` (rows of the manifest in
     `data.prepared_dir`) degraded for `task` into `<degrade.out_dir>/<task>/` (hr/, lq/,
     pairs.csv); returns the pairs.csv path."""
+    t = get_task(task)
     prepared, out_dir = Path(cfg.data.prepared_dir), Path(cfg.degrade.out_dir)
     rows = [
-        write_pair(prepared / r.crop_path, r.crop_sha256, task, cfg.degrade, out_dir)
+        write_pair(prepared / r.crop_path, r.crop_sha256, t, cfg.degrade, out_dir)
         for r in crops.itertuples()
     ]
-    return write_pairs_csv(rows, out_dir / task)
+    return write_pairs_csv(rows, out_dir / t.name)
 
 
 def degrade_stage(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, Path]:
@@ -142,7 +158,8 @@ def degrade_stage(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, 
 
 
 def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
-    """Read the fixed pairs of one task (sorted by name), optionally only the first `limit`."""
+    """Read the fixed pairs of one task (sorted by name), optionally only the first `limit`.
+    Each pair's network input is that of the task its pairs.csv row names."""
     task_dir = Path(task_dir)
     csv = task_dir / PAIRS_CSV
     if not csv.is_file():
@@ -152,15 +169,16 @@ def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
     df = pd.read_csv(csv)
     if limit is not None:
         df = df.head(limit)
-    return [
-        Pair(r.name, read_image(task_dir / r.hr), _read_lq(task_dir, r)) for r in df.itertuples()
-    ]
+    pairs = []
+    for r in df.itertuples():
+        task = get_task(r.task)
+        hr, lq = read_image(task_dir / r.hr), _read_lq(task_dir, r, task)
+        pairs.append(task_pair(r.name, hr, lq, task))
+    return pairs
 
 
-def _read_lq(task_dir: Path, row: object) -> np.ndarray:
-    """A pair's LQ input: lq/ (+ its mask/ as a fourth channel where pairs.csv names one)."""
-    lq = read_image(task_dir / row.lq)  # type: ignore[attr-defined]
-    mask = getattr(row, "mask", None)
-    if isinstance(mask, str) and mask:
-        return masked_input(lq, read_mask(task_dir / mask, lq.shape[:2]))
-    return lq
+def _read_lq(task_dir: Path, row: object, task: RestorationTask) -> np.ndarray:
+    """A pair's network input: lq/ joined with each side input its pairs.csv column names."""
+    image = read_image(task_dir / row.lq)  # type: ignore[attr-defined]
+    side = {k: read_mask(task_dir / getattr(row, k), image.shape[:2]) for k in task.side_inputs}
+    return task.join(image, **side) if side else image

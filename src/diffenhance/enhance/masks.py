@@ -10,14 +10,37 @@ image on the next run.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
 from diffenhance.config import Config
-from diffenhance.degrade import lq_channels, masked_input
 from diffenhance.enhance.job import EnhanceError
 from diffenhance.io import ImageReadError, file_sha256, read_image_info, read_mask
+from diffenhance.restoration import RestorationTask, get_task
+
+MASK = "mask"  # the side input `enhance.mask` feeds (inpainting's)
+
+
+def takes_mask(task: str) -> bool:
+    """Whether models of `task` take a mask (a side input named `MASK`)."""
+    return MASK in get_task(task).side_inputs
+
+
+def model_task(cfg: Config) -> RestorationTask:
+    """The task of `enhance.model` (from its checkpoint's metadata, read once per file)."""
+    from diffenhance.enhance.models import model_file
+
+    f = model_file(cfg.enhance.model)
+    return get_task(_checkpoint_task(str(f), f.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=16)
+def _checkpoint_task(path: str, mtime_ns: int) -> str:
+    from diffenhance.model import validate_checkpoint
+
+    return validate_checkpoint(path).task
 
 
 def check_mask_setting(cfg: Config, task: str, single: bool) -> None:
@@ -25,13 +48,13 @@ def check_mask_setting(cfg: Config, task: str, single: bool) -> None:
     one; a mask file goes with one input image, a folder with a folder. EnhanceError says
     what to do."""
     mask, model = cfg.enhance.mask, cfg.enhance.model
-    takes_mask = lq_channels(task) > 3
-    if takes_mask and not mask:
+    needs = takes_mask(task)
+    if needs and not mask:
         raise EnhanceError(
             f"{model} is an inpainting model: give the region to fill with --mask MASK.png "
             "(white = fill; for a folder of images, a folder of masks with the same relative paths)"
         )
-    if not takes_mask and mask:
+    if not needs and mask:
         raise EnhanceError(f"--mask is for inpainting models, but {model} is a model for {task}")
     if not mask:
         return
@@ -66,10 +89,11 @@ def check_single_mask(cfg: Config, image: Path) -> None:
 def with_mask(
     cfg: Config, key: str, img: np.ndarray, mask_sha: str | None
 ) -> tuple[np.ndarray, dict[str, str]]:
-    """The network input of image `key`: `img` itself without masks, else the inpainting
-    input (`degrade.masked_input`) and {"mask_key", "mask_sha256"} for its record; `mask_sha`
-    is `mask_sha256(cfg, key)`, already computed for the resume check (hashed once).
-    ImageReadError naming the mask when it is missing, unreadable, empty or of another size."""
+    """The network input of image `key`: `img` itself without masks, else the input of the
+    model's task (`model_task`) with the mask as its side input (`RestorationTask.join`) and
+    {"mask_key", "mask_sha256"} for its record; `mask_sha` is `mask_sha256(cfg, key)`, already
+    computed for the resume check (hashed once). ImageReadError naming the mask when it is
+    missing, unreadable, empty or of another size."""
     if not cfg.enhance.mask:
         return img, {}
     p = mask_file(cfg, key)
@@ -77,7 +101,8 @@ def with_mask(
         looked = " or ".join(str(c) for c in mask_candidates(Path(cfg.enhance.mask), key))
         raise ImageReadError(key, f"no mask: {looked} does not exist")
     mask = read_mask(p, img.shape[:2], max_pixels=cfg.enhance.max_pixels)
-    return masked_input(img, mask), {"mask_key": str(p), "mask_sha256": str(mask_sha)}
+    lq = model_task(cfg).join(img, **{MASK: mask})
+    return lq, {"mask_key": str(p), "mask_sha256": str(mask_sha)}
 
 
 def mask_file(cfg: Config, key: str) -> Path | None:

@@ -28,12 +28,12 @@ def model_file(path: str | os.PathLike) -> Path:
     `models/<task>` (enhance.model's default) without a trained checkpoint resolves to the
     shipped model `models/pretrained/<task>`, so enhancement works before any training.
     """
-    from diffenhance.config import TASKS
     from diffenhance.model import WEIGHTS_NAME, weights_path
+    from diffenhance.restoration import task_names
 
     p = Path(path)
     f = weights_path(p)
-    if not f.is_file() and p.name in TASKS and p.parent in (Path("."), Path("models")):
+    if not f.is_file() and p.name in task_names() and p.parent in (Path("."), Path("models")):
         shipped = pretrained_model(p.name)
         if shipped is not None:
             log.info("%s has no trained model: using the shipped %s", p, shipped)

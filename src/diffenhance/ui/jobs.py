@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffenhance.config import TASKS, Config
+from diffenhance.config import Config
 from diffenhance.io import ImageReadError, read_image, read_image_info, write_image
 
 log = logging.getLogger(__name__)
@@ -153,11 +153,13 @@ def model_info(value: str) -> dict[str, Any]:
     from diffenhance.diffusion.formulations import get_formulation
     from diffenhance.enhance import model_file
     from diffenhance.model import default_preset, presets, sampling, validate_checkpoint
+    from diffenhance.restoration import get_task
 
     spec = validate_checkpoint(model_file(value))
     steps, samples, _ = sampling(spec, None, None)  # its default preset's (a header will do)
     f = get_formulation(spec.diffusion_cfg.formulation)
     return {"value": value, "task": spec.task, "scale": spec.scale,
+            "side_inputs": list(get_task(spec.task).side_inputs),  # e.g. ["mask"]: inpainting
             "formulation": spec.diffusion_cfg.formulation, "steps": steps, "samples": samples,
             "has_knob": f.has_knob, "detail_knob": f.detail_knob, "presets": presets(spec),
             "preset": default_preset(spec)}  # fmt: skip
@@ -168,8 +170,9 @@ def list_models(models_dir: Path) -> list[dict[str, Any]]:
     under `models_dir` holding a model.safetensors; unreadable ones are left out (logged)."""
     from diffenhance.enhance import model_file, pretrained_model
     from diffenhance.model import WEIGHTS_NAME
+    from diffenhance.restoration import task_names
 
-    shipped = [(t, f"{t} (shipped)") for t in TASKS if pretrained_model(t) is not None]
+    shipped = [(t, f"{t} (shipped)") for t in task_names() if pretrained_model(t) is not None]
     found = sorted(p.parent for p in models_dir.rglob(WEIGHTS_NAME)) if models_dir.is_dir() else []
     seen: set[Path] = set()
     models = []
@@ -483,12 +486,18 @@ class Workspace:
             del self.uploads[u.id]
             shutil.rmtree(u.path.parent, ignore_errors=True)
 
-    def close(self) -> None:
-        """Cancel the queued jobs and the running one, wait for it to stop, delete the folder."""
+    def cancel_all(self) -> None:
+        """Cancel the queued jobs and the running one (which stops at its next network call);
+        no waiting. What a stop signal does at once, before open requests are waited for."""
         with self.lock:
             active = [j for j in self.jobs.values() if j.state in ACTIVE]
         for j in active:
             with contextlib.suppress(UiError):  # it ended meanwhile
                 self.cancel(j)
+
+    def close(self) -> None:
+        """Cancel the queued jobs and the running one, wait for it to stop, delete the folder.
+        Closing again does nothing more."""
+        self.cancel_all()
         self.pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -36,6 +36,7 @@ import torch
 from diffenhance.config import DiffusionConfig, ModelConfig
 from diffenhance.diffusion.schedule import Schedule
 from diffenhance.nn import build_cond_net
+from diffenhance.restoration.base import image_of
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -57,8 +58,9 @@ class Formulation:
         self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int, cond_channels: int = 3
     ) -> torch.nn.Module:
         """The freshly initialised network for a task of `scale` (1, 2, 4: output size / input
-        size; an LR-space network needs it) whose condition has `cond_channels` (3, or 4 for
-        inpainting: see `cond_image`); must expose `size_multiple` (output-space).
+        size; an LR-space network needs it) whose condition has `cond_channels` (the task's
+        `channels`: the image, then its side inputs; see `cond_image`); must expose
+        `size_multiple` (output-space).
 
         Default: the conditional network of `model.space` (noisy state and condition in,
         3 channels out: `nn.build_cond_net`)."""
@@ -170,9 +172,10 @@ def get_formulation(name: str) -> Formulation:
 
 
 def cond_image(cond: torch.Tensor) -> torch.Tensor:
-    """The degraded image in a condition [N, C, H, W]: its first 3 channels. Further channels
-    are side information the network sees but nothing samples from (inpainting's mask)."""
-    return cond[:, :3]
+    """The degraded image in a condition [N, C, H, W] (`restoration.image_of`). Further
+    channels are the task's side inputs, which the network sees but nothing samples from
+    (inpainting's mask)."""
+    return image_of(cond, axis=1)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

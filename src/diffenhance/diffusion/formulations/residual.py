@@ -16,6 +16,7 @@ from diffenhance.diffusion.formulations.base import (
     Formulation,
     Generators,
     Stats,
+    cond_image,
     draw_normal,
     pixel_loss,
     register,
@@ -73,7 +74,7 @@ class Residual(Formulation):
         generator: Generators, step_gen: torch.Generator | None, progress: bool, clip_x0: bool,
     ) -> torch.Tensor:  # fmt: skip
         """SR3 (DDIM/DDPM) on the scaled residual conditioned on mu; returns mu + r^ / s."""
-        mu = prepared[:, :3]
+        mu = cond_image(prepared)  # [mu, side inputs]: mu
         r_T = draw_normal(mu.shape, generator, mu.device).to(mu.dtype)
         r = sample(
             sampler, unwrap(model).denoise, sched, r_T, prepared, steps=steps, eta=eta,
