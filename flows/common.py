@@ -1,4 +1,5 @@
-"""Shared plumbing of the stage flows: command-line parsing and run-context logging."""
+"""Shared plumbing of the stage flows: command-line parsing, run-context logging, and how an
+entry point ends (a user error, SIGINT or SIGTERM: one line each, no traceback)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from prefect.exceptions import TerminationSignal
+
 # user errors -> exit code: one table, shared with the `diffenhance` CLI
 from diffenhance.exitcodes import USER_ERRORS, user_error_code  # noqa: F401
+from diffenhance.signals import exit_code, interrupted, signum_of, stop_signals
 from tasks.common import stage_logger  # noqa: F401 - the flows' logger too; defined below flows/
 
 
@@ -43,20 +47,52 @@ def _console_handlers() -> list[logging.Handler]:
     return [h for g in loggers for h in g.handlers if isinstance(h, logging.StreamHandler)]
 
 
-def run_entry(call: Callable[[], int | None]) -> int:
+def _stop_temporary_server() -> bool:
+    """Stop Prefect's temporary API server, if this process started one (no PREFECT_API_URL);
+    whether it did. Prefect stops it at exit (atexit), which SIGTERM's default action skips;
+    the interrupt path stops it itself, so that it is gone when the line says so."""
+    module = sys.modules.get("prefect.server.api.server")
+    if module is None:  # never imported: never started
+        return False
+    server = module.SubprocessASGIServer()  # the port-less one `get_client` starts
+    if server.server_process is None:
+        return False
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):  # the run's last logs and events first: sent
+        worker.drain_all(timeout=5)  # to a stopped server, they are retried for a minute
+    server.stop()
+    return True
+
+
+def run_entry(call: Callable[[], int | None], what: str = "the flow run") -> int:
     """Run a `python -m flows.<X>` entry point and return its exit code (`call`'s, 0 for None).
 
     A user error (`USER_ERRORS`: bad config or model, storage down) prints one
     `error: <message>` line to stderr and returns its code, without a traceback: Prefect's
     console copy of it is dropped (the Prefect API's run logs keep it). Anything else is a
     bug and propagates with its traceback.
+
+    SIGINT and SIGTERM (`diffenhance.signals.stop_signals`) stop `what` (the flow run: Prefect
+    marks it crashed, worker threads stop at their next network call), then Prefect's
+    temporary server; one `interrupted by SIGTERM; stopped <what> ...` line, exit 130 / 143.
     """
     hide = _HideUserErrors()
     handlers = _console_handlers()
     for h in handlers:
         h.addFilter(hide)
     try:
-        rc = call()
+        with stop_signals():
+            rc = call()
+    except (KeyboardInterrupt, TerminationSignal) as e:  # the second: a SIGTERM Prefect's
+        # handler turned into its own exception, ours then ignoring it as a second signal
+        signum = e.signal if isinstance(e, TerminationSignal) else signum_of(e)
+        stopped = what
+        if _stop_temporary_server():
+            stopped += " and Prefect's temporary server"
+        print(interrupted(signum, stopped), file=sys.stderr)
+        return exit_code(signum)
     except Exception as e:
         code = user_error_code(e)
         if code is None:

@@ -7,7 +7,8 @@ and `<output>/_diffenhance/summary.json`.
     python -m flows.enhance serve --cron "0 3 * * *" [--name nightly] [--max-runs N] [...]
 
 `serve` registers a deployment with that cron schedule on the Prefect API (PREFECT_API_URL)
-and runs its flow runs in this process until stopped (SIGTERM / Ctrl-C), or after N runs.
+and runs its flow runs in this process until stopped (SIGTERM / Ctrl-C: exit 143 / 130), or
+after N runs.
 Exit codes (`diffenhance.enhance.run`'s error policy, as `diffenhance enhance`): 0 all
 enhanced, 1 some images failed or shards crashed (storage down), 2 configuration, usage,
 input or model-file error - one `error:` line, no traceback (flows.common.run_entry).
@@ -17,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +38,7 @@ from diffenhance.enhance import (
     plan_job,
     run_job,
 )
+from diffenhance.signals import Interrupted, received
 from flows.common import run_entry, stage_logger
 from tasks.enhance import enhance_shard, publish_summary
 
@@ -113,6 +116,34 @@ def enhance(params: str = "params.yaml", overrides: list[str] | None = None) -> 
 
 
 async def _serve(deployment: Any, max_runs: int | None) -> None:
+    """Serve `deployment` on a runner in this process (`serve`); Ctrl-C stops it gracefully."""
+    from prefect.runner import Runner
+
+    runner = Runner(name=f"{deployment.name}-runner", limit=1)
+    previous = signal.signal(signal.SIGINT, _graceful_sigint(runner))
+    try:
+        await _run_runner(runner, await runner.aadd_deployment(deployment), max_runs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _graceful_sigint(runner: Any) -> Callable[[int, Any], None]:
+    """A SIGINT handler that stops `runner` as Prefect's own SIGTERM handler does (in-flight
+    runs cancelled, schedules paused, its storage folder deleted); an exception raised into
+    its event loop instead skips part of that. Before it runs: `Interrupted`, as elsewhere.
+    The entry point then ends as interrupted (`diffenhance.signals.received`)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if not runner.started or runner.stopping:
+            raise Interrupted(signum)
+        runner.stopping = True
+        runner.execute_in_background(runner.astop)
+
+    return handler
+
+
+async def _run_runner(runner: Any, dep_id: Any, max_runs: int | None) -> None:
+    """Run `runner` until stopped, or until deployment `dep_id` has `max_runs` finished runs."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -122,10 +153,7 @@ async def _serve(deployment: Any, max_runs: int | None) -> None:
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
-    from prefect.runner import Runner
 
-    runner = Runner(name=f"{deployment.name}-runner", limit=1)
-    dep_id = await runner.aadd_deployment(deployment)
     if not max_runs:
         await runner.start()
         return
@@ -146,7 +174,11 @@ async def _serve(deployment: Any, max_runs: int | None) -> None:
                     await runner.astop()
                     return
 
-    await asyncio.gather(runner.start(), stop_after_runs())
+    watcher = asyncio.ensure_future(stop_after_runs())
+    try:
+        await runner.start()
+    finally:  # stopped otherwise (a signal): no more runs to wait for
+        watcher.cancel()
 
 
 def preflight(params: str, overrides: Sequence[str]) -> None:
@@ -204,12 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve(
                 args.params, args.overrides, cron=args.cron, name=args.name, max_runs=args.max_runs
             )
+            if (sig := received()) is not None:  # SIGTERM: the runner's own graceful stop
+                raise Interrupted(sig)
             return 0
         preflight(args.params, args.overrides)
         summary = enhance(params=args.params, overrides=list(args.overrides))
         return exit_code(summary)
 
-    return run_entry(run)  # a bad config or model: one `error:` line, exit 2
+    # a bad config or model: one `error:` line, exit 2; SIGINT, SIGTERM: one line, 130 / 143
+    return run_entry(run, "the runner" if serving else "the flow run")
 
 
 if __name__ == "__main__":

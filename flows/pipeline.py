@@ -2,6 +2,8 @@
 
 DVC owns the DAG (dvc.yaml); this only starts one shared Prefect server on 127.0.0.1 (unless
 PREFECT_API_URL points at one), runs `dvc repro` with it, and prints where the results are.
+SIGINT and SIGTERM stop `dvc repro`, the stage it runs and then the server (as `flows.server`
+does), with one line and exit 130 / 143.
 
 Without a stage name the main job reproduces `report` and what it needs (prepare, degrade,
 train, evaluate, report); the formulation comparison (`train_compare@*`, `compare`, about ten
@@ -19,11 +21,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from flows.server import local_prefect_server
+from diffenhance.signals import exit_code, interrupted, signum_of, stop_signals
+from flows.server import local_prefect_server, run_command
 
 MAIN_TARGETS = ["report"]  # the stages `make run` reproduces (with their ancestors)
 TARGET_NAMES = {"compare": "compare/dvc.yaml:compare"}  # short names of the opt-in pipeline
@@ -43,9 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no .dvc/ here; run from the repository root", file=sys.stderr)
         return 2
     env_path = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
-    with local_prefect_server() as api:
-        print(f"pipeline: Prefect API {api}", flush=True)
-        rc = subprocess.call([dvc, "repro", *argv], env={**os.environ, "PATH": env_path})
+    stopped = "dvc repro" + ("" if os.environ.get("PREFECT_API_URL") else " and the Prefect server")
+    try:  # SIGINT, SIGTERM: dvc and its stage first, then the server (flows.server)
+        with stop_signals(), local_prefect_server() as api:
+            print(f"pipeline: Prefect API {api}", flush=True)
+            rc = run_command([dvc, "repro", *argv], env={**os.environ, "PATH": env_path})
+    except KeyboardInterrupt as e:
+        print(f"pipeline: {interrupted(signum_of(e), stopped)}", file=sys.stderr)
+        return exit_code(signum_of(e))
     if rc != 0:
         print(f"pipeline: dvc repro failed with exit code {rc}", file=sys.stderr)
         return rc

@@ -6,12 +6,19 @@ server started here instead. With `PREFECT_API_URL` already set, that server is 
 nothing is started.
 
     python -m flows.server -- dvc repro        # run a command with a local server around it
+
+SIGINT and SIGTERM stop what was started, the command first (while the server can still take
+its flow runs' last states): the signal is passed on to the command's whole process group
+(`dvc repro` and the stage it runs), whatever is left after CHILD_GRACE_S is killed, then the
+server's process group goes the same way. One `interrupted by ...` line, exit 130 / 143.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -20,11 +27,40 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from diffenhance.signals import exit_code, interrupted, signum_of, stop_signals
+
 QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry DNS lookups offline
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # 20 s is too short on 2 cores
     "DASK_LOGGING__DISTRIBUTED": "error",
 }
+CHILD_GRACE_S = 30.0  # a stage interrupted: Prefect marks its run crashed, then it exits
+SERVER_GRACE_S = 20.0  # the server's shutdown
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 20.0) -> None:
+    """Send `sig` to the process group `proc` leads (started with process_group=0 or
+    start_new_session), wait up to `grace` s for `proc`, then SIGKILL what is left of the
+    group: the grandchildren too, which a signal to `proc` alone would leave running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):  # none left: the usual case
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run_command(argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Run `argv` and return its exit code. It runs in a process group of its own, so that an
+    interrupt here (Ctrl-C, or SIGTERM as `Interrupted`) reaches all of it: the same signal
+    goes to the group (`stop_group`), then the interrupt goes on."""
+    proc = subprocess.Popen(argv, env=env, process_group=0)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt as e:
+        stop_group(proc, signum_of(e), CHILD_GRACE_S)
+        raise
 
 
 def _free_port() -> int:
@@ -55,7 +91,8 @@ def local_prefect_server(home: str | Path = ".prefect", timeout: float = 180.0) 
     """Yield a Prefect API URL: $PREFECT_API_URL if set, else a server started on 127.0.0.1.
 
     The started server keeps its database under `home` (runs stay visible across pipeline
-    runs when started again with the same home) and is stopped on exit. Sets
+    runs when started again with the same home) and is stopped on exit, an interrupt
+    included (in a session of its own, a terminal's Ctrl-C does not reach it). Sets
     `PREFECT_API_URL` in this process's environment while it runs so that child processes
     (dvc stages) use it.
     """
@@ -85,12 +122,7 @@ def local_prefect_server(home: str | Path = ".prefect", timeout: float = 180.0) 
         yield api_url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_group(proc, signal.SIGTERM, SERVER_GRACE_S)  # its uvicorn and services too
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,9 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         print("usage: python -m flows.server -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
-    with local_prefect_server() as url:
-        print(f"Prefect API: {url}", file=sys.stderr)
-        return subprocess.call(argv)
+    stopped = shlex.join(argv)
+    if not os.environ.get("PREFECT_API_URL"):
+        stopped += " and the Prefect server"
+    try:
+        with stop_signals(), local_prefect_server() as url:
+            print(f"Prefect API: {url}", file=sys.stderr, flush=True)
+            return run_command(argv)
+    except KeyboardInterrupt as e:
+        print(f"flows.server: {interrupted(signum_of(e), stopped)}", file=sys.stderr)
+        return exit_code(signum_of(e))
 
 
 if __name__ == "__main__":

@@ -23,18 +23,26 @@ detail, the pixels of an upload; a 400 says the limit) and a job running past it
 ends "timed_out", so no request can hold the server. Only requests naming this machine as the host are served
 (a web page elsewhere cannot drive it through DNS rebinding); uploads must be sent as
 application/octet-stream and jobs as JSON, which browsers do not send across origins unasked.
+`serve` runs it until SIGINT or SIGTERM, which cancel the jobs at once and delete the
+uploads and outputs, however many requests are still open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import socket
 import tempfile
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from types import FrameType
 
+import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -45,6 +53,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from diffenhance.config import Config
 from diffenhance.io import read_image, write_image
+from diffenhance.signals import STOP_SIGNALS
 from diffenhance.ui.jobs import Job, Limits, UiError, Workspace, list_models, model_info
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,7 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # a 16-bit 8K TIFF fits; larger bodies are refused
 BROWSER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")  # shown as written
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
+SHUTDOWN_GRACE_S = 3.0  # requests still open at a stop signal (an upload arriving) get this long
 
 
 class ModelQuery(BaseModel):
@@ -256,3 +266,66 @@ def create_app(
     _install_error_handlers(app)
     app.include_router(router)
     return app
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopped by SIGINT or SIGTERM as a command is.
+
+    The first signal cancels every job at once: uvicorn shuts the app down (its lifespan:
+    `Workspace.close`) only after the open requests end, which a stalled upload never does.
+    After shutdown the signal is returned (`stop_signal`), not raised again as uvicorn does,
+    so that the caller still deletes the workspace and says what it stopped."""
+
+    def __init__(self, config: uvicorn.Config, workspace: Callable[[], Workspace | None]) -> None:
+        super().__init__(config)
+        self.workspace = workspace
+        self.stop_signal: int | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = sig
+            if (ws := self.workspace()) is not None:  # on a thread: cancelling takes the
+                # workspace's lock, which the thread this handler interrupted may hold
+                threading.Thread(target=ws.cancel_all, name="ui-stop", daemon=True).start()
+        super().handle_exit(sig, frame)  # a second SIGINT: uvicorn's forced exit
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {s: signal.signal(s, self.handle_exit) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+class _NoCancelledTracebacks(logging.Filter):
+    """Drops the traceback uvicorn logs for each request it cuts off at shutdown (past
+    SHUTDOWN_GRACE_S; it has said how many in one line before)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
+def serve(app: FastAPI, sock: socket.socket) -> int | None:
+    """Serve `app` (`create_app`) on the listening `sock` until SIGINT or SIGTERM; the signal
+    that stopped it (None: it stopped otherwise).
+
+    On the signal every job is cancelled at once (a running one stops at its next network
+    call), open requests get SHUTDOWN_GRACE_S, then the workspace folder is deleted: also
+    after a second signal, which skips the app's own shutdown."""
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    server = _Server(config, lambda: getattr(app.state, "workspace", None))
+    quiet = _NoCancelledTracebacks()
+    logging.getLogger("uvicorn.error").addFilter(quiet)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
+        if (ws := getattr(app.state, "workspace", None)) is not None:
+            ws.close()  # done already unless a second signal forced the exit
+    return server.stop_signal
