@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import stat
@@ -22,7 +23,8 @@ import torch
 from typer.testing import CliRunner
 
 from diffenhance.cli import app
-from diffenhance.config import load_config
+from diffenhance.config import ConfigError, load_config
+from diffenhance.degrade import resize
 from diffenhance.enhance import MANIFEST_DIR, SUMMARY_KEY, plan_job, run_job, run_shard
 from diffenhance.enhance.job import SCRATCH_DIR
 from diffenhance.io import (
@@ -276,9 +278,8 @@ def test_alpha_is_kept_where_the_output_format_has_it_else_composited_and_said(
     tmp_path, ckpt, params, caplog
 ):
     """RGBA (8 and 16 bits) and LA inputs keep their alpha in PNG outputs: the colour goes
-    through the model, the alpha is resized bicubic; a JPEG output composites over white as
-    before. Each record and the log say which."""
-    import torch.nn.functional as F
+    through the model, the alpha is resized bicubic (the filter of --outscale); a JPEG output
+    composites over white as before. Each record and the log say which."""
     from PIL import Image
 
     inp = tmp_path / "in"
@@ -298,12 +299,12 @@ def test_alpha_is_kept_where_the_output_format_has_it_else_composited_and_said(
     }  # fmt: skip
     assert f"{inp / 'rgba.png'}: alpha kept" in caplog.text
     in_alpha = read_image_alpha(inp / "rgba.png")[1]
-    want = F.interpolate(torch.from_numpy(in_alpha)[None, None], scale_factor=2, mode="bicubic")
+    want = resize(in_alpha[..., None], scale=2)[..., 0]
     for name in ("rgba.png", "deep.png", "la.png"):
         with Image.open(out / name) as im:
             assert im.mode == "RGBA" and im.size == (20, 24)
         colour, kept = read_image_alpha(out / name)
-        np.testing.assert_allclose(kept, want[0, 0].clamp(0, 1).numpy(), atol=1 / 255)
+        np.testing.assert_allclose(kept, want, atol=1 / 255)
         assert colour[:, :2].min() < 0.9  # under the transparent edge: not composited white
     assert read_image_info(out / "deep.png")["bit_depth"] == 16
     deep_alpha = read_image_alpha(out / "deep.png")[1]
@@ -390,6 +391,162 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
         "params.yaml",
         "x.jpg",
     ]  # no manifests
+
+
+# ----------------------------------------------------------------------------- Real-ESRGAN's
+
+
+@pytest.fixture(scope="module")
+def ckpt4(tmp_path_factory) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("model4") / "sr4.safetensors", task="sr4")
+
+
+def enhance_cli(inp: Path, out: Path, model: Path, params: Path, *args: str):
+    """`diffenhance enhance` in CliRunner (stderr is not a terminal) with the tiny job."""
+    cmd = ["enhance", str(inp), str(out), "-m", str(model), "--params", str(params), *args]
+    return CliRunner().invoke(app, [*cmd, *JOB])
+
+
+def test_outscale_resizes_the_x4_output_and_its_alpha_and_another_outscale_redoes(
+    tmp_path, ckpt4, params
+):
+    """--outscale 2 on an x4 model: the x4 output resized to half its size (the alpha by the
+    same filter, from the input's), nothing else; 4 changes nothing; 3 redoes every image."""
+    inp = tmp_path / "in"
+    rgb = smooth_image(np.random.default_rng(0), 12, 10)
+    alpha = gradient(12, 10)[..., 0]
+    write_image(inp / "a.png", rgb)
+    write_image(inp / "rgba.png", rgb, alpha=alpha)
+    x4, x2, same = tmp_path / "x4", tmp_path / "x2", tmp_path / "same"
+    assert enhance_cli(inp, x4, ckpt4, params).exit_code == 0
+    r = enhance_cli(inp, x2, ckpt4, params, "--outscale", "2")
+    assert r.exit_code == 0, r.output
+    for name in ("a.png", "rgba.png"):
+        native, _ = read_image_alpha(x4 / name)
+        got, got_alpha = read_image_alpha(x2 / name)
+        assert native.shape == (48, 40, 3) and got.shape == (24, 20, 3)
+        # the job resizes the float output; here its 8-bit file: 1/255 apart at most
+        np.testing.assert_allclose(got, resize(native, size=(24, 20)), atol=1.5 / 255)
+    want_alpha = resize(read_image_alpha(inp / "rgba.png")[1][..., None], size=(24, 20))
+    np.testing.assert_allclose(got_alpha, want_alpha[..., 0], atol=1 / 255)
+    assert records(x2)["a.png"]["output_size"] == [20, 24]
+    assert enhance_cli(inp, same, ckpt4, params, "--outscale", "4").exit_code == 0
+    assert images(same) == images(x4)  # the model's own scale: no resize
+
+    r = enhance_cli(inp, x2, ckpt4, params, "--outscale", "3")
+    assert "2 enhanced, 0 already done" in r.output, r.output  # not skipped as done
+    assert read_image(x2 / "a.png").shape == (36, 30, 3)
+    assert (
+        "0 enhanced, 2 already done"
+        in enhance_cli(inp, x2, ckpt4, params, "--outscale", "3").output
+    )
+
+
+def test_outscale_refuses_zero_and_a_result_under_one_pixel_in_one_line(tmp_path, ckpt, params):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(inp, [(16, 16), (1, 40)])  # sub0/img0.png, sub1/img1.png (a 1-pixel strip)
+    r = enhance_cli(inp, out, ckpt, params, "--outscale", "0")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "'enhance.outscale' = 0.0 must be a finite number > 0" in r.output
+    r = enhance_cli(inp, out, ckpt, params, "--outscale", "0.4")
+    assert r.exit_code == 1, r.output
+    assert "error: sub1/img1.png: ValueError: --outscale 0.4 (enhance.outscale) makes this " in (
+        r.output
+    )
+    assert "40x1 image 16x0 (width x height): under 1 px" in r.output
+    assert read_image(out / "sub0/img0.png").shape == (6, 6, 3)  # round(16 * 0.4)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("enhance.outscale=-1", "'enhance.outscale' = -1.0 must be a finite number > 0"),
+        ("enhance.outscale=.nan", "'enhance.outscale' = nan must be a finite number > 0"),
+        ("enhance.suffix=a/b", "'enhance.suffix' = 'a/b' must be a plain name fragment"),
+        ("enhance.suffix=a\\b", "must be a plain name fragment"),
+        ("enhance.suffix=.x", "'enhance.suffix' = '.x' must be a plain name fragment"),
+    ],
+)
+def test_outscale_and_suffix_ranges(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_outscale_and_suffix_join_the_params_hash_only_when_set(tmp_path, ckpt, params):
+    """Unset, they are left out of the params (a job's hash is the one it had before they
+    existed, so its outputs are not redone); set, each value is another hash."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(inp, [(8, 8)])
+    plain = plan_job(config(params, inp, out, ckpt))
+    assert set(plain.params["output"]) == {"output_format", "bit_depth", "quality"}
+    extras = ["enhance.outscale=2", "enhance.outscale=3", "enhance.suffix=out"]
+    hashes = {plan_job(config(params, inp, out, ckpt, x)).params_hash for x in extras}
+    assert len(hashes | {plain.params_hash}) == 4
+
+
+def test_suffix_names_outputs_and_ext_picks_their_format(tmp_path, ckpt, params):
+    inp = tmp_path / "in"
+    write_inputs(inp, [(8, 8)] * 2)
+    write_image(inp / "photo.jpg", smooth_image(np.random.default_rng(1), 8, 8))
+    run_job(config(params, inp, tmp_path / "o1", ckpt, "enhance.suffix=out"), model=IdentityTiles())
+    assert sorted(images(tmp_path / "o1")) == [
+        "photo_out.jpg", "sub0/img0_out.png", "sub1/img1_out.png"
+    ]  # fmt: skip
+    r = enhance_cli(inp, tmp_path / "o2", ckpt, params, "--suffix", "x2", "--ext", "jpg")
+    assert r.exit_code == 0, r.output
+    made = images(tmp_path / "o2")
+    assert sorted(made) == ["photo_x2.jpg", "sub0/img0_x2.jpg", "sub1/img1_x2.jpg"]
+    assert {read_image_info(tmp_path / "o2" / k)["format"] for k in made} == {"JPEG"}
+    r = enhance_cli(inp, tmp_path / "o3", ckpt, params, "--ext", "auto", "--dry-run")
+    assert "photo.jpg -> photo.jpg" in r.output and "sub0/img0.png -> sub0/img0.png" in r.output
+    # an output file named on the command line is used as named
+    r = enhance_cli(inp / "photo.jpg", tmp_path / "named.png", ckpt, params, "--suffix", "out")
+    assert r.exit_code == 0 and (tmp_path / "named.png").is_file()
+    r = enhance_cli(inp, tmp_path / "o4", ckpt, params, "--suffix", "../up")
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "'enhance.suffix' = '../up' must be a plain name fragment" in r.output
+    r = enhance_cli(inp, tmp_path / "o4", ckpt, params, "--ext", "gif")
+    assert r.exit_code == 2 and "'gif' is not one of" in r.output
+
+
+def test_an_artifact_remover_writes_its_jpeg_inputs_as_png_unless_told(tmp_path, params):
+    """-m jpeg on a .jpg: PNG by default (a JPEG output would add artifacts back), said on the
+    console and recorded in the params; --ext jpg, or an output file named .jpg, writes JPEG."""
+    jpeg = random_checkpoint(tmp_path / "jpeg.safetensors", task="jpeg")
+    inp, out = tmp_path / "in", tmp_path / "out"
+    img = smooth_image(np.random.default_rng(0), 8, 8)
+    for name in ("photo.jpg", "scan.JPEG", "drawing.png", "sheet.webp"):
+        write_image(inp / name, img)
+    r = enhance_cli(inp, out, jpeg, params)
+    assert r.exit_code == 0, r.output
+    assert "2 JPEG inputs written as PNG: the model removes JPEG artifacts" in r.output
+    assert sorted(images(out)) == ["drawing.png", "photo.png", "scan.png", "sheet.webp"]
+    assert read_image_info(out / "photo.png")["format"] == "PNG"
+    ms = [json.loads(p.read_text()) for p in (out / MANIFEST_DIR).glob("*.json")]
+    assert {m["params"]["output"].get("jpeg_inputs") for m in ms} == {"png"}
+
+    r = enhance_cli(inp, tmp_path / "jpg", jpeg, params, "--ext", "jpg")
+    assert r.exit_code == 0 and "written as PNG" not in r.output
+    assert read_image_info(tmp_path / "jpg/photo.jpg")["format"] == "JPEG"
+    r = enhance_cli(inp / "photo.jpg", tmp_path / "x.jpg", jpeg, params)
+    assert r.exit_code == 0 and "written as PNG" not in r.output
+    assert read_image_info(tmp_path / "x.jpg")["format"] == "JPEG"
+
+
+def test_without_a_terminal_each_finished_image_is_one_plain_line(tmp_path, ckpt, params):
+    """Cron and CI logs get `[i/n] key -> output (seconds)` per image, or its error, instead
+    of a progress bar (CliRunner's stderr is not a terminal)."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(inp, [(8, 8)] * 2)
+    (inp / "bad.png").write_text("not a PNG")
+    r = enhance_cli(inp, out, ckpt, params)
+    assert r.exit_code == 1, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("[")]
+    assert [line[:5] for line in lines] == ["[1/3]", "[2/3]", "[3/3]"], r.output
+    assert lines[0].startswith("[1/3] error: bad.png: ")
+    for line, key in zip(lines[1:], ["sub0/img0.png", "sub1/img1.png"], strict=True):
+        assert re.fullmatch(rf"\[\d/3\] {key} -> {re.escape(str(out))}/{key} \(\d+\.\d s\)", line)
+    assert "enhance:" not in r.output and "img/s" not in r.output  # no progress bar
 
 
 # ----------------------------------------------------------------------------- S3
@@ -541,3 +698,18 @@ def test_many_ignored_files_are_named_up_to_ten_then_counted(tmp_path, ckpt, par
     named = [line for line in res.output.splitlines() if line.startswith("ignored note")]
     assert len(named) == 10 and all(": " in line for line in named)  # the name, then why
     assert "... and 2 more ignored" in res.output
+
+
+@pytest.mark.parametrize(
+    "override", ["enhance.dask_address=tcp://127.0.0.1:8786", "enhance.workers=4"]
+)
+def test_cli_refuses_the_flows_scale_out_settings(tmp_path, override):
+    """The CLI restores in its own process: a Dask address or a worker count is the flow's and
+    is refused in one line rather than silently ignored."""
+    from typer.testing import CliRunner
+
+    from diffenhance.cli import app
+
+    res = CliRunner().invoke(app, ["enhance", str(tmp_path), str(tmp_path / "out"), override])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.count("\n") == 1 and "python -m flows.enhance" in res.stderr

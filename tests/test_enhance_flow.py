@@ -136,3 +136,64 @@ def test_served_cron_deployment_runs_a_triggered_run_and_stops(prefect_api, setu
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory, prefect_api):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1, as the README
+    starts them (the nanny sets OMP_NUM_THREADS=1 in each worker); the scheduler's address."""
+    from distributed import Client
+
+    tmp = tmp_path_factory.mktemp("dask")
+    sched_file = tmp / "scheduler.json"
+    dask = str(Path(sys.executable).parent / "dask")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api,
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}  # fmt: skip
+    quiet = {"cwd": REPO, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)], **quiet)]  # fmt: skip
+    try:
+        for _ in range(240):
+            if sched_file.is_file() and sched_file.stat().st_size:
+                break
+            assert procs[0].poll() is None, "dask scheduler exited"
+            time.sleep(0.25)
+        for _ in range(2):
+            procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(sched_file),
+                                           "--host", "127.0.0.1", "--nthreads", "1",
+                                           "--no-dashboard"], **quiet))  # fmt: skip
+        address = yaml.safe_load(sched_file.read_text())["address"]
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def test_dask_worker_processes_write_the_bytes_of_the_cli(prefect_api, setup, dask_cluster):
+    """The issue's check: one image per shard on two real worker processes against the CLI in
+    its own process (torch's default thread count, the default shard size): equal bytes, since
+    a batch holds one image's tiles and infer.threads pins the thread count."""
+    root, ckpt, params = setup
+    pinned = ["infer.threads=1"]
+    summary = enhance(params=str(params), overrides=overrides(
+        root, ckpt, "dask-workers", f"enhance.dask_address={dask_cluster}",
+        "enhance.shard_size=1", *pinned))  # fmt: skip
+    assert summary["enhanced"] == 7 and summary["shards_run"] == 8
+    infer = [o for o in JOB if o.startswith("infer.")]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "diffenhance"), "enhance", str(root / "in"),
+         str(root / "cli"), "-m", str(ckpt), *infer, *pinned],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert cli.returncode == 1, cli.stderr[-3000:]  # broken.jpg failed, the rest enhanced
+    a, b = outputs(root / "dask-workers"), outputs(root / "cli")
+    assert len(a) == 7 and a == b

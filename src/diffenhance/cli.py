@@ -11,7 +11,9 @@ overrides and exit codes:
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
+import posixpath
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -50,6 +52,22 @@ def _main(
     ] = False,
 ) -> None:
     """Diffusion image restoration: pipeline stages, enhancement and evaluation."""
+
+
+class Ext(enum.StrEnum):
+    """--ext: Real-ESRGAN's name for enhance.output_format (auto = same)."""
+
+    auto = "auto"
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+    tif = "tif"
+    bmp = "bmp"
+
+    @property
+    def format(self) -> str:
+        """The enhance.output_format value."""
+        return "same" if self is Ext.auto else self.value
 
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
@@ -322,13 +340,38 @@ def enhance(
         ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N] (infer.device)")] = None,
+    outscale: Annotated[
+        float | None,
+        typer.Option(
+            help="final size / input size: the model's output resized (bicubic) to round(input "
+            "side * F), e.g. 2 with an x4 model (enhance.outscale; default: the model's scale)",
+            show_default=False,
+        ),
+    ] = None,
+    suffix: Annotated[
+        str | None,
+        typer.Option(
+            help="output name = input stem + '_' + S, e.g. photo_out.png (enhance.suffix; "
+            "default: the input's name)",
+            show_default=False,
+        ),
+    ] = None,
+    ext: Annotated[
+        Ext | None,
+        typer.Option(
+            help="output format; auto: the input's, except PNG for a JPEG input of an "
+            "artifact-removal model (-m jpeg) (enhance.output_format, auto = same)",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be done")] = False,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Enhance one image, or every image under a folder or s3:// prefix (structure kept).
 
-    Output format and bit depth follow each input unless enhance.output_format / bit_depth say
-    otherwise. Images already enhanced with the same model and params are skipped.
+    Output format and bit depth follow each input unless --ext (enhance.output_format) /
+    enhance.bit_depth say otherwise, except that an artifact-removal model (-m jpeg) writes its
+    JPEG inputs as PNG. Images already enhanced with the same model and params are skipped.
     `--samples 4 --uncertainty` also writes, beside each output, its uncertainty map: the
     per-pixel std of the 4 samples (`<stem>.uncertainty.png` coloured black = 0 to yellow =
     0.05, `<stem>.uncertainty.npy` float32). Exit code
@@ -337,13 +380,16 @@ def enhance(
     """
     from diffenhance.enhance import exit_code, plan_job
 
-    settings = {"input": input, "output": output, "model": model or None, "mask": mask}
+    settings = {"input": input, "output": output, "model": model or None, "mask": mask,
+                "outscale": outscale, "suffix": suffix,
+                "output_format": None if ext is None else ext.format}  # fmt: skip
     cfg = _enhance_config(
         params, overrides, settings, steps=steps, samples=samples, uncertainty=uncertainty,
         tile=tile, device=device, preset=preset, detail=detail,
     )  # fmt: skip
     with _user_errors():
         job = plan_job(cfg)  # the model file first: a bad one fails before any listing
+    _print_format_choice(job)
     if dry_run:
         _print_plan(job)
         return
@@ -418,9 +464,9 @@ def ui(
     """
     import socket
 
-    import uvicorn
-
+    from diffenhance.signals import exit_code, interrupted
     from diffenhance.ui import create_app
+    from diffenhance.ui.app import serve
 
     cfg = _config_or_defaults(params, overrides)
     anywhere = host in ("0.0.0.0", "::")
@@ -434,11 +480,13 @@ def ui(
         _fail(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port")
     port = sock.getsockname()[1]  # --port 0: the one the system gave
     app_ = create_app(cfg, models_dir=models_dir, hosts=hosts)
-    server = uvicorn.Server(uvicorn.Config(app_, log_level="warning"))
     shown = "127.0.0.1" if anywhere else f"[{host}]" if ":" in host else host
     typer.echo(f"diffenhance ui: http://{shown}:{port}/  (Ctrl-C stops it)")
     sys.stdout.flush()  # the URL at once, also when stdout is a pipe
-    server.run(sockets=[sock])
+    if (sig := serve(app_, sock)) is not None:  # SIGINT, SIGTERM: jobs stopped, folder deleted
+        stopped = interrupted(sig, "the jobs and deleted the uploads and outputs")
+        typer.echo(f"diffenhance ui: {stopped}", err=True)
+        raise typer.Exit(exit_code(sig))
 
 
 @contextlib.contextmanager
@@ -465,6 +513,11 @@ def _enhance_config(
     from diffenhance.enhance.settings import enhance_config
 
     cfg = _config_or_defaults(params, overrides)
+    given = {o.split("=", 1)[0].strip() for o in overrides or []}
+    if cfg.enhance.dask_address is not None or "enhance.workers" in given:
+        _fail("enhance.dask_address and enhance.workers are the flow's: `python -m flows.enhance "
+              "...` runs shards on threads or a Dask cluster; this command restores in its own "
+              "process (set enhance.dask_address: null in the params file)")  # fmt: skip
     with _user_errors():
         return enhance_config(cfg, settings, infer)
 
@@ -481,6 +534,18 @@ def _print_ignored(ignored: list[dict[str, Any]]) -> None:
                    "_diffenhance/summary.json)")  # fmt: skip
 
 
+def _print_format_choice(job: Job) -> None:
+    """Say so when JPEG inputs are written as PNG although no --ext asked for it: the model
+    removes compression artifacts (`enhance.plan.png_for_jpeg`)."""
+    from diffenhance.enhance.plan import png_for_jpeg
+
+    if n := len(png_for_jpeg(job)):
+        typer.echo(
+            f"{n} JPEG input{'s' if n > 1 else ''} written as PNG: the model removes JPEG "
+            "artifacts and a JPEG output would add them back (--ext jpg writes JPEG)"
+        )
+
+
 def _print_plan(job: Job) -> None:
     """--dry-run: the counts, then each image to enhance and each file ignored (and why)."""
     typer.echo(
@@ -495,18 +560,32 @@ def _print_plan(job: Job) -> None:
 
 
 def _run_with_progress(cfg: Config, job: Job) -> dict[str, Any]:
-    """`run_job` with the shards in this process and a progress bar; each failed image and
-    crashed shard printed as an `error:` line. Returns the summary."""
+    """`run_job` with the shards in this process. On a terminal a progress bar; otherwise
+    (cron, CI logs) one plain line per image finished, `[i/n] key -> output (1.2 s)`. Each
+    failed image and crashed shard is an `error:` line. Returns the summary."""
     from tqdm.auto import tqdm
 
     from diffenhance.enhance import run_job
 
-    bar = tqdm(total=job.n_todo, unit="img", desc="enhance", disable=None)
+    live = sys.stderr.isatty()
+    bar = tqdm(total=job.n_todo, unit="img", desc="enhance", disable=not live)
+    finished = 0
 
     def on_image(ev: dict) -> None:
+        nonlocal finished
+        finished += 1
         bar.update(1)
         if ev["status"] == "failed":
-            bar.write(f"error: {ev['key']}: {ev['reason']}", file=sys.stderr)
+            line = f"error: {ev['key']}: {ev['reason']}"
+        elif live:
+            return
+        else:
+            took = f"{ev['seconds']:.1f} s" if "seconds" in ev else "unchanged input, kept"
+            line = f"{ev['key']} -> {posixpath.join(job.output_url, ev['output_key'])} ({took})"
+        if live:
+            bar.write(line, file=sys.stderr)
+        else:
+            typer.echo(f"[{finished}/{job.n_todo}] {line}", err=True)
 
     try:
         with _user_errors():

@@ -15,7 +15,8 @@ resume, read, write, record, manifest), `summary` (summary, finish), `run` (`run
 
 An output root (a folder or ``s3://bucket/prefix``) holds:
 
-    <relative path of each input>            enhanced image (suffix per enhance.output_format)
+    <relative path of each input>            enhanced image (name + "_" + enhance.suffix when
+                                             set; format per enhance.output_format)
     _diffenhance/manifests/<shard>.json      one per finished shard: inputs and their sha256,
                                              model sha256, params hash, outputs, timings, errors
     _diffenhance/manifests/<shard>.partial.json   progress of a running (or crashed) shard

@@ -94,13 +94,17 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def output_params(cfg: Config) -> dict[str, Any]:
-    """The settings that change output pixels or files (not tile_batch, device or workers).
+def output_params(cfg: Config, *, lossless: bool = False) -> dict[str, Any]:
+    """The settings that change output pixels or files: not how the work is run (tile_batch,
+    threads, device, workers), which moves at most the last bit of a few pixels.
 
-    infer.uncertainty is left out while false, and infer.detail / infer.preset while null, so
-    the hash of a job without them is the one it had before the settings existed (its outputs
-    are not redone)."""
-    infer = {k: v for k, v in to_dict(cfg.infer).items() if k not in ("tile_batch", "device")}
+    infer.uncertainty is left out while false, infer.detail / infer.preset and
+    enhance.outscale while null and enhance.suffix while empty, so the hash of a job without
+    them is the one it had before the settings existed (its outputs are not redone).
+    `lossless`: the model is an artifact remover (`RestorationTask.lossless_output`); with
+    output_format 'same' its JPEG inputs are written as PNG, recorded as "jpeg_inputs"."""
+    run_only = ("tile_batch", "threads", "device")
+    infer = {k: v for k, v in to_dict(cfg.infer).items() if k not in run_only}
     if not infer["uncertainty"]:
         del infer["uncertainty"]
     for k in ("detail", "preset"):  # null: the hash a job had before the knob existed
@@ -108,6 +112,12 @@ def output_params(cfg: Config) -> dict[str, Any]:
             del infer[k]
     e = cfg.enhance
     out = {"output_format": e.output_format, "bit_depth": e.bit_depth, "quality": e.jpeg_quality}
+    if e.outscale is not None:
+        out["outscale"] = e.outscale
+    if e.suffix:
+        out["suffix"] = e.suffix
+    if lossless and e.output_format == "same":
+        out["jpeg_inputs"] = "png"
     return {"infer": infer, "output": out}
 
 

@@ -27,6 +27,7 @@ from diffenhance.enhance.job import (
 )
 from diffenhance.enhance.masks import check_mask_setting, check_single_mask, mask_fingerprint
 from diffenhance.enhance.models import model_file, model_sha256
+from diffenhance.restoration import get_task
 from diffenhance.storage import (
     ObjectInfo,
     Storage,
@@ -52,25 +53,49 @@ class _Roots:
     excluded: str  # the output's place inside the input ("sub/"), when it is there
 
 
-def output_key(key: str, fmt: str) -> str:
-    """The output key of input `key` under enhance.output_format `fmt` ('same' keeps every
-    writable suffix; others become .png)."""
-    stem, dot, suffix = key.rpartition(".")
-    if not dot or "/" in suffix:
-        stem, suffix = key, ""
-    low = "." + suffix.lower() if suffix else ""
-    if fmt == "same":
-        return key if low in WRITABLE_SUFFIXES else f"{stem}.png"
-    new = f".{fmt}"
-    return key if low == new else f"{stem}{new}"
+JPEG_SUFFIXES = (".jpg", ".jpeg")  # what an artifact remover's 'same' output is not
 
 
-def _clash(key: str, first: str, out_key: str, e: EnhanceConfig) -> str:
+def output_key(key: str, fmt: str, *, suffix: str = "", lossless: bool = False) -> str:
+    """The output key of input `key` under enhance.output_format `fmt` and enhance.suffix.
+
+    'same' keeps every writable suffix (others become .png), except JPEG when `lossless` (the
+    model removes compression artifacts: `RestorationTask.lossless_output`): .png, since
+    writing JPEG again would add artifacts back. Another `fmt` becomes .<fmt>. A `suffix`
+    joins the stem after '_': photo.jpg -> photo_out.jpg."""
+    stem, dot, ext = key.rpartition(".")
+    if not dot or "/" in ext:
+        stem, ext = key, ""
+    low = "." + ext.lower() if ext else ""
+    if fmt == "same" and (low not in WRITABLE_SUFFIXES or (lossless and low in JPEG_SUFFIXES)):
+        fmt = "png"
+    keep = fmt == "same" or low == f".{fmt}"  # the input's suffix, as spelled
+    return f"{stem}{'_' + suffix if suffix else ''}.{ext if keep else fmt}"
+
+
+def png_for_jpeg(job: Job) -> list[Source]:
+    """The JPEG inputs of `job` written as PNG by `output_key`'s rule for an artifact remover
+    (params "jpeg_inputs": "png"), not because --ext or a named output file says PNG."""
+    out = job.params["output"]
+    if out.get("jpeg_inputs") != "png":
+        return []
+    suffix = out.get("suffix", "")
+    return [
+        s
+        for shard in job.shards
+        for s in shard.sources
+        if Path(s.key).suffix.lower() in JPEG_SUFFIXES
+        and s.output_key == output_key(s.key, "same", suffix=suffix, lossless=True)
+    ]
+
+
+def _clash(key: str, first: str, out_key: str, e: EnhanceConfig, lossless: bool) -> str:
     """Why `key` is ignored when `first` (earlier in key order) has the same output, and what
     resolves it: enhance.output_format=same only when it gives the two different outputs (it
     keeps every writable suffix), never for a GIF beside a PNG of the same name."""
     why = f"its output {out_key} is also the output of {first}; "
-    if e.output_format != "same" and output_key(key, "same") != output_key(first, "same"):
+    same = [output_key(k, "same", lossless=lossless) for k in (key, first)]
+    if e.output_format != "same" and same[0] != same[1]:
         return why + "set enhance.output_format=same (keeps each input's format) or rename one"
     suffix = Path(key).suffix.lower() or "(none)"
     return why + f"rename one of them, or drop {suffix} from enhance.extensions to skip it"
@@ -122,9 +147,11 @@ def _roots(cfg: Config) -> _Roots:
 
 
 def _list_sources(
-    store: Storage, roots: _Roots, cfg: Config
+    store: Storage, roots: _Roots, cfg: Config, lossless: bool
 ) -> tuple[list[Source], list[dict[str, str]]]:
-    """(the images to enhance in key order, {"key", "reason"} of the files ignored).
+    """(the images to enhance in key order, {"key", "reason"} of the files ignored); each
+    output key by `output_key` (`lossless`: the model is an artifact remover), or the output
+    file named when the input is one file.
 
     With `infer.uncertainty` each image also writes its uncertainty map and std beside its
     output; an image any of whose files is already another image's is ignored. With
@@ -151,9 +178,12 @@ def _list_sources(
         if Path(o.key).suffix.lower() not in exts:
             ignored.append({"key": o.key, "reason": "extension not in enhance.extensions"})
             continue
-        ok = roots.single_out or output_key(o.key, e.output_format)
+        ok = roots.single_out or output_key(
+            o.key, e.output_format, suffix=e.suffix, lossless=lossless
+        )
         if ok in by_output:
-            ignored.append({"key": o.key, "reason": _clash(o.key, by_output[ok], ok, e)})
+            why = _clash(o.key, by_output[ok], ok, e, lossless)
+            ignored.append({"key": o.key, "reason": why})
             continue
         files = [ok, *uncertainty_keys(ok)] if uncertainty else [ok]
         if taken := next((f for f in files if f in written), None):  # an uncertainty map
@@ -252,14 +282,16 @@ def plan_job(cfg: Config) -> Job:
     ckpt = validate_checkpoint(m_file)
     _check_sampling(ckpt, cfg)
     m_sha = model_sha256(m_file)
-    params = output_params(cfg)
+    lossless = get_task(ckpt.task).lossless_output  # JPEG inputs -> PNG with 'same'
+    params = output_params(cfg, lossless=lossless)
     p_hash = params_hash(params)
     roots = _roots(cfg)
     check_mask_setting(cfg, ckpt.task, roots.single_key is not None)
     if cfg.enhance.mask and roots.single_key is not None and "://" not in roots.input_url:
         check_single_mask(cfg, Path(roots.input_url) / roots.single_key)
     out_store = open_storage(roots.output_url, cfg.storage)
-    sources, ignored = _list_sources(open_storage(roots.input_url, cfg.storage), roots, cfg)
+    in_store = open_storage(roots.input_url, cfg.storage)
+    sources, ignored = _list_sources(in_store, roots, cfg, lossless)
     single = roots.single_key is not None
     records, final_ids = ({}, set()) if single else _read_manifests(out_store)
     outputs = set() if not records else {o.key for o in out_store.list("")}

@@ -5,6 +5,8 @@ partial manifest, and finish with the shard's manifest.
 An input's alpha channel is kept where the output format has one (PNG, WebP, TIFF): the model
 restores the colour and the alpha is resized bicubic to the output's size; other outputs
 (JPEG, BMP) get the colour composited over white. Either way the image's record says which.
+With enhance.outscale the model's output (and its alpha and uncertainty std) is resized to
+round(input side * outscale) by the same filter (`_resize`), as Real-ESRGAN's --outscale.
 A full disk stops the shard at once (`DiskFull`, naming the file)."""
 
 from __future__ import annotations
@@ -93,15 +95,31 @@ def _alpha(output_key: str, rgb: Any, alpha: Any) -> tuple[Any, Any, dict[str, s
     return composite_over_white(rgb, alpha), None, {"alpha": why}
 
 
-def _resize_alpha(alpha: Any, size: tuple[int, int]) -> Any:
-    """Alpha HxW float32 in [0, 1] at `size` (h, w): bicubic (as Real-ESRGAN may), clipped."""
-    import torch
-    import torch.nn.functional as F
+def _resize(img: Any, size: tuple[int, int]) -> Any:
+    """HxW or HxWx3 float32 in [0, 1] at `size` (h, w): bicubic, antialiased when shrinking
+    (`degrade.resize`, Pillow's BICUBIC), clipped. An output's colour, alpha and std map all
+    go through it, so they stay aligned."""
+    from diffenhance.degrade import resize
 
-    if tuple(alpha.shape) == tuple(size):
-        return alpha
-    t = F.interpolate(torch.from_numpy(alpha)[None, None], size=size, mode="bicubic")
-    return t[0, 0].clamp(0, 1).numpy()
+    if tuple(img.shape[:2]) == tuple(size):
+        return img
+    if img.ndim == 2:
+        return resize(img[..., None], size=size)[..., 0]
+    return resize(img, size=size)
+
+
+def _outscaled_size(in_size: tuple[int, int], outscale: float | None) -> tuple[int, int] | None:
+    """(h, w) = round(input side * enhance.outscale), None without outscale; ValueError when a
+    side would be under 1 px."""
+    if outscale is None:
+        return None
+    h, w = (round(n * outscale) for n in in_size)
+    if h < 1 or w < 1:
+        raise ValueError(
+            f"--outscale {outscale:g} (enhance.outscale) makes this {in_size[1]}x{in_size[0]} "
+            f"image {w}x{h} (width x height): under 1 px; use a larger outscale"
+        )
+    return h, w
 
 
 def _bit_depth(cfg: Config, info: dict[str, Any], output_key: str) -> int:
@@ -240,9 +258,10 @@ class ShardRun:
     def engine(self, model: Any) -> Any:
         """The tiled engine: the job's checkpoint through the one restore path (SamplingSpec
         + RestorerTiles), or an injected `infer.TileModel` run on the params as they are."""
-        from diffenhance.infer import TiledEnhancer, resolve_device
+        from diffenhance.infer import TiledEnhancer, resolve_device, set_threads
         from diffenhance.restore import engine, sampling_spec
 
+        set_threads(self.cfg.infer.threads)  # in the process that restores (a Dask worker too)
         unc = self.cfg.infer.uncertainty
         if model is None:  # the one restore path: what evaluate scores
             r = cached_restorer(
@@ -276,15 +295,18 @@ class ShardRun:
                     continue
                 try:
                     assert res.image is not None
+                    size = _outscaled_size(res.ident[3], self.cfg.enhance.outscale)
+                    img = res.image if size is None else _resize(res.image, size)
                     depth = _bit_depth(self.cfg, res.ident[2], src.output_key)
                     if alpha is not None:
-                        alpha = _resize_alpha(alpha, res.image.shape[:2])
-                    out_sha = self.write(src, res.image, alpha, depth, tmp)
-                    maps = None if res.std is None else self.write_uncertainty(src, res.std, tmp)
+                        alpha = _resize(alpha, img.shape[:2])
+                    out_sha = self.write(src, img, alpha, depth, tmp)
+                    std = None if res.std is None else _resize(res.std, img.shape[:2])
+                    maps = None if std is None else self.write_uncertainty(src, std, tmp)
                 except Exception as e:
                     self.fail(src, e)
                     continue
-                self.record(res.ident, res.image, depth, out_sha, res.seconds, maps)
+                self.record(res.ident, img, depth, out_sha, res.seconds, maps)
 
     def scratch(self) -> contextlib.AbstractContextManager[Path | None]:
         """Local room for S3 inputs and outputs (None when both are local folders): under a
@@ -337,6 +359,7 @@ class ShardRun:
             if Path(src.key).suffix.lower() == ".gif":
                 info = {**info, "frames": _frames(path)}
             rgb, alpha = read_image_alpha(path, max_pixels=self.cfg.enhance.max_pixels)
+            _outscaled_size(rgb.shape[:2], self.cfg.enhance.outscale)  # under 1 px: before work
             img, alpha, alpha_info = _alpha(src.output_key, rgb, alpha)
             img, mask_info = with_mask(self.cfg, src.key, img, mask_sha)
             info = {**info, **mask_info, **alpha_info}
