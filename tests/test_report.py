@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -18,7 +19,8 @@ from PIL import Image
 from diffenhance.config import ReportConfig, write_resolved
 from diffenhance.evaluate import evaluate_model, load_evaluation
 from diffenhance.io import write_image
-from diffenhance.report import build_report, per_image_gain, pick_crops
+from diffenhance.model import read_checkpoint
+from diffenhance.report import build_report, per_image_gain, pick_crops, provenance
 from diffenhance.report_plots import crop_figure, zoom_box
 from tests.browser import CHROMIUM, chromium, console_lines, needs_chromium
 from tests.tiny import smooth_image, tiny_config, tiny_model
@@ -76,6 +78,66 @@ def test_report_is_self_contained_and_states_the_protocol(evaluated, report):
     assert rows["bicubic"]["ssim_rgb"] == ev.metrics["bicubic_ssim_rgb"]
 
 
+def test_training_caption_says_what_the_validation_curve_measures(evaluated, report):
+    """Issue 23.5: the validation chart read 35 dB beside tables of 31.5, unexplained. The
+    curve is train.validate's: the RGB protocol on the first `val_images` pairs at `val_steps`
+    steps; the tables score evaluate's images. The caption says both, with the numbers, and
+    the chart puts the tables' number beside the curve (metrics.json keeps its keys)."""
+    _, cfg, eval_dir = evaluated
+    ev = load_evaluation(eval_dir)
+    caps = re.findall(r"<figcaption>([^<]*)</figcaption>", report.html.read_text())
+    (cap,) = [html.unescape(c) for c in caps if c.startswith("Loss and validation")]
+    pairs = pd.read_csv(Path(cfg.degrade.out_dir) / "sr2" / "pairs.csv")
+    names = ", ".join(pairs["name"].head(cfg.train.val_images))
+    log = pd.read_csv(evaluated[0] / "models" / "sr2" / "train_log.csv").dropna(subset=["val_psnr"])
+    for needle in (
+        f"Validation (train.validate, EMA weights): {ev.protocol['protocols'][0]['description']}",
+        f"the first {cfg.train.val_images} validation pairs ({names}) at {cfg.train.val_steps} "
+        "sampler step(s), 1 sample, seed 0",
+        f"{ev.protocol['n_images']} pairs spread over the set ({', '.join(ev.protocol['images'])}) "
+        "under both protocols: the same images.",  # here; sr4's main job: "other images ..."
+        f"At step 3 the curve reads {log['val_psnr'].iloc[-1]:.2f} dB",
+        f"({ev.headline}, PSNR RGB (dB)): {ev.metrics[ev.headline + '_psnr_rgb']:.2f}.",
+    ):  # fmt: skip
+        assert needle in cap, (needle, cap)
+
+
+def test_a_fine_tuned_model_names_the_runs_behind_its_weights(evaluated, tmp_path):
+    """Issue 23.5: a model fine-tuned 300 steps from the shipped sr4 said "training step 300",
+    nothing of the 9000 + 6000 steps before. The start checkpoint's record (its step, its
+    card's recipe, what it started from in turn) becomes the new checkpoint's init_from
+    metadata, protocol.json carries it, and the summary and the training caption say it."""
+    from diffenhance.train import train_model
+
+    root, cfg, _ = evaluated
+    start = tmp_path / "start"  # the tiny 3-step model, with a card as the shipped ones have
+    shutil.copytree(root / "models" / "sr2", start)
+    card = {"recipe": "recipes/stage2.yaml", "commit": "abc1234",
+            "init_from": {"path": "stage1 at commit abc0000", "step": 9, "formulation": "residual"}}  # fmt: skip
+    (start / "training.json").write_text(json.dumps(card))
+    out = tmp_path / "models"
+    train_model(tiny_config(root, f"train.out_dir={out}", "train.steps=2", "train.val_every=2",
+                            f"train.init_from={start}"), "sr2")  # fmt: skip
+    _, meta = read_checkpoint(out / "sr2")
+    f = meta["formulation"]
+    rec = json.loads(meta["init_from"])
+    assert rec == {"path": str(start / "model.safetensors"), "step": 3, "formulation": f,
+                   "recipe": "recipes/stage2.yaml", "commit": "abc1234",
+                   "init_from": card["init_from"]}  # fmt: skip
+    ev = evaluate_model(tiny_config(root, f"train.out_dir={out}", "evaluate.steps=[1]",
+                                    f"evaluate.out_dir={tmp_path / 'reports'}"), "sr2")  # fmt: skip
+    assert ev.protocol["model"]["init_from"] == rec
+    rep = build_report(
+        ev.dir, tmp_path / "out", cfg.report, train_log=out / "sr2" / "train_log.csv"
+    )
+    want = (f"fine-tuned 2 steps from {start / 'model.safetensors'} ({f}, 3 steps), itself from "
+            "stage1 at commit abc0000 (residual, 9 steps): 9 + 3 + 2 = 14 steps in all")  # fmt: skip
+    assert f"| model | {out / 'sr2' / 'model.safetensors'} ({want}) |" in rep.markdown
+    assert html.unescape(rep.html.read_text()).count(want) == 2  # summary, training caption
+    # from scratch, or an evaluation from before init_from was recorded: as before
+    assert provenance({"step": "300"}) == "training step 300"
+
+
 def test_best_and_worst_crops_and_zoom_region(evaluated):
     _, _, eval_dir = evaluated
     gain = per_image_gain(load_evaluation(eval_dir))
@@ -93,6 +155,19 @@ def test_best_and_worst_crops_and_zoom_region(evaluated):
     top, left, side = zoom_box(img, 16)
     assert side == 16 and 36 <= top <= 40 and 4 <= left <= 8
     assert zoom_box(img[:10, :10], 32)[2] == 5  # at most half the image
+
+
+def test_zoom_box_leaves_the_corner_to_detail_and_stays_inside_the_scored_region():
+    """Issue 23.5: a zoom box sat at (0, 0). A flat image (every square ties) used to give the
+    first square, the corner; it gives the centre. A square of detail flush with the corner is
+    zoomed `margin` px inside (the metrics' border crop, which no score counts)."""
+    flat = np.full((64, 48, 3), 0.5, np.float32)
+    assert zoom_box(flat, 16) == (24, 16, 16)
+    img = flat.copy()
+    img[:16, :16] = np.random.default_rng(0).random((16, 16, 3))  # detail in the corner only
+    assert zoom_box(img, 16) == (0, 0, 16)  # no margin asked: exactly the detail
+    assert zoom_box(img, 16, margin=4) == (4, 4, 16)  # inside the border crop, on the detail
+    assert zoom_box(flat[:12, :12], 16, margin=4) == (3, 3, 6)  # the margin only as it fits
 
 
 @needs_chromium
@@ -199,6 +274,9 @@ def _evaluation_with_gains(eval_dir: Path, dest: Path, gains: dict[str, float]) 
          [("best", "rocket_s034"), ("worst", "chelsea_s000")]),
         ({"a": 0.5, "b": -2.59, "c": 2.0},
          [("best", "c"), ("best", "a"), ("worst", "b")]),
+        # issue 23.5: the lower half holds a gain (+0.28): "lowest gain", never "worst"
+        ({"a": 0.73, "b": 0.62, "c": 0.28, "d": -0.40},
+         [("best", "a"), ("best", "b"), ("worst", "d"), ("worst", "c")]),
     ],
 )  # fmt: skip
 def test_best_and_worst_labels_name_the_images_with_the_highest_and_lowest_gain(
@@ -210,14 +288,15 @@ def test_best_and_worst_labels_name_the_images_with_the_highest_and_lowest_gain(
     ev = load_evaluation(ev_dir)
     ref = ev.protocol["reference_baseline"]
     captions = re.findall(
-        r"<figcaption>((?:best|worst): [^<]*)</figcaption>", report.html.read_text()
+        r"<figcaption>((?:best|worst|lowest gain): [^<]*)</figcaption>", report.html.read_text()
     )
     below = f" (even the best image is below {ref})"  # a "best" that is still a loss says so
+    label = {"best": "best", "worst": "worst", "up": "lowest gain"}
     assert captions == [
-        f"{which}: {name}, PSNR-Y gain over {ref} {gains[name]:+.2f} dB"
-        + (below if which == "best" and gains[name] < 0 else "")
+        f"{label['up' if which == 'worst' and gains[name] >= 0 else which]}: {name}, PSNR-Y "
+        f"gain over {ref} {gains[name]:+.2f} dB" + (below if which == "best" and gains[name] < 0 else "")
         for which, name in expected
-    ]
+    ]  # fmt: skip
     # each crop figure shows its image: the same figure drawn from that image's files
     for rank, (which, name) in enumerate(expected):
         shown = tmp_path / "out" / "plots" / f"crop_{which}_{rank}.png"
@@ -225,6 +304,6 @@ def test_best_and_worst_labels_name_the_images_with_the_highest_and_lowest_gain(
             images=[ev.image(k, name) for k in ("lq", ref, "model", "hr")],
             labels=("LQ input", ref, ev.headline, "ground truth"),
             scores=(None, 30.0, 30.0 + gains[name], None), zoom_size=8,
-            path=tmp_path / f"again_{rank}.png",
+            path=tmp_path / f"again_{rank}.png", margin=2,  # sr2's border crop
         )  # fmt: skip
         assert shown.read_bytes() == again.read_bytes(), (which, name)

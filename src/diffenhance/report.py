@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from diffenhance.config import ReportConfig
 from diffenhance.evaluate import Evaluation, load_evaluation
@@ -100,11 +101,19 @@ def per_image_gain(ev: Evaluation, baseline: str | None = None) -> pd.DataFrame:
 
 def pick_crops(gain: pd.DataFrame, n: int) -> list[tuple[str, str]]:
     """[('best', name), ..., ('worst', name), ...]: the n highest and n lowest gains, no image
-    twice (with fewer than 2n images, the upper half is best and the lower half worst)."""
+    twice (with fewer than 2n images, the upper half is best and the lower half worst). The
+    halves name the files (crop_best_*, crop_worst_*); captions say `crop_label`."""
     names = list(gain.index)
     best = names[: min(n, (len(names) + 1) // 2)]
     worst = [x for x in reversed(names) if x not in best][:n]
     return [("best", x) for x in best] + [("worst", x) for x in worst]
+
+
+def crop_label(which: str, gain: float) -> str:
+    """What a crop of `pick_crops`' half `which` is called: 'worst' only for a loss (gain < 0).
+    With few images the lower half holds images the model still improves: their caption says
+    'lowest gain', not 'worst' beside a positive number."""
+    return "lowest gain" if which == "worst" and gain >= 0 else which
 
 
 def fmt_metric(metric: str, v: float | None, signed: bool = False) -> str:
@@ -119,6 +128,37 @@ def _spec_text(spec: dict[str, Any] | None) -> str:
     if not spec:
         return "- (evaluated before the one restore path)"
     return ", ".join(f"{k} {v}" for k, v in spec.items()) + " (as diffenhance enhance runs it)"
+
+
+def _runs(model: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training runs behind the evaluated weights before their own (protocol.json's
+    model.init_from chain, newest first); [] for a model trained from scratch."""
+    runs, rec = [], model.get("init_from")
+    while isinstance(rec, dict):
+        runs.append(rec)
+        rec = rec.get("init_from")
+    return runs
+
+
+def steps_before(model: dict[str, Any]) -> int:
+    """Training steps of the weights the evaluated model was fine-tuned from (0: from
+    scratch, or an evaluation that predates model.init_from)."""
+    return sum(int(r.get("step") or 0) for r in _runs(model))
+
+
+def provenance(model: dict[str, Any]) -> str:
+    """How the evaluated weights were trained, in words: 'training step 300' from scratch;
+    a fine-tuned model names every run it descends from, and their steps in all."""
+    step, runs = model.get("step", "?"), _runs(model)
+    if not runs:
+        return f"training step {step}"
+    chain = ", itself from ".join(
+        f"{r.get('path') or '?'} ({r.get('formulation') or '?'}, {r.get('step', '?')} steps)"
+        for r in runs
+    )
+    steps = [str(r.get("step", "?")) for r in reversed(runs)] + [str(step)]
+    total = f" = {steps_before(model) + int(step)}" if str(step).isdigit() else ""
+    return f"fine-tuned {step} steps from {chain}: {' + '.join(steps)}{total} steps in all"
 
 
 def summary_items(ev: Evaluation) -> list[tuple[str, str]]:
@@ -138,7 +178,7 @@ def summary_items(ev: Evaluation) -> list[tuple[str, str]]:
         ("samples averaged", str(p["average_samples"])),
         ("restore (SamplingSpec)", _spec_text(p.get("sampling"))),
         ("noise seeding", p["noise_seeding"]),
-        ("model", f"{model.get('path', '?')} (training step {model.get('step', '?')})"),
+        ("model", f"{model.get('path', '?')} ({provenance(model)})"),
         ("formulation", model.get("formulation", "sr3 (checkpoint predates formulations)")),
         ("device", f"{p['device']}, {p['autocast']}"),
         ("baselines", ", ".join(p["baselines"])),
@@ -298,6 +338,11 @@ def html_page(title: str, parts: list[str], figures: dict[str, list[tuple[Path, 
     )
 
 
+def border_crop(ev: Evaluation) -> int:
+    """The metrics' border crop (output px): the zoom region stays inside what is scored."""
+    return max((int(q.get("crop", 0)) for q in ev.protocol.get("protocols", [])), default=0)
+
+
 def _crops(
     ev: Evaluation, gain: pd.DataFrame, ref: str, cfg: ReportConfig, plots: Path
 ) -> list[tuple[Path, str]]:
@@ -323,10 +368,12 @@ def _crops(
             scores=[g["baseline"] if k == ref else g["model"] if k == "model" else None
                     for k in kinds],
             zoom_size=cfg.zoom_size, path=plots / f"crop_{which}_{rank}.png",
+            margin=border_crop(ev),
         )  # fmt: skip
         note = f" (even the best image is below {ref})" if which == "best" and g["gain"] < 0 else ""
+        label = crop_label(which, g["gain"])
         crops.append(
-            (p, f"{which}: {name}, PSNR-Y gain over {ref} {g['gain']:+.2f} dB{note}{extra}")
+            (p, f"{label}: {name}, PSNR-Y gain over {ref} {g['gain']:+.2f} dB{note}{extra}")
         )
     return crops
 
@@ -353,14 +400,72 @@ def _knob_strips(
                     strict=True)), "ground truth"],
             scores=[None, *(float(r["psnr_y"]) for r in rows), None],
             zoom_size=cfg.zoom_size, path=plots / f"knob_{which}_{rank}.png",
+            margin=border_crop(ev),
         )  # fmt: skip
         spec = "; ".join(
             f"{n}: steps {ev.protocol['presets'][n]['steps']}, detail "
             f"{ev.protocol['presets'][n]['detail']:g}"
             for n in names
         )
-        strips.append((p, f"{which}: {name} ({spec})"))
+        strips.append((p, f"{crop_label(which, gain.loc[name, 'gain'])}: {name} ({spec})"))
     return strips
+
+
+def _validation_run(train_log: Path, ev: Evaluation) -> dict[str, Any]:
+    """What `train.validate` measured in the run that wrote `train_log`, from the
+    params.resolved.yaml beside it: {images, steps, seed, names} (empty when it is missing)."""
+    params = train_log.parent / "params.resolved.yaml"
+    if not params.is_file():
+        return {}
+    d = yaml.safe_load(params.read_text(encoding="utf-8")) or {}
+    t = d.get("train") or {}
+    run = {"images": t.get("val_images"), "steps": t.get("val_steps"), "seed": t.get("seed")}
+    pairs = Path((d.get("degrade") or {}).get("out_dir", "")) / ev.protocol["task"] / "pairs.csv"
+    if run["images"] and pairs.is_file():  # `load_pairs(limit=val_images)`: the first rows
+        run["names"] = list(pd.read_csv(pairs)["name"].head(int(run["images"])))
+    return run
+
+
+def _training(ev: Evaluation, train_log: Path, plots: Path) -> tuple[Path, str]:
+    """The training curves, and a caption that says what their validation PSNR measures next
+    to the tables' protocol (other images: other numbers) and where the run started from."""
+    log = pd.read_csv(train_log)
+    model = ev.protocol.get("model") or {}
+    run = _validation_run(train_log, ev)
+    proto = ev.protocol["protocols"][0]  # train.validate scores the task's first protocol
+    n = run.get("images")
+    names = run.get("names") or []
+    val_label = f"validation: first {n or '?'} pairs, {run.get('steps', '?')} step(s)"
+    # the evaluated weights are the last validated ones: the tables' number beside the curve
+    key = f"{ev.headline}_psnr_{proto['name']}"
+    last = log.dropna(subset=["val_psnr"])["step"].max() if "val_psnr" in log else None
+    reference = None
+    if key in ev.metrics and str(model.get("step")) == str(last):
+        reference = (int(last), float(ev.metrics[key]),
+                     f"tables: {ev.protocol['n_images']} pairs, {ev.headline}")  # fmt: skip
+    p = plot_training(
+        log, plots / "training.png", val_label=val_label, reference=reference,
+        steps_before=steps_before(model),
+    )  # fmt: skip
+    start = "" if not _runs(model) else f" This run {provenance(model)}."
+    caption = (
+        f"Loss and validation during training ({train_log}).{start} Validation "
+        f"(train.validate, EMA weights): {proto['description']}, mean over the first "
+        f"{n or '?'} validation pairs{' (' + ', '.join(names) + ')' if names else ''} at "
+        f"{run.get('steps', '?')} sampler step(s), 1 sample, seed {run.get('seed', '?')}. The "
+        f"tables score {ev.protocol['n_images']} pairs spread over the set "
+        f"({', '.join(ev.protocol['images'])}) under both protocols"
+        + (": the same images." if set(names) == set(ev.protocol["images"]) else
+           ": other images than the curve's, so other numbers.")
+    )  # fmt: skip
+    if reference is not None:
+        final = float(log.dropna(subset=["val_psnr"])["val_psnr"].iloc[-1])
+        caption += (
+            f" At step {reference[0]} the curve reads {final:.2f} dB; the star is the same "
+            f"weights on the tables' images ({ev.headline}, "
+            f"{METRIC_LABELS['psnr_' + proto['name']]}): {reference[1]:.2f}."
+        )
+    return p, caption
 
 
 def build_report(
@@ -385,8 +490,7 @@ def build_report(
 
     training: list[tuple[Path, str]] = []
     if train_log is not None and Path(train_log).is_file():
-        p = plot_training(pd.read_csv(train_log), plots / "training.png")
-        training.append((p, f"loss and validation PSNR during training ({train_log})"))
+        training.append(_training(ev, Path(train_log), plots))
     figures["Training"] = training
 
     base = {
@@ -401,8 +505,8 @@ def build_report(
     p = plot_scatter(gain, ref, ev.headline, plots / "scatter.png")
     figures["Per image"] = [(p, f"PSNR-Y per image: above the diagonal the model beats {ref}")]
 
-    figures["Side by side: best and worst images (zoomed region outlined)"] = _crops(
-        ev, gain, ref, cfg, plots
+    figures[f"Side by side: highest and lowest PSNR-Y gain over {ref} (zoomed region outlined)"] = (
+        _crops(ev, gain, ref, cfg, plots)
     )
     knob = _knob_strips(ev, gain, cfg, plots)
     if knob:
@@ -435,6 +539,10 @@ __all__ = [
     "method_table",
     "per_image_gain",
     "pick_crops",
+    "provenance",
+    "steps_before",
+    "crop_label",
+    "border_crop",
     "render_html",
     "signed_metric",
     "summary_items",

@@ -28,12 +28,28 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_training(log: pd.DataFrame, path: Path) -> Path:
-    """Training loss (and lr) and validation PSNR/SSIM against the step, from train_log.csv."""
+def plot_training(
+    log: pd.DataFrame,
+    path: Path,
+    *,
+    val_label: str = "validation",
+    reference: tuple[int, float, str] | None = None,
+    steps_before: int = 0,
+) -> Path:
+    """Training loss (and lr) and validation PSNR/SSIM against the step, from train_log.csv.
+
+    val_label: the validation line's legend (what `train.validate` measures: images, steps);
+    reference: (step, PSNR, label) drawn as a star beside it: the same weights scored on the
+    evaluation's images, so the two numbers can be read side by side; steps_before: training
+    steps of the weights this run started from (fine-tuning; 0: from scratch), stated on the
+    x axis because the log counts this run's steps only."""
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
+    xlabel = "step of this run" + (
+        f" (started from weights trained {steps_before} steps)" if steps_before else ""
+    )
     ax1.plot(log["step"], log["loss"], color="tab:blue", label="loss")
-    ax1.set(xlabel="step", ylabel="training loss", title="Training loss")
+    ax1.set(xlabel=xlabel, ylabel="training loss", title="Training loss")
     ax1.grid(alpha=0.3)
     if "lr" in log:
         lr = ax1.twinx()
@@ -41,12 +57,23 @@ def plot_training(log: pd.DataFrame, path: Path) -> Path:
         lr.set_ylabel("learning rate", color="tab:gray")
     val = log.dropna(subset=["val_psnr"]) if "val_psnr" in log else log.iloc[:0]
     if len(val):
-        ax2.plot(val["step"], val["val_psnr"], "o-", color="tab:green")
-        ax2.set(xlabel="step", ylabel="PSNR RGB (dB)", title="Validation (few-step DDIM)")
+        ax2.plot(val["step"], val["val_psnr"], "o-", color="tab:green", label=val_label)
+        if reference is not None:
+            step, value, label = reference
+            ax2.plot([step], [value], "*", ms=14, color="tab:red", label=label)
+            last = float(val["val_psnr"].iloc[-1])
+            for y, other, color in ((last, value, "tab:green"), (value, last, "tab:red")):
+                up = y <= other  # each label on the side of the other point: inside the axes
+                ax2.annotate(f"{y:.2f}", (step, y), textcoords="offset points",
+                             xytext=(-8, 5 if up else -5), ha="right",
+                             va="bottom" if up else "top", color=color)  # fmt: skip
+        ax2.set(xlabel=xlabel, ylabel="PSNR RGB (dB)", title="Validation during training")
         if "val_ssim" in val:
             s = ax2.twinx()
             s.plot(val["step"], val["val_ssim"], "s--", color="tab:orange")
             s.set_ylabel("SSIM RGB", color="tab:orange")
+        # below the panel: inside, it hides the star or the SSIM line
+        ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
         ax2.grid(alpha=0.3)
     else:
         ax2.text(0.5, 0.5, "no validation rows in train_log.csv", ha="center", va="center")
@@ -93,28 +120,38 @@ def plot_scatter(gain: pd.DataFrame, baseline: str, model: str, path: Path) -> P
     return _save(fig, path)
 
 
-def zoom_box(hr: np.ndarray, size: int) -> tuple[int, int, int]:
+def zoom_box(hr: np.ndarray, size: int, margin: int = 0) -> tuple[int, int, int]:
     """(top, left, side) of the square with the most detail (gradient energy) in an HxWx3 image.
 
-    side = min(size, H // 2, W // 2) (at least 4 px, at most the image); deterministic: the
-    first maximum on a grid of stride side // 4."""
+    side = min(size, H // 2, W // 2) (at least 4 px, at most the image). The square stays
+    `margin` px inside the image where it has room (the metrics' border crop: a square flush
+    with the corner shows pixels no score counts, and its outline vanishes into the panel's
+    frame). Deterministic: on a grid of stride side // 4, of the squares with the most energy
+    the one nearest the centre (a flat image: the centre, not the corner (0, 0))."""
     h, w = hr.shape[:2]
     side = max(4, min(size, h // 2, w // 2))
     side = min(side, h, w)
+    m = max(0, min(margin, (h - side) // 2, (w - side) // 2))
     g = hr.mean(axis=2, dtype=np.float64)
     energy = np.zeros((h, w))
     energy[:, 1:] += np.abs(np.diff(g, axis=1))
     energy[1:, :] += np.abs(np.diff(g, axis=0))
     integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     stride = max(1, side // 4)
-    best, where = -1.0, (0, 0)
-    for top in range(0, h - side + 1, stride):
-        for left in range(0, w - side + 1, stride):
-            b, r = top + side, left + side
-            e = integral[b, r] - integral[top, r] - integral[b, left] + integral[top, left]
-            if e > best + 1e-12:
-                best, where = e, (top, left)
-    return where[0], where[1], side
+    tops = np.arange(m, h - side - m + 1, stride)
+    lefts = np.arange(m, w - side - m + 1, stride)
+    t, c = np.meshgrid(tops, lefts, indexing="ij")
+    e = (
+        integral[t + side, c + side]
+        - integral[t, c + side]
+        - integral[t + side, c]
+        + integral[t, c]
+    )
+    # ties within rounding (cumulative sums differ in the last bits): nearest the centre wins
+    best = e >= e.max() - 1e-9 * max(1.0, float(e.max()))
+    dist = (t + side / 2 - h / 2) ** 2 + (c + side / 2 - w / 2) ** 2
+    k = np.flatnonzero(best.ravel())[np.argmin(dist.ravel()[best.ravel()])]
+    return int(t.ravel()[k]), int(c.ravel()[k]), side
 
 
 def _nearest_up(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -132,17 +169,19 @@ def crop_figure(
     scores: Sequence[float | None],
     zoom_size: int,
     path: Path,
+    margin: int = 0,
 ) -> Path:
     """Panels side by side (e.g. LQ | baseline | model | ground truth), full view with the zoom
     region outlined above the zoom itself.
 
     Images float32 HxWx3 in [0, 1]; the LAST one is the ground truth: it sets the size and the
-    zoom region (`zoom_box`), and any panel of another size (the LQ input) is shown
-    nearest-upscaled to it. `scores` are PSNR-Y values printed under the labels (None: nothing)."""
+    zoom region (`zoom_box`, `margin` px inside the border), and any panel of another size (the
+    LQ input) is shown nearest-upscaled to it. `scores` are PSNR-Y values printed under the
+    labels (None: nothing)."""
     hr = images[-1]
     shape = hr.shape[:2]
     panels = [im if im.shape[:2] == shape else _nearest_up(im, shape) for im in images]
-    top, left, side = zoom_box(hr, zoom_size)
+    top, left, side = zoom_box(hr, zoom_size, margin)
     n = len(panels)
     fig = Figure(figsize=(3 * n, 6.4), layout="constrained")
     axes = fig.subplots(2, n, squeeze=False)
