@@ -33,12 +33,13 @@ name with no other change:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from diffenhance.config import DegradeConfig
 from diffenhance.metrics import Protocol
+from diffenhance.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -201,28 +202,10 @@ class RestorationTask:
 
 # ----------------------------------------------------------------------------- the registry
 
-_REGISTRY: dict[str, RestorationTask] = {}
-T = TypeVar("T", bound=type[RestorationTask])
-
-
-def register(cls: T) -> T:
-    """Class decorator: register one instance of `cls` under `cls.name` (replacing a previous
-    class of that name, so a re-imported module re-registers cleanly)."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"{cls.__name__}.name must be an identifier string, got {name!r}")
-    _REGISTRY[name] = cls()
-    return cls
-
-
-def unregister(name: str) -> None:
-    """Remove a registered task (tests that register a toy one clean up with this)."""
-    _REGISTRY.pop(name, None)
-
-
-def task_names() -> tuple[str, ...]:
-    """Names of the registered tasks, in registration order."""
-    return tuple(_REGISTRY)
+_REGISTRY: Registry = Registry()  # name -> the RestorationTask instance
+register = _REGISTRY.register  # class decorator
+unregister = _REGISTRY.unregister
+task_names = _REGISTRY.names  # in registration order
 
 
 def get_task(task: str | RestorationTask) -> RestorationTask:

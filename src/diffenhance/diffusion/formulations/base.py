@@ -29,13 +29,14 @@ training, evaluation, compare and enhance then accept its name with no other cha
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 
 from diffenhance.config import DiffusionConfig, ModelConfig
 from diffenhance.diffusion.schedule import Schedule
 from diffenhance.nn import build_cond_net
+from diffenhance.registry import Registry
 from diffenhance.restoration.base import image_of
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -134,28 +135,10 @@ class Formulation:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, Formulation] = {}
-F = TypeVar("F", bound=type[Formulation])
-
-
-def register(cls: F) -> F:
-    """Class decorator: register one instance of `cls` under `cls.name` (replacing a previous
-    class of that name, so a re-imported module re-registers cleanly)."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"{cls.__name__}.name must be an identifier string, got {name!r}")
-    _REGISTRY[name] = cls()
-    return cls
-
-
-def unregister(name: str) -> None:
-    """Remove a registered formulation (tests that register a toy one clean up with this)."""
-    _REGISTRY.pop(name, None)
-
-
-def formulation_names() -> tuple[str, ...]:
-    """Names of the registered formulations, in registration order."""
-    return tuple(_REGISTRY)
+_REGISTRY: Registry = Registry()  # name -> the Formulation instance
+register = _REGISTRY.register  # class decorator
+unregister = _REGISTRY.unregister
+formulation_names = _REGISTRY.names  # in registration order
 
 
 def get_formulation(name: str) -> Formulation:
