@@ -64,9 +64,9 @@ from diffenhance.metrics import (  # noqa: E402
     masked_psnr,
     masked_ssim,
     mean_psnr,
-    protocol_for_task,
 )
 from diffenhance.model import load_restorer, recommended_min_tile, set_recommended  # noqa: E402
+from diffenhance.restoration import get_task  # noqa: E402
 from diffenhance.restore import restore, restore_with_uncertainty, sampling_spec  # noqa: E402
 from diffenhance.uncertainty import error_correlation  # noqa: E402
 
@@ -107,7 +107,7 @@ def hole_score(pred: np.ndarray, hr: np.ndarray, mask: np.ndarray) -> dict[str, 
 def measure(r: Any, pairs: list, cfg: Any, steps: int, detail: float, images: Path | None) -> dict:
     """Mean figures of one (steps, detail) over the pairs (see the module docstring); for a
     model without a detail knob, its output at `steps` (detail is not asked)."""
-    protocols = protocol_for_task(r.task, cfg.degrade)
+    protocols = get_task(r.task).protocols(cfg.degrade)
     knob = get_formulation(r.diffusion_cfg.formulation).detail_knob
     spec = sampling_spec(r, cfg.infer, steps=steps, detail=detail if knob else None, samples=1,
                          seed=0)  # fmt: skip
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                       [f"degrade.val_size={args.val_size}", "evaluate.max_images=100"])  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="held-out-") as tmp:
         pairs = folder_pairs(materialize_held_out(Path(tmp) / "hr"), r.task, cfg)
-    protos = protocol_for_task(r.task, cfg.degrade)  # the headline: Y where there is one (SR)
+    protos = get_task(r.task).protocols(cfg.degrade)  # the headline: Y where there is one (SR)
     proto = next((q for q in protos if q.y_channel), protos[0])
     p = "y" if proto.y_channel else "rgb"
     details = sorted({float(d) for d in args.detail.split(",")} | {0.0})

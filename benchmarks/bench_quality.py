@@ -70,8 +70,8 @@ from diffenhance.evaluate import (  # noqa: E402
     write_json,
 )
 from diffenhance.io import read_image, write_image  # noqa: E402
-from diffenhance.metrics import protocol_for_task  # noqa: E402
 from diffenhance.model import read_checkpoint  # noqa: E402
+from diffenhance.restoration import get_task  # noqa: E402
 
 PRETRAINED = REPO / "models" / "pretrained"
 # task -> (protocol used for the headline, reference baseline, target margin in dB, wording);
@@ -158,7 +158,7 @@ def score_extra_baselines(
         if [p.name for p in pairs] != images:
             raise RuntimeError(f"extra baselines: pairs {[p.name for p in pairs]} are not the "
                                f"evaluation's {images}")  # fmt: skip
-        protocols = protocol_for_task(task, cfg.degrade)
+        protocols = get_task(task).protocols(cfg.degrade)
         rows = []
         for b, (_, _, fn, _) in run.items():
             fn(pairs[0].lq[:16, :16])  # loads the model: kept out of the seconds per image

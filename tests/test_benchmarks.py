@@ -176,7 +176,7 @@ def test_bench_knob_scores_inpainting_inside_the_hole_only():
     figure, a change inside does; the figures are `evaluate.score`'s keys (psnr_rgb is
     evaluate's psnr_mask) without the exact known pixels that lift the whole-image ones."""
     from diffenhance.evaluate import score
-    from diffenhance.metrics import protocol_for_task
+    from diffenhance.restoration import get_task
 
     knob = _bench("bench_knob")
     rng = np.random.default_rng(0)
@@ -187,7 +187,7 @@ def test_bench_knob_scores_inpainting_inside_the_hole_only():
     noisy = np.clip(hr + 0.1 * rng.standard_normal(hr.shape), 0, 1).astype(np.float32)
     pred = np.where(hole, noisy, hr)  # what inpainting returns: the input outside the hole
     got = knob.hole_score(pred, hr, mask)
-    whole = score(pred, hr, protocol_for_task("inpaint"), mask)
+    whole = score(pred, hr, get_task("inpaint").protocols(), mask)
     assert set(got) == set(whole) - {"psnr_mask", "ssim_mask"}
     assert got["psnr_rgb"] == whole["psnr_mask"]
     assert got["psnr_y"] < whole["psnr_y"] and got["err_std_y"] > whole["err_std_y"]

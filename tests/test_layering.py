@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -56,3 +58,104 @@ def test_the_check_sees_upward_imports(tmp_path):
         "from diffenhance import io\nfrom . import flows\n"
     )
     assert sorted(upward_imports(f, {"flows"})) == [2, 4, 6]
+
+
+# ----------------------------------------------------------------------------- import cycles
+
+
+def module_imports(root: Path) -> dict[str, set[str]]:
+    """{module: the modules of `root`'s packages it imports}, for every .py under `root` (a
+    source root such as src/): import statements anywhere in the file, inside functions too
+    (a lazy import is still a dependency), and the packages above each imported module, which
+    Python imports first."""
+    files = {}
+    for f in root.rglob("*.py"):
+        parts = f.relative_to(root).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph: dict[str, set[str]] = {}
+    for name, f in files.items():
+        package = name if f.name == "__init__.py" else name.rpartition(".")[0]
+        wanted: set[str] = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"), str(f))):
+            if isinstance(node, ast.Import):
+                wanted |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package, `level - 1` packages up
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                wanted |= {base} | {f"{base}.{a.name}" for a in node.names}
+        deps = set()
+        for w in wanted:
+            parts = w.split(".")
+            for i in range(1, len(parts) + 1):  # a.b.c imports a, a.b and a.b.c
+                dep = ".".join(parts[:i])
+                if dep in files and dep != name and not name.startswith(dep + "."):
+                    deps.add(dep)
+        graph[name] = deps
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of `graph` as its strongly connected components of 2+ modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                component.append(w)
+            if component:
+                cycles.append(sorted([v, *component]))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle_in_src():
+    """Issue 22: config validates registered names through the ground floor's registries
+    (diffenhance.registry), so config, formulations, networks and tasks form no circle."""
+    graph = module_imports(REPO / "src")
+    assert "diffenhance.config" in graph and len(graph) > 40
+    assert not import_cycles(graph), import_cycles(graph)
+
+
+def test_the_cycle_check_sees_a_lazy_circle(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg import b\n")
+    (pkg / "b.py").write_text("def f():\n    from . import c\n")
+    (pkg / "c.py").write_text("import pkg.a\n")
+    (pkg / "d.py").write_text("import pkg.a\n")
+    assert import_cycles(module_imports(tmp_path)) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+def test_every_module_imports_alone():
+    """Each module of src/ imports first, in an interpreter holding none of diffenhance (a
+    circle or an import that relies on another module being loaded first fails here)."""
+    names = sorted(n for n in module_imports(REPO / "src") if n.startswith("diffenhance"))
+    code = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    for m in [m for m in sys.modules if m.split('.')[0] == 'diffenhance']:\n"
+        "        del sys.modules[m]\n"
+        "    importlib.import_module(name)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert res.returncode == 0, res.stderr[-3000:]

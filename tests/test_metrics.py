@@ -14,12 +14,12 @@ from diffenhance.metrics import (
     PSNR_CAP_DB,
     Protocol,
     mean_psnr,
-    protocol_for_task,
     psnr,
     rgb_to_y,
     ssim,
     to_tensor,
 )
+from diffenhance.restoration import get_task
 
 # ----------------------------------------------------------------------------- numpy reference
 
@@ -179,22 +179,22 @@ def test_to_tensor_and_errors():
 
 
 def test_protocols():
-    sr4 = protocol_for_task("sr4")
+    sr4 = get_task("sr4").protocols()
     assert [(p.name, p.y_channel, p.crop) for p in sr4] == [("rgb", False, 4), ("y", True, 4)]
-    assert protocol_for_task("sr2")[0].crop == 2
-    assert protocol_for_task("blind", DegradeConfig(blind_scale=2))[1].crop == 2
-    assert protocol_for_task("blind", DegradeConfig(blind_scale=1))[1].crop == 0
-    assert all(p.crop == 0 for t in ("denoise", "jpeg") for p in protocol_for_task(t))
+    assert get_task("sr2").protocols()[0].crop == 2
+    assert get_task("blind").protocols(DegradeConfig(blind_scale=2))[1].crop == 2
+    assert get_task("blind").protocols(DegradeConfig(blind_scale=1))[1].crop == 0
+    assert all(p.crop == 0 for t in ("denoise", "jpeg") for p in get_task(t).protocols())
     assert sr4[1].describe() == (
         "PSNR/SSIM on Y (BT.601, MATLAB rgb2ycbcr), 4 px border crop, data range [0,1]"
     )
-    assert "no border crop" in protocol_for_task("denoise")[0].describe()
+    assert "no border crop" in get_task("denoise").protocols()[0].describe()
     p = Protocol("y", True, 4)
     a, b = PAIRS[1][1], PAIRS[1][2]
     assert float(p.psnr(a, b)[0]) == float(psnr(a, b, crop=4, y_channel=True)[0])
     assert float(p.ssim(a, b)[0]) == float(ssim(a, b, crop=4, y_channel=True)[0])
     with pytest.raises(ValueError, match="unknown task"):
-        protocol_for_task("sr3")
+        get_task("sr3").protocols()
 
 
 def test_error_std_flat_against_an_independent_computation():

@@ -17,8 +17,8 @@ from diffenhance.data.samples import materialize_samples
 from diffenhance.enhance import model_file, pretrained_model
 from diffenhance.evaluate import bicubic_upscale, score
 from diffenhance.io import read_image, write_image
-from diffenhance.metrics import protocol_for_task
 from diffenhance.model import FORMAT, load_restorer, read_checkpoint, sampling
+from diffenhance.restoration import get_task
 from diffenhance.restore import restore, sampling_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,9 @@ def test_shipped_model_beats_the_baseline_on_held_out_photos(task, val_photos):
     r = load_restorer(SHIPPED / task)
     spec = sampling_spec(r, cfg.infer)  # what enhance runs
     proto = [
-        p for p in protocol_for_task(task, cfg.degrade) if p.name == ("y" if r.scale > 1 else "rgb")
+        p
+        for p in get_task(task).protocols(cfg.degrade)
+        if p.name == ("y" if r.scale > 1 else "rgb")
     ]
     model_psnr, base_psnr = [], []
     for i, photo in enumerate(val_photos):

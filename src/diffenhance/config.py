@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from diffenhance.io import atomic_path
+from diffenhance.registry import FORMULATIONS, TASKS
 
 
 @dataclass(frozen=True)
@@ -41,23 +42,10 @@ class OneOf:
     names: Callable[[], tuple[str, ...]]
 
 
-def _formulation_names() -> tuple[str, ...]:
-    from diffenhance.diffusion.formulations import formulation_names  # the registry (torch)
-
-    return formulation_names()
-
-
-Formulation = Annotated[str, OneOf("formulation", _formulation_names)]
-
-
-def _task_names() -> tuple[str, ...]:
-    from diffenhance.restoration import task_names  # the registry (numpy, torch)
-
-    return task_names()
-
-
+# a diffusion formulation (diffenhance.diffusion.formulations: residual, sr3, indi, pmrf, ...)
+Formulation = Annotated[str, OneOf("formulation", FORMULATIONS.names)]
 # a restoration task (diffenhance.restoration: sr2, sr4, denoise, jpeg, blind, inpaint, ...)
-Task = Annotated[str, OneOf("task", _task_names)]
+Task = Annotated[str, OneOf("task", TASKS.names)]
 
 
 class ConfigError(ValueError):

@@ -28,8 +28,6 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from diffenhance.config import DegradeConfig
-
 PSNR_CAP_DB = 100.0  # mean_psnr caps each value here, so identical images (inf) stay finite
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -232,14 +230,6 @@ class Protocol:
         return ssim(pred, target, crop=self.crop, y_channel=self.y_channel)
 
 
-def protocol_for_task(task: str, cfg: DegradeConfig | None = None) -> list[Protocol]:
-    """The protocols reported for a task (its `RestorationTask.protocols`: RGB and Y, border
-    crop = the scale for SR tasks, as BasicSR's `crop_border`). ValueError for an unknown task."""
-    from diffenhance.restoration import get_task  # the registry (imports this module)
-
-    return get_task(task).protocols(cfg)
-
-
 __all__ = [
     "PSNR_CAP_DB",
     "Protocol",
@@ -247,7 +237,6 @@ __all__ = [
     "masked_psnr",
     "masked_ssim",
     "mean_psnr",
-    "protocol_for_task",
     "psnr",
     "rgb_to_y",
     "ssim",

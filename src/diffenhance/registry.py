@@ -1,10 +1,18 @@
-"""A registry of named plug-ins: one instance of each registered class under its `name`.
+"""Registries of named plug-ins: one instance of each registered class under its `name`.
 
-Formulations (`diffusion.formulations`) and restoration tasks (`restoration`) each keep one; a
-new one is a class with a `name` and the `register` decorator, in its own file (or a test's)."""
+The ground floor of the package: it imports nothing of diffenhance, so code at any layer (the
+config that validates a name, a network, a formulation) can ask a registry for names without
+importing what registers into it. Each registry knows its home package and imports it the first
+time it is asked (`names`, `lookup`), the way entry points are loaded; a new plug-in is a class
+with a `name` and the `register` decorator, in its own file of that package (or a test's).
+
+    FORMULATIONS: diffusion formulations (`diffusion.formulations`)
+    TASKS:        restoration tasks (`restoration`)
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, TypeVar
 
 C = TypeVar("C", bound=type)
@@ -12,6 +20,18 @@ C = TypeVar("C", bound=type)
 
 class Registry(dict[str, Any]):
     """name -> the instance of the class registered under it, in registration order."""
+
+    def __init__(self, what: str, home: str) -> None:
+        super().__init__()
+        self.what = what  # 'formulation', 'task': for messages
+        self.home = home  # the package whose import registers the built-ins
+        self._loaded = False
+
+    def load(self) -> None:
+        """Import the home package once (its modules register the built-ins)."""
+        if not self._loaded:
+            self._loaded = True  # first: the package's own import may ask again
+            importlib.import_module(self.home)
 
     def register(self, cls: C) -> C:
         """Class decorator: register one instance of `cls` under `cls.name` (replacing a previous
@@ -28,4 +48,18 @@ class Registry(dict[str, Any]):
 
     def names(self) -> tuple[str, ...]:
         """The registered names, in registration order."""
+        self.load()
         return tuple(self)
+
+    def lookup(self, name: str) -> Any:
+        """The instance registered under `name`; ValueError listing the registered names."""
+        self.load()
+        try:
+            return self[name]
+        except KeyError:
+            known = ", ".join(map(repr, self))
+            raise ValueError(f"unknown {self.what} {name!r}; registered: {known}") from None
+
+
+FORMULATIONS = Registry("formulation", "diffenhance.diffusion.formulations")
+TASKS = Registry("task", "diffenhance.restoration")

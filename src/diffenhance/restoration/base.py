@@ -39,7 +39,7 @@ import numpy as np
 
 from diffenhance.config import DegradeConfig
 from diffenhance.metrics import Protocol
-from diffenhance.registry import Registry
+from diffenhance.registry import TASKS
 
 if TYPE_CHECKING:
     import torch
@@ -202,7 +202,7 @@ class RestorationTask:
 
 # ----------------------------------------------------------------------------- the registry
 
-_REGISTRY: Registry = Registry()  # name -> the RestorationTask instance
+_REGISTRY = TASKS  # name -> the RestorationTask instance (the ground floor's registry)
 register = _REGISTRY.register  # class decorator
 unregister = _REGISTRY.unregister
 task_names = _REGISTRY.names  # in registration order
@@ -213,6 +213,7 @@ def get_task(task: str | RestorationTask) -> RestorationTask:
     registered names otherwise."""
     if isinstance(task, RestorationTask):
         return task
+    _REGISTRY.load()
     try:
         return _REGISTRY[task]
     except (KeyError, TypeError):

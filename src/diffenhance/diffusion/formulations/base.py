@@ -36,7 +36,7 @@ import torch
 from diffenhance.config import DiffusionConfig, ModelConfig
 from diffenhance.diffusion.schedule import Schedule
 from diffenhance.nn import build_cond_net
-from diffenhance.registry import Registry
+from diffenhance.registry import FORMULATIONS
 from diffenhance.restoration.base import image_of
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -135,7 +135,7 @@ class Formulation:
         raise NotImplementedError
 
 
-_REGISTRY: Registry = Registry()  # name -> the Formulation instance
+_REGISTRY = FORMULATIONS  # name -> the Formulation instance (the ground floor's registry)
 register = _REGISTRY.register  # class decorator
 unregister = _REGISTRY.unregister
 formulation_names = _REGISTRY.names  # in registration order
@@ -143,6 +143,7 @@ formulation_names = _REGISTRY.names  # in registration order
 
 def get_formulation(name: str) -> Formulation:
     """The registered formulation `name`; ValueError listing the registered names otherwise."""
+    _REGISTRY.load()
     try:
         return _REGISTRY[name]
     except KeyError:
