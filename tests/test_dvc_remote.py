@@ -1,5 +1,6 @@
-"""DVC remote on the S3-compatible test server: the README's `dvc remote add/modify` commands,
-then `dvc push`, a cleared cache and workspace, and `dvc pull` (real dvc CLI, real git repo)."""
+"""DVC remote on the S3-compatible test server: the `dvc remote add/modify` commands of
+docs/storage.md, then `dvc push`, a cleared cache and workspace, and `dvc pull` (real dvc CLI,
+real git repo)."""
 
 from __future__ import annotations
 

@@ -239,7 +239,7 @@ def test_output_format_and_bit_depth_follow_the_input_unless_set(tmp_path, ckpt,
 
 
 def test_gif_is_enhanced_by_default_to_png_and_clash_advice_is_right(tmp_path, ckpt, params):
-    """GIF is in the default enhance.extensions (README: GIF becomes PNG); an animated GIF gives
+    """GIF is in the default enhance.extensions (docs/enhancing.md: GIF becomes PNG); an animated GIF gives
     its first frame, with a note. a.gif and a.png both map to a.png: renaming resolves that,
     not output_format=same (the default already)."""
     from PIL import Image

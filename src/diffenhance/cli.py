@@ -411,11 +411,37 @@ def models(
         Path | None,
         typer.Option("--models-dir", help="folder of model dirs (default: the shipped models)"),
     ] = None,
+    markdown: Annotated[
+        bool,
+        typer.Option(
+            "--markdown",
+            help="print one markdown table instead (the README's model table, tested equal)",
+        ),
+    ] = False,
 ) -> None:
     """List the models: task, formulation, size, the presets of the fidelity/detail knob
     (steps, samples, detail) and the figures measured on held-out photos (the model card)."""
+    listing = _model_listing(models_dir)
+    if markdown:
+        typer.echo("\n".join(_models_markdown(listing)))
+        return
+    for m in listing:
+        typer.echo(f"{m['name']}: task {m['task']}, {m['formulation']}, {m['size_mb']:.1f} MB")
+        for name, p in m["presets"].items():
+            mark = " (default)" if name == m["default"] else ""
+            typer.echo(f"  --preset {name}{mark}: steps {p['steps']}, samples {p['samples']}, "
+                       f"detail {p['detail']:g}")  # fmt: skip
+        if m["figures"]:
+            typer.echo("  measured: " + ", ".join(f"{k} {v:g}" for k, v in m["figures"].items()))
+
+
+def _model_listing(models_dir: Path | None) -> list[dict[str, Any]]:
+    """What `diffenhance models` shows of each `<models_dir>/<name>/model.safetensors`, by name:
+    the checkpoint's header (task, formulation, network, presets) and its model card
+    (`training.json`: the numeric figures of "measured", its "target" and held-out photos)."""
     import json
 
+    from diffenhance.diffusion.formulations import get_formulation
     from diffenhance.model import (
         PRETRAINED_DIRS,
         WEIGHTS_NAME,
@@ -428,21 +454,58 @@ def models(
     found = sorted(p.parent for p in root.glob(f"*/{WEIGHTS_NAME}"))
     if not found:
         _fail(f"{root}: no model dirs (<name>/{WEIGHTS_NAME}) found")
+    listing = []
     for d in found:
         with _user_errors():
             spec = validate_checkpoint(d)
-        size = (d / WEIGHTS_NAME).stat().st_size / 1e6
-        typer.echo(f"{d.name}: task {spec.task}, {spec.diffusion_cfg.formulation}, {size:.1f} MB")
-        default = default_preset(spec)
-        for name, p in presets(spec).items():
-            mark = " (default)" if name == default else ""
-            typer.echo(f"  --preset {name}{mark}: steps {p['steps']}, samples {p['samples']}, "
-                       f"detail {p['detail']:g}")  # fmt: skip
         card = d / "training.json"
         measured = json.loads(card.read_text()).get("measured", {}) if card.is_file() else {}
-        figures = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
-        if figures:
-            typer.echo("  measured: " + ", ".join(f"{k} {v:g}" for k, v in figures.items()))
+        listing.append({
+            "name": d.name, "task": spec.task, "formulation": spec.diffusion_cfg.formulation,
+            "pmrf_mean": spec.diffusion_cfg.pmrf_mean, "space": spec.model_cfg.space,
+            "parameters": spec.n_parameters, "size_mb": (d / WEIGHTS_NAME).stat().st_size / 1e6,
+            "presets": presets(spec), "default": default_preset(spec),
+            "detail_knob": get_formulation(spec.diffusion_cfg.formulation).detail_knob,
+            "figures": {k: v for k, v in measured.items() if isinstance(v, (int, float))},
+            "target": measured.get("target"), "photos": measured.get("held_out_photos"),
+        })  # fmt: skip
+    return listing
+
+
+def _models_markdown(listing: list[dict[str, Any]]) -> list[str]:
+    """`_model_listing` as a markdown table, then one line on where the figures come from."""
+    from diffenhance.markdown import markdown_table
+    from diffenhance.restoration import get_task
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    rows = []
+    for m in listing:
+        formulation = m["formulation"]
+        if formulation == "pmrf":
+            formulation += f" (mean: {m['pmrf_mean']})"
+        several = len(m["presets"]) > 1
+        knob = "; ".join(
+            f"{name}{' (default)' if several and name == m['default'] else ''}: {p['steps']} "
+            f"step{'s' * (p['steps'] != 1)}, {p['samples']} sample{'s' * (p['samples'] != 1)}"
+            + (f", detail {p['detail']:g}" if m["detail_knob"] else "")
+            for name, p in m["presets"].items()
+        )
+        figures = ", ".join(f"{k} {v:g}" for k, v in m["figures"].items() if k != "val_size")
+        rows.append([
+            f"`{m['name']}`", cell(get_task(m["task"]).description or m["task"]),
+            formulation, f"{m['space'].upper()}-space U-Net, {m['parameters'] / 1e6:.1f}M",
+            f"{m['size_mb']:.1f} MB", knob, cell(figures or "-"), cell(m["target"] or "-"),
+        ])  # fmt: skip
+    header = ["`-m`", "task", "formulation", "network", "size", "presets", "measured", "target"]
+    lines = markdown_table(header, rows)
+    sizes = {m["figures"].get("val_size") for m in listing}
+    photos = {tuple(m["photos"] or ()) for m in listing}
+    if len(sizes) == 1 and len(photos) == 1 and None not in sizes and () not in photos:
+        lines += ["", f"Measured on {sizes.pop():g} px centre crops of the held-out photos "
+                  f"{', '.join(photos.pop())} (the command is in each model's `training.json`)."]  # fmt: skip
+    return lines
 
 
 @app.command()
