@@ -1,6 +1,6 @@
 """`train` stage: train (or resume) one restorer per task in `train.tasks`, into
 `models/<task>/`. Run: `python -m flows.train [section.key=value ...]`; for several GPUs use
-`torchrun --nproc_per_node=N -m diffenhance.train` (see the README)."""
+`torchrun --nproc_per_node=N -m diffenhance.train` (see docs/training.md)."""
 
 from __future__ import annotations
 

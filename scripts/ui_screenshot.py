@@ -1,4 +1,4 @@
-"""Retake the README's screenshot of `diffenhance ui` (docs/ui.png) in headless Chromium.
+"""Retake the screenshot of `diffenhance ui` on docs/ui.md (docs/ui.png) in headless Chromium.
 
 Starts `diffenhance ui --port 0`, uploads a 96 px crop of scikit-image's astronaut photo, runs
 the shipped sr4 model at 4 steps with 2 samples and the uncertainty map, and saves the page

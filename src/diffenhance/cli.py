@@ -214,7 +214,11 @@ def evaluate(
         typer.Option("--hr-dir", help="evaluate on this folder of HR images (any size)"),
     ] = None,
     task: Annotated[
-        str | None, typer.Option("--task", help="with --hr-dir: sr2 sr4 denoise jpeg blind")
+        str | None,
+        typer.Option(
+            "--task",
+            help="with --hr-dir: the degradation to score (a registered task; default: the model's)",
+        ),
     ] = None,
     model: Annotated[
         Path | None, typer.Option("--model", help="with --hr-dir: checkpoint file or model dir")

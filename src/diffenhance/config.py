@@ -107,7 +107,7 @@ class DiffusionConfig:
     min_snr_gamma: float = 0.0  # 0 = off; 5.0 in Hang et al. 2023
     beta_start: float = 1e-4  # DDPM's linear schedule
     beta_end: float = 0.02
-    # How the network is trained and sampled (diffusion/formulations.py). residual measured
+    # How the network is trained and sampled (diffusion/formulations/). residual measured
     # best (benchmarks/RESULTS.md "Formulations"); checkpoints without the key load as sr3.
     formulation: Formulation = "residual"
     indi_noise: float = 0.0  # InDI start noise sigma (model range); > 0 makes samples differ
