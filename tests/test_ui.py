@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,8 @@ def test_job_errors_are_messages(client, tmp_path):
     up = upload(client, "a.png", encode(photo(8)))
     job = run(client, upload=up["id"], model=str(tmp_path / "none"))
     assert job["state"] == "failed" and f"{tmp_path / 'none'}: no model here" in job["message"]
+    assert (job["tiles_done"], job["tiles_total"]) == (None, None)  # not counted: the page
+    # shows the seconds
     r = client.get(f"/api/jobs/{job['id']}/output")
     assert r.status_code == 409 and "has no output (failed)" in r.json()["error"]
 
@@ -255,6 +258,35 @@ def test_models_listed_and_checked(tmp_path):
         r = c.post("/api/model", json={"path": str(tmp_path / "broken")})
         assert r.status_code == 400 and "not a readable safetensors file" in r.json()["error"]
         assert c.post("/api/model", json={"path": str(tmp_path / "mine")}).json()["scale"] == 4
+
+
+def test_the_default_model_is_the_one_enhance_runs(client):
+    """The page starts on enhance.model (`diffenhance enhance` without -m), else on the main
+    task (train.tasks[0]), else on the first model; never on sr2 because it is listed first."""
+    from diffenhance.ui.jobs import default_model
+
+    info = client.get("/api/info").json()
+    assert info["models"][0]["task"] == "sr2" and info["default_model"] == "sr4"
+    cfg = load_config(PARAMS)
+    models = [{"value": t, "task": t} for t in task_names()]  # each task's shipped model
+
+    def pick(model: str, tasks: tuple[str, ...], listed: list[dict] = models) -> str | None:
+        c = replace(cfg, enhance=replace(cfg.enhance, model=model),
+                    train=replace(cfg.train, tasks=tasks))  # fmt: skip
+        return default_model(c, listed)
+
+    assert pick("models/denoise", ("sr4",)) == "denoise"  # models/<task> untrained: the shipped
+    assert pick("/nowhere", ("jpeg",)) == "jpeg"
+    assert pick("/nowhere", ("sr4",), models[2:]) == "denoise"  # no sr4 listed: the first
+    assert pick("sr4", ("sr4",), []) is None
+
+
+def test_the_page_icon_is_served(client):
+    page = client.get("/").text
+    assert '<link rel="icon" href="/favicon.ico" type="image/svg+xml">' in page
+    r = client.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml"
+    assert r.text.startswith("<svg ")
 
 
 def test_old_uploads_are_deleted_and_the_workspace_at_shutdown(monkeypatch):
@@ -465,7 +497,10 @@ def test_page_enhances_compares_and_reports_errors(browser, server, tmp_path):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server)
     page.wait_for_function("document.querySelectorAll('#model option').length > 0")
-    assert page.input_value("#task") == task_names()[0]  # the first task with a model
+    # the model `diffenhance enhance` runs by default (models/sr4: the shipped sr4 untrained)
+    assert (page.input_value("#task"), page.input_value("#model")) == ("sr4", "sr4")
+    page.select_option("#task", "denoise")
+    assert page.input_value("#model") == "denoise"
     page.select_option("#task", "sr4")
     assert page.input_value("#model") == "sr4"
     # the shipped sr4 (pmrf) records two presets along its detail knob, fidelity chosen
@@ -660,3 +695,85 @@ def test_page_presets_and_cancel(browser, server, pmrf_model, tmp_path):
     assert page.is_hidden("#cancel") and page.is_hidden("#error") and page.is_enabled("#run")
     page.screenshot(path=str(tmp_path / "cancelled.png"), full_page=True)
     assert not errors, errors
+
+
+def big_result(status: dict, done: dict) -> dict:
+    """Page routes that stand in for a job (`status` until done["now"], then a finished job
+    with a 2000 x 1500 output): the layout of a large result without minutes of CPU."""
+    png = encode(np.kron(np.indices((30, 40)).sum(0) % 2 * 255, np.ones((50, 50))).astype(np.uint8))
+    finished = {**status, "state": "done", "seconds": 4.2, "tiles_done": 12,
+                "output": {"name": "big-enhanced.png", "width": 2000, "height": 1500},
+                "uncertainty": False}  # fmt: skip
+    return {
+        "**/api/jobs": lambda route: route.fulfill(json=status),
+        "**/api/jobs/big": lambda route: route.fulfill(json=finished if done["now"] else status),
+        "**/api/jobs/big/preview": lambda route: route.fulfill(body=png, content_type="image/png"),
+    }
+
+
+def assert_fits(page, width: int = 1280) -> None:
+    """The page is no wider than the window, not scrolled sideways, its header all in view."""
+    page_width, scroll_x, header = page.evaluate(
+        "[document.documentElement.scrollWidth, window.scrollX,"
+        " document.querySelector('header').getBoundingClientRect().toJSON()]"
+    )
+    assert page_width <= width and scroll_x == 0, (page_width, scroll_x)
+    assert header["left"] >= 0 and header["right"] <= width and header["width"] > 0.9 * width
+
+
+def test_page_fits_a_large_result_in_the_window(browser, server, tmp_path):
+    """At 1280 x 800 a 2000 x 1500 result is drawn within the page (no sideways scrolling, the
+    header in view); "100%" shows it pixel for pixel in a scroll box; progress counts tiles."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    failed, errors = [], []
+    page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.status} {r.url}"))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    icon = page.eval_on_selector("link[rel=icon]", "l => l.href")
+    assert page.request.get(icon).status == 200
+    src = Image.fromarray(photo(64)).resize((500, 375))  # sr4: a 2000 x 1500 output
+    page.set_input_files("#file", files=[{"name": "big.png", "mimeType": "image/png",
+                                          "buffer": encode(src)}])  # fmt: skip
+    page.wait_for_selector("#run:enabled")
+    status = {"id": "big", "state": "running", "message": "", "ahead": 0, "seconds": 1.5,
+              "tiles_done": 3, "tiles_total": 12,
+              "settings": {"preset": "fidelity", "steps": 1, "samples": 1, "detail": 0.0}}  # fmt: skip
+    done = {"now": False}
+    for url, handler in big_result(status, done).items():
+        page.route(url, handler)
+    page.click("#run")
+    page.wait_for_function(
+        "document.getElementById('status-text').textContent === 'Enhancing... 3 / 12 tiles, 1.5 s'"
+    )
+    assert page.eval_on_selector("#tiles", "p => [p.hidden, p.value, p.max]") == [False, 3, 12]
+    done["now"] = True
+    page.wait_for_selector("#after:visible", timeout=10_000)
+    assert page.inner_text("#status-text") == "Done in 4.2 s." and page.is_hidden("#tiles")
+    assert page.eval_on_selector("#after", "i => [i.naturalWidth, i.complete]") == [2000, True]
+    # fit: the image within the window, the page no wider than it, the header in full
+    assert_fits(page)
+    after = page.locator("#after").bounding_box()
+    assert after["x"] >= 0 and after["x"] + after["width"] <= 1280 and after["height"] <= 800 - 120
+    assert after["width"] / after["height"] == pytest.approx(2000 / 1500, rel=0.01)
+    page.screenshot(path=str(tmp_path / "fit.png"))
+    # 100%: one image pixel per CSS pixel, in a box that scrolls; the page still fits
+    page.click("label:has(#zoom-actual)")
+    after = page.locator("#after").bounding_box()
+    assert (after["width"], after["height"]) == (2000, 1500)
+    box = page.eval_on_selector("#stage-box", "b => [b.scrollWidth > b.clientWidth, "
+                                "b.getBoundingClientRect().right, b.scrollLeft > 0]")  # fmt: skip
+    assert box[0] and box[1] <= 1280 and box[2]  # centred on the image's middle
+    assert_fits(page)
+    page.screenshot(path=str(tmp_path / "actual.png"))
+    # side by side at 100%: both at the output's size, scrolled together
+    page.check("input[name=view][value=side]")
+    sizes = "i => i.getBoundingClientRect().width"
+    assert [page.eval_on_selector(i, sizes) for i in ("#before2", "#after2")] == [2000, 2000]
+    page.eval_on_selector("#after2-box", "b => { b.scrollLeft = 300; }")
+    page.wait_for_function("document.getElementById('before2-box').scrollLeft === 300")
+    assert_fits(page)
+    page.click("label:has(#zoom-fit)")
+    assert page.eval_on_selector("#after2", sizes) < 1280 / 2
+    assert_fits(page)
+    assert not failed and not errors, (failed, errors)

@@ -1,15 +1,17 @@
 """The `diffenhance ui` web app: one static page and a small JSON API over a `Workspace`.
 
     GET  /                              the page (static/index.html: plain JS/CSS, offline)
-    GET  /api/info                      models (each with its presets), image extensions,
-                                        upload and job limits
+    GET  /favicon.ico                   the page's icon (an SVG)
+    GET  /api/info                      models (each with its presets), the one selected at
+                                        first, image extensions, upload and job limits
     POST /api/model        {"path"}     a typed model path checked: task, scale, presets
     POST /api/uploads?name=N            raw image bytes (application/octet-stream) -> upload
     GET  /api/uploads/{id}/preview.png  the decoded upload as an 8-bit PNG
     POST /api/jobs         {"upload", "model", "preset", "steps", "samples", "detail", "mask",
                             "uncertainty"}   preset: a name of the model's (null: its default);
                                         steps/samples/detail given override the preset's
-    GET  /api/jobs/{id}                 state, seconds, jobs ahead, the settings it runs with
+    GET  /api/jobs/{id}                 state, seconds, tiles done / total (null: not
+                                        counted), jobs ahead, the settings it runs with
                                         (preset, steps, samples, detail), message or output
     POST /api/jobs/{id}/cancel          stop it: queued at once, running at its next network
                                         call (state "cancelled"); the next queued job starts
@@ -46,7 +48,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -54,7 +56,15 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from diffenhance.config import Config
 from diffenhance.io import read_image, write_image
 from diffenhance.signals import STOP_SIGNALS
-from diffenhance.ui.jobs import Job, Limits, UiError, Workspace, list_models, model_info
+from diffenhance.ui.jobs import (
+    Job,
+    Limits,
+    UiError,
+    Workspace,
+    default_model,
+    list_models,
+    model_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,13 @@ MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # a 16-bit 8K TIFF fits; larger bodies are
 BROWSER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")  # shown as written
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 SHUTDOWN_GRACE_S = 3.0  # requests still open at a stop signal (an upload arriving) get this long
+# the page's icon (index.html links it): a before/after square; served, so that no browser
+# asking for /favicon.ico (a preview opened in a tab too) gets a 404
+FAVICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    '<rect width="16" height="16" rx="3" fill="#2f62d8"/>'
+    '<path d="M8 2h5a1 1 0 0 1 1 1v10a1 1 0 0 1-1 1H8z" fill="#fff" opacity=".85"/></svg>'
+)
 
 
 class ModelQuery(BaseModel):
@@ -154,11 +171,19 @@ def index() -> HTMLResponse:
     return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
 
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    return Response(FAVICON_SVG, media_type="image/svg+xml",
+                    headers={"Cache-Control": "max-age=86400"})  # fmt: skip
+
+
 @router.get("/api/info")
 def info(request: Request) -> dict:
     ui = _ui(request)
+    models = list_models(ui.models_dir)
     return {
-        "models": list_models(ui.models_dir),
+        "models": models,
+        "default_model": default_model(ui.cfg, models),
         "extensions": list(ui.cfg.enhance.extensions),
         "max_upload_bytes": ui.max_upload_bytes,
         "limits": ui.limits.describe(),

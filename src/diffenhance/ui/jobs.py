@@ -188,6 +188,28 @@ def list_models(models_dir: Path) -> list[dict[str, Any]]:
     return models
 
 
+def default_model(cfg: Config, models: list[dict[str, Any]]) -> str | None:
+    """The `value` of the model in `models` (`list_models`) the page selects at first: the one
+    `diffenhance enhance` runs without -m (enhance.model), else the first of the pipeline's
+    main task (train.tasks[0]), else the first listed; None when none is listed."""
+    from diffenhance.enhance import model_file
+
+    def weights(value: str) -> Path | None:
+        try:
+            return model_file(value)
+        except ValueError:  # EnhanceError: no model there
+            return None
+
+    # the CLI's default, so that the page starts where `enhance` does (not on sr2, listed first)
+    cli = weights(cfg.enhance.model)
+    if cli is not None:
+        for m in models:
+            if weights(m["value"]) == cli:
+                return m["value"]
+    main = [m["value"] for m in models if cfg.train.tasks and m["task"] == cfg.train.tasks[0]]
+    return (main or [m["value"] for m in models] or [None])[0]
+
+
 def ran_with(model_path: str | Path, infer: Any) -> dict[str, Any]:
     """The preset, steps, samples and detail that `infer` (an InferConfig) runs the model file
     with, as the enhance path resolves them (`restore.sampling_spec`: the preset's values, each
@@ -224,6 +246,8 @@ class Job:
     deadline: float | None = None  # time.monotonic() past which a running job is stopped
     output: Path | None = None
     used: dict[str, Any] | None = None  # the preset, steps, samples and detail it runs with
+    tiles_done: int | None = None  # progress of a running job; None: not counted (yet)
+    tiles_total: int | None = None
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
     future: Future | None = field(default=None, repr=False)
 
@@ -456,7 +480,8 @@ class Workspace:
         return text.replace(str(job.folder / "out"), "<output>").replace(str(self.root), "")
 
     def status(self, job: Job) -> dict[str, Any]:
-        """What the page polls: state, seconds so far, jobs ahead, the message, the settings it
+        """What the page polls: state, seconds so far, tiles done of the total (each None while
+        not counted: the page then shows the seconds), jobs ahead, the message, the settings it
         runs with (`settings`: preset, steps, samples, detail) and the result."""
         end = job.finished or time.monotonic()
         with self.lock:
@@ -465,6 +490,7 @@ class Workspace:
         out: dict[str, Any] = {
             "id": job.id, "state": job.state, "message": job.message, "ahead": ahead,
             "seconds": round(end - job.started, 1) if job.started is not None else 0.0,
+            "tiles_done": job.tiles_done, "tiles_total": job.tiles_total,
             "settings": job.used,
         }  # fmt: skip
         if job.output is not None:
