@@ -4,11 +4,14 @@ a Dask cluster when `enhance.dask_address` is set), resumably, ending with a sum
 and `<output>/_diffenhance/summary.json`.
 
     python -m flows.enhance [--params params.yaml] [section.key=value ...]
-    python -m flows.enhance serve --cron "0 3 * * *" [--name nightly] [--max-runs N] [...]
+    python -m flows.enhance serve (--cron "0 3 * * *" | --interval SECONDS) [--name NAME]
+                                  [--max-runs N] [--params params.yaml] [section.key=value ...]
 
-`serve` registers a deployment with that cron schedule on the Prefect API (PREFECT_API_URL)
-and runs its flow runs in this process until stopped (SIGTERM / Ctrl-C: exit 143 / 130), or
-after N runs.
+`serve` registers a deployment (default name `enhance-scheduled`) with that schedule (cron in
+UTC) on the Prefect API (PREFECT_API_URL) and runs its flow runs in this process until stopped
+(SIGTERM / Ctrl-C: exit 143 / 130), or once N runs have finished (final state stored, process
+gone). Stopping pauses the deployment (Prefect's runner does); the next `serve` of that name
+says so and resumes it.
 Exit codes (`diffenhance.enhance.run`'s error policy, as `diffenhance enhance`): 0 all
 enhanced, 1 some images failed or shards crashed (storage down), 2 configuration, usage,
 input or model-file error - one `error:` line, no traceback (flows.common.run_entry).
@@ -114,17 +117,39 @@ def enhance(params: str = "params.yaml", overrides: list[str] | None = None) -> 
 
 # ----------------------------------------------------------------------------- serving
 
+# `prefect deploy` registers prefect.yaml's `enhance-nightly`; a served deployment of the same
+# name would replace it (tests/test_serve.py checks they differ)
+SERVED_NAME = "enhance-scheduled"
+
 
 async def _serve(deployment: Any, max_runs: int | None) -> None:
     """Serve `deployment` on a runner in this process (`serve`); Ctrl-C stops it gracefully."""
     from prefect.runner import Runner
 
+    await _say_if_paused(deployment.full_name)
     runner = Runner(name=f"{deployment.name}-runner", limit=1)
     previous = signal.signal(signal.SIGINT, _graceful_sigint(runner))
     try:
-        await _run_runner(runner, await runner.aadd_deployment(deployment), max_runs)
+        dep_id = await runner.aadd_deployment(deployment)  # paused=False: resumes it
+        await _run_runner(runner, dep_id, max_runs, f"serving deployment '{deployment.full_name}'")
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+async def _say_if_paused(full_name: str) -> None:
+    """One line when deployment `full_name` exists paused: Prefect's runner pauses its
+    deployments when it stops, so a restarted `serve` finds its own paused."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            paused = (await client.read_deployment_by_name(full_name)).paused
+        except ObjectNotFound:
+            return
+    if paused:
+        print(f"deployment '{full_name}' was paused (serve pauses it when it stops); "
+              "resuming its schedule", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _graceful_sigint(runner: Any) -> Callable[[int, Any], None]:
@@ -142,43 +167,56 @@ def _graceful_sigint(runner: Any) -> Callable[[int, Any], None]:
     return handler
 
 
-async def _run_runner(runner: Any, dep_id: Any, max_runs: int | None) -> None:
-    """Run `runner` until stopped, or until deployment `dep_id` has `max_runs` finished runs."""
+async def _run_runner(runner: Any, dep_id: Any, max_runs: int | None, ready: str) -> None:
+    """Run `runner` until stopped, or until deployment `dep_id` has `max_runs` finished runs
+    (`_stop_after`); print `ready` once it is up (its signal handlers installed)."""
+    since = datetime.now(UTC)
+
+    async def watch() -> None:
+        while not runner.started:
+            await asyncio.sleep(0.1)
+        print(ready, file=sys.stderr, flush=True)
+        if max_runs:
+            await _stop_after(runner, dep_id, max_runs, since)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await runner.start()
+    finally:  # stopped otherwise (a signal): no more runs to wait for
+        watcher.cancel()
+
+
+async def _stop_after(runner: Any, dep_id: Any, max_runs: int, since: datetime) -> None:
+    """Stop `runner` once `max_runs` runs of deployment `dep_id` ended after `since` and the
+    runner has none in progress. A run's final state is stored before its process exits, and
+    a runner stopped while one is exiting cancels it: Cancelled overwrites Completed."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
         DeploymentFilterId,
         FlowRunFilter,
+        FlowRunFilterEndTime,
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
 
-    if not max_runs:
-        await runner.start()
-        return
-    since = datetime.now(UTC)
     terminal = [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
-
-    async def stop_after_runs() -> None:
-        async with get_client() as client:
-            while True:
-                await asyncio.sleep(1.0)
-                runs = await client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])),
-                    flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=terminal))
-                    ),
-                )
-                if sum(1 for r in runs if r.end_time and r.end_time >= since) >= max_runs:
-                    await runner.astop()
-                    return
-
-    watcher = asyncio.ensure_future(stop_after_runs())
-    try:
-        await runner.start()
-    finally:  # stopped otherwise (a signal): no more runs to wait for
-        watcher.cancel()
+    ended = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=terminal)),
+        end_time=FlowRunFilterEndTime(after_=since),
+    )
+    of_dep = DeploymentFilter(id=DeploymentFilterId(any_=[dep_id]))
+    async with get_client() as client:
+        while not runner.stopping:
+            await asyncio.sleep(0.5)
+            if not runner.has_slots_available():  # limit=1: a run's process is still running
+                continue
+            runs = await client.read_flow_runs(flow_run_filter=ended, deployment_filter=of_dep)
+            # no await from this check to astop: no run can start in between
+            if len(runs) >= max_runs and runner.has_slots_available() and not runner.stopping:
+                await runner.astop()
+                return
 
 
 def preflight(params: str, overrides: Sequence[str]) -> None:
@@ -194,11 +232,15 @@ def serve(
     params: str,
     overrides: Sequence[str],
     *,
-    cron: str,
-    name: str = "enhance-scheduled",
+    cron: str | None = None,
+    interval: float | None = None,
+    name: str = SERVED_NAME,
     max_runs: int | None = None,
 ) -> None:
-    """Register the `enhance` deployment `name` with a cron schedule and execute its runs."""
+    """Register the `enhance` deployment `name` with a cron or an interval (seconds) schedule,
+    exactly one, and execute its runs; after `max_runs` finished runs, stop."""
+    if (cron is None) == (interval is None):
+        raise ValueError("serve: give exactly one of cron and interval")
     preflight(params, overrides)  # fail now, not at the first scheduled run
     from prefect.deployments.runner import EntrypointType
 
@@ -207,6 +249,8 @@ def serve(
     dep = flow_obj.to_deployment(
         name=name,
         cron=cron,
+        interval=interval,
+        paused=False,  # a stopped serve left it paused: serving resumes it
         parameters={"params": params, "overrides": list(overrides)},
         entrypoint_type=EntrypointType.MODULE_PATH,
         description="Scheduled batch enhancement (see README, 'Enhancing images').",
@@ -214,8 +258,37 @@ def serve(
     asyncio.run(_serve(dep, max_runs))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` above 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+
+    return parse
+
+
+def _cron(text: str) -> str:
+    """An argparse type: a cron schedule Prefect accepts."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=text)
+    except ValueError:  # pydantic's ValidationError too
+        raise argparse.ArgumentTypeError(
+            f'not a cron schedule: {text!r} (e.g. "0 3 * * *")'
+        ) from None
+    return text
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line; `serving`: whether it is `serve`'s."""
+    argv = list(argv)
     p = argparse.ArgumentParser(
         prog="python -m flows.enhance", description="Batch enhancement as a Prefect flow."
     )
@@ -225,17 +298,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if serving:
         argv = argv[1:]
         p.prog += " serve"
-        p.add_argument("--cron", required=True, help='cron schedule, e.g. "0 3 * * *"')
-        p.add_argument("--name", default="enhance-scheduled", help="deployment name")
-        p.add_argument("--max-runs", type=int, default=None, help="stop after N finished runs")
-    args = p.parse_args(argv)
+        when = p.add_mutually_exclusive_group(required=True)
+        when.add_argument("--cron", type=_cron, help='cron schedule (UTC), e.g. "0 3 * * *"')
+        when.add_argument(
+            "--interval",
+            type=_positive(float),
+            metavar="SECONDS",
+            help="a run every SECONDS, the first one SECONDS after this start",
+        )
+        p.add_argument("--name", default=SERVED_NAME, help=f"deployment name ({SERVED_NAME})")
+        p.add_argument(
+            "--max-runs", type=_positive(int), metavar="N", help="stop after N finished runs"
+        )
+    return p.parse_args(argv, argparse.Namespace(serving=serving))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
 
     def run() -> int:
         check_overrides(args.overrides)  # before a flow run or deployment stores them
-        if serving:
-            serve(
-                args.params, args.overrides, cron=args.cron, name=args.name, max_runs=args.max_runs
-            )
+        if args.serving:
+            serve(args.params, args.overrides, cron=args.cron, interval=args.interval,
+                  name=args.name, max_runs=args.max_runs)  # fmt: skip
             if (sig := received()) is not None:  # SIGTERM: the runner's own graceful stop
                 raise Interrupted(sig)
             return 0
@@ -244,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code(summary)
 
     # a bad config or model: one `error:` line, exit 2; SIGINT, SIGTERM: one line, 130 / 143
-    return run_entry(run, "the runner" if serving else "the flow run")
+    return run_entry(run, "the runner" if args.serving else "the flow run")
 
 
 if __name__ == "__main__":

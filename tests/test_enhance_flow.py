@@ -1,6 +1,5 @@
 """The `enhance` Prefect flow on the real engine: threads vs a Dask LocalCluster, the summary
-artifact, the model loaded once per worker, and a served cron deployment whose triggered run
-completes."""
+artifact, the model loaded once per worker (serving it: tests/test_serve.py)."""
 
 from __future__ import annotations
 
@@ -96,51 +95,9 @@ def test_prefect_yaml_describes_a_valid_scheduled_deployment():
     assert set(dep.parameters) == {"params", "overrides"}
 
 
-def test_served_cron_deployment_runs_a_triggered_run_and_stops(prefect_api, setup):
-    root, ckpt, params = setup
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": prefect_api,
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [sys.executable, "-m", "flows.enhance", "serve", "--cron", "0 3 * * *"]
-    cmd += ["--name", "test-nightly", "--max-runs", "1", "--params", str(params)]
-    cmd += overrides(root, ckpt, "served")
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        from prefect import get_client
-        from prefect.deployments import run_deployment
-
-        async def registered():
-            async with get_client() as client:
-                for _ in range(120):
-                    try:
-                        return await client.read_deployment_by_name("enhance/test-nightly")
-                    except Exception:
-                        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-                        await asyncio.sleep(0.25)
-            raise AssertionError("deployment not registered within 30 s")
-
-        dep = asyncio.run(registered())
-        assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
-        t0 = time.monotonic()
-        run = run_deployment("enhance/test-nightly", timeout=45, poll_interval=1)
-        assert run.state.is_completed(), run.state
-        assert time.monotonic() - t0 < 45
-        assert len(outputs(root / "served")) == 7
-        assert proc.wait(timeout=20) == 0  # --max-runs 1: it stops by itself
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory, prefect_api):
-    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1, as the README
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1, as docs/batch.md
     starts them (the nanny sets OMP_NUM_THREADS=1 in each worker); the scheduler's address."""
     from distributed import Client
 
