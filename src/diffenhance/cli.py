@@ -174,8 +174,9 @@ def upload(
     overrides: OverridesArg = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Put input images into a bucket for `enhance`: a file to DEST/<name>, a folder's files to
-    DEST/<relative path>. Every file goes (enhance picks its images itself) except hidden ones
+    """Put input images into a bucket for `enhance`.
+
+    A file goes to DEST/<name>, a folder's files to DEST/<relative path>. Every file goes (enhance picks its images itself) except hidden ones
     ('.*' files and folders, each named); uploads are verified and unchanged files skipped, as
     by publish. Endpoint and credentials as publish's: storage.endpoint_url or
     AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE. Exit code: 0
