@@ -25,6 +25,7 @@ from diffenhance.infer import (
     tile_seed,
     tile_starts,
 )
+from diffenhance.io import to_uint8, to_uint16
 from diffenhance.model import (
     build_restorer,
     load_restorer,
@@ -251,6 +252,227 @@ def test_peak_memory_does_not_grow_with_image_size(tmp_path):
     assert work["large"] - work["small"] < 4 * 2**20, (work, got)
     # ... while one forward pass over a smaller image, untiled, needs several times more.
     assert work["untiled"] > 3 * work["large"], (work, got)
+
+
+# ----------------------------------------------------------------------------- stripes
+
+
+@dataclass
+class Noisy(IdentityTiles):
+    """IdentityTiles plus each tile's own noise (from its generator), partly outside [0, 1]:
+    overlapping tiles disagree, so a pixel's value depends on which tiles add to it and in
+    which order; `moments` gives a tile-dependent variance."""
+
+    def __call__(self, lq, generators, autocast_dtype):
+        y = super().__call__(lq, generators, autocast_dtype)[:, :3]
+        noise = torch.stack([torch.rand(y.shape[1:], generator=g) for g in generators])
+        return y + 0.3 * (noise - 0.5)
+
+    def moments(self, lq, generators, autocast_dtype):
+        y = self(lq, generators, autocast_dtype)
+        return y, (0.1 * y.mean(dim=1, keepdim=True)) ** 2
+
+
+@dataclass
+class NoisyFill(Noisy):
+    """An inpainting `TileModel`: image + mask in, the inpaint task's `finish` (known pixels
+    kept, their std 0)."""
+
+    scale: int = 1
+    size_multiple: int = 1
+    lq_channels: int = 4
+
+    def finish(self, out, lq, std):
+        from diffenhance.restoration import get_task
+
+        return get_task("inpaint").finish(out, lq, std)
+
+
+def recording(eng: TiledEnhancer) -> list[tuple]:
+    """The tiles `eng` adds, in order: (image, iy, ix, tile, variance)."""
+    tiles: list[tuple] = []
+    add = eng._add
+
+    def record(img, iy, ix, y, v):
+        tiles.append((img, iy, ix, y.clone(), None if v is None else v.clone()))
+        add(img, iy, ix, y, v)
+
+    eng._add = record
+    return tiles
+
+
+def one_buffer(eng: TiledEnhancer, tiles: list[tuple]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(image, std) as the engine computed them before issue 23: every tile added into one
+    whole-output float32 buffer, then divided, colour-fixed, clamped and composed at once."""
+    from diffenhance.infer import meanstd_color_fix
+    from diffenhance.restoration.base import image_of
+
+    img, s = tiles[0][0], eng.model.scale
+    out, var = torch.zeros(3, img.h * s, img.w * s), torch.zeros(img.h * s, img.w * s)
+    for _, iy, ix, y, v in tiles:
+        y0, x0 = img.ys[iy] * s, img.xs[ix] * s
+        y1, x1 = min(y0 + img.th * s, img.h * s), min(x0 + img.tw * s, img.w * s)
+        wgt = img.wys[iy][: y1 - y0, None] * img.wxs[ix][None, : x1 - x0]
+        out[:, y0:y1, x0:x1] += y[:, : y1 - y0, : x1 - x0] * wgt
+        if v is not None:
+            var[y0:y1, x0:x1] += v[0, : y1 - y0, : x1 - x0] * wgt
+    out.div_(img.norm_y[None, :, None]).div_(img.norm_x[None, None, :])
+    if eng.cfg.color_correction == "meanstd":
+        meanstd_color_fix(out, image_of(img.lq, axis=0)[:, : img.h, : img.w])
+    out.clamp_(0, 1)
+    std = None
+    if eng.uncertainty:
+        std = var.div_(img.norm_y[:, None]).div_(img.norm_x[None, :]).clamp_(min=0).sqrt_()
+    if hasattr(eng.model, "finish"):
+        out, std = eng.model.finish(out, img.lq, std)
+    return out.permute(1, 2, 0).numpy(), None if std is None else std.numpy()
+
+
+STRIPE_SHAPES = [(1, 1), (5, 7), (16, 130), (37, 53), (70, 13)]  # one tile .. 7 tile rows
+
+
+@pytest.mark.parametrize(
+    "model",
+    [Noisy(1, 1), Noisy(2, 4), Noisy(4, 8), NoisyFill()],
+    ids=["x1", "x2", "x4", "inpaint"],
+)
+@pytest.mark.parametrize("colour", ["none", "meanstd", "wavelet"])
+def test_stripes_give_the_one_buffer_result_bit_for_bit(model, colour):
+    """The output is summed in a stripe one tile row tall and stored row stripe by row
+    stripe, float or quantised; every pixel gets the additions of one whole-output buffer
+    in the same order, so the float result is the same bits (and layout) and the 8/16-bit
+    one is `to_uint8`/`to_uint16` of it; a quantised output has no whole-image float buffer
+    (meanstd excepted: its statistics are the whole image's)."""
+    rng = np.random.default_rng(0)
+    c = cfg(tile_batch=3, color_correction=colour)  # batches straddle tile rows
+    for uncertainty in (False, True):
+        for h, w in STRIPE_SHAPES:
+            img = rng.random((h, w, 3), dtype=np.float32)
+            if isinstance(model, NoisyFill):
+                mask = (rng.random((h, w, 1)) < 0.4).astype(np.float32)
+                img = np.concatenate([img, mask], axis=-1)
+            eng = TiledEnhancer(model, c, uncertainty=uncertainty)
+            tiles = recording(eng)
+            res = eng.enhance_one(img, "k")
+            want, want_std = one_buffer(eng, tiles)
+            assert res.image.strides == want.strides, (h, w)
+            assert res.image.tobytes() == want.tobytes(), (h, w, uncertainty)
+            assert (res.std is None) == (want_std is None)
+            if want_std is not None:
+                assert res.std.tobytes() == want_std.tobytes(), (h, w)
+            for depth, quantise in ((8, to_uint8), (16, to_uint16)):
+                eng = TiledEnhancer(model, c, uncertainty=uncertainty)
+                tiles = recording(eng)
+                if not np.isfinite(want).all():  # meanstd of a 1x1 input: std over 1 pixel
+                    with pytest.raises(ValueError, match="NaN"):
+                        eng.enhance_one(img, "k", bit_depth=depth)
+                    continue
+                got = eng.enhance_one(img, "k", bit_depth=depth)
+                np.testing.assert_array_equal(got.image, quantise(want))
+                assert got.image.dtype == quantise(want).dtype
+                if want_std is not None:
+                    assert got.std.tobytes() == want_std.tobytes()
+                state, s = tiles[0][0], model.scale
+                assert state.acc.shape[1] == min(state.th * s, h * s)  # one tile row
+                assert (state.full is None) == (colour != "meanstd")
+    assert len({iy for _, iy, *_ in tiles}) > 3  # the last shape: several stripes
+
+
+def test_a_bit_depth_other_than_8_or_16_is_refused(tmp_path):
+    eng = TiledEnhancer(IdentityTiles(), cfg())
+    res = next(eng.stream([("a", "a", gradient(8, 8))], bit_depth=lambda _: 12))
+    assert "bit_depth must be None, 8 or 16" in str(res.error)
+    from diffenhance.io import ImageWriteError, write_image
+
+    codes = eng.enhance(gradient(8, 8), bit_depth=16)
+    with pytest.raises(ImageWriteError, match="bit_depth=8 are uint8, got uint16"):
+        write_image(tmp_path / "a.png", codes, quantised=True)
+
+
+_MEASURE_U8 = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from diffenhance.config import InferConfig
+    from diffenhance.infer import TiledEnhancer
+    from tests.enhance_helpers import IdentityTiles
+
+    h, w = int(sys.argv[1]), int(sys.argv[2])
+    eng = TiledEnhancer(IdentityTiles(2, 4), InferConfig(tile=32, tile_overlap=8, tile_batch=4))
+    eng.enhance(np.full((48, 48, 3), 0.5, np.float32), "warm-up", bit_depth=8)
+    img = np.random.default_rng(0).random((h, w, 3), dtype=np.float32)
+    def status(field):  # kB -> bytes
+        line = [x for x in open("/proc/self/status") if x.startswith(field + ":")][0]
+        return int(line.split()[1]) * 1024
+
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+    base = status("VmRSS")
+    out = eng.enhance(img, "k", bit_depth=8)
+    peak = status("VmHWM")
+    print(json.dumps({"extra": peak - base, "out_bytes": out.nbytes, "dtype": str(out.dtype)}))
+    """
+)
+
+
+def test_an_8_bit_output_needs_no_float_copy_of_the_whole_image():
+    """Issue 23: a 12 MP photo at x4 is 192 MP of output, 2.3 GB as float32 but 576 MB as
+    8-bit. Asked for 8 bits, the engine's peak beyond its uint8 output stays flat while the
+    image grows 16x taller (a whole-output float32 buffer would add 4 bytes a sample: 48 MB
+    here; the width stays, as the stripe's size follows it)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sides = {"small": (256, 256), "large": (4096, 256)}
+    procs = [
+        (k, subprocess.Popen(
+            [sys.executable, "-c", _MEASURE_U8, *map(str, side)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
+        ))
+        for k, side in sides.items()
+        for _ in range(2)  # the smaller of two runs: allocator slack varies run to run
+    ]  # fmt: skip
+    got: dict[str, list[dict]] = {k: [] for k in sides}
+    for k, p in procs:
+        got[k].append(json.loads(p.communicate(timeout=180)[0].splitlines()[-1]))
+    assert got["large"][0]["dtype"] == "uint8"
+    work = {k: min(g["extra"] - g["out_bytes"] for g in gs) for k, gs in got.items()}
+    float_bytes = 4 * got["large"][0]["out_bytes"]
+    assert work["large"] - work["small"] < 4 * 2**20 < float_bytes / 8, (work, got)
+
+
+def test_enhance_writes_the_bytes_of_the_float_path_with_alpha_and_16_bits(tmp_path):
+    """`diffenhance enhance` takes its outputs from the engine already quantised (8 or 16 bits,
+    stripe by stripe); every file is the bytes `write_image` writes from the float result
+    (with the alpha resized beside it), for 8/16-bit RGB(A) PNG, TIFF and JPEG; --outscale
+    still gets the float result to resize."""
+    from diffenhance.enhance import run_job
+    from diffenhance.enhance.shard import _resize
+    from diffenhance.io import read_image_alpha, write_image
+    from diffenhance.restore import image_key
+
+    ckpt = random_checkpoint(tmp_path / "m.safetensors")  # sr2: only the plan reads it
+    inp = tmp_path / "in"
+    rng = np.random.default_rng(3)
+    rgb, alpha = rng.random((37, 29, 3), dtype=np.float32), gradient(37, 29)[..., 0]
+    write_image(inp / "rgba.png", rgb, alpha=alpha)
+    write_image(inp / "deep.png", rgb, alpha=alpha, bit_depth=16)
+    write_image(inp / "plain.tif", rgb, bit_depth=16)
+    write_image(inp / "photo.jpg", rgb)
+    model = Noisy(2, 4)
+    for extra in ([], ["enhance.outscale=1.5"]):
+        out = tmp_path / f"out{len(extra)}"
+        c = load_config(None, [f"enhance.input={inp}", f"enhance.output={out}",
+                               f"enhance.model={ckpt}", "infer.tile=16", "infer.tile_overlap=6",
+                               "infer.precision=fp32", *extra])  # fmt: skip
+        summary = run_job(c, model=model)
+        assert summary["enhanced"] == 4 and summary["failed"] == 0, summary
+        eng = TiledEnhancer(model, c.infer)
+        for name, depth in [("rgba.png", 8), ("deep.png", 16), ("plain.tif", 16), ("photo.jpg", 8)]:
+            src, a = read_image_alpha(inp / name)
+            want = eng.enhance(src, image_key(src))
+            if extra:
+                want = _resize(want, (round(37 * 1.5), round(29 * 1.5)))
+            a = None if a is None else _resize(a, want.shape[:2])
+            ref = write_image(tmp_path / f"ref{len(extra)}" / name, want, alpha=a, bit_depth=depth)
+            assert (out / name).read_bytes() == ref.read_bytes(), (name, extra)
 
 
 # ----------------------------------------------------------------------------- recommended steps

@@ -11,7 +11,13 @@ raised-cosine window and cropped to the exact output size:
   Tile size and starts are multiples of the LQ step the network needs (`size_step`); the
   overlap is rounded up to one.
   Memory is bounded by `tile` and `tile_batch`, never by the image size: only the input and
-  the output image (plus O(H + W) blending weights) grow with it.
+  the output image (plus O(H + W) blending weights) grow with it. The blend is summed in a
+  stripe one tile row tall; rows no later tile reaches are divided by their weights and
+  stored. A float32 result is then finished whole (clamp, colour fix, `finish`) as before;
+  asked for 8 or 16 bits (`stream(..., bit_depth=)`, what `diffenhance enhance` writes), each
+  stripe is finished and quantised as it completes, so no float copy of the whole output
+  exists (`meanstd` excepted: its statistics are the whole image's). Each pixel gets the same
+  additions in the same order as with one whole-image buffer, so the bits are the same.
 * Seams: along each axis neighbouring tiles cross-fade over their whole overlap with
   w(i) = 1/2 - 1/2 cos(pi (i + 1/2) / n), whose two halves sum to exactly 1, so a model that
   returns the same value for the same pixel in two tiles is reproduced exactly. Image borders
@@ -40,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -49,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from diffenhance.config import InferConfig
+from diffenhance.io import to_uint8, to_uint16
 from diffenhance.restoration.base import image_of
 
 T = TypeVar("T")
@@ -64,7 +71,9 @@ class TileModel(Protocol):
     device: torch.device
     # optional `lq_channels: int`: input channels (3 when absent; the image + side inputs),
     # optional `finish(out [3,H,W], lq [C,h,w], std [H,W] | None) -> (out, std)`: composes one
-    # image's output with its input (`RestorationTask.finish`: inpainting keeps known pixels)
+    # image's output with its input (`RestorationTask.finish`: inpainting keeps known pixels);
+    # for a quantised result it is called on one stripe of finished rows at a time (H = h *
+    # scale rows, lq the input rows under them), so it must work row by row
 
     def __call__(
         self,
@@ -273,8 +282,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @dataclass
 class Enhanced(Generic[T]):
-    """One result of `TiledEnhancer.stream`: `image` (HxWx3 float32 in [0,1]) or `error`;
-    `std` (HxW float32, [0,1] units) when the engine makes uncertainty maps."""
+    """One result of `TiledEnhancer.stream`: `image` (HxWx3 float32 in [0,1], or uint8 /
+    uint16 when `stream`'s bit_depth asks for it) or `error`; `std` (HxW float32, [0,1] units)
+    when the engine makes uncertainty maps."""
 
     ident: T
     image: np.ndarray | None
@@ -296,12 +306,19 @@ class _Image:
     xs: list[int]
     wys: list[torch.Tensor]
     wxs: list[torch.Tensor]
-    out: torch.Tensor  # [3,h*s,w*s] weighted sum
     norm_y: torch.Tensor  # [h*s] sum of y windows (2-D normaliser is its outer product)
     norm_x: torch.Tensor
     t0: float
+    depth: int | None  # the result's bits: None (float32), 8 or 16
+    # the stripe: weighted sums of output rows top .. top + R (R = one tile row, h*s at most)
+    acc: torch.Tensor  # [3,R,w*s] of the tiles
+    acc_var: torch.Tensor | None  # [R,w*s] of the tiles' variance maps (uncertainty)
+    full: torch.Tensor | None  # [3,h*s,w*s] divided sums, finished whole (float, meanstd)
+    quantised: np.ndarray | None  # [h*s,w*s,3] uint8/uint16 result, stored stripe by stripe
+    std: torch.Tensor | None  # [h*s,w*s] std (uncertainty)
+    top: int = 0  # output row of the stripe's first row: the rows above it are stored
+    row: int = 0  # the tile row being summed
     error: BaseException | None = None
-    var: torch.Tensor | None = None  # [h*s,w*s] weighted sum of the tiles' variance maps
 
 
 @dataclass
@@ -365,7 +382,9 @@ class TiledEnhancer:
         ov = min(-(-self.cfg.tile_overlap // st), self.tile // st - 1)
         return p, self.tile, [st * a for a in tile_starts(p // st, self.tile // st, ov)]
 
-    def _prepare(self, ident: Any, key: str, image: np.ndarray) -> _Image:
+    def _prepare(self, ident: Any, key: str, image: np.ndarray, bit_depth: int | None) -> _Image:
+        if bit_depth not in (None, 8, 16):
+            raise ValueError(f"{key}: bit_depth must be None, 8 or 16, got {bit_depth!r}")
         a = np.asarray(image)
         c = getattr(self.model, "lq_channels", 3)
         if a.ndim != 3 or a.shape[2] != c or 0 in a.shape or a.dtype != np.float32:
@@ -390,30 +409,88 @@ class TiledEnhancer:
             norm_y[y * s : y * s + th * s] += wy
         for x, wx in zip(xs, wxs, strict=True):
             norm_x[x * s : x * s + tw * s] += wx
+        ho, wo, rows = h * s, w * s, min(th * s, h * s)
+        # stripe by stripe to bits unless a float result or meanstd's statistics need it whole
+        whole = bit_depth is None or self.cfg.color_correction == "meanstd"
+        int_type = np.uint8 if bit_depth == 8 else np.uint16
         return _Image(
             ident, key, lq, h, w, th, tw, ys, xs, wys, wxs,
-            out=torch.zeros(3, h * s, w * s),
-            norm_y=norm_y[: h * s].clone(),
-            norm_x=norm_x[: w * s].clone(),
+            norm_y=norm_y[:ho].clone(),
+            norm_x=norm_x[:wo].clone(),
             t0=time.perf_counter(),
-            var=torch.zeros(h * s, w * s) if self.uncertainty else None,
+            depth=bit_depth,
+            acc=torch.zeros(3, rows, wo),
+            acc_var=torch.zeros(rows, wo) if self.uncertainty else None,
+            full=torch.empty(3, ho, wo) if whole else None,
+            quantised=None if whole else np.empty((ho, wo, 3), int_type),
+            std=torch.empty(ho, wo) if self.uncertainty else None,
         )  # fmt: skip
 
+    def _next_row(self, img: _Image, iy: int) -> None:
+        """Start summing tile row `iy`: the rows above its first are complete (tiles run in
+        raster order), so they are stored and the stripe moves down to it."""
+        n = img.ys[iy] * self.model.scale - img.top
+        self._store_rows(img, n)
+        keep = img.acc.shape[1] - n
+        img.acc[:, :keep] = img.acc[:, n:].clone()
+        img.acc[:, keep:] = 0
+        if img.acc_var is not None:
+            img.acc_var[:keep] = img.acc_var[n:].clone()
+            img.acc_var[keep:] = 0
+        img.top, img.row = img.top + n, iy
+
+    def _store_rows(self, img: _Image, n: int) -> None:
+        """Divide the stripe's first n rows by their summed weights and store them: in `full`
+        and `std` (finished by `_finish`, as one image), or quantised at once (`_emit`)."""
+        a, b = img.top, img.top + n
+        out = img.acc[:, :n].div_(img.norm_y[None, a:b, None]).div_(img.norm_x[None, None, :])
+        std = None
+        if img.acc_var is not None:
+            var = img.acc_var[:n].div_(img.norm_y[a:b, None]).div_(img.norm_x[None, :])
+            std = var.clamp_(min=0).sqrt_()
+        if img.quantised is not None:
+            self._emit(img, a, b, out, std)
+            return
+        assert img.full is not None
+        img.full[:, a:b] = out
+        if img.std is not None and std is not None:
+            img.std[a:b] = std
+
+    def _emit(
+        self, img: _Image, a: int, b: int, out: torch.Tensor, std: torch.Tensor | None
+    ) -> None:
+        """Output rows a..b ([3,b-a,W] divided sums, std [b-a,W]) of a quantised output:
+        clamped, composed with the input rows under them (`finish`), quantised, stored."""
+        assert img.quantised is not None
+        out.clamp_(0, 1)
+        finish = getattr(self.model, "finish", None)
+        if finish is not None:  # e.g. inpainting: only the holes are filled
+            s = self.model.scale
+            out, std = finish(out, img.lq[:, a // s : b // s], std)
+        q = to_uint8 if img.quantised.dtype == np.uint8 else to_uint16
+        img.quantised[a:b] = q(out.permute(1, 2, 0).numpy())
+        if img.std is not None and std is not None:
+            img.std[a:b] = std
+
     def _finish(self, img: _Image) -> tuple[np.ndarray, np.ndarray | None]:
-        """(image HxWx3, std HxW or None): the blended sums divided by the summed weights."""
-        out = img.out
-        out.div_(img.norm_y[None, :, None]).div_(img.norm_x[None, None, :])
+        """(image HxWx3, std HxW or None): the last rows stored; a whole (float or meanstd)
+        image then colour-fixed, clamped and composed with its input at once."""
+        self._store_rows(img, img.h * self.model.scale - img.top)
+        std = img.std
+        if img.quantised is not None:
+            return img.quantised, None if std is None else std.numpy()
+        out = img.full
+        assert out is not None
         if self.cfg.color_correction == "meanstd":
             meanstd_color_fix(out, image_of(img.lq, axis=0)[:, : img.h, : img.w])
         out.clamp_(0, 1)
-        std = None
-        if img.var is not None:
-            var = img.var.div_(img.norm_y[:, None]).div_(img.norm_x[None, :])
-            std = var.clamp_(min=0).sqrt_()
         finish = getattr(self.model, "finish", None)
         if finish is not None:  # e.g. inpainting: only the holes are filled
             out, std = finish(out, img.lq, std)
-        return out.permute(1, 2, 0).numpy(), None if std is None else std.numpy()
+        image = out.permute(1, 2, 0).numpy()
+        if img.depth is not None:  # meanstd: quantised only now
+            image = (to_uint8 if img.depth == 8 else to_uint16)(image)
+        return image, None if std is None else std.numpy()
 
     # ---------------------------------------------------------------- batches
 
@@ -468,17 +545,35 @@ class TiledEnhancer:
             return
         self.stats.batches += 1
         self.stats.tiles += len(jobs)
-        for k, (img, iy, ix) in enumerate(jobs):
-            y0, x0 = img.ys[iy] * s, img.xs[ix] * s
-            y1, x1 = min(y0 + img.th * s, img.h * s), min(x0 + img.tw * s, img.w * s)
-            wgt = img.wys[iy][: y1 - y0, None] * img.wxs[ix][None, : x1 - x0]
-            img.out[:, y0:y1, x0:x1] += y[k, :, : y1 - y0, : x1 - x0] * wgt
-            if img.var is not None and v is not None:  # the same cross-fade: no seams
-                img.var[y0:y1, x0:x1] += v[k, 0, : y1 - y0, : x1 - x0] * wgt
+        try:
+            for k, (img, iy, ix) in enumerate(jobs):
+                self._add(img, iy, ix, y[k], None if v is None else v[k])
+        except Exception as e:  # storing finished rows failed (`finish`): the image fails
+            for img, _, _ in jobs:
+                img.error = img.error or e
+
+    def _add(self, img: _Image, iy: int, ix: int, y: torch.Tensor, v: torch.Tensor | None) -> None:
+        """Add tile (iy, ix) (y [3,th*s,tw*s], v [1,th*s,tw*s]) to the stripe, windowed; the
+        first tile of a tile row moves the stripe down to it."""
+        s = self.model.scale
+        if iy != img.row:
+            self._next_row(img, iy)
+        y0, x0 = img.ys[iy] * s, img.xs[ix] * s
+        y1, x1 = min(y0 + img.th * s, img.h * s), min(x0 + img.tw * s, img.w * s)
+        wgt = img.wys[iy][: y1 - y0, None] * img.wxs[ix][None, : x1 - x0]
+        r0, r1 = y0 - img.top, y1 - img.top  # in the stripe
+        img.acc[:, r0:r1, x0:x1] += y[:, : y1 - y0, : x1 - x0] * wgt
+        if img.acc_var is not None and v is not None:  # the same cross-fade: no seams
+            img.acc_var[r0:r1, x0:x1] += v[0, : y1 - y0, : x1 - x0] * wgt
 
     # ---------------------------------------------------------------- public
 
-    def stream(self, jobs: Iterable[tuple[T, str, np.ndarray]]) -> Iterator[Enhanced[T]]:
+    def stream(
+        self,
+        jobs: Iterable[tuple[T, str, np.ndarray]],
+        *,
+        bit_depth: Callable[[T], int | None] | None = None,
+    ) -> Iterator[Enhanced[T]]:
         """Enhance (ident, key, image) triples; yield an `Enhanced` per image, in order.
 
         image: HxWx3 float32 in [0, 1]; key names the image for the noise seeds (use a
@@ -486,11 +581,17 @@ class TiledEnhancer:
         with `error` set; the stream goes on. One image is in flight at a time and its tiles
         run `tile_batch` at a time, so neither memory nor an output's bits depend on the
         other images.
+
+        bit_depth(ident): 8 or 16 -> that image's `Enhanced.image` is HxWx3 uint8 / uint16,
+        quantised stripe by stripe exactly as `io.to_uint8` / `to_uint16` quantise the float
+        result (no whole-image float buffer: the memory a large output needs); None (or no
+        bit_depth) -> float32 in [0, 1].
         """
         for ident, key, image in jobs:
             t0 = time.perf_counter()
             try:
-                img = self._prepare(ident, key, image)
+                depth = None if bit_depth is None else bit_depth(ident)
+                img = self._prepare(ident, key, image, depth)
             except Exception as e:
                 yield Enhanced(ident, None, e, time.perf_counter() - t0)
                 continue
@@ -507,14 +608,19 @@ class TiledEnhancer:
                     err = e
             yield Enhanced(img.ident, result, err, time.perf_counter() - img.t0, std)
 
-    def enhance(self, image: np.ndarray, key: str = "") -> np.ndarray:
-        """One image: HxWx3 float32 in [0,1] -> (H*scale)x(W*scale)x3 float32 in [0,1]."""
-        return self.enhance_one(image, key).image  # type: ignore[return-value]
+    def enhance(
+        self, image: np.ndarray, key: str = "", *, bit_depth: int | None = None
+    ) -> np.ndarray:
+        """One image: HxWx3 float32 in [0,1] -> (H*scale)x(W*scale)x3 float32 in [0,1]
+        (uint8 / uint16 with bit_depth 8 / 16, as `stream`)."""
+        return self.enhance_one(image, key, bit_depth=bit_depth).image  # type: ignore[return-value]
 
-    def enhance_one(self, image: np.ndarray, key: str = "") -> Enhanced[None]:
+    def enhance_one(
+        self, image: np.ndarray, key: str = "", *, bit_depth: int | None = None
+    ) -> Enhanced[None]:
         """One image through `stream`: its `Enhanced` (image, and std with `uncertainty`);
         raises the image's error instead of returning it."""
-        (res,) = list(self.stream([(None, key, image)]))
+        (res,) = list(self.stream([(None, key, image)], bit_depth=lambda _: bit_depth))
         if res.error is not None:
             raise res.error
         assert res.image is not None

@@ -428,11 +428,23 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+_QUANTISE_BLOCK = 1 << 20  # values per float64 block: 8 MB of temporaries, whatever the image
+
+
 def _quantise(img: np.ndarray, maxval: int, dtype: type[np.unsignedinteger]) -> np.ndarray:
-    a = np.asarray(img, dtype=np.float64)
-    if not np.isfinite(a).all():
-        raise ValueError("image contains NaN or infinite values")
-    return np.round(np.clip(a, 0.0, 1.0) * maxval).astype(dtype)
+    """round(clip(img, 0, 1) * maxval) in float64, a block of rows at a time (a 100 MP image
+    would otherwise need several float64 copies of itself)."""
+    a = np.asarray(img)
+    if a.ndim == 0:
+        a = a[None]
+    out = np.empty(a.shape, dtype)
+    rows = max(1, _QUANTISE_BLOCK * len(a) // max(1, a.size))  # rows per block
+    for i in range(0, len(a), rows):
+        block = np.asarray(a[i : i + rows], dtype=np.float64)
+        if not np.isfinite(block).all():
+            raise ValueError("image contains NaN or infinite values")
+        out[i : i + rows] = np.round(np.clip(block, 0.0, 1.0) * maxval).astype(dtype)
+    return out.reshape(np.shape(img))
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -470,15 +482,19 @@ def write_image(
     alpha: np.ndarray | None = None,
     bit_depth: int = 8,
     quality: int = 95,
+    quantised: bool = False,
 ) -> Path:
     """Write a float image (HxWx3 RGB or HxW gray, values in [0, 1]) atomically.
 
     The format follows the suffix: .png, .jpg/.jpeg, .webp, .tif/.tiff, .bmp. Values are
-    clipped to [0, 1] and rounded to the nearest code. `alpha` (float HxW in [0, 1], 0 =
-    transparent) is written as the alpha channel (RGBA or gray + alpha) of .png, .webp and
-    .tif/.tiff (`ALPHA_SUFFIXES`), at the image's bit depth. `bit_depth` 16 is allowed for PNG
-    and TIFF only; `quality` (1-100) applies to JPEG (4:4:4 chroma) and WebP. Parent directories
-    are created. Returns the path. Raises ImageWriteError for an invalid request.
+    clipped to [0, 1] and rounded to the nearest code; `quantised`: `img` holds those codes
+    already (`to_uint8` / `to_uint16` of the float image: uint8 for bit_depth 8, uint16 for
+    16) and is written as it is, the same bytes as the float image gives. `alpha` (float HxW
+    in [0, 1], 0 = transparent) is written as the alpha channel (RGBA or gray + alpha) of
+    .png, .webp and .tif/.tiff (`ALPHA_SUFFIXES`), at the image's bit depth. `bit_depth` 16 is
+    allowed for PNG and TIFF only; `quality` (1-100) applies to JPEG (4:4:4 chroma) and WebP.
+    Parent directories are created. Returns the path. Raises ImageWriteError for an invalid
+    request.
     """
     suffix = Path(path).suffix.lower()
     fmt = _WRITE_FORMATS.get(suffix)
@@ -496,10 +512,12 @@ def write_image(
         )
     if not 1 <= quality <= 100:
         raise ImageWriteError(path, f"quality must be in 1..100, got {quality!r}")
-    a = _check_image(path, img)
+    quantise = to_uint16 if bit_depth == 16 else to_uint8
+    a = _check_image(path, img, bit_depth if quantised else None)
+    data = a if quantised else quantise(a)
     if alpha is not None:
-        a = np.concatenate([a if a.ndim == 3 else a[..., None], _check_alpha(path, alpha, a)], -1)
-    data = to_uint16(a) if bit_depth == 16 else to_uint8(a)
+        al = quantise(_check_alpha(path, alpha, a))
+        data = np.concatenate([data if data.ndim == 3 else data[..., None], al], -1)
     with atomic_path(path) as tmp:
         if fmt == "TIFF":
             photometric = "rgb" if data.ndim == 3 and data.shape[-1] >= 3 else "minisblack"
@@ -513,10 +531,17 @@ def write_image(
     return Path(path)
 
 
-def _check_image(path: PathLike, img: np.ndarray) -> np.ndarray:
-    """`write_image`'s image as float HxW or HxWx3; ImageWriteError saying what is wrong."""
+def _check_image(path: PathLike, img: np.ndarray, quantised: int | None = None) -> np.ndarray:
+    """`write_image`'s image as float HxW or HxWx3 (`quantised` = its bit depth: uint8 or
+    uint16 codes); ImageWriteError saying what is wrong."""
     a = np.asarray(img)
-    if a.dtype.kind != "f":
+    if quantised is not None:
+        want = np.dtype(np.uint16 if quantised == 16 else np.uint8)
+        if a.dtype != want:
+            raise ImageWriteError(
+                path, f"quantised codes for bit_depth={quantised} are {want}, got {a.dtype}"
+            )
+    elif a.dtype.kind != "f":
         raise ImageWriteError(
             path,
             f"expected a float array in [0, 1], got dtype {a.dtype}; "
@@ -526,7 +551,7 @@ def _check_image(path: PathLike, img: np.ndarray) -> np.ndarray:
         a = a[..., 0]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3)) or 0 in a.shape:
         raise ImageWriteError(path, f"expected shape HxWx3 or HxW, got {a.shape}")
-    if not np.isfinite(a).all():
+    if quantised is None and not np.isfinite(a).all():
         raise ImageWriteError(path, "image contains NaN or infinite values")
     return a
 

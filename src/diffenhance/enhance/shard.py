@@ -288,7 +288,7 @@ class ShardRun:
         _sweep_temp(self.out_store, keys)
         engine = self.engine(model)
         with self.scratch() as tmp:
-            for res in engine.stream(self.inputs(tmp)):
+            for res in engine.stream(self.inputs(tmp), bit_depth=self.quantise_to):
                 src, alpha = res.ident[0], res.ident[4]
                 if res.error is not None:
                     self.fail(src, res.error)
@@ -307,6 +307,14 @@ class ShardRun:
                     self.fail(src, e)
                     continue
                 self.record(res.ident, img, depth, out_sha, res.seconds, maps)
+
+    def quantise_to(self, ident: _Ident) -> int | None:
+        """The bit depth the engine hands an output over in (its stripes quantised as
+        `write_image` would: no float copy of a whole 100 MP output); None (float) when
+        enhance.outscale resizes it first."""
+        if self.cfg.enhance.outscale is not None:
+            return None
+        return _bit_depth(self.cfg, ident[2], ident[0].output_key)
 
     def scratch(self) -> contextlib.AbstractContextManager[Path | None]:
         """Local room for S3 inputs and outputs (None when both are local folders): under a
@@ -387,11 +395,12 @@ class ShardRun:
         return out_sha
 
     def write(self, src: Source, img: Any, alpha: Any, depth: int, tmp: Path | None) -> str:
-        """Write one output image (with its alpha channel unless None); its sha256."""
-        q = self.cfg.enhance.jpeg_quality
+        """Write one output image (float, or codes of `depth` bits: `quantise_to`; with its
+        alpha channel unless None); its sha256."""
+        q, codes = self.cfg.enhance.jpeg_quality, img.dtype.kind == "u"
 
         def save(path: Path) -> None:
-            write_image(path, img, alpha=alpha, bit_depth=depth, quality=q)
+            write_image(path, img, alpha=alpha, bit_depth=depth, quality=q, quantised=codes)
 
         return self.put(src.output_key, save, tmp)
 

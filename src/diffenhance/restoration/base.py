@@ -196,7 +196,9 @@ class RestorationTask:
         self, out: torch.Tensor, lq: torch.Tensor, std: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The tiled engine's last step on one image: (output [3, H, W], std [H, W] or None)
-        composed with the network input `lq` [C, h, w] (h = H / scale). Default: unchanged."""
+        composed with the network input `lq` [C, h, w] (h = H / scale). Default: unchanged.
+        The engine may call it on a stripe of rows (`lq`: the input rows under them), so it
+        must work row by row."""
         return out, std
 
 
