@@ -134,6 +134,7 @@ def dask_cluster(tmp_path_factory, prefect_api):
                 p.wait()
 
 
+@pytest.mark.slow  # ~50 s of worker start-up; the default run: test_threaded_and_dask_runs_are_identical
 def test_dask_worker_processes_write_the_bytes_of_the_cli(prefect_api, setup, dask_cluster):
     """The issue's check: one image per shard on two real worker processes against the CLI in
     its own process (torch's default thread count, the default shard size): equal bytes, since

@@ -221,6 +221,7 @@ _MEASURE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # ~25 s; the default run: test_an_8_bit_output_needs_no_float_copy_of_the_whole_image
 def test_peak_memory_does_not_grow_with_image_size(tmp_path):
     ckpt = random_checkpoint(tmp_path / "m.safetensors")
     # (side, tile): 32 and 128 px (4x the side, 16x the pixels) tiled; 96 px in one tile

@@ -381,7 +381,9 @@ def test_pipeline_stops_dvc_and_its_stage(tmp_path, procs, sig):
 # ----------------------------------------------------------------------------------- ui (N2)
 
 
-@pytest.mark.parametrize("sig", [TERM, INT])
+@pytest.mark.parametrize(
+    "sig", [TERM, pytest.param(signal.SIGINT, id="SIGINT", marks=pytest.mark.slow)]
+)
 def test_ui_cancels_its_job_and_deletes_its_folder(tmp_path, procs, sig):
     """N2: `diffenhance ui` with a job running for minutes and (SIGTERM) an upload stalled
     halfway, which uvicorn would wait for forever: the job stops, the folder goes."""
