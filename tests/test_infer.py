@@ -195,6 +195,19 @@ def test_colour_correction_removes_a_colour_cast(method):
 
 # ----------------------------------------------------------------------------- memory
 
+# The measuring half of both scripts below: `status(field)` in bytes, and the peak reset to the
+# current RSS (`base`) just before the measured call.
+_PEAK_RESET = textwrap.dedent(
+    """
+    def status(field):  # kB -> bytes
+        line = [x for x in open("/proc/self/status") if x.startswith(field + ":")][0]
+        return int(line.split()[1]) * 1024
+
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+    base = status("VmRSS")
+    """
+)
+
 _MEASURE = textwrap.dedent(
     """
     import json, sys
@@ -208,17 +221,12 @@ _MEASURE = textwrap.dedent(
     eng = TiledEnhancer(model, InferConfig(tile=tile, tile_overlap=4, tile_batch=4))
     eng.enhance(np.full((24, 24, 3), 0.5, np.float32), "warm-up")
     img = np.random.default_rng(0).random((side, side, 3), dtype=np.float32)
-    def status(field):  # kB -> bytes
-        line = [x for x in open("/proc/self/status") if x.startswith(field + ":")][0]
-        return int(line.split()[1]) * 1024
-
-    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-    base = status("VmRSS")
+    {peak_reset}
     out = eng.enhance(img, "k")
     peak = status("VmHWM")
     print(json.dumps({"extra": peak - base, "out_bytes": out.nbytes, "tiles": eng.stats.tiles}))
     """
-)
+).replace("{peak_reset}", _PEAK_RESET)
 
 
 @pytest.mark.slow  # ~25 s; the default run: test_an_8_bit_output_needs_no_float_copy_of_the_whole_image
@@ -402,17 +410,12 @@ _MEASURE_U8 = textwrap.dedent(
     eng = TiledEnhancer(IdentityTiles(2, 4), InferConfig(tile=32, tile_overlap=8, tile_batch=4))
     eng.enhance(np.full((48, 48, 3), 0.5, np.float32), "warm-up", bit_depth=8)
     img = np.random.default_rng(0).random((h, w, 3), dtype=np.float32)
-    def status(field):  # kB -> bytes
-        line = [x for x in open("/proc/self/status") if x.startswith(field + ":")][0]
-        return int(line.split()[1]) * 1024
-
-    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-    base = status("VmRSS")
+    {peak_reset}
     out = eng.enhance(img, "k", bit_depth=8)
     peak = status("VmHWM")
     print(json.dumps({"extra": peak - base, "out_bytes": out.nbytes, "dtype": str(out.dtype)}))
     """
-)
+).replace("{peak_reset}", _PEAK_RESET)
 
 
 def test_an_8_bit_output_needs_no_float_copy_of_the_whole_image():

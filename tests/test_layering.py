@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import REPO
+from tests.test_dvc_deps import imported_names, module_name
 
 # Known exceptions: file -> why. Remove an entry when its upward import goes.
 KNOWN: dict[str, str] = {}
@@ -65,29 +66,15 @@ def test_the_check_sees_upward_imports(tmp_path):
 
 def module_imports(root: Path) -> dict[str, set[str]]:
     """{module: the modules of `root`'s packages it imports}, for every .py under `root` (a
-    source root such as src/): import statements anywhere in the file, inside functions too
-    (a lazy import is still a dependency), and the packages above each imported module, which
-    Python imports first."""
-    files = {}
-    for f in root.rglob("*.py"):
-        parts = f.relative_to(root).with_suffix("").parts
-        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    source root such as src/): what `test_dvc_deps.imported_names` reads (imports inside
+    functions too: a lazy import is still a dependency), with the packages above each imported
+    module, which Python imports first."""
+    files = {module_name(root, f): f for f in root.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, f in files.items():
-        package = name if f.name == "__init__.py" else name.rpartition(".")[0]
-        wanted: set[str] = set()
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"), str(f))):
-            if isinstance(node, ast.Import):
-                wanted |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:  # relative: from the package, `level - 1` packages up
-                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(up + ([node.module] if node.module else []))
-                wanted |= {base} | {f"{base}.{a.name}" for a in node.names}
         deps = set()
-        for w in wanted:
-            parts = w.split(".")
+        for imported in imported_names(root, f):
+            parts = imported.split(".")
             for i in range(1, len(parts) + 1):  # a.b.c imports a, a.b and a.b.c
                 dep = ".".join(parts[:i])
                 if dep in files and dep != name and not name.startswith(dep + "."):
