@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from diffenhance.config import InferConfig
-from diffenhance.io import to_uint8, to_uint16
+from diffenhance.io import quantise
 from diffenhance.restoration.base import image_of
 
 T = TypeVar("T")
@@ -467,8 +467,7 @@ class TiledEnhancer:
         if finish is not None:  # e.g. inpainting: only the holes are filled
             s = self.model.scale
             out, std = finish(out, img.lq[:, a // s : b // s], std)
-        q = to_uint8 if img.quantised.dtype == np.uint8 else to_uint16
-        img.quantised[a:b] = q(out.permute(1, 2, 0).numpy())
+        img.quantised[a:b] = quantise(out.permute(1, 2, 0).numpy(), img.depth or 8)
         if img.std is not None and std is not None:
             img.std[a:b] = std
 
@@ -489,7 +488,7 @@ class TiledEnhancer:
             out, std = finish(out, img.lq, std)
         image = out.permute(1, 2, 0).numpy()
         if img.depth is not None:  # meanstd: quantised only now
-            image = (to_uint8 if img.depth == 8 else to_uint16)(image)
+            image = quantise(image, img.depth)
         return image, None if std is None else std.numpy()
 
     # ---------------------------------------------------------------- batches

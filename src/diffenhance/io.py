@@ -457,6 +457,11 @@ def to_uint16(img: np.ndarray) -> np.ndarray:
     return _quantise(img, 65535, np.uint16)
 
 
+def quantise(img: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float image in [0, 1] -> codes of `bit_depth` bits: `to_uint16` for 16, else `to_uint8`."""
+    return to_uint16(img) if bit_depth == 16 else to_uint8(img)
+
+
 def _encode_png16(a: np.ndarray) -> bytes:
     """uint16 HxW (gray) or HxWxC (C = 2 gray + alpha, 3 RGB, 4 RGBA) -> PNG bytes, 16 bits
     per sample, no filtering."""
@@ -512,11 +517,10 @@ def write_image(
         )
     if not 1 <= quality <= 100:
         raise ImageWriteError(path, f"quality must be in 1..100, got {quality!r}")
-    quantise = to_uint16 if bit_depth == 16 else to_uint8
     a = _check_image(path, img, bit_depth if quantised else None)
-    data = a if quantised else quantise(a)
+    data = a if quantised else quantise(a, bit_depth)
     if alpha is not None:
-        al = quantise(_check_alpha(path, alpha, a))
+        al = quantise(_check_alpha(path, alpha, a), bit_depth)
         data = np.concatenate([data if data.ndim == 3 else data[..., None], al], -1)
     with atomic_path(path) as tmp:
         if fmt == "TIFF":
