@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from diffenhance.config import StorageConfig
-from diffenhance.io import atomic_open, file_sha256, is_temp_name
+from diffenhance.io import atomic_open, file_sha256, is_temp_name, temp_name
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
@@ -174,6 +174,11 @@ class Storage(ABC):
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None:
         """Store `data` at `key` (atomic, verified)."""
+
+    @abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Store `data` at `key` only if no object is there (atomic: of two creators one
+        wins); False when `key` exists. For locks (`enhance.lock`)."""
 
     @abstractmethod
     def upload_file(
@@ -322,6 +327,24 @@ class LocalStorage(Storage):
         path = self._path(key)
         with self._errors("write", key), atomic_open(path) as f:
             f.write(data)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        with self._errors("create", key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / temp_name(path.name)
+            try:
+                with open(tmp, "xb") as f:  # a whole file first, then
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, path)  # its second name: fails when one exists
+                except FileExistsError:
+                    return False
+            finally:
+                tmp.unlink(missing_ok=True)
+        return True
 
     def upload_file(
         self, local_path: str | os.PathLike, key: str, *, checksum: str | None = None
@@ -564,6 +587,25 @@ class S3Storage(Storage):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._put(key, bytes(data), hashlib.sha256(data).hexdigest())
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        if self.stat(key) is not None:  # also right on servers that ignore If-None-Match
+            return False
+        full, sha = self._full(key), hashlib.sha256(data).hexdigest()
+        with self._errors("create", key):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=full, Body=bytes(data), IfNoneMatch="*",
+                    Metadata={"sha256": sha},
+                )  # fmt: skip
+            except ClientError as e:
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status in (409, 412):  # PreconditionFailed, ConditionalRequestConflict
+                    return False
+                raise
+        return True
 
     def upload_file(
         self, local_path: str | os.PathLike, key: str, *, checksum: str | None = None

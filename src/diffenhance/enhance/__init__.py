@@ -11,7 +11,8 @@ Prefect task runner: threads or Dask) call, with one error policy (see `run`).
 Modules: `job` (the job's data and constants), `plan` (listing, output keys, shards),
 `models` (model resolution, shipped models, per-process model cache), `shard` (one shard:
 resume, read, write, record, manifest), `summary` (summary, finish), `run` (`run_job`),
-`settings` (`enhance_config`: a front end's settings -> the job's Config, for the CLI and UI).
+`lock` (one job per output), `settings` (`enhance_config`: a front end's settings -> the
+job's Config, for the CLI and UI).
 
 An output root (a folder or ``s3://bucket/prefix``) holds:
 
@@ -21,6 +22,7 @@ An output root (a folder or ``s3://bucket/prefix``) holds:
                                              model sha256, params hash, outputs, timings, errors
     _diffenhance/manifests/<shard>.partial.json   progress of a running (or crashed) shard
     _diffenhance/summary.json                the last run's summary
+    _diffenhance/lock.json                   who is writing it now (`lock`: one job at a time)
     _diffenhance/tmp/                        scratch of S3 inputs (swept when its run is gone)
 
 Shards are runs of `enhance.shard_size` images in sorted key order; a shard's id is its index
@@ -48,6 +50,7 @@ from diffenhance.enhance.job import (
     output_params,
     params_hash,
 )
+from diffenhance.enhance.lock import LOCK_KEY, OutputLocked, hold_output, job_lock
 from diffenhance.enhance.models import (
     MODEL_LOADS,
     PRETRAINED_DIRS,
@@ -69,10 +72,12 @@ __all__ = [
     "PRETRAINED_DIRS",
     "SUMMARY_KEY",
     "WRITABLE_SUFFIXES",
+    "LOCK_KEY",
     "DiskFull",
     "EnhanceError",
     "Job",
     "OnImage",
+    "OutputLocked",
     "Shard",
     "ShardOutcome",
     "ShardRun",
@@ -84,7 +89,9 @@ __all__ = [
     "failure_reason",
     "finish_job",
     "in_process",
+    "hold_output",
     "is_job_error",
+    "job_lock",
     "model_file",
     "model_sha256",
     "output_key",

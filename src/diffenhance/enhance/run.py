@@ -25,6 +25,7 @@ from typing import Any
 
 from diffenhance.config import Config, ConfigError
 from diffenhance.enhance.job import EnhanceError, Job, OnImage, Shard, disk_full
+from diffenhance.enhance.lock import job_lock
 from diffenhance.enhance.plan import plan_job
 from diffenhance.enhance.shard import failure_reason, run_shard
 from diffenhance.enhance.summary import finish_job, summarize
@@ -67,9 +68,15 @@ def run_job(
 
     `runner`: how shards run (default `in_process(on_image=..., model=...)`). Raises the
     first config, model or input error and `DiskFull` (see the module docstring); records
-    the others."""
+    the others. Holds the output's lock (`lock.job_lock`: OutputLocked when another job is
+    writing it)."""
     job = job or plan_job(cfg)
-    runner = runner or in_process(on_image=on_image, model=model)
+    with job_lock(job, cfg):
+        return _run_shards(cfg, job, runner or in_process(on_image=on_image, model=model))
+
+
+def _run_shards(cfg: Config, job: Job, runner: ShardRunner) -> dict[str, Any]:
+    """Run the shards with work left, record or raise each failure, summarise."""
     todo = [s for s in job.shards if s.needs_run]
     t0 = time.perf_counter()
     manifests, shard_errors = [], []
