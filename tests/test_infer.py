@@ -103,6 +103,23 @@ def test_a_batch_holds_tiles_of_one_image_only():
     assert all(c[0] <= 8 for c in model.calls)
 
 
+def test_progress_counts_each_images_tiles_batch_by_batch_and_changes_no_bits():
+    seen: list[tuple[int, int]] = []
+    plain = TiledEnhancer(IdentityTiles(scale=2, size_multiple=4), cfg(tile_batch=3))
+    counted = TiledEnhancer(
+        IdentityTiles(scale=2, size_multiple=4), cfg(tile_batch=3),
+        progress=lambda done, total: seen.append((done, total)),
+    )  # fmt: skip
+    imgs = [("a", "a", gradient(40, 40)), ("b", "b", gradient(10, 12))]
+    got = list(counted.stream(imgs))
+    n = counted.stats.tiles - 1  # the second image is one tile
+    assert n > 3 and seen[0] == (0, n) and seen[-2:] == [(0, 1), (1, 1)]
+    first = [d for d, t in seen[: seen.index((0, 1))]]
+    assert first == [0, *range(3, n, 3), n] and all(t == n for _, t in seen[: len(first)])
+    for g, w in zip(got, plain.stream(imgs), strict=True):
+        np.testing.assert_array_equal(g.image, w.image)
+
+
 def test_a_bad_image_or_failing_batch_fails_alone():
     @dataclass
     class Flaky(IdentityTiles):

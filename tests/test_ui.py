@@ -144,6 +144,7 @@ def test_output_is_byte_identical_to_the_cli(client, tmp_path, name, data, cli_a
     up = upload(client, name, data)
     job = run(client, upload=up["id"], model="sr4", **req)
     assert job["state"] == "done", job
+    assert job["tiles_done"] == job["tiles_total"] >= 1, job  # the engine counted its tiles
     got = client.get(f"/api/jobs/{job['id']}/output?download=1")
     assert got.status_code == 200 and got.content == want
     disposition = got.headers["content-disposition"]

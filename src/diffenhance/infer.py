@@ -345,6 +345,9 @@ class TiledEnhancer:
     cfg: Any
     stats: EngineStats = field(default_factory=EngineStats)
     uncertainty: bool = False
+    # progress(tiles done, tiles in all) of the image in flight: at its start, then after
+    # each batch of tiles (a UI's progress; long images on a slow device)
+    progress: Callable[[int, int], None] | None = None
 
     def __post_init__(self) -> None:
         s, m = self.model.scale, self.model.size_multiple
@@ -595,10 +598,14 @@ class TiledEnhancer:
                 yield Enhanced(ident, None, e, time.perf_counter() - t0)
                 continue
             tiles = [(img, iy, ix) for iy in range(len(img.ys)) for ix in range(len(img.xs))]
+            if self.progress is not None:
+                self.progress(0, len(tiles))
             for i in range(0, len(tiles), self.cfg.tile_batch):
                 if img.error is not None:
                     break
                 self._run(tiles[i : i + self.cfg.tile_batch])
+                if self.progress is not None and img.error is None:
+                    self.progress(min(i + self.cfg.tile_batch, len(tiles)), len(tiles))
             result, std, err = None, None, img.error
             if err is None:
                 try:

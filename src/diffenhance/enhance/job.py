@@ -20,6 +20,7 @@ SCRATCH_DIR = f"{META_DIR}/tmp"  # a local output's scratch folders (`io.scratch
 MANIFEST_FORMAT = "diffenhance-enhance-manifest-v1"
 WRITABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 OnImage = Callable[[dict[str, Any]], None]
+OnTiles = Callable[[int, int], None]  # (tiles done, tiles in all) of the image in flight
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from diffenhance.config import Config, ConfigError
-from diffenhance.enhance.job import EnhanceError, Job, OnImage, Shard, disk_full
+from diffenhance.enhance.job import EnhanceError, Job, OnImage, OnTiles, Shard, disk_full
 from diffenhance.enhance.lock import job_lock
 from diffenhance.enhance.plan import plan_job
 from diffenhance.enhance.shard import failure_reason, run_shard
@@ -35,13 +35,15 @@ ShardOutcome = dict[str, Any] | Exception
 ShardRunner = Callable[[Job, Sequence[Shard], Config], Iterable[ShardOutcome]]
 
 
-def in_process(*, on_image: OnImage | None = None, model: Any = None) -> ShardRunner:
+def in_process(
+    *, on_image: OnImage | None = None, model: Any = None, on_tiles: OnTiles | None = None
+) -> ShardRunner:
     """A shard runner that runs the shards here, one after another (`run_shard`'s arguments)."""
 
     def run(job: Job, shards: Sequence[Shard], cfg: Config) -> Iterator[ShardOutcome]:
         for shard in shards:
             try:
-                yield run_shard(job, shard, cfg, on_image=on_image, model=model)
+                yield run_shard(job, shard, cfg, on_image=on_image, model=model, on_tiles=on_tiles)
             except Exception as e:  # run_job decides: stop the job or record the shard
                 yield e
 
@@ -62,17 +64,19 @@ def run_job(
     on_image: OnImage | None = None,
     model: Any = None,
     job: Job | None = None,
+    on_tiles: OnTiles | None = None,
 ) -> dict[str, Any]:
     """Plan (unless `job` is given), run every shard with work left, write the summary and
     return it (see `summarize`; `exit_code(summary)` is the job's exit code).
 
-    `runner`: how shards run (default `in_process(on_image=..., model=...)`). Raises the
+    `runner`: how shards run (default `in_process(on_image=..., model=..., on_tiles=...)`). Raises the
     first config, model or input error and `DiskFull` (see the module docstring); records
     the others. Holds the output's lock (`lock.job_lock`: OutputLocked when another job is
     writing it)."""
     job = job or plan_job(cfg)
     with job_lock(job, cfg):
-        return _run_shards(cfg, job, runner or in_process(on_image=on_image, model=model))
+        runner = runner or in_process(on_image=on_image, model=model, on_tiles=on_tiles)
+        return _run_shards(cfg, job, runner)
 
 
 def _run_shards(cfg: Config, job: Job, runner: ShardRunner) -> dict[str, Any]:

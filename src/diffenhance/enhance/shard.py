@@ -27,6 +27,7 @@ from diffenhance.enhance.job import (
     SCRATCH_DIR,
     Job,
     OnImage,
+    OnTiles,
     Shard,
     Source,
     disk_full,
@@ -135,8 +136,12 @@ class ShardRun:
     `run` drops unsafe keys, resumes the partial manifest of a failed attempt, enhances the
     rest and writes the manifest; per-image failures land in `errors`, never raised."""
 
-    def __init__(self, job: Job, shard: Shard, cfg: Config, on_image: OnImage | None = None):
+    def __init__(
+        self, job: Job, shard: Shard, cfg: Config, on_image: OnImage | None = None,
+        on_tiles: OnTiles | None = None,
+    ) -> None:  # fmt: skip
         self.job, self.shard, self.cfg, self.on_image = job, shard, cfg, on_image
+        self.on_tiles = on_tiles
         self.t0, self.started = time.perf_counter(), now()
         self.in_store = open_storage(job.input_url, cfg.storage)
         self.out_store = open_storage(job.output_url, cfg.storage)
@@ -276,6 +281,7 @@ class ShardRun:
             self.uncertainty_info = scale_info((self.sampling_used or {}).get("samples"))
         self.device = str(tiled.model.device)
         self.engine_stats = tiled.stats
+        tiled.progress = self.on_tiles
         return tiled
 
     # ------------------------------------------------------------------ enhancing
@@ -456,13 +462,15 @@ class ShardRun:
 
 
 def run_shard(
-    job: Job, shard: Shard, cfg: Config, *, on_image: OnImage | None = None, model: Any = None
-) -> dict[str, Any]:
+    job: Job, shard: Shard, cfg: Config, *, on_image: OnImage | None = None,
+    model: Any = None, on_tiles: OnTiles | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Enhance the images of `shard` not yet done, write each output atomically, record it,
     then write the shard's manifest. Returns the manifest (a JSON-able dict) with a `run`
     entry holding this run's counts and timings. Per-image failures are recorded in
     manifest["errors"] ({"input_key", "reason"}) and never raised.
 
-    `model`: a `infer.TileModel` to use instead of the job's checkpoint (tests, benchmarks).
+    `model`: a `infer.TileModel` to use instead of the job's checkpoint (tests, benchmarks);
+    `on_image(event)` after each image, `on_tiles(done, total)` as its tiles run.
     """
-    return ShardRun(job, shard, cfg, on_image).run(model)
+    return ShardRun(job, shard, cfg, on_image, on_tiles).run(model)

@@ -261,6 +261,10 @@ class Job:
                  "uncertainty": True if self.uncertainty else None}  # fmt: skip
         return enhance, infer
 
+    def tiles_progress(self, done: int, total: int) -> None:
+        """The engine's progress (`enhance.OnTiles`): what the status JSON reports."""
+        self.tiles_total, self.tiles_done = total, done
+
     def check(self) -> None:
         """Raise JobStopped ("cancelled" or "timed_out") when the job is to stop."""
         if self.stop.is_set():
@@ -330,7 +334,7 @@ def enhance_upload(cfg: Config, job: Job) -> Path:
     job_cfg = enhance_config(cfg, enhance, infer)
     planned = plan_job(job_cfg)  # checks the preset and detail against the model
     job.used = ran_with(planned.model_path, job_cfg.infer)
-    summary = run_job(job_cfg, job=planned)
+    summary = run_job(job_cfg, job=planned, on_tiles=job.tiles_progress)
     for problem in summary["failures"] + summary["shard_errors"]:
         raise UiError(problem["reason"])
     (src,) = planned.shards[0].sources
