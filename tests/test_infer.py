@@ -87,8 +87,10 @@ def test_tiling_on_and_off_agree_to_1e3_everywhere(scale, kind):
         assert np.abs(tiled - whole).max() < 1e-3, (h, w)
         if kind == "constant":
             assert np.abs(tiled - 0.3).max() < 1e-6
-    # tiles really were used: every model call saw at most 16 * scale pixels a side
-    assert max(max(c[-2:]) for c in model.calls) <= 16 * scale
+    # tiles really were used: every model call saw at most 16 * scale pixels a side, or a
+    # one-tile image's 16 + one size step (the margin a one-tile image keeps to one tile)
+    step = TiledEnhancer(model, cfg()).step
+    assert max(max(c[-2:]) for c in model.calls) <= max(16 * scale, 16 + step)
 
 
 def test_a_batch_holds_tiles_of_one_image_only():
@@ -99,7 +101,8 @@ def test_a_batch_holds_tiles_of_one_image_only():
     imgs = [gradient(10, 12), gradient(10, 12), gradient(10, 12), gradient(40, 40)]
     res = list(eng.stream((i, f"k{i}", im) for i, im in enumerate(imgs)))
     assert [r.ident for r in res] == [0, 1, 2, 3] and all(r.error is None for r in res)
-    assert model.calls[:3] == [(1, 3, 10, 12)] * 3  # one 10x12 tile each, one pass each
+    # one tile each (10x12 and the engine's one step of margin, 2 px here), one pass each
+    assert eng.step == 2 and model.calls[:3] == [(1, 3, 12, 14)] * 3
     assert all(c[0] <= 8 for c in model.calls)
 
 
@@ -124,7 +127,7 @@ def test_a_bad_image_or_failing_batch_fails_alone():
     @dataclass
     class Flaky(IdentityTiles):
         def __call__(self, lq, generators, autocast_dtype):
-            if lq.shape[-1] == 13:
+            if lq.shape[-1] == 14:  # the 13 px wide image (+ 1 px margin)
                 raise RuntimeError("boom")
             return super().__call__(lq, generators, autocast_dtype)
 
@@ -208,6 +211,15 @@ def test_colour_correction_removes_a_colour_cast(method):
     before = np.abs(cast - ref)[..., 0].mean()
     after = np.abs(fixed - ref)[..., 0].mean()
     assert before > 0.1 and after < 0.02, (before, after)
+
+
+@pytest.mark.parametrize("method", ["meanstd", "wavelet"])
+def test_colour_correction_of_a_one_pixel_image_gives_its_colour(method):
+    """A 1x1 input has no spread: meanstd's std of one pixel was NaN (every pixel NaN)."""
+    px = np.array([[[0.2, 0.5, 0.7]]], np.float32)
+    out = enhance_image(px, IdentityTiles(scale=2, size_multiple=1), cfg(color_correction=method))
+    assert out.shape == (2, 2, 3) and np.isfinite(out).all()
+    np.testing.assert_allclose(out, np.broadcast_to(px, out.shape), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- memory

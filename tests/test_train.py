@@ -187,10 +187,11 @@ def test_ema_decay_ramps_up_and_never_outlasts_the_run():
 GOLDEN = ["model.dropout=0.1", "train.accum_steps=2", "train.log_every=2", "train.steps=5"]
 GOLDEN_LOG = [  # step, loss, lr, val_psnr, val_ssim
     (2, 0.549107551574707, 0.0002, None, None),
-    (3, 0.6546935141086578, 0.0002, 24.407050367163528, 0.6257885830243501),
+    (3, 0.6546935141086578, 0.0002, 24.288927275984157, 0.616032363223549),
     (4, 0.6118431389331818, 0.000155, None, None),
-    (5, 0.5259631872177124, 6.500000000000002e-05, 24.463063792010864, 0.628473956978606),
-]
+    (5, 0.5259631872177124, 6.500000000000002e-05, 24.340943255456146, 0.6187420444319235),
+]  # validation re-recorded 2026-12-05: the tiled engine's one step of margin (issue 23.5)
+# moved the validation outputs (24.407/24.463 dB before); losses and weights are unchanged
 
 
 @pytest.mark.skipif(

@@ -251,10 +251,16 @@ def wavelet_color_fix(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return (out - _wavelet_low(out) + _wavelet_low(ref)).clamp(0, 1)
 
 
+def _channel_std(x: torch.Tensor) -> torch.Tensor:
+    """Each channel's std of x [C,H,W]; 0 for one pixel (no spread; torch gives NaN)."""
+    return x.std(dim=(1, 2)) if x[0].numel() > 1 else x.new_zeros(x.shape[0])
+
+
 def meanstd_color_fix(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Match each channel's mean and std of out [3,H,W] to ref [3,h,w] (in place; [0,1])."""
-    mo, so = out.mean(dim=(1, 2)), out.std(dim=(1, 2))
-    mr, sr = ref.mean(dim=(1, 2)), ref.std(dim=(1, 2))
+    """Match each channel's mean and std of out [3,H,W] to ref [3,h,w] (in place; [0,1]).
+    A one-pixel ref has no spread (std 0, not NaN): out becomes its colour."""
+    mo, so = out.mean(dim=(1, 2)), _channel_std(out)
+    mr, sr = ref.mean(dim=(1, 2)), _channel_std(ref)
     gain = torch.where(so > _STD_EPS, sr / so.clamp_min(_STD_EPS), torch.ones_like(so))
     out.sub_(mo[:, None, None]).mul_(gain[:, None, None]).add_(mr[:, None, None])
     return out.clamp_(0, 1)
@@ -376,11 +382,14 @@ class TiledEnhancer:
 
         Starts are multiples of `step`, so every tile sees the image on the same grid of the
         network's downsamplings / pixel-unshuffle (an LR-space net with f = 2 on a tile
-        starting at an odd pixel would compute another function there: a seam)."""
+        starting at an odd pixel would compute another function there: a seam). The padded
+        length has one `step` of margin beyond the image: a network's last pixels behave
+        unlike its others (the shipped sr4's samples hardly differ there: a dark corner in
+        every uncertainty map, `uncertainty`), and no image pixel should sit on them."""
         st = self.step
-        p = -(-n // st) * st
-        if p <= self.tile:
-            p = -(-max(n, min_len) // st) * st
+        p = -(-n // st) * st + st  # a step of margin: the image never ends on the net's edge
+        if p <= self.tile + st:  # what fits a tile stays one tile (a step longer), not four
+            p = max(p, -(-min_len // st) * st)
             return p, p, [0]
         ov = min(-(-self.cfg.tile_overlap // st), self.tile // st - 1)
         return p, self.tile, [st * a for a in tile_starts(p // st, self.tile // st, ov)]
@@ -403,9 +412,7 @@ class TiledEnhancer:
             # refuses it (in eval mode too). Pad one more size step along each axis.
             hp, th, ys = self._axis(h, 2 * self.step)
             wp, tw, xs = self._axis(w, 2 * self.step)
-        lq = torch.from_numpy(a).permute(2, 0, 1)
-        if hp > h or wp > w:
-            lq = F.pad(lq[None], (0, wp - w, 0, hp - h), mode="replicate")[0]
+        lq = torch.from_numpy(a).permute(2, 0, 1)  # tiles past its edge: `_tile` replicates
         wys, wxs = axis_windows(ys, th, s), axis_windows(xs, tw, s)
         norm_y, norm_x = torch.zeros(hp * s), torch.zeros(wp * s)
         for y, wy in zip(ys, wys, strict=True):
@@ -527,12 +534,7 @@ class TiledEnhancer:
             return
         s = self.model.scale
         try:
-            lq = torch.stack(
-                [
-                    img.lq[:, img.ys[iy] : img.ys[iy] + img.th, img.xs[ix] : img.xs[ix] + img.tw]
-                    for img, iy, ix in jobs
-                ]
-            )
+            lq = torch.stack([self._tile(img, iy, ix) for img, iy, ix in jobs])
             seeds = [
                 tile_seed(self.cfg.seed, img.key, img.ys[iy], img.xs[ix]) for img, iy, ix in jobs
             ]
@@ -553,6 +555,18 @@ class TiledEnhancer:
         except Exception as e:  # storing finished rows failed (`finish`): the image fails
             for img, _, _ in jobs:
                 img.error = img.error or e
+
+    @staticmethod
+    def _tile(img: _Image, iy: int, ix: int) -> torch.Tensor:
+        """The LQ input of tile (iy, ix) [C, th, tw]; where it reaches past the image (the
+        padded length of `_axis`), the edge pixels replicated. Only a tile is copied, never
+        the whole image."""
+        y0, x0 = img.ys[iy], img.xs[ix]
+        if y0 + img.th <= img.h and x0 + img.tw <= img.w:
+            return img.lq[:, y0 : y0 + img.th, x0 : x0 + img.tw]
+        rows = torch.arange(y0, y0 + img.th).clamp_(max=img.h - 1)
+        cols = torch.arange(x0, x0 + img.tw).clamp_(max=img.w - 1)
+        return img.lq[:, rows][:, :, cols]
 
     def _add(self, img: _Image, iy: int, ix: int, y: torch.Tensor, v: torch.Tensor | None) -> None:
         """Add tile (iy, ix) (y [3,th*s,tw*s], v [1,th*s,tw*s]) to the stripe, windowed; the

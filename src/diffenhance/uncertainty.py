@@ -19,17 +19,16 @@ cross-faded like the output. This module turns such a map into files and into ev
 * `error_correlation` - Pearson and Spearman correlation between the std map and the absolute
   error of an output against its ground truth (the evidence that the map means something).
 
-Known artefact (issue 23.5): the shipped sr4's maps are dark in their bottom-right 16x16 px
-whatever the content (about half the std elsewhere, while the error there is higher). Not
-the engine's variance path: it blends the tiles' variances with the output's weights, and a
-uniform variance comes out uniform. It is the network's own bottom-right edge: the stage-1
-residual denoiser (the pmrf's frozen mean) hardly responds to its start noise there, on any
-input (flip the input and the dark corner stays at the network's bottom-right), and the
-engine puts the image's bottom-right corner exactly there: it pads right/bottom only up to
-the size step, and the last tile has no neighbour to fade into. One size step of replicate
-margin beyond the image (`infer.TiledEnhancer._axis`) removes it (corner 0.94 of the median
-block instead of 0.48) but changes the output's bits, so it is left to that change;
-tests/test_uncertainty.py holds the check, marked xfail until then.
+A dark corner, and why there is none (issue 23.5): the shipped sr4's maps used to be dark in
+their bottom-right 16x16 px whatever the content (about half the std elsewhere, while the error
+there is higher). Not the engine's variance path: it blends the tiles' variances with the
+output's weights, and a uniform variance comes out uniform. It was the network's own
+bottom-right edge: the stage-1 residual denoiser (the pmrf's frozen mean) hardly responds to its
+start noise there, on any input (flip the input and the dark corner stays at the network's
+bottom-right), and the engine put the image's bottom-right corner exactly there. The engine now
+pads one size step of margin beyond the image on every axis (`infer.TiledEnhancer._axis`), so
+no image ends on the network's edge (corner 0.94 of the median block instead of 0.48);
+tests/test_uncertainty.py holds the check.
 """
 
 from __future__ import annotations
