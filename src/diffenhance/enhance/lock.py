@@ -8,8 +8,8 @@ line naming the holder (host, pid, start, command) before any work: `OutputLocke
 
 A lock left by a job that is gone (kill -9, a lost machine) is taken over, with a warning, when
 its process is not running on this host, or its heartbeat is older than `STALE_AFTER_S`
-(any host). The same thread may take a lock it holds again (the flow holds it around planning
-and `run_job` takes it too); another thread of this process is another holder.
+(any host). The same thread may take a lock it holds again (a caller that holds it around
+work of its own can call `run_job` inside); another thread of this process is another holder.
 
 `run_job` holds it for every folder job (`job_lock`), after planning: the checks and the
 listing write nothing, so a job with a bad model or input leaves the output as it was. (A job
@@ -71,7 +71,7 @@ def _alive(pid: int) -> bool:
 def _age_s(stamp: str | None, fallback: datetime | None) -> float | None:
     try:
         when = datetime.fromisoformat(stamp) if stamp else fallback
-    except ValueError:
+    except (TypeError, ValueError):  # not an ISO time string
         when = fallback
     return None if when is None else (datetime.now(UTC) - when).total_seconds()
 
@@ -79,8 +79,8 @@ def _age_s(stamp: str | None, fallback: datetime | None) -> float | None:
 class _Holder:
     """This process's lock on one output root."""
 
-    def __init__(self, store: Storage, url: str) -> None:
-        self.store, self.url = store, url
+    def __init__(self, store: Storage) -> None:
+        self.store, self.url = store, store.url_for("")
         self.token = uuid.uuid4().hex
         self.record = {
             "format": LOCK_FORMAT,
@@ -98,17 +98,20 @@ class _Holder:
     # ------------------------------------------------------------------ reading the lock
 
     def _current(self) -> tuple[dict[str, Any] | None, datetime | None] | None:
-        """(the lock's record, None when unreadable; its modification time), None if absent."""
-        info = self.store.stat(LOCK_KEY)
-        if info is None:
-            return None
+        """(the lock's record, None when unreadable; its modification time, looked up only
+        when the record has no heartbeat to date it), None if absent. One read for a lock
+        this module wrote."""
         try:
             record = json.loads(self.store.read_bytes(LOCK_KEY))
         except ObjectNotFoundError:
             return None
         except ValueError:
             record = None
-        return (record if isinstance(record, dict) else None), info.mtime
+        record = record if isinstance(record, dict) else None
+        if record is not None and _age_s(record.get("heartbeat"), None) is not None:
+            return record, None
+        info = self.store.stat(LOCK_KEY)
+        return (record, info.mtime) if info is not None else None
 
     def _stale(self, record: dict[str, Any] | None, modified: datetime | None) -> str | None:
         """Why the lock `record` belongs to a job that is gone; None while it may run."""
@@ -210,7 +213,7 @@ def hold_output(store: Storage) -> Iterator[None]:
         if held is not None:
             held[0] += 1
     if held is None:
-        holder = _Holder(store, store.url_for(""))
+        holder = _Holder(store)
         holder.acquire()
         with _HELD_GUARD:
             _HELD[key] = held = [1, holder]

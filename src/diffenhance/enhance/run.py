@@ -69,10 +69,10 @@ def run_job(
     """Plan (unless `job` is given), run every shard with work left, write the summary and
     return it (see `summarize`; `exit_code(summary)` is the job's exit code).
 
-    `runner`: how shards run (default `in_process(on_image=..., model=..., on_tiles=...)`). Raises the
-    first config, model or input error and `DiskFull` (see the module docstring); records
-    the others. Holds the output's lock (`lock.job_lock`: OutputLocked when another job is
-    writing it)."""
+    `runner`: how shards run (default `in_process(on_image=..., model=..., on_tiles=...)`).
+    Raises the first config, model or input error and `DiskFull` (see the module docstring);
+    records the others. Holds the output's lock (`lock.job_lock`: OutputLocked when another
+    job is writing it)."""
     job = job or plan_job(cfg)
     with job_lock(job, cfg):
         runner = runner or in_process(on_image=on_image, model=model, on_tiles=on_tiles)
