@@ -79,10 +79,20 @@ def bomb_png(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
 
+def no_trained_models(tmp: Path) -> list[str]:
+    """Overrides that point enhance.model at an empty models folder (`tmp`/models): the page
+    then lists and starts on the shipped models, as on a fresh clone, even in a checkout
+    where `make run` trained models/sr4."""
+    return [f"enhance.model={tmp / 'models' / 'sr4'}"]
+
+
 @pytest.fixture(scope="module")
-def client():
-    cfg = load_config(PARAMS)
-    with TestClient(create_app(cfg, hosts=["testserver"], max_upload_bytes=2_000_000)) as c:
+def client(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ui")
+    cfg = load_config(PARAMS, no_trained_models(tmp))
+    app = create_app(cfg, models_dir=tmp / "models", hosts=["testserver"],
+                     max_upload_bytes=2_000_000)  # fmt: skip
+    with TestClient(app) as c:
         yield c
 
 
@@ -470,10 +480,12 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     """`diffenhance ui --port 0` in a subprocess; its URL (as it prints it)."""
+    tmp = tmp_path_factory.mktemp("ui-server")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-    cmd = [sys.executable, "-m", "diffenhance.cli", "ui", "--port", "0", "--params", str(PARAMS)]
+    cmd = [sys.executable, "-m", "diffenhance.cli", "ui", "--port", "0", "--params", str(PARAMS),
+           "--models-dir", str(tmp / "models"), *no_trained_models(tmp)]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip
     try:
