@@ -115,7 +115,7 @@ def run_one(ov: list[str], kind: str, space: str, args, work: Path) -> dict:
     name = f"{kind}-{space}"
     extra = [f"diffusion.formulation={kind}", f"model.space={space}"]
     if space == "lr":
-        extra.append(f"diffusion.residual_predictor_channels={args.lr_predictor}")
+        extra.append(f"diffusion.options.residual.predictor_channels={args.lr_predictor}")
     cfg = load_config(REPO / "params.yaml", [*ov, *extra])
     params = sum(p.numel() for p in build_network(cfg.model, cfg.diffusion, 4).parameters())
     ips = train_images_per_s(cfg)

@@ -1,7 +1,7 @@
 """Does the uncertainty map mean something? std of N samples vs |error| on real photos.
 
 For each shipped model (models/pretrained/<task>) whose samples can differ (the restore path's
-`uncertainty_problem`: the residual sr4 model can; the indi denoise model, indi_noise 0,
+`uncertainty_problem`: the residual sr4 model can; the indi denoise model, indi noise 0,
 cannot and is listed as skipped) the validation photos of `data.source=samples` (chelsea,
 rocket) are degraded exactly as the `degrade` stage does and scored with
 `evaluate.evaluate_folder` with `evaluate.uncertainty_samples=N` (the `evaluate` stage's

@@ -101,12 +101,12 @@ RECIPES = {
     # denoise stays on the HR U-Net: the LR-space (1/2 grid) denoiser, 6000 steps on 64 px
     # crops, scored 1.0 dB below it on chelsea (RESULTS.md, "LR-space denoiser")
     "denoise": [*COMMON, "model.space=hr", "diffusion.formulation=indi",
-                "diffusion.indi_noise=0.0", "train.tasks=[denoise]", "train.steps=12000",
+                "diffusion.options.indi.noise=0.0", "train.tasks=[denoise]", "train.steps=12000",
                 "train.val_every=3000", "train.val_steps=1", "degrade.tasks=[denoise]"],
     "sr2": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[sr2]",
             "train.crop_size=96", "train.steps=2500", "train.val_every=1250",
             "train.val_steps=1", "degrade.tasks=[sr2]"],
-    "jpeg": [*COMMON, "model.space=lr", "diffusion.formulation=indi", "diffusion.indi_noise=0.0",
+    "jpeg": [*COMMON, "model.space=lr", "diffusion.formulation=indi", "diffusion.options.indi.noise=0.0",
              "train.tasks=[jpeg]", "train.crop_size=96", "train.steps=2500",
              "train.val_every=1250", "train.val_steps=1", "degrade.tasks=[jpeg]"],
     "blind": [*COMMON, "model.space=lr", "diffusion.formulation=residual", "train.tasks=[blind]",
@@ -115,11 +115,11 @@ RECIPES = {
     # inpaint: InDI on the LR (1/2) grid, whose bottom level (1/8 of the image) has attention,
     # so a hole sees the whole crop; it refines the push-pull fill of the input (InDI starts at
     # it), half the items at t = 1 (the 1-step point the model ships at); 96 px crops and
-    # whole-image tiles at inference; a little start noise (indi_noise) so that samples differ
-    # where it guesses (a first run with indi_noise 0.1, t1_prob 0.2 and a grey fill lost to
+    # whole-image tiles at inference; a little start noise (options.indi.noise) so that samples differ
+    # where it guesses (a first run with indi noise 0.1, t1_prob 0.2 and a grey fill lost to
     # Telea by 1.1 dB in the hole).
     "inpaint": [*COMMON, "model.space=lr", "diffusion.formulation=indi",
-                "diffusion.indi_noise=0.05", "diffusion.indi_t1_prob=0.5",
+                "diffusion.options.indi.noise=0.05", "diffusion.options.indi.t1_prob=0.5",
                 "train.tasks=[inpaint]", "train.crop_size=96", "train.steps=4000",
                 "train.val_every=2000", "train.val_steps=1", "infer.tile=128",
                 "degrade.tasks=[inpaint]"],

@@ -52,11 +52,19 @@ def git(repo: Path, *args: str) -> str:
 
 
 def set_params(repo: Path, updates: dict[str, dict]) -> None:
-    """Merge `updates` ({section: {key: value}}) into the copy's params.yaml."""
+    """Merge `updates` ({section: {key: value}}, nested mappings such as plug-in options merged
+    key by key) into the copy's params.yaml."""
     p = repo / "params.yaml"
     raw = yaml.safe_load(p.read_text())
-    for section, kv in updates.items():
-        raw.setdefault(section, {}).update(kv)
+
+    def merge(into: dict, new: dict) -> None:
+        for k, v in new.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    merge(raw, updates)
     p.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 

@@ -39,7 +39,7 @@ def _cfg(root: Path, *extra: str):
         "compare.max_images=2",
         f"compare.models_dir={root / 'compare_models'}",
         f"compare.out_dir={root / 'compare'}",
-        "diffusion.residual_predictor_channels=8",
+        "diffusion.options.residual.predictor_channels=8",
         "train.val_every=2",
         "report.crops=1",
         *extra,
@@ -78,7 +78,7 @@ def test_rows_knob_ends_and_baseline(compared):
         assert set(fid["steps"]) == {1} and set(fid["samples"]) == {2}
         assert set(sharp["steps"]) == {2} and set(sharp["samples"]) == {1}
         assert m[f"{kind}_fidelity_psnr_y"] == pytest.approx(fid["psnr_y"].mean(), abs=1e-5)
-    # indi starts at the input without noise (indi_noise 0): its 1-step output is deterministic,
+    # indi starts at the input without noise (options.indi.noise 0): its 1-step output is deterministic,
     # so the mean of 2 samples equals one sample
     indi1 = c[(c["formulation"] == "indi") & (c["steps"] == 1)].set_index(["image", "samples"])
     for name in set(c["image"]):

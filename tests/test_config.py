@@ -10,11 +10,15 @@ from diffenhance.cli import app
 from diffenhance.config import (
     Config,
     ConfigError,
+    DiffusionConfig,
     ModelConfig,
+    OptionsOf,
     check_overrides,
     load_config,
     load_yaml,
+    plugin_options,
     section_from_dict,
+    with_options,
     write_resolved,
 )
 from tests.conftest import REPO
@@ -143,6 +147,67 @@ def test_params_yaml_lists_every_field():
         assert section in raw, section
         missing = set(fields) - set(raw[section])
         assert not missing, f"{section}: {missing} not in params.yaml"
+        for name, options in fields.items():  # plug-in options: every option of every plug-in
+            if name == "options":
+                assert _leaves(options) == _leaves(raw[section][name]), f"{section}.options"
+
+
+def _leaves(tree: dict, prefix: str = "") -> set[str]:
+    return {
+        leaf
+        for k, v in tree.items()
+        for leaf in (_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k})
+    }
+
+
+def test_plugin_options_are_validated_by_their_class_and_named_in_errors():
+    cfg = load_config(
+        None, ["diffusion.options.pmrf.noise=0.2", "model.options.lr.predictor_blocks=4"]
+    )
+    assert (
+        cfg.diffusion.options["pmrf"].noise == 0.2 and cfg.model.options["lr"].predictor_blocks == 4
+    )
+    assert cfg.diffusion.options["residual"].scale == 4.0  # not given: its class's default
+    assert load_config(None, ["diffusion.options.residual.scale=4.0"]) == load_config(None)
+    with pytest.raises(ConfigError, match=r"unknown key 'diffusion\.options\.resdual'.*residual"):
+        load_config(None, ["diffusion.options.resdual.scale=2"])
+    with pytest.raises(ConfigError, match=r"unknown key 'diffusion\.options\.pmrf\.nois';"):
+        load_config(None, ["diffusion.options.pmrf.nois=0.2"])
+    with pytest.raises(ConfigError, match=r"'diffusion\.options\.pmrf\.mean' = 'pmr' is invalid"):
+        load_config(None, ["diffusion.options.pmrf.mean=pmr"])
+    with pytest.raises(ConfigError, match=r"'model\.options\.lr\.predictor_blocks' = -1 must"):
+        load_config(None, ["model.options.lr.predictor_blocks=-1"])
+    with pytest.raises(
+        ConfigError, match=r"'diffusion\.options' = 3 is invalid: expected a mapping"
+    ):
+        load_config(None, ["diffusion.options=3"])
+    with pytest.raises(KeyError, match="the formulation 'sr3' declares no options"):
+        cfg.diffusion.options["sr3"]
+    d = with_options(cfg.diffusion, indi={"noise": 0.3})
+    assert d.options["indi"].noise == 0.3 and d.options["pmrf"].noise == 0.2
+    with pytest.raises(ConfigError, match=r"'options\.indi\.noise' = 2 must be in \[0, 1\]"):
+        with_options(cfg.diffusion, indi={"noise": 2})
+
+
+def test_the_flat_keys_of_before_plugin_options_still_load(tmp_path):
+    """Checkpoints written before plug-in options hold 'residual_scale' and the like (every
+    shipped model does): they load silently as options. A params file with them loads with a
+    warning naming the new key (DVC stages depend on that one)."""
+    flat = {"formulation": "pmrf", "residual_scale": 2.0, "indi_noise": 0.1, "pmrf_mean": "indi"}
+    d = section_from_dict(DiffusionConfig, flat)
+    assert d.options["residual"].scale == 2.0 and d.options["indi"].noise == 0.1
+    assert d.options["pmrf"].mean == "indi"
+    p = tmp_path / "params.yaml"
+    p.write_text("diffusion:\n  residual_predictor_channels: 8\n")
+    with pytest.warns(FutureWarning, match=r"'diffusion\.residual_predictor_channels' is now "
+                      r"'diffusion\.options\.residual\.predictor_channels'"):  # fmt: skip
+        cfg = load_config(p)
+    assert cfg == load_config(None, ["diffusion.options.residual.predictor_channels=8"])
+    p.write_text("diffusion:\n  residual_scale: 2\n  options:\n    residual:\n      scale: 3\n")
+    with pytest.raises(ConfigError, match="'diffusion.residual_scale' and 'diffusion.options"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="unknown key 'diffusion.residual_scael'"):
+        load_config(None, ["diffusion.residual_scael=2"])
 
 
 # issue 24 N5: every float is range-checked, NaN and infinity refused, in one line naming the
@@ -168,8 +233,8 @@ def test_params_yaml_lists_every_field():
         ("diffusion.beta_end=1", r"'diffusion\.beta_end' = 1\.0 must be in \(0, 1\)$"),
         ("diffusion.beta_start=0.5", r"'diffusion\.beta_start' = 0\.5 must be <= diffusion\.beta_end"),
         ("diffusion.min_snr_gamma=-1", r"'diffusion\.min_snr_gamma' = -1\.0 must be a finite number >= 0"),
-        ("diffusion.indi_t1_prob=nan", r"'diffusion\.indi_t1_prob' = nan must be in \[0, 1\]$"),
-        ("diffusion.residual_scale=0", r"'diffusion\.residual_scale' = 0\.0 must be a finite number > 0$"),
+        ("diffusion.options.indi.t1_prob=nan", r"'diffusion\.options\.indi\.t1_prob' = nan must be in \[0, 1\]$"),
+        ("diffusion.options.residual.scale=0", r"'diffusion\.options\.residual\.scale' = 0\.0 must be a finite number > 0$"),
         ("storage.read_timeout_s=inf", r"'storage\.read_timeout_s' = inf must be a finite number > 0$"),
     ],
 )  # fmt: skip
@@ -180,15 +245,22 @@ def test_bad_float_values_name_the_key_and_the_range(override, pattern):
 
 
 def _float_fields() -> list[tuple[str, str, bool]]:
-    """(section, field, is a list) of every float field of every section, found by type."""
+    """(section, field, is a list) of every float field of every section and of every
+    plug-in's options ('diffusion', 'options.pmrf.noise'), found by type."""
+    classes = [(section, "", cls) for section, cls in typing.get_type_hints(Config).items()]
+    for section, _, cls in list(classes):
+        for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+            opts = [a for a in typing.get_args(tp)[1:] if isinstance(a, OptionsOf)]
+            for plugin, options in (plugin_options(opts[0].registry) if opts else {}).items():
+                classes.append((section, f"{name}.{plugin}.", options))
     out = []
-    for section, cls in typing.get_type_hints(Config).items():
+    for section, prefix, cls in classes:
         for name, tp in typing.get_type_hints(cls).items():
             args = typing.get_args(tp)
             if tp is float or (float in args and typing.get_origin(tp) is not tuple):
-                out.append((section, name, False))
+                out.append((section, prefix + name, False))
             elif typing.get_origin(tp) is tuple and float in args:
-                out.append((section, name, True))
+                out.append((section, prefix + name, True))
     return out
 
 
@@ -196,6 +268,7 @@ def test_float_fields_are_found():
     found = {f"{s}.{n}" for s, n, _ in _float_fields()}
     assert {"train.lr", "infer.eta", "degrade.noise_sigma", "infer.detail"} <= found
     assert "storage.read_timeout_s" in found and "train.steps" not in found
+    assert {"diffusion.options.pmrf.noise", "diffusion.options.residual.scale"} <= found
 
 
 @pytest.mark.parametrize(("section", "name", "is_list"), _float_fields())
@@ -204,7 +277,9 @@ def test_every_float_field_refuses_nan_and_infinity(section, name, is_list, valu
     """Every float field, today's and any added later, refuses NaN and +-infinity, naming
     the key; none passes silently into training or sampling."""
     key = f"{section}.{name}"
-    default = getattr(getattr(Config(), section), name)
+    default = Config().to_dict()[section]
+    for part in name.split("."):
+        default = default[part]
     override = f"{key}=[{default[0]}, {value}]" if is_list else f"{key}={value}"
     with pytest.raises(ConfigError, match=rf"'{key}(\[1\])?' (= \S+ )?must be") as e:
         load_config(None, [override])

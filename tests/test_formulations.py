@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.config import DiffusionConfig, ModelConfig, with_options
 from diffenhance.diffusion import Schedule, formulation_loss, formulation_sample
 from diffenhance.diffusion.formulations import FORMULATIONS, draw_normal, regress
 from diffenhance.diffusion.indi import indi_degrade, indi_estimate
@@ -31,8 +31,9 @@ T = 50
 SCHED = Schedule.from_config(DiffusionConfig(timesteps=T))
 
 
-def dcfg(kind: str, **kw) -> DiffusionConfig:
-    return DiffusionConfig(timesteps=T, formulation=kind, **kw)
+def dcfg(kind: str, **options: dict) -> DiffusionConfig:
+    """Tiny diffusion settings of `kind`, with formulation options: indi={"noise": 0.1}."""
+    return with_options(DiffusionConfig(timesteps=T, formulation=kind), **options)
 
 
 def images(n: int = 2, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +105,7 @@ def test_indi_oracle_returns_ground_truth(steps, eta, sigma):
     """F = x0 exactly (the network outputs x0 - x_t): every chain lands on x0."""
     x0, y = images()
     out = formulation_sample(
-        dcfg("indi", indi_noise=sigma), lambda x, t, c: x0 - x, SCHED, y, steps=steps,
+        dcfg("indi", indi={"noise": sigma}), lambda x, t, c: x0 - x, SCHED, y, steps=steps,
         eta=eta, generator=torch.Generator().manual_seed(2), clip_x0=False,
     )  # fmt: skip
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
@@ -123,8 +124,8 @@ def test_indi_forward_process_endpoints_and_noise_level():
 @pytest.mark.parametrize(("sampler", "eta"), [("ddim", 0.0), ("ddpm", 1.0)])
 def test_residual_oracle_returns_ground_truth(sampler, eta):
     x0, y = images()
-    cfg = dcfg("residual", residual_scale=4.0)
-    r0 = cfg.residual_scale * (x0 - 0.5 * y)
+    cfg = dcfg("residual", residual={"scale": 4.0})
+    r0 = cfg.options["residual"].scale * (x0 - 0.5 * y)
     model = Refine(v_oracle(SCHED, r0.double()))
     out = formulation_sample(
         cfg, model, SCHED, y, steps=4, sampler=sampler, eta=eta,
@@ -144,7 +145,7 @@ def test_one_step_equals_the_models_estimate():
         return torch.Generator().manual_seed(5)
 
     # indi: F(x_1, 1) with x_1 = y + sigma eps, eps the generator's first draw.
-    cfg = dcfg("indi", indi_noise=0.1)
+    cfg = dcfg("indi", indi={"noise": 0.1})
     x1 = y + 0.1 * draw_normal(y.shape, gen(), "cpu")
     want = indi_estimate(smooth_model, x1, torch.ones(2), y)
     got = formulation_sample(cfg, smooth_model, SCHED, y, steps=1, generator=gen(), clip_x0=False)
@@ -159,7 +160,7 @@ def test_one_step_equals_the_models_estimate():
     got = formulation_sample(dcfg("sr3"), smooth_model, SCHED, y, steps=1, generator=gen())
     torch.testing.assert_close(got, x0.clamp(-1, 1), atol=1e-6, rtol=0)
     # residual: mu + r0^ / s with r0^ the denoiser's x0 at T - 1 from r_T.
-    cfg = dcfg("residual", residual_scale=2.0)
+    cfg = dcfg("residual", residual={"scale": 2.0})
     mu = 0.5 * y
     r0, _ = pred_to_x0_eps(SCHED, x_T, t, smooth_model(x_T, t.float(), mu), "v")
     got = formulation_sample(
@@ -177,7 +178,7 @@ def test_indi_averaging_divides_the_variance_by_n():
     y = torch.zeros(4, 3, 32, 32)
     for n in (1, 4, 16):
         out = formulation_sample(
-            dcfg("indi", indi_noise=sigma), lambda x, t, c: torch.zeros_like(x), SCHED, y,
+            dcfg("indi", indi={"noise": sigma}), lambda x, t, c: torch.zeros_like(x), SCHED, y,
             steps=1, samples=n, generator=torch.Generator().manual_seed(n),
         )  # fmt: skip
         # 12288 pixels: the sample variance is within about 1.3% (1 sd) of sigma^2 / N.
@@ -189,7 +190,7 @@ def test_averaged_samples_are_independent(kind):
     """Across 12 seeds, the per-pixel variance of the mean of 4 samples is ~1/4 of a single
     sample's (tolerance 30%: 11 degrees of freedom per pixel, pixels correlated)."""
     _, y = images(1, 16)
-    cfg = dcfg(kind, indi_noise=0.2)
+    cfg = dcfg(kind, indi={"noise": 0.2})
     model = Refine(smooth_model) if kind == "residual" else smooth_model
     kw = dict(steps=3, sampler="ddpm", eta=1.0, clip_x0=False)
     if kind == "indi":
@@ -216,7 +217,11 @@ def test_averaged_samples_are_independent(kind):
 def test_per_item_generators_make_results_batch_independent():
     """Item i of a batch with generators [g_0, g_1] equals item i restored alone with g_i."""
     _, y = images(2, 16)
-    for cfg, eta in ((dcfg("indi", indi_noise=0.1), 0.5), (dcfg("sr3"), 0.0), (dcfg("sr3"), 1.0)):
+    for cfg, eta in (
+        (dcfg("indi", indi={"noise": 0.1}), 0.5),
+        (dcfg("sr3"), 0.0),
+        (dcfg("sr3"), 1.0),
+    ):
         gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
         both = formulation_sample(
             cfg, smooth_model, SCHED, y, steps=3, sampler="ddpm", eta=eta, generator=gens
@@ -251,11 +256,11 @@ def test_indi_steps_and_samples_are_monotone_in_sharpness():
         return float(hf_energy_ratio((out + 1) / 2, hr, cutoff=0.25).mean())
 
     by_steps = [
-        sharpness(formulation_sample(dcfg("indi", indi_noise=0.0), unsharp, SCHED, y, steps=k))
+        sharpness(formulation_sample(dcfg("indi", indi={"noise": 0.0}), unsharp, SCHED, y, steps=k))
         for k in (1, 2, 4, 8, 16)
     ]
     assert all(a < b for a, b in zip(by_steps, by_steps[1:], strict=False)), by_steps
-    cfg = dcfg("indi", indi_noise=0.1)
+    cfg = dcfg("indi", indi={"noise": 0.1})
     by_samples = [
         sharpness(
             formulation_sample(
@@ -278,7 +283,7 @@ def test_indi_steps_and_samples_are_monotone_in_sharpness():
 
 def test_residual_loss_reaches_every_parameter_in_one_call():
     """One forward of PredictRefine per loss (DDP-safe): predictor and denoiser all get grads."""
-    cfg = dcfg("residual", residual_predictor_channels=8)
+    cfg = dcfg("residual", residual={"predictor_channels": 8})
     mcfg = ModelConfig(
         base_channels=16, channel_mults=(1, 2), attn_resolutions=(2,), head_channels=16
     )
@@ -302,7 +307,7 @@ def test_residual_loss_reaches_every_parameter_in_one_call():
 def test_pixel_losses_match_their_definition(kind):
     """regression: mean |y + net(y) - x0|; indi at t1_prob = 1: the same on y + sigma eps."""
     x0, y = images()
-    cfg = dcfg(kind, indi_t1_prob=1.0, indi_noise=0.0)
+    cfg = dcfg(kind, indi={"t1_prob": 1.0, "noise": 0.0})
     loss, _ = formulation_loss(cfg, smooth_model, SCHED, x0, y, generator=torch.Generator())
     want = (regress(smooth_model, y) - x0).abs().mean() if kind == "regression" else (
         indi_estimate(smooth_model, y, torch.ones(2), y) - x0).abs().mean()  # fmt: skip
@@ -320,7 +325,7 @@ def dataset(tmp_path_factory):
 def test_trains_and_round_trips_through_load_restorer(kind, dataset, tmp_path):
     cfg = tiny_config(
         dataset, f"train.out_dir={tmp_path}", "train.steps=2", "train.val_every=2",
-        f"diffusion.formulation={kind}", "diffusion.residual_predictor_channels=8",
+        f"diffusion.formulation={kind}", "diffusion.options.residual.predictor_channels=8",
     )  # fmt: skip
     out = train_model(cfg, "sr2")
     log = pd.read_csv(out / "train_log.csv")
@@ -352,13 +357,7 @@ def test_checkpoint_without_formulation_loads_as_sr3(dataset, tmp_path):
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         meta = dict(f.metadata())
     diff = json.loads(meta["diffusion"])
-    for k in (
-        "formulation",
-        "indi_noise",
-        "indi_t1_prob",
-        "residual_scale",
-        "residual_predictor_channels",
-    ):
+    for k in ("formulation", "options"):
         diff.pop(k)
     meta["diffusion"] = json.dumps(diff)
     meta.pop("formulation")
@@ -377,7 +376,7 @@ def test_ddp_gloo_two_processes(kind, dataset, tmp_path):
 
     cfg = tiny_config(
         dataset, f"train.out_dir={tmp_path / 'ddp'}", "train.steps=2",
-        f"diffusion.formulation={kind}", "diffusion.residual_predictor_channels=8",
+        f"diffusion.formulation={kind}", "diffusion.options.residual.predictor_channels=8",
     )  # fmt: skip
     params = write_resolved(cfg, tmp_path)
     proc = subprocess.run(

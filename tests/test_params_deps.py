@@ -64,7 +64,7 @@ TINY_RUN = [
     "train.ema_warmup_steps=1",
     "train.val_images=1",
     "train.init_from=null",
-    "diffusion.pmrf_train_mean=true",  # no shipped mean to freeze for a tiny network
+    "diffusion.options.pmrf.train_mean=true",  # no shipped mean to freeze for a tiny network
     "evaluate.steps=[2]",
     "evaluate.max_images=1",
     "evaluate.uncertainty_samples=2",
@@ -104,25 +104,29 @@ def _set_by_cmd(stage: dict) -> tuple[set[str], set[str]]:
     """(keys the stage's cmd overrides, params.yaml keys the stage interpolates with ${...})."""
     body = _body(stage)
     cmd = body["cmd"]
-    overridden = set(re.findall(r"([a-z_]+\.[a-z_0-9]+)=", cmd))
+    overridden = set(re.findall(r"([a-z_]+(?:\.[a-z_0-9]+)+)=", cmd))
     text = json.dumps({k: v for k, v in body.items() if k != "params"})
     return overridden, set(re.findall(r"\$\{([a-z_]+\.[a-z_0-9]+)\}", text))
 
 
-def _section_keys() -> dict[str, list[str]]:
-    return {
-        f.name: [g.name for g in dataclasses.fields(getattr(C.Config(), f.name))]
-        for f in dataclasses.fields(C.Config)
-    }
+def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of the values of a nested dict ('diffusion.options.pmrf.noise')."""
+    out = []
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out += _leaf_keys(v, key) if isinstance(v, dict) else [key]
+    return out
 
 
 def declared(stage: dict) -> set[str]:
-    """The stage's params as keys: a listed section stands for all of its keys."""
-    keys = _section_keys()
+    """The stage's params as keys: a listed section (or options group) stands for every key
+    under it, plug-in options included."""
+    keys = _leaf_keys(C.Config().to_dict())
     out = set()
     for entry in _body(stage).get("params", []):
         assert isinstance(entry, str), f"params entry {entry!r}: only params.yaml keys are used"
-        out |= {f"{entry}.{k}" for k in keys[entry]} if entry in keys else {entry}
+        under = [k for k in keys if k.startswith(entry + ".")]
+        out |= set(under) if under else {entry}
     return out
 
 
@@ -134,7 +138,10 @@ def _write_params(root: Path) -> Path:
                f"evaluate.out_dir={root / 'reports'}", f"report.out_dir={root / 'reports'}",
                f"compare.models_dir={root / 'models/compare'}", f"compare.out_dir={root / 'reports/compare'}"]:  # fmt: skip
         keys, value = C.parse_override(ov)
-        raw[keys[0]][keys[1]] = value
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -195,11 +202,12 @@ def test_recorded_reads_sees_uses_not_bookkeeping(tmp_path):
     with C.recorded_reads() as reads:
         cfg = C.load_config(None, ["train.lr=1e-3"])
         assert cfg.train.lr == 1e-3
+        assert cfg.diffusion.options["pmrf"].noise == 0.1  # a plug-in's option: its own key
         C.write_resolved(cfg, tmp_path)  # a record of every key, not a use
         assert C.section_from_dict(C.ModelConfig, {}).space  # a checkpoint's, not params.yaml
         with C.unrecorded():
             assert cfg.infer.tile
-    assert reads == {"train.lr"}
+    assert reads == {"train.lr", "diffusion.options.pmrf.noise"}
     assert type(cfg.train).__getattribute__ is object.__getattribute__  # unpatched afterwards
 
 

@@ -16,7 +16,7 @@ TINY = {
     "degrade": {"val_size": 32, "val_max_images": 2},
     "model": {"base_channels": 16, "channel_mults": [1, 2], "attn_resolutions": [2]},
     # a tiny network from scratch: pmrf trains its mean too (the shipped sr4 freezes it)
-    "diffusion": {"timesteps": 100, "pmrf_train_mean": True},
+    "diffusion": {"timesteps": 100, "options": {"pmrf": {"train_mean": True}}},
     "train": {
         "steps": 4,
         "batch_size": 2,

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.config import DiffusionConfig, ModelConfig, with_options
 from diffenhance.diffusion import Schedule, formulation_loss, formulation_sample
 from diffenhance.diffusion.formulations import get_formulation
 from diffenhance.diffusion.formulations.pmrf import (
@@ -22,9 +22,12 @@ SCHED = Schedule.from_config(DiffusionConfig(timesteps=T))
 MCFG = ModelConfig(base_channels=16, channel_mults=(1, 2), attn_resolutions=(2,), head_channels=16)
 
 
-def dcfg(**kw) -> DiffusionConfig:
-    base = dict(timesteps=T, formulation="pmrf", pmrf_mean="regression", pmrf_noise=0.1)
-    return DiffusionConfig(**(base | kw))
+def dcfg(formulation: str = "pmrf", loss: str = "l1", **options: dict) -> DiffusionConfig:
+    """Tiny pmrf settings (mean: regression, noise 0.1), with formulation options:
+    pmrf={"train_mean": False}, residual={"predictor_channels": 8}."""
+    base = DiffusionConfig(timesteps=T, formulation=formulation, loss=loss)
+    pmrf = {"mean": "regression", "noise": 0.1} | options.pop("pmrf", {})
+    return with_options(base, pmrf=pmrf, **options)
 
 
 def images(n: int = 2, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +136,7 @@ class StateIsEstimate(torch.nn.Module):
 def test_loss_is_flow_matching_on_the_straight_path():
     """With x^ = z_t the loss is mean((z_t - x0)^2) = mean(((1 - t)(z0 - x0))^2) per item,
     z0 = mu + sigma eps, t ~ U[0, 1) drawn before eps."""
-    cfg = dcfg(loss="mse", pmrf_train_mean=False)
+    cfg = dcfg(loss="mse", pmrf={"train_mean": False})
     x0, y = images()
     net = PosteriorMeanFlow(HalfY(), StateIsEstimate())
     loss, stats = formulation_loss(cfg, net, SCHED, x0, y, generator=torch.Generator())
@@ -158,7 +161,9 @@ def test_an_untrained_flow_returns_the_mean_not_grain(steps):
 def test_frozen_mean_gets_no_gradient_and_trained_mean_does():
     x0, y = images()
     for train_mean in (False, True):
-        cfg = dcfg(pmrf_mean="residual", residual_predictor_channels=8, pmrf_train_mean=train_mean)
+        cfg = dcfg(
+            pmrf={"mean": "residual", "train_mean": train_mean}, residual={"predictor_channels": 8}
+        )
         net = build_network(MCFG, cfg, 1)
         loss, stats = formulation_loss(
             cfg, net, SCHED, x0, y, generator=torch.Generator().manual_seed(0)
@@ -174,11 +179,11 @@ def test_a_mean_formulation_checkpoint_becomes_stage_one():
     """init_tensors puts a residual model's tensors under mean.* and keeps the fresh flow; the
     posterior mean is then exactly that model's 1-step output."""
     torch.manual_seed(0)
-    rcfg = DiffusionConfig(timesteps=T, formulation="residual", residual_predictor_channels=8)
+    rcfg = dcfg("residual", residual={"predictor_channels": 8})
     residual = build_network(MCFG, rcfg, 1)
     for p in residual.parameters():  # a 'trained' model: not the zero-initialised output
         p.data.add_(0.01 * torch.randn_like(p))
-    cfg = dcfg(pmrf_mean="residual", residual_predictor_channels=8, pmrf_train_mean=False)
+    cfg = dcfg(pmrf={"mean": "residual", "train_mean": False}, residual={"predictor_channels": 8})
     net = build_network(MCFG, cfg, 1)
     fresh_flow = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("flow.")}
     tensors = get_formulation("pmrf").init_tensors(net, residual.state_dict(), {})
@@ -198,7 +203,7 @@ def test_a_mean_formulation_checkpoint_becomes_stage_one():
 
 def test_pmrf_cannot_be_its_own_mean():
     with pytest.raises(ValueError, match="stage-1"):
-        build_network(MCFG, dcfg(pmrf_mean="pmrf"), 1)
+        build_network(MCFG, dcfg(pmrf={"mean": "pmrf"}), 1)
 
 
 # ----------------------------------------------------------------------------- presets end to end
@@ -215,7 +220,7 @@ def pmrf_model(tmp_path_factory):
     make_dataset(root)
     cfg = tiny_config(
         root, "train.steps=3", "train.val_every=3", "diffusion.formulation=pmrf",
-        "diffusion.pmrf_mean=regression", "infer.detail=1",
+        "diffusion.options.pmrf.mean=regression", "infer.detail=1",
     )  # fmt: skip
     out = train_model(cfg, "sr2")
     presets = {"fidelity": {"steps": 1, "samples": 1, "detail": 0.0},
@@ -307,15 +312,15 @@ def test_cli_preset_and_models_listing(pmrf_model, tmp_path):
 
 
 def test_a_frozen_mean_without_a_checkpoint_is_refused(tmp_path):
-    """pmrf_train_mean=false with nothing to load would train a flow on a random, frozen mean."""
+    """options.pmrf.train_mean=false with nothing to load would train a flow on a random, frozen mean."""
     from diffenhance.train import train_model
     from tests.tiny import make_dataset, tiny_config
 
     make_dataset(tmp_path)
     cfg = tiny_config(
-        tmp_path, "diffusion.formulation=pmrf", "diffusion.pmrf_train_mean=false",
+        tmp_path, "diffusion.formulation=pmrf", "diffusion.options.pmrf.train_mean=false",
         "train.init_from=null",
     )  # fmt: skip
-    with pytest.raises(ValueError, match="pmrf_train_mean=false freezes stage 1"):
+    with pytest.raises(ValueError, match="train_mean=false freezes stage 1"):
         train_model(cfg, "sr2")
     assert not (tmp_path / "models" / "sr2" / "model.safetensors").exists()

@@ -238,7 +238,7 @@ def test_init_from_pretrained_fine_tunes_the_shipped_model_only_when_it_fits(tmp
         tmp_path, "model.base_channels=32", "model.channel_mults=[1,2,2]",
         "model.attn_resolutions=[4]", "model.head_channels=32", "diffusion.timesteps=1000",
         "train.tasks=[sr4]", "model.space=lr", "diffusion.formulation=pmrf",
-        "diffusion.loss=mse", "diffusion.pmrf_train_mean=false",
+        "diffusion.loss=mse", "diffusion.options.pmrf.train_mean=false",
     )  # fmt: skip
     assert (full.model, full.diffusion) == (params.model, params.diffusion)
     loop = TrainLoop(full, "sr4")

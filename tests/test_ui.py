@@ -357,7 +357,7 @@ def pmrf_model(tmp_path_factory):
     from tests.enhance_helpers import random_checkpoint
 
     path = tmp_path_factory.mktemp("pmrf") / "pmrf-sr2" / "model.safetensors"
-    overrides = ["diffusion.formulation=pmrf", "diffusion.pmrf_mean=regression"]
+    overrides = ["diffusion.formulation=pmrf", "diffusion.options.pmrf.mean=regression"]
     tensors, meta = read_checkpoint(random_checkpoint(path, "sr2", overrides=overrides))
     g = torch.Generator().manual_seed(0)
     for t in tensors.values():

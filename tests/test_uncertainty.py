@@ -273,14 +273,14 @@ def test_refusals_say_what_to_do(tmp_path, ckpt):
     assert res.exit_code == 2 and "--samples N" in res.output and "samples=1" in res.output
     assert len(res.output.strip().splitlines()) == 1
     for kind, why in [("regression", "regression formulation draws no noise"),
-                      ("indi", "diffusion.indi_noise=0")]:  # fmt: skip
+                      ("indi", "diffusion.options.indi.noise=0")]:  # fmt: skip
         det = random_checkpoint(tmp_path / f"{kind}.safetensors", overrides=[
             f"diffusion.formulation={kind}"])  # fmt: skip
         res = enhance(img, tmp_path / "o.png", det, "--samples", "4", "--uncertainty")
         assert res.exit_code == 2 and why in res.output and "shipped sr4" in res.output
         assert not (tmp_path / "o.png").exists()
     noisy = random_checkpoint(tmp_path / "indi_noisy.safetensors", overrides=[
-        "diffusion.formulation=indi", "diffusion.indi_noise=0.1"])  # fmt: skip
+        "diffusion.formulation=indi", "diffusion.options.indi.noise=0.1"])  # fmt: skip
     assert enhance(img, tmp_path / "o.png", noisy, "--samples", "2", "--uncertainty").exit_code == 0
     with pytest.raises(ConfigError, match="uncertainty_samples"):
         load_config(None, ["evaluate.uncertainty_samples=1"])

@@ -454,6 +454,7 @@ def _model_listing(models_dir: Path | None) -> list[dict[str, Any]]:
         presets,
         validate_checkpoint,
     )
+    from diffenhance.nn import get_network
 
     root = models_dir or next((d for d in PRETRAINED_DIRS if d.is_dir()), PRETRAINED_DIRS[-1])
     found = sorted(p.parent for p in root.glob(f"*/{WEIGHTS_NAME}"))
@@ -465,12 +466,13 @@ def _model_listing(models_dir: Path | None) -> list[dict[str, Any]]:
             spec = validate_checkpoint(d)
         card = d / "training.json"
         measured = json.loads(card.read_text()).get("measured", {}) if card.is_file() else {}
+        formulation = get_formulation(spec.diffusion_cfg.formulation)
         listing.append({
-            "name": d.name, "task": spec.task, "formulation": spec.diffusion_cfg.formulation,
-            "pmrf_mean": spec.diffusion_cfg.pmrf_mean, "space": spec.model_cfg.space,
+            "name": d.name, "task": spec.task, "formulation": formulation.label(spec.diffusion_cfg),
+            "network": get_network(spec.model_cfg).label,
             "parameters": spec.n_parameters, "size_mb": (d / WEIGHTS_NAME).stat().st_size / 1e6,
             "presets": presets(spec), "default": default_preset(spec),
-            "detail_knob": get_formulation(spec.diffusion_cfg.formulation).detail_knob,
+            "detail_knob": formulation.detail_knob,
             "figures": {k: v for k, v in measured.items() if isinstance(v, (int, float))},
             "target": measured.get("target"), "photos": measured.get("held_out_photos"),
         })  # fmt: skip
@@ -487,9 +489,6 @@ def _models_markdown(listing: list[dict[str, Any]]) -> list[str]:
 
     rows = []
     for m in listing:
-        formulation = m["formulation"]
-        if formulation == "pmrf":
-            formulation += f" (mean: {m['pmrf_mean']})"
         several = len(m["presets"]) > 1
         knob = "; ".join(
             f"{name}{' (default)' if several and name == m['default'] else ''}: {p['steps']} "
@@ -500,7 +499,7 @@ def _models_markdown(listing: list[dict[str, Any]]) -> list[str]:
         figures = ", ".join(f"{k} {v:g}" for k, v in m["figures"].items() if k != "val_size")
         rows.append([
             f"`{m['name']}`", cell(get_task(m["task"]).description or m["task"]),
-            formulation, f"{m['space'].upper()}-space U-Net, {m['parameters'] / 1e6:.1f}M",
+            m["formulation"], f"{m['network']}, {m['parameters'] / 1e6:.1f}M",
             f"{m['size_mb']:.1f} MB", knob, cell(figures or "-"), cell(m["target"] or "-"),
         ])  # fmt: skip
     header = ["`-m`", "task", "formulation", "network", "size", "presets", "measured", "target"]

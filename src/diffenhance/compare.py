@@ -82,7 +82,7 @@ def train_overrides(cfg: Config, formulation: str) -> list[str]:
         f"train.steps={c.train_steps}",
         f"train.ema_decay={c.ema_decay}",
         "train.init_from=null",  # equal budgets: every formulation from scratch,
-        "diffusion.pmrf_train_mean=true",  # every stage of it (pmrf's mean too)
+        "diffusion.options.pmrf.train_mean=true",  # every stage of it (pmrf's mean too)
     ]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -21,7 +22,8 @@ import sys
 import threading
 import types
 import typing
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -30,7 +32,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from diffenhance.io import atomic_path
-from diffenhance.registry import FORMULATIONS, TASKS
+from diffenhance.registry import FORMULATIONS, NETWORKS, TASKS, Registry
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,100 @@ class OneOf:
 Formulation = Annotated[str, OneOf("formulation", FORMULATIONS.names)]
 # a restoration task (diffenhance.restoration: sr2, sr4, denoise, jpeg, blind, inpaint, ...)
 Task = Annotated[str, OneOf("task", TASKS.names)]
+# a network (diffenhance.nn: hr, lr, ...)
+Network = Annotated[str, OneOf("network", NETWORKS.names)]
+
+
+_S = typing.TypeVar("_S")
+
+
+class PluginOptions(Mapping[str, Any]):
+    """`diffusion.options`, `model.options`: {plug-in name: its options}, for every plug-in of a
+    registry whose class declares `Options` (a frozen dataclass with defaults; its own rules in
+    an optional `check(self, bad)` method). A plug-in with its own option is then one file:
+
+        @register
+        class Mine(Formulation):
+            name = "mine"
+
+            @dataclass(frozen=True)
+            class Options:
+                gain: float = 0.5
+
+    params.yaml sets `diffusion.options.mine.gain: 0.25`; code reads `dcfg.options["mine"].gain`.
+    The values given are validated when params load; every other plug-in's options are its
+    class's defaults, filled on first use (so config.py imports no plug-in, and one registered
+    later, by a test or a plugin package, has options too). Equality, hashing and `to_dict` see
+    the filled mapping: a default written out equals a default left out."""
+
+    def __init__(self, registry: Registry, given: Mapping[str, Any] | None = None) -> None:
+        self.registry = registry
+        self._given = dict(given or {})
+        self._all: dict[str, Any] | None = None
+
+    def _full(self) -> dict[str, Any]:
+        if self._all is None:
+            full = {
+                name: self._given.get(name) or cls()
+                for name, cls in plugin_options(self.registry).items()
+            }
+            self._all = {**full, **self._given}  # a given plug-in unregistered since stays
+        return self._all
+
+    def __getitem__(self, name: str) -> Any:
+        full = self._full()
+        if name not in full:
+            raise KeyError(
+                f"the {self.registry.what} {name!r} declares no options; those that do: "
+                f"{', '.join(full) or 'none'}"
+            )
+        return full[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._full())
+
+    def __len__(self) -> int:
+        return len(self._full())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PluginOptions):
+            return NotImplemented
+        return self._full() == other._full()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._full().items())))
+
+    def __repr__(self) -> str:
+        return f"PluginOptions({self._full()!r})"
+
+
+@dataclass(frozen=True)
+class OptionsOf:
+    """`Annotated[PluginOptions, OptionsOf(REGISTRY)]`: a field of plug-in options."""
+
+    registry: Registry
+
+
+def plugin_options(registry: Registry) -> dict[str, type]:
+    """{name: Options class} of the registered plug-ins that declare options (registry order)."""
+    registry.load()
+    return {n: cls for n, p in registry.items() if (cls := getattr(p, "Options", None))}
+
+
+def with_options(section: _S, **by_name: Mapping[str, Any]) -> _S:
+    """A copy of `section` (a DiffusionConfig or ModelConfig) with plug-in options set and
+    checked by their class: `with_options(dcfg, indi={"noise": 0.1})`."""
+    opts = section.options  # type: ignore[attr-defined]
+    given = dict(opts.items())
+    for name, values in by_name.items():
+        new = dataclasses.replace(opts[name], **values)
+        _check_invariants(new, f"options.{name}", "with_options")
+        given[name] = new
+    return dataclasses.replace(section, options=PluginOptions(opts.registry, given))  # type: ignore[type-var]
+
+
+def _options_field(registry: Registry) -> Any:
+    return field(default_factory=lambda: PluginOptions(registry))
 
 
 class ConfigError(ValueError):
@@ -92,10 +188,13 @@ class ModelConfig:
     attn_resolutions: tuple[int, ...] = (4,)  # downsampling factors (not sizes): size-free
     head_channels: int = 32  # width per attention head
     dropout: float = 0.0
-    # Where the U-Net body runs: "hr" at the output resolution, "lr" on the pixel-unshuffled
-    # 1/scale grid (nn/lrspace.py; 1/2 for scale-1 tasks). "hr": what checkpoints without the
-    # key were trained with (benchmarks/RESULTS.md "LR-space network" compares the two).
-    space: Literal["hr", "lr"] = "hr"
+    # The network (a registered `nn.Network`): "hr" runs the U-Net body at the output
+    # resolution, "lr" on the pixel-unshuffled 1/scale grid (nn/lrspace.py; 1/2 for scale-1
+    # tasks). "hr": what checkpoints without the key were trained with (benchmarks/RESULTS.md
+    # "LR-space network" compares the two).
+    space: Network = "hr"
+    # each network's own options, e.g. options.lr.predictor_blocks (`PluginOptions`)
+    options: Annotated[PluginOptions, OptionsOf(NETWORKS)] = _options_field(NETWORKS)
 
 
 @dataclass(frozen=True)
@@ -110,14 +209,9 @@ class DiffusionConfig:
     # How the network is trained and sampled (diffusion/formulations/). residual measured
     # best (benchmarks/RESULTS.md "Formulations"); checkpoints without the key load as sr3.
     formulation: Formulation = "residual"
-    indi_noise: float = 0.0  # InDI start noise sigma (model range); > 0 makes samples differ
-    indi_t1_prob: float = 0.2  # share of InDI training at t = 1: keeps the 1-step end faithful
-    residual_scale: float = 4.0  # residual: diffuse s * (x - mu); residuals are small, s lifts SNR
-    residual_predictor_channels: int = 16  # residual: predictor U-Net width (0 = model's)
-    # pmrf (posterior-mean rectified flow): stage 1 is this formulation's 1-step output
-    pmrf_mean: Formulation = "residual"
-    pmrf_noise: float = 0.1  # pmrf: sigma_s of the flow's start mu + sigma_s eps (model range)
-    pmrf_train_mean: bool = True  # pmrf: train stage 1 too (false: frozen, from train.init_from)
+    # each formulation's own options, e.g. options.residual.scale, options.pmrf.noise: declared
+    # (with why each default) by the formulation's class (`PluginOptions`)
+    options: Annotated[PluginOptions, OptionsOf(FORMULATIONS)] = _options_field(FORMULATIONS)
 
 
 @dataclass(frozen=True)
@@ -301,6 +395,8 @@ class Config:
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Annotated:
+        if any(isinstance(a, OptionsOf) for a in get_args(tp)[1:]):
+            return "a mapping of plug-in name -> its options"
         one_of = next((a for a in get_args(tp)[1:] if isinstance(a, OneOf)), None)
         if one_of is not None:
             return f"a registered {one_of.what}: " + " | ".join(map(repr, one_of.names()))
@@ -376,6 +472,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Return `value` converted to type `tp`, or raise ConfigError naming `key`."""
     origin, args = get_origin(tp), get_args(tp)
     try:
+        if origin is Annotated and (opts := next(
+            (a for a in args[1:] if isinstance(a, OptionsOf)), None
+        )):  # fmt: skip
+            return _options(value, opts.registry, key, source)
         if origin is Annotated:
             base = _coerce(value, args[0], key, source)
             if any(isinstance(x, OneOf) and base not in x.names() for x in args[1:]):
@@ -398,6 +498,77 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         raise ConfigError(
             f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}"
         ) from None
+
+
+def _options(value: Any, registry: Registry, key: str, source: str) -> PluginOptions:
+    """`PluginOptions` from {plug-in name: {option: value}}, each validated by its class."""
+    if isinstance(value, PluginOptions):
+        return value
+    if not isinstance(value, dict):
+        raise _Invalid
+    classes = plugin_options(registry)
+    given = {}
+    for name, raw in value.items():
+        if name not in classes:
+            raise ConfigError(
+                f"{source}: unknown key '{key}.{name}': no registered {registry.what} of that "
+                f"name declares options; those that do: {', '.join(classes) or 'none'}"
+            )
+        given[name] = _coerce(raw or {}, classes[name], f"{key}.{name}", source)
+    return PluginOptions(registry, given)
+
+
+def _option_fields(cls: type) -> dict[str, Registry]:
+    """{field name: registry} of the `PluginOptions` fields of a dataclass."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {
+        name: a.registry
+        for name, tp in hints.items()
+        if get_origin(tp) is Annotated
+        for a in get_args(tp)[1:]
+        if isinstance(a, OptionsOf)
+    }
+
+
+def _flat_key(key: str, fields: dict[str, Registry]) -> tuple[str, str, str] | None:
+    """(options field, plug-in, option) that a flat key of before plug-in options names
+    ('residual_scale' -> ('options', 'residual', 'scale')), or None."""
+    for fname, registry in fields.items():
+        for plugin, options in plugin_options(registry).items():
+            option = key.removeprefix(plugin + "_")
+            if option != key and option in _field_names(options):
+                return fname, plugin, option
+    return None
+
+
+def _legacy_options(
+    cls: type, raw: dict[str, Any], prefix: str, source: str, *, warn: bool
+) -> dict[str, Any]:
+    """`raw` with the flat keys of before plug-in options moved into them: 'residual_scale'
+    -> options.residual.scale, when the plug-in 'residual' declares the option 'scale' (what
+    checkpoints written before hold, and older params files; `warn`: say the new key)."""
+    fields = _option_fields(cls)
+    if not fields or not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    for key in [k for k in raw if isinstance(k, str) and k not in _field_names(cls)]:
+        if (found := _flat_key(key, fields)) is None:
+            continue  # an unknown key: _build names it
+        fname, plugin, option = found
+        opts = out[fname] = dict(out.get(fname) or {})
+        entry = opts[plugin] = dict(opts.get(plugin) or {})
+        new = f"{prefix}.{fname}.{plugin}.{option}"
+        if option in entry:
+            raise ConfigError(f"{source}: '{prefix}.{key}' and '{new}' are both given")
+        entry[option] = out.pop(key)
+        if warn:
+            warnings.warn(
+                f"{source}: '{prefix}.{key}' is now '{new}'; rename it (DVC stages depend on "
+                "the new key)",
+                FutureWarning,
+                stacklevel=3,
+            )
+    return out
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
@@ -429,7 +600,7 @@ def _span(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> s
     return f"{'<' if hi_open else '<='} {hi:g}"
 
 
-def _in_range(
+def in_range(
     obj: Any,
     key: str,
     bad: Callable[[str, str], ConfigError],
@@ -461,18 +632,18 @@ def _in_range(
 def _rules_data(obj: DataConfig, bad: Callable[[str, str], ConfigError]) -> None:
     if obj.crop_size < 8 or obj.crop_step < 1:
         raise bad("crop_size", "must be >= 8 with crop_step >= 1")
-    _in_range(obj, "val_fraction", bad, 0, 1, hi_open=True)
+    in_range(obj, "val_fraction", bad, 0, 1, hi_open=True)
     if obj.source == "folder" and not obj.folder:
         raise bad("folder", "must be set when data.source is 'folder'")
 
 
 def _rules_degrade(obj: DegradeConfig, bad: Callable[[str, str], ConfigError]) -> None:
     # sigmas on the 0-255 scale: 255 is already noise as large as the whole range
-    _in_range(obj, "noise_sigma", bad, 0, 255, why="0-255 scale")
+    in_range(obj, "noise_sigma", bad, 0, 255, why="0-255 scale")
     lo, hi = obj.noise_sigma
     if not lo <= hi:
         raise bad("noise_sigma", "must be [low, high] with 0 <= low <= high <= 255")
-    _in_range(obj, "val_noise_sigma", bad, 0, 255, why="0-255 scale")
+    in_range(obj, "val_noise_sigma", bad, 0, 255, why="0-255 scale")
     qlo, qhi = obj.jpeg_quality
     if not 1 <= qlo <= qhi <= 100:
         raise bad("jpeg_quality", "must be [low, high] within 1..100")
@@ -482,26 +653,19 @@ def _rules_degrade(obj: DegradeConfig, bad: Callable[[str, str], ConfigError]) -
 
 
 def _rules_model(obj: ModelConfig, bad: Callable[[str, str], ConfigError]) -> None:
-    _in_range(obj, "dropout", bad, 0, 1, hi_open=True)  # 1 would drop every activation
+    in_range(obj, "dropout", bad, 0, 1, hi_open=True)  # 1 would drop every activation
 
 
 def _rules_diffusion(obj: DiffusionConfig, bad: Callable[[str, str], ConfigError]) -> None:
     if obj.timesteps < 2:
         raise bad("timesteps", "must be >= 2")
-    _in_range(obj, "min_snr_gamma", bad, 0, why="0 = off")
+    in_range(obj, "min_snr_gamma", bad, 0, why="0 = off")
     # checked whatever the schedule (cosine ignores them): as diffusion.schedule.make_betas
-    _in_range(obj, "beta_start", bad, 0, 1, lo_open=True, hi_open=True)
-    _in_range(obj, "beta_end", bad, 0, 1, lo_open=True, hi_open=True)
+    in_range(obj, "beta_start", bad, 0, 1, lo_open=True, hi_open=True)
+    in_range(obj, "beta_end", bad, 0, 1, lo_open=True, hi_open=True)
     if obj.beta_start > obj.beta_end:
         raise bad("beta_start", f"= {obj.beta_start!r} must be <= diffusion.beta_end")
-    # sigmas in model-range units ([-1, 1]): 1 is noise as large as the whole range
-    _in_range(obj, "indi_noise", bad, 0, 1)
-    _in_range(obj, "indi_t1_prob", bad, 0, 1)
-    _in_range(obj, "residual_scale", bad, 0, lo_open=True)
-    if obj.residual_predictor_channels < 0:
-        raise bad("residual_predictor_channels", "must be >= 0 (0 = model.base_channels)")
-    if not 0.0 <= obj.pmrf_noise <= 1.0:
-        raise bad("pmrf_noise", "must be in [0, 1]")
+    # each formulation's options check themselves (their class's `check`)
 
 
 def _rules_train(obj: TrainConfig, bad: Callable[[str, str], ConfigError]) -> None:
@@ -517,11 +681,11 @@ def _rules_train(obj: TrainConfig, bad: Callable[[str, str], ConfigError]) -> No
         if getattr(obj, k) < 1:
             raise bad(k, "must be >= 1")
     # no upper bound: a huge lr is how tests make training diverge on purpose
-    _in_range(obj, "lr", bad, 0, lo_open=True)
-    _in_range(obj, "weight_decay", bad, 0)  # AdamW's decoupled decay; 0 = off
-    _in_range(obj, "grad_clip", bad, 0, lo_open=True, why="max gradient norm; 0 zeroes every step")
+    in_range(obj, "lr", bad, 0, lo_open=True)
+    in_range(obj, "weight_decay", bad, 0)  # AdamW's decoupled decay; 0 = off
+    in_range(obj, "grad_clip", bad, 0, lo_open=True, why="max gradient norm; 0 zeroes every step")
     # 1: only the (1 + step) / (10 + step) cap of train.ema_decay_at is left
-    _in_range(obj, "ema_decay", bad, 0, 1)
+    in_range(obj, "ema_decay", bad, 0, 1)
 
 
 def _rules_evaluate(obj: EvaluateConfig, bad: Callable[[str, str], ConfigError]) -> None:
@@ -545,7 +709,7 @@ def _rules_compare(obj: CompareConfig, bad: Callable[[str, str], ConfigError]) -
     for k in ("train_steps", "samples", "max_images"):
         if getattr(obj, k) < 1:
             raise bad(k, "must be >= 1")
-    _in_range(obj, "ema_decay", bad, 0, 1)  # passed on as train.ema_decay
+    in_range(obj, "ema_decay", bad, 0, 1)  # passed on as train.ema_decay
 
 
 def _rules_report(obj: ReportConfig, bad: Callable[[str, str], ConfigError]) -> None:
@@ -560,7 +724,7 @@ def _rules_infer(obj: InferConfig, bad: Callable[[str, str], ConfigError]) -> No
         if getattr(obj, k) is not None and getattr(obj, k) < 1:
             raise bad(k, "must be >= 1" + (" (or null)" if k != "tile_batch" else ""))
     # 1 = DDPM's posterior variance; DDIM has no room for more and indi refuses more
-    _in_range(obj, "eta", bad, 0, 1)
+    in_range(obj, "eta", bad, 0, 1)
     if obj.detail is not None and not 0.0 <= obj.detail <= 1.0:
         raise bad("detail", "must be in [0, 1] (or null)")
     if obj.threads < 0:
@@ -575,7 +739,7 @@ def _rules_enhance(obj: EnhanceConfig, bad: Callable[[str, str], ConfigError]) -
         raise bad("jpeg_quality", "must be within 1..100")
     if not obj.extensions or not all(e.startswith(".") for e in obj.extensions):
         raise bad("extensions", "must be a non-empty list of suffixes like .png")
-    _in_range(obj, "outscale", bad, 0, lo_open=True, why="null: the model's own scale")
+    in_range(obj, "outscale", bad, 0, lo_open=True, why="null: the model's own scale")
     if any(c in obj.suffix for c in "/\\\0") or obj.suffix.startswith("."):
         raise bad(
             "suffix",
@@ -593,8 +757,8 @@ def _rules_storage(obj: StorageConfig, bad: Callable[[str, str], ConfigError]) -
         )
     if obj.max_attempts < 1:
         raise bad("max_attempts", "must be >= 1 (1 = no retries)")
-    _in_range(obj, "connect_timeout_s", bad, 0, lo_open=True)
-    _in_range(obj, "read_timeout_s", bad, 0, lo_open=True)
+    in_range(obj, "connect_timeout_s", bad, 0, lo_open=True)
+    in_range(obj, "read_timeout_s", bad, 0, lo_open=True)
     for k, rel in [("publish", p) for p in obj.publish] + [("manifest", obj.manifest)]:
         parts = rel.split("/")
         if rel.startswith("/") or "\\" in rel or any(q in ("", ".", "..") for q in parts):
@@ -628,9 +792,9 @@ def _check_invariants(obj: Any, prefix: str, source: str) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: '{prefix}.{key}' {why}")
 
-    rules = _RULES.get(type(obj))
+    rules = _RULES.get(type(obj)) or getattr(obj, "check", None)  # a plug-in's own Options
     if rules is not None:
-        rules(obj, bad)  # first: a rule names the field's range, NaN and inf included
+        rules(obj, bad) if type(obj) in _RULES else rules(bad)  # first: a rule names the range
     _check_finite(obj, bad)
 
 
@@ -771,6 +935,12 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<dict>") -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping of sections")
+    raw = dict(raw)
+    for f in dataclasses.fields(Config):
+        if isinstance(raw.get(f.name), dict):
+            raw[f.name] = _legacy_options(
+                typing.get_type_hints(Config)[f.name], raw[f.name], f.name, source, warn=True
+            )
     cfg = _build(Config, raw, "", source)
     if _READS is not None:
         _READS.watch(cfg)
@@ -816,14 +986,19 @@ def to_dict(obj: Any) -> Any:
     """Config (or any section) -> plain dict/list structure, YAML/JSON serialisable."""
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, PluginOptions):
+        return {name: to_dict(opts) for name, opts in obj.items()}
     if isinstance(obj, tuple | list):
         return [to_dict(v) for v in obj]
     return obj
 
 
 def section_from_dict(cls: type, raw: dict[str, Any], *, source: str = "<dict>") -> Any:
-    """Rebuild one section (e.g. ModelConfig from a checkpoint's metadata), validated."""
-    return _build(cls, raw, cls.__name__, source)
+    """Rebuild one section (e.g. ModelConfig from a checkpoint's metadata), validated; the flat
+    plug-in keys of checkpoints written before `PluginOptions` are read as their options."""
+    return _build(
+        cls, _legacy_options(cls, raw, cls.__name__, source, warn=False), cls.__name__, source
+    )
 
 
 def write_resolved(cfg: Config, out_dir: str | Path, sections: typing.Iterable[str] = ()) -> Path:
@@ -845,7 +1020,8 @@ def write_resolved(cfg: Config, out_dir: str | Path, sections: typing.Iterable[s
 
 
 class _ReadLog:
-    """The sections of the configs loaded while recording, and the 'section.key' reads of them.
+    """The sections of the configs loaded while recording (and their plug-in options), and the
+    'section.key' reads of them ('diffusion.options.residual.scale' for an option).
 
     Only sections of a `Config` parsed from params (config_from_dict) are watched, and only
     after validation: a checkpoint's own ModelConfig/DiffusionConfig (section_from_dict) is not
@@ -854,20 +1030,36 @@ class _ReadLog:
 
     def __init__(self) -> None:
         self.reads: set[str] = set()
-        self.sections: dict[int, tuple[str, Any]] = {}  # id -> (section, the object: keeps id)
+        self.sections: dict[int, tuple[str, Any]] = {}  # id -> (dotted path, the object: keeps id)
+        self.patched: set[type] = set()
 
     def watch(self, cfg: Config) -> None:
         for f in dataclasses.fields(Config):
-            obj = getattr(cfg, f.name)
-            self.sections[id(obj)] = (f.name, obj)
+            self._watch(getattr(cfg, f.name), f.name)
+
+    def _watch(self, obj: Any, path: str) -> None:
+        self.sections[id(obj)] = (path, obj)
+        if type(obj) not in self.patched:
+            type(obj).__getattribute__ = _recording_getattribute  # type: ignore[method-assign]
+            self.patched.add(type(obj))
+        for f in dataclasses.fields(obj):
+            value = object.__getattribute__(obj, f.name)
+            if isinstance(value, PluginOptions):
+                for name, opts in value.items():
+                    self._watch(opts, f"{path}.{f.name}.{name}")
+
+    def unpatch(self) -> None:
+        for cls in self.patched:
+            del cls.__getattribute__
 
 
 _READS: _ReadLog | None = None
 _QUIET = threading.local()
-_SECTION_FIELDS: dict[type, frozenset[str]] = {
-    type(section): frozenset(f.name for f in dataclasses.fields(section))
-    for section in (getattr(Config(), f.name) for f in dataclasses.fields(Config))
-}
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 # Modules that read fields on behalf of their caller (copying, hashing, serialising): the first
@@ -889,35 +1081,36 @@ def _from_prefect() -> bool:
 
 
 def _recording_getattribute(self: Any, name: str) -> Any:
+    value = object.__getattribute__(self, name)
     log = _READS
     if (
         log is not None
-        and name in _SECTION_FIELDS[type(self)]
+        and not name.startswith("__")
+        and name in _field_names(type(self))
+        and not isinstance(value, PluginOptions)  # a use is the read of an option in it
         and not getattr(_QUIET, "depth", 0)
         and (section := log.sections.get(id(self))) is not None
         and not _from_prefect()
     ):
         log.reads.add(f"{section[0]}.{name}")
-    return object.__getattribute__(self, name)
+    return value
 
 
 @contextlib.contextmanager
 def recorded_reads() -> Iterator[set[str]]:
-    """Record every field read of the configs loaded inside the block, as 'section.key'.
+    """Record every field read of the configs loaded inside the block, as 'section.key'
+    ('section.options.plugin.key' for a plug-in's option).
 
-    For tests: it patches the section classes while active (one recording at a time).
+    For tests: it patches the classes it watches while active (one recording at a time).
     """
     global _READS
     if _READS is not None:
         raise RuntimeError("recorded_reads() is already active")
-    _READS = _ReadLog()
-    for cls in _SECTION_FIELDS:
-        cls.__getattribute__ = _recording_getattribute  # type: ignore[method-assign]
+    _READS = log = _ReadLog()
     try:
-        yield _READS.reads
+        yield log.reads
     finally:
-        for cls in _SECTION_FIELDS:
-            del cls.__getattribute__
+        log.unpatch()
         _READS = None
 
 

@@ -41,7 +41,7 @@ headline's spec at N samples (`restore.restore_with_uncertainty`, first seed) an
 Spearman correlation with the headline output's per-pixel |error| (mean over RGB, the protocol's
 border crop): `uncertainty_pearson` / `uncertainty_spearman` / `uncertainty_std_mean` in
 metrics.json (means over images), per image in protocol.json["uncertainty"]. A model whose
-samples cannot differ (regression; indi with indi_noise 0) is skipped with a note.
+samples cannot differ (regression; indi with options.indi.noise 0) is skipped with a note.
 """
 
 from __future__ import annotations

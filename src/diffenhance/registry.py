@@ -8,6 +8,10 @@ with a `name` and the `register` decorator, in its own file of that package (or 
 
     FORMULATIONS: diffusion formulations (`diffusion.formulations`)
     TASKS:        restoration tasks (`restoration`)
+    NETWORKS:     networks (`nn`: the U-Net at the output resolution, or on the LR grid)
+
+A plug-in class may declare its own options as a nested frozen dataclass `Options`; params
+then set them under `<section>.options.<name>` (config.PluginOptions).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ class Registry(dict[str, Any]):
 
     def __init__(self, what: str, home: str) -> None:
         super().__init__()
-        self.what = what  # 'formulation', 'task': for messages
+        self.what = what  # 'formulation', 'task', 'network': for messages
         self.home = home  # the package whose import registers the built-ins
         self._loaded = False
 
@@ -63,3 +67,4 @@ class Registry(dict[str, Any]):
 
 FORMULATIONS = Registry("formulation", "diffenhance.diffusion.formulations")
 TASKS = Registry("task", "diffenhance.restoration")
+NETWORKS = Registry("network", "diffenhance.nn")

@@ -110,7 +110,7 @@ def uncertainty_problem(r: Any, spec: SamplingSpec) -> str | None:
         return (
             f"uncertainty maps need a model whose samples differ, but {why}: all samples are "
             "the same image. Use a model that samples (e.g. the shipped sr4; the shipped "
-            "denoise does not) or an indi model trained with diffusion.indi_noise > 0"
+            "denoise does not) or an indi model trained with diffusion.options.indi.noise > 0"
         )
     if spec.detail == 0.0:
         return (

@@ -7,7 +7,7 @@ starts from the degraded image, with a Gaussian noise schedule on the residual; 
 chosen here because one step of it is exactly a regression, which gives an honest knob).
 
 Notation: x clean image, y degraded image at the output size, both in the model range
-[-1, 1]; t in (0, 1]; sigma = `diffusion.indi_noise` (model range units). The network's
+[-1, 1]; t in (0, 1]; sigma = `diffusion.options.indi.noise` (model range units). The network's
 condition c is y itself, or y followed by side channels (inpainting's mask); the functions
 below take c and read y as its first channels.
 

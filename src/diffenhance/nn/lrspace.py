@@ -19,15 +19,18 @@ Like `unet.py`, nothing here knows about diffusion.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diffenhance.config import ModelConfig
 from diffenhance.nn.layers import zero_module
+from diffenhance.nn.network import Network, register
 from diffenhance.nn.unet import UNet
 
-LR_PREDICTOR_BLOCKS = 8  # EDSR-style residual blocks of the LR-space predictor
+LR_PREDICTOR_BLOCKS = 8  # EDSR-style residual blocks of the LR-space predictor (the default)
 
 
 def space_factor(scale: int) -> int:
@@ -135,11 +138,28 @@ class LRResidualNet(nn.Module):
         return F.pixel_shuffle(self.tail(h), self.factor)
 
 
-def build_cond_net(
-    cfg: ModelConfig, scale: int, in_channels: int = 6, out_channels: int = 3
-) -> nn.Module:
-    """The conditional network `(x_t, t, cond) -> prediction` that `cfg.space` asks for: the
-    HR-space `UNet` ("hr") or an `LRSpaceUNet` with factor `space_factor(scale)` ("lr")."""
-    if cfg.space == "lr":
+@register
+class LRSpace(Network):
+    """``lr``: the U-Net body on the 1/f grid (`LRSpaceUNet`), an EDSR-style `LRResidualNet`
+    predictor; f = `space_factor(scale)`."""
+
+    name = "lr"
+    label = "LR-space U-Net"
+
+    @dataclass(frozen=True)
+    class Options:
+        # EDSR-style residual blocks of the predictor: 8 is what every shipped lr model has
+        predictor_blocks: int = LR_PREDICTOR_BLOCKS
+
+        def check(self, bad) -> None:  # type: ignore[no-untyped-def]
+            if self.predictor_blocks < 0:
+                raise bad("predictor_blocks", f"= {self.predictor_blocks} must be >= 0")
+
+    def cond_net(
+        self, cfg: ModelConfig, scale: int, in_channels: int = 6, out_channels: int = 3
+    ) -> nn.Module:
         return LRSpaceUNet(cfg, space_factor(scale), in_channels, out_channels)
-    return UNet(cfg, in_channels=in_channels, out_channels=out_channels)
+
+    def predictor(self, cfg: ModelConfig, width: int, scale: int, cond_channels: int) -> nn.Module:
+        blocks = cfg.options[self.name].predictor_blocks
+        return LRResidualNet(space_factor(scale), width, blocks, in_channels=cond_channels)

@@ -12,15 +12,13 @@ Both sub-networks are attributes, so `state_dict()` keys carry the prefixes `pre
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from diffenhance.config import ModelConfig
-from diffenhance.nn.lrspace import LRResidualNet, LRSpaceUNet, space_factor
-from diffenhance.nn.unet import UNet
+from diffenhance.nn.network import build_cond_net, build_predictor
 
 
 class RefineOutput(NamedTuple):
@@ -41,13 +39,12 @@ class PredictRefine(nn.Module):
     """`predict(y) -> mu`, `denoise(x_t, t, mu) -> prediction`, and a training `forward`.
 
     The condition `cond` [N, C, H, W] is the upsampled input y (its first 3 channels) followed by
-    C - 3 side channels (inpainting's mask), which both networks see.
-    `model_cfg.space` = "hr": predictor = UNet(3 + C -> 3) of width `predictor_channels`,
-    called as a regression, mu = y + predictor(y, 0, cond) (the residual over the upsampled
-    input, so mu = y at init); denoiser = UNet(6 + side -> 3) of `model_cfg`, conditioned on
-    `refine_cond(mu, cond)`.
-    "lr" (factor `space_factor(scale)`): predictor = `LRResidualNet` (EDSR-style, same width
-    rule), mu = y + predictor(cond); denoiser = `LRSpaceUNet` of `model_cfg`.
+    C - 3 side channels (inpainting's mask), which both networks see. Both come from the
+    network `model_cfg.space` (`nn.network`): predictor = its one-shot regressor of width
+    `predictor_channels` (0: `model_cfg.base_channels`), mu = y + predictor(cond) (the residual
+    over the upsampled input, so mu = y at init: "hr" a `UNetRegressor`, "lr" an EDSR-style
+    `LRResidualNet`); denoiser = its conditional network (6 + side -> 3) of `model_cfg`,
+    conditioned on `refine_cond(mu, cond)`.
     """
 
     def __init__(
@@ -60,28 +57,14 @@ class PredictRefine(nn.Module):
         super().__init__()
         width = predictor_channels or model_cfg.base_channels
         side = cond_channels - 3
-        self.predictor: nn.Module
-        self.denoiser: nn.Module
-        if model_cfg.space == "lr":
-            f = space_factor(scale)
-            self.predictor = LRResidualNet(f, width, in_channels=cond_channels)
-            self.denoiser = LRSpaceUNet(model_cfg, f, in_channels=6 + side, out_channels=3)
-        else:
-            pred_cfg = replace(
-                model_cfg, base_channels=width, head_channels=min(width, model_cfg.head_channels)
-            )
-            self.predictor = UNet(pred_cfg, in_channels=3 + cond_channels, out_channels=3)
-            self.denoiser = UNet(model_cfg, in_channels=6 + side, out_channels=3)
+        self.predictor = build_predictor(model_cfg, width, scale, cond_channels)
+        self.denoiser = build_cond_net(model_cfg, scale, 6 + side, 3)
         a, b = self.predictor.size_multiple, self.denoiser.size_multiple
         self.size_multiple: int = a * b // math.gcd(a, b)
 
     def predict(self, cond: torch.Tensor) -> torch.Tensor:
         """cond: [N, C, H, W] condition in [-1, 1] -> mu [N, 3, H, W] (about [-1, 1])."""
-        y = cond[:, :3]
-        if isinstance(self.predictor, LRResidualNet):
-            return y + self.predictor(cond)
-        t = torch.zeros(y.shape[0], device=y.device)
-        return y + self.predictor(y, t, cond)
+        return cond[:, :3] + self.predictor(cond)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The denoiser's prediction for the noisy residual x_t [N, 3, H, W] at timesteps t [N]

@@ -12,6 +12,8 @@ architecture does not depend on the image size and tiles of any size can be proc
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -25,6 +27,7 @@ from diffenhance.nn.layers import (
     timestep_embedding,
     zero_module,
 )
+from diffenhance.nn.network import Network, register
 
 
 class _Level(nn.Module):
@@ -188,3 +191,30 @@ def build_unet(cfg: ModelConfig, in_channels: int = 6, out_channels: int = 3) ->
     """Build the U-Net described by `cfg` (random init, zero output). Raises ValueError on an
     invalid config. `in_channels` = image channels + condition channels."""
     return UNet(cfg, in_channels=in_channels, out_channels=out_channels)
+
+
+class UNetRegressor(UNet):
+    """A `UNet` called as a one-shot regressor: `forward(cond) -> residual`, seeing the image
+    (the condition's first 3 channels) as its x_t at t = 0, then the whole condition."""
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = cond[:, :3]
+        return super().forward(y, torch.zeros(y.shape[0], device=y.device), cond)
+
+
+@register
+class HRSpace(Network):
+    """``hr``: the U-Net at the output resolution (what checkpoints without `model.space` hold)."""
+
+    name = "hr"
+    label = "HR-space U-Net"
+
+    def cond_net(
+        self, cfg: ModelConfig, scale: int, in_channels: int = 6, out_channels: int = 3
+    ) -> nn.Module:
+        return UNet(cfg, in_channels=in_channels, out_channels=out_channels)
+
+    def predictor(self, cfg: ModelConfig, width: int, scale: int, cond_channels: int) -> nn.Module:
+        """A `UNetRegressor` of `cfg` at `width` base channels (heads no wider)."""
+        narrow = replace(cfg, base_channels=width, head_channels=min(width, cfg.head_channels))
+        return UNetRegressor(narrow, in_channels=3 + cond_channels, out_channels=3)

@@ -4,7 +4,7 @@ A formulation owns everything that differs between restoration recipes, and noth
 branches on its name (EDM's shape: each recipe is one class chosen once by name):
 
 * `build_network(model_cfg, dcfg, scale, cond_channels)` - the freshly initialised network it
-  trains (in the space `model_cfg.space` asks for: `nn.build_cond_net`);
+  trains (on the network `model_cfg.space` names: `nn.build_cond_net`);
 * `loss(...)` - its training loss on one batch;
 * `prepare(...)` + `sample_once(...)` - its sampler (the shared driver
   `formulations.formulation_sample` handles sample averaging and per-item generators);
@@ -66,6 +66,10 @@ class Formulation:
         Default: the conditional network of `model.space` (noisy state and condition in,
         3 channels out: `nn.build_cond_net`)."""
         return build_cond_net(model_cfg, scale, in_channels=3 + cond_channels, out_channels=3)
+
+    def label(self, dcfg: DiffusionConfig) -> str:
+        """How model listings name this formulation with `dcfg`'s options (default: its name)."""
+        return self.name
 
     def init_tensors(
         self, net: torch.nn.Module, tensors: dict[str, torch.Tensor], meta: dict[str, str]

@@ -4,10 +4,10 @@ Rectified Flow: Towards Minimum MSE Photo-Realistic Image Restoration", arXiv 24
 Two stages, one network (`PosteriorMeanFlow`: ``mean.*`` and ``flow.*`` tensors):
 
   (1) the posterior mean  mu = E[x | y]: the 1-step output of another registered formulation
-      (`diffusion.pmrf_mean`, e.g. ``residual``), trained with its own loss or loaded frozen
-      from a shipped model (`diffusion.pmrf_train_mean: false` + `train.init_from`);
-  (2) a rectified flow from Z_0 = mu + sigma_s eps (sigma_s = `diffusion.pmrf_noise`, model
-      range) to Z_1 = x on the straight path Z_t = (1 - t) Z_0 + t x, t in [0, 1], with the
+      (`diffusion.options.pmrf.mean`, e.g. ``residual``), trained with its own loss or loaded
+      frozen from a shipped model (`options.pmrf.train_mean: false` + `train.init_from`);
+  (2) a rectified flow from Z_0 = mu + sigma_s eps (sigma_s = `diffusion.options.pmrf.noise`,
+      model range) to Z_1 = x on the straight path Z_t = (1 - t) Z_0 + t x, t in [0, 1], with the
       condition added (at this compute the flow is told what mu and y are).
 
 The velocity is parameterised by a clean estimate anchored at the mean (as InDI's and EDM's
@@ -31,12 +31,14 @@ Michaeli 2018), while the detail grows linearly in d.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.config import DiffusionConfig, ModelConfig, in_range
+from diffenhance.config import Formulation as FormulationName
 from diffenhance.diffusion.formulations.base import (
     Formulation,
     Generators,
@@ -81,7 +83,7 @@ class PosteriorMeanFlow(nn.Module):
 
 def mean_config(dcfg: DiffusionConfig) -> DiffusionConfig:
     """The diffusion settings of stage 1: `dcfg` with the mean's formulation."""
-    return dataclasses.replace(dcfg, formulation=dcfg.pmrf_mean)
+    return dataclasses.replace(dcfg, formulation=dcfg.options[PMRF.name].mean)
 
 
 @torch.no_grad()
@@ -109,26 +111,41 @@ class PMRF(Formulation):
     has_knob = True
     detail_knob = True
 
+    @dataclasses.dataclass(frozen=True)
+    class Options:  # diffusion.options.pmrf.*
+        mean: FormulationName = "residual"  # stage 1 is this formulation's 1-step output
+        noise: float = 0.1  # sigma_s of the flow's start mu + sigma_s eps (model range)
+        train_mean: bool = True  # train stage 1 too (false: frozen, from train.init_from)
+
+        def check(self, bad: Callable[[str, str], Exception]) -> None:
+            in_range(self, "noise", bad, 0, 1)
+
     def build_network(
         self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int, cond_channels: int = 3
     ) -> torch.nn.Module:
         mcfg = mean_config(dcfg)
         if get_formulation(mcfg.formulation) is self:
-            raise ValueError("diffusion.pmrf_mean must name the stage-1 formulation, not pmrf")
+            raise ValueError(
+                "diffusion.options.pmrf.mean must name the stage-1 formulation, not pmrf"
+            )
         mean = get_formulation(mcfg.formulation).build_network(
             model_cfg, mcfg, scale, cond_channels
         )
-        mean.requires_grad_(dcfg.pmrf_train_mean)
+        mean.requires_grad_(dcfg.options[self.name].train_mean)
         flow = build_cond_net(model_cfg, scale, in_channels=3 + 3 + cond_channels, out_channels=3)
         return PosteriorMeanFlow(mean, flow)
 
+    def label(self, dcfg: DiffusionConfig) -> str:
+        return f"{self.name} (mean: {dcfg.options[self.name].mean})"
+
     def scratch_problem(self, dcfg: DiffusionConfig) -> str | None:
-        if dcfg.pmrf_train_mean:
+        opts = dcfg.options[self.name]
+        if opts.train_mean:
             return None
         return (
-            "diffusion.pmrf_train_mean=false freezes stage 1, which then must come from "
-            f"train.init_from (a {dcfg.pmrf_mean} or pmrf model of this task and network); "
-            "set diffusion.pmrf_train_mean=true to train it too"
+            "diffusion.options.pmrf.train_mean=false freezes stage 1, which then must come "
+            f"from train.init_from (a {opts.mean} or pmrf model of this task and network); "
+            "set diffusion.options.pmrf.train_mean=true to train it too"
         )
 
     def init_tensors(
@@ -146,11 +163,12 @@ class PMRF(Formulation):
         x0: torch.Tensor, cond: torch.Tensor, *, generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, Stats]:  # fmt: skip
         """Flow matching on the straight path from mu + sigma_s eps to x0, as ||x^ - x0||
-        (module docstring; + the mean's own loss when `diffusion.pmrf_train_mean`)."""
+        (module docstring; + the mean's own loss when `options.pmrf.train_mean`)."""
         inner: PosteriorMeanFlow = unwrap(model)  # type: ignore[assignment]
         stats: Stats = {}
         total = torch.zeros((), device=x0.device)
-        if dcfg.pmrf_train_mean:
+        opts = dcfg.options[self.name]
+        if opts.train_mean:
             mcfg = mean_config(dcfg)
             mean_loss, _ = get_formulation(mcfg.formulation).loss(
                 mcfg, inner.mean, sched, x0, cond, generator=generator
@@ -160,7 +178,7 @@ class PMRF(Formulation):
         mu = posterior_mean(dcfg, inner, sched, cond, generator).to(x0.dtype)
         n, gdev = x0.shape[0], (generator.device if generator is not None else x0.device)
         t = torch.rand(n, generator=generator, device=gdev).to(x0.device)  # U[0, 1)
-        z0 = mu + dcfg.pmrf_noise * draw_normal(x0.shape, generator, x0.device).to(x0.dtype)
+        z0 = mu + opts.noise * draw_normal(x0.shape, generator, x0.device).to(x0.dtype)
         tt = t.to(x0.dtype).reshape(-1, 1, 1, 1)
         z_t = (1 - tt) * z0 + tt * x0
         flow = pixel_loss(model(z_t, t, cond, mu), x0, dcfg.loss).mean()
@@ -186,7 +204,8 @@ class PMRF(Formulation):
         mu = posterior_mean(dcfg, inner, sched, cond, generator).to(cond.dtype)
         if detail == 0.0:
             return mu
-        z = mu + dcfg.pmrf_noise * draw_normal(mu.shape, generator, mu.device).to(mu.dtype)
+        noise = dcfg.options[self.name].noise
+        z = mu + noise * draw_normal(mu.shape, generator, mu.device).to(mu.dtype)
         for i in range(steps):
             t = i / steps
             x_hat = inner.estimate(z, torch.full((z.shape[0],), t, device=z.device), mu, cond)

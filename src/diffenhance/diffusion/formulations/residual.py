@@ -7,11 +7,13 @@ detail. The network is a `nn.predict_refine.PredictRefine`; its training pass re
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.config import DiffusionConfig, ModelConfig, in_range
 from diffenhance.diffusion.formulations.base import (
     Formulation,
     Generators,
@@ -34,10 +36,21 @@ class Residual(Formulation):
     default_steps = 4  # keeps PSNR above regression with ground-truth-level detail (RESULTS.md)
     has_knob = True
 
+    @dataclass(frozen=True)
+    class Options:  # diffusion.options.residual.*
+        scale: float = 4.0  # diffuse s * (x - mu): residuals are small, s lifts their SNR
+        predictor_channels: int = 16  # the predictor's width (0 = model.base_channels)
+
+        def check(self, bad: Callable[[str, str], Exception]) -> None:
+            in_range(self, "scale", bad, 0, lo_open=True)
+            if self.predictor_channels < 0:
+                raise bad("predictor_channels", "must be >= 0 (0 = model.base_channels)")
+
     def build_network(
         self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int, cond_channels: int = 3
     ) -> torch.nn.Module:
-        return PredictRefine(model_cfg, dcfg.residual_predictor_channels, scale, cond_channels)
+        width = dcfg.options[self.name].predictor_channels
+        return PredictRefine(model_cfg, width, scale, cond_channels)
 
     def loss(
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
@@ -47,7 +60,7 @@ class Residual(Formulation):
         inner = unwrap(model)
         with torch.no_grad():  # mu for building r_t; the forward below recomputes it with grad
             mu0 = inner.predict(cond).to(x0.dtype)
-        r = dcfg.residual_scale * (x0 - mu0)
+        r = dcfg.options[self.name].scale * (x0 - mu0)
         held: dict[str, torch.Tensor] = {}
 
         def denoiser(x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -80,4 +93,4 @@ class Residual(Formulation):
             sampler, unwrap(model).denoise, sched, r_T, prepared, steps=steps, eta=eta,
             prediction=dcfg.prediction, generator=step_gen, clip_x0=False, progress=progress,
         )  # fmt: skip
-        return mu + r / dcfg.residual_scale
+        return mu + r / dcfg.options[self.name].scale
