@@ -19,4 +19,6 @@ lint: bootstrap
 
 test: lint
 	@./scripts/ensure_chromium.sh  # headless browser for the report test (apt, once, as root)
-	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(VENV)/python -m pytest -p anyio -q
+	# two workers, each test module on one (module fixtures are set up once); each worker and
+	# what it starts runs one torch thread (tests/conftest.py)
+	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(VENV)/python -m pytest -p anyio -p xdist -n 2 --dist loadscope -q
