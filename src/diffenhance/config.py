@@ -787,14 +787,18 @@ _RULES: dict[type, Callable[..., None]] = {
 
 
 def _check_invariants(obj: Any, prefix: str, source: str) -> None:
-    """Cross-field rules that a type alone cannot express (`_RULES`, one function a section)."""
+    """Cross-field rules that a type alone cannot express (`_RULES`, one function a section; a
+    plug-in's `Options` carries its own as a `check(bad)` method). First: a rule names the
+    field's range, NaN and inf included; then NaN and inf in any float field."""
 
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: '{prefix}.{key}' {why}")
 
-    rules = _RULES.get(type(obj)) or getattr(obj, "check", None)  # a plug-in's own Options
+    rules = _RULES.get(type(obj))
     if rules is not None:
-        rules(obj, bad) if type(obj) in _RULES else rules(bad)  # first: a rule names the range
+        rules(obj, bad)
+    elif callable(check := getattr(obj, "check", None)):
+        check(bad)
     _check_finite(obj, bad)
 
 
