@@ -372,7 +372,10 @@ def test_pipeline_stops_dvc_and_its_stage(tmp_path, procs, sig):
     cmd = [PYTHON, "-m", "flows.pipeline", "wait"]
     proc = Proc(cmd, tmp_path / "tmp", project, PREFECT_API_URL=NO_SERVER)
     procs.append(proc)
-    proc.wait_for("stage started", timeout=120)
+    # dvc echoes the command line ("> echo stage started && ...") before it runs it: match the
+    # stage's own output, then wait for its sleep (the shell forks it after the echo)
+    proc.wait_for(r"^stage started", timeout=120)
+    proc.wait_started("sleep 300", timeout=30)
     names = " | ".join(" ".join(cmdline(c)[:3]) for c in proc.started.values())
     assert "repro" in names and "sleep 300" in names, names
     signal_and_check(proc, sig, timeout=60, stopped="dvc repro")
