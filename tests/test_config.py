@@ -389,3 +389,46 @@ def test_cli_train_refuses_a_bad_param_in_one_line():
     res = CliRunner().invoke(app, ["train", "train.lr=nan"])
     assert res.exit_code == 2, res.output
     assert res.stderr.count("\n") == 1 and "'train.lr' = nan" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "pattern"),
+    [
+        ("train:\n  steps: '5'", r"'train\.steps' = '5' is invalid: expected int$"),
+        ("train:\n  steps: 2.0", r"'train\.steps' = 2\.0 is invalid: expected int$"),
+        ("train:\n  compile: 1", r"'train\.compile' = 1 is invalid: expected bool$"),
+        ("train:\n  lr: '2e-4'", r"'train\.lr' = '2e-4' is invalid: expected float$"),
+        ("train:\n  lr: 2026-12-05", r"'train\.lr' = datetime\.date\(2026, 12, 5\) is invalid"),
+        (
+            "degrade:\n  noise_sigma: [1, 2, 3]",
+            r"'degrade\.noise_sigma' = \[1, 2, 3\] is invalid: "
+            r"expected list of 2 \(float, float\)$",
+        ),
+        (
+            "model:\n  channel_mults: 2",
+            r"'model\.channel_mults' = 2 is invalid: expected list of int",
+        ),
+        ("train:\n  init_from: 3", r"'train\.init_from' = 3 is invalid: expected str or null$"),
+    ],
+)
+def test_values_are_checked_strictly_as_yaml_data(tmp_path, line, pattern):
+    """Values are YAML data checked by pydantic in strict mode: no number from a quoted string,
+    no bool from an int, no int from a float; the message names the file, key and type."""
+    p = tmp_path / "params.yaml"
+    p.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=pattern) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}: ")
+
+
+def test_yaml_12_floats_are_numbers_where_pyyaml_reads_strings(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text(
+        "train:\n  lr: 2e-4\n  grad_clip: 1E1\n  steps: 300\ndegrade:\n  noise_sigma: [5, 5e1]\n"
+    )
+    cfg = load_config(p)
+    assert (cfg.train.lr, cfg.train.grad_clip, cfg.train.steps) == (2e-4, 10.0, 300)
+    assert cfg.degrade.noise_sigma == (5.0, 50.0) and isinstance(cfg.degrade.noise_sigma[0], float)
+    assert load_yaml("a: 1_000\nb: '2e-4'\nc: 12\nd: nan\ne: -inf\n", "x") == {
+        "a": 1000, "b": "2e-4", "c": 12, "d": pytest.approx(float("nan"), nan_ok=True),
+        "e": float("-inf")}  # fmt: skip

@@ -2,8 +2,10 @@
 
 One dataclass per pipeline stage; `Config` holds them all. Every field has a default so a
 partial params.yaml works, and every default carries a comment saying why. Validation is
-driven by the type hints: an unknown key or a value of the wrong type raises `ConfigError`
-naming the key, the file and what is allowed.
+driven by the type hints: sections and plug-in options are walked here (an unknown key
+raises `ConfigError` naming the key, the file and the allowed keys), each value is validated
+by pydantic in strict JSON mode (a value of the wrong type raises `ConfigError` naming the
+key, the value and the type expected), then each section's own cross-field rules run.
 
     cfg = load_config("params.yaml", overrides=["train.lr=2e-4"])
     cfg.train.lr  # 0.0002
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
+import pydantic
+import pydantic_core
 import yaml
 
 from diffenhance.io import atomic_path
@@ -42,6 +46,22 @@ class OneOf:
 
     what: str
     names: Callable[[], tuple[str, ...]]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: pydantic.GetCoreSchemaHandler
+    ) -> pydantic_core.CoreSchema:
+        """pydantic: the string, then a check that it is a registered name."""
+
+        def registered(name: str) -> str:
+            if name not in self.names():
+                raise pydantic_core.PydanticCustomError(
+                    "one_of", "not a registered {what}", {"what": self.what}
+                )
+            return name
+
+        return pydantic_core.core_schema.no_info_after_validator_function(
+            registered, handler(source)
+        )
 
 
 # a diffusion formulation (diffenhance.diffusion.formulations: residual, sr3, indi, pmrf, ...)
@@ -415,86 +435,39 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-class _Invalid(Exception):
-    """Internal: `value` does not fit the type being coerced to (`_coerce` words the error)."""
+def _is_options(tp: Any) -> Registry | None:
+    """The registry of an `Annotated[PluginOptions, OptionsOf(registry)]` type, else None."""
+    if get_origin(tp) is Annotated:
+        return next((a.registry for a in get_args(tp)[1:] if isinstance(a, OptionsOf)), None)
+    return None
 
 
-def _scalar(value: Any, tp: Any) -> Any:
-    """bool, int, float (also from a YAML 1.1 string like '2e-4') or str; _Invalid otherwise."""
-    if tp is bool and isinstance(value, bool):
-        return value
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if tp is int and is_number and isinstance(value, int):
-        return value
-    if tp is float and is_number:
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
-        try:
-            return float(value)
-        except ValueError:
-            raise _Invalid from None
-    if tp is str and isinstance(value, str):
-        return value
-    if tp in (bool, int, float, str):
-        raise _Invalid
-    raise TypeError(f"unsupported config type {tp!r}")  # internal
+@functools.cache
+def _adapter(tp: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(tp)
 
 
-def _union(value: Any, args: tuple[Any, ...], key: str, source: str) -> Any:
-    if value is None:
-        if type(None) in args:
-            return None
-        raise _Invalid
-    for a in args:
-        if a is type(None):
-            continue
-        try:
-            return _coerce(value, a, key, source)
-        except ConfigError:
-            continue
-    raise _Invalid
-
-
-def _tuple(value: Any, args: tuple[Any, ...], key: str, source: str) -> tuple[Any, ...]:
-    if not isinstance(value, list | tuple):
-        raise _Invalid
-    if len(args) == 2 and args[1] is Ellipsis:
-        return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
-    if len(value) != len(args):
-        raise _Invalid
-    return tuple(
-        _coerce(v, a, f"{key}[{i}]", source)
-        for i, (v, a) in enumerate(zip(value, args, strict=True))
-    )
-
-
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Return `value` converted to type `tp`, or raise ConfigError naming `key`."""
-    origin, args = get_origin(tp), get_args(tp)
+def _value(value: Any, tp: Any, key: str, source: str) -> Any:
+    """One value of a params file (a YAML/JSON scalar or list) as type `tp`: validated by
+    pydantic in strict JSON mode (no '5' for an int, no 1 for a bool; a list for a tuple, an
+    int for a float), or a ConfigError naming `key`, the value and what is expected."""
     try:
-        if origin is Annotated and (opts := next(
-            (a for a in args[1:] if isinstance(a, OptionsOf)), None
-        )):  # fmt: skip
-            return _options(value, opts.registry, key, source)
-        if origin is Annotated:
-            base = _coerce(value, args[0], key, source)
-            if any(isinstance(x, OneOf) and base not in x.names() for x in args[1:]):
-                raise _Invalid
-            return base
-        if origin is Literal:
-            if value in args and type(value) in {type(a) for a in args}:
-                return value
-            raise _Invalid
-        if origin in (typing.Union, types.UnionType):
-            return _union(value, args, key, source)
-        if origin is tuple:
-            return _tuple(value, args, key, source)
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
-            return _build(tp, value, key, source)
-        return _scalar(value, tp)
-    except _Invalid:
+        data = json.dumps(value)
+    except (TypeError, ValueError):  # a YAML date, set or binary: not params data
+        raise ConfigError(
+            f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}"
+        ) from None
+    try:
+        return _adapter(tp).validate_json(data, strict=True)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        # an item of a list type is named by its index (a missing item, of a list too short,
+        # is the whole list's fault); a union's member tags are not keys
+        i = err["loc"][0] if err["loc"] else None
+        if isinstance(i, int) and get_origin(tp) is tuple and i < len(value):
+            args = get_args(tp)
+            item = args[0] if args[-1] is Ellipsis else args[i]
+            tp, value, key = item, value[i], f"{key}[{i}]"
         raise ConfigError(
             f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}"
         ) from None
@@ -505,7 +478,10 @@ def _options(value: Any, registry: Registry, key: str, source: str) -> PluginOpt
     if isinstance(value, PluginOptions):
         return value
     if not isinstance(value, dict):
-        raise _Invalid
+        raise ConfigError(
+            f"{source}: '{key}' = {value!r} is invalid: expected a mapping of plug-in name -> "
+            "its options"
+        )
     classes = plugin_options(registry)
     given = {}
     for name, raw in value.items():
@@ -514,7 +490,7 @@ def _options(value: Any, registry: Registry, key: str, source: str) -> PluginOpt
                 f"{source}: unknown key '{key}.{name}': no registered {registry.what} of that "
                 f"name declares options; those that do: {', '.join(classes) or 'none'}"
             )
-        given[name] = _coerce(raw or {}, classes[name], f"{key}.{name}", source)
+        given[name] = _section(classes[name], raw or {}, f"{key}.{name}", source)
     return PluginOptions(registry, given)
 
 
@@ -553,7 +529,7 @@ def _legacy_options(
     out = dict(raw)
     for key in [k for k in raw if isinstance(k, str) and k not in _field_names(cls)]:
         if (found := _flat_key(key, fields)) is None:
-            continue  # an unknown key: _build names it
+            continue  # an unknown key: _section names it
         fname, plugin, option = found
         opts = out[fname] = dict(out.get(fname) or {})
         entry = opts[plugin] = dict(opts.get(plugin) or {})
@@ -571,7 +547,21 @@ def _legacy_options(
     return out
 
 
-def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
+def _field(value: Any, tp: Any, key: str, source: str) -> Any:
+    """One field: a section or a plug-in's options walked here (their keys named in errors,
+    their own rules checked), any other value validated by pydantic (`_value`)."""
+    if (registry := _is_options(tp)) is not None:
+        return _options(value, registry, key, source)
+    if dataclasses.is_dataclass(tp):
+        return _section(tp, value, key, source)  # type: ignore[arg-type]
+    return _value(value, tp, key, source)
+
+
+def _section(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    """A dataclass from a mapping: no unknown key (the error lists the allowed ones), each
+    field validated, then the section's own rules (`_check_invariants`)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{prefix}' must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in raw if k not in names]
@@ -581,11 +571,11 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
             f"{source}: unknown key {where}; allowed keys"
             f"{' in ' + repr(prefix) if prefix else ''}: {', '.join(names)}"
         )
-    kwargs = {}
-    for name in names:
-        if name in raw:
-            key = f"{prefix}.{name}" if prefix else name
-            kwargs[name] = _coerce(raw[name], hints[name], key, source)
+    kwargs = {
+        name: _field(raw[name], hints[name], f"{prefix}.{name}" if prefix else name, source)
+        for name in names
+        if name in raw
+    }
     obj = cls(**kwargs)
     _check_invariants(obj, prefix, source)
     return obj
@@ -840,7 +830,9 @@ def has_url_credentials(text: str) -> bool:
 
 class _ParamsLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
-    silently, so `steps: 300` ... `steps: 400` would train 400 steps without a word)."""
+    silently, so `steps: 300` ... `steps: 400` would train 400 steps without a word) and reads
+    `2e-4` as the float it is in YAML 1.2 and JSON (PyYAML, YAML 1.1, wants `2.0e-4`), and
+    `nan`, `inf` as floats (which the checks then refuse by name), as Python spells them."""
 
     def construct_document(self, node: yaml.Node) -> Any:
         self._paths: dict[int, str] = {}  # id(mapping node) -> its dotted key, for messages
@@ -876,6 +868,14 @@ class _ParamsLoader(yaml.SafeLoader):
                     key_node.start_mark,
                 )  # fmt: skip
         return super().construct_mapping(node, deep)
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    # 2e-4, 1E5; and nan, inf as Python spells them (then refused by name: not finite)
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+|nan|inf|infinity)$", re.I),
+    list("-+0123456789nNiI"),
+)
 
 
 def _yaml_error(e: yaml.YAMLError) -> str:
@@ -945,7 +945,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<dict>") -> Config:
             raw[f.name] = _legacy_options(
                 typing.get_type_hints(Config)[f.name], raw[f.name], f.name, source, warn=True
             )
-    cfg = _build(Config, raw, "", source)
+    cfg = _section(Config, raw, "", source)
     if _READS is not None:
         _READS.watch(cfg)
     return cfg
@@ -1000,7 +1000,7 @@ def to_dict(obj: Any) -> Any:
 def section_from_dict(cls: type, raw: dict[str, Any], *, source: str = "<dict>") -> Any:
     """Rebuild one section (e.g. ModelConfig from a checkpoint's metadata), validated; the flat
     plug-in keys of checkpoints written before `PluginOptions` are read as their options."""
-    return _build(
+    return _section(
         cls, _legacy_options(cls, raw, cls.__name__, source, warn=False), cls.__name__, source
     )
 
