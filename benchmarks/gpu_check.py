@@ -9,7 +9,9 @@ then scored (benchmarks/bench_quality.py).
     python benchmarks/gpu_check.py --out $OUT --skip pretrained   # split over two commands
     python benchmarks/gpu_check.py --out $OUT --skip speed        # when one has a time limit
 
-Needs only torch, numpy, pandas, pillow, scikit-image, pytest (no prefect/dvc/boto3): the
+Needs only torch, numpy, pandas, pillow, scikit-image, pytest and pydantic (no prefect/dvc/
+boto3; where the image has no pydantic, its wheels from `.whl/site`, fetched here with
+`python benchmarks/gpu_deps.py fetch` and carried along with `.whl`): the
 library is put on sys.path from src/ and its stage functions (`prepare_dataset`,
 `pairs.degrade_stage`, `train_model`) are called directly, never the flows; without prefect,
 train_pretrained.py trains with `python -m diffenhance.train` (what the `train` flow runs). The
@@ -35,6 +37,9 @@ import time
 from pathlib import Path
 
 from _common import git_commit, train_step  # benchmarks/_common.py
+from gpu_deps import ensure  # benchmarks/gpu_deps.py
+
+ensure()  # pydantic (params validation) from carried wheels where the image lacks it
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))

@@ -6,9 +6,11 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +221,45 @@ def test_ship_keeps_the_runs_min_tile(train_pretrained, tmp_path):
     assert json.loads((dest / "inpaint" / "training.json").read_text())["knob"]["scope"] == (
         "inside the hole"
     )
+
+
+def test_gpu_deps_carries_every_package_pydantic_imports_at_the_pinned_version():
+    """benchmarks/gpu_deps.py fetches pydantic and what it needs at constraints.txt's pins: the
+    versions installed here, and nothing pydantic or pydantic-core requires is left out."""
+    import importlib.metadata as md
+
+    deps = _bench("gpu_deps")
+    for dist in deps.PACKAGES.values():
+        assert deps.pinned(dist) == f"{dist}=={md.version(dist)}"
+    required = {
+        re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].replace("-", "_").lower()
+        for d in ("pydantic", "pydantic_core")
+        for r in md.requires(d) or []
+        if "extra ==" not in r
+    }
+    carried = {d.replace("-", "_").lower() for d in deps.PACKAGES.values()}
+    assert required and required <= carried, required - carried
+
+
+def test_gpu_deps_ensure_imports_a_missing_package_from_its_wheel(tmp_path):
+    """`gpu_deps.py ensure`: a module that does not import comes from the wheel (unpacked into a
+    temporary folder, on PYTHONPATH for the command it runs, removed at exit); with no wheels,
+    exit 2 and the command that fetches them."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "carried_mod-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("carried_mod/__init__.py", "VALUE = 7\n")
+        z.writestr("carried_mod-1.0.dist-info/METADATA", "Name: carried-mod\nVersion: 1.0\n")
+    code = (
+        "import os, subprocess, sys; sys.path.insert(0, sys.argv[1]); import gpu_deps\n"
+        "print(gpu_deps.ensure(('carried_mod',), gpu_deps.Path(sys.argv[2])))\n"
+        "import carried_mod; print(carried_mod.VALUE, os.path.dirname(carried_mod.__path__[0]))\n"
+        "subprocess.run([sys.executable, '-c', 'import carried_mod'], check=True)\n"
+    )
+    args = [sys.executable, "-c", code, str(REPO / "benchmarks")]
+    out = subprocess.run([*args, str(wheels)], capture_output=True, text=True, check=True)
+    taken, line = out.stdout.splitlines()
+    assert taken == "['carried_mod']" and line.startswith("7 ")
+    assert not Path(line.split(" ", 1)[1]).exists()  # the temporary folder went at exit
+    empty = subprocess.run([*args, str(tmp_path)], capture_output=True, text=True)
+    assert empty.returncode == 2 and "benchmarks/gpu_deps.py fetch" in empty.stderr
