@@ -263,3 +263,19 @@ def test_gpu_deps_ensure_imports_a_missing_package_from_its_wheel(tmp_path):
     assert not Path(line.split(" ", 1)[1]).exists()  # the temporary folder went at exit
     empty = subprocess.run([*args, str(tmp_path)], capture_output=True, text=True)
     assert empty.returncode == 2 and "benchmarks/gpu_deps.py fetch" in empty.stderr
+
+
+def test_gpu_check_names_its_steps_and_refuses_an_unknown_one(tmp_path):
+    """`--only knob` (issue 21's measurement alone) and `--skip`: a misspelt step is an error
+    before anything runs, not a silently fuller (and longer) GPU call."""
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "gpu_check.py"),
+        "--cpu",
+        "--out",
+        str(tmp_path),
+    ]
+    res = subprocess.run([*cmd, "--only", "knobs"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "unknown step(s) knobs" in res.stderr, res.stderr
+    assert "tests, train, speed, pretrained, knob" in res.stderr
+    assert not list(tmp_path.iterdir())
