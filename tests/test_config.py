@@ -1,3 +1,4 @@
+import os
 import stat
 import typing
 from pathlib import Path
@@ -14,6 +15,7 @@ from diffenhance.config import (
     ModelConfig,
     OptionsOf,
     check_overrides,
+    config_from_dict,
     load_config,
     load_yaml,
     plugin_options,
@@ -408,7 +410,29 @@ def test_cli_train_refuses_a_bad_param_in_one_line():
             "model:\n  channel_mults: 2",
             r"'model\.channel_mults' = 2 is invalid: expected list of int",
         ),
-        ("train:\n  init_from: 3", r"'train\.init_from' = 3 is invalid: expected str or null$"),
+        (
+            "train:\n  init_from: 3",
+            r"'train\.init_from' = 3 is invalid: expected str or null \(quote",
+        ),
+        # literals match by equality in pydantic: true == 1 and 8.0 == 8 must still be refused
+        (
+            "degrade:\n  blind_scale: true",
+            r"'degrade\.blind_scale' = True is invalid: expected 1 \| 2 \| 4$",
+        ),
+        ("degrade:\n  blind_scale: 4.0", r"'degrade\.blind_scale' = 4\.0 is invalid"),
+        (
+            "enhance:\n  bit_depth: 8.0",
+            r"'enhance\.bit_depth' = 8\.0 is invalid: expected 0 \| 8 \| 16$",
+        ),
+        (
+            "evaluate:\n  sampler: 1",
+            r"'evaluate\.sampler' = 1 is invalid: expected 'ddim' \| 'ddpm' or null \(quote",
+        ),
+        # YAML reads an unquoted inf or 1e3 as a number: say how to give the string
+        (
+            "enhance:\n  input: inf",
+            r"'enhance\.input' = inf is invalid: expected str \(quote it to give a string\)$",
+        ),
     ],
 )
 def test_values_are_checked_strictly_as_yaml_data(tmp_path, line, pattern):
@@ -419,6 +443,21 @@ def test_values_are_checked_strictly_as_yaml_data(tmp_path, line, pattern):
     with pytest.raises(ConfigError, match=pattern) as e:
         load_config(p)
     assert str(e.value).startswith(f"{p}: ")
+
+
+def test_literal_values_of_the_right_kind_pass():
+    cfg = config_from_dict({"degrade": {"blind_scale": 2}, "enhance": {"bit_depth": 16}})
+    assert (cfg.degrade.blind_scale, cfg.enhance.bit_depth) == (2, 16)
+    assert type(cfg.degrade.blind_scale) is int
+    assert config_from_dict({"evaluate": {"sampler": None}}).evaluate.sampler is None
+
+
+def test_a_file_name_that_is_not_utf8_is_kept(tmp_path):
+    """os.fsdecode turns a non-UTF-8 file name into surrogate escapes, which JSON cannot
+    carry: such a path given as enhance.input must reach the job unchanged."""
+    name = os.fsdecode(b"photos-\xff")
+    cfg = config_from_dict({"enhance": {"input": name}})
+    assert cfg.enhance.input == name
 
 
 def test_yaml_12_floats_are_numbers_where_pyyaml_reads_strings(tmp_path):

@@ -447,16 +447,62 @@ def _adapter(tp: Any) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(tp)
 
 
+def _members(tp: Any) -> tuple[Any, ...]:
+    """The members of a union type (Annotated unwrapped), or (tp,)."""
+    if get_origin(tp) is Annotated:
+        return _members(get_args(tp)[0])
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        return tuple(m for a in get_args(tp) for m in _members(a))
+    return (tp,)
+
+
+def _literal_kind_ok(value: Any, tp: Any) -> bool:
+    """False for a bool or float given where only literals of other kinds (or null) fit:
+    pydantic matches literals by equality, so `true` would pass as 1 and `8.0` as 8."""
+    if not isinstance(value, bool | float):
+        return True
+    kinds = set()
+    for m in _members(tp):
+        if get_origin(m) is Literal:
+            kinds.update(type(a) for a in get_args(m))
+        elif m is not type(None):
+            return True  # a non-literal member decides by itself
+    return not kinds or type(value) in kinds
+
+
+def _wants_str(tp: Any) -> bool:
+    return any(
+        m is str or (get_origin(m) is Literal and any(isinstance(a, str) for a in get_args(m)))
+        for m in _members(tp)
+    )
+
+
 def _value(value: Any, tp: Any, key: str, source: str) -> Any:
     """One value of a params file (a YAML/JSON scalar or list) as type `tp`: validated by
     pydantic in strict JSON mode (no '5' for an int, no 1 for a bool; a list for a tuple, an
     int for a float), or a ConfigError naming `key`, the value and what is expected."""
+
+    def invalid(value: Any = value, tp: Any = tp, key: str = key) -> ConfigError:
+        hint = ""
+        if isinstance(value, int | float) and _wants_str(tp):  # YAML read `inf`, `1e3`, `no`
+            hint = " (quote it to give a string)"
+        return ConfigError(
+            f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}{hint}"
+        )
+
+    if not _literal_kind_ok(value, tp):
+        raise invalid()
+    if isinstance(value, str):
+        # strict Python mode is strict JSON mode for a string (no field is a Path), and it
+        # keeps a file name that is not UTF-8 (surrogate escapes), which JSON cannot carry
+        try:
+            return _adapter(tp).validate_python(value, strict=True)
+        except pydantic.ValidationError:
+            raise invalid() from None
     try:
         data = json.dumps(value)
     except (TypeError, ValueError):  # a YAML date, set or binary: not params data
-        raise ConfigError(
-            f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}"
-        ) from None
+        raise invalid() from None
     try:
         return _adapter(tp).validate_json(data, strict=True)
     except pydantic.ValidationError as e:
@@ -467,10 +513,8 @@ def _value(value: Any, tp: Any, key: str, source: str) -> Any:
         if isinstance(i, int) and get_origin(tp) is tuple and i < len(value):
             args = get_args(tp)
             item = args[0] if args[-1] is Ellipsis else args[i]
-            tp, value, key = item, value[i], f"{key}[{i}]"
-        raise ConfigError(
-            f"{source}: '{key}' = {value!r} is invalid: expected {_type_name(tp)}"
-        ) from None
+            raise invalid(value[i], item, f"{key}[{i}]") from None
+        raise invalid() from None
 
 
 def _options(value: Any, registry: Registry, key: str, source: str) -> PluginOptions:
