@@ -372,6 +372,10 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
         app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt), "--tile", "2", *base]
     )
     assert r.exit_code == 2 and "infer.tile=2: 'infer.tile_overlap' must be" in r.output
+    # the documented `--tile 16` beside an overlap of 16: the overlap becomes a quarter tile
+    r = cli.invoke(app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt),
+                         "--tile", "16", "--dry-run", "--params", str(params)])  # fmt: skip
+    assert r.exit_code == 0, r.output
     r = cli.invoke(
         app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt), "--dry-run", *base]
     )

@@ -585,6 +585,12 @@ def test_enhance_config_is_the_params_with_the_given_settings():
     assert got.train == cfg.train and got.infer.tile == cfg.infer.tile
     with pytest.raises(ConfigError, match=r"with infer\.samples=0: 'infer\.samples' must be >= 1"):
         enhance_config(cfg, {}, {"samples": 0})
+    # a tile given alone: the params' overlap while it fits, else a quarter of the tile
+    assert cfg.infer.tile_overlap == 16
+    overlap = lambda **infer: enhance_config(cfg, {}, infer).infer.tile_overlap  # noqa: E731
+    assert (overlap(tile=32), overlap(tile=16), overlap(tile=16, tile_overlap=8)) == (16, 4, 8)
+    with pytest.raises(ConfigError, match="tile_overlap' must be >= 0 and smaller"):
+        overlap(tile=16, tile_overlap=16)  # given together: the user's own, so refused
 
 
 def test_ui_command_names_a_busy_port():

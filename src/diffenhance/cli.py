@@ -336,7 +336,13 @@ def enhance(
             show_default=False,
         ),
     ] = None,
-    tile: Annotated[int | None, typer.Option(help="tile side in input pixels (infer.tile)")] = None,
+    tile: Annotated[
+        int | None,
+        typer.Option(
+            help="tile side in input pixels (infer.tile; where the params' overlap does not "
+            "fit, a quarter of it)"
+        ),
+    ] = None,
     mask: Annotated[
         str | None,
         typer.Option(

@@ -21,7 +21,7 @@ def enhance_config(
     "not given" (the params' value stays).
 
     Raises ConfigError naming the key and what is allowed: a wrong type or range (steps or
-    samples < 1, a tile not above infer.tile_overlap), a key this version does not have
+    samples < 1, a tile not above an infer.tile_overlap given with it), a key this version does not have
     (e.g. enhance.mask where inpainting is absent), or a CUDA device that is not there.
     """
     from diffenhance.infer import resolve_device
@@ -36,6 +36,11 @@ def enhance_config(
     for key, v in given.items():
         section, k = key.split(".")
         raw[section][k] = v
+    # a tile given alone keeps the params' overlap while it fits, else a quarter of the tile
+    # (the defaults' ratio), so `--tile 16` works beside the default overlap of 16
+    tile, overlap = given.get("infer.tile"), raw["infer"]["tile_overlap"]
+    if "infer.tile_overlap" not in given and isinstance(tile, int) and overlap >= tile >= 4:
+        raw["infer"]["tile_overlap"] = tile // 4
     said = ", ".join(f"{k}={v!r}" for k, v in given.items())
     new = config_from_dict(raw, source=f"the params with {said}")
     try:
