@@ -395,6 +395,15 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
         "params.yaml",
         "x.jpg",
     ]  # no manifests
+    # one image onto itself (the same path, spelt another way too) or onto a format that is
+    # read but never written: refused before anything runs, the original untouched
+    before = src.read_bytes()
+    for out in (src, src.parent / ".." / src.parent.name / src.name, tmp_path / "x.gif"):
+        r = cli.invoke(app, ["enhance", str(src), str(out), "-m", str(ckpt), *base])
+        assert r.exit_code == 2, r.output
+        why = "read but not written" if out.suffix == ".gif" else "is the input image"
+        assert f"enhance.output '{out}'" in r.output and why in r.output
+    assert src.read_bytes() == before and not (tmp_path / "x.gif").exists()
 
 
 # ----------------------------------------------------------------------------- Real-ESRGAN's

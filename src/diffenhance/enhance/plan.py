@@ -136,8 +136,20 @@ def _roots(cfg: Config) -> _Roots:
     out_url, single_out = e.output, None
     if single_key is not None:
         split = split_url(e.output)
-        if split and Path(split[1]).suffix.lower() in WRITABLE_SUFFIXES:
+        suffix = Path(split[1]).suffix.lower() if split else ""
+        if split and suffix in WRITABLE_SUFFIXES:
             out_url, single_out = split
+        elif suffix in {x.lower() for x in e.extensions}:  # .gif: read, never written
+            raise EnhanceError(
+                f"enhance.output {e.output!r}: {suffix} is read but not written; name the "
+                f"output {' / '.join(WRITABLE_SUFFIXES)}, or give a folder"
+            )
+        if single_out is not None and normalize_url(f"{in_url}/{single_key}") == normalize_url(
+            f"{out_url}/{single_out}"
+        ):
+            raise EnhanceError(
+                f"enhance.output {e.output!r} is the input image; choose another name"
+            )
     if normalize_url(in_url) == normalize_url(out_url) and single_key is None:
         raise EnhanceError(f"enhance.output {e.output!r} is the input folder; choose another one")
     excluded = ""
