@@ -182,3 +182,28 @@ def test_cli_evaluates_any_folder(trained, tmp_path):
     empty = cli.invoke(app, ["evaluate", "--hr-dir", str(tmp_path / "empty"), "--model",
                              str(model_dir), "--out", str(out), "--params", str(params)])  # fmt: skip
     assert empty.exit_code == 2 and "no images found" in empty.output
+
+
+def test_cli_names_a_bad_image_and_finds_the_shipped_model(trained, tmp_path, monkeypatch):
+    """A corrupt or too small image exits 2 with one line naming it (no traceback); the
+    train stage's `models/sr2` without a trained model is the shipped one, as for enhance."""
+    root, model_dir = trained
+    params = write_resolved(tiny_config(root, "evaluate.steps=[2]"), tmp_path / "cfg")
+    run = ["evaluate", "--out", str(tmp_path / "out"), "--params", str(params)]
+    hr_dir = tmp_path / "photos"
+    write_image(hr_dir / "a.png", smooth_image(np.random.default_rng(5), 40, 37))
+    for name, data in (("b.png", b"not a png"), ("c.png", None)):
+        bad = hr_dir / name
+        if data is None:
+            write_image(bad, np.zeros((1, 1, 3), np.float32))
+        else:
+            bad.write_bytes(data)
+        res = CliRunner().invoke(app, [*run, "--hr-dir", str(hr_dir), "--model", str(model_dir)])
+        assert res.exit_code == 2, res.output
+        assert res.output.startswith(f"error: {bad}: ") and "Traceback" not in res.output
+        bad.unlink()
+    monkeypatch.chdir(tmp_path)  # no models/sr2 here
+    res = CliRunner().invoke(
+        app, [*run, "--hr-dir", str(hr_dir), "--model", "models/sr2", "--task", "sr4"]
+    )
+    assert res.exit_code == 2 and "trained for task 'sr2'" in res.output, res.output

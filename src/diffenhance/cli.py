@@ -240,17 +240,20 @@ def evaluate(
         return
     if model is None or out is None:
         _fail("--hr-dir needs --model PATH (checkpoint) and --out DIR")
+    from diffenhance.enhance.models import model_file
     from diffenhance.evaluate import evaluate_folder
-    from diffenhance.model import CheckpointError, read_checkpoint
+    from diffenhance.model import read_checkpoint
 
     cfg = _config_or_defaults(params, overrides)
-    try:
-        task = task or read_checkpoint(model)[1]["task"]
-        ev = evaluate_folder(
-            cfg, hr_dir, task, model, out, progress=lambda m: typer.echo(m, err=True)
-        )
-    except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError) as e:
-        _fail(str(e))
+    with _user_errors():
+        try:
+            weights = model_file(model)  # `models/sr4` untrained: the shipped one, as enhance
+            task = task or read_checkpoint(weights)[1]["task"]
+            ev = evaluate_folder(
+                cfg, hr_dir, task, weights, out, progress=lambda m: typer.echo(m, err=True)
+            )
+        except (NotADirectoryError, ValueError) as e:
+            _fail(str(e))
     m, p = ev.metrics, ev.protocol
     typer.echo(f"{task}: {int(m['n_images'])} images, {p['headline_method']}")
     for name in [p["headline_method"], *p["baselines"]]:

@@ -598,7 +598,10 @@ def folder_pairs(hr_dir: str | Path, task: str | RestorationTask, cfg: Config) -
     t = get_task(task)
     pairs = []
     for f in files:
-        hr, lq, _ = make_pair(read_image(f), file_sha256(f), t, cfg.degrade)
+        try:
+            hr, lq, _ = make_pair(read_image(f), file_sha256(f), t, cfg.degrade)
+        except ValueError as e:  # too small for the task's scale or crop
+            raise ValueError(f"{f}: {e}") from None
         name = f.relative_to(root).with_suffix("").as_posix().replace("/", "__")
         pairs.append(task_pair(name, hr, lq, t))
     return pairs

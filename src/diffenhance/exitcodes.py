@@ -17,6 +17,7 @@ USER_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("diffenhance.model", "CheckpointError", 2),
     ("diffenhance.enhance", "EnhanceError", 2),
     ("builtins", "FileNotFoundError", 2),
+    ("diffenhance.io", "ImageReadError", 2),  # a stage's input image (a job records its own)
     ("diffenhance.storage", "StorageError", 1),
     ("diffenhance.enhance", "ShardsCrashed", 1),
 )
