@@ -471,3 +471,32 @@ def test_yaml_12_floats_are_numbers_where_pyyaml_reads_strings(tmp_path):
     assert load_yaml("a: 1_000\nb: '2e-4'\nc: 12\nd: nan\ne: -inf\n", "x") == {
         "a": 1000, "b": "2e-4", "c": 12, "d": pytest.approx(float("nan"), nan_ok=True),
         "e": float("-inf")}  # fmt: skip
+
+
+@pytest.mark.parametrize("key", ["infer.device", "train.device"])
+@pytest.mark.parametrize("name", ["gpu", "CPU", "cuda:x", "cuda:-1", "cuda0"])
+def test_a_misspelt_device_is_refused_by_name(key, name):
+    with pytest.raises(
+        ConfigError, match=rf"'{key}' must be one of auto, cpu, cuda, cuda:N or mps"
+    ):
+        load_config(None, [f"{key}={name}"])
+
+
+def test_devices_that_are_not_on_this_machine_are_refused_by_name():
+    torch = pytest.importorskip("torch")
+    from diffenhance.infer import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert load_config(None, ["infer.device=cuda:1"]).infer.device == "cuda:1"  # a spelling
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match=r"infer.device='mps' but Metal \(MPS\) is not"):
+            resolve_device("mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"train.device='cuda:1' but CUDA is not available"):
+            resolve_device("cuda:1", "train.device")
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=rf"has {n} CUDA device\(s\)"):
+            resolve_device(f"cuda:{n}")
+    with pytest.raises(ValueError, match=r"infer.device='gpu' is not a device"):
+        resolve_device("gpu")

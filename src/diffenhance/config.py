@@ -702,7 +702,18 @@ def _rules_diffusion(obj: DiffusionConfig, bad: Callable[[str, str], ConfigError
     # each formulation's options check themselves (their class's `check`)
 
 
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def _rule_device(obj: Any, bad: Callable[[str, str], ConfigError]) -> None:
+    """The spelling of a device (torch's own names, lower case); whether it is there is
+    `infer.resolve_device`'s to say, on the machine that runs."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", obj.device):
+        raise bad("device", f"must be one of {DEVICE_NAMES}")
+
+
 def _rules_train(obj: TrainConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    _rule_device(obj, bad)
     for k in (
         "steps",
         "batch_size",
@@ -752,6 +763,7 @@ def _rules_report(obj: ReportConfig, bad: Callable[[str, str], ConfigError]) -> 
 
 
 def _rules_infer(obj: InferConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    _rule_device(obj, bad)
     if not 0 <= obj.tile_overlap < obj.tile:
         raise bad("tile_overlap", "must be >= 0 and smaller than infer.tile")
     for k in ("steps", "tile_batch", "samples"):
