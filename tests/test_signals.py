@@ -415,3 +415,26 @@ def test_ui_cancels_its_job_and_deletes_its_folder(tmp_path, procs, sig):
     finally:
         if stalled is not None:
             stalled.close()
+
+
+@pytest.mark.parametrize(
+    "sig", [TERM, pytest.param(signal.SIGINT, id="SIGINT", marks=pytest.mark.slow)]
+)
+def test_enhance_command_stops_and_releases_its_output(tmp_path, procs, sig):
+    """`diffenhance enhance` with an image being enhanced for minutes: it stops at its next
+    network call, writes no image and releases the output's lock (a second job may start)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(png())
+    out = tmp_path / "out"
+    cmd = [PYTHON, "-m", "diffenhance.cli", "enhance", str(tmp_path / "in"), str(out), "-m",
+           "sr4", "--params", str(PARAMS), *SLOW_OVERRIDES]  # fmt: skip
+    proc = Proc(cmd, tmp_path / "tmp", tmp_path, PREFECT_API_URL=NO_SERVER)
+    procs.append(proc)
+    lock = out / "_diffenhance" / "lock.json"
+    deadline = time.monotonic() + 120
+    while not lock.exists():
+        assert proc.p.poll() is None and time.monotonic() < deadline, proc.output
+        time.sleep(0.1)
+    time.sleep(1.0)  # inside the sampling loop
+    signal_and_check(proc, sig, timeout=30, stopped="the job (finished images are kept")
+    assert not lock.exists() and not list(out.rglob("*.png")), sorted(out.rglob("*"))

@@ -390,7 +390,8 @@ def enhance(
     per-pixel std of the 4 samples (`<stem>.uncertainty.png` coloured black = 0 to yellow =
     0.05, `<stem>.uncertainty.npy` float32). Exit code
     (as `python -m flows.enhance`): 0 all done, 1 some images failed (each named with its
-    reason) or storage failed, 2 usage, config, input or model-file error (one line).
+    reason) or storage failed, 2 usage, config, input or model-file error (one line), 130 / 143
+    stopped by Ctrl-C / SIGTERM (finished images kept, the output's lock released).
     """
     from diffenhance.enhance import exit_code, plan_job
 
@@ -407,7 +408,16 @@ def enhance(
     if dry_run:
         _print_plan(job)
         return
-    summary = _run_with_progress(cfg, job)
+    from diffenhance import signals
+
+    try:
+        with signals.stop_signals():  # SIGTERM as Ctrl-C: lock released, no half-written file
+            summary = _run_with_progress(cfg, job)
+    except KeyboardInterrupt as e:
+        sig = signals.signum_of(e)
+        why = "the job (finished images are kept: run it again to go on)"
+        typer.echo(signals.interrupted(sig, why), err=True)
+        raise typer.Exit(signals.exit_code(sig)) from None
     _print_ignored(summary["ignored"])
     typer.echo(
         f"{summary['enhanced']} enhanced, {summary['skipped_done']} already done, "
