@@ -145,6 +145,30 @@ def test_16bit_rgba_tiff_and_float_tiff(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "m.tif")[0, :, 0], [0.0, 0.5, 1.0])
 
 
+def test_16bit_tiff_with_lzw_packbits_or_jpeg_reads_at_full_precision(tmp_path: Path) -> None:
+    """Photo tools write LZW (Lightroom, Photoshop); tifffile decodes it with imagecodecs."""
+    rgb = _rand_u16((6, 5, 3))
+    for c in ("lzw", "packbits", "zlib"):
+        tifffile.imwrite(tmp_path / f"{c}.tif", rgb, photometric="rgb", compression=c)
+        _assert_16bit_exact(read_image(tmp_path / f"{c}.tif"), rgb)
+
+
+def test_a_tiff_codec_that_is_missing_is_named(tmp_path: Path) -> None:
+    """Without imagecodecs (a machine set up by hand) an LZW TIFF is one clear error."""
+    import subprocess
+    import sys
+
+    tifffile.imwrite(tmp_path / "a.tif", _rand_u16((4, 4, 3)), photometric="rgb", compression="lzw")
+    code = (
+        "import sys; sys.modules['imagecodecs'] = None\n"
+        "from diffenhance.io import ImageReadError, read_image\n"
+        "try:\n    read_image(sys.argv[1])\nexcept ImageReadError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.tif")],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert out.startswith(f"{tmp_path / 'a.tif'}: TIFF compression LZW needs the imagecodecs")
+
+
 def test_gray_png_gives_three_equal_channels(tmp_path: Path) -> None:
     g = _rand_u8(c=1)[..., 0]
     Image.fromarray(g, mode="L").save(tmp_path / "g.png")

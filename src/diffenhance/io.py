@@ -126,7 +126,20 @@ def _read_tifffile(p: Path, max_pixels: int) -> tuple[np.ndarray, int]:
         rgb = page.photometric == tifffile.PHOTOMETRIC.RGB
         if not rgb and page.photometric != tifffile.PHOTOMETRIC.MINISBLACK:
             raise ImageReadError(p, f"unsupported TIFF photometric {page.photometric.name}")
-        a = page.asarray()
+        try:
+            a = page.asarray()
+        except (
+            KeyError,
+            ValueError,
+        ) as e:  # "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package"
+            if "imagecodecs" not in str(e):
+                raise
+            raise ImageReadError(
+                p,
+                f"TIFF compression {page.compression.name} needs the imagecodecs package "
+                "(a dependency of this project: pip install imagecodecs), or save the file "
+                "uncompressed or with ZIP",
+            ) from None
         if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and a.ndim == 3:
             a = np.moveaxis(a, 0, -1)
         tag = page.tags.get(274)  # Orientation
