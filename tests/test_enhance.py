@@ -366,6 +366,7 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
     assert r.exit_code == 2 and "nope: input not found" in r.output
     r = cli.invoke(app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(tmp_path), *base])
     assert r.exit_code == 2 and f"{tmp_path}: no model here" in r.output
+    assert "a shipped one: " in r.output and "sr4" in r.output.rsplit("shipped one: ", 1)[1]
     r = cli.invoke(app, ["enhance", str(inp), str(inp), "-m", str(ckpt), *base])
     assert r.exit_code == 2 and "is the input folder" in r.output
     r = cli.invoke(

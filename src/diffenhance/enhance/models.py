@@ -39,9 +39,11 @@ def model_file(path: str | os.PathLike) -> Path:
             log.info("%s has no trained model: using the shipped %s", p, shipped)
             f = weights_path(shipped)
     if not f.is_file():
+        shipped = [t for t in task_names() if pretrained_model(t) is not None]
         raise EnhanceError(
             f"{p}: no model here (expected a model dir with {WEIGHTS_NAME} or a .safetensors "
-            "file); train one (`dvc repro`) or set enhance.model / --model"
+            "file); train one (`dvc repro`) or set enhance.model / --model, e.g. a shipped "
+            f"one: {', '.join(shipped)}"
         )
     return f.resolve()
 
