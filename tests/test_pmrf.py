@@ -14,6 +14,7 @@ from diffenhance.diffusion.formulations.pmrf import (
     TIME_SCALE,
     PosteriorMeanFlow,
     posterior_mean,
+    start_noise,
 )
 from diffenhance.model import build_network, load_matching
 
@@ -146,6 +147,49 @@ def test_loss_is_flow_matching_on_the_straight_path():
     want = ((1 - t) * (z0 - x0)).square().mean()
     assert float(loss) == pytest.approx(float(want), rel=1e-5)
     assert "loss_mean" not in stats
+
+
+def test_edge_start_noise_follows_the_edges_of_the_mean():
+    """noise_map=edges: sigma_s min(1, floor + |grad Y| / edge), |grad| averaged over 3x3. A
+    vertical step of 1 between columns 3 and 4 (Y: the channel mean) gives |grad| = 1 in
+    column 3 only, 1/3 in columns 2..4 after the average: sigma_s there, floor x sigma_s
+    elsewhere; uniform is sigma_s itself (the shipped checkpoints' start, unchanged)."""
+    mu = torch.full((1, 3, 8, 8), -0.5)
+    mu[..., 4:] = 0.5
+    mu[:, 0] += 0.2  # the channel mean is what counts
+    mu[:, 1] -= 0.2
+    opts = dcfg(pmrf={"noise_map": "edges", "noise_floor": 0.1, "noise_edge": 0.5}).options
+    got = start_noise(mu, opts["pmrf"])
+    edge = 0.1 + (1 / 3) / 0.5  # 0.767: below the cap of 1
+    want = 0.1 * torch.tensor([0.1, 0.1, edge, edge, edge, 0.1, 0.1, 0.1])
+    assert got.shape == (1, 1, 8, 8)
+    torch.testing.assert_close(got[0, 0], want.expand(8, 8), atol=1e-6, rtol=0)
+    assert start_noise(mu, dcfg().options["pmrf"]) == 0.1
+
+
+def test_edge_start_noise_trains_and_samples_around_the_mean():
+    """With edges the start noise is small where mu is flat: a flow that keeps its state
+    (x^ = z) ends at mu + that noise, so its spread is the map's; the loss is finite."""
+    cfg = dcfg(loss="mse", pmrf={"noise_map": "edges", "noise_floor": 0.1, "noise_edge": 0.05,
+                                 "train_mean": False})  # fmt: skip
+    x0, y = images(n=1, size=16)
+    y[..., :8] = 0.3  # flat on the left, textured on the right
+    net = PosteriorMeanFlow(HalfY(), StateIsEstimate())
+    loss, _ = formulation_loss(cfg, net, SCHED, x0, y, generator=torch.Generator())
+    assert torch.isfinite(loss)
+    outs = torch.stack([sample(net, y, steps=1, cfg=cfg, seed=s) - 0.5 * y for s in range(8)])
+    flat, busy = outs[..., 1:6].std(), outs[..., 11:].std()
+    assert float(flat) == pytest.approx(0.01, rel=0.2) and float(busy) > 0.05
+
+
+def test_start_noise_options_are_checked():
+    from diffenhance.config import ConfigError, load_config
+
+    for kv, pattern in (("noise_map=edge", r"'diffusion\.options\.pmrf\.noise_map' = 'edge'"),
+                        ("noise_edge=0", r"noise_edge' = 0\.0 must be a finite number > 0"),
+                        ("noise_floor=1.5", r"noise_floor' = 1\.5 must be in \[0, 1\]")):  # fmt: skip
+        with pytest.raises(ConfigError, match=pattern):
+            load_config(None, [f"diffusion.options.pmrf.{kv}"])
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])
