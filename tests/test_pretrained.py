@@ -3,6 +3,7 @@ baselines on a held-out photo, and what enhancement uses when no model is given.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -127,3 +128,16 @@ def test_shipped_models_recommend_their_best_measured_steps(task, steps):
     assert got[:2] == (steps, 1)
     assert "RESULTS.md" in json.loads(r.meta["recommended"])["why"]
     assert sampling(r, 8, None)[:2] == (8, 1) and sampling(r, None, 4)[:2] == (steps, 4)
+
+
+def test_models_listing_shows_detail_only_where_a_model_has_the_knob():
+    """`diffenhance models` on the shipped models: a pmrf model's presets name their detail,
+    an indi model's do not (detail means nothing to it)."""
+    res = CliRunner().invoke(app, ["models"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    heads = [i for i, line in enumerate(lines) if not line.startswith(" ")] + [len(lines)]
+    presets = {lines[i].split(":", 1)[0]: [x for x in lines[i:j] if "--preset" in x]
+               for i, j in itertools.pairwise(heads)}  # fmt: skip
+    assert any(x.endswith("detail 0") for x in presets["sr4"]), presets["sr4"]
+    assert presets["denoise"] and not any("detail" in x for x in presets["denoise"])

@@ -453,8 +453,9 @@ def models(
         typer.echo(f"{m['name']}: task {m['task']}, {m['formulation']}, {m['size_mb']:.1f} MB")
         for name, p in m["presets"].items():
             mark = " (default)" if name == m["default"] else ""
-            typer.echo(f"  --preset {name}{mark}: steps {p['steps']}, samples {p['samples']}, "
-                       f"detail {p['detail']:g}")  # fmt: skip
+            detail = f", detail {p['detail']:g}" if m["detail_knob"] else ""  # none: no knob
+            typer.echo(f"  --preset {name}{mark}: steps {p['steps']}, samples {p['samples']}"
+                       f"{detail}")  # fmt: skip
         if m["figures"]:
             typer.echo("  measured: " + ", ".join(f"{k} {v:g}" for k, v in m["figures"].items()))
 
