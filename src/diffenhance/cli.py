@@ -408,16 +408,7 @@ def enhance(
     if dry_run:
         _print_plan(job)
         return
-    from diffenhance import signals
-
-    try:
-        with signals.stop_signals():  # SIGTERM as Ctrl-C: lock released, no half-written file
-            summary = _run_with_progress(cfg, job)
-    except KeyboardInterrupt as e:
-        sig = signals.signum_of(e)
-        why = "the job (finished images are kept: run it again to go on)"
-        typer.echo(signals.interrupted(sig, why), err=True)
-        raise typer.Exit(signals.exit_code(sig)) from None
+    summary = _run_with_progress(cfg, job)
     _print_ignored(summary["ignored"])
     typer.echo(
         f"{summary['enhanced']} enhanced, {summary['skipped_done']} already done, "
@@ -649,9 +640,13 @@ def _print_plan(job: Job) -> None:
 def _run_with_progress(cfg: Config, job: Job) -> dict[str, Any]:
     """`run_job` with the shards in this process. On a terminal a progress bar; otherwise
     (cron, CI logs) one plain line per image finished, `[i/n] key -> output (1.2 s)`. Each
-    failed image and crashed shard is an `error:` line. Returns the summary."""
+    failed image and crashed shard is an `error:` line. Returns the summary.
+
+    SIGTERM stops it as Ctrl-C does (`signals.stop_signals`: the output's lock released, no
+    half-written file): one `interrupted by ...` line and exit 130 / 143."""
     from tqdm.auto import tqdm
 
+    from diffenhance import signals
     from diffenhance.enhance import run_job
 
     live = sys.stderr.isatty()
@@ -675,8 +670,13 @@ def _run_with_progress(cfg: Config, job: Job) -> dict[str, Any]:
             typer.echo(f"[{finished}/{job.n_todo}] {line}", err=True)
 
     try:
-        with _user_errors():
+        with _user_errors(), signals.stop_signals():
             summary = run_job(cfg, on_image=on_image, job=job)
+    except KeyboardInterrupt as e:
+        sig = signals.signum_of(e)
+        why = "the job (finished images are kept: run it again to go on)"
+        typer.echo(signals.interrupted(sig, why), err=True)
+        raise typer.Exit(signals.exit_code(sig)) from None
     finally:
         bar.close()
     for se in summary["shard_errors"]:

@@ -128,11 +128,8 @@ def _read_tifffile(p: Path, max_pixels: int) -> tuple[np.ndarray, int]:
             raise ImageReadError(p, f"unsupported TIFF photometric {page.photometric.name}")
         try:
             a = page.asarray()
-        except (
-            KeyError,
-            ValueError,
-        ) as e:  # "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package"
-            if "imagecodecs" not in str(e):
+        except (KeyError, ValueError) as e:
+            if "imagecodecs" not in str(e):  # "<COMPRESSION.LZW: 5> requires the 'imagecodecs'"
                 raise
             raise ImageReadError(
                 p,

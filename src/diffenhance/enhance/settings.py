@@ -21,8 +21,9 @@ def enhance_config(
     "not given" (the params' value stays).
 
     Raises ConfigError naming the key and what is allowed: a wrong type or range (steps or
-    samples < 1, a tile not above an infer.tile_overlap given with it), a key this version does not have
-    (e.g. enhance.mask where inpainting is absent), or a CUDA device that is not there.
+    samples < 1, a tile not above an infer.tile_overlap given with it), a key this version
+    does not have (e.g. enhance.mask where inpainting is absent), or a device that is not
+    there.
     """
     from diffenhance.infer import resolve_device
 
