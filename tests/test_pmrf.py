@@ -167,6 +167,26 @@ def test_edge_start_noise_follows_the_edges_of_the_mean():
     assert start_noise(mu, dcfg().options["pmrf"]) == 0.1
 
 
+def test_edge_start_noise_power_takes_the_noise_off_weak_gradients():
+    """noise_power p: m = min(1, floor + (|grad| / edge) ** p). Two steps, 1 (columns 1|2) and
+    0.25 (columns 5|6): after the 3x3 average |grad| is 1/3 in columns 0..2 and 1/12 in
+    columns 4..6, 0 in 3 and 7. With edge 0.5 and floor 0 the strong edge gets 2/3 of sigma_s
+    and the weak one 1/6 at p = 1; at p = 2, 4/9 and 1/36: the weak one loses 4x more."""
+    mu = torch.zeros((1, 3, 8, 8))
+    mu[..., 2:] = 1.0
+    mu[..., 6:] = 1.25
+    got = {}
+    for p in (1.0, 2.0):
+        o = dcfg(pmrf={"noise_map": "edges", "noise_floor": 0.0, "noise_edge": 0.5,
+                       "noise_power": p, "noise": 0.1}).options["pmrf"]  # fmt: skip
+        got[p] = start_noise(mu, o)[0, 0, 3]  # one row: the map is constant down the columns
+    strong, weak = 1 / 3 / 0.5, 1 / 12 / 0.5
+    want1 = torch.tensor([strong, strong, strong, 0, weak, weak, weak, 0])
+    torch.testing.assert_close(got[1.0], 0.1 * want1, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got[2.0], 0.1 * want1**2, atol=1e-6, rtol=0)
+    assert float(got[2.0][4]) / float(got[2.0][0]) == pytest.approx(1 / 16)
+
+
 def test_edge_start_noise_trains_and_samples_around_the_mean():
     """With edges the start noise is small where mu is flat: a flow that keeps its state
     (x^ = z) ends at mu + that noise, so its spread is the map's; the loss is finite."""
@@ -187,7 +207,8 @@ def test_start_noise_options_are_checked():
 
     for kv, pattern in (("noise_map=edge", r"'diffusion\.options\.pmrf\.noise_map' = 'edge'"),
                         ("noise_edge=0", r"noise_edge' = 0\.0 must be a finite number > 0"),
-                        ("noise_floor=1.5", r"noise_floor' = 1\.5 must be in \[0, 1\]")):  # fmt: skip
+                        ("noise_floor=1.5", r"noise_floor' = 1\.5 must be in \[0, 1\]"),
+                        ("noise_power=0", r"noise_power' = 0\.0 must be a finite number > 0")):  # fmt: skip
         with pytest.raises(ConfigError, match=pattern):
             load_config(None, [f"diffusion.options.pmrf.{kv}"])
 

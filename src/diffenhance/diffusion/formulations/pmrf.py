@@ -107,20 +107,25 @@ def posterior_mean(
 
 def start_noise(mu: torch.Tensor, opts: Any) -> torch.Tensor | float:
     """The std of the flow's start noise around mu: `opts.noise` (uniform), or (edges) that
-    times m = min(1, floor + |grad Y| / edge), Y = mu's channel mean, |grad| its forward
-    differences' magnitude averaged over 3x3: [N, 1, H, W].
+    times m = min(1, floor + (|grad Y| / edge) ** power), Y = mu's channel mean, |grad| its
+    forward differences' magnitude averaged over 3x3: [N, 1, H, W].
 
     The posterior is narrow where the image is flat (the error of mu is small there) and wide
     at edges and texture; white noise of one std asks the flow to remove noise in flat areas
     exactly, which an undertrained flow does not: grain. A start whose spread follows mu's
-    edges puts what the flow cannot remove where detail is."""
+    edges puts what the flow cannot remove where detail is. A power above 1 takes the noise
+    off weak gradients too (mu's own faint texture and the halo next to an edge), so the
+    spread sits on the edges and texture that mu blurred (RESULTS.md, issue 21)."""
     if opts.noise_map == "uniform":
         return opts.noise
     y = mu.float().mean(dim=1, keepdim=True)
     gx = F.pad(y[..., :, 1:] - y[..., :, :-1], (0, 1, 0, 0), mode="replicate")
     gy = F.pad(y[..., 1:, :] - y[..., :-1, :], (0, 0, 0, 1), mode="replicate")
     g = F.avg_pool2d(F.pad((gx * gx + gy * gy).sqrt(), (1, 1, 1, 1), mode="replicate"), 3, 1)
-    m = (opts.noise_floor + g / opts.noise_edge).clamp(max=1.0)
+    r = g / opts.noise_edge
+    if opts.noise_power != 1.0:  # 1: bit for bit the map before the option existed
+        r = r**opts.noise_power
+    m = (opts.noise_floor + r).clamp(max=1.0)
     return (opts.noise * m).to(mu.dtype)
 
 
@@ -141,11 +146,13 @@ class PMRF(Formulation):
         noise_map: Literal["uniform", "edges"] = "uniform"
         noise_floor: float = 0.1  # edges: the share of sigma_s where mu is flat
         noise_edge: float = 0.1  # edges: mu's gradient (model range) that gets all of it
+        noise_power: float = 1.0  # edges: m = min(1, floor + (|grad| / edge) ** power)
 
         def check(self, bad: Callable[[str, str], Exception]) -> None:
             in_range(self, "noise", bad, 0, 1)
             in_range(self, "noise_floor", bad, 0, 1)
             in_range(self, "noise_edge", bad, 0, lo_open=True)
+            in_range(self, "noise_power", bad, 0, lo_open=True)
 
     def build_network(
         self, model_cfg: ModelConfig, dcfg: DiffusionConfig, scale: int, cond_channels: int = 3
