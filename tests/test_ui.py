@@ -166,8 +166,8 @@ def test_output_is_byte_identical_to_the_cli(client, tmp_path, name, data, cli_a
     if name == "deep.png":  # 16 bits stay 16 bits, as the CLI keeps them
         assert read_image_info(tmp_path / "cli.png")["bit_depth"] == 16
     if name == "crop.png":  # the knob reached the sampler: other settings give other bytes
-        assert job["settings"] == {"preset": "balanced", "steps": 3, "samples": 2, "detail": 0.5}
-        # sr4's default (fidelity: detail 0, the posterior mean), and balanced's own 2 steps
+        assert job["settings"] == {"preset": "balanced", "steps": 3, "samples": 2, "detail": 0.75}
+        # sr4's default (fidelity: detail 0, the posterior mean), and balanced's own 4 steps
         others = [([], {}), (["--preset", "balanced"], {"preset": "balanced"})]
         for i, (args, kw) in enumerate(others):
             other = run(client, upload=up["id"], model="sr4", **kw)
@@ -223,7 +223,7 @@ def test_job_errors_are_messages(client, tmp_path):
 def test_uncertainty_map_is_the_clis(client, tmp_path):
     src = tmp_path / "crop.png"
     src.write_bytes(encode(photo(16)))
-    # sr4's samples differ only with detail > 0 (balanced: 0.5)
+    # sr4's samples differ only with detail > 0 (balanced: 0.75)
     args = ("--preset", "balanced", "--samples", "2", "infer.uncertainty=true")
     want = cli_enhance(src, tmp_path / "cli.png", *args)
     want_map = (tmp_path / "cli.uncertainty.png").read_bytes()
@@ -262,7 +262,7 @@ def test_models_listed_and_checked(tmp_path):
             "value": "sr4", "label": None, "task": "sr4", "scale": 4, "side_inputs": [],
             "formulation": "pmrf", "steps": 1, "samples": 1, "has_knob": True, "detail_knob": True,
             "presets": {"fidelity": {"steps": 1, "samples": 1, "detail": 0.0},
-                        "balanced": {"steps": 2, "samples": 1, "detail": 0.5}},
+                        "balanced": {"steps": 4, "samples": 1, "detail": 0.75}},
             "preset": "fidelity"}  # fmt: skip
         inpaint = next(m for m in models if m["value"] == "inpaint")
         assert inpaint["side_inputs"] == ["mask"]  # the page shows the mask painter for it
@@ -555,18 +555,18 @@ def test_page_enhances_compares_and_reports_errors(browser, server, tmp_path):
     page.set_input_files("#file", str(src))
     page.wait_for_selector("#run:enabled")
     assert page.is_hidden("#error")
-    # the knob set by hand from balanced's values (detail 0.5: samples differ), and the
+    # the knob set by hand from balanced's values (detail 0.75: samples differ), and the
     # uncertainty map shown
     page.click("label[for=preset-balanced]")
     page.uncheck("#auto")
-    assert page.input_value("#detail") == "0.5" and page.is_enabled("#detail")
+    assert page.input_value("#detail") == "0.75" and page.is_enabled("#detail")
     page.fill("#samples", "2")
     page.check("#uncertainty")
     page.click("#run")
     page.wait_for_selector("#unc-figure:visible", timeout=60_000)
     page.wait_for_function("document.getElementById('unc').complete")
     assert page.eval_on_selector("#unc", "i => i.naturalWidth") == 128
-    settings = "preset balanced: 2 steps, 2 samples, detail 0.5"
+    settings = "preset balanced: 4 steps, 2 samples, detail 0.75"
     assert page.inner_text("#result-settings") == settings
     # nothing fetched from anywhere else (offline), no script errors
     assert all(u.startswith(server) for u in requests), requests
