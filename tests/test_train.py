@@ -239,7 +239,8 @@ def test_init_from_pretrained_fine_tunes_the_shipped_model_only_when_it_fits(tmp
         "model.attn_resolutions=[4]", "model.head_channels=32", "diffusion.timesteps=1000",
         "train.tasks=[sr4]", "model.space=lr", "diffusion.formulation=pmrf",
         "diffusion.loss=mse", "diffusion.options.pmrf.train_mean=false",
-        "diffusion.options.pmrf.noise=0.2", "diffusion.options.pmrf.noise_map=edges",
+        "diffusion.options.pmrf.noise=0.3", "diffusion.options.pmrf.noise_map=edges",
+        "diffusion.options.pmrf.noise_floor=0.0", "diffusion.options.pmrf.noise_power=2.0",
     )  # fmt: skip
     assert (full.model, full.diffusion) == (params.model, params.diffusion)
     loop = TrainLoop(full, "sr4")
