@@ -122,10 +122,7 @@ def start_noise(mu: torch.Tensor, opts: Any) -> torch.Tensor | float:
     gx = F.pad(y[..., :, 1:] - y[..., :, :-1], (0, 1, 0, 0), mode="replicate")
     gy = F.pad(y[..., 1:, :] - y[..., :-1, :], (0, 0, 0, 1), mode="replicate")
     g = F.avg_pool2d(F.pad((gx * gx + gy * gy).sqrt(), (1, 1, 1, 1), mode="replicate"), 3, 1)
-    r = g / opts.noise_edge
-    if opts.noise_power != 1.0:  # 1: bit for bit the map before the option existed
-        r = r**opts.noise_power
-    m = (opts.noise_floor + r).clamp(max=1.0)
+    m = (opts.noise_floor + (g / opts.noise_edge) ** opts.noise_power).clamp(max=1.0)
     return (opts.noise * m).to(mu.dtype)
 
 
