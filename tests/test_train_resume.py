@@ -9,8 +9,9 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load, load_file
 
-from diffenhance.train import train_model
+from diffenhance.train import resume_params, train_model
 from tests.tiny import make_dataset, tiny_config
 
 # Dropout draws from the global torch RNG; a state after every step; validation at step 2.
@@ -113,3 +114,44 @@ def test_damaged_newest_state_falls_back_to_the_previous_one(
     _assert_same_as(reference, out)
     assert _states(out) == ["state-00000003.pt", "state-00000004.pt"]  # the bad one overwritten
     assert torch.load(newest, weights_only=True)["step"] == 3
+
+
+def test_another_formulations_options_leave_a_run_resumable(dataset, reference, tmp_path, caplog):
+    """A state depends on the `diffusion.options` sections its formulation reads, not on the
+    others': a residual run stopped at step 2 resumes exactly after pmrf and indi options
+    changed, and a change to its own (residual.scale) starts it afresh."""
+    caplog.set_level(logging.INFO, logger="diffenhance.train")
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", *RESUME)
+    assert cfg.diffusion.formulation == "residual"
+    out = train_model(cfg, "sr2", stop_after=2)
+    others = ["diffusion.options.pmrf.noise=0.3", "diffusion.options.indi.noise=0.05"]
+    train_model(tiny_config(dataset, f"train.out_dir={tmp_path}", *RESUME, *others), "sr2")
+    assert "resuming from step 2" in caplog.text
+    assert "other params" not in caplog.text
+    weights, log = reference
+    pd.testing.assert_frame_equal(pd.read_csv(out / "train_log.csv")[LOG_COLUMNS], log)
+    ours = load_file(out / "model.safetensors")
+    theirs = load(weights)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    caplog.clear()
+    own = tiny_config(
+        dataset, f"train.out_dir={tmp_path}", *RESUME, "diffusion.options.residual.scale=2.0"
+    )
+    train_model(own, "sr2", stop_after=1)
+    assert "resuming" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sections"),
+    [
+        ([], ["residual"]),
+        (["diffusion.formulation=regression"], []),
+        (["diffusion.formulation=pmrf"], ["pmrf", "residual"]),
+        (["diffusion.formulation=pmrf", "diffusion.options.pmrf.mean=indi"], ["indi", "pmrf"]),
+    ],
+)
+def test_resume_params_hold_the_option_sections_the_formulation_reads(dataset, overrides, sections):
+    params = resume_params(tiny_config(dataset, *overrides), "sr2")
+    assert sorted(params["diffusion"]["options"]) == sections
+    assert params["diffusion"].keys() == tiny_config(dataset).to_dict()["diffusion"].keys()

@@ -212,9 +212,14 @@ def resume_params(cfg: Config, task: str) -> dict[str, Any]:
 
     The training crops by content (manifest path + sha256, not the folder they are in), the
     degradations (less `degrade.out_dir`), model, diffusion and the train.* values that change
-    the result; `train.init_from` by the sha256 of the checkpoint file, not its path.
+    the result; `train.init_from` by the sha256 of the checkpoint file, not its path. Of
+    `diffusion.options`, only the sections the formulation reads (`option_sections`): a
+    change to another formulation's options leaves this run's states resumable.
     """
     d = cfg.to_dict()
+    used = get_formulation(cfg.diffusion.formulation).option_sections(cfg.diffusion)
+    diffusion = d["diffusion"]
+    diffusion["options"] = {k: v for k, v in diffusion["options"].items() if k in used}
     prepared = Path(cfg.data.prepared_dir)
     rows = _train_rows(cfg)
     crops = [
@@ -232,7 +237,7 @@ def resume_params(cfg: Config, task: str) -> dict[str, Any]:
         "train_crops_sha256": hashlib.sha256(blob).hexdigest(),
         "degrade": {k: v for k, v in d["degrade"].items() if k != "out_dir"},
         "model": d["model"],
-        "diffusion": d["diffusion"],
+        "diffusion": diffusion,
         "train": train,
     }
 

@@ -13,6 +13,8 @@ branches on its name (EDM's shape: each recipe is one class chosen once by name)
 * `has_knob` - whether steps/samples change its output (the fidelity <-> sharpness knob);
 * `detail_knob` - whether `sample_once` also takes `detail` in [0, 1] (posterior mean .. sample);
 * `init_tensors(net, tensors, meta)` - an init checkpoint's tensors mapped onto its network;
+* `option_sections(dcfg)` - the `diffusion.options` sections it reads (what its training states
+  depend on);
 * `draws_noise(dcfg, sampler, eta)` - whether sampling draws noise after its start;
 * `deterministic_reason(dcfg, sampler, eta)` - why its samples cannot differ (None: they do), so
   an uncertainty map (the spread of N samples) is refused for it.
@@ -70,6 +72,12 @@ class Formulation:
     def label(self, dcfg: DiffusionConfig) -> str:
         """How model listings name this formulation with `dcfg`'s options (default: its name)."""
         return self.name
+
+    def option_sections(self, dcfg: DiffusionConfig) -> tuple[str, ...]:
+        """The `diffusion.options` sections its training and sampling read (default: its own,
+        where it has one; pmrf adds its mean's). A training state is resumed across changes to
+        the others (`train.resume_params`)."""
+        return (self.name,)
 
     def init_tensors(
         self, net: torch.nn.Module, tensors: dict[str, torch.Tensor], meta: dict[str, str]

@@ -169,6 +169,10 @@ class PMRF(Formulation):
     def label(self, dcfg: DiffusionConfig) -> str:
         return f"{self.name} (mean: {dcfg.options[self.name].mean})"
 
+    def option_sections(self, dcfg: DiffusionConfig) -> tuple[str, ...]:
+        mcfg = mean_config(dcfg)
+        return (self.name, *get_formulation(mcfg.formulation).option_sections(mcfg))
+
     def scratch_problem(self, dcfg: DiffusionConfig) -> str | None:
         opts = dcfg.options[self.name]
         if opts.train_mean:
