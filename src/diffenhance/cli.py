@@ -319,7 +319,7 @@ def enhance(
         str | None,
         typer.Option(
             help="a named point of the model's fidelity/detail knob: fidelity (best PSNR), "
-            "balanced, detail (ground-truth-like texture) - measured per model, see "
+            "balanced, detail (ground-truth-like texture, where a model has one) - measured per model, see "
             "`diffenhance models` (infer.preset; default: the model's, fidelity)",
         ),
     ] = None,
@@ -335,7 +335,7 @@ def enhance(
         typer.Option(
             "--uncertainty/--no-uncertainty",
             help="also write <output stem>.uncertainty.png and .npy: the per-pixel std of the "
-            "samples (infer.uncertainty; needs --samples N >= 2 and a model that samples)",
+            "samples (infer.uncertainty; needs --samples N >= 2, a model that samples and a detail > 0)",
             show_default=False,
         ),
     ] = None,
@@ -386,9 +386,9 @@ def enhance(
     Output format and bit depth follow each input unless --ext (enhance.output_format) /
     enhance.bit_depth say otherwise, except that an artifact-removal model (-m jpeg) writes its
     JPEG inputs as PNG. Images already enhanced with the same model and params are skipped.
-    `--samples 4 --uncertainty` also writes, beside each output, its uncertainty map: the
-    per-pixel std of the 4 samples (`<stem>.uncertainty.png` coloured black = 0 to yellow =
-    0.05, `<stem>.uncertainty.npy` float32). Exit code
+    `--preset balanced --samples 4 --uncertainty` also writes, beside each output, its
+    uncertainty map: the per-pixel std of the 4 samples (`<stem>.uncertainty.png` coloured
+    black = 0 to yellow = 0.05, `<stem>.uncertainty.npy` float32). Exit code
     (as `python -m flows.enhance`): 0 all done, 1 some images failed (each named with its
     reason) or storage failed, 2 usage, config, input or model-file error (one line), 130 / 143
     stopped by Ctrl-C / SIGTERM (finished images kept, the output's lock released).

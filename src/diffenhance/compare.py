@@ -102,7 +102,7 @@ def _budget_check(models: dict[str, Restorer], cfg: Config) -> dict[str, dict[st
         if step != cfg.compare.train_steps:
             raise ValueError(
                 f"{path}: trained for {step} steps but compare.train_steps is "
-                f"{cfg.compare.train_steps}; rerun `dvc repro train_compare` (equal budgets only)"
+                f"{cfg.compare.train_steps}; rerun `dvc repro compare/dvc.yaml` (equal budgets only)"
             )
         info[f] = {"params": sum(p.numel() for p in r.unet.parameters()), "train_step": step}
     return info
@@ -330,7 +330,9 @@ def load_models(cfg: Config) -> dict[str, Restorer]:
     for f in cfg.compare.formulations:
         path = model_path(cfg, f)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; run `dvc repro train_compare@{f}` first")
+            raise FileNotFoundError(
+                f"{path}: missing; run `dvc repro compare/dvc.yaml:train_compare@{f}` first"
+            )
         models[f] = load_model(path, cfg)
     return models
 

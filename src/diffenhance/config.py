@@ -1,7 +1,9 @@
 """params.yaml -> typed, frozen, validated configuration objects.
 
 One dataclass per pipeline stage; `Config` holds them all. Every field has a default so a
-partial params.yaml works, and every default carries a comment saying why. Validation is
+partial params.yaml works, and every default carries a comment saying why. The defaults are
+params.yaml's except for the training recipe (from scratch here, the shipped models' two-stage
+fine-tune there): docs/training.md lists them and a test pins the list. Validation is
 driven by the type hints: sections and plug-in options are walked here (an unknown key
 raises `ConfigError` naming the key, the file and the allowed keys), each value is validated
 by pydantic in strict JSON mode (a value of the wrong type raises `ConfigError` naming the
