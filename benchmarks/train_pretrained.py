@@ -5,7 +5,8 @@ the `train` stage. This script is a thin wrapper around the pipeline's own piece
 
 1. the data, with the library's stage functions in a work folder: `prepare_dataset` on the
    bundled photos (`data.source=samples`: random crops of the 7 training photos, with
-   `--extra-photos` 5 more from extra_photos.py, never the held-out ones; degradations synthesised on the fly) and
+   `--extra-photos` 5 more from extra_photos.py, never the held-out ones; degradations
+   synthesised on the fly) and
    `pairs.degrade_stage` for the task's fixed validation pairs;
 2. the `train` stage's flow, so anyone can reproduce the run with the same command:
 
@@ -381,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--extra-photos",
         action="store_true",
-        help="train on 5 more photos read from pinned wheels (benchmarks/extra_photos.py; never the 4 held-out ones)",
+        help="train on 5 more photos read from pinned wheels (benchmarks/extra_photos.py; "
+        "never the 4 held-out ones)",
     )
     ap.add_argument(
         "--install-only",

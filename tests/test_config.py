@@ -1,4 +1,3 @@
-import dataclasses
 import os
 import stat
 import typing
@@ -21,6 +20,7 @@ from diffenhance.config import (
     load_yaml,
     plugin_options,
     section_from_dict,
+    to_dict,
     with_options,
     write_resolved,
 )
@@ -507,40 +507,32 @@ def test_builtin_defaults_differ_from_params_yaml_only_in_the_training_recipe():
     """A partial params file takes config.py's defaults; docs/training.md lists where they
     differ from params.yaml (the from-scratch recipe against the shipped two-stage one). Any
     other divergence is a default changed in one place only."""
-    builtin, repo = Config(), load_config(REPO / "params.yaml")
-    diffs: dict[str, tuple[object, object]] = {}
 
-    def walk(a: object, b: object, path: str) -> None:
-        if dataclasses.is_dataclass(a) and not isinstance(a, type):
-            for f in dataclasses.fields(a):
-                walk(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}".lstrip("."))
-        elif a != b:
-            diffs[path] = (a, b)
+    def flat(tree: object, path: str = "") -> dict[str, object]:
+        if not isinstance(tree, dict):
+            return {path: tree}
+        return {
+            k: v
+            for name, sub in tree.items()
+            for k, v in flat(sub, f"{path}.{name}".lstrip(".")).items()
+        }
 
-    walk(builtin, repo, "")
-    pmrf_builtin = builtin.diffusion.options["pmrf"]
-    pmrf_repo = repo.diffusion.options["pmrf"]
-    pmrf_diff = {
-        f.name: (getattr(pmrf_builtin, f.name), getattr(pmrf_repo, f.name))
-        for f in dataclasses.fields(pmrf_repo)
-        if getattr(pmrf_builtin, f.name) != getattr(pmrf_repo, f.name)
-    }
-    assert pmrf_diff == {
-        "noise": (0.1, 0.3),
-        "train_mean": (True, False),
-        "noise_map": ("uniform", "edges"),
-        "noise_floor": (0.1, 0.0),
-        "noise_power": (1.0, 2.0),
-    }
-    diffs.pop("diffusion.options")  # only pmrf's options differ (checked above)
-    assert diffs == {
+    builtin = flat(to_dict(Config()))
+    repo = flat(to_dict(load_config(REPO / "params.yaml")))
+    assert builtin.keys() == repo.keys()
+    assert {k: (builtin[k], repo[k]) for k in builtin if builtin[k] != repo[k]} == {
         "model.space": ("hr", "lr"),
         "diffusion.loss": ("l1", "mse"),
         "diffusion.formulation": ("residual", "pmrf"),
+        "diffusion.options.pmrf.noise": (0.1, 0.3),
+        "diffusion.options.pmrf.train_mean": (True, False),
+        "diffusion.options.pmrf.noise_map": ("uniform", "edges"),
+        "diffusion.options.pmrf.noise_floor": (0.1, 0.0),
+        "diffusion.options.pmrf.noise_power": (1.0, 2.0),
         "train.val_steps": (4, 1),
-        "evaluate.steps": ((4, 8), (2, 4)),
+        "evaluate.steps": ([4, 8], [2, 4]),
         "compare.formulations": (
-            ("regression", "indi", "residual", "sr3"),
-            ("regression", "indi", "residual", "sr3", "pmrf"),
+            ["regression", "indi", "residual", "sr3"],
+            ["regression", "indi", "residual", "sr3", "pmrf"],
         ),
     }

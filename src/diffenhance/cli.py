@@ -319,8 +319,8 @@ def enhance(
         str | None,
         typer.Option(
             help="a named point of the model's fidelity/detail knob: fidelity (best PSNR), "
-            "balanced, detail (ground-truth-like texture, where a model has one) - measured per model, see "
-            "`diffenhance models` (infer.preset; default: the model's, fidelity)",
+            "balanced, detail (ground-truth-like texture, where a model has one) - measured "
+            "per model, see `diffenhance models` (infer.preset; default: the model's, fidelity)",
         ),
     ] = None,
     detail: Annotated[
@@ -335,7 +335,8 @@ def enhance(
         typer.Option(
             "--uncertainty/--no-uncertainty",
             help="also write <output stem>.uncertainty.png and .npy: the per-pixel std of the "
-            "samples (infer.uncertainty; needs --samples N >= 2, a model that samples and a detail > 0)",
+            "samples (infer.uncertainty; needs --samples N >= 2, a model that samples and a "
+            "detail > 0)",
             show_default=False,
         ),
     ] = None,
