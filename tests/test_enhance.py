@@ -154,22 +154,26 @@ def test_folder_with_corrupt_and_non_image_files_completes_and_names_each(tmp_pa
     (inp / "notes.txt").write_text("hello")
     (inp / "sub0" / "README").write_text("hello")
     (inp / ".hidden.png").write_text("editor swap file")
+    (inp / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link: one failure
+    os.mkfifo(inp / "pipe.png")  # a FIFO: a failure, never a reader blocked for ever
     res = CliRunner().invoke(
         app,
         ["enhance", str(inp), str(out), "--model", str(ckpt), "--params", str(params), *JOB],
     )
     assert res.exit_code == 1, res.output  # some images failed
-    for name in ("bad.png", "trunc.jpg", "empty.webp"):
+    for name in ("bad.png", "trunc.jpg", "empty.webp", "gone.png", "pipe.png"):
         assert f"error: {name}: " in res.output
     summary = json.loads((out / SUMMARY_KEY).read_text())
     reasons = {f["key"]: f["reason"] for f in summary["failures"]}
-    assert reasons.keys() == {"bad.png", "trunc.jpg", "empty.webp"}
+    assert reasons.keys() == {"bad.png", "trunc.jpg", "empty.webp", "gone.png", "pipe.png"}
     assert "not a recognised image" in reasons["bad.png"]
     assert "truncated" in reasons["trunc.jpg"].lower() and "empty" in reasons["empty.webp"]
+    assert reasons["gone.png"] == f"broken symbolic link (to {tmp_path / 'nowhere.png'})"
+    assert reasons["pipe.png"] == "not a regular file"
     assert {i["key"] for i in summary["ignored"]} == {"notes.txt", "sub0/README"}
     for ig in summary["ignored"]:  # named on the console too, with why (issue 24 N7)
         assert f"ignored {ig['key']}: {ig['reason']}" in res.output
-    assert summary["enhanced"] == 4 and summary["images"] == 7
+    assert summary["enhanced"] == 4 and summary["images"] == 9
     assert summary["images_per_s"] > 0 and summary["megapixels_per_s"] > 0
     assert sorted(images(out)) == ["photo.jpg", "sub0/img0.png", "sub0/img2.png", "sub1/img1.png"]
     assert read_image(out / "sub0/img2.png").shape == (2, 80, 3)  # 1-pixel strip, x2

@@ -294,13 +294,16 @@ def test_enhance_a_folder_with_a_mask_folder(trained, tmp_path):
     write_image(inp / "sub" / "b.png", smooth_image(rng, 24, 24))
     write_image(masks / "sub" / "b.png", mask)
     write_image(inp / "c.png", smooth_image(rng, 24, 24))  # no mask: fails alone
+    write_image(inp / "d.png", smooth_image(rng, 24, 24))
+    (masks / "d.png").write_bytes(b"")  # a broken mask: the failure names the mask, not d.png
     args = [str(inp), str(out), "-m", str(model_dir), "--mask", str(masks)]
     res = _enhance(*args)
     assert res.exit_code == 1, res.output
     summary = json.loads((out / "_diffenhance" / "summary.json").read_text())
     assert summary["enhanced"] == 2
-    assert [f["key"] for f in summary["failures"]] == ["c.png"]
+    assert [f["key"] for f in summary["failures"]] == ["c.png", "d.png"]
     assert "no mask" in summary["failures"][0]["reason"]
+    assert summary["failures"][1]["reason"] == f"mask {masks / 'd.png'}: empty file (0 bytes)"
     manifest = json.loads(next((out / "_diffenhance" / "manifests").glob("*.json")).read_text())
     rec = {r["input_key"]: r for r in manifest["images"]}
     assert (

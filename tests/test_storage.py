@@ -8,10 +8,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -205,6 +207,39 @@ def test_local_listing_skips_half_written_files(tmp_path: Path) -> None:
     store.write_bytes("d/a.png", b"a")
     (tmp_path / "s" / "d" / temp_name("b.png")).write_bytes(b"half")
     assert [o.key for o in store.list("")] == ["d/a.png"]
+
+
+def test_local_listing_names_a_folder_it_cannot_read() -> None:
+    """A folder that cannot be listed stops the listing with a StorageError naming it; it is
+    never skipped in silence (an enhancement job would miss its images). Root reads any folder,
+    so as root the listing runs as nobody (setpriv) in a world-readable temp folder."""
+    base = Path(tempfile.mkdtemp(prefix="unreadable-"))
+    locked = base / "in" / "locked"
+    try:
+        base.chmod(0o755)
+        locked.mkdir(parents=True)
+        (base / "in" / "a.png").write_bytes(b"a")
+        (locked / "b.png").write_bytes(b"b")
+        locked.chmod(0)
+        want = f"cannot list the folder {locked}: Permission denied"
+        if os.geteuid() != 0:
+            with pytest.raises(StorageError, match=want):
+                list(open_storage(str(base / "in")).list(""))
+            return
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: every folder is readable")
+        code = "import sys; from diffenhance.storage import open_storage; "
+        code += "print([o.key for o in open_storage(sys.argv[1]).list('')])"
+        res = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-c", code, str(base / "in")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert res.returncode == 1 and want in res.stderr, res.stderr[-2000:]
+        assert "StorageError" in res.stderr and not res.stdout
+    finally:
+        locked.chmod(0o755)
+        shutil.rmtree(base)
 
 
 def test_one_location_parser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

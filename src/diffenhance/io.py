@@ -88,9 +88,13 @@ def _read_errors(path: PathLike) -> Iterator[None]:
         raise ImageReadError(path, f"{kind} ({type(e).__name__}: {e})") from e
 
 
-def _check_file(path: PathLike) -> Path:
+def check_image_file(path: PathLike) -> Path:
+    """`path` as a Path when it is a non-empty regular file, else ImageReadError saying what
+    it is instead (a broken link, a folder, a FIFO that would block a reader)."""
     p = Path(path)
     if not p.exists():
+        if p.is_symlink():
+            raise ImageReadError(path, f"broken symbolic link (to {os.readlink(p)})")
         raise ImageReadError(path, "file not found")
     if not p.is_file():
         raise ImageReadError(path, "not a regular file")
@@ -205,7 +209,7 @@ def _decode(path: PathLike, max_pixels: int) -> np.ndarray:
     """The oriented pixels of an image file: float32 HxWxC in [0, 1], C = 1 gray, 2 gray +
     alpha, 3 RGB, 4 RGBA (see `read_image`)."""
     with _read_errors(path):
-        p = _check_file(path)
+        p = check_image_file(path)
         try:
             im = Image.open(p)
         except UnidentifiedImageError:
@@ -289,7 +293,7 @@ def read_mask(
     `size` = (height, width) of the image it belongs to. Raises ImageReadError naming the file
     when it cannot be read, its size differs from `size`, or it masks no pixel at all."""
     with _read_errors(path):
-        p = _check_file(path)
+        p = check_image_file(path)
         with Image.open(p) as im:
             _check_pixels(path, im.width, im.height, max_pixels)
             alpha = im.mode in _ALPHA_MODES or "transparency" in im.info
@@ -321,7 +325,7 @@ def read_image_info(path: PathLike) -> dict[str, Any]:
     Raises ImageReadError when the file is missing, empty or not an image.
     """
     with _read_errors(path):
-        p = _check_file(path)
+        p = check_image_file(path)
         try:
             im = Image.open(p)
         except UnidentifiedImageError:

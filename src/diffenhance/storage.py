@@ -130,8 +130,16 @@ def _dir_prefix(prefix: str) -> str:
 def _local_files(local_dir: Path, hidden: list[str] | None = None) -> Iterator[tuple[str, Path]]:
     """(relative '/' path, path) of the files under `local_dir`, sorted, without half-written
     temp files. With a `hidden` list, files and whole folders whose name starts with '.' are left
-    out too, and their relative paths (folders with a trailing '/') appended to it."""
-    for dirpath, dirnames, filenames in os.walk(local_dir):
+    out too, and their relative paths (folders with a trailing '/') appended to it.
+    StorageError naming a folder that cannot be listed (never skipped in silence)."""
+
+    def unreadable(e: OSError) -> None:
+        raise StorageError(
+            f"cannot list the folder {e.filename}: {e.strerror or e} (fix its permissions, or "
+            "move it out of the folder being read)"
+        ) from e
+
+    for dirpath, dirnames, filenames in os.walk(local_dir, onerror=unreadable):
         here = Path(dirpath)
         dirnames.sort()
         if hidden is not None:
@@ -304,7 +312,8 @@ class LocalStorage(Storage):
         if not start.is_dir():
             return
         for rel, path in _local_files(start):
-            st = path.stat()
+            # a broken symbolic link is listed as the link: its reader says what is wrong
+            st = path.stat() if path.exists() else path.lstat()
             yield ObjectInfo(
                 base + rel, st.st_size, None, None, datetime.fromtimestamp(st.st_mtime, UTC)
             )

@@ -100,7 +100,10 @@ def with_mask(
     if p is None:
         looked = " or ".join(str(c) for c in mask_candidates(Path(cfg.enhance.mask), key))
         raise ImageReadError(key, f"no mask: {looked} does not exist")
-    mask = read_mask(p, img.shape[:2], max_pixels=cfg.enhance.max_pixels)
+    try:
+        mask = read_mask(p, img.shape[:2], max_pixels=cfg.enhance.max_pixels)
+    except ImageReadError as e:  # a folder job records e.reason under the image's key
+        raise ImageReadError(key, f"mask {e}") from None
     lq = model_task(cfg).join(img, **{MASK: mask})
     return lq, {"mask_key": str(p), "mask_sha256": str(mask_sha)}
 

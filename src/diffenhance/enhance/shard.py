@@ -39,6 +39,7 @@ from diffenhance.enhance.models import cached_restorer
 from diffenhance.io import (
     ALPHA_SUFFIXES,
     ImageReadError,
+    check_image_file,
     composite_over_white,
     file_sha256,
     read_image_alpha,
@@ -356,6 +357,7 @@ class ShardRun:
         try:
             if not local_in:
                 self.in_store.download_file(src.key, path)
+            check_image_file(path)  # before hashing: a FIFO would block, a broken link named
             sha = file_sha256(path)
             mask_sha = mask_sha256(self.cfg, src.key)
             old = self.prior.get(src.key)
