@@ -409,6 +409,13 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
         why = "read but not written" if out.suffix == ".gif" else "is the input image"
         assert f"enhance.output '{out}'" in r.output and why in r.output
     assert src.read_bytes() == before and not (tmp_path / "x.gif").exists()
+    # one image named with an extension enhance does not read: exit 2, not exit 0 'ignored'
+    for name, what in (("photo.heic", "a .heic file"), ("photo", "a file without an extension")):
+        (tmp_path / name).write_bytes(src.read_bytes())
+        r = cli.invoke(app, ["enhance", str(tmp_path / name), str(tmp_path / "y.png"),
+                             "-m", str(ckpt), *base])  # fmt: skip
+        assert r.exit_code == 2 and f"{tmp_path / name}: {what} is not read" in r.output, r.output
+        assert ".png" in r.output and not (tmp_path / "y.png").exists()
 
 
 # ----------------------------------------------------------------------------- Real-ESRGAN's

@@ -307,3 +307,36 @@ def test_best_and_worst_labels_name_the_images_with_the_highest_and_lowest_gain(
             path=tmp_path / f"again_{rank}.png", margin=2,  # sr2's border crop
         )  # fmt: skip
         assert shown.read_bytes() == again.read_bytes(), (which, name)
+
+
+def test_report_cli_on_an_incomplete_folder_says_what_is_wrong(evaluated, tmp_path):
+    """`report --eval-dir` on a folder with a missing image, a corrupt JSON file or a bad
+    --train-log: exit 2 and one line naming the file, never a traceback."""
+    from typer.testing import CliRunner
+
+    from diffenhance.cli import app
+
+    _, _, eval_dir = evaluated
+    params = tmp_path / "params.yaml"
+    params.write_text("{}\n")
+
+    def run(folder: Path, *extra: str):
+        res = CliRunner().invoke(
+            app, ["report", "--eval-dir", str(folder), "--params", str(params), *extra]
+        )
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        return " ".join(res.output.split())  # console wrapping
+
+    d = tmp_path / "ev"
+    shutil.copytree(eval_dir, d)
+    text = tmp_path / "notes.csv"
+    text.write_text("hello\nworld\n")
+    out = run(d, "--train-log", str(tmp_path / "none.csv"))
+    assert f"--train-log {tmp_path / 'none.csv'}: no such file" in out
+    out = run(d, "--train-log", str(text))
+    assert f"{text}: not a train_log.csv (no loss, step column" in out
+    missing = next((d / "images" / "model").glob("*.png"))
+    missing.unlink()
+    assert f"{missing}: file not found (report --eval-dir {d})" in run(d)
+    (d / "protocol.json").write_text('{"task": ')
+    assert f"{d / 'protocol.json'}: not valid JSON" in run(d)

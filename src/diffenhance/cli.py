@@ -279,13 +279,16 @@ def report(
     if eval_dir is None:
         _run_stage("report", params, overrides)
         return
+    from diffenhance.io import ImageReadError
     from diffenhance.report import build_report
 
     cfg = _config_or_defaults(params, overrides)
+    if train_log is not None and not train_log.is_file():
+        _fail(f"--train-log {train_log}: no such file")
     try:
         rep = build_report(eval_dir, eval_dir, cfg.report, train_log=train_log)
-    except FileNotFoundError as e:
-        _fail(str(e))
+    except (FileNotFoundError, ImageReadError, ValueError) as e:  # an incomplete folder
+        _fail(f"{e} (report --eval-dir {eval_dir})")
     typer.echo(f"report: {rep.html.resolve()}")
 
 

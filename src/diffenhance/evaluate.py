@@ -248,14 +248,21 @@ class Evaluation:
 
 
 def load_evaluation(eval_dir: str | Path) -> Evaluation:
-    """Read an evaluation folder; FileNotFoundError names the missing file."""
+    """Read an evaluation folder; FileNotFoundError names the missing file, ValueError a
+    JSON file that does not parse."""
     d = Path(eval_dir)
     for f in EVAL_FILES:
         if not (d / f).is_file():
             raise FileNotFoundError(
                 f"{d / f}: missing; run the `evaluate` stage (or `diffenhance evaluate`) first"
             )
-    read = lambda f: json.loads((d / f).read_text())  # noqa: E731
+
+    def read(f: str) -> Any:
+        try:
+            return json.loads((d / f).read_text())
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{d / f}: not valid JSON ({e}); rerun evaluate") from None
+
     per_image = pd.read_csv(d / "per_image.csv", keep_default_na=False, na_values=[""])
     return Evaluation(d, read("metrics.json"), read("timing.json"), read("protocol.json"),
                       per_image, pd.read_csv(d / "psnr_vs_steps.csv"))  # fmt: skip

@@ -429,7 +429,15 @@ def _validation_run(train_log: Path, ev: Evaluation) -> dict[str, Any]:
 def _training(ev: Evaluation, train_log: Path, plots: Path) -> tuple[Path, str]:
     """The training curves, and a caption that says what their validation PSNR measures next
     to the tables' protocol (other images: other numbers) and where the run started from."""
-    log = pd.read_csv(train_log)
+    try:
+        log = pd.read_csv(train_log)
+    except (ValueError, UnicodeDecodeError) as e:  # pandas' parser and empty-file errors
+        raise ValueError(f"{train_log}: not a readable train_log.csv ({e})") from None
+    if missing := {"step", "loss"} - set(log.columns):
+        raise ValueError(
+            f"{train_log}: not a train_log.csv (no {', '.join(sorted(missing))} column; "
+            "`train` writes one beside each model)"
+        )
     model = ev.protocol.get("model") or {}
     run = _validation_run(train_log, ev)
     proto = ev.protocol["protocols"][0]  # train.validate scores the task's first protocol

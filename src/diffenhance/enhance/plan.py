@@ -116,6 +116,12 @@ def _resolve_input(url: str, cfg: Config) -> tuple[str, str | None]:
     if is_local(url):
         p = local_path(url)
         if p.is_file():
+            if p.suffix.lower() not in exts:  # named on purpose: an error, not 'ignored'
+                what = f"a {p.suffix} file" if p.suffix else "a file without an extension"
+                raise EnhanceError(
+                    f"{url}: {what} is not read as an image (enhance.extensions: "
+                    f"{' '.join(exts)}); rename it, or add its extension to enhance.extensions"
+                )
             return str(p.parent), p.name
         if not p.is_dir():
             raise EnhanceError(f"{url}: input not found; give a folder, an image or s3://...")
