@@ -242,6 +242,25 @@ def test_output_format_and_bit_depth_follow_the_input_unless_set(tmp_path, ckpt,
     assert read_image_info(tmp_path / "b8/deep.png")["bit_depth"] == 8
 
 
+def test_gray_inputs_give_gray_outputs_the_mean_of_the_models_channels(tmp_path, ckpt, params):
+    """A gray input (8 or 16 bits) comes out gray, not as RGB with the few-code tint the
+    model's channels differ by: exactly the rounded channel mean of the same input's RGB run."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    g = smooth_image(np.random.default_rng(3), 12, 10)[..., 0]
+    write_image(inp / "g8.png", g)
+    write_image(inp / "g16.png", g, bit_depth=16)
+    write_image(inp / "rgb.png", np.repeat(g[..., None], 3, axis=2))  # the same pixels, RGB
+    summary = run_job(config(params, inp, out, ckpt))
+    assert summary["enhanced"] == 3 and summary["failed"] == 0
+    assert read_image_info(out / "g8.png")["mode"] == "L"
+    assert read_image_info(out / "g16.png")["bit_depth"] == 16
+    assert read_image_info(out / "g16.png")["mode"] in ("I;16", "I;16B", "I;16L", "I")
+    codes = np.round(read_image(out / "rgb.png") * 255).astype(np.uint32)
+    assert np.abs(np.diff(codes, axis=2)).max() > 0  # the random model tints: a real check
+    gray = np.round(read_image(out / "g8.png") * 255).astype(np.uint32)
+    np.testing.assert_array_equal(gray[..., 0], (codes.sum(axis=2) + 1) // 3)
+
+
 def test_gif_is_enhanced_by_default_to_png_and_clash_advice_is_right(tmp_path, ckpt, params):
     """GIF is in the default enhance.extensions (docs/enhancing.md: GIF becomes PNG); an animated GIF gives
     its first frame, with a note. a.gif and a.png both map to a.png: renaming resolves that,
@@ -306,7 +325,8 @@ def test_alpha_is_kept_where_the_output_format_has_it_else_composited_and_said(
     want = resize(in_alpha[..., None], scale=2)[..., 0]
     for name in ("rgba.png", "deep.png", "la.png"):
         with Image.open(out / name) as im:
-            assert im.mode == "RGBA" and im.size == (20, 24)
+            # gray + alpha stays gray + alpha
+            assert im.mode == ("LA" if name == "la.png" else "RGBA") and im.size == (20, 24)
         colour, kept = read_image_alpha(out / name)
         np.testing.assert_allclose(kept, want, atol=1 / 255)
         assert colour[:, :2].min() < 0.9  # under the transparent edge: not composited white

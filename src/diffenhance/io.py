@@ -47,6 +47,7 @@ _WRITE_FORMATS |= {".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 # the suffixes `write_image` writes an alpha channel to (JPEG and BMP have none)
 ALPHA_SUFFIXES: frozenset[str] = frozenset({".png", ".webp", ".tif", ".tiff"})
 _GRAY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+GRAY_MODES = ("1", "L", "LA", "La", "F", *_GRAY16_MODES)  # read_image_info modes of gray files
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 PathLike = str | os.PathLike[str]

@@ -7,6 +7,8 @@ restores the colour and the alpha is resized bicubic to the output's size; other
 (JPEG, BMP) get the colour composited over white. Either way the image's record says which.
 With enhance.outscale the model's output (and its alpha and uncertainty std) is resized to
 round(input side * outscale) by the same filter (`_resize`), as Real-ESRGAN's --outscale.
+A grayscale input (8 or 16 bits) gives a grayscale output: the mean of the model's three
+channels, which it restores from the gray value copied into each (`_as_input_colour`).
 A full disk stops the shard at once (`DiskFull`, naming the file)."""
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from diffenhance.config import Config
 from diffenhance.enhance.job import (
@@ -38,6 +42,7 @@ from diffenhance.enhance.masks import mask_sha256, with_mask
 from diffenhance.enhance.models import cached_restorer
 from diffenhance.io import (
     ALPHA_SUFFIXES,
+    GRAY_MODES,
     ImageReadError,
     check_image_file,
     composite_over_white,
@@ -122,6 +127,17 @@ def _outscaled_size(in_size: tuple[int, int], outscale: float | None) -> tuple[i
             f"image {w}x{h} (width x height): under 1 px; use a larger outscale"
         )
     return h, w
+
+
+def _as_input_colour(img: Any, info: dict[str, Any]) -> Any:
+    """The model's RGB output `img` (float, or integer codes) as the input's colour: the mean
+    of its channels for a gray input (HxW; its channels differ by a few codes: a tint), else
+    itself."""
+    if info.get("mode") not in GRAY_MODES or img.ndim != 3:
+        return img
+    if img.dtype.kind == "u":  # codes: the rounded mean, in the same dtype
+        return ((img.sum(axis=2, dtype=np.uint32) + 1) // 3).astype(img.dtype)
+    return img.mean(axis=2)
 
 
 def _bit_depth(cfg: Config, info: dict[str, Any], output_key: str) -> int:
@@ -307,6 +323,7 @@ class ShardRun:
                     depth = _bit_depth(self.cfg, res.ident[2], src.output_key)
                     if alpha is not None:
                         alpha = _resize(alpha, img.shape[:2])
+                    img = _as_input_colour(img, res.ident[2])
                     out_sha = self.write(src, img, alpha, depth, tmp)
                     std = None if res.std is None else _resize(res.std, img.shape[:2])
                     maps = None if std is None else self.write_uncertainty(src, std, tmp)
