@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from diffenhance.config import load_config, write_resolved
-from diffenhance.data.pairs import PAIRS_CSV, degrade_stage, load_pairs, write_pair
+from diffenhance.data.pairs import (
+    PAIRS_CSV,
+    StalePairsError,
+    degrade_stage,
+    load_pairs,
+    write_pair,
+)
+from diffenhance.exitcodes import user_error_code
 from tests.tiny import make_dataset
 
 
@@ -51,6 +58,14 @@ def test_degrade_stage_writes_every_task_pair_by_pair(tmp_path):
         assert list(got["seed"]) == [r["seed"] for r in rows]
         assert files(tmp_path / "out" / task) == files(expected_dir / task)
         assert len(load_pairs(tmp_path / "out" / task)) == 2
+        got_hr, got_lq = got["hr"].iloc[0], got["lq"].iloc[0]
+    # a pair's file replaced since (an HR image copied over its LQ): exit 2 naming it
+    sr2 = tmp_path / "out" / "sr2"
+    lq = sr2 / got_lq
+    lq.write_bytes((sr2 / got_hr).read_bytes())
+    with pytest.raises(StalePairsError, match=f"{lq}: .* px, but .*pairs.csv records") as e:
+        load_pairs(sr2)
+    assert user_error_code(e.value) == 2
     # one task only: the other's folder is not written
     only = degrade_stage(stage_config(tmp_path, f"degrade.out_dir={tmp_path / 'one'}"), ["sr2"])
     assert list(only) == ["sr2"] and not (tmp_path / "one" / "denoise").exists()

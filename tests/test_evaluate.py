@@ -192,15 +192,20 @@ def test_cli_names_a_bad_image_and_finds_the_shipped_model(trained, tmp_path, mo
     run = ["evaluate", "--out", str(tmp_path / "out"), "--params", str(params)]
     hr_dir = tmp_path / "photos"
     write_image(hr_dir / "a.png", smooth_image(np.random.default_rng(5), 40, 37))
-    for name, data in (("b.png", b"not a png"), ("c.png", None)):
+    # 3x3 passes the x2 degradation (2x2 HR, 1x1 LQ) but not the 2 px border crop of scoring
+    for name, data, why in (("b.png", b"not a png", ": not a recognised image"),
+                            ("c.png", 1, " (1x1 px) is too small to evaluate sr2: "),
+                            ("d.png", 3, " (3x3 px) is too small to evaluate sr2: ")):  # fmt: skip
         bad = hr_dir / name
-        if data is None:
-            write_image(bad, np.zeros((1, 1, 3), np.float32))
+        if isinstance(data, int):
+            write_image(bad, np.zeros((data, data, 3), np.float32))
         else:
             bad.write_bytes(data)
         res = CliRunner().invoke(app, [*run, "--hr-dir", str(hr_dir), "--model", str(model_dir)])
         assert res.exit_code == 2, res.output
-        assert res.output.startswith(f"error: {bad}: ") and "Traceback" not in res.output
+        out = " ".join(res.output.split())  # console wrapping
+        assert out.startswith(f"error: {bad}{why}") and "Traceback" not in out, out
+        assert not (tmp_path / "out").exists()  # stopped before anything was written
         bad.unlink()
     monkeypatch.chdir(tmp_path)  # no models/sr2 here
     res = CliRunner().invoke(

@@ -602,6 +602,9 @@ def test_ui_command_names_a_busy_port():
         port = busy.getsockname()[1]
         r = CliRunner().invoke(cli_app, ["ui", "--port", str(port), "--params", str(PARAMS)])
     assert r.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in r.output, r.output
+    for bad in ("99999", "-1"):  # out of range: typer's usage error, not an OverflowError
+        r = CliRunner().invoke(cli_app, ["ui", "--port", bad, "--params", str(PARAMS)])
+        assert r.exit_code == 2 and "Invalid value for '--port'" in r.output, r.output
 
 
 @pytest.fixture

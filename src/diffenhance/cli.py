@@ -533,7 +533,7 @@ def ui(
     host: Annotated[str, typer.Option(help="address to bind (0.0.0.0: every network)")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option(help="port to listen on")] = 7860,
+    port: Annotated[int, typer.Option(help="port to listen on", min=0, max=65535)] = 7860,
     models_dir: Annotated[
         Path, typer.Option("--models-dir", help="model dirs (with model.safetensors) to list")
     ] = Path("models"),

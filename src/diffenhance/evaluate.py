@@ -603,12 +603,16 @@ def folder_pairs(hr_dir: str | Path, task: str | RestorationTask, cfg: Config) -
     if not files:
         raise FileNotFoundError(f"{root}: no images found (PNG, JPEG, WebP, TIFF, BMP, GIF)")
     t = get_task(task)
+    protocols = t.protocols(cfg.degrade)
     pairs = []
     for f in files:
+        img = read_image(f)
         try:
-            hr, lq, _ = make_pair(read_image(f), file_sha256(f), t, cfg.degrade)
+            hr, lq, _ = make_pair(img, file_sha256(f), t, cfg.degrade)
+            score(hr, hr, protocols)  # scorable: big enough for each protocol's border crop
         except ValueError as e:  # too small for the task's scale or crop
-            raise ValueError(f"{f}: {e}") from None
+            size = f"{img.shape[1]}x{img.shape[0]} px"
+            raise ValueError(f"{f} ({size}) is too small to evaluate {t.name}: {e}") from None
         name = f.relative_to(root).with_suffix("").as_posix().replace("/", "__")
         pairs.append(task_pair(name, hr, lq, t))
     return pairs

@@ -18,6 +18,7 @@ USER_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("diffenhance.enhance", "EnhanceError", 2),
     ("builtins", "FileNotFoundError", 2),
     ("diffenhance.io", "ImageReadError", 2),  # a stage's input image (a job records its own)
+    ("diffenhance.data.pairs", "StalePairsError", 2),
     ("diffenhance.storage", "StorageError", 1),
     ("diffenhance.enhance", "ShardsCrashed", 1),
 )

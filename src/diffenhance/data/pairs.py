@@ -157,9 +157,14 @@ def degrade_stage(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, 
     return written
 
 
+class StalePairsError(ValueError):
+    """A pair's file no longer matches what its pairs.csv row records (a user error: exit 2)."""
+
+
 def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
     """Read the fixed pairs of one task (sorted by name), optionally only the first `limit`.
-    Each pair's network input is that of the task its pairs.csv row names."""
+    Each pair's network input is that of the task its pairs.csv row names. StalePairsError
+    names a file whose size is not the one its row records (replaced since `degrade`)."""
     task_dir = Path(task_dir)
     csv = task_dir / PAIRS_CSV
     if not csv.is_file():
@@ -173,6 +178,14 @@ def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
     for r in df.itertuples():
         task = get_task(r.task)
         hr, lq = read_image(task_dir / r.hr), _read_lq(task_dir, r, task)
+        for kind, img in (("hr", hr), ("lq", lq)):  # a file replaced since `degrade` wrote it
+            want = (getattr(r, f"{kind}_height", None), getattr(r, f"{kind}_width", None))
+            if None not in want and img.shape[:2] != want:
+                raise StalePairsError(
+                    f"{task_dir / getattr(r, kind)}: {img.shape[0]}x{img.shape[1]} px, but "
+                    f"{csv} records {want[0]}x{want[1]}; rerun the `degrade` stage "
+                    "(dvc repro degrade) to rewrite the pairs"
+                )
         pairs.append(task_pair(r.name, hr, lq, task))
     return pairs
 
