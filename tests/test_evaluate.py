@@ -212,3 +212,32 @@ def test_cli_names_a_bad_image_and_finds_the_shipped_model(trained, tmp_path, mo
         app, [*run, "--hr-dir", str(hr_dir), "--model", "models/sr2", "--task", "sr4"]
     )
     assert res.exit_code == 2 and "trained for task 'sr2'" in res.output, res.output
+
+
+def test_a_failed_evaluation_leaves_the_previous_one_whole(trained, tmp_path):
+    """evaluate_pairs writes into a hidden staging folder and moves it in at the end: a run
+    that fails half-way (here on its second pair) leaves every file of the previous evaluation
+    as it was, and no staging folder."""
+    root, model_dir = trained
+    cfg = tiny_config(root, f"evaluate.out_dir={tmp_path}", "evaluate.steps=[1]",
+                      "evaluate.uncertainty_samples=0")  # fmt: skip
+    evaluate_model(cfg, "sr2")
+    out = tmp_path / "sr2"
+
+    def snapshot() -> dict[str, bytes]:
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
+                if p.is_file()}  # fmt: skip
+
+    before = snapshot()
+    assert "metrics.json" in before and any(k.startswith("images/model/") for k in before)
+    good, second = load_pairs(root / "degraded" / "sr2")[:2]
+    bad = replace(second, lq=second.hr)  # an input of the wrong size: the run fails on it
+    r = load_restorer(model_dir)
+    with pytest.raises(ValueError, match="shapes differ"):
+        evaluate_pairs(r, [good, bad], "sr2", cfg, out, source={"kind": "test"})
+    assert snapshot() == before
+    assert not (out / ".evaluate-partial").exists()
+    ev = evaluate_pairs(r, [good], "sr2", cfg, out, source={"kind": "test"})
+    assert ev.dir == out and ev.metrics["n_images"] == 1
+    assert json.loads((out / "metrics.json").read_text()) == ev.metrics
+    assert sorted(p.name for p in (out / "images" / "hr").iterdir()) == [f"{good.name}.png"]

@@ -36,6 +36,9 @@ Outputs in `<out_dir>/` (`reports/<task>/` for the stage):
   images/            lq/, hr/, model/ (headline step count, first seed) and one folder per baseline,
                      8-bit PNGs for the report; uncertainty/<name>.png (colour map) and .npy (std)
 
+They are made in `.evaluate-partial/` inside the folder and moved in when all are written: a
+run that fails or is killed leaves the previous evaluation whole (the next run sweeps it).
+
 Uncertainty (`evaluate.uncertainty_samples` = N >= 2; 0 = off): per pair, the std map of the
 headline's spec at N samples (`restore.restore_with_uncertainty`, first seed) and its Pearson and
 Spearman correlation with the headline output's per-pixel |error| (mean over RGB, the protocol's
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -220,6 +224,7 @@ def grain_scores(m: dict[str, float]) -> dict[str, float]:
 
 
 EVAL_FILES = ("metrics.json", "timing.json", "protocol.json", "per_image.csv", "psnr_vs_steps.csv")
+STAGING_DIR = ".evaluate-partial"  # inside the output folder: a run in progress (evaluate_pairs)
 
 
 @dataclass(frozen=True)
@@ -527,8 +532,28 @@ def evaluate_pairs(
     if r.device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     out_dir = Path(out_dir)
-    images = out_dir / "images"
-    shutil.rmtree(images, ignore_errors=True)  # stale images of a previous, larger run
+    # everything is made in a hidden staging folder and moved in at the end: a run that fails
+    # or is killed leaves the previous evaluation whole, never half of a new one
+    staging = out_dir / STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
+    try:
+        evaluation = _evaluate_into(r, pairs, plan, cfg, source, staging, progress)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(out_dir / "images", ignore_errors=True)  # stale images of an earlier run
+    for f in ("images", *EVAL_FILES):
+        os.replace(staging / f, out_dir / f)
+    staging.rmdir()
+    return replace(evaluation, dir=out_dir)
+
+
+def _evaluate_into(
+    r: Restorer, pairs: Sequence[Pair], plan: _Plan, cfg: Config, source: dict[str, Any],
+    staging: Path, progress: Callable[[str], None] | None,
+) -> Evaluation:  # fmt: skip
+    """`evaluate_pairs`' work, every file written into `staging`."""
+    images = staging / "images"
     rows: list[dict[str, Any]] = []
     unc_rows: list[dict[str, Any]] = []
     for i, p in enumerate(pairs):
@@ -551,12 +576,12 @@ def evaluate_pairs(
         )
     elif plan.uncertainty_skipped and cfg.evaluate.uncertainty_samples:
         protocol["notes"].append(f"uncertainty skipped: {plan.uncertainty_skipped}")
-    write_csv(out_dir / "per_image.csv", per_image)
-    write_csv(out_dir / "psnr_vs_steps.csv", curve)
-    write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "timing.json", timing)
-    write_json(out_dir / "protocol.json", protocol)
-    return Evaluation(out_dir, metrics, timing, protocol, per_image, curve)
+    write_csv(staging / "per_image.csv", per_image)
+    write_csv(staging / "psnr_vs_steps.csv", curve)
+    write_json(staging / "metrics.json", metrics)
+    write_json(staging / "timing.json", timing)
+    write_json(staging / "protocol.json", protocol)
+    return Evaluation(staging, metrics, timing, protocol, per_image, curve)
 
 
 def spread(items: Sequence[Any], n: int) -> list[Any]:
