@@ -396,7 +396,7 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
     r = cli.invoke(
         app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt), "--tile", "2", *base]
     )
-    assert r.exit_code == 2 and "infer.tile=2: 'infer.tile_overlap' must be" in r.output
+    assert r.exit_code == 2 and "'infer.tile' must be >= 4" in r.output, r.output
     # the documented `--tile 16` beside an overlap of 16: the overlap becomes a quarter tile
     r = cli.invoke(app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt),
                          "--tile", "16", "--dry-run", "--params", str(params)])  # fmt: skip
@@ -429,6 +429,15 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
         why = "read but not written" if out.suffix == ".gif" else "is the input image"
         assert f"enhance.output '{out}'" in r.output and why in r.output
     assert src.read_bytes() == before and not (tmp_path / "x.gif").exists()
+    # --ext that contradicts the output file named, and a folder of inputs onto a file
+    r = cli.invoke(app, ["enhance", str(src), str(tmp_path / "y.png"), "-m", str(ckpt),
+                         "--ext", "jpg", *base])  # fmt: skip
+    assert r.exit_code == 2 and "is a .png file but --ext" in " ".join(r.output.split()), r.output
+    r = cli.invoke(app, ["enhance", str(src), str(tmp_path / "y.jpeg"), "-m", str(ckpt),
+                         "--ext", "jpg", "--dry-run", *base])  # fmt: skip
+    assert r.exit_code == 0, r.output  # .jpeg is jpg
+    r = cli.invoke(app, ["enhance", str(inp), str(tmp_path / "x.jpg"), "-m", str(ckpt), *base])
+    assert r.exit_code == 2 and "is a file, but the input" in " ".join(r.output.split()), r.output
     # one image named with an extension enhance does not read: exit 2, not exit 0 'ignored'
     for name, what in (("photo.heic", "a .heic file"), ("photo", "a file without an extension")):
         (tmp_path / name).write_bytes(src.read_bytes())

@@ -766,6 +766,8 @@ def _rules_report(obj: ReportConfig, bad: Callable[[str, str], ConfigError]) -> 
 
 def _rules_infer(obj: InferConfig, bad: Callable[[str, str], ConfigError]) -> None:
     _rule_device(obj, bad)
+    if obj.tile < 4:
+        raise bad("tile", "must be >= 4 (input pixels per tile side; 64-256 are usual)")
     if not 0 <= obj.tile_overlap < obj.tile:
         raise bad("tile_overlap", "must be >= 0 and smaller than infer.tile")
     for k in ("steps", "tile_batch", "samples"):

@@ -150,6 +150,15 @@ def _roots(cfg: Config) -> _Roots:
                 f"enhance.output {e.output!r}: {suffix} is read but not written; name the "
                 f"output {' / '.join(WRITABLE_SUFFIXES)}, or give a folder"
             )
+        fmt_suffixes = {"jpg": (".jpg", ".jpeg"), "tif": (".tif", ".tiff")}.get(
+            e.output_format, (f".{e.output_format}",)
+        )
+        if single_out is not None and e.output_format != "same" and suffix not in fmt_suffixes:
+            raise EnhanceError(
+                f"enhance.output {e.output!r} is a {suffix} file but --ext (enhance."
+                f"output_format) is {e.output_format}: name the output {fmt_suffixes[0]}, or "
+                "drop --ext (a named output file is written in its own suffix's format)"
+            )
         if single_out is not None and normalize_url(f"{in_url}/{single_key}") == normalize_url(
             f"{out_url}/{single_out}"
         ):
@@ -158,6 +167,11 @@ def _roots(cfg: Config) -> _Roots:
             )
     if normalize_url(in_url) == normalize_url(out_url) and single_key is None:
         raise EnhanceError(f"enhance.output {e.output!r} is the input folder; choose another one")
+    if single_key is None and is_local(out_url) and local_path(out_url).is_file():
+        raise EnhanceError(
+            f"enhance.output {e.output!r} is a file, but the input {e.input!r} is a folder: "
+            "give an output folder"
+        )
     excluded = ""
     if normalize_url(out_url).startswith(normalize_url(in_url) + "/"):
         excluded = normalize_url(out_url)[len(normalize_url(in_url)) + 1 :] + "/"
