@@ -142,6 +142,14 @@ def test_local_default_never_publishes_itself(tmp_path: Path) -> None:
     second = publish(cfg, root=repo)
     assert (second.uploaded, second.skipped, second.manifest_written) == (0, 5, False)
     assert {p: p.stat().st_mtime_ns for p in [*dest.rglob("*"), copy]} == stamps  # untouched
+    # publishing elsewhere afterwards leaves the default destination's copy out
+    other = publish(config(repo, str(tmp_path / "elsewhere")), root=repo)
+    assert [o["key"] for o in other.manifest["objects"]] == PUBLISHED
+    # a destination that is a published folder, or holds one, would copy it into itself
+    for url, where in (("reports", "is"), (".", "holds"), (str(repo), "holds")):
+        with pytest.raises(PublishError, match=f"storage.url '{url}' {where} the published"):
+            publish(config(repo, url), root=repo)
+    assert not (repo / "reports" / "reports").exists()
 
 
 def test_shipped_pretrained_models_are_not_published_by_default(tmp_path: Path) -> None:

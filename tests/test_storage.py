@@ -490,6 +490,21 @@ def test_upload_command_errors_are_one_line(
     )
     (src / "b.png").unlink()
 
+    # a local destination inside the source (or the source itself), an empty one: exit 2,
+    # nothing written (each rerun would nest one copy deeper; '' was the working directory)
+    for dest, why in ((src / "out", "is inside the source"), (src, "is inside the source"),
+                      ("", "DEST is empty")):  # fmt: skip
+        res = upload_cli(str(src), str(dest))
+        assert res.exit_code == 2 and why in res.stderr, res.output
+    assert sorted(p.name for p in src.iterdir()) == ["a.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    # a FIFO in the source is named and skipped (reading it would block for ever)
+    os.mkfifo(src / "pipe.png")
+    res = upload_cli(str(src), str(tmp_path / "local"))
+    assert res.exit_code == 0 and "skipped pipe.png (not a regular file)" in res.stderr, res.output
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == ["a.png"]
+    (src / "pipe.png").unlink()
+
     dead = [f"storage.endpoint_url=http://127.0.0.1:{closed_port()}", "storage.max_attempts=1"]
     res = upload_cli(str(src), s3_prefix, *dead)
     assert res.exit_code == 1, res.output

@@ -186,6 +186,8 @@ def upload(
     from diffenhance.storage import open_storage, upload_path
 
     cfg = _config_or_defaults(params, overrides)
+    if not dest.strip():
+        _fail("upload: DEST is empty; give s3://bucket/prefix or a local folder")
     with _user_errors():  # a StorageError (store down, refused, bad URL): exit 1
         try:
             store = open_storage(dest, cfg.storage)

@@ -379,8 +379,11 @@ class StorageConfig:
     publish: tuple[str, ...] = ("reports", "models", "results")
     # glob patterns on the object key that publish skips (and counts): resume state is big,
     # pickled, private; models/pretrained/ ships in git (tens of MB), so the commit in the
-    # manifest already pins it and uploading it on every publish would only cost time and space
-    publish_exclude: tuple[str, ...] = ("models/*/state/*", "*/.gitkeep", "models/pretrained/*")
+    # manifest already pins it and uploading it on every publish would only cost time and space;
+    # results/published/ is the default local destination: a copy, never a source of its own
+    publish_exclude: tuple[str, ...] = (
+        "models/*/state/*", "*/.gitkeep", "models/pretrained/*", "results/published/*",
+    )  # fmt: skip
     manifest: str = "publish-manifest.json"  # key under url, written last, after every upload
     manifest_copy: str = "results/publish-manifest.json"  # local copy of the last publish
 

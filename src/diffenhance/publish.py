@@ -172,11 +172,26 @@ def git_commit(root: str | os.PathLike = ".") -> tuple[str | None, bool | None]:
 
 
 def open_destination(cfg: StorageConfig, root: str | os.PathLike = ".") -> Storage:
-    """The store at `cfg.url`; a relative local path is taken relative to `root`."""
+    """The store at `cfg.url`; a relative local path is taken relative to `root`. PublishError
+    for a local destination that is a published folder or holds one: each run would publish
+    the last run's copy again (reports/reports/...), or a file onto itself. One inside a
+    published folder (the default results/published) is fine: publish skips it."""
     url = cfg.url
     if "://" not in url and not Path(url).is_absolute():
         url = str(Path(root) / url)
-    return open_storage(url, cfg)
+    store = open_storage(url, cfg)
+    if isinstance(store, LocalStorage):
+        dest = store.root.resolve()
+        for name, path in publish_sources(cfg, root).items():
+            src = path.resolve()
+            if src == dest or dest in src.parents:
+                where = "is" if src == dest else "holds"
+                raise PublishError(
+                    f"storage.url {cfg.url!r} {where} the published folder {name!r}: each "
+                    "publish would copy it into itself; choose a destination outside "
+                    f"{', '.join(cfg.publish)} (e.g. results/published, the default)"
+                )
+    return store
 
 
 def never_published(cfg: StorageConfig, store: Storage, root: str | os.PathLike) -> set[Path]:

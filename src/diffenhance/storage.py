@@ -722,7 +722,17 @@ def upload_path(
     if root.is_file():
         files = [(root.name, root)]
     elif root.is_dir():
+        dest = store.root.resolve() if isinstance(store, LocalStorage) else None
+        if dest is not None and (dest == root.resolve() or root.resolve() in dest.parents):
+            raise FileNotFoundError(  # a bad destination: exit 2, like a bad source
+                f"upload: the destination {store.root} is inside the source {src} (or is it): "
+                "each upload would copy the last one into itself; choose a folder outside it"
+            )
         files = list(_local_files(root, result.hidden))  # listed first: [i/n] and no surprises
+        special = [(rel, p) for rel, p in files if p.exists() and not p.is_file()]
+        files = [f for f in files if f not in special]
+        for rel, _ in special:  # a FIFO or device: reading it would block or never end
+            say(f"skipped {rel} (not a regular file)")
     else:
         raise FileNotFoundError(f"upload: {src}: no such file or folder")
     for rel in result.hidden:
