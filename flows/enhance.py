@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -266,11 +267,29 @@ def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        if not value > 0 or not math.isfinite(value):  # nan, inf
+            raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
         return value
 
     return parse
+
+
+def _interval(text: str) -> float:
+    """An argparse type: seconds between runs, at least 1 (Prefect's schedules are in whole
+    microseconds and a busier loop is no schedule)."""
+    value = _positive(float)(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 second, not {text}")
+    return value
+
+
+def _name(text: str) -> str:
+    """An argparse type: a deployment name Prefect accepts (none of / % & > <)."""
+    if not text.strip() or any(c in text for c in "/%&><"):
+        raise argparse.ArgumentTypeError(
+            f"not a deployment name: {text!r} (non-empty, without / % & > <)"
+        )
+    return text
 
 
 def _cron(text: str) -> str:
@@ -302,11 +321,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         when.add_argument("--cron", type=_cron, help='cron schedule (UTC), e.g. "0 3 * * *"')
         when.add_argument(
             "--interval",
-            type=_positive(float),
+            type=_interval,
             metavar="SECONDS",
             help="a run every SECONDS, the first one SECONDS after this start",
         )
-        p.add_argument("--name", default=SERVED_NAME, help=f"deployment name ({SERVED_NAME})")
+        p.add_argument(
+            "--name", default=SERVED_NAME, type=_name, help=f"deployment name ({SERVED_NAME})"
+        )
         p.add_argument(
             "--max-runs", type=_positive(int), metavar="N", help="stop after N finished runs"
         )

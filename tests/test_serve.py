@@ -84,11 +84,19 @@ def stop(proc: Proc) -> str:
     [
         ([], "one of the arguments --cron --interval is required"),
         (["--cron", "0 3 * * *", "--interval", "60"], "not allowed with argument"),
-        (["--interval", "0"], "argument --interval: must be above 0, not 0"),
-        (["--interval", "-5"], "argument --interval: must be above 0, not -5"),
+        (["--interval", "0"], "argument --interval: must be a finite number above 0, not 0"),
+        (["--interval", "-5"], "argument --interval: must be a finite number above 0, not -5"),
+        (["--interval", "nan"], "argument --interval: must be a finite number above 0, not nan"),
+        (["--interval", "inf"], "argument --interval: must be a finite number above 0, not inf"),
+        (["--interval", "1e-7"], "argument --interval: must be at least 1 second, not 1e-7"),
         (["--interval", "1h"], "argument --interval: not a number: '1h'"),
+        (["--interval", "60", "--name", "a/b"], "argument --name: not a deployment name: 'a/b'"),
+        (["--interval", "60", "--name", " "], "argument --name: not a deployment name: ' '"),
         (["--cron", "nope"], "argument --cron: not a cron schedule: 'nope'"),
-        (["--cron", "0 3 * * *", "--max-runs", "0"], "argument --max-runs: must be above 0"),
+        (
+            ["--cron", "0 3 * * *", "--max-runs", "0"],
+            "argument --max-runs: must be a finite number above 0",
+        ),
     ],
 )
 def test_serve_takes_exactly_one_schedule_and_positive_numbers(args, message, capsys):
