@@ -141,3 +141,26 @@ def test_models_listing_shows_detail_only_where_a_model_has_the_knob():
                for i, j in itertools.pairwise(heads)}  # fmt: skip
     assert any(x.endswith("detail 0") for x in presets["sr4"]), presets["sr4"]
     assert presets["denoise"] and not any("detail" in x for x in presets["denoise"])
+
+
+def test_models_listing_names_a_model_card_that_is_not_one(tmp_path):
+    """A `training.json` that is not JSON, not an object, or whose "measured" has the wrong
+    shape: exit 2 and one line naming it (was a traceback)."""
+    model = tmp_path / "mods" / "jpeg"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(
+        (REPO / "models" / "pretrained" / "jpeg" / "model.safetensors").read_bytes()
+    )
+    card = model / "training.json"
+    shape = "not a model card: expected an object"
+    for text, why in (("{bad", "not a model card: Expecting"), ("[1, 2]", shape),
+                      ('{"measured": [1]}', shape), ('{"measured": {"held_out_photos": 3}}', shape),
+                      ('{"measured": {"target": [1]}}', shape)):  # fmt: skip
+        card.write_text(text)
+        for extra in ([], ["--markdown"]):
+            res = CliRunner().invoke(app, ["models", "--models-dir", str(model.parent), *extra])
+            out = " ".join(res.output.split())
+            assert res.exit_code == 2 and f"error: {card}: {why}" in out, res.output
+    card.write_text('{"measured": {"psnr_y": 30.0, "target": "x"}}')
+    res = CliRunner().invoke(app, ["models", "--models-dir", str(model.parent)])
+    assert res.exit_code == 0 and "psnr_y 30" in res.output, res.output

@@ -461,7 +461,6 @@ def _model_listing(models_dir: Path | None) -> list[dict[str, Any]]:
     """What `diffenhance models` shows of each `<models_dir>/<name>/model.safetensors`, by name:
     the checkpoint's header (task, formulation, network, presets) and its model card
     (`training.json`: the numeric figures of "measured", its "target" and held-out photos)."""
-    import json
 
     from diffenhance.diffusion.formulations import get_formulation
     from diffenhance.model import (
@@ -481,8 +480,7 @@ def _model_listing(models_dir: Path | None) -> list[dict[str, Any]]:
     for d in found:
         with _user_errors():
             spec = validate_checkpoint(d)
-        card = d / "training.json"
-        measured = json.loads(card.read_text()).get("measured", {}) if card.is_file() else {}
+        measured = _card_measured(d / "training.json")
         formulation = get_formulation(spec.diffusion_cfg.formulation)
         listing.append({
             "name": d.name, "task": spec.task, "formulation": formulation.label(spec.diffusion_cfg),
@@ -494,6 +492,31 @@ def _model_listing(models_dir: Path | None) -> list[dict[str, Any]]:
             "target": measured.get("target"), "photos": measured.get("held_out_photos"),
         })  # fmt: skip
     return listing
+
+
+def _card_measured(card: Path) -> dict[str, Any]:
+    """The "measured" section of a model card (`training.json`; {} without one); a card that
+    is not one exits 2 naming it."""
+    import json
+
+    if not card.is_file():
+        return {}
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        _fail(f"{card}: not a model card: {e}")
+    measured = data.get("measured", {}) if isinstance(data, dict) else None
+    photos = measured.get("held_out_photos") if isinstance(measured, dict) else None
+    if (
+        not isinstance(measured, dict)
+        or not isinstance(measured.get("target"), (str, type(None)))
+        or not (
+            photos is None or isinstance(photos, list) and all(isinstance(p, str) for p in photos)
+        )
+    ):
+        _fail(f"{card}: not a model card: expected an object whose \"measured\" is an object "
+              "(numeric figures, \"target\" text, \"held_out_photos\" a list of names)")  # fmt: skip
+    return measured
 
 
 def _models_markdown(listing: list[dict[str, Any]]) -> list[str]:
