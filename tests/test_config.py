@@ -536,3 +536,15 @@ def test_builtin_defaults_differ_from_params_yaml_only_in_the_training_recipe():
             ["regression", "indi", "residual", "sr3", "pmrf"],
         ),
     }
+
+
+def test_a_section_with_every_key_commented_out_takes_its_defaults(tmp_path):
+    """`infer:` with every key commented out is YAML null: the section's defaults, as an empty
+    file gives every default (a list is still refused)."""
+    p = tmp_path / "params.yaml"
+    p.write_text("infer:\n  # steps: 4\nevaluate:\n  max_images: 3\n")
+    cfg = load_config(p)
+    assert cfg.infer == load_config(None).infer and cfg.evaluate.max_images == 3
+    p.write_text("infer: [1, 2]\n")
+    with pytest.raises(ConfigError, match="'infer' must be a mapping, got \\[1, 2\\]"):
+        load_config(p)

@@ -493,7 +493,8 @@ def test_upload_command_errors_are_one_line(
     # a local destination inside the source (or the source itself), an empty one: exit 2,
     # nothing written (each rerun would nest one copy deeper; '' was the working directory)
     for dest, why in ((src / "out", "is inside the source"), (src, "is inside the source"),
-                      ("", "DEST is empty")):  # fmt: skip
+                      ("", "DEST is empty"), (src / "a.png", "is a file"),
+                      ("gs://bucket/x", "unsupported"), ("s3:///x", "invalid bucket")):  # fmt: skip
         res = upload_cli(str(src), str(dest))
         assert res.exit_code == 2 and why in res.stderr, res.output
     assert sorted(p.name for p in src.iterdir()) == ["a.png"]

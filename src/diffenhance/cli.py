@@ -181,16 +181,22 @@ def upload(
     by publish. Endpoint and credentials as publish's: storage.endpoint_url or
     AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE. Exit code: 0
     done, 1 storage failed (the file named; a rerun skips what was sent), 2 a bad source,
-    unreadable file or config (one line).
+    destination (empty, a file, inside the source, a URL it cannot use), unreadable file or
+    config (one line).
     """
-    from diffenhance.storage import open_storage, upload_path
+    from diffenhance.storage import StorageError, is_local, local_path, open_storage, upload_path
 
     cfg = _config_or_defaults(params, overrides)
     if not dest.strip():
         _fail("upload: DEST is empty; give s3://bucket/prefix or a local folder")
-    with _user_errors():  # a StorageError (store down, refused, bad URL): exit 1
+    if is_local(dest) and local_path(dest).is_file():
+        _fail(f"upload: DEST {dest} is a file; give s3://bucket/prefix or a local folder")
+    try:
+        store = open_storage(dest, cfg.storage)
+    except StorageError as e:  # a URL or setting it cannot use: a bad argument, exit 2
+        _fail(f"upload: {e}")
+    with _user_errors():  # a StorageError (store down, refused): exit 1
         try:
-            store = open_storage(dest, cfg.storage)
             result = upload_path(store, src, progress=lambda line: typer.echo(line, err=True))
         except OSError as e:  # a local file that cannot be read: a bad input, as a missing one
             _fail(str(e), 2)

@@ -608,7 +608,10 @@ def _field(value: Any, tp: Any, key: str, source: str) -> Any:
 
 def _section(cls: type, raw: Any, prefix: str, source: str) -> Any:
     """A dataclass from a mapping: no unknown key (the error lists the allowed ones), each
-    field validated, then the section's own rules (`_check_invariants`)."""
+    field validated, then the section's own rules (`_check_invariants`). A section left empty
+    in YAML (`infer:` with every key commented out: null) takes its defaults."""
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: '{prefix}' must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls, include_extras=True)
