@@ -309,7 +309,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line; `serving`: whether it is `serve`'s."""
     argv = list(argv)
     p = argparse.ArgumentParser(
-        prog="python -m flows.enhance", description="Batch enhancement as a Prefect flow."
+        prog="python -m flows.enhance",
+        description="Batch enhancement as a Prefect flow.",
+        epilog="Schedule it instead: python -m flows.enhance serve (--cron EXPR | --interval "
+        "SECONDS) [--name NAME] [--max-runs N]; see serve --help.",
     )
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
