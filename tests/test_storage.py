@@ -209,6 +209,25 @@ def test_local_listing_skips_half_written_files(tmp_path: Path) -> None:
     assert [o.key for o in store.list("")] == ["d/a.png"]
 
 
+def test_local_listing_follows_linked_folders_but_never_loops(tmp_path: Path) -> None:
+    """A linked-in dataset folder is listed under the link's name (enhance and upload read it);
+    links back to the folder, above it or to an ancestor on the way down are not followed."""
+    data = tmp_path / "dataset"
+    (data / "sub").mkdir(parents=True)
+    (data / "x.png").write_bytes(b"x")
+    (data / "sub" / "y.png").write_bytes(b"y")
+    root = tmp_path / "in"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "b.png").write_bytes(b"b")
+    (root / "linked").symlink_to(data)  # followed
+    (root / "self").symlink_to(".")  # this folder: a loop
+    (root / "up").symlink_to("..")  # above it: would list tmp_path (and loop)
+    (root / "a" / "back").symlink_to("..")  # an ancestor on the way down
+    (data / "sub" / "home").symlink_to(data)  # the linked folder's own loop
+    keys = sorted(o.key for o in open_storage(str(root)).list(""))
+    assert keys == ["a/b.png", "linked/sub/y.png", "linked/x.png"]
+
+
 def test_local_listing_names_a_folder_it_cannot_read() -> None:
     """A folder that cannot be listed stops the listing with a StorageError naming it; it is
     never skipped in silence (an enhancement job would miss its images). Root reads any folder,

@@ -131,7 +131,11 @@ def _local_files(local_dir: Path, hidden: list[str] | None = None) -> Iterator[t
     """(relative '/' path, path) of the files under `local_dir`, sorted, without half-written
     temp files. With a `hidden` list, files and whole folders whose name starts with '.' are left
     out too, and their relative paths (folders with a trailing '/') appended to it.
-    StorageError naming a folder that cannot be listed (never skipped in silence)."""
+    StorageError naming a folder that cannot be listed (never skipped in silence).
+
+    A symbolic link to a folder (a dataset linked in) is followed, under its own name, unless
+    it would loop: to a folder being listed (this one, an ancestor on the way down) or one
+    above `local_dir`."""
 
     def unreadable(e: OSError) -> None:
         raise StorageError(
@@ -139,13 +143,21 @@ def _local_files(local_dir: Path, hidden: list[str] | None = None) -> Iterator[t
             "move it out of the folder being read)"
         ) from e
 
-    for dirpath, dirnames, filenames in os.walk(local_dir, onerror=unreadable):
+    top = Path(local_dir).resolve()
+    above = {top, *top.parents}
+    on_the_way: set[Path] = set()  # real folders listed so far (each one's ancestors among them)
+    for dirpath, dirnames, filenames in os.walk(local_dir, onerror=unreadable, followlinks=True):
         here = Path(dirpath)
+        on_the_way.add(here.resolve())
         dirnames.sort()
         if hidden is not None:
             rel = here.relative_to(local_dir)
             hidden += [(rel / d).as_posix() + "/" for d in dirnames if d.startswith(".")]
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = [
+            d for d in dirnames
+            if not (here / d).is_symlink() or (here / d).resolve() not in above | on_the_way
+        ]  # fmt: skip
         for name in sorted(filenames):
             if hidden is not None and name.startswith("."):  # temp files included
                 hidden.append((here / name).relative_to(local_dir).as_posix())
