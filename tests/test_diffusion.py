@@ -235,6 +235,45 @@ def test_ddim_golden_sample_of_a_seeded_model() -> None:
     assert torch.allclose(out[0, 0, 0, :3], golden, atol=1e-4)
 
 
+def test_ddpm_posterior_is_gaussian_conditioning_of_the_forward_chain() -> None:
+    """q(x_{k-1} | x_k, x0) by conditioning the joint Gaussian of x_{k-1} = sqrt(ab') x0 +
+    sqrt(1 - ab') e1 and x_k = sqrt(a) x_{k-1} + sqrt(b) e2 on x_k (an independent derivation of
+    Ho et al.'s eq. 7): mean = sqrt(ab') x0 + C / V (x_k - sqrt(ab) x0), variance = (1 - ab') -
+    C^2 / V, with C = sqrt(a) (1 - ab') and V = a (1 - ab') + b."""
+    s = Schedule(make_betas("cosine", 100))
+    f = s.f64
+    b, ab, ab_prev = f["betas"], f["alphas_cumprod"], f["alphas_cumprod_prev"]
+    a = 1 - b
+    cov, var = np.sqrt(a) * (1 - ab_prev), a * (1 - ab_prev) + b
+    np.testing.assert_allclose(var, 1 - ab, rtol=1e-12)  # the chain's marginal at k
+    np.testing.assert_allclose(f["posterior_mean_coef2"], cov / var, rtol=1e-9, atol=1e-12)
+    coef1 = np.sqrt(ab_prev) - cov / var * np.sqrt(ab)
+    np.testing.assert_allclose(f["posterior_mean_coef1"], coef1, rtol=1e-9, atol=1e-12)
+    post_var = (1 - ab_prev) - cov**2 / var
+    np.testing.assert_allclose(f["posterior_variance"], post_var, rtol=1e-9, atol=1e-12)
+
+
+def test_stochastic_golden_samples_of_a_seeded_model() -> None:
+    """DDPM and DDIM at eta = 1 on a seeded model and generator. An oracle model cannot see
+    the intermediate steps' noise (posterior variance, eq. 16's sigma): every chain's last
+    step lands on its x0 estimate. Here DDIM at eta = 1 must be DDPM's ancestral step on the
+    same grid (Song et al. 2021, eq. 16), draw for draw, and golden values (this code at the
+    commit that added the test) pin both."""
+    model, s = _tiny_model(), Schedule(make_betas("cosine", 100))
+    g = torch.Generator().manual_seed(123)
+    x_T = torch.randn(1, 3, 16, 16, generator=g)
+    cond = torch.rand(1, 3, 16, 16, generator=g) * 2 - 1
+    got = {}
+    for name in ("ddpm", "ddim"):
+        out = sample(name, model, s, x_T, cond, steps=4, eta=1.0, prediction="v",
+                     generator=torch.Generator().manual_seed(7))  # fmt: skip
+        got[name] = out
+    torch.testing.assert_close(got["ddim"], got["ddpm"], atol=1e-5, rtol=0)
+    assert math.isclose(got["ddpm"].sum().item(), 37.11276626586914, abs_tol=1e-3)
+    golden = torch.tensor([-0.964447021484375, 0.35996150970458984, 0.3418441116809845])
+    assert torch.allclose(got["ddpm"][0, 0, 0, :3], golden, atol=1e-4)
+
+
 def test_sampler_argument_errors() -> None:
     s = Schedule(make_betas("linear", 10, 1e-3, 0.1))
     x = torch.zeros(1, 3, 8, 8)

@@ -111,6 +111,26 @@ def test_indi_oracle_returns_ground_truth(steps, eta, sigma):
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 5])
+def test_indi_deterministic_steps_follow_eq_3_in_closed_form(steps):
+    """Eq. (3) x_s = (s/t) x_t + (1 - s/t) F at every step, not only the last (an oracle F hides
+    the others). With F = x + a (x0 - x) and x_1 = y (sigma 0), the gap x0 - x shrinks by
+    1 - a (1 - s/t) per step and by 1 - a at the last (x_0 = F): for K = 2, a = 1/2,
+    (1 - 1/4) (1 - 1/2) = 3/8 of x0 - y is left."""
+    x0, y = images()
+    a = 0.5
+    out = formulation_sample(
+        dcfg("indi", indi={"noise": 0.0}), lambda x, t, c: a * (x0 - x), SCHED, y, steps=steps,
+        generator=torch.Generator().manual_seed(2), clip_x0=False,
+    )  # fmt: skip
+    times = [1 - i / steps for i in range(steps)] + [0.0]
+    gap = 1.0
+    for t, s in zip(times[:-1], times[1:], strict=True):
+        gap *= 1 - a * (1 - s / t)
+    assert steps != 2 or gap == pytest.approx(3 / 8)
+    torch.testing.assert_close(out, x0 - gap * (x0 - y), atol=1e-6, rtol=0)
+
+
 def test_indi_forward_process_endpoints_and_noise_level():
     x0, y = images(4, 32)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))

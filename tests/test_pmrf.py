@@ -81,6 +81,37 @@ def test_euler_reaches_the_target_of_an_exact_straight_flow(steps):
     assert flow.calls == pytest.approx([i / steps for i in range(steps)])
 
 
+class PulledFlow(torch.nn.Module):
+    """An estimate that depends on the state: x^ = a z + (1 - a) x, so each Euler step closes
+    the share (1 - a) dt / (1 - t) of the gap to x, and only the last one lands on x^."""
+
+    size_multiple = 1
+
+    def __init__(self, target: torch.Tensor, a: float) -> None:
+        super().__init__()
+        self.target, self.a = target, a
+
+    def forward(self, z, t, cond):
+        return self.a * z + (1 - self.a) * self.target - cond[:, :3]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 5])
+def test_euler_steps_follow_the_closed_form_of_a_state_dependent_flow(steps):
+    """Every intermediate Euler step counts (an oracle flow hides them: its last step lands on
+    x^ whatever came before). With no start noise z_0 = mu, and the gap to x shrinks by
+    1 - (1 - a) / (K - i) at step i (dt / (1 - t_i) = 1 / (K - i)): K = 3, a = 1/2 leaves
+    5/6 * 3/4 * 1/2 = 5/16 of x - mu."""
+    x0, y = images()
+    a, mu = 0.5, 0.5 * y
+    out = sample(PosteriorMeanFlow(HalfY(), PulledFlow(x0, a)), y, steps=steps,
+                 cfg=dcfg(pmrf={"noise": 0.0}))  # fmt: skip
+    gap = 1.0
+    for i in range(steps):
+        gap *= 1 - (1 - a) / (steps - i)
+    assert steps != 3 or gap == pytest.approx(5 / 16)
+    torch.testing.assert_close(out, x0 - gap * (x0 - mu), atol=1e-6, rtol=0)
+
+
 def test_detail_zero_is_the_posterior_mean_and_the_knob_is_linear():
     x0, y = images()
     flow = OracleFlow(x0)
