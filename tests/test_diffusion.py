@@ -288,6 +288,27 @@ def test_sampler_argument_errors() -> None:
 # ----------------------------------------------------------------------------- training loss
 
 
+@pytest.mark.parametrize(("loss", "gamma"), [("l1", 0.0), ("mse", 0.0), ("l1", 5.0), ("mse", 1.0)])
+def test_training_loss_applies_its_per_sample_error_and_min_snr_weight(loss, gamma) -> None:
+    """A zero eps-model at fixed t: the per-sample error is mean |eps| (l1) or mean eps^2 (mse)
+    of the seeded noise, weighted by min(SNR_t, gamma) / SNR_t when gamma > 0, then averaged.
+    Recomputed here from the same draws (t given: the generator draws the noise only)."""
+    s = Schedule(make_betas("cosine", 100))
+    x0 = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    t = torch.tensor([2, 40, 95])
+    total, stats = training_loss(
+        lambda x, tt, c: torch.zeros_like(x), s, x0, x0, prediction="eps", loss=loss,
+        min_snr_gamma=gamma, generator=torch.Generator().manual_seed(3), t=t,
+    )  # fmt: skip
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    per = (noise.abs() if loss == "l1" else noise.square()).mean(dim=(1, 2, 3))
+    snr = torch.from_numpy(s.f64["snr"][t.numpy()]).float()
+    weight = torch.minimum(snr, torch.tensor(gamma)) / snr if gamma > 0 else torch.ones(3)
+    assert gamma == 0 or weight.min() < 0.99  # some sample is really down-weighted
+    torch.testing.assert_close(total, (weight * per).mean(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(stats["loss_unweighted"], per.mean(), rtol=1e-6, atol=0)
+
+
 def test_min_snr_weights() -> None:
     snr = torch.tensor([0.5, 5.0, 50.0])
     assert torch.allclose(min_snr_weight(snr, 5.0, "x0"), torch.tensor([0.5, 5.0, 5.0]))
