@@ -198,7 +198,7 @@ def upload(
     with _user_errors():  # a StorageError (store down, refused): exit 1
         try:
             result = upload_path(store, src, progress=lambda line: typer.echo(line, err=True))
-        except OSError as e:  # a local file that cannot be read: a bad input, as a missing one
+        except (OSError, ValueError) as e:  # a file it cannot read, a destination in the source
             _fail(str(e), 2)
     typer.echo(f"upload: {result} -> {store.url_for()}")
 

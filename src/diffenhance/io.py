@@ -42,8 +42,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 )
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own DecompressionBombError threshold
-_WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-_WRITE_FORMATS |= {".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+# suffix -> the format `write_image` writes (.jpg and .jpeg, .tif and .tiff: one format each)
+WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+WRITE_FORMATS |= {".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 # the suffixes `write_image` writes an alpha channel to (JPEG and BMP have none)
 ALPHA_SUFFIXES: frozenset[str] = frozenset({".png", ".webp", ".tif", ".tiff"})
 _GRAY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -517,10 +518,10 @@ def write_image(
     request.
     """
     suffix = Path(path).suffix.lower()
-    fmt = _WRITE_FORMATS.get(suffix)
+    fmt = WRITE_FORMATS.get(suffix)
     if fmt is None:
         raise ImageWriteError(
-            path, f"unsupported suffix {suffix!r}; use one of {sorted(_WRITE_FORMATS)}"
+            path, f"unsupported suffix {suffix!r}; use one of {sorted(WRITE_FORMATS)}"
         )
     if bit_depth not in (8, 16):
         raise ImageWriteError(path, f"bit_depth must be 8 or 16, got {bit_depth!r}")

@@ -154,16 +154,21 @@ def _local_files(local_dir: Path, hidden: list[str] | None = None) -> Iterator[t
             rel = here.relative_to(local_dir)
             hidden += [(rel / d).as_posix() + "/" for d in dirnames if d.startswith(".")]
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        dirnames[:] = [
-            d for d in dirnames
-            if not (here / d).is_symlink() or (here / d).resolve() not in above | on_the_way
-        ]  # fmt: skip
+        dirnames[:] = [d for d in dirnames if not _loops(here / d, above, on_the_way)]
         for name in sorted(filenames):
             if hidden is not None and name.startswith("."):  # temp files included
                 hidden.append((here / name).relative_to(local_dir).as_posix())
             elif not is_temp_name(name):
                 path = here / name
                 yield path.relative_to(local_dir).as_posix(), path
+
+
+def _loops(folder: Path, *listed: set[Path]) -> bool:
+    """Whether `folder` is a symbolic link to a folder in one of the `listed` sets."""
+    if not folder.is_symlink():
+        return False
+    target = folder.resolve()
+    return any(target in s for s in listed)
 
 
 def _same_content(remote: ObjectInfo | None, path: Path) -> bool:
@@ -324,8 +329,10 @@ class LocalStorage(Storage):
         if not start.is_dir():
             return
         for rel, path in _local_files(start):
-            # a broken symbolic link is listed as the link: its reader says what is wrong
-            st = path.stat() if path.exists() else path.lstat()
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # a broken symbolic link, listed as the link: its
+                st = path.lstat()  # reader says what is wrong
             yield ObjectInfo(
                 base + rel, st.st_size, None, None, datetime.fromtimestamp(st.st_mtime, UTC)
             )
@@ -725,9 +732,10 @@ def upload_path(
     hidden ones below `src`: files and folders named '.*' (.git, .DS_Store, half-written temp
     files), listed in `SyncResult.hidden`. `progress` gets one line per file and hidden path.
 
-    Raises `FileNotFoundError` when `src` is neither a file nor a folder, `OSError` naming a file
-    that cannot be read, `StorageError` naming the file whose upload failed (the files already
-    sent are skipped by a rerun).
+    Raises `FileNotFoundError` when `src` is neither a file nor a folder, ValueError when a
+    local destination is inside it (each run would copy the last into itself), `OSError`
+    naming a file that cannot be read, `StorageError` naming the file whose upload failed (the
+    files already sent are skipped by a rerun).
     """
     root, result = Path(src), SyncResult()
     say = progress or (lambda line: None)
@@ -736,15 +744,16 @@ def upload_path(
     elif root.is_dir():
         dest = store.root.resolve() if isinstance(store, LocalStorage) else None
         if dest is not None and (dest == root.resolve() or root.resolve() in dest.parents):
-            raise FileNotFoundError(  # a bad destination: exit 2, like a bad source
+            raise ValueError(
                 f"upload: the destination {store.root} is inside the source {src} (or is it): "
                 "each upload would copy the last one into itself; choose a folder outside it"
             )
-        files = list(_local_files(root, result.hidden))  # listed first: [i/n] and no surprises
-        special = [(rel, p) for rel, p in files if p.exists() and not p.is_file()]
-        files = [f for f in files if f not in special]
-        for rel, _ in special:  # a FIFO or device: reading it would block or never end
-            say(f"skipped {rel} (not a regular file)")
+        files = []
+        for rel, path in _local_files(root, result.hidden):  # listed first: [i/n], no surprises
+            if path.exists() and not path.is_file():  # a FIFO or device: a read would block
+                say(f"skipped {rel} (not a regular file)")
+            else:
+                files.append((rel, path))
     else:
         raise FileNotFoundError(f"upload: {src}: no such file or folder")
     for rel in result.hidden:

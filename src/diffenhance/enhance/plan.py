@@ -27,6 +27,7 @@ from diffenhance.enhance.job import (
 )
 from diffenhance.enhance.masks import check_mask_setting, check_single_mask, mask_fingerprint
 from diffenhance.enhance.models import model_file, model_sha256
+from diffenhance.io import WRITE_FORMATS
 from diffenhance.restoration import get_task
 from diffenhance.storage import (
     ObjectInfo,
@@ -150,14 +151,16 @@ def _roots(cfg: Config) -> _Roots:
                 f"enhance.output {e.output!r}: {suffix} is read but not written; name the "
                 f"output {' / '.join(WRITABLE_SUFFIXES)}, or give a folder"
             )
-        fmt_suffixes = {"jpg": (".jpg", ".jpeg"), "tif": (".tif", ".tiff")}.get(
-            e.output_format, (f".{e.output_format}",)
-        )
-        if single_out is not None and e.output_format != "same" and suffix not in fmt_suffixes:
+        fmt = e.output_format
+        if (
+            single_out is not None
+            and fmt != "same"
+            and WRITE_FORMATS.get(suffix) != WRITE_FORMATS[f".{fmt}"]  # .jpeg is jpg
+        ):
             raise EnhanceError(
                 f"enhance.output {e.output!r} is a {suffix} file but --ext (enhance."
-                f"output_format) is {e.output_format}: name the output {fmt_suffixes[0]}, or "
-                "drop --ext (a named output file is written in its own suffix's format)"
+                f"output_format) is {fmt}: name the output .{fmt}, or drop --ext (a named "
+                "output file is written in its own suffix's format)"
             )
         if single_out is not None and normalize_url(f"{in_url}/{single_key}") == normalize_url(
             f"{out_url}/{single_out}"
