@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from diffenhance.config import DiffusionConfig, ModelConfig, with_options
 from diffenhance.diffusion import Schedule, formulation_loss, formulation_sample
 from diffenhance.diffusion.formulations import FORMULATIONS, draw_normal, regress
-from diffenhance.diffusion.indi import indi_degrade, indi_estimate
+from diffenhance.diffusion.indi import indi_degrade, indi_estimate, indi_sample
 from diffenhance.diffusion.process import pred_to_x0_eps
 from diffenhance.metrics import hf_energy_ratio
 from diffenhance.model import build_network, load_restorer
@@ -129,6 +129,32 @@ def test_indi_deterministic_steps_follow_eq_3_in_closed_form(steps):
         gap *= 1 - a * (1 - s / t)
     assert steps != 2 or gap == pytest.approx(3 / 8)
     torch.testing.assert_close(out, x0 - gap * (x0 - y), atol=1e-6, rtol=0)
+
+
+def test_indi_eq_4_carries_sqrt_1_minus_eta2_of_the_noise_and_adds_eta_fresh():
+    """Eq. (4) at every step, not only the last. With the oracle F = x0, each state the model
+    sees is exactly x_t = (1 - t) x0 + t y + t sigma eps_t, and eq. (4) makes
+    eps_s = c eps_t + eta z with c = sqrt(1 - eta^2): over K = 3 steps the model is fed eps_1 = e,
+    then c e + eta z1, then c^2 e + c eta z1 + eta z2 (z's drawn by `randn` in order)."""
+    x0, y = images()
+    sigma, eta = 0.2, 0.6
+    c = math.sqrt(1 - eta**2)  # 0.8
+    g = torch.Generator().manual_seed(3)
+    e, z1, z2 = (torch.randn(x0.shape, generator=g) for _ in range(3))
+    fresh = [z1, z2]
+    seen: list[torch.Tensor] = []
+
+    def oracle(x, t, cond):
+        seen.append(x.clone())
+        return x0 - x
+
+    out = indi_sample(oracle, y + sigma * e, y, steps=3, sigma=sigma, eta=eta,
+                      randn=lambda like: fresh.pop(0))  # fmt: skip
+    eps = [e, c * e + eta * z1, c * c * e + c * eta * z1 + eta * z2]
+    for x, t, eps_t in zip(seen, (1.0, 2 / 3, 1 / 3), eps, strict=True):
+        torch.testing.assert_close(x, (1 - t) * x0 + t * y + t * sigma * eps_t, atol=1e-5, rtol=0)
+    assert not fresh  # one fresh draw per step before the last
+    torch.testing.assert_close(out, x0, atol=1e-6, rtol=0)
 
 
 def test_indi_forward_process_endpoints_and_noise_level():
