@@ -191,6 +191,28 @@ def test_local_publish_gives_files_the_umask_mode(tmp_path: Path, umask_022: int
     assert {p: stat.S_IMODE(p.stat().st_mode) for p in made} == dict.fromkeys(made, 0o644)
 
 
+def test_linked_folders_are_published_and_fifos_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """publish lists its folders as upload and enhance do (`storage.local_files`): a report
+    folder linked in is published under its own name, a link back up is not followed, and a
+    FIFO (which would block the read for ever) is skipped with a warning naming it."""
+    repo = make_repo(tmp_path / "repo")
+    elsewhere = tmp_path / "elsewhere-reports"
+    elsewhere.mkdir()
+    (elsewhere / "metrics.json").write_bytes(b'{"psnr_y": 30.2}\n')
+    (repo / "reports/sr2").symlink_to(elsewhere, target_is_directory=True)
+    (repo / "reports/sr4/up").symlink_to(repo / "reports", target_is_directory=True)
+    os.mkfifo(repo / "reports/sr4/pipe.png")
+    with caplog.at_level(logging.WARNING, logger="diffenhance.publish"):
+        result = publish(config(repo, "results/published"), root=repo)
+    keys = [o["key"] for o in result.manifest["objects"]]
+    assert keys == sorted([*PUBLISHED, "reports/sr2/metrics.json"])
+    dest = repo / "results/published"
+    assert (dest / "reports/sr2/metrics.json").read_bytes() == b'{"psnr_y": 30.2}\n'
+    assert "skipped" in caplog.text and "pipe.png (not a regular file)" in caplog.text
+
+
 def test_missing_folders_and_nothing_to_publish(tmp_path: Path) -> None:
     """Only reports/ exists: the first run creates results/ (the manifest copy), which must not
     make the second run see a changed 'results' source."""

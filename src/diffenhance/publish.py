@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from diffenhance.config import Config, StorageConfig
-from diffenhance.io import is_temp_name
 from diffenhance.markdown import markdown_table
 from diffenhance.storage import (
     LocalStorage,
     ObjectNotFoundError,
     Storage,
     StorageError,
+    local_files,
     open_storage,
     safe_key,
 )
@@ -208,18 +208,18 @@ def publish_sources(cfg: StorageConfig, root: str | os.PathLike = ".") -> dict[s
 
 
 def _files(local_dir: Path, skip: set[Path]) -> list[tuple[str, Path]]:
-    """(relative '/' path, path) of every file under `local_dir`, sorted, minus `skip`
-    subtrees and half-written temp files. Symlinked files are followed, symlinked dirs not."""
+    """(relative '/' path, path) of the files `storage.local_files` lists under `local_dir`
+    (sorted, no temp files, linked folders followed), minus those in or under a `skip` path
+    and those that are not regular files (a FIFO would block the read: logged, skipped)."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(local_dir):
-        dirnames[:] = sorted(d for d in dirnames if Path(dirpath, d).resolve() not in skip)
-        for name in sorted(filenames):
-            path = Path(dirpath, name)
-            if is_temp_name(name):  # an atomic write in progress
-                continue
-            if path.resolve() in skip:
-                continue
-            out.append((path.relative_to(local_dir).as_posix(), path))
+    for rel, path in local_files(local_dir):
+        real = path.resolve()
+        if real in skip or not skip.isdisjoint(real.parents):
+            continue
+        if path.exists() and not path.is_file():
+            log.warning("publish: skipped %s (not a regular file)", path)
+            continue
+        out.append((rel, path))
     return out
 
 

@@ -127,7 +127,7 @@ def _dir_prefix(prefix: str) -> str:
     return "/".join(parts) + "/" if parts else ""
 
 
-def _local_files(local_dir: Path, hidden: list[str] | None = None) -> Iterator[tuple[str, Path]]:
+def local_files(local_dir: Path, hidden: list[str] | None = None) -> Iterator[tuple[str, Path]]:
     """(relative '/' path, path) of the files under `local_dir`, sorted, without half-written
     temp files. With a `hidden` list, files and whole folders whose name starts with '.' are left
     out too, and their relative paths (folders with a trailing '/') appended to it.
@@ -264,7 +264,7 @@ class Storage(ABC):
             raise StorageError(f"upload_dir: {root} is not a directory")
         _dir_prefix(key_prefix)  # refuse a bad prefix even for an empty folder
         result = SyncResult()
-        for rel, path in _local_files(root):
+        for rel, path in local_files(root):
             key = safe_key(key_prefix, rel)
             info, sent = self.sync_file(path, key, skip_unchanged=skip_unchanged)
             if sent:
@@ -328,7 +328,7 @@ class LocalStorage(Storage):
         start = self.root.joinpath(*base.split("/")[:-1]) if base else self.root
         if not start.is_dir():
             return
-        for rel, path in _local_files(start):
+        for rel, path in local_files(start):
             try:
                 st = path.stat()
             except FileNotFoundError:  # a broken symbolic link, listed as the link: its
@@ -749,7 +749,7 @@ def upload_path(
                 "each upload would copy the last one into itself; choose a folder outside it"
             )
         files = []
-        for rel, path in _local_files(root, result.hidden):  # listed first: [i/n], no surprises
+        for rel, path in local_files(root, result.hidden):  # listed first: [i/n], no surprises
             if path.exists() and not path.is_file():  # a FIFO or device: a read would block
                 say(f"skipped {rel} (not a regular file)")
             else:
