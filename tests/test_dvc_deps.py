@@ -205,3 +205,25 @@ def test_bytecode_next_to_the_code_is_not_a_change(committed):
     cache.mkdir(exist_ok=True)
     (cache / "infer.cpython-311.pyc").write_bytes(os.urandom(64))
     assert status(committed) == {}
+
+
+def test_provenance_records_and_other_shipped_models_are_not_a_change(committed):
+    """prepare and degrade write params.resolved.yaml inside their output folders: rewritten with
+    another data.* value (the crops the same) it must not change data/prepared's hash and so
+    retrain every model (.dvcignore). A train stage depends on its own task's shipped model
+    only: an edit of denoise's model card leaves train@sr4 as it is, one of sr4's does not."""
+    for d in ("data/prepared", "data/degraded"):
+        (committed / d / "params.resolved.yaml").write_text(
+            f"data:\n  div2k_url: {os.urandom(8).hex()}\n"
+        )
+    assert status(committed) == {}
+    for task, expected in (("denoise", []), ("sr4", ["train@sr4"])):  # train.tasks: [sr4]
+        card = committed / "models/pretrained" / task / "training.json"
+        text = card.read_bytes()
+        card.write_bytes(text + b" ")
+        try:
+            stale = sorted(k.split(":")[-1] for k in status(committed))
+        finally:
+            card.write_bytes(text)
+        assert stale == expected, (task, stale)
+    assert status(committed) == {}
