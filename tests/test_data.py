@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io as _io
+import logging
 import os
 import re
 import threading
@@ -310,6 +311,49 @@ def test_fetch_div2k_from_local_server(server: _Server, tmp_path: Path) -> None:
     assert sorted(df["split"].unique()) == ["train", "val"]
     assert set(df.loc[df.split == "val", "source_path"].map(lambda s: Path(s).name)) == {"0801.png"}
     assert len(df) == 2 * 4 + 4  # 96x80 -> 2x2 boxes (flush-with-border), 80x72 -> 2x2
+
+
+def test_fetch_div2k_never_keeps_an_archive_it_cannot_use(
+    server: _Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mirror's archive with another layout (images at the top, not under DIV2K_valid_HR/)
+    or a member escaping with '..' is refused before anything is extracted, and not kept as if
+    finished: once the mirror is fixed, a rerun downloads it again. A truncated archive left in
+    archives/ (an interrupted `wget`) is deleted and downloaded again, not a bare BadZipFile."""
+    good = _div2k_archives()
+    cfg = DataConfig(source="div2k", raw_dir=str(tmp_path / "raw"))
+    root = tmp_path / "raw" / "div2k"
+    bad_archives = {
+        "is not under DIV2K_valid_HR/": _zip({"0801.png": _png_bytes(80, 72, 801)}),
+        "unsafe member path": _zip({"DIV2K_valid_HR/0801.png": b"x", "../../evil.txt": b"e"}),
+    }
+    for why, bad in bad_archives.items():
+        server.files.update({**good, "DIV2K_valid_HR.zip": bad})
+        with pytest.raises(div2k.DownloadError, match=f"DIV2K_valid_HR.zip.*{why}"):
+            div2k.fetch_div2k(cfg, base_url=server.url, progress=False, backoff=0)
+        assert not (root / "archives/DIV2K_valid_HR.zip").exists()
+        assert not (root / "0801.png").exists() and not list(tmp_path.rglob("evil.txt"))
+        assert not (root / ".DIV2K_valid_HR.zip.complete").exists()
+    server.files.update(good)
+    dirs = div2k.fetch_div2k(cfg, base_url=server.url, progress=False, backoff=0)
+    assert sorted(p.name for p in dirs["val"].iterdir()) == ["0801.png"]
+
+    cfg2 = DataConfig(source="div2k", raw_dir=str(tmp_path / "raw2"))
+    kept = tmp_path / "raw2/div2k/archives/DIV2K_train_HR.zip"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(good["DIV2K_train_HR.zip"][:100])
+    with caplog.at_level(logging.WARNING, logger="diffenhance.data.div2k"):
+        dirs = div2k.fetch_div2k(cfg2, base_url=server.url, progress=False, backoff=0)
+    assert (
+        f"{kept}: not a valid zip archive" in caplog.text and "downloading it again" in caplog.text
+    )
+    assert kept.read_bytes() == good["DIV2K_train_HR.zip"]
+    assert sorted(p.name for p in dirs["train"].iterdir()) == ["0001.png", "0002.png"]
+
+
+def test_archive_folder_names_the_official_layout() -> None:
+    assert div2k.archive_folder("DIV2K_train_HR.zip") == "DIV2K_train_HR"
+    assert div2k.archive_folder("DIV2K_valid_LR_bicubic_X4.zip") == "DIV2K_valid_LR_bicubic/X4"
 
 
 def test_fetch_div2k_rejects_bad_lr_scale(tmp_path: Path) -> None:

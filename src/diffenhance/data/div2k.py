@@ -38,6 +38,8 @@ __all__ = [
     "ArchiveError",
     "DownloadError",
     "archive_names",
+    "archive_folder",
+    "check_div2k_zip",
     "check_zip",
     "download",
     "extract",
@@ -236,6 +238,37 @@ def check_zip(path: str | Path) -> None:
         raise ArchiveError(f"{path}: corrupt member {bad!r} (CRC mismatch)")
 
 
+def archive_folder(name: str) -> str:
+    """The folder every member of the official archive `name` lies in: DIV2K_train_HR.zip ->
+    'DIV2K_train_HR', DIV2K_valid_LR_bicubic_X4.zip -> 'DIV2K_valid_LR_bicubic/X4'."""
+    stem = name.removesuffix(".zip")
+    m = re.fullmatch(r"(DIV2K_\w+_LR_bicubic)_(X\d)", stem)
+    return f"{m[1]}/{m[2]}" if m else stem
+
+
+def check_div2k_zip(path: str | Path) -> None:
+    """`check_zip`, and every member a safe path inside the folder the official archive of this
+    name has (`archive_folder`): an archive that would extract elsewhere, or escape with '..',
+    is refused before anything is extracted. ArchiveError naming the file."""
+    path = Path(path)
+    check_zip(path)
+    folder = PurePosixPath(archive_folder(path.name.removesuffix(".part")))
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    for name in names:
+        try:
+            member = _safe_member(name)
+        except ArchiveError as e:
+            raise ArchiveError(f"{path}: {e}") from None
+        if not (member == folder or member.is_relative_to(folder)):
+            raise ArchiveError(
+                f"{path}: member {name!r} is not under {folder}/ (the layout of DIV2K's "
+                f"{path.name.removesuffix('.part')}); is data.div2k_url a DIV2K mirror?"
+            )
+    if not names:
+        raise ArchiveError(f"{path}: empty archive")
+
+
 def _safe_member(name: str) -> PurePosixPath:
     p = PurePosixPath(name.replace("\\", "/"))
     if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
@@ -320,7 +353,10 @@ def fetch_div2k(
 
     Keys: 'train' and 'val' (HR), plus 'train_lr_x{s}' / 'val_lr_x{s}' for each scale in
     `cfg.div2k_lr_scales`. Archives are kept in `<raw_dir>/div2k/archives/`; an archive whose
-    extraction marker exists is neither downloaded nor extracted again. `base_url` overrides
+    extraction marker exists is neither downloaded nor extracted again. Each archive must pass
+    `check_div2k_zip` (CRCs, safe member paths, DIV2K's folder layout) before it is extracted:
+    a download that fails it is deleted, as is a kept archive that fails it (a truncated
+    file from an interrupted `wget`, a bad mirror's), which is then downloaded again. `base_url` overrides
     `cfg.div2k_url`; `checksums` overrides / extends `DIV2K_SHA256`.
     """
     base = (base_url or cfg.div2k_url).rstrip("/") + "/"
@@ -330,6 +366,12 @@ def fetch_div2k(
         zip_path = root / "archives" / name
         if _marker(zip_path, root).is_file():
             continue
+        if zip_path.is_file():  # downloaded before (or put there by hand), not extracted yet
+            try:
+                check_div2k_zip(zip_path)
+            except ArchiveError as e:
+                log.warning("%s; deleting it and downloading it again", e)
+                zip_path.unlink()
         download(
             base + name,
             zip_path,
@@ -338,7 +380,7 @@ def fetch_div2k(
             timeout=timeout,
             progress=progress,
             backoff=backoff,
-            validate=check_zip,
+            validate=check_div2k_zip,
         )
         extract(zip_path, root)
     dirs = {"train": root / "DIV2K_train_HR", "val": root / "DIV2K_valid_HR"}
