@@ -231,6 +231,15 @@ def test_stage_lists_exactly_the_params_it_reads(stage_reads, stage_name):
     )
 
 
+def test_training_does_not_read_the_sampling_it_overrides(stage_reads):
+    """Training's validation sets steps (train.val_steps), samples (1) and the seed
+    (train.seed) itself: an edit of infer.steps, infer.samples or infer.seed, made for
+    enhancing, must not retrain the model (it used to: the fields were read, then overridden)."""
+    for stage in ("train", "train_compare"):
+        assert not {"infer.steps", "infer.samples", "infer.seed"} & stage_reads[stage], stage
+    assert {"infer.steps", "infer.samples", "infer.seed"} <= stage_reads["evaluate"]
+
+
 # a valid value different from the default, for each infer.* field
 INFER_CHANGES = {
     "sampler": "ddpm", "steps": 3, "eta": 0.5, "seed": 7, "tile": 48, "tile_overlap": 8,

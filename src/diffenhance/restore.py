@@ -63,20 +63,29 @@ def sampling_spec(r: Any, infer: InferConfig, **overrides: Any) -> SamplingSpec:
     infer: the params' `infer` section; steps/samples that are null come from the checkpoint's
     recommendation, else the formulation's default (`model.recommended_sampling`); the tile is
     at least the checkpoint's `model.recommended_min_tile`. overrides:
-    explicit values for a sweep (e.g. steps=8, samples=4, seed=1); None values are ignored.
-    Raises ValueError for steps or samples < 1 or an unknown field.
+    explicit values for a sweep (e.g. steps=8, samples=4, seed=1), which `infer`'s fields of
+    the same names are not read for; None values are ignored. Raises ValueError for steps or samples < 1 or an unknown field.
     """
     from diffenhance.diffusion.formulations import get_formulation
     from diffenhance.model import recommended_min_tile, sampling
 
-    steps, samples, detail = sampling(r, infer.steps, infer.samples, infer.detail, infer.preset)
-    base = {f.name: getattr(infer, f.name) for f in dataclasses.fields(SamplingSpec)}
-    base |= {"steps": steps, "samples": samples, "detail": detail,
-             "tile": max(infer.tile, recommended_min_tile(r))}  # fmt: skip
+    # An overridden field is never read from `infer`, so a stage whose every call overrides it
+    # (training's validation: steps, samples, seed) need not list it as a DVC param.
+    given = {k: v for k, v in overrides.items() if v is not None}
+
+    def field(name: str) -> Any:
+        return given[name] if name in given else getattr(infer, name)
+
+    steps, samples, detail = sampling(r, field("steps"), field("samples"), field("detail"),
+                                      infer.preset)  # fmt: skip
+    base = {f.name: field(f.name) for f in dataclasses.fields(SamplingSpec)}
+    base |= {"steps": steps, "samples": samples, "detail": detail}
+    if "tile" not in given:
+        base["tile"] = max(infer.tile, recommended_min_tile(r))
     unknown = set(overrides) - set(base)
     if unknown:
         raise ValueError(f"unknown sampling setting(s) {sorted(unknown)}; known: {sorted(base)}")
-    spec = SamplingSpec(**(base | {k: v for k, v in overrides.items() if v is not None}))
+    spec = SamplingSpec(**(base | given))
     if spec.steps < 1 or spec.samples < 1:
         raise ValueError(f"steps and samples must be >= 1, got {spec.steps} and {spec.samples}")
     if not 0.0 <= spec.detail <= 1.0:
