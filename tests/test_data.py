@@ -453,3 +453,29 @@ def test_one_manifest_loader_and_one_file_hash(tmp_path: Path) -> None:
     (tmp_path / prepare.MANIFEST).write_text("crop_path,split,crop_sha256\nval/a.png,val,0123\n")
     assert prepare.load_manifest(tmp_path)["crop_sha256"].tolist() == ["0123"]
     assert d.file_sha256 is folder.file_sha256 is io.file_sha256
+
+
+def test_dataset_errors_are_data_errors_with_exit_code_2(tmp_path: Path) -> None:
+    """Every dataset error a user fixes is a DataError, which USER_ERRORS maps to exit 2 (one
+    `error:` line, no traceback), and keeps the builtin class callers catch."""
+    import diffenhance.data as d
+    from diffenhance.data.pairs import NoValidationCropsError, StalePairsError
+    from diffenhance.exitcodes import user_error_code
+
+    errors = [
+        (div2k.DownloadError("x"), RuntimeError),
+        (div2k.ArchiveError("x"), RuntimeError),
+        (prepare.NoImagesError("x"), ValueError),
+        (folder.NotAFolderError("x"), NotADirectoryError),
+        (NoValidationCropsError("x"), RuntimeError),
+        (StalePairsError("x"), ValueError),
+    ]
+    for e, builtin in errors:
+        assert isinstance(e, d.DataError) and isinstance(e, builtin), e
+        assert user_error_code(e) == 2, type(e)
+    cfg = DataConfig(source="folder", folder=str(tmp_path / "nope"), prepared_dir=str(tmp_path))
+    with pytest.raises(d.DataError, match=f"data.folder='{tmp_path / 'nope'}': .* does not exist"):
+        prepare.list_sources(cfg)
+    (tmp_path / "file.png").write_bytes(b"")
+    with pytest.raises(d.NotAFolderError, match="file.png: image folder is not a directory"):
+        folder.scan_folder(tmp_path / "file.png")

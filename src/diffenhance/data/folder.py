@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from diffenhance.data.errors import DataError
 from diffenhance.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -33,6 +34,7 @@ from diffenhance.io import (
 )
 
 __all__ = [
+    "NotAFolderError",
     "ScanResult",
     "ScannedImage",
     "SkippedFile",
@@ -42,6 +44,10 @@ __all__ = [
     "split_for_hash",
     "write_skip_report",
 ]
+
+
+class NotAFolderError(DataError, NotADirectoryError):
+    """The folder to scan does not exist or is not a directory."""
 
 
 class ScannedImage(NamedTuple):
@@ -95,11 +101,13 @@ def iter_image_files(root: str | Path) -> list[Path]:
 def scan_folder(
     root: str | Path, *, max_pixels: int = 178_956_970, min_size: int = 64
 ) -> ScanResult:
-    """Scan `root` (see the module docstring). Raises NotADirectoryError when `root` is not a
-    directory. Images are decoded one at a time, so memory stays bounded by the largest one."""
+    """Scan `root` (see the module docstring). Raises NotAFolderError (a DataError and a
+    NotADirectoryError) when `root` is not a directory. Images are decoded one at a time, so
+    memory stays bounded by the largest one."""
     root = Path(root)
     if not root.is_dir():
-        raise NotADirectoryError(f"{root}: image folder does not exist or is not a directory")
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise NotAFolderError(f"{root}: image folder {what}")
     result = ScanResult(root=root)
     seen: dict[str, Path] = {}
     for path in iter_image_files(root):

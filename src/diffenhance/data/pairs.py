@@ -23,12 +23,21 @@ import numpy as np
 import pandas as pd
 
 from diffenhance.config import Config, DegradeConfig, write_resolved
+from diffenhance.data.errors import DataError
 from diffenhance.data.prepare import MANIFEST, load_manifest
 from diffenhance.degrade import modcrop, pair_seed
 from diffenhance.io import atomic_path, read_image, read_mask, write_image
 from diffenhance.restoration import RestorationTask, get_task
 
 PAIRS_CSV = "pairs.csv"
+
+
+class StalePairsError(DataError, ValueError):
+    """A pair's file no longer matches what its pairs.csv row records (a user error: exit 2)."""
+
+
+class NoValidationCropsError(DataError, RuntimeError):
+    """The prepared manifest has no validation crop to pair up (a user error: exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -121,11 +130,12 @@ def write_pairs_csv(rows: list[dict[str, object]], task_dir: Path) -> Path:
 
 def val_crops(cfg: Config) -> pd.DataFrame:
     """The validation crops the `degrade` stage pairs up: `select_val_crops` of the manifest in
-    `data.prepared_dir`, at most `degrade.val_max_images`; RuntimeError when there are none."""
+    `data.prepared_dir`, at most `degrade.val_max_images`; NoValidationCropsError when there
+    are none."""
     prepared = Path(cfg.data.prepared_dir)
     crops = select_val_crops(load_manifest(prepared), cfg.degrade.val_max_images)
     if crops.empty:
-        raise RuntimeError(
+        raise NoValidationCropsError(
             f"{prepared / MANIFEST} has no validation crops (split == 'val'); "
             "prepare a dataset with validation images (rerun the `prepare` stage)"
         )
@@ -155,10 +165,6 @@ def degrade_stage(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, 
     }
     write_resolved(cfg, cfg.degrade.out_dir, ["data", "degrade"])
     return written
-
-
-class StalePairsError(ValueError):
-    """A pair's file no longer matches what its pairs.csv row records (a user error: exit 2)."""
 
 
 def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:

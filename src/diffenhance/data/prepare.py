@@ -37,7 +37,9 @@ import pandas as pd
 
 from diffenhance.config import DataConfig
 from diffenhance.data.div2k import fetch_div2k
+from diffenhance.data.errors import DataError
 from diffenhance.data.folder import (
+    NotAFolderError,
     SkippedFile,
     scan_folder,
     split_for_hash,
@@ -82,7 +84,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 Box = tuple[int, int, int, int]  # top, left, height, width
 
 
-class NoImagesError(ValueError):
+class NoImagesError(DataError, ValueError):
     """The configured source yielded no usable image (see skipped.csv for why)."""
 
 
@@ -144,9 +146,14 @@ def collect_sources(
     if cfg.source == "folder":
         if not cfg.folder:
             raise ValueError("data.folder must be set when data.source is 'folder'")
-        scan = scan_folder(
-            Path(cfg.folder).expanduser(), max_pixels=cfg.max_pixels, min_size=cfg.min_size
-        )
+        folder = Path(cfg.folder).expanduser()
+        if not folder.is_dir():
+            what = "is not a directory" if folder.exists() else "does not exist"
+            raise NotAFolderError(
+                f"data.folder={cfg.folder!r}: {folder} {what}; set data.folder to a folder of "
+                "images"
+            )
+        scan = scan_folder(folder, max_pixels=cfg.max_pixels, min_size=cfg.min_size)
         skipped += scan.skipped
         found = [
             (im.path, split_for_hash(im.sha256, cfg.val_fraction), im.sha256) for im in scan.images
