@@ -106,6 +106,24 @@ def test_scan_folder_max_pixels_and_missing_root(tmp_path: Path) -> None:
         folder.scan_folder(tmp_path / "nope")
 
 
+def test_scan_folder_follows_linked_folders_and_reports_broken_links(tmp_path: Path) -> None:
+    """A dataset linked in as a folder is scanned (os.walk skipped it); a link loop is not
+    followed (the scan ends); a link whose target is gone is listed as skipped, with why."""
+    root = tmp_path / "photos"
+    _save(root / "a.png", 40, 40, 1, "PNG")
+    _save(tmp_path / "elsewhere" / "b.png", 40, 40, 2, "PNG")
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "gone.png").symlink_to(tmp_path / "deleted.png")
+
+    res = folder.scan_folder(root, min_size=8)
+    assert [i.path.relative_to(root).as_posix() for i in res.images] == ["a.png", "linked/b.png"]
+    assert [(s.path.name, s.reason) for s in res.skipped] == [
+        ("gone.png", f"broken symbolic link to {tmp_path / 'deleted.png'}")
+    ]
+    assert folder.iter_image_files(root) == [root / "a.png", root / "linked" / "b.png"]
+
+
 def test_split_for_hash() -> None:
     assert folder.split_for_hash("0" * 64, 0.2) == "val"
     assert folder.split_for_hash("f" * 64, 0.2) == "train"

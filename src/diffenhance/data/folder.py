@@ -1,13 +1,14 @@
 """A user's folder of images (`data.source: folder`): scan, validate, de-duplicate, split.
 
-`scan_folder(root)` walks `root` recursively in sorted order and returns every usable image
-once:
+`scan_folder(root)` walks `root` recursively in sorted order (`storage.local_files`: linked
+folders are followed, link loops are not) and returns every usable image once:
 
 * only files whose suffix is in `diffenhance.io.IMAGE_EXTENSIONS` (case-insensitive) are
   considered; hidden files and directories (name starting with '.') are ignored silently;
 * every candidate is fully decoded with `diffenhance.io.read_image`, so empty, truncated,
   non-image (a text file called x.jpg) and over-`max_pixels` files are *skipped* and listed
-  with the reader's reason, as are images with a side below `min_size`;
+  with the reader's reason, as are images with a side below `min_size` and symbolic links whose
+  target is missing;
 * duplicates are detected by the sha256 of the file bytes: the first path in sorted order is
   kept, the others are listed as skipped ("duplicate of ...").
 
@@ -32,6 +33,7 @@ from diffenhance.io import (
     file_sha256,  # re-exported: diffenhance.data.file_sha256
     read_image,
 )
+from diffenhance.storage import local_files
 
 __all__ = [
     "NotAFolderError",
@@ -81,20 +83,22 @@ def split_for_hash(sha256: str, val_fraction: float) -> str:
     return "val" if int(sha256[:8], 16) / 2**32 < val_fraction else "train"
 
 
-def iter_image_files(root: str | Path) -> list[Path]:
-    """Files under `root` with an image suffix, recursively, hidden entries pruned, sorted by
-    their path relative to `root` (POSIX form, so the order is the same on every OS)."""
+def iter_image_files(root: str | Path, broken: list[Path] | None = None) -> list[Path]:
+    """Regular files under `root` with an image suffix, recursively, hidden entries pruned,
+    sorted by their path relative to `root` (POSIX form, so the order is the same on every OS).
+
+    The listing is `storage.local_files`: a symbolic link to a folder (a dataset linked in) is
+    followed unless it loops. Symbolic links with an image suffix whose target is missing are
+    appended to `broken` when a list is given (left out either way)."""
     root = Path(root)
     found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        base = Path(dirpath)
-        for name in filenames:
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            p = base / name
-            if p.is_file():
-                found.append((p.relative_to(root).as_posix(), p))
+    for rel, p in local_files(root, hidden=[]):
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if p.is_file():
+            found.append((rel, p))
+        elif broken is not None and p.is_symlink() and not p.exists():
+            broken.append(p)
     return [p for _, p in sorted(found)]
 
 
@@ -109,8 +113,11 @@ def scan_folder(
         what = "is not a directory" if root.exists() else "does not exist"
         raise NotAFolderError(f"{root}: image folder {what}")
     result = ScanResult(root=root)
+    broken: list[Path] = []
+    images = iter_image_files(root, broken)
+    result.skipped += [SkippedFile(p, f"broken symbolic link to {os.readlink(p)}") for p in broken]
     seen: dict[str, Path] = {}
-    for path in iter_image_files(root):
+    for path in images:
         try:
             digest = file_sha256(path)
         except OSError as e:
@@ -133,6 +140,7 @@ def scan_folder(
             continue
         seen[digest] = path
         result.images.append(ScannedImage(path, digest, width, height))
+    result.skipped.sort(key=lambda f: f.path.relative_to(root).as_posix())
     return result
 
 
