@@ -442,6 +442,36 @@ def test_prepare_folder_source_names_and_splits(tmp_path: Path) -> None:
     assert len(df) == 4 * 4 and df["crop_path"].is_monotonic_increasing
 
 
+def test_a_folder_holding_the_pipeline_does_not_read_its_outputs_back(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """data.folder='.' with the default data/prepared and data/raw inside it, and the degraded
+    pairs there too: a second run reads the same 3 sources, not its own crops (val crops
+    hashed into train: leakage); each output folder is one skipped row saying why."""
+    monkeypatch.chdir(tmp_path)
+    for i in range(3):
+        _save(tmp_path / "photos" / f"p{i}.png", 72, 70, 20 + i, "PNG")
+    _save(tmp_path / "data" / "raw" / "samples" / "train" / "s.png", 72, 70, 30, "PNG")
+    degraded = tmp_path / "data" / "degraded"  # degrade.out_dir, after a `degrade` run
+    _save(degraded / "sr4" / "hr" / "p0_s000.png", 64, 64, 31, "PNG")
+    (degraded / "params.resolved.yaml").write_text("degrade: {}\n")
+    cfg = DataConfig(source="folder", folder=".", crop_size=64, crop_step=64, min_size=32)
+
+    first = prepare.prepare_dataset(cfg)
+    assert len(first) == 3 * 4 and first["source_path"].nunique() == 3
+    second = prepare.prepare_dataset(cfg)
+    pd.testing.assert_frame_equal(second, first)
+    skipped = pd.read_csv(tmp_path / "data" / "prepared" / "skipped.csv")
+    assert skipped.to_dict("list") == {
+        "path": ["data/degraded", "data/prepared", "data/raw"],
+        "reason": [
+            "pipeline output left out: a stage's output (holds params.resolved.yaml)",
+            "pipeline output left out: data.prepared_dir",
+            "pipeline output left out: data.raw_dir",
+        ],
+    }
+
+
 def test_list_sources_no_images(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "bad.png").write_bytes(b"nope")

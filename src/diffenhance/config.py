@@ -1086,14 +1086,18 @@ def section_from_dict(cls: type, raw: dict[str, Any], *, source: str = "<dict>")
     )
 
 
+# the resolved config beside a stage's outputs: it also marks a folder as a pipeline output
+RESOLVED = "params.resolved.yaml"
+
+
 def write_resolved(cfg: Config, out_dir: str | Path, sections: typing.Iterable[str] = ()) -> Path:
-    """Write the resolved config (all sections, or the named ones) as params.resolved.yaml."""
+    """Write the resolved config (all sections, or the named ones) as `RESOLVED`."""
     with unrecorded():  # a record of the run's config, not an input of what the stage computes
         d = cfg.to_dict()
     sections = tuple(sections)
     if sections:
         d = {k: d[k] for k in sections}
-    out = Path(out_dir) / "params.resolved.yaml"
+    out = Path(out_dir) / RESOLVED
     with atomic_path(out) as tmp:
         tmp.write_text(yaml.safe_dump(d, sort_keys=False))
     return out

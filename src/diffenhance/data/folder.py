@@ -10,7 +10,11 @@ folders are followed, link loops are not) and returns every usable image once:
   with the reader's reason, as are images with a side below `min_size` and symbolic links whose
   target is missing;
 * duplicates are detected by the sha256 of the file bytes: the first path in sorted order is
-  kept, the others are listed as skipped ("duplicate of ...").
+  kept, the others are listed as skipped ("duplicate of ...");
+* pipeline outputs inside `root` are left out, each folder listed once as skipped: the folders
+  given as `outputs` (the prepare stage's own, even before a first run finished) and any
+  subfolder holding a stage's resolved config (`config.RESOLVED`: the degraded pairs, models,
+  reports), so a folder that holds the pipeline never reads its own crops back in.
 
 The split is by content hash (`split_for_hash`), so it does not change when files are renamed,
 moved or added.
@@ -18,13 +22,16 @@ moved or added.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
+from diffenhance.config import RESOLVED
 from diffenhance.data.errors import DataError
 from diffenhance.io import (
     IMAGE_EXTENSIONS,
@@ -46,6 +53,9 @@ __all__ = [
     "split_for_hash",
     "write_skip_report",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 class NotAFolderError(DataError, NotADirectoryError):
@@ -102,11 +112,35 @@ def iter_image_files(root: str | Path, broken: list[Path] | None = None) -> list
     return [p for _, p in sorted(found)]
 
 
+def _output_folder(
+    path: Path, root: Path, outputs: dict[Path, str], found: dict[Path, str | None]
+) -> tuple[Path, str] | None:
+    """(folder, why) when `path` lies in a pipeline output below `root`: a folder of `outputs`
+    (keys resolved) or one holding `RESOLVED`; `found` caches the answer per folder."""
+    for parent in path.relative_to(root).parents:
+        if parent == Path("."):
+            break
+        folder = root / parent
+        if folder not in found:
+            real = folder.resolve()
+            found[folder] = outputs.get(real) or (
+                f"a stage's output (holds {RESOLVED})" if (folder / RESOLVED).is_file() else None
+            )
+        if (why := found[folder]) is not None:
+            return folder, why
+    return None
+
+
 def scan_folder(
-    root: str | Path, *, max_pixels: int = 178_956_970, min_size: int = 64
+    root: str | Path,
+    *,
+    max_pixels: int = 178_956_970,
+    min_size: int = 64,
+    outputs: Mapping[str | Path, str] | None = None,
 ) -> ScanResult:
-    """Scan `root` (see the module docstring). Raises NotAFolderError (a DataError and a
-    NotADirectoryError) when `root` is not a directory. Images are decoded one at a time, so
+    """Scan `root` (see the module docstring). `outputs`: {folder: what it is, e.g.
+    'data.prepared_dir'}, left out when inside `root`. Raises NotAFolderError (a DataError and
+    a NotADirectoryError) when `root` is not a directory. Images are decoded one at a time, so
     memory stays bounded by the largest one."""
     root = Path(root)
     if not root.is_dir():
@@ -116,8 +150,14 @@ def scan_folder(
     broken: list[Path] = []
     images = iter_image_files(root, broken)
     result.skipped += [SkippedFile(p, f"broken symbolic link to {os.readlink(p)}") for p in broken]
+    named = {Path(f).expanduser().resolve(): why for f, why in (outputs or {}).items()}
+    found: dict[Path, str | None] = {}
+    left_out: dict[Path, str] = {}
     seen: dict[str, Path] = {}
     for path in images:
+        if (out := _output_folder(path, root, named, found)) is not None:
+            left_out.setdefault(*out)
+            continue
         try:
             digest = file_sha256(path)
         except OSError as e:
@@ -140,6 +180,9 @@ def scan_folder(
             continue
         seen[digest] = path
         result.images.append(ScannedImage(path, digest, width, height))
+    for folder, why in left_out.items():
+        log.warning("%s: left out of the scan of %s: %s", folder, root, why)
+        result.skipped.append(SkippedFile(folder, f"pipeline output left out: {why}"))
     result.skipped.sort(key=lambda f: f.path.relative_to(root).as_posix())
     return result
 

@@ -137,7 +137,8 @@ def collect_sources(
 
     samples: materialised to `<raw_dir>/samples/{train,val}`; div2k: downloaded and extracted
     to `<raw_dir>/div2k` (`base_url_override` replaces `cfg.div2k_url`); folder: `cfg.folder`
-    scanned recursively and split by content hash. For a folder with >= 2 images where the hash
+    scanned recursively and split by content hash, leaving out the pipeline's outputs inside it
+    (`prepared_dir`, `raw_dir`, any stage's output folder: `scan_folder`). For a folder with >= 2 images where the hash
     split leaves one side empty, the image with the lowest (resp. highest) hash moves over, so
     both splits exist.
     """
@@ -153,7 +154,8 @@ def collect_sources(
                 f"data.folder={cfg.folder!r}: {folder} {what}; set data.folder to a folder of "
                 "images"
             )
-        scan = scan_folder(folder, max_pixels=cfg.max_pixels, min_size=cfg.min_size)
+        own = {cfg.prepared_dir: "data.prepared_dir", cfg.raw_dir: "data.raw_dir"}
+        scan = scan_folder(folder, max_pixels=cfg.max_pixels, min_size=cfg.min_size, outputs=own)
         skipped += scan.skipped
         found = [
             (im.path, split_for_hash(im.sha256, cfg.val_fraction), im.sha256) for im in scan.images
