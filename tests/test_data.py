@@ -14,7 +14,7 @@ import re
 import threading
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -470,6 +470,37 @@ def test_a_folder_holding_the_pipeline_does_not_read_its_outputs_back(
             "pipeline output left out: data.raw_dir",
         ],
     }
+
+
+def test_a_stopped_prepare_leaves_no_manifest_describing_new_crops(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Crops are rewritten in place: a run with new params stopped at the 2nd image left the old
+    manifest over new crops. Now the manifest is gone until the run finishes, and loading says
+    to rerun `prepare`."""
+    root = tmp_path / "imgs"
+    for i in range(3):
+        _save(root / f"p{i}.png", 72, 70, 40 + i, "PNG")
+    cfg = DataConfig(
+        source="folder", folder=str(root), prepared_dir=str(tmp_path / "prep"),
+        crop_size=64, crop_step=64, min_size=32,
+    )  # fmt: skip
+    assert len(prepare.prepare_dataset(cfg)) == 12
+    calls = []
+    real = prepare.prepare_one
+
+    def stopped_at_the_second(src, c):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(src, c)
+
+    monkeypatch.setattr(prepare, "prepare_one", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare_dataset(replace(cfg, crop_size=32, crop_step=32))
+    assert len(calls) == 2
+    with pytest.raises(FileNotFoundError, match=r"manifest\.csv: .*stopped.*dvc repro prepare"):
+        prepare.load_manifest(tmp_path / "prep")
 
 
 def test_list_sources_no_images(tmp_path: Path) -> None:

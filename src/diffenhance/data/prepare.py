@@ -21,6 +21,8 @@ long thin one a row of strips. Splits: samples use their fixed split (`samples.S
 DIV2K its official train (0001-0800) / valid (0801-0900) sets, a user folder the content hash
 (`folder.split_for_hash`). Same inputs and config give byte-identical PNGs and manifest;
 crops no longer listed in the manifest are deleted, so reruns with a new crop size stay clean.
+The manifest is removed before the first crop is written and written last, so a stopped run
+leaves none (never an old one describing new crops).
 """
 
 from __future__ import annotations
@@ -198,9 +200,13 @@ def collect_sources(
 
 
 def list_sources(cfg: DataConfig, *, base_url_override: str | None = None) -> list[SourceImage]:
-    """`collect_sources`, plus `<prepared_dir>/skipped.csv` written as a side effect.
+    """`collect_sources`, plus `<prepared_dir>/skipped.csv` written as a side effect; the start
+    of the stage, so it also removes `<prepared_dir>/manifest.csv`: `prepare_one` rewrites crops
+    in place, and a run stopped before `write_manifest` must leave no index describing files it
+    did not write (loading then says to rerun `prepare`).
 
-    Raises NoImagesError (after writing skipped.csv) when no image is usable."""
+    Raises NoImagesError (after writing skipped.csv, the previous dataset left as it was) when
+    no image is usable."""
     sources, skipped = collect_sources(cfg, base_url_override=base_url_override)
     report = write_skip_report(skipped, Path(cfg.prepared_dir) / SKIPPED)
     if skipped:
@@ -210,6 +216,7 @@ def list_sources(cfg: DataConfig, *, base_url_override: str | None = None) -> li
             f"data.source={cfg.source!r}: no usable image found ({len(skipped)} skipped, "
             f"reasons in {report})"
         )
+    (Path(cfg.prepared_dir) / MANIFEST).unlink(missing_ok=True)
     return sources
 
 
@@ -294,7 +301,8 @@ def load_manifest(prepared_dir: str | Path) -> pd.DataFrame:
     path = Path(prepared_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: no manifest; run the `prepare` stage first (dvc repro prepare)"
+            f"{path}: no manifest (never prepared, or a `prepare` run stopped before it "
+            "finished); run the `prepare` stage (dvc repro prepare)"
         )
     return pd.read_csv(path, dtype={"source_sha256": str, "crop_sha256": str})
 
