@@ -109,6 +109,34 @@ def test_invariants():
         load_config(None, ["data.source=folder"])
 
 
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("degrade.val_jpeg_quality=0", r"'degrade\.val_jpeg_quality' = 0 must be within 1\.\.100$"),
+        ("degrade.val_jpeg_quality=101", r"'degrade\.val_jpeg_quality' = 101 must be within 1\.\.100$"),
+        ("degrade.val_max_images=0", r"'degrade\.val_max_images' = 0 must be >= 1$"),
+        ("degrade.val_size=2", r"'degrade\.val_size' = 2 must be >= 4 \(the largest scale of degrade\.tasks\)$"),
+        ("degrade.val_size=0", r"'degrade\.val_size' = 0 must be >= 4 "),
+        ("data.min_size=1", r"'data\.min_size' = 1 must be >= 4 \(the largest task scale\)$"),
+    ],
+)  # fmt: skip
+def test_values_that_would_stop_degrade_part_way_are_refused(override, pattern):
+    """Refused when params load, not after `degrade` has written some tasks' pairs (a JPEG
+    quality of 0, no validation image, a validation or crop side below a task's scale)."""
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, [override])
+
+
+def test_sizes_are_checked_against_the_scales_of_the_tasks():
+    """val_size needs the largest scale of the configured tasks only; the edges pass."""
+    assert load_config(None, ["degrade.tasks=[denoise]", "degrade.val_size=1"]).degrade.val_size
+    with pytest.raises(ConfigError, match="'degrade.val_size' = 1 must be >= 2"):
+        load_config(None, ["degrade.tasks=[denoise, sr2]", "degrade.val_size=1"])
+    ok = ["degrade.val_size=4", "data.min_size=4", "degrade.val_max_images=1"]
+    ok += ["degrade.val_jpeg_quality=1", "degrade.blind_scale=1"]
+    assert load_config(None, ok).data.min_size == 4
+
+
 def test_frozen_and_resolved_roundtrip(tmp_path):
     cfg = load_config(None, ["train.steps=7"])
     with pytest.raises(AttributeError):

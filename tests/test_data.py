@@ -15,7 +15,7 @@ import re
 import threading
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +105,24 @@ def test_scan_folder_max_pixels_and_missing_root(tmp_path: Path) -> None:
     assert not res.images and "over the limit" in res.skipped[0].reason
     with pytest.raises(NotADirectoryError):
         folder.scan_folder(tmp_path / "nope")
+
+
+def test_scan_folder_follows_linked_folders_and_reports_broken_links(tmp_path: Path) -> None:
+    """A dataset linked in as a folder is scanned (os.walk skipped it); a link loop is not
+    followed (the scan ends); a link whose target is gone is listed as skipped, with why."""
+    root = tmp_path / "photos"
+    _save(root / "a.png", 40, 40, 1, "PNG")
+    _save(tmp_path / "elsewhere" / "b.png", 40, 40, 2, "PNG")
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "gone.png").symlink_to(tmp_path / "deleted.png")
+
+    res = folder.scan_folder(root, min_size=8)
+    assert [i.path.relative_to(root).as_posix() for i in res.images] == ["a.png", "linked/b.png"]
+    assert [(s.path.name, s.reason) for s in res.skipped] == [
+        ("gone.png", f"broken symbolic link to {tmp_path / 'deleted.png'}")
+    ]
+    assert folder.iter_image_files(root) == [root / "a.png", root / "linked" / "b.png"]
 
 
 def test_split_for_hash() -> None:
@@ -468,6 +486,67 @@ def test_prepare_folder_source_names_and_splits(tmp_path: Path) -> None:
     assert len(df) == 4 * 4 and df["crop_path"].is_monotonic_increasing
 
 
+def test_a_folder_holding_the_pipeline_does_not_read_its_outputs_back(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """data.folder='.' with the default data/prepared and data/raw inside it, and the degraded
+    pairs there too: a second run reads the same 3 sources, not its own crops (val crops
+    hashed into train: leakage); each output folder is one skipped row saying why."""
+    monkeypatch.chdir(tmp_path)
+    for i in range(3):
+        _save(tmp_path / "photos" / f"p{i}.png", 72, 70, 20 + i, "PNG")
+    _save(tmp_path / "data" / "raw" / "samples" / "train" / "s.png", 72, 70, 30, "PNG")
+    degraded = tmp_path / "data" / "degraded"  # degrade.out_dir, after a `degrade` run
+    _save(degraded / "sr4" / "hr" / "p0_s000.png", 64, 64, 31, "PNG")
+    (degraded / "params.resolved.yaml").write_text("degrade: {}\n")
+    cfg = DataConfig(source="folder", folder=".", crop_size=64, crop_step=64, min_size=32)
+
+    first = prepare.prepare_dataset(cfg)
+    assert len(first) == 3 * 4 and first["source_path"].nunique() == 3
+    second = prepare.prepare_dataset(cfg)
+    pd.testing.assert_frame_equal(second, first)
+    skipped = pd.read_csv(tmp_path / "data" / "prepared" / "skipped.csv")
+    assert skipped.to_dict("list") == {
+        "path": ["data/degraded", "data/prepared", "data/raw"],
+        "reason": [
+            "pipeline output left out: a stage's output (holds params.resolved.yaml)",
+            "pipeline output left out: data.prepared_dir",
+            "pipeline output left out: data.raw_dir",
+        ],
+    }
+
+
+def test_a_stopped_prepare_leaves_no_manifest_describing_new_crops(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Crops are rewritten in place: a run with new params stopped at the 2nd image left the old
+    manifest over new crops. Now the manifest is gone until the run finishes, and loading says
+    to rerun `prepare`."""
+    root = tmp_path / "imgs"
+    for i in range(3):
+        _save(root / f"p{i}.png", 72, 70, 40 + i, "PNG")
+    cfg = DataConfig(
+        source="folder", folder=str(root), prepared_dir=str(tmp_path / "prep"),
+        crop_size=64, crop_step=64, min_size=32,
+    )  # fmt: skip
+    assert len(prepare.prepare_dataset(cfg)) == 12
+    calls = []
+    real = prepare.prepare_one
+
+    def stopped_at_the_second(src, c):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(src, c)
+
+    monkeypatch.setattr(prepare, "prepare_one", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare_dataset(replace(cfg, crop_size=32, crop_step=32))
+    assert len(calls) == 2
+    with pytest.raises(FileNotFoundError, match=r"manifest\.csv: .*stopped.*dvc repro prepare"):
+        prepare.load_manifest(tmp_path / "prep")
+
+
 def test_list_sources_no_images(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "bad.png").write_bytes(b"nope")
@@ -497,3 +576,29 @@ def test_one_manifest_loader_and_one_file_hash(tmp_path: Path) -> None:
     (tmp_path / prepare.MANIFEST).write_text("crop_path,split,crop_sha256\nval/a.png,val,0123\n")
     assert prepare.load_manifest(tmp_path)["crop_sha256"].tolist() == ["0123"]
     assert d.file_sha256 is folder.file_sha256 is io.file_sha256
+
+
+def test_dataset_errors_are_data_errors_with_exit_code_2(tmp_path: Path) -> None:
+    """Every dataset error a user fixes is a DataError, which USER_ERRORS maps to exit 2 (one
+    `error:` line, no traceback), and keeps the builtin class callers catch."""
+    import diffenhance.data as d
+    from diffenhance.data.pairs import NoValidationCropsError, StalePairsError
+    from diffenhance.exitcodes import user_error_code
+
+    errors = [
+        (div2k.DownloadError("x"), RuntimeError),
+        (div2k.ArchiveError("x"), RuntimeError),
+        (prepare.NoImagesError("x"), ValueError),
+        (folder.NotAFolderError("x"), NotADirectoryError),
+        (NoValidationCropsError("x"), RuntimeError),
+        (StalePairsError("x"), ValueError),
+    ]
+    for e, builtin in errors:
+        assert isinstance(e, d.DataError) and isinstance(e, builtin), e
+        assert user_error_code(e) == 2, type(e)
+    cfg = DataConfig(source="folder", folder=str(tmp_path / "nope"), prepared_dir=str(tmp_path))
+    with pytest.raises(d.DataError, match=f"data.folder='{tmp_path / 'nope'}': .* does not exist"):
+        prepare.list_sources(cfg)
+    (tmp_path / "file.png").write_bytes(b"")
+    with pytest.raises(d.NotAFolderError, match="file.png: image folder is not a directory"):
+        folder.scan_folder(tmp_path / "file.png")

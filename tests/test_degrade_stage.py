@@ -99,3 +99,39 @@ def test_degrade_flow_maps_the_library_stage(tmp_path, prefect_api):
         ).read_bytes()
     resolved = (flow_out / "params.resolved.yaml").read_text()
     assert resolved.startswith("data:") and f"out_dir: {flow_out}" in resolved
+
+
+def test_a_stopped_degrade_leaves_no_pairs_csv_and_fewer_images_prune_the_rest(
+    tmp_path, monkeypatch
+):
+    """Pairs are rewritten in place: a run with a new noise level stopped at the 2nd pair left
+    the old pairs.csv over mixed files. Now it is gone until the task finishes (loading says to
+    rerun `degrade`); a smaller val_max_images deletes the pairs no longer listed."""
+    import diffenhance.data.pairs as pairs
+
+    make_dataset(tmp_path, tasks=("sr2",), n_val=3)
+    cfg = stage_config(tmp_path, "degrade.tasks=[denoise]", "degrade.val_max_images=3")
+    degrade_stage(cfg)
+    denoise = tmp_path / "out" / "denoise"
+    assert len(load_pairs(denoise)) == 3
+    calls = []
+    real = pairs.write_pair
+
+    def stopped_at_the_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pairs, "write_pair", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        degrade_stage(
+            stage_config(tmp_path, "degrade.tasks=[denoise]", "degrade.val_noise_sigma=5")
+        )
+    with pytest.raises(FileNotFoundError, match=r"pairs\.csv: .*stopped.*dvc repro degrade"):
+        load_pairs(denoise)
+    monkeypatch.setattr(pairs, "write_pair", real)
+
+    degrade_stage(stage_config(tmp_path, "degrade.tasks=[denoise]", "degrade.val_max_images=1"))
+    assert pd.read_csv(denoise / PAIRS_CSV)["name"].tolist() == ["img0_s000"]
+    assert sorted(files(denoise)) == ["hr/img0_s000.png", "lq/img0_s000.png"]

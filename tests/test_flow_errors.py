@@ -60,3 +60,19 @@ def test_publish_flow_storage_error_inside_the_flow(prefect_api, job):
     assert_one_error_line(res, 1, "error: unsupported storage URL scheme 'ftp'")
     res = run_module("flows.publish", "storage.nope=1", cwd=job)
     assert_one_error_line(res, 2, "error: params.yaml with overrides")
+
+
+def test_prepare_flow_data_errors(prefect_api, job):
+    """A dataset a user has to fix (a missing data.folder, one without an image) is a DataError:
+    exit 2 with one `error:` line naming it, not Prefect's three tracebacks."""
+    prepared = f"data.prepared_dir={job / 'prepared'}"
+    missing = job / "no-such-folder"
+    res = run_module(
+        "flows.prepare", "data.source=folder", f"data.folder={missing}", prepared, cwd=job
+    )
+    assert_one_error_line(res, 2, f"error: data.folder='{missing}': {missing} does not exist")
+    (job / "notes").mkdir()
+    (job / "notes" / "readme.txt").write_text("not an image\n")
+    folder = f"data.folder={job / 'notes'}"
+    res = run_module("flows.prepare", "data.source=folder", folder, prepared, cwd=job)
+    assert_one_error_line(res, 2, "error: data.source='folder': no usable image found")

@@ -677,6 +677,11 @@ def _rules_data(obj: DataConfig, bad: Callable[[str, str], ConfigError]) -> None
     in_range(obj, "val_fraction", bad, 0, 1, hi_open=True)
     if obj.source == "folder" and not obj.folder:
         raise bad("folder", "must be set when data.source is 'folder'")
+    # the crops serve every task: a side below the largest scale any task may have leaves
+    # nothing after modcrop (`degrade`) or no LQ pixel (training)
+    scale = max(s for name in TASKS.names() for s in TASKS.lookup(name).scales())
+    if obj.min_size < scale:
+        raise bad("min_size", f"= {obj.min_size} must be >= {scale} (the largest task scale)")
 
 
 def _rules_degrade(obj: DegradeConfig, bad: Callable[[str, str], ConfigError]) -> None:
@@ -692,6 +697,16 @@ def _rules_degrade(obj: DegradeConfig, bad: Callable[[str, str], ConfigError]) -
     mlo, mhi = obj.mask_coverage
     if not 0.0 < mlo <= mhi < 1.0:  # NaN fails every comparison; inf fails < 1
         raise bad("mask_coverage", "must be [low, high] with 0 < low <= high < 1")
+    if not 1 <= obj.val_jpeg_quality <= 100:
+        raise bad("val_jpeg_quality", f"= {obj.val_jpeg_quality} must be within 1..100")
+    if obj.val_max_images < 1:
+        raise bad("val_max_images", f"= {obj.val_max_images} must be >= 1")
+    # a validation pair is modcropped to its task's scale: a smaller side leaves no pixel
+    scale = max((TASKS.lookup(t).scale(obj) for t in obj.tasks), default=1)
+    if obj.val_size < scale:
+        raise bad(
+            "val_size", f"= {obj.val_size} must be >= {scale} (the largest scale of degrade.tasks)"
+        )
 
 
 def _rules_model(obj: ModelConfig, bad: Callable[[str, str], ConfigError]) -> None:
@@ -1071,14 +1086,18 @@ def section_from_dict(cls: type, raw: dict[str, Any], *, source: str = "<dict>")
     )
 
 
+# the resolved config beside a stage's outputs: it also marks a folder as a pipeline output
+RESOLVED = "params.resolved.yaml"
+
+
 def write_resolved(cfg: Config, out_dir: str | Path, sections: typing.Iterable[str] = ()) -> Path:
-    """Write the resolved config (all sections, or the named ones) as params.resolved.yaml."""
+    """Write the resolved config (all sections, or the named ones) as `RESOLVED`."""
     with unrecorded():  # a record of the run's config, not an input of what the stage computes
         d = cfg.to_dict()
     sections = tuple(sections)
     if sections:
         d = {k: d[k] for k in sections}
-    out = Path(out_dir) / "params.resolved.yaml"
+    out = Path(out_dir) / RESOLVED
     with atomic_path(out) as tmp:
         tmp.write_text(yaml.safe_dump(d, sort_keys=False))
     return out

@@ -1,6 +1,7 @@
 """Datasets of the `prepare` stage: bundled samples, a user folder or DIV2K, cut into crops.
 
-Submodules: `samples` (the offline default and its fixed split), `folder` (scan, validate,
+Submodules: `errors` (`DataError`, the base of every dataset error a user fixes: exit 2),
+`samples` (the offline default and its fixed split), `folder` (scan, validate,
 de-duplicate a directory of images), `div2k` (resumable verified download, safe extraction),
 `prepare` (sources -> crops + manifest.csv). `pairs` (validation LQ/HQ pairs) is not imported
 here, so `import diffenhance.data` stays light.
@@ -15,7 +16,9 @@ from diffenhance.data.div2k import (
     extract,
     fetch_div2k,
 )
+from diffenhance.data.errors import DataError
 from diffenhance.data.folder import (
+    NotAFolderError,
     ScannedImage,
     ScanResult,
     SkippedFile,
@@ -44,8 +47,10 @@ __all__ = [
     "TRAIN",
     "VALIDATION",
     "ArchiveError",
+    "DataError",
     "DownloadError",
     "NoImagesError",
+    "NotAFolderError",
     "ScanResult",
     "ScannedImage",
     "SkippedFile",

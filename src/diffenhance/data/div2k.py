@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from diffenhance.config import DataConfig
+from diffenhance.data.errors import DataError
 from diffenhance.io import atomic_write_bytes, file_sha256
 
 __all__ = [
@@ -67,11 +68,11 @@ _RETRYABLE = (
 )
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DataError, RuntimeError):
     """A download failed for good (HTTP error, retries exhausted, bad size or checksum)."""
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(DataError, RuntimeError):
     """An archive is corrupt, unsafe (absolute or '..' member paths) or laid out unexpectedly."""
 
 

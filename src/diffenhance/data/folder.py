@@ -1,15 +1,20 @@
 """A user's folder of images (`data.source: folder`): scan, validate, de-duplicate, split.
 
-`scan_folder(root)` walks `root` recursively in sorted order and returns every usable image
-once:
+`scan_folder(root)` walks `root` recursively in sorted order (`storage.local_files`: linked
+folders are followed, link loops are not) and returns every usable image once:
 
 * only files whose suffix is in `diffenhance.io.IMAGE_EXTENSIONS` (case-insensitive) are
   considered; hidden files and directories (name starting with '.') are ignored silently;
 * every candidate is fully decoded with `diffenhance.io.read_image`, so empty, truncated,
   non-image (a text file called x.jpg) and over-`max_pixels` files are *skipped* and listed
-  with the reader's reason, as are images with a side below `min_size`;
+  with the reader's reason, as are images with a side below `min_size` and symbolic links whose
+  target is missing;
 * duplicates are detected by the sha256 of the file bytes: the first path in sorted order is
-  kept, the others are listed as skipped ("duplicate of ...").
+  kept, the others are listed as skipped ("duplicate of ...");
+* pipeline outputs inside `root` are left out, each folder listed once as skipped: the folders
+  given as `outputs` (the prepare stage's own, even before a first run finished) and any
+  subfolder holding a stage's resolved config (`config.RESOLVED`: the degraded pairs, models,
+  reports), so a folder that holds the pipeline never reads its own crops back in.
 
 The split is by content hash (`split_for_hash`), so it does not change when files are renamed,
 moved or added.
@@ -17,13 +22,17 @@ moved or added.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
+from diffenhance.config import RESOLVED
+from diffenhance.data.errors import DataError
 from diffenhance.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -31,8 +40,10 @@ from diffenhance.io import (
     file_sha256,  # re-exported: diffenhance.data.file_sha256
     read_image,
 )
+from diffenhance.storage import local_files
 
 __all__ = [
+    "NotAFolderError",
     "ScanResult",
     "ScannedImage",
     "SkippedFile",
@@ -42,6 +53,13 @@ __all__ = [
     "split_for_hash",
     "write_skip_report",
 ]
+
+
+log = logging.getLogger(__name__)
+
+
+class NotAFolderError(DataError, NotADirectoryError):
+    """The folder to scan does not exist or is not a directory."""
 
 
 class ScannedImage(NamedTuple):
@@ -75,34 +93,71 @@ def split_for_hash(sha256: str, val_fraction: float) -> str:
     return "val" if int(sha256[:8], 16) / 2**32 < val_fraction else "train"
 
 
-def iter_image_files(root: str | Path) -> list[Path]:
-    """Files under `root` with an image suffix, recursively, hidden entries pruned, sorted by
-    their path relative to `root` (POSIX form, so the order is the same on every OS)."""
+def iter_image_files(root: str | Path, broken: list[Path] | None = None) -> list[Path]:
+    """Regular files under `root` with an image suffix, recursively, hidden entries pruned,
+    sorted by their path relative to `root` (POSIX form, so the order is the same on every OS).
+
+    The listing is `storage.local_files`: a symbolic link to a folder (a dataset linked in) is
+    followed unless it loops. Symbolic links with an image suffix whose target is missing are
+    appended to `broken` when a list is given (left out either way)."""
     root = Path(root)
     found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        base = Path(dirpath)
-        for name in filenames:
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            p = base / name
-            if p.is_file():
-                found.append((p.relative_to(root).as_posix(), p))
+    for rel, p in local_files(root, hidden=[]):
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if p.is_file():
+            found.append((rel, p))
+        elif broken is not None and p.is_symlink() and not p.exists():
+            broken.append(p)
     return [p for _, p in sorted(found)]
 
 
+def _output_folder(
+    path: Path, root: Path, outputs: dict[Path, str], found: dict[Path, str | None]
+) -> tuple[Path, str] | None:
+    """(folder, why) when `path` lies in a pipeline output below `root`: a folder of `outputs`
+    (keys resolved) or one holding `RESOLVED`; `found` caches the answer per folder."""
+    for parent in path.relative_to(root).parents:
+        if parent == Path("."):
+            break
+        folder = root / parent
+        if folder not in found:
+            real = folder.resolve()
+            found[folder] = outputs.get(real) or (
+                f"a stage's output (holds {RESOLVED})" if (folder / RESOLVED).is_file() else None
+            )
+        if (why := found[folder]) is not None:
+            return folder, why
+    return None
+
+
 def scan_folder(
-    root: str | Path, *, max_pixels: int = 178_956_970, min_size: int = 64
+    root: str | Path,
+    *,
+    max_pixels: int = 178_956_970,
+    min_size: int = 64,
+    outputs: Mapping[str | Path, str] | None = None,
 ) -> ScanResult:
-    """Scan `root` (see the module docstring). Raises NotADirectoryError when `root` is not a
-    directory. Images are decoded one at a time, so memory stays bounded by the largest one."""
+    """Scan `root` (see the module docstring). `outputs`: {folder: what it is, e.g.
+    'data.prepared_dir'}, left out when inside `root`. Raises NotAFolderError (a DataError and
+    a NotADirectoryError) when `root` is not a directory. Images are decoded one at a time, so
+    memory stays bounded by the largest one."""
     root = Path(root)
     if not root.is_dir():
-        raise NotADirectoryError(f"{root}: image folder does not exist or is not a directory")
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise NotAFolderError(f"{root}: image folder {what}")
     result = ScanResult(root=root)
+    broken: list[Path] = []
+    images = iter_image_files(root, broken)
+    result.skipped += [SkippedFile(p, f"broken symbolic link to {os.readlink(p)}") for p in broken]
+    named = {Path(f).expanduser().resolve(): why for f, why in (outputs or {}).items()}
+    found: dict[Path, str | None] = {}
+    left_out: dict[Path, str] = {}
     seen: dict[str, Path] = {}
-    for path in iter_image_files(root):
+    for path in images:
+        if (out := _output_folder(path, root, named, found)) is not None:
+            left_out.setdefault(*out)
+            continue
         try:
             digest = file_sha256(path)
         except OSError as e:
@@ -125,6 +180,10 @@ def scan_folder(
             continue
         seen[digest] = path
         result.images.append(ScannedImage(path, digest, width, height))
+    for folder, why in left_out.items():
+        log.warning("%s: left out of the scan of %s: %s", folder, root, why)
+        result.skipped.append(SkippedFile(folder, f"pipeline output left out: {why}"))
+    result.skipped.sort(key=lambda f: f.path.relative_to(root).as_posix())
     return result
 
 

@@ -23,12 +23,21 @@ import numpy as np
 import pandas as pd
 
 from diffenhance.config import Config, DegradeConfig, write_resolved
+from diffenhance.data.errors import DataError
 from diffenhance.data.prepare import MANIFEST, load_manifest
 from diffenhance.degrade import modcrop, pair_seed
 from diffenhance.io import atomic_path, read_image, read_mask, write_image
 from diffenhance.restoration import RestorationTask, get_task
 
 PAIRS_CSV = "pairs.csv"
+
+
+class StalePairsError(DataError, ValueError):
+    """A pair's file no longer matches what its pairs.csv row records (a user error: exit 2)."""
+
+
+class NoValidationCropsError(DataError, RuntimeError):
+    """The prepared manifest has no validation crop to pair up (a user error: exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -121,11 +130,12 @@ def write_pairs_csv(rows: list[dict[str, object]], task_dir: Path) -> Path:
 
 def val_crops(cfg: Config) -> pd.DataFrame:
     """The validation crops the `degrade` stage pairs up: `select_val_crops` of the manifest in
-    `data.prepared_dir`, at most `degrade.val_max_images`; RuntimeError when there are none."""
+    `data.prepared_dir`, at most `degrade.val_max_images`; NoValidationCropsError when there
+    are none."""
     prepared = Path(cfg.data.prepared_dir)
     crops = select_val_crops(load_manifest(prepared), cfg.degrade.val_max_images)
     if crops.empty:
-        raise RuntimeError(
+        raise NoValidationCropsError(
             f"{prepared / MANIFEST} has no validation crops (split == 'val'); "
             "prepare a dataset with validation images (rerun the `prepare` stage)"
         )
@@ -135,14 +145,29 @@ def val_crops(cfg: Config) -> pd.DataFrame:
 def write_task_pairs(cfg: Config, task: str | RestorationTask, crops: pd.DataFrame) -> Path:
     """The pairs of one task: every crop of `crops` (rows of the manifest in
     `data.prepared_dir`) degraded for `task` into `<degrade.out_dir>/<task>/` (hr/, lq/,
-    pairs.csv); returns the pairs.csv path."""
+    pairs.csv); returns the pairs.csv path.
+
+    pairs.csv is removed before the first pair is rewritten in place and written last, so a
+    stopped run leaves none (loading says to rerun `degrade`), never the old one describing new
+    files; pair PNGs it does not list (fewer `val_max_images` than before) are deleted."""
     t = get_task(task)
     prepared, out_dir = Path(cfg.data.prepared_dir), Path(cfg.degrade.out_dir)
+    (out_dir / t.name / PAIRS_CSV).unlink(missing_ok=True)
     rows = [
         write_pair(prepared / r.crop_path, r.crop_sha256, t, cfg.degrade, out_dir)
         for r in crops.itertuples()
     ]
+    _prune_pairs(out_dir / t.name, t, {str(r["name"]) for r in rows})
     return write_pairs_csv(rows, out_dir / t.name)
+
+
+def _prune_pairs(task_dir: Path, task: RestorationTask, names: set[str]) -> None:
+    """Delete the PNGs in `task_dir`'s hr/, lq/ and side-input folders not named in `names`."""
+    for kind in ("hr", "lq", *task.side_inputs):
+        folder = task_dir / kind
+        for f in sorted(folder.glob("*.png")) if folder.is_dir() else []:
+            if f.stem not in names:
+                f.unlink()
 
 
 def degrade_stage(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, Path]:
@@ -157,10 +182,6 @@ def degrade_stage(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, 
     return written
 
 
-class StalePairsError(ValueError):
-    """A pair's file no longer matches what its pairs.csv row records (a user error: exit 2)."""
-
-
 def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
     """Read the fixed pairs of one task (sorted by name), optionally only the first `limit`.
     Each pair's network input is that of the task its pairs.csv row names. StalePairsError
@@ -169,7 +190,8 @@ def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
     csv = task_dir / PAIRS_CSV
     if not csv.is_file():
         raise FileNotFoundError(
-            f"{csv}: no validation pairs; run the `degrade` stage first (dvc repro degrade)"
+            f"{csv}: no validation pairs (never written, or a `degrade` run stopped before it "
+            "finished); run the `degrade` stage (dvc repro degrade)"
         )
     df = pd.read_csv(csv)
     if limit is not None:

@@ -21,6 +21,8 @@ long thin one a row of strips. Splits: samples use their fixed split (`samples.S
 DIV2K its official train (0001-0800) / valid (0801-0900) sets, a user folder the content hash
 (`folder.split_for_hash`). Same inputs and config give byte-identical PNGs and manifest;
 crops no longer listed in the manifest are deleted, so reruns with a new crop size stay clean.
+The manifest is removed before the first crop is written and written last, so a stopped run
+leaves none (never an old one describing new crops).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ import pandas as pd
 
 from diffenhance.config import DataConfig
 from diffenhance.data.div2k import fetch_div2k
+from diffenhance.data.errors import DataError
 from diffenhance.data.folder import (
+    NotAFolderError,
     SkippedFile,
     scan_folder,
     split_for_hash,
@@ -82,7 +86,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 Box = tuple[int, int, int, int]  # top, left, height, width
 
 
-class NoImagesError(ValueError):
+class NoImagesError(DataError, ValueError):
     """The configured source yielded no usable image (see skipped.csv for why)."""
 
 
@@ -135,7 +139,8 @@ def collect_sources(
 
     samples: materialised to `<raw_dir>/samples/{train,val}`; div2k: downloaded and extracted
     to `<raw_dir>/div2k` (`base_url_override` replaces `cfg.div2k_url`); folder: `cfg.folder`
-    scanned recursively and split by content hash. For a folder with >= 2 images where the hash
+    scanned recursively and split by content hash, leaving out the pipeline's outputs inside it
+    (`prepared_dir`, `raw_dir`, any stage's output folder: `scan_folder`). For a folder with >= 2 images where the hash
     split leaves one side empty, the image with the lowest (resp. highest) hash moves over, so
     both splits exist.
     """
@@ -144,9 +149,15 @@ def collect_sources(
     if cfg.source == "folder":
         if not cfg.folder:
             raise ValueError("data.folder must be set when data.source is 'folder'")
-        scan = scan_folder(
-            Path(cfg.folder).expanduser(), max_pixels=cfg.max_pixels, min_size=cfg.min_size
-        )
+        folder = Path(cfg.folder).expanduser()
+        if not folder.is_dir():
+            what = "is not a directory" if folder.exists() else "does not exist"
+            raise NotAFolderError(
+                f"data.folder={cfg.folder!r}: {folder} {what}; set data.folder to a folder of "
+                "images"
+            )
+        own = {cfg.prepared_dir: "data.prepared_dir", cfg.raw_dir: "data.raw_dir"}
+        scan = scan_folder(folder, max_pixels=cfg.max_pixels, min_size=cfg.min_size, outputs=own)
         skipped += scan.skipped
         found = [
             (im.path, split_for_hash(im.sha256, cfg.val_fraction), im.sha256) for im in scan.images
@@ -189,9 +200,13 @@ def collect_sources(
 
 
 def list_sources(cfg: DataConfig, *, base_url_override: str | None = None) -> list[SourceImage]:
-    """`collect_sources`, plus `<prepared_dir>/skipped.csv` written as a side effect.
+    """`collect_sources`, plus `<prepared_dir>/skipped.csv` written as a side effect; the start
+    of the stage, so it also removes `<prepared_dir>/manifest.csv`: `prepare_one` rewrites crops
+    in place, and a run stopped before `write_manifest` must leave no index describing files it
+    did not write (loading then says to rerun `prepare`).
 
-    Raises NoImagesError (after writing skipped.csv) when no image is usable."""
+    Raises NoImagesError (after writing skipped.csv, the previous dataset left as it was) when
+    no image is usable."""
     sources, skipped = collect_sources(cfg, base_url_override=base_url_override)
     report = write_skip_report(skipped, Path(cfg.prepared_dir) / SKIPPED)
     if skipped:
@@ -201,6 +216,7 @@ def list_sources(cfg: DataConfig, *, base_url_override: str | None = None) -> li
             f"data.source={cfg.source!r}: no usable image found ({len(skipped)} skipped, "
             f"reasons in {report})"
         )
+    (Path(cfg.prepared_dir) / MANIFEST).unlink(missing_ok=True)
     return sources
 
 
@@ -285,7 +301,8 @@ def load_manifest(prepared_dir: str | Path) -> pd.DataFrame:
     path = Path(prepared_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: no manifest; run the `prepare` stage first (dvc repro prepare)"
+            f"{path}: no manifest (never prepared, or a `prepare` run stopped before it "
+            "finished); run the `prepare` stage (dvc repro prepare)"
         )
     return pd.read_csv(path, dtype={"source_sha256": str, "crop_sha256": str})
 
