@@ -266,6 +266,15 @@ def test_enhance_with_a_mask_file_and_its_errors(trained, tmp_path):
     assert res.exit_code == 0, res.output
     out = read_image(tmp_path / "out.png")
     assert np.array_equal(out[mask == 0], read_image(tmp_path / "img.png")[mask == 0])
+    # a photo stored turned (EXIF orientation 6): its mask is drawn on it as it is shown
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    shown = np.round(read_image(tmp_path / "img.png") * 255).astype(np.uint8)
+    Image.fromarray(np.rot90(shown, 1)).save(tmp_path / "turned.png", exif=exif)
+    res = _enhance(str(tmp_path / "turned.png"), str(tmp_path / "turned-out.png"), "-m",
+                   str(model_dir), "--mask", str(tmp_path / "mask.png"))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(read_image(tmp_path / "turned-out.png"), out)
     write_image(tmp_path / "small.png", mask[:20])
     write_image(tmp_path / "empty.png", mask * 0)
     (tmp_path / "text.png").write_text("hello")

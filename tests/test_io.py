@@ -333,6 +333,18 @@ def test_exif_orientation_matches_pillow(tmp_path: Path, orientation: int) -> No
     np.testing.assert_array_equal(to_uint8(read_image(tmp_path / "o.png")), expected)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_image_info_size_is_the_displayed_size(tmp_path: Path, orientation: int) -> None:
+    """read_image_info's size is read_image's (w, h): a mask drawn on a photo as it is shown
+    (EXIF 6, stored 7x5) is checked against the size it is shown at, not the stored one."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(_rand_u8(5, 7)).save(tmp_path / "o.jpg", exif=exif)
+    h, w = read_image(tmp_path / "o.jpg").shape[:2]
+    assert read_image_info(tmp_path / "o.jpg")["size"] == (w, h)
+    assert (w, h) == ((5, 7) if orientation >= 5 else (7, 5))
+
+
 # ---------------------------------------------------------------------------- bad inputs
 def _truncated(tmp_path: Path, suffix: str) -> Path:
     src = tmp_path / f"full{suffix}"

@@ -322,7 +322,9 @@ def read_mask(
 
 def read_image_info(path: PathLike) -> dict[str, Any]:
     """Header facts without decoding pixels: ``format`` (Pillow name, e.g. 'PNG'), ``mode``,
-    ``size`` (width, height) and ``bit_depth`` (16 if any sample has more than 8 bits, else 8).
+    ``size`` (width, height) as displayed, which is `read_image`'s (an EXIF orientation that
+    turns the image, 5-8, swaps the stored width and height), and ``bit_depth`` (16 if any
+    sample has more than 8 bits, else 8).
 
     Raises ImageReadError when the file is missing, empty or not an image.
     """
@@ -336,7 +338,8 @@ def read_image_info(path: PathLike) -> dict[str, Any]:
             with tifffile.TiffFile(p) as tf:
                 page = tf.pages.first
                 mode = "RGB" if page.photometric == tifffile.PHOTOMETRIC.RGB else "L"
-                size = (page.imagewidth, page.imagelength)
+                tag = page.tags.get(274)  # Orientation
+                size = _oriented((page.imagewidth, page.imagelength), tag.value if tag else 1)
                 return {"format": "TIFF", "mode": mode, "size": size, "bit_depth": 16}
         with im:
             rawmode = im.tile[0].args if im.tile else ""
@@ -345,9 +348,15 @@ def read_image_info(path: PathLike) -> dict[str, Any]:
             return {
                 "format": im.format,
                 "mode": im.mode,
-                "size": im.size,
+                "size": _oriented(im.size, im.getexif().get(0x0112, 1)),
                 "bit_depth": 16 if deep else 8,
             }
+
+
+def _oriented(size: tuple[int, int], orientation: Any) -> tuple[int, int]:
+    """(width, height) of a stored `size` once EXIF `orientation` is applied (`_orient`)."""
+    w, h = size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 # ----------------------------------------------------------------------------------- writing
