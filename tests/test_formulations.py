@@ -218,6 +218,30 @@ def test_one_step_equals_the_models_estimate():
 # ----------------------------------------------------------------------------- averaging
 
 
+def test_samples_of_a_model_that_draws_no_noise_run_once():
+    """indi with noise 0 (the shipped denoise and jpeg) starts at the input and draws nothing:
+    --samples 4 is the same image, so the network runs `steps` times, not 4 x steps (it used
+    to, for 3.4x the time); with noise > 0 each sample runs."""
+    x0, y = images()
+    calls: list[int] = []
+
+    def model(x, t, c):
+        calls.append(1)
+        return 0.5 * (x0 - x)
+
+    for noise, runs in ((0.0, 3), (0.1, 12)):
+        calls.clear()
+        out = formulation_sample(
+            dcfg("indi", indi={"noise": noise}), model, SCHED, y, steps=3, samples=4,
+            generator=torch.Generator().manual_seed(0), clip_x0=False,
+        )  # fmt: skip
+        assert len(calls) == runs, noise
+        if noise == 0:
+            one = formulation_sample(dcfg("indi", indi={"noise": 0.0}), model, SCHED, y,
+                                     steps=3, clip_x0=False)  # fmt: skip
+            assert torch.equal(out, one)
+
+
 def test_indi_averaging_divides_the_variance_by_n():
     """Zero network, one step: the output is y + sigma * mean of N normals, variance sigma^2/N."""
     sigma = 0.2

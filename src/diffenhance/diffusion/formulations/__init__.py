@@ -195,8 +195,8 @@ def formulation_moments(
     knob = _detail_argument(f, detail)
     if f.detail_knob and detail == 0.0:
         samples = 1  # the posterior mean itself: every sample is the same image
-    if not f.uses_start_noise:
-        samples = 1  # no randomness: every sample is the same image
+    if f.deterministic_reason(dcfg, sampler, eta) is not None:
+        samples = 1  # no randomness (e.g. indi with noise 0): every sample is the same image
     args = dict(steps=steps, sampler=sampler, eta=eta, samples=samples, clip_x0=clip_x0,
                 variance=variance, detail=detail)  # fmt: skip
     per_item = generator is not None and not isinstance(generator, torch.Generator)
