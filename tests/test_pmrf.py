@@ -17,6 +17,7 @@ from diffenhance.diffusion.formulations.pmrf import (
     start_noise,
 )
 from diffenhance.model import build_network, load_matching
+from diffenhance.nn.predict_refine import refine_cond
 
 T = 50
 SCHED = Schedule.from_config(DiffusionConfig(timesteps=T))
@@ -287,10 +288,20 @@ def test_a_mean_formulation_checkpoint_becomes_stage_one():
     for k, v in fresh_flow.items():
         torch.testing.assert_close(net.state_dict()[k], v)
     _, y = images()
-    want = formulation_sample(rcfg, residual, SCHED, y, steps=1,
-                              generator=torch.Generator().manual_seed(3))  # fmt: skip
-    got = posterior_mean(cfg, net, SCHED, y, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(got, want)
+    # the residual model's 1-step DDIM output from r_T = 0 (the mean of its start noise),
+    # written out: mu0 + x0-estimate / scale, x0 from the v prediction at the last timestep
+    mu0 = residual.predict(y)
+    zero = torch.zeros_like(y)
+    t = torch.full((y.shape[0],), T - 1)
+    v = residual.denoise(zero, t, refine_cond(mu0, y))
+    ab = SCHED.alphas_cumprod[T - 1]
+    x0 = ab.sqrt() * zero - (1 - ab).sqrt() * v
+    want = (mu0 + x0 / rcfg.options["residual"].scale).clamp(-1, 1)
+    got = posterior_mean(cfg, net, SCHED, y)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # the fidelity end is the posterior mean for every seed: nothing is drawn
+    fid = [sample(net, y, cfg=cfg, detail=0.0, seed=s) for s in (1, 2)]
+    assert torch.equal(fid[0], fid[1]) and torch.equal(fid[0], got)
     # a pmrf checkpoint is loaded as it is
     assert get_formulation("pmrf").init_tensors(net, net.state_dict(), {}).keys() == (
         net.state_dict().keys()

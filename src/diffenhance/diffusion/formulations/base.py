@@ -42,6 +42,21 @@ from diffenhance.registry import FORMULATIONS
 from diffenhance.restoration.base import image_of
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+class _MeanStart:
+    """`MEAN_START`'s type: a stand-in for a generator that draws nothing."""
+
+    device = torch.device("cpu")
+
+    def __repr__(self) -> str:
+        return "MEAN_START"
+
+
+#: Passed as a formulation's `generator`: its start noise is the noise distribution's mean (0),
+#: so its one-step output is a function of the condition alone (pmrf's posterior mean:
+#: `pmrf.posterior_mean`). Per-step noise (`step_gen`) is separate.
+MEAN_START = _MeanStart()
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Stats = dict[str, torch.Tensor]
 
@@ -189,8 +204,11 @@ def draw_normal(
     """N(0, I) float32 of `shape` [N, ...] on `device`, drawn on the generator's device.
 
     One generator (or None: the global CPU RNG) draws the whole batch; a sequence of N
-    generators draws item i from generator i (for N = 1 both give the same numbers).
+    generators draws item i from generator i (for N = 1 both give the same numbers);
+    `MEAN_START` gives zeros (the mean of the distribution).
     """
+    if generator is MEAN_START:
+        return torch.zeros(tuple(shape), device=device)
     if generator is None or isinstance(generator, torch.Generator):
         gdev = generator.device if generator is not None else torch.device("cpu")
         return torch.randn(tuple(shape), generator=generator, device=gdev).to(device)
