@@ -155,3 +155,32 @@ def test_resume_params_hold_the_option_sections_the_formulation_reads(dataset, o
     params = resume_params(tiny_config(dataset, *overrides), "sr2")
     assert sorted(params["diffusion"]["options"]) == sections
     assert params["diffusion"].keys() == tiny_config(dataset).to_dict()["diffusion"].keys()
+
+
+@pytest.mark.parametrize("stop_at", [2, 4], ids=["checkpoint-step", "final-step"])
+def test_a_stop_inside_validation_resumes_with_its_log_row(
+    dataset, reference, tmp_path, caplog, monkeypatch, stop_at
+):
+    """A kill while step N validates (N a checkpoint step, or the last step) leaves no state of
+    step N: the resumed run redoes the step and writes log row N and its samples, and a stop
+    inside the final validation is resumed, not retrained from step 0."""
+    import diffenhance.train as training
+
+    caplog.set_level(logging.INFO, logger="diffenhance.train")
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", *RESUME)
+    validate = training.validate
+
+    def killed(r, cfg, out_dir, step):
+        if step == stop_at:
+            raise KeyboardInterrupt
+        return validate(r, cfg, out_dir, step)
+
+    monkeypatch.setattr(training, "validate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cfg, "sr2")
+    monkeypatch.setattr(training, "validate", validate)
+    out = train_model(cfg, "sr2")
+    assert "training again from step 0" not in caplog.text
+    _assert_same_as(reference, out)
+    assert (out / "samples" / f"step-{stop_at:08d}.png").is_file()
+    assert f"resuming from step {stop_at - 1}" in caplog.text

@@ -585,10 +585,10 @@ class TrainLoop:
         while self.step < end:
             self.run_step()
             self.bar.update(1)
+            if self.main:  # first: a state of step N is saved only with log row N written
+                self._report()
             if self.step % t.ckpt_every == 0 or self.step == t.steps:
                 self.save()
-            if self.main:
-                self._report()
         self.bar.close()
         if self.world > 1:
             dist.barrier()
