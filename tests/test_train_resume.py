@@ -11,7 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load, load_file
 
+from diffenhance.config import write_resolved
 from diffenhance.train import resume_params, train_model
+from tests.test_flow_errors import run_module
 from tests.tiny import make_dataset, tiny_config
 
 # Dropout draws from the global torch RNG; a state after every step; validation at step 2.
@@ -184,3 +186,15 @@ def test_a_stop_inside_validation_resumes_with_its_log_row(
     _assert_same_as(reference, out)
     assert (out / "samples" / f"step-{stop_at:08d}.png").is_file()
     assert f"resuming from step {stop_at - 1}" in caplog.text
+
+
+def test_flow_run_shows_the_library_info_lines(prefect_api, dataset, tmp_path):
+    """`python -m flows.train` (as `dvc repro` and `diffenhance train` run it) prints the
+    diffenhance INFO lines: the resume and the validations."""
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path / 'm'}", *RESUME)
+    train_model(cfg, "sr2", stop_after=2)
+    res = run_module("flows.train", "--params", str(write_resolved(cfg, tmp_path)), cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "sr2: resuming from step 2" in out
+    assert "sr2 step 4: val PSNR" in out
