@@ -190,7 +190,8 @@ def test_a_stop_inside_validation_resumes_with_its_log_row(
 
 def test_flow_run_shows_the_library_info_lines(prefect_api, dataset, tmp_path):
     """`python -m flows.train` (as `dvc repro` and `diffenhance train` run it) prints the
-    diffenhance INFO lines: the resume and the validations."""
+    diffenhance INFO lines: the resume, the validations, and what init_from=pretrained chose,
+    once."""
     cfg = tiny_config(dataset, f"train.out_dir={tmp_path / 'm'}", *RESUME)
     train_model(cfg, "sr2", stop_after=2)
     res = run_module("flows.train", "--params", str(write_resolved(cfg, tmp_path)), cwd=tmp_path)
@@ -198,3 +199,4 @@ def test_flow_run_shows_the_library_info_lines(prefect_api, dataset, tmp_path):
     assert res.returncode == 0, out
     assert "sr2: resuming from step 2" in out
     assert "sr2 step 4: val PSNR" in out
+    assert out.count("train.init_from=pretrained:") == 1, out

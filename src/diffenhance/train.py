@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -207,14 +208,15 @@ def init_checkpoint(cfg: Config, task: str) -> Path | None:
 
 
 @unrecorded()  # decides whether to resume; a resumed run ends with the same weights
-def resume_params(cfg: Config, task: str) -> dict[str, Any]:
+def resume_params(cfg: Config, task: str, init: Path | None | EllipsisType = ...) -> dict[str, Any]:
     """What the trained weights depend on, and nothing about where files are written.
 
     The training crops by content (manifest path + sha256, not the folder they are in), the
     degradations (less `degrade.out_dir`), model, diffusion and the train.* values that change
     the result; `train.init_from` by the sha256 of the checkpoint file, not its path. Of
     `diffusion.options`, only the sections the formulation reads (`option_sections`): a
-    change to another formulation's options leaves this run's states resumable.
+    change to another formulation's options leaves this run's states resumable. `init`: the
+    start checkpoint when the caller has looked it up already (`init_checkpoint`, which logs).
     """
     d = cfg.to_dict()
     used = get_formulation(cfg.diffusion.formulation).option_sections(cfg.diffusion)
@@ -228,7 +230,8 @@ def resume_params(cfg: Config, task: str) -> dict[str, Any]:
     ]
     train = {k: v for k, v in d["train"].items() if k not in _NOT_IN_DIGEST}
     train.pop("init_from")
-    init = init_checkpoint(cfg, task)
+    if init is ...:
+        init = init_checkpoint(cfg, task)
     if init is not None:
         train["init_from_sha256"] = file_sha256(init)
     blob = json.dumps(crops).encode()
@@ -242,10 +245,10 @@ def resume_params(cfg: Config, task: str) -> dict[str, Any]:
     }
 
 
-def resume_digest(cfg: Config, task: str) -> str:
-    """Short hash of `resume_params`: a state is resumed only by a run with the same digest
-    (free of output paths)."""
-    blob = json.dumps(resume_params(cfg, task), sort_keys=True).encode()
+def resume_digest(params: dict[str, Any]) -> str:
+    """Short hash of a `resume_params` dict: a state is resumed only by a run with the same
+    digest (free of output paths)."""
+    blob = json.dumps(params, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -432,10 +435,11 @@ class TrainLoop:
         self.main = self.rank == 0
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
+        self.init = init_checkpoint(cfg, task)  # once: it logs why it is None
         self.r = self._build_restorer()
         self._setup_optimisation()
-        self.params = resume_params(cfg, task)
-        self.digest = resume_digest(cfg, task)
+        self.params = resume_params(cfg, task, self.init)
+        self.digest = resume_digest(self.params)
         # one folder per params: others' are kept as they are
         self.state_dir = self.out_dir / "state" / self.digest
         self.log_csv = self.out_dir / "train_log.csv"
@@ -467,7 +471,7 @@ class TrainLoop:
                 f"train.crop_size={t.crop_size} must be a multiple of the task scale ({r.scale}) "
                 f"and of the network's size multiple ({r.unet.size_multiple})"
             )
-        init = init_checkpoint(self.cfg, task)
+        init = self.init
         why = get_formulation(self.cfg.diffusion.formulation).scratch_problem(self.cfg.diffusion)
         if init is None and why is not None:
             raise ValueError(f"{task}: no checkpoint to start from (train.init_from="
