@@ -38,10 +38,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from diffenhance.config import Config, load_config, unrecorded, write_resolved
+from diffenhance.config import Config, ConfigError, load_config, unrecorded, write_resolved
 from diffenhance.data.folder import file_sha256
 from diffenhance.data.pairs import load_pairs
-from diffenhance.data.prepare import load_manifest
+from diffenhance.data.prepare import MANIFEST, load_manifest
 from diffenhance.degrade import pair_seed
 from diffenhance.diffusion import formulation_loss, to_model_range
 from diffenhance.diffusion.formulations import get_formulation
@@ -65,8 +65,9 @@ from diffenhance.restore import restore, sampling_spec
 LOG = logging.getLogger("diffenhance.train")
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite: a user error (exit 2, one `error:` line) whose message
+    says which train.* values to change."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -131,9 +132,17 @@ class IndexSampler(Sampler[int]):
 
 
 def _train_rows(cfg: Config) -> pd.DataFrame:
-    """The manifest's split == 'train' rows, sorted by crop_path."""
+    """The manifest's split == 'train' rows, sorted by crop_path; FileNotFoundError (a stage's
+    missing input) when there are none."""
     df = load_manifest(Path(cfg.data.prepared_dir))
-    return df.loc[df["split"] == "train"].sort_values("crop_path")
+    rows = df.loc[df["split"] == "train"]
+    if rows.empty:
+        raise FileNotFoundError(
+            f"{Path(cfg.data.prepared_dir) / MANIFEST}: no training crops (no row with split "
+            f"'train'); give the `prepare` stage more images of at least data.min_size="
+            f"{cfg.data.min_size} px, or a lower data.val_fraction, and run it again"
+        )
+    return rows.sort_values("crop_path")
 
 
 def train_files(cfg: Config) -> list[Path]:
@@ -467,14 +476,14 @@ class TrainLoop:
         if t.crop_size % (
             r.scale * r.unet.size_multiple // math.gcd(r.scale, r.unet.size_multiple)
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"train.crop_size={t.crop_size} must be a multiple of the task scale ({r.scale}) "
                 f"and of the network's size multiple ({r.unet.size_multiple})"
             )
         init = self.init
         why = get_formulation(self.cfg.diffusion.formulation).scratch_problem(self.cfg.diffusion)
         if init is None and why is not None:
-            raise ValueError(f"{task}: no checkpoint to start from (train.init_from="
+            raise ConfigError(f"{task}: no checkpoint to start from (train.init_from="
                              f"{t.init_from}, see the log) but {why}")  # fmt: skip
         if init is not None:
             tensors, meta = read_checkpoint(init)
