@@ -85,7 +85,7 @@ class _RunsCode:
         return os.mkdir, (self.marker,)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbled", "pickled"])
+@pytest.mark.parametrize("damage", ["truncated", "garbled", "pickled", "misfit"])
 def test_damaged_newest_state_falls_back_to_the_previous_one(
     dataset, reference, tmp_path, caplog, damage
 ):
@@ -100,15 +100,23 @@ def test_damaged_newest_state_falls_back_to_the_previous_one(
         newest.write_bytes(data[: len(data) // 2])
     elif damage == "garbled":  # torch.load: UnpicklingError advising weights_only=False
         newest.write_bytes(bytes(b ^ 0x5A for b in data))
-    else:
+    elif damage == "pickled":
         digest = newest.parent.name
         torch.save({"step": 3, "digest": digest, "model": {}, "x": _RunsCode(marker)}, newest)
+    else:  # its params' digest, but weights of another network (e.g. after a code change)
+        state = torch.load(newest, weights_only=True)
+        name = sorted(state["model"])[0]
+        state["model"][name] = torch.zeros(3)
+        torch.save(state, newest)
     train_model(cfg, "sr2")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(newest) in w for w in warnings), warnings  # names the bad file
     if damage == "pickled":
         assert any("is not a safe-loadable training state" in w for w in warnings), warnings
         assert not marker.exists()
+    elif damage == "misfit":
+        expected = f"{newest}: 1 tensors do not fit the network (model {name}: checkpoint (3,)"
+        assert any(w.startswith(expected) for w in warnings), warnings
     else:
         assert any("is unreadable (damaged or truncated" in w for w in warnings), warnings
     assert "weights_only" not in caplog.text  # never advises an unsafe load

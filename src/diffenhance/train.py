@@ -56,6 +56,7 @@ from diffenhance.model import (
     pretrained_model,
     read_checkpoint,
     save_weights,
+    shape_mismatches,
     training_record,
     validate_checkpoint,
 )
@@ -313,20 +314,45 @@ def _load_state(path: Path) -> dict:
     return state
 
 
-def load_latest_state(state_dir: Path, digest: str) -> dict | None:
+def _misfits(state: dict, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """How a state's network and EMA weights differ from the network's tensor `shapes`."""
+    problems = []
+    for part in ("model", "ema"):
+        tensors = state.get(part)
+        if not isinstance(tensors, dict) or not all(
+            isinstance(t, torch.Tensor) for t in tensors.values()
+        ):
+            problems.append(f"{part}: not a dict of tensors")
+            continue
+        got = {k: tuple(t.shape) for k, t in tensors.items()}
+        problems += [f"{part} {p}" for p in shape_mismatches(shapes, got)]
+    return problems
+
+
+def load_latest_state(
+    state_dir: Path, digest: str, shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict | None:
     """The newest usable state in `state_dir` saved with `digest` (weights-only loading), else
-    None. An unreadable or unsafe file is skipped with a warning naming it, never deleted."""
+    None. An unreadable or unsafe file, or one whose weights do not fit the network's tensor
+    `shapes` (when given), is skipped with a warning naming it, never deleted."""
     for path in reversed(_states(state_dir)):
         try:
             state = _load_state(path)
         except ValueError as e:
             LOG.warning("%s; falling back to the previous state", e)
             continue
-        if state["digest"] == digest:
-            return state
-        LOG.warning(
-            "%s was saved with other params (digest %s); skipping it", path, state["digest"]
-        )
+        if state["digest"] != digest:
+            LOG.warning(
+                "%s was saved with other params (digest %s); skipping it", path, state["digest"]
+            )
+            continue
+        if shapes is not None and (problems := _misfits(state, shapes)):
+            LOG.warning(
+                "%s: %d tensors do not fit the network (%s); falling back to the previous state",
+                path, len(problems), "; ".join(problems[:4]),
+            )  # fmt: skip
+            continue
+        return state
     return None
 
 
@@ -520,7 +546,8 @@ class TrainLoop:
     def _resume(self) -> None:
         """Continue from the newest usable state of these params, if any: weights, EMA,
         optimizer, RNGs, step and log rows."""
-        state = load_latest_state(self.state_dir, self.digest)
+        shapes = {k: tuple(t.shape) for k, t in self.model.state_dict().items()}
+        state = load_latest_state(self.state_dir, self.digest, shapes)
         if state is not None and int(state["step"]) >= self.cfg.train.steps:
             # A finished run is not resumed: running the stage again (dvc repro --force) retrains,
             # deterministically, and rewrites every output DVC removed before the run. Its states
