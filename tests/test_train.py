@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffenhance.config import write_resolved
+from diffenhance.config import ConfigError, write_resolved
 from diffenhance.exitcodes import user_error_code
 from diffenhance.model import CheckpointError, load_restorer, read_checkpoint
 from diffenhance.train import TrainingDiverged, lr_at, train_model
@@ -306,3 +306,21 @@ def test_flow_train_user_errors_print_one_error_line(prefect_api, dataset, tmp_p
     empty = _empty_train_split(dataset, tmp_path)
     res = run_module("flows.train", "--params", params, empty, cwd=tmp_path)
     assert_one_error_line(res, 2, f"error: {tmp_path / 'prepared' / 'manifest.csv'}: no training")
+
+
+def test_init_from_inside_the_runs_own_output_is_refused(dataset, tmp_path, monkeypatch):
+    """train.init_from=<train.out_dir>/<task> (however spelled) would be overwritten by the
+    run's first save: refused, the checkpoint left as it was; a copy elsewhere fine-tunes."""
+    monkeypatch.chdir(tmp_path)
+    short = ["train.steps=2", "train.val_every=2"]
+    out = train_model(tiny_config(dataset, "train.out_dir=models", *short), "sr2")
+    before = (out / "model.safetensors").read_bytes()
+    for init in ("models/sr2", "./models/sr2/model.safetensors", str(tmp_path / "models/sr2")):
+        cfg = tiny_config(dataset, "train.out_dir=models/", f"train.init_from={init}", *short)
+        with pytest.raises(ConfigError, match=r"is inside this run's own output folder.*copy"):
+            train_model(cfg, "sr2")
+    assert (out / "model.safetensors").read_bytes() == before
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "model.safetensors").write_bytes(before)
+    cfg = tiny_config(dataset, "train.out_dir=models", "train.init_from=start", *short)
+    assert read_checkpoint(train_model(cfg, "sr2"))[1]["init_from"]

@@ -202,7 +202,9 @@ def init_checkpoint(cfg: Config, task: str) -> Path | None:
     if init is None:
         return None
     if init != PRETRAINED:
-        return Path(init) / WEIGHTS_NAME if Path(init).is_dir() else Path(init)
+        path = Path(init) / WEIGHTS_NAME if Path(init).is_dir() else Path(init)
+        _refuse_own_output(path, cfg, task)
+        return path
     shipped = pretrained_model(task)
     if shipped is None:
         LOG.info("train.init_from=pretrained: no shipped %s model; training from scratch", task)
@@ -214,7 +216,21 @@ def init_checkpoint(cfg: Config, task: str) -> Path | None:
             "training from scratch (set train.init_from to a path to force it)", shipped
         )  # fmt: skip
         return None
+    _refuse_own_output(spec.path, cfg, task)
     return spec.path
+
+
+def _refuse_own_output(init: Path, cfg: Config, task: str) -> None:
+    """ConfigError if the start checkpoint `init` is inside <train.out_dir>/<task>/, which the
+    run's first save overwrites (and `dvc repro` empties before the run)."""
+    own = Path(cfg.train.out_dir) / task
+    if init.resolve().is_relative_to(own.resolve()):
+        raise ConfigError(
+            f"train.init_from={cfg.train.init_from!r}: {init} is inside this run's own output "
+            f"folder {own}/, which training overwrites (model.safetensors at the first save; "
+            f"dvc repro removes it before the run); copy the checkpoint elsewhere (e.g. "
+            f"models/start/{task}) and set train.init_from to the copy"
+        )
 
 
 @unrecorded()  # decides whether to resume; a resumed run ends with the same weights
