@@ -208,3 +208,54 @@ def test_flow_run_shows_the_library_info_lines(prefect_api, dataset, tmp_path):
     assert "sr2: resuming from step 2" in out
     assert "sr2 step 4: val PSNR" in out
     assert out.count("train.init_from=pretrained:") == 1, out
+
+
+def test_a_log_row_cut_by_a_crash_and_its_throughput_are_those_of_an_uninterrupted_run(
+    dataset, tmp_path, monkeypatch
+):
+    """A state saved between two log rows carries the row's loss, image and time sums, and
+    validation time is not training time: on a clock that moves 1 s per step and 100 s per
+    validation, every row says 2 images/s, and a run stopped at step 3 (last state: step 2)
+    writes exactly the uninterrupted run's log, loss averages included."""
+    from types import SimpleNamespace
+
+    import diffenhance.train as training
+
+    clock = [0.0]
+    monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    run_step, validate = training.TrainLoop.run_step, training.validate
+
+    def timed_step(self):
+        run_step(self)
+        clock[0] += 1.0
+
+    def timed_validate(*args):
+        clock[0] += 100.0
+        return validate(*args)
+
+    monkeypatch.setattr(training.TrainLoop, "run_step", timed_step)
+    monkeypatch.setattr(training, "validate", timed_validate)
+    every = ["train.steps=6", "train.log_every=4", "train.ckpt_every=2", "train.val_every=4"]
+    logs = []
+    for name, stop in (("whole", None), ("resumed", 3)):
+        cfg = tiny_config(dataset, f"train.out_dir={tmp_path / name}", *every)
+        if stop:
+            train_model(cfg, "sr2", stop_after=stop)
+        logs.append(pd.read_csv(train_model(cfg, "sr2") / "train_log.csv"))
+    whole, resumed = logs
+    assert list(whole["step"]) == [4, 6]
+    assert list(whole["images_per_s"]) == [2.0, 2.0]  # batch 2, 1 s a step
+    pd.testing.assert_frame_equal(resumed, whole, check_exact=True)
+
+
+def test_a_state_saved_before_log_meters_existed_still_resumes(dataset, reference, tmp_path):
+    """States of older versions have no "meters": the resumed run starts the next row's sums
+    afresh (here a row every step, so nothing is lost)."""
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", *RESUME)
+    out = train_model(cfg, "sr2", stop_after=2)
+    for path in (out / "state").rglob("state-*.pt"):
+        state = torch.load(path, weights_only=True)
+        del state["meters"]
+        torch.save(state, path)
+    train_model(cfg, "sr2")
+    _assert_same_as(reference, out)

@@ -497,6 +497,7 @@ class TrainLoop:
         # this params' log: train_log.csv may be another's
         self.own_log = self.state_dir / "train_log.csv"
         self.step, self.log_rows, self.lr = 0, [], float("nan")
+        self._reset_meters()  # a resumed state's, when it has them
         self._resume()
         if self.main:
             self._write_run_files()
@@ -506,7 +507,6 @@ class TrainLoop:
             self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
         )
         self.mf = torch.channels_last if t.channels_last else torch.contiguous_format
-        self._reset_meters()
 
     # ---- setup
 
@@ -582,6 +582,8 @@ class TrainLoop:
             self.gen.set_state(state["gen"][self.rank] if self.world > 1 else state["gen"][0])
             _set_rng_states(state, self.device)
             self.step = int(state["step"])
+            if "meters" in state:  # older states have none: the row after them starts afresh
+                self._set_meters(state["meters"])
             if self.main:
                 LOG.info("%s: resuming from step %d (%s)", self.task, self.step, self.state_dir)
         step = self.step
@@ -636,7 +638,7 @@ class TrainLoop:
             total=t.steps, initial=self.step, desc=f"train {self.task}", disable=not self.main,
             mininterval=2,
         )  # fmt: skip
-        self._reset_meters()
+        self.t0 = time.perf_counter()  # the clock starts; the counts may be a resumed state's
         end = t.steps if stop_after is None else min(t.steps, stop_after)
         while self.step < end:
             self.run_step()
@@ -708,6 +710,7 @@ class TrainLoop:
             "ema": self.ema.state_dict(),
             "opt": self.opt.state_dict(),
             "gen": gens,
+            "meters": self._meters(),  # the log row in progress: a resumed run writes the same
             **_rng_states(next(self.model.parameters()).device),
         }
         save_state(self.state_dir, self.step, payload, self.cfg.train.keep_last)
@@ -721,10 +724,21 @@ class TrainLoop:
     # ---- reporting (rank 0)
 
     def _reset_meters(self) -> None:
-        self.acc_loss, self.acc_n, self.t0, self.images = 0.0, 0, time.perf_counter(), 0
+        """Zero the loss, image and training-time sums of the next log row."""
+        self._set_meters({"loss": 0.0, "n": 0, "images": 0, "seconds": 0.0})
+
+    def _meters(self) -> dict[str, float | int]:
+        """The sums of the log row in progress, as a state saves them."""
+        seconds = self.timed_s + time.perf_counter() - self.t0
+        return {"loss": self.acc_loss, "n": self.acc_n, "images": self.images, "seconds": seconds}
+
+    def _set_meters(self, m: dict[str, float | int]) -> None:
+        self.acc_loss, self.acc_n, self.images = float(m["loss"]), int(m["n"]), int(m["images"])
+        self.timed_s, self.t0 = float(m["seconds"]), time.perf_counter()
 
     def _report(self) -> None:
-        """A log row every `log_every` steps, with validation every `val_every` and at the end."""
+        """A log row every `log_every` steps, with validation every `val_every` and at the end.
+        The next row's meters start after the validation: its time is not training time."""
         t, step = self.cfg.train, self.step
         validating = step % t.val_every == 0 or step == t.steps
         if step % t.log_every == 0 or validating:
@@ -732,10 +746,11 @@ class TrainLoop:
             if validating:
                 row.update(self.validate())
             self.log(row)
+            self._reset_meters()
 
     def _log_row(self) -> dict[str, float]:
         """The mean loss, lr and throughput since the last row (validation columns NaN)."""
-        elapsed = time.perf_counter() - self.t0
+        elapsed = self._meters()["seconds"]
         row = {
             "step": self.step,
             "loss": self.acc_loss / max(1, self.acc_n),
@@ -744,7 +759,6 @@ class TrainLoop:
             "val_psnr": float("nan"),
             "val_ssim": float("nan"),
         }
-        self._reset_meters()
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{self.lr:.2e}")
         return row
 
