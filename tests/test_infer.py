@@ -27,6 +27,7 @@ from diffenhance.infer import (
 )
 from diffenhance.io import to_uint8, to_uint16
 from diffenhance.model import (
+    CheckpointError,
     build_restorer,
     load_restorer,
     read_checkpoint,
@@ -536,6 +537,22 @@ def test_null_steps_and_samples_come_from_the_checkpoint(tmp_path):
     assert (m.steps, m.samples) == (5, 2)
     with pytest.raises(ValueError, match="must be >= 1"):
         set_recommended(path, 0, 1, "bad")
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [{"steps": 0, "detail": 1.5}, {"steps": 2, "samples": 1, "detail": 1.5}, "two steps"],
+)
+def test_set_recommended_refuses_presets_that_load_restorer_would_refuse(tmp_path, preset):
+    """A bad preset is refused before the checkpoint is rewritten: a good model is never
+    replaced by one `load_restorer` refuses."""
+    path = random_checkpoint(tmp_path / "m.safetensors")
+    set_recommended(path, 3, 2, "measured")
+    good = path.read_bytes()
+    with pytest.raises(CheckpointError, match=rf"{path}: metadata recommended.presets.balanced="):
+        set_recommended(path, 1, 1, "bad", presets={"balanced": preset})
+    assert path.read_bytes() == good
+    assert load_restorer(path).meta["recommended"] == read_checkpoint(path)[1]["recommended"]
 
 
 @pytest.mark.parametrize("task", ["sr4", "denoise"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -12,9 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffenhance.config import ConfigError, write_resolved
+from diffenhance.exitcodes import user_error_code
 from diffenhance.model import CheckpointError, load_restorer, read_checkpoint
 from diffenhance.train import TrainingDiverged, lr_at, train_model
 from tests.conftest import REPO
+from tests.test_flow_errors import assert_one_error_line, run_module
 from tests.tiny import make_dataset, tiny_config
 
 
@@ -94,8 +98,9 @@ def test_nan_loss_is_reported_with_step(dataset, tmp_path):
         dataset, f"train.out_dir={tmp_path}", "train.lr=1e30", "diffusion.loss=mse", "train.warmup_steps=1",
         "train.grad_clip=1e30", "train.steps=20", "train.val_every=100",
     )  # fmt: skip
-    with pytest.raises(TrainingDiverged, match=r"at step \d+"):
+    with pytest.raises(TrainingDiverged, match=r"at step \d+") as info:
         train_model(cfg, "sr2")
+    assert user_error_code(info.value) == 2  # one `error:` line with the advice, exit 2
 
 
 def test_lr_schedule_warmup_then_cosine(dataset):
@@ -249,3 +254,73 @@ def test_init_from_pretrained_fine_tunes_the_shipped_model_only_when_it_fits(tmp
     assert all(torch.equal(got[k].cpu(), v) for k, v in want.items())
     # the fine-tuned model inherits the sampling its starting weights were measured best at
     assert loop.r.meta["recommended"] == meta["recommended"]
+
+
+def _empty_train_split(dataset, root):
+    """A copy of `dataset`'s prepared crops whose manifest has no split == 'train' row."""
+    import shutil
+
+    shutil.copytree(dataset / "prepared", root / "prepared")
+    manifest = pd.read_csv(root / "prepared" / "manifest.csv")
+    manifest.loc[manifest["split"] == "train", "split"] = "val"
+    manifest.to_csv(root / "prepared" / "manifest.csv", index=False)
+    return f"data.prepared_dir={root / 'prepared'}"
+
+
+USER_ERRORS = {  # overrides -> the start of the message
+    "no-cuda": (["train.device=cuda"], "train.device='cuda' but CUDA is not available"),
+    "crop-size": (["train.crop_size=17"], "train.crop_size=17 must be a multiple"),
+    "pmrf-from-nothing": (
+        [
+            "diffusion.formulation=pmrf",
+            "diffusion.options.pmrf.train_mean=false",
+            "train.init_from=null",
+        ],
+        "sr2: no checkpoint to start from (train.init_from=None",
+    ),
+    "empty-train-split": ([], "no training crops (no row with split 'train')"),
+}
+
+
+@pytest.mark.parametrize("case", USER_ERRORS)
+def test_user_errors_of_training_are_user_errors(dataset, tmp_path, case):
+    """Each is a type `exitcodes.USER_ERRORS` maps to 2 (one `error:` line), with its message."""
+    if case == "no-cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    overrides, message = USER_ERRORS[case]
+    if case == "empty-train-split":
+        overrides = [_empty_train_split(dataset, tmp_path)]
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path / 'm'}", *overrides)
+    with pytest.raises(Exception, match=re.escape(message)) as info:
+        train_model(cfg, "sr2")
+    assert user_error_code(info.value) == 2, repr(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_flow_train_user_errors_print_one_error_line(prefect_api, dataset, tmp_path):
+    """`python -m flows.train` (dvc repro, diffenhance train): exit 2 and one `error:` line,
+    no traceback, for a device that is not there and an empty training split."""
+    params = str(write_resolved(tiny_config(dataset, f"train.out_dir={tmp_path / 'm'}"), tmp_path))
+    res = run_module("flows.train", "--params", params, "train.device=cuda", cwd=tmp_path)
+    assert_one_error_line(res, 2, "error: train.device='cuda' but CUDA is not available")
+    empty = _empty_train_split(dataset, tmp_path)
+    res = run_module("flows.train", "--params", params, empty, cwd=tmp_path)
+    assert_one_error_line(res, 2, f"error: {tmp_path / 'prepared' / 'manifest.csv'}: no training")
+
+
+def test_init_from_inside_the_runs_own_output_is_refused(dataset, tmp_path, monkeypatch):
+    """train.init_from=<train.out_dir>/<task> (however spelled) would be overwritten by the
+    run's first save: refused, the checkpoint left as it was; a copy elsewhere fine-tunes."""
+    monkeypatch.chdir(tmp_path)
+    short = ["train.steps=2", "train.val_every=2"]
+    out = train_model(tiny_config(dataset, "train.out_dir=models", *short), "sr2")
+    before = (out / "model.safetensors").read_bytes()
+    for init in ("models/sr2", "./models/sr2/model.safetensors", str(tmp_path / "models/sr2")):
+        cfg = tiny_config(dataset, "train.out_dir=models/", f"train.init_from={init}", *short)
+        with pytest.raises(ConfigError, match=r"is inside this run's own output folder.*copy"):
+            train_model(cfg, "sr2")
+    assert (out / "model.safetensors").read_bytes() == before
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "model.safetensors").write_bytes(before)
+    cfg = tiny_config(dataset, "train.out_dir=models", "train.init_from=start", *short)
+    assert read_checkpoint(train_model(cfg, "sr2"))[1]["init_from"]

@@ -11,7 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load, load_file
 
+from diffenhance.config import write_resolved
 from diffenhance.train import resume_params, train_model
+from tests.test_flow_errors import run_module
 from tests.tiny import make_dataset, tiny_config
 
 # Dropout draws from the global torch RNG; a state after every step; validation at step 2.
@@ -83,7 +85,7 @@ class _RunsCode:
         return os.mkdir, (self.marker,)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbled", "pickled"])
+@pytest.mark.parametrize("damage", ["truncated", "garbled", "pickled", "misfit"])
 def test_damaged_newest_state_falls_back_to_the_previous_one(
     dataset, reference, tmp_path, caplog, damage
 ):
@@ -98,15 +100,23 @@ def test_damaged_newest_state_falls_back_to_the_previous_one(
         newest.write_bytes(data[: len(data) // 2])
     elif damage == "garbled":  # torch.load: UnpicklingError advising weights_only=False
         newest.write_bytes(bytes(b ^ 0x5A for b in data))
-    else:
+    elif damage == "pickled":
         digest = newest.parent.name
         torch.save({"step": 3, "digest": digest, "model": {}, "x": _RunsCode(marker)}, newest)
+    else:  # its params' digest, but weights of another network (e.g. after a code change)
+        state = torch.load(newest, weights_only=True)
+        name = sorted(state["model"])[0]
+        state["model"][name] = torch.zeros(3)
+        torch.save(state, newest)
     train_model(cfg, "sr2")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(newest) in w for w in warnings), warnings  # names the bad file
     if damage == "pickled":
         assert any("is not a safe-loadable training state" in w for w in warnings), warnings
         assert not marker.exists()
+    elif damage == "misfit":
+        expected = f"{newest}: 1 tensors do not fit the network (model {name}: checkpoint (3,)"
+        assert any(w.startswith(expected) for w in warnings), warnings
     else:
         assert any("is unreadable (damaged or truncated" in w for w in warnings), warnings
     assert "weights_only" not in caplog.text  # never advises an unsafe load
@@ -155,3 +165,97 @@ def test_resume_params_hold_the_option_sections_the_formulation_reads(dataset, o
     params = resume_params(tiny_config(dataset, *overrides), "sr2")
     assert sorted(params["diffusion"]["options"]) == sections
     assert params["diffusion"].keys() == tiny_config(dataset).to_dict()["diffusion"].keys()
+
+
+@pytest.mark.parametrize("stop_at", [2, 4], ids=["checkpoint-step", "final-step"])
+def test_a_stop_inside_validation_resumes_with_its_log_row(
+    dataset, reference, tmp_path, caplog, monkeypatch, stop_at
+):
+    """A kill while step N validates (N a checkpoint step, or the last step) leaves no state of
+    step N: the resumed run redoes the step and writes log row N and its samples, and a stop
+    inside the final validation is resumed, not retrained from step 0."""
+    import diffenhance.train as training
+
+    caplog.set_level(logging.INFO, logger="diffenhance.train")
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", *RESUME)
+    validate = training.validate
+
+    def killed(r, cfg, out_dir, step):
+        if step == stop_at:
+            raise KeyboardInterrupt
+        return validate(r, cfg, out_dir, step)
+
+    monkeypatch.setattr(training, "validate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cfg, "sr2")
+    monkeypatch.setattr(training, "validate", validate)
+    out = train_model(cfg, "sr2")
+    assert "training again from step 0" not in caplog.text
+    _assert_same_as(reference, out)
+    assert (out / "samples" / f"step-{stop_at:08d}.png").is_file()
+    assert f"resuming from step {stop_at - 1}" in caplog.text
+
+
+def test_flow_run_shows_the_library_info_lines(prefect_api, dataset, tmp_path):
+    """`python -m flows.train` (as `dvc repro` and `diffenhance train` run it) prints the
+    diffenhance INFO lines: the resume, the validations, and what init_from=pretrained chose,
+    once."""
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path / 'm'}", *RESUME)
+    train_model(cfg, "sr2", stop_after=2)
+    res = run_module("flows.train", "--params", str(write_resolved(cfg, tmp_path)), cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "sr2: resuming from step 2" in out
+    assert "sr2 step 4: val PSNR" in out
+    assert out.count("train.init_from=pretrained:") == 1, out
+
+
+def test_a_log_row_cut_by_a_crash_and_its_throughput_are_those_of_an_uninterrupted_run(
+    dataset, tmp_path, monkeypatch
+):
+    """A state saved between two log rows carries the row's loss, image and time sums, and
+    validation time is not training time: on a clock that moves 1 s per step and 100 s per
+    validation, every row says 2 images/s, and a run stopped at step 3 (last state: step 2)
+    writes exactly the uninterrupted run's log, loss averages included."""
+    from types import SimpleNamespace
+
+    import diffenhance.train as training
+
+    clock = [0.0]
+    monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    run_step, validate = training.TrainLoop.run_step, training.validate
+
+    def timed_step(self):
+        run_step(self)
+        clock[0] += 1.0
+
+    def timed_validate(*args):
+        clock[0] += 100.0
+        return validate(*args)
+
+    monkeypatch.setattr(training.TrainLoop, "run_step", timed_step)
+    monkeypatch.setattr(training, "validate", timed_validate)
+    every = ["train.steps=6", "train.log_every=4", "train.ckpt_every=2", "train.val_every=4"]
+    logs = []
+    for name, stop in (("whole", None), ("resumed", 3)):
+        cfg = tiny_config(dataset, f"train.out_dir={tmp_path / name}", *every)
+        if stop:
+            train_model(cfg, "sr2", stop_after=stop)
+        logs.append(pd.read_csv(train_model(cfg, "sr2") / "train_log.csv"))
+    whole, resumed = logs
+    assert list(whole["step"]) == [4, 6]
+    assert list(whole["images_per_s"]) == [2.0, 2.0]  # batch 2, 1 s a step
+    pd.testing.assert_frame_equal(resumed, whole, check_exact=True)
+
+
+def test_a_state_saved_before_log_meters_existed_still_resumes(dataset, reference, tmp_path):
+    """States of older versions have no "meters": the resumed run starts the next row's sums
+    afresh (here a row every step, so nothing is lost)."""
+    cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", *RESUME)
+    out = train_model(cfg, "sr2", stop_after=2)
+    for path in (out / "state").rglob("state-*.pt"):
+        state = torch.load(path, weights_only=True)
+        del state["meters"]
+        torch.save(state, path)
+    train_model(cfg, "sr2")
+    _assert_same_as(reference, out)

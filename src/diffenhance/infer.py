@@ -54,7 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffenhance.config import InferConfig
+from diffenhance.config import ConfigError, InferConfig
 from diffenhance.io import quantise
 from diffenhance.restoration.base import image_of
 
@@ -271,20 +271,25 @@ def meanstd_color_fix(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def resolve_device(name: str, key: str = "infer.device") -> torch.device:
     """'auto' -> cuda when available else cpu; a device that is not on this machine (cuda
-    without CUDA, cuda:N past the last card, mps without Metal) is a ValueError naming `key`."""
+    without CUDA, cuda:N past the last card, mps without Metal) is a ConfigError naming `key`
+    (a user error: one `error:` line, exit 2, wherever the device is asked for)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:  # the config's rule refuses these first; a caller may not have one
-        raise ValueError(f"{key}={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(
+            f"{key}={name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{key}={name!r} but CUDA is not available; use auto or cpu")
+        raise ConfigError(f"{key}={name!r} but CUDA is not available; use auto or cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         n = torch.cuda.device_count()
-        raise ValueError(f"{key}={name!r} but this machine has {n} CUDA device(s): cuda:0..{n - 1}")
+        raise ConfigError(
+            f"{key}={name!r} but this machine has {n} CUDA device(s): cuda:0..{n - 1}"
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{key}={name!r} but Metal (MPS) is not available; use auto or cpu")
+        raise ConfigError(f"{key}={name!r} but Metal (MPS) is not available; use auto or cpu")
     return dev
 
 

@@ -324,7 +324,8 @@ def set_recommended(
     """Record the measured best sampler settings (and optionally the smallest tile,
     `recommended_min_tile`, and the named presets of the knob, `presets`: {name: {steps,
     samples, detail}}) in a checkpoint's metadata (weights unchanged, bytes deterministic as
-    `save_weights`)."""
+    `save_weights`). Settings `load_restorer` would refuse (`_check_recommended`) are a
+    CheckpointError, and the file is left as it was."""
     if steps < 1 or samples < 1 or (min_tile is not None and min_tile < 1):
         raise ValueError(f"steps, samples and min_tile must be >= 1, got {steps}, {samples}, "
                          f"{min_tile}")  # fmt: skip
@@ -333,9 +334,14 @@ def set_recommended(
     if min_tile is not None:
         rec["min_tile"] = min_tile
     if presets:
-        rec["presets"] = {k: {"steps": int(v["steps"]), "samples": int(v["samples"]),
-                              "detail": float(v["detail"])} for k, v in presets.items()}  # fmt: skip
+        kinds = {"steps": int, "samples": int, "detail": float}  # a missing one: its default
+        rec["presets"] = {
+            name: {k: f(spec[k]) for k, f in kinds.items() if k in spec}
+            if isinstance(spec, dict) else spec
+            for name, spec in presets.items()
+        }  # fmt: skip
     meta["recommended"] = json.dumps(rec, sort_keys=True)
+    _check_recommended(_resolve(path), meta)
     return save_weights(_resolve(path), tensors, meta)
 
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -37,10 +38,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from diffenhance.config import Config, load_config, unrecorded, write_resolved
+from diffenhance.config import Config, ConfigError, load_config, unrecorded, write_resolved
 from diffenhance.data.folder import file_sha256
 from diffenhance.data.pairs import load_pairs
-from diffenhance.data.prepare import load_manifest
+from diffenhance.data.prepare import MANIFEST, load_manifest
 from diffenhance.degrade import pair_seed
 from diffenhance.diffusion import formulation_loss, to_model_range
 from diffenhance.diffusion.formulations import get_formulation
@@ -55,6 +56,7 @@ from diffenhance.model import (
     pretrained_model,
     read_checkpoint,
     save_weights,
+    shape_mismatches,
     training_record,
     validate_checkpoint,
 )
@@ -64,8 +66,9 @@ from diffenhance.restore import restore, sampling_spec
 LOG = logging.getLogger("diffenhance.train")
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite: a user error (exit 2, one `error:` line) whose message
+    says which train.* values to change."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -130,9 +133,17 @@ class IndexSampler(Sampler[int]):
 
 
 def _train_rows(cfg: Config) -> pd.DataFrame:
-    """The manifest's split == 'train' rows, sorted by crop_path."""
+    """The manifest's split == 'train' rows, sorted by crop_path; FileNotFoundError (a stage's
+    missing input) when there are none."""
     df = load_manifest(Path(cfg.data.prepared_dir))
-    return df.loc[df["split"] == "train"].sort_values("crop_path")
+    rows = df.loc[df["split"] == "train"]
+    if rows.empty:
+        raise FileNotFoundError(
+            f"{Path(cfg.data.prepared_dir) / MANIFEST}: no training crops (no row with split "
+            f"'train'); give the `prepare` stage more images of at least data.min_size="
+            f"{cfg.data.min_size} px, or a lower data.val_fraction, and run it again"
+        )
+    return rows.sort_values("crop_path")
 
 
 def train_files(cfg: Config) -> list[Path]:
@@ -191,7 +202,9 @@ def init_checkpoint(cfg: Config, task: str) -> Path | None:
     if init is None:
         return None
     if init != PRETRAINED:
-        return Path(init) / WEIGHTS_NAME if Path(init).is_dir() else Path(init)
+        path = Path(init) / WEIGHTS_NAME if Path(init).is_dir() else Path(init)
+        _refuse_own_output(path, cfg, task)
+        return path
     shipped = pretrained_model(task)
     if shipped is None:
         LOG.info("train.init_from=pretrained: no shipped %s model; training from scratch", task)
@@ -203,18 +216,33 @@ def init_checkpoint(cfg: Config, task: str) -> Path | None:
             "training from scratch (set train.init_from to a path to force it)", shipped
         )  # fmt: skip
         return None
+    _refuse_own_output(spec.path, cfg, task)
     return spec.path
 
 
+def _refuse_own_output(init: Path, cfg: Config, task: str) -> None:
+    """ConfigError if the start checkpoint `init` is inside <train.out_dir>/<task>/, which the
+    run's first save overwrites (and `dvc repro` empties before the run)."""
+    own = Path(cfg.train.out_dir) / task
+    if init.resolve().is_relative_to(own.resolve()):
+        raise ConfigError(
+            f"train.init_from={cfg.train.init_from!r}: {init} is inside this run's own output "
+            f"folder {own}/, which training overwrites (model.safetensors at the first save; "
+            f"dvc repro removes it before the run); copy the checkpoint elsewhere (e.g. "
+            f"models/start/{task}) and set train.init_from to the copy"
+        )
+
+
 @unrecorded()  # decides whether to resume; a resumed run ends with the same weights
-def resume_params(cfg: Config, task: str) -> dict[str, Any]:
+def resume_params(cfg: Config, task: str, init: Path | None | EllipsisType = ...) -> dict[str, Any]:
     """What the trained weights depend on, and nothing about where files are written.
 
     The training crops by content (manifest path + sha256, not the folder they are in), the
     degradations (less `degrade.out_dir`), model, diffusion and the train.* values that change
     the result; `train.init_from` by the sha256 of the checkpoint file, not its path. Of
     `diffusion.options`, only the sections the formulation reads (`option_sections`): a
-    change to another formulation's options leaves this run's states resumable.
+    change to another formulation's options leaves this run's states resumable. `init`: the
+    start checkpoint when the caller has looked it up already (`init_checkpoint`, which logs).
     """
     d = cfg.to_dict()
     used = get_formulation(cfg.diffusion.formulation).option_sections(cfg.diffusion)
@@ -228,7 +256,8 @@ def resume_params(cfg: Config, task: str) -> dict[str, Any]:
     ]
     train = {k: v for k, v in d["train"].items() if k not in _NOT_IN_DIGEST}
     train.pop("init_from")
-    init = init_checkpoint(cfg, task)
+    if init is ...:
+        init = init_checkpoint(cfg, task)
     if init is not None:
         train["init_from_sha256"] = file_sha256(init)
     blob = json.dumps(crops).encode()
@@ -242,10 +271,10 @@ def resume_params(cfg: Config, task: str) -> dict[str, Any]:
     }
 
 
-def resume_digest(cfg: Config, task: str) -> str:
-    """Short hash of `resume_params`: a state is resumed only by a run with the same digest
-    (free of output paths)."""
-    blob = json.dumps(resume_params(cfg, task), sort_keys=True).encode()
+def resume_digest(params: dict[str, Any]) -> str:
+    """Short hash of a `resume_params` dict: a state is resumed only by a run with the same
+    digest (free of output paths)."""
+    blob = json.dumps(params, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -301,20 +330,45 @@ def _load_state(path: Path) -> dict:
     return state
 
 
-def load_latest_state(state_dir: Path, digest: str) -> dict | None:
+def _misfits(state: dict, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """How a state's network and EMA weights differ from the network's tensor `shapes`."""
+    problems = []
+    for part in ("model", "ema"):
+        tensors = state.get(part)
+        if not isinstance(tensors, dict) or not all(
+            isinstance(t, torch.Tensor) for t in tensors.values()
+        ):
+            problems.append(f"{part}: not a dict of tensors")
+            continue
+        got = {k: tuple(t.shape) for k, t in tensors.items()}
+        problems += [f"{part} {p}" for p in shape_mismatches(shapes, got)]
+    return problems
+
+
+def load_latest_state(
+    state_dir: Path, digest: str, shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict | None:
     """The newest usable state in `state_dir` saved with `digest` (weights-only loading), else
-    None. An unreadable or unsafe file is skipped with a warning naming it, never deleted."""
+    None. An unreadable or unsafe file, or one whose weights do not fit the network's tensor
+    `shapes` (when given), is skipped with a warning naming it, never deleted."""
     for path in reversed(_states(state_dir)):
         try:
             state = _load_state(path)
         except ValueError as e:
             LOG.warning("%s; falling back to the previous state", e)
             continue
-        if state["digest"] == digest:
-            return state
-        LOG.warning(
-            "%s was saved with other params (digest %s); skipping it", path, state["digest"]
-        )
+        if state["digest"] != digest:
+            LOG.warning(
+                "%s was saved with other params (digest %s); skipping it", path, state["digest"]
+            )
+            continue
+        if shapes is not None and (problems := _misfits(state, shapes)):
+            LOG.warning(
+                "%s: %d tensors do not fit the network (%s); falling back to the previous state",
+                path, len(problems), "; ".join(problems[:4]),
+            )  # fmt: skip
+            continue
+        return state
     return None
 
 
@@ -432,16 +486,18 @@ class TrainLoop:
         self.main = self.rank == 0
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
+        self.init = init_checkpoint(cfg, task)  # once: it logs why it is None
         self.r = self._build_restorer()
         self._setup_optimisation()
-        self.params = resume_params(cfg, task)
-        self.digest = resume_digest(cfg, task)
+        self.params = resume_params(cfg, task, self.init)
+        self.digest = resume_digest(self.params)
         # one folder per params: others' are kept as they are
         self.state_dir = self.out_dir / "state" / self.digest
         self.log_csv = self.out_dir / "train_log.csv"
         # this params' log: train_log.csv may be another's
         self.own_log = self.state_dir / "train_log.csv"
         self.step, self.log_rows, self.lr = 0, [], float("nan")
+        self._reset_meters()  # a resumed state's, when it has them
         self._resume()
         if self.main:
             self._write_run_files()
@@ -451,7 +507,6 @@ class TrainLoop:
             self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
         )
         self.mf = torch.channels_last if t.channels_last else torch.contiguous_format
-        self._reset_meters()
 
     # ---- setup
 
@@ -463,14 +518,14 @@ class TrainLoop:
         if t.crop_size % (
             r.scale * r.unet.size_multiple // math.gcd(r.scale, r.unet.size_multiple)
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"train.crop_size={t.crop_size} must be a multiple of the task scale ({r.scale}) "
                 f"and of the network's size multiple ({r.unet.size_multiple})"
             )
-        init = init_checkpoint(self.cfg, task)
+        init = self.init
         why = get_formulation(self.cfg.diffusion.formulation).scratch_problem(self.cfg.diffusion)
         if init is None and why is not None:
-            raise ValueError(f"{task}: no checkpoint to start from (train.init_from="
+            raise ConfigError(f"{task}: no checkpoint to start from (train.init_from="
                              f"{t.init_from}, see the log) but {why}")  # fmt: skip
         if init is not None:
             tensors, meta = read_checkpoint(init)
@@ -507,7 +562,8 @@ class TrainLoop:
     def _resume(self) -> None:
         """Continue from the newest usable state of these params, if any: weights, EMA,
         optimizer, RNGs, step and log rows."""
-        state = load_latest_state(self.state_dir, self.digest)
+        shapes = {k: tuple(t.shape) for k, t in self.model.state_dict().items()}
+        state = load_latest_state(self.state_dir, self.digest, shapes)
         if state is not None and int(state["step"]) >= self.cfg.train.steps:
             # A finished run is not resumed: running the stage again (dvc repro --force) retrains,
             # deterministically, and rewrites every output DVC removed before the run. Its states
@@ -526,6 +582,8 @@ class TrainLoop:
             self.gen.set_state(state["gen"][self.rank] if self.world > 1 else state["gen"][0])
             _set_rng_states(state, self.device)
             self.step = int(state["step"])
+            if "meters" in state:  # older states have none: the row after them starts afresh
+                self._set_meters(state["meters"])
             if self.main:
                 LOG.info("%s: resuming from step %d (%s)", self.task, self.step, self.state_dir)
         step = self.step
@@ -580,15 +638,15 @@ class TrainLoop:
             total=t.steps, initial=self.step, desc=f"train {self.task}", disable=not self.main,
             mininterval=2,
         )  # fmt: skip
-        self._reset_meters()
+        self.t0 = time.perf_counter()  # the clock starts; the counts may be a resumed state's
         end = t.steps if stop_after is None else min(t.steps, stop_after)
         while self.step < end:
             self.run_step()
             self.bar.update(1)
+            if self.main:  # first: a state of step N is saved only with log row N written
+                self._report()
             if self.step % t.ckpt_every == 0 or self.step == t.steps:
                 self.save()
-            if self.main:
-                self._report()
         self.bar.close()
         if self.world > 1:
             dist.barrier()
@@ -652,6 +710,7 @@ class TrainLoop:
             "ema": self.ema.state_dict(),
             "opt": self.opt.state_dict(),
             "gen": gens,
+            "meters": self._meters(),  # the log row in progress: a resumed run writes the same
             **_rng_states(next(self.model.parameters()).device),
         }
         save_state(self.state_dir, self.step, payload, self.cfg.train.keep_last)
@@ -665,10 +724,21 @@ class TrainLoop:
     # ---- reporting (rank 0)
 
     def _reset_meters(self) -> None:
-        self.acc_loss, self.acc_n, self.t0, self.images = 0.0, 0, time.perf_counter(), 0
+        """Zero the loss, image and training-time sums of the next log row."""
+        self._set_meters({"loss": 0.0, "n": 0, "images": 0, "seconds": 0.0})
+
+    def _meters(self) -> dict[str, float | int]:
+        """The sums of the log row in progress, as a state saves them."""
+        seconds = self.timed_s + time.perf_counter() - self.t0
+        return {"loss": self.acc_loss, "n": self.acc_n, "images": self.images, "seconds": seconds}
+
+    def _set_meters(self, m: dict[str, float | int]) -> None:
+        self.acc_loss, self.acc_n, self.images = float(m["loss"]), int(m["n"]), int(m["images"])
+        self.timed_s, self.t0 = float(m["seconds"]), time.perf_counter()
 
     def _report(self) -> None:
-        """A log row every `log_every` steps, with validation every `val_every` and at the end."""
+        """A log row every `log_every` steps, with validation every `val_every` and at the end.
+        The next row's meters start after the validation: its time is not training time."""
         t, step = self.cfg.train, self.step
         validating = step % t.val_every == 0 or step == t.steps
         if step % t.log_every == 0 or validating:
@@ -676,10 +746,11 @@ class TrainLoop:
             if validating:
                 row.update(self.validate())
             self.log(row)
+            self._reset_meters()
 
     def _log_row(self) -> dict[str, float]:
         """The mean loss, lr and throughput since the last row (validation columns NaN)."""
-        elapsed = time.perf_counter() - self.t0
+        elapsed = self._meters()["seconds"]
         row = {
             "step": self.step,
             "loss": self.acc_loss / max(1, self.acc_n),
@@ -688,7 +759,6 @@ class TrainLoop:
             "val_psnr": float("nan"),
             "val_ssim": float("nan"),
         }
-        self._reset_meters()
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{self.lr:.2e}")
         return row
 
