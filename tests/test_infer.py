@@ -107,6 +107,20 @@ def test_a_batch_holds_tiles_of_one_image_only():
     assert all(c[0] <= 8 for c in model.calls)
 
 
+def test_a_tile_no_longer_than_its_rounded_overlap_is_refused():
+    """Tiles and overlaps snap to the network's step (8 px for x1 and multiple 8): tile 8 with
+    overlap 4 would have an overlap of 8, that is none left to cross-fade in (neighbours meet at
+    a hard edge, silently); it is refused, and tile 16 keeps an 8 px cross-fade."""
+    model = IdentityTiles(scale=1, size_multiple=8)
+    with pytest.raises(
+        ValueError, match=r"infer.tile=8 rounds down to 8 and infer.tile_overlap=4 up to 8"
+    ):
+        TiledEnhancer(model, cfg(tile=8, tile_overlap=4))
+    eng = TiledEnhancer(model, cfg(tile=16, tile_overlap=4))
+    _, tile, starts = eng._axis(40)
+    assert (eng.step, tile, starts) == (8, 16, [0, 8, 16, 24, 32])  # every tile shares 8 px
+
+
 def test_progress_counts_each_images_tiles_batch_by_batch_and_changes_no_bits():
     seen: list[tuple[int, int]] = []
     plain = TiledEnhancer(IdentityTiles(scale=2, size_multiple=4), cfg(tile_batch=3))

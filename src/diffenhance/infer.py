@@ -373,11 +373,15 @@ class TiledEnhancer:
         s, m = self.model.scale, self.model.size_multiple
         self.step = size_step(s, m)
         self.tile = self.cfg.tile - self.cfg.tile % self.step
-        if self.tile < self.step or self.cfg.tile_overlap >= self.tile:
+        # the overlap rounds up to whole steps (`_axis`), and a tile must be a step longer
+        overlap = -(-self.cfg.tile_overlap // self.step) * self.step
+        if self.tile < self.step or overlap >= self.tile:
             raise ValueError(
-                f"infer.tile={self.cfg.tile} rounds down to {self.tile} (a multiple of "
-                f"{self.step} for scale {s} and network multiple {m}), which must exceed "
-                f"infer.tile_overlap={self.cfg.tile_overlap}; raise infer.tile"
+                f"infer.tile={self.cfg.tile} rounds down to {self.tile} and "
+                f"infer.tile_overlap={self.cfg.tile_overlap} up to {overlap} (multiples of "
+                f"{self.step} for scale {s} and network multiple {m}): the tile must be longer "
+                "than its overlap, or neighbouring tiles would meet without a cross-fade (a "
+                "seam); raise infer.tile"
             )
         if self.cfg.tile_batch < 1:
             raise ValueError(f"infer.tile_batch must be >= 1, got {self.cfg.tile_batch}")
@@ -405,7 +409,7 @@ class TiledEnhancer:
         if p <= self.tile + st:  # what fits a tile stays one tile (a step longer), not four
             p = max(p, -(-min_len // st) * st)
             return p, p, [0]
-        ov = min(-(-self.cfg.tile_overlap // st), self.tile // st - 1)
+        ov = -(-self.cfg.tile_overlap // st)  # < self.tile // st (__post_init__)
         return p, self.tile, [st * a for a in tile_starts(p // st, self.tile // st, ov)]
 
     def _prepare(self, ident: Any, key: str, image: np.ndarray, bit_depth: int | None) -> _Image:
