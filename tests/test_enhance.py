@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 import torch
@@ -250,11 +251,19 @@ def test_gray_inputs_give_gray_outputs_the_mean_of_the_models_channels(tmp_path,
     write_image(inp / "g8.png", g)
     write_image(inp / "g16.png", g, bit_depth=16)
     write_image(inp / "rgb.png", np.repeat(g[..., None], 3, axis=2))  # the same pixels, RGB
+    g16 = np.round(g * 65535).astype(np.uint16)  # 16-bit gray + alpha (Pillow: 8-bit RGBA)
+    (inp / "la16.png").write_bytes(imagecodecs.png_encode(np.stack([g16, g16 // 2], -1)))
     summary = run_job(config(params, inp, out, ckpt))
-    assert summary["enhanced"] == 3 and summary["failed"] == 0
+    assert summary["enhanced"] == 4 and summary["failed"] == 0
     assert read_image_info(out / "g8.png")["mode"] == "L"
     assert read_image_info(out / "g16.png")["bit_depth"] == 16
     assert read_image_info(out / "g16.png")["mode"] in ("I;16", "I;16B", "I;16L", "I")
+    assert read_image_info(out / "la16.png") == {**read_image_info(inp / "la16.png"),
+                                                 "size": (20, 24)}  # fmt: skip
+    la = imagecodecs.png_decode((out / "la16.png").read_bytes())
+    assert la.dtype == np.uint16 and la.shape == (24, 20, 2)
+    g16_out = np.round(read_image(out / "g16.png") * 65535)[..., 0]
+    np.testing.assert_array_equal(la[..., 0], g16_out)  # the gray of the same pixels
     codes = np.round(read_image(out / "rgb.png") * 255).astype(np.uint32)
     assert np.abs(np.diff(codes, axis=2)).max() > 0  # the random model tints: a real check
     gray = np.round(read_image(out / "g8.png") * 255).astype(np.uint32)

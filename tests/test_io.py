@@ -169,6 +169,21 @@ def test_a_tiff_codec_that_is_missing_is_named(tmp_path: Path) -> None:
     assert out.startswith(f"{tmp_path / 'a.tif'}: TIFF compression LZW needs the imagecodecs")
 
 
+def test_16bit_gray_alpha_png_keeps_16_bits(tmp_path: Path) -> None:
+    """Pillow opens a 16-bit gray + alpha PNG as 8-bit RGBA (off by up to 255 codes of 65535):
+    read exactly, and reported as LA (a gray image) of 16 bits."""
+    import imagecodecs
+
+    a = np.random.default_rng(0).integers(0, 65536, (5, 7, 2), dtype=np.uint16)
+    (tmp_path / "la.png").write_bytes(imagecodecs.png_encode(a))
+    rgb, alpha = read_image_alpha(tmp_path / "la.png")
+    np.testing.assert_array_equal(rgb * 65535, np.repeat(a[..., :1], 3, axis=2).astype(np.float32))
+    np.testing.assert_array_equal(alpha * 65535, a[..., 1].astype(np.float32))
+    assert read_image_info(tmp_path / "la.png") == {
+        "format": "PNG", "mode": "LA", "size": (7, 5), "bit_depth": 16,
+    }  # fmt: skip
+
+
 def test_gray_png_gives_three_equal_channels(tmp_path: Path) -> None:
     g = _rand_u8(c=1)[..., 0]
     Image.fromarray(g, mode="L").save(tmp_path / "g.png")

@@ -160,14 +160,21 @@ def _read_tifffile(p: Path, max_pixels: int) -> tuple[np.ndarray, int]:
 
 
 def _read_png16_color(p: Path, im: Image.Image) -> np.ndarray | None:
-    """Full-precision 16-bit RGB(A) PNG, which Pillow itself decodes to 8 bits.
+    """Full-precision 16-bit RGB(A) or gray + alpha PNG, which Pillow itself decodes to 8 bits.
 
     Pillow's PNG decoder unfilters the data and its 'RGB;16B' unpacker keeps the high byte of
     every big-endian sample; decoding a second time with 'RGB;16L' keeps the low byte instead.
-    Returns uint16 HxWx3|4, or None when `im` is not such a PNG.
+    Returns uint16 HxWx3|4 (gray + alpha as RGBA), or None when `im` is not such a PNG.
     """
     tile = im.tile
-    if im.format != "PNG" or len(tile) != 1 or tile[0].args not in ("RGB;16B", "RGBA;16B"):
+    if im.format != "PNG" or len(tile) != 1:
+        return None
+    if tile[0].args == "LA;16B":  # gray + alpha, which Pillow opens as 8-bit RGBA: no
+        import imagecodecs  # low-byte unpacker for it, so the whole file is decoded here
+
+        gray, alpha = np.moveaxis(imagecodecs.png_decode(p.read_bytes()), -1, 0)
+        return np.stack([gray, gray, gray, alpha], axis=-1)
+    if tile[0].args not in ("RGB;16B", "RGBA;16B"):
         return None
     low_rawmode = tile[0].args.replace(";16B", ";16L")
     im.load()
@@ -347,7 +354,7 @@ def read_image_info(path: PathLike) -> dict[str, Any]:
             deep = deep or (im.format == "TIFF" and _tiff_bits(im) > 8)
             return {
                 "format": im.format,
-                "mode": im.mode,
+                "mode": "LA" if rawmode == "LA;16B" else im.mode,  # Pillow says RGBA
                 "size": _oriented(im.size, im.getexif().get(0x0112, 1)),
                 "bit_depth": 16 if deep else 8,
             }
