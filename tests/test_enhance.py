@@ -29,6 +29,7 @@ from diffenhance.degrade import resize
 from diffenhance.enhance import MANIFEST_DIR, SUMMARY_KEY, plan_job, run_job, run_shard
 from diffenhance.enhance.job import SCRATCH_DIR
 from diffenhance.io import (
+    read_icc_profile,
     read_image,
     read_image_alpha,
     read_image_info,
@@ -268,6 +269,24 @@ def test_gray_inputs_give_gray_outputs_the_mean_of_the_models_channels(tmp_path,
     assert np.abs(np.diff(codes, axis=2)).max() > 0  # the random model tints: a real check
     gray = np.round(read_image(out / "g8.png") * 255).astype(np.uint32)
     np.testing.assert_array_equal(gray[..., 0], (codes.sum(axis=2) + 1) // 3)
+
+
+def test_the_inputs_colour_profile_goes_into_its_output(tmp_path, ckpt, params):
+    """An ICC profile (a Display P3 phone photo's) is carried from input to output, PNG and
+    JPEG alike; an input without one gives an output without one (not an sRGB tag)."""
+    from PIL import Image, ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    rgb = np.round(smooth_image(np.random.default_rng(5), 12, 10) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(inp / "p3.png", icc_profile=icc)
+    Image.fromarray(rgb).save(inp / "p3.jpg", icc_profile=icc, quality=95)
+    Image.fromarray(rgb).save(inp / "plain.png")
+    summary = run_job(config(params, inp, out, ckpt))
+    assert summary["enhanced"] == 3 and summary["failed"] == 0
+    assert read_icc_profile(out / "p3.png") == icc and read_icc_profile(out / "p3.jpg") == icc
+    assert read_icc_profile(out / "plain.png") is None
 
 
 def test_gif_is_enhanced_by_default_to_png_and_clash_advice_is_right(tmp_path, ckpt, params):

@@ -30,6 +30,7 @@ from diffenhance.io import (
     composite_over_white,
     file_sha256,
     is_temp_name,
+    read_icc_profile,
     read_image,
     read_image_alpha,
     read_image_info,
@@ -182,6 +183,26 @@ def test_16bit_gray_alpha_png_keeps_16_bits(tmp_path: Path) -> None:
     assert read_image_info(tmp_path / "la.png") == {
         "format": "PNG", "mode": "LA", "size": (7, 5), "bit_depth": 16,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "depth"),
+    [("o.png", 8), ("o.png", 16), ("o.jpg", 8), ("o.webp", 8), ("o.tif", 8), ("o.tif", 16)],
+)
+def test_an_icc_profile_is_written_and_read_back(tmp_path: Path, name: str, depth: int) -> None:
+    """A photo's colour profile (Display P3 from a phone, Adobe RGB from a camera) goes into
+    the output, byte for byte, in every format that has a place for it; BMP has none."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img = np.linspace(0.1, 0.9, 6 * 5 * 3, dtype=np.float32).reshape(6, 5, 3)  # smooth: JPEG too
+    write_image(tmp_path / name, img, bit_depth=depth, icc_profile=icc)
+    assert read_icc_profile(tmp_path / name) == icc
+    np.testing.assert_allclose(read_image(tmp_path / name), img, atol=0.1)  # still decodes
+    write_image(tmp_path / name, img, bit_depth=depth)
+    assert read_icc_profile(tmp_path / name) is None
+    write_image(tmp_path / "o.bmp", img, icc_profile=icc)
+    assert read_icc_profile(tmp_path / "o.bmp") is None
 
 
 def test_gray_png_gives_three_equal_channels(tmp_path: Path) -> None:

@@ -366,6 +366,24 @@ def _oriented(size: tuple[int, int], orientation: Any) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+def read_icc_profile(path: PathLike) -> bytes | None:
+    """The embedded ICC colour profile of an image file (PNG iCCP, JPEG APP2, WebP, TIFF tag
+    34675), or None. Enhance writes it into the output, so a Display P3 or Adobe RGB photo
+    keeps its colours (its pixels are restored in their own space, not converted). Raises
+    ImageReadError as `read_image_info` does."""
+    with _read_errors(path):
+        p = check_image_file(path)
+        try:
+            with Image.open(p) as im:
+                return im.info.get("icc_profile") or None
+        except UnidentifiedImageError:
+            if not _is_tiff(p):
+                raise
+            with tifffile.TiffFile(p) as tf:
+                tag = tf.pages.first.tags.get(34675)  # InterColorProfile
+                return bytes(tag.value) if tag is not None else None
+
+
 # ----------------------------------------------------------------------------------- writing
 _TEMP_SUFFIX = ".tmp"
 _TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{8}\.tmp")
@@ -494,9 +512,9 @@ def quantise(img: np.ndarray, bit_depth: int) -> np.ndarray:
     return to_uint16(img) if bit_depth == 16 else to_uint8(img)
 
 
-def _encode_png16(a: np.ndarray) -> bytes:
+def _encode_png16(a: np.ndarray, icc_profile: bytes | None = None) -> bytes:
     """uint16 HxW (gray) or HxWxC (C = 2 gray + alpha, 3 RGB, 4 RGBA) -> PNG bytes, 16 bits
-    per sample, no filtering."""
+    per sample, no filtering; with `icc_profile`, its iCCP chunk."""
     h, w = a.shape[:2]
     rows = np.ascontiguousarray(a, dtype=">u2").reshape(h, -1).view(np.uint8)
     raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1)  # filter byte 0 per row
@@ -509,7 +527,13 @@ def _encode_png16(a: np.ndarray) -> bytes:
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[a.shape[-1] if a.ndim == 3 else 1]
     ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
     idat = zlib.compress(raw.tobytes(), 6)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    iccp = (
+        b"" if not icc_profile else chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile))
+    )
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + iccp + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
 
 
 def write_image(
@@ -520,6 +544,7 @@ def write_image(
     bit_depth: int = 8,
     quality: int = 95,
     quantised: bool = False,
+    icc_profile: bytes | None = None,
 ) -> Path:
     """Write a float image (HxWx3 RGB or HxW gray, values in [0, 1]) atomically.
 
@@ -530,7 +555,8 @@ def write_image(
     in [0, 1], 0 = transparent) is written as the alpha channel (RGBA or gray + alpha) of
     .png, .webp and .tif/.tiff (`ALPHA_SUFFIXES`), at the image's bit depth. `bit_depth` 16 is
     allowed for PNG and TIFF only; `quality` (1-100) applies to JPEG (4:4:4 chroma) and WebP.
-    Parent directories are created. Returns the path. Raises ImageWriteError for an invalid
+    `icc_profile` (`read_icc_profile` of the input) is embedded in PNG, JPEG, WebP and TIFF
+    (BMP has no place for it). Parent directories are created. Returns the path. Raises ImageWriteError for an invalid
     request.
     """
     suffix = Path(path).suffix.lower()
@@ -558,12 +584,17 @@ def write_image(
         if fmt == "TIFF":
             photometric = "rgb" if data.ndim == 3 and data.shape[-1] >= 3 else "minisblack"
             extra = {"extrasamples": ["unassalpha"]} if alpha is not None else {}
+            if icc_profile:
+                extra["iccprofile"] = icc_profile
             tifffile.imwrite(tmp, data, photometric=photometric, compression="zlib", **extra)
         elif bit_depth == 16:
-            tmp.write_bytes(_encode_png16(data))
+            tmp.write_bytes(_encode_png16(data, icc_profile))
         else:
             options = {"JPEG": {"quality": quality, "subsampling": 0}, "WEBP": {"quality": quality}}
-            Image.fromarray(data).save(tmp, format=fmt, **options.get(fmt, {}))
+            opts = options.get(fmt, {})
+            if icc_profile and fmt != "BMP":
+                opts = {**opts, "icc_profile": icc_profile}
+            Image.fromarray(data).save(tmp, format=fmt, **opts)
     return Path(path)
 
 

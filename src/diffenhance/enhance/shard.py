@@ -47,6 +47,7 @@ from diffenhance.io import (
     check_image_file,
     composite_over_white,
     file_sha256,
+    read_icc_profile,
     read_image_alpha,
     read_image_info,
     scratch_dir,
@@ -324,7 +325,9 @@ class ShardRun:
                     if alpha is not None:
                         alpha = _resize(alpha, img.shape[:2])
                     img = _as_input_colour(img, res.ident[2])
-                    out_sha = self.write(src, img, alpha, depth, tmp)
+                    out_sha = self.write(
+                        src, img, alpha, depth, tmp, res.ident[2].get("icc_profile")
+                    )
                     std = None if res.std is None else _resize(res.std, img.shape[:2])
                     maps = None if std is None else self.write_uncertainty(src, std, tmp)
                 except Exception as e:
@@ -388,7 +391,7 @@ class ShardRun:
                 self.save_partial()
                 self.report(src, "done")
                 return None
-            info = read_image_info(path)
+            info = {**read_image_info(path), "icc_profile": read_icc_profile(path)}
             if Path(src.key).suffix.lower() == ".gif":
                 info = {**info, "frames": _frames(path)}
             rgb, alpha = read_image_alpha(path, max_pixels=self.cfg.enhance.max_pixels)
@@ -419,13 +422,17 @@ class ShardRun:
         out_path.unlink()
         return out_sha
 
-    def write(self, src: Source, img: Any, alpha: Any, depth: int, tmp: Path | None) -> str:
+    def write(
+        self, src: Source, img: Any, alpha: Any, depth: int, tmp: Path | None,
+        icc_profile: bytes | None = None,
+    ) -> str:  # fmt: skip
         """Write one output image (float, or codes of `depth` bits: `quantise_to`; with its
-        alpha channel unless None); its sha256."""
+        alpha channel unless None, and the input's ICC profile unless None); its sha256."""
         q, codes = self.cfg.enhance.jpeg_quality, img.dtype.kind == "u"
 
         def save(path: Path) -> None:
-            write_image(path, img, alpha=alpha, bit_depth=depth, quality=q, quantised=codes)
+            write_image(path, img, alpha=alpha, bit_depth=depth, quality=q, quantised=codes,
+                        icc_profile=icc_profile)  # fmt: skip
 
         return self.put(src.output_key, save, tmp)
 
