@@ -372,3 +372,25 @@ def test_tiny_model_overfits_one_batch() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_field_generators_share_the_numbers_of_their_overlap():
+    """Two tiles of one image (8x8 input px at (0, 0) and (0, 4), scale 2): the start noise of
+    the shared 16x8 output px is the same numbers in both, the k-th draw reads field k, and
+    per-step noise (torch.randn with the generator) is the tile's own seed's, as before."""
+    from diffenhance.diffusion.noise import FieldGenerator
+
+    a, b = FieldGenerator(11, 99, 0, 0, 8, 8), FieldGenerator(12, 99, 0, 4, 8, 8)
+    na, nb = a.draw((3, 16, 16)), b.draw((3, 16, 16))
+    assert na.shape == (3, 16, 16) and torch.equal(na[:, :, 8:], nb[:, :, :8])
+    assert not torch.equal(na[:, :, :8], nb[:, :, 8:])
+    again = FieldGenerator(11, 99, 0, 0, 8, 8)
+    assert torch.equal(again.draw((3, 16, 16)), na)
+    assert not torch.equal(again.draw((3, 16, 16)), na)  # sample 2 starts from field 2
+    other = FieldGenerator(11, 100, 0, 0, 8, 8).draw((3, 16, 16))  # another image
+    assert not torch.equal(other, na)
+    assert abs(float(na.mean())) < 0.2 and 0.85 < float(na.std()) < 1.15
+    step = torch.randn(5, generator=FieldGenerator(11, 99, 0, 0, 8, 8))
+    assert torch.equal(step, torch.randn(5, generator=torch.Generator().manual_seed(11)))
+    scalar = FieldGenerator(11, 99, 0, 0, 8, 8).draw((1, 1, 1))  # off the grid: its own seed
+    assert torch.equal(scalar, torch.randn((1, 1, 1), generator=torch.Generator().manual_seed(11)))

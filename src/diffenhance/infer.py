@@ -22,8 +22,12 @@ raised-cosine window and cropped to the exact output size:
   w(i) = 1/2 - 1/2 cos(pi (i + 1/2) / n), whose two halves sum to exactly 1, so a model that
   returns the same value for the same pixel in two tiles is reproduced exactly. Image borders
   get weight 1 (no fade), so nothing is divided by a tiny weight.
-* Determinism: every tile's noise comes from its own `torch.Generator` seeded from
-  (seed, image key, tile position) (`tile_seed`), and a batch holds tiles of one image only
+* Determinism: every tile's noise comes from its own generator (`diffusion.noise.
+  FieldGenerator`): its start noise is its crop of the image's noise field, seeded from (seed,
+  image key) (`image_seed`), so overlapping tiles start from the same numbers and the
+  cross-fade does not average two samples into bands of less detail; noise a sampler draws per
+  step comes from the tile's own seed, (seed, image key, tile position) (`tile_seed`). A batch
+  holds tiles of one image only
   (`tile_batch` at a time, in raster order), so an output's bits never depend on which other
   images share its run, shard or worker. They do depend on `tile_batch` (CPU convolutions
   round differently at another batch size) and on the intra-op thread count (oneDNN's conv with
@@ -55,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from diffenhance.config import ConfigError, InferConfig
+from diffenhance.diffusion.noise import FieldGenerator
 from diffenhance.io import quantise
 from diffenhance.restoration.base import image_of
 
@@ -228,6 +233,12 @@ def axis_windows(starts: Sequence[int], tile: int, scale: int) -> list[torch.Ten
 def tile_seed(seed: int, key: str, y: int, x: int) -> int:
     """63-bit generator seed of the tile at LQ position (y, x) of image `key`."""
     h = hashlib.blake2b(f"{seed}\0{key}\0{y}\0{x}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & (2**63 - 1)
+
+
+def image_seed(seed: int, key: str) -> int:
+    """63-bit seed of image `key`'s start-noise fields (`diffusion.noise.FieldGenerator`)."""
+    h = hashlib.blake2b(f"{seed}\0{key}\0field".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & (2**63 - 1)
 
 
@@ -522,16 +533,19 @@ class TiledEnhancer:
     # ---------------------------------------------------------------- batches
 
     def _forward(
-        self, lq: torch.Tensor, seeds: list[int], dtype: torch.dtype | None
+        self, lq: torch.Tensor, seeds: list[tuple[int, ...]], dtype: torch.dtype | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(tiles, their variance maps or None) of one model call, a generator per seed."""
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        """(tiles, their variance maps or None) of one model call; seeds[i]: tile i's
+        `FieldGenerator` arguments (its seed, its image's seed, its position and size)."""
+        gens = [FieldGenerator(*s) for s in seeds]
         if self.uncertainty:
             y, v = self.model.moments(lq, gens, dtype)  # type: ignore[attr-defined]
             return y.float(), v.float()
         return self.model(lq, gens, dtype).float(), None
 
-    def _call(self, lq: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _call(
+        self, lq: torch.Tensor, seeds: list[tuple[int, ...]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the model on a batch, redoing in fp32 any tile that came out non-finite."""
         y, v = self._forward(lq, seeds, self.dtype)
         if self.dtype is not None:  # decided on the output alone: the same with uncertainty
@@ -553,9 +567,12 @@ class TiledEnhancer:
         s = self.model.scale
         try:
             lq = torch.stack([self._tile(img, iy, ix) for img, iy, ix in jobs])
+            th, tw = lq.shape[-2:]
             seeds = [
-                tile_seed(self.cfg.seed, img.key, img.ys[iy], img.xs[ix]) for img, iy, ix in jobs
-            ]
+                (tile_seed(self.cfg.seed, img.key, img.ys[iy], img.xs[ix]),
+                 image_seed(self.cfg.seed, img.key), img.ys[iy], img.xs[ix], th, tw)
+                for img, iy, ix in jobs
+            ]  # fmt: skip
             y, v = self._call(lq, seeds)
             if self.cfg.color_correction == "wavelet":
                 rgb = image_of(lq, axis=1)

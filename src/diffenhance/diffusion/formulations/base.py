@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 
 from diffenhance.config import DiffusionConfig, ModelConfig
+from diffenhance.diffusion.noise import FieldGenerator
 from diffenhance.diffusion.schedule import Schedule
 from diffenhance.nn import build_cond_net
 from diffenhance.registry import FORMULATIONS
@@ -205,17 +206,23 @@ def draw_normal(
 
     One generator (or None: the global CPU RNG) draws the whole batch; a sequence of N
     generators draws item i from generator i (for N = 1 both give the same numbers);
-    `MEAN_START` gives zeros (the mean of the distribution).
+    `MEAN_START` gives zeros (the mean of the distribution); a tile's `FieldGenerator` gives its
+    crop of the image's noise field (`diffusion.noise`: overlapping tiles, the same numbers).
     """
     if generator is MEAN_START:
         return torch.zeros(tuple(shape), device=device)
-    if generator is None or isinstance(generator, torch.Generator):
-        gdev = generator.device if generator is not None else torch.device("cpu")
-        return torch.randn(tuple(shape), generator=generator, device=gdev).to(device)
-    gens = list(generator)
+    if isinstance(generator, torch.Generator) and not isinstance(generator, FieldGenerator):
+        return torch.randn(tuple(shape), generator=generator, device=generator.device).to(device)
+    if generator is None:
+        return torch.randn(tuple(shape)).to(device)
+    gens = [generator] if isinstance(generator, FieldGenerator) else list(generator)
     if len(gens) != shape[0]:
         raise ValueError(f"{len(gens)} generators for a batch of {shape[0]}: pass one per item")
-    items = [torch.randn(tuple(shape[1:]), generator=g, device=g.device) for g in gens]
+    items = [
+        g.draw(tuple(shape[1:])) if isinstance(g, FieldGenerator)
+        else torch.randn(tuple(shape[1:]), generator=g, device=g.device)
+        for g in gens
+    ]  # fmt: skip
     return torch.stack(items).to(device)
 
 
