@@ -355,9 +355,18 @@ def read_image_info(path: PathLike) -> dict[str, Any]:
             return {
                 "format": im.format,
                 "mode": "LA" if rawmode == "LA;16B" else im.mode,  # Pillow says RGBA
-                "size": _oriented(im.size, im.getexif().get(0x0112, 1)),
+                "size": _oriented(im.size, _header_orientation(im)),
                 "bit_depth": 16 if deep else 8,
             }
+
+
+def _header_orientation(im: Image.Image) -> Any:
+    """The EXIF orientation an opened, not loaded, image declares in its header. A PNG's eXIf
+    chunk counts only when it comes before the pixels: Pillow decodes the whole image to look
+    for one after them (a 16 MP header check would decode 16 MP; a truncated bomb would fail)."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    return im.getexif().get(0x0112, 1)
 
 
 def _oriented(size: tuple[int, int], orientation: Any) -> tuple[int, int]:
