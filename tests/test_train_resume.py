@@ -30,11 +30,13 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(dataset, tmp_path_factory):
-    """(model.safetensors bytes, train log) of an uninterrupted run."""
+    """(model.safetensors bytes, train log, {sample grid name: bytes}) of an uninterrupted run."""
     out = train_model(
         tiny_config(dataset, f"train.out_dir={tmp_path_factory.mktemp('ref')}", *RESUME), "sr2"
     )
-    return (out / "model.safetensors").read_bytes(), pd.read_csv(out / "train_log.csv")[LOG_COLUMNS]
+    grids = {p.name: p.read_bytes() for p in sorted((out / "samples").glob("*.png"))}
+    log = pd.read_csv(out / "train_log.csv")[LOG_COLUMNS]
+    return (out / "model.safetensors").read_bytes(), log, grids
 
 
 def _states(task_dir) -> list[str]:
@@ -42,7 +44,7 @@ def _states(task_dir) -> list[str]:
 
 
 def _assert_same_as(reference, task_dir) -> None:
-    weights, log = reference
+    weights, log, _ = reference
     pd.testing.assert_frame_equal(pd.read_csv(task_dir / "train_log.csv")[LOG_COLUMNS], log)
     assert (task_dir / "model.safetensors").read_bytes() == weights
 
@@ -51,11 +53,19 @@ def test_resume_with_dropout_equals_uninterrupted(dataset, reference, tmp_path, 
     caplog.set_level(logging.INFO, logger="diffenhance.train")
     cfg = tiny_config(dataset, f"train.out_dir={tmp_path}", *RESUME)
     out = train_model(cfg, "sr2", stop_after=2)  # "crash" right after the step-2 validation
+    (out / "samples" / "step-00000099.png").write_bytes(b"another run's grid")
+    shutil.rmtree(out / "samples")  # what `dvc repro` does to a stage's outputs before a rerun
     train_model(cfg, "sr2")
     assert "resuming from step 2" in caplog.text
     # Bit-identical losses after the resume, and the same checkpoint bytes although the
-    # reference was written to another folder.
+    # reference was written to another folder; the sample grids of before the crash are back.
     _assert_same_as(reference, out)
+    grids = {p.name: p.read_bytes() for p in sorted((out / "samples").glob("*.png"))}
+    assert grids == reference[2] and sorted(grids) == ["step-00000002.png", "step-00000004.png"]
+    stale = out / "samples" / "step-00000099.png"  # a grid of another run: gone on the next run
+    stale.write_bytes(b"another run's grid")
+    train_model(cfg, "sr2")  # finished: trains again from step 0
+    assert not stale.exists()
 
 
 def test_out_dir_spelling_and_a_moved_folder_still_resume(
@@ -138,7 +148,7 @@ def test_another_formulations_options_leave_a_run_resumable(dataset, reference, 
     train_model(tiny_config(dataset, f"train.out_dir={tmp_path}", *RESUME, *others), "sr2")
     assert "resuming from step 2" in caplog.text
     assert "other params" not in caplog.text
-    weights, log = reference
+    weights, log, _ = reference
     pd.testing.assert_frame_equal(pd.read_csv(out / "train_log.csv")[LOG_COLUMNS], log)
     ours = load_file(out / "model.safetensors")
     theirs = load(weights)

@@ -24,6 +24,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -501,6 +502,7 @@ class TrainLoop:
         self._resume()
         if self.main:
             self._write_run_files()
+            self._restore_samples()
         self.net = self._wrap_network()
         self.batches = self._batches()
         self.autocast = torch.autocast(
@@ -596,6 +598,20 @@ class TrainLoop:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.state_dir / "params.json") as tmp:  # what to restore to resume it
             tmp.write_text(json.dumps(self.params, indent=1, sort_keys=True) + "\n")
+
+    def _restore_samples(self) -> None:
+        """samples/ holds this run's grids up to its step, and no other run's: the copies kept
+        in the state folder come back (DVC removes samples/ before the stage runs, so a resumed
+        run lost the grids before its crash), and grids of another params' run, or of later
+        steps, go."""
+        out, kept = self.out_dir / "samples", self.state_dir / "samples"
+        for f in sorted(out.glob("step-*.png")) if out.is_dir() else []:
+            f.unlink()
+        for f in sorted(kept.glob("step-*.png")) if kept.is_dir() else []:
+            if int(f.stem.removeprefix("step-")) <= self.step:
+                out.mkdir(parents=True, exist_ok=True)
+                with atomic_path(out / f.name) as tmp:
+                    shutil.copyfile(f, tmp)
 
     def _wrap_network(self) -> torch.nn.Module:
         """The network as trained: DDP-wrapped under torchrun, compiled if `train.compile`."""
@@ -769,6 +785,11 @@ class TrainLoop:
         # the module-level `validate` (a method's body does not see the class's names)
         metrics = validate(replace(self.r, unet=self.ema), self.cfg, self.out_dir, self.step)
         _set_rng_states(rng, self.device)
+        grid = self.out_dir / "samples" / f"step-{self.step:08d}.png"
+        if self.main and grid.is_file():  # kept with the state: `_restore_samples`
+            (self.state_dir / "samples").mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.state_dir / "samples" / grid.name) as tmp:
+                shutil.copyfile(grid, tmp)
         LOG.info(
             "%s step %d: val PSNR %.2f dB SSIM %.4f",
             self.task, self.step, metrics["val_psnr"], metrics["val_ssim"],
