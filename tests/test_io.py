@@ -381,6 +381,32 @@ def test_image_info_size_is_the_displayed_size(tmp_path: Path, orientation: int)
     assert (w, h) == ((5, 7) if orientation >= 5 else (7, 5))
 
 
+def test_a_png_exif_chunk_after_the_pixels_is_read_the_same_everywhere(tmp_path: Path) -> None:
+    """An eXIf chunk after IDAT (orientation 6): the header check and the decoder agree on one
+    size (both ignore it, as browsers do), so a mask checked against the header fits the image
+    as decoded."""
+    import struct
+    import zlib
+
+    Image.fromarray(_rand_u8(5, 7)).save(tmp_path / "p.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = (tmp_path / "p.png").read_bytes()
+    body = exif.tobytes()
+    chunk = (
+        struct.pack(">I", len(body))
+        + b"eXIf"
+        + body
+        + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    )
+    (tmp_path / "late.png").write_bytes(data[:-12] + chunk + data[-12:])  # before IEND
+    with Image.open(tmp_path / "late.png") as im:
+        im.load()
+        assert im.getexif().get(0x0112) == 6  # Pillow finds it, after the pixels
+    h, w = read_image(tmp_path / "late.png").shape[:2]
+    assert read_image_info(tmp_path / "late.png")["size"] == (w, h) == (7, 5)
+
+
 # ---------------------------------------------------------------------------- bad inputs
 def _truncated(tmp_path: Path, suffix: str) -> Path:
     src = tmp_path / f"full{suffix}"

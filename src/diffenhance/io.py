@@ -235,13 +235,13 @@ def _decode(path: PathLike, max_pixels: int) -> np.ndarray:
                 ):
                     a, orientation = _read_tifffile(p, max_pixels)
                 else:
+                    orientation = int(_header_orientation(im))  # as read_image_info sees it
                     a16 = _read_png16_color(p, im)
                     if a16 is not None:
                         a = a16.astype(np.float32) / np.float32(65535)
                     else:
                         im.load()
                         a = _pil_to_float(im)
-                    orientation = int(im.getexif().get(0x0112, 1))
     return _orient(a, orientation)
 
 
@@ -307,10 +307,11 @@ def read_mask(
             _check_pixels(path, im.width, im.height, max_pixels)
             alpha = im.mode in _ALPHA_MODES or "transparency" in im.info
             if alpha:
+                orientation = int(_header_orientation(im))
                 im.load()
                 rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-                gray = _orient(rgba[..., :3].mean(-1, keepdims=True) * rgba[..., 3:], int(
-                    im.getexif().get(0x0112, 1)))[..., 0]  # fmt: skip
+                gray = _orient(rgba[..., :3].mean(-1, keepdims=True) * rgba[..., 3:],
+                               orientation)[..., 0]  # fmt: skip
     if not alpha:
         gray = read_image(path, max_pixels=max_pixels).mean(-1)
     mask = (gray >= 0.5).astype(np.float32)
@@ -361,9 +362,10 @@ def read_image_info(path: PathLike) -> dict[str, Any]:
 
 
 def _header_orientation(im: Image.Image) -> Any:
-    """The EXIF orientation an opened, not loaded, image declares in its header. A PNG's eXIf
-    chunk counts only when it comes before the pixels: Pillow decodes the whole image to look
-    for one after them (a 16 MP header check would decode 16 MP; a truncated bomb would fail)."""
+    """The EXIF orientation an opened, not yet loaded, image declares in its header: what
+    read_image_info, read_image and read_mask all apply. A PNG's eXIf chunk counts only when
+    it comes before the pixels (as browsers read it): Pillow decodes the whole image to look for
+    one after them (a 16 MP header check would decode 16 MP; a truncated bomb would fail)."""
     if im.format == "PNG" and "exif" not in im.info:
         return 1
     return im.getexif().get(0x0112, 1)
