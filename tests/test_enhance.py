@@ -795,3 +795,22 @@ def test_cli_refuses_the_flows_scale_out_settings(tmp_path, override):
     res = CliRunner().invoke(app, ["enhance", str(tmp_path), str(tmp_path / "out"), override])
     assert res.exit_code == 2, res.output
     assert res.stderr.count("\n") == 1 and "python -m flows.enhance" in res.stderr
+
+
+def test_a_tile_with_no_room_for_its_overlap_is_refused_before_any_work(tmp_path):
+    """The shipped jpeg model works on 8 px steps: `--tile 12` rounds down to one step and
+    its derived overlap (3) up to 8, so tiles could not cross-fade. Refused while planning, in
+    one line (exit 2) that says what tile works, not as a crashed shard (exit 1)."""
+    write_image(tmp_path / "small.png", smooth_image(np.random.default_rng(0), 24, 24))
+    res = CliRunner().invoke(
+        app, ["enhance", str(tmp_path / "small.png"), str(tmp_path / "out.png"), "-m", "jpeg",
+              "--tile", "12"],
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "infer.tile=12 rounds down to 8" in res.output and "use infer.tile >= 16" in res.output
+    assert "shard" not in res.output and not (tmp_path / "out.png").exists()
+    ok = CliRunner().invoke(
+        app, ["enhance", str(tmp_path / "small.png"), str(tmp_path / "out.png"), "-m", "jpeg",
+              "--tile", "16"],
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.output

@@ -198,6 +198,24 @@ def size_step(scale: int, size_multiple: int) -> int:
     return size_multiple // math.gcd(size_multiple, scale)
 
 
+def check_tiling(tile: int, overlap: int, scale: int, size_multiple: int) -> int:
+    """The tile a model of `scale` and network `size_multiple` runs for infer.tile `tile`
+    (rounded down to its step, `size_step`); ConfigError when that leaves no room for the
+    overlap (rounded up to the step): a tile must be longer than its overlap, or neighbours
+    meet without a cross-fade. `plan_job` asks before a job starts, the engine again."""
+    step = size_step(scale, size_multiple)
+    rounded, ov = tile - tile % step, -(-overlap // step) * step
+    if rounded < step or ov >= rounded:
+        raise ConfigError(
+            f"infer.tile={tile} rounds down to {rounded} and infer.tile_overlap={overlap} up to "
+            f"{ov} (multiples of {step} px for scale {scale} and network multiple "
+            f"{size_multiple}): a tile must be longer than its overlap, or neighbouring tiles "
+            f"meet without a cross-fade (a seam); use infer.tile >= {max(ov, 0) + step} (--tile "
+            "alone takes a quarter of it as the overlap)"
+        )
+    return rounded
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of the tiles along one axis of `length` (> tile): the fewest tiles that
     overlap by at least `overlap`, spread evenly from 0 to length - tile."""
@@ -383,17 +401,7 @@ class TiledEnhancer:
     def __post_init__(self) -> None:
         s, m = self.model.scale, self.model.size_multiple
         self.step = size_step(s, m)
-        self.tile = self.cfg.tile - self.cfg.tile % self.step
-        # the overlap rounds up to whole steps (`_axis`), and a tile must be a step longer
-        overlap = -(-self.cfg.tile_overlap // self.step) * self.step
-        if self.tile < self.step or overlap >= self.tile:
-            raise ValueError(
-                f"infer.tile={self.cfg.tile} rounds down to {self.tile} and "
-                f"infer.tile_overlap={self.cfg.tile_overlap} up to {overlap} (multiples of "
-                f"{self.step} for scale {s} and network multiple {m}): the tile must be longer "
-                "than its overlap, or neighbouring tiles would meet without a cross-fade (a "
-                "seam); raise infer.tile"
-            )
+        self.tile = check_tiling(self.cfg.tile, self.cfg.tile_overlap, s, m)
         if self.cfg.tile_batch < 1:
             raise ValueError(f"infer.tile_batch must be >= 1, got {self.cfg.tile_batch}")
         self.dtype = autocast_dtype(self.cfg.precision, self.model.device)

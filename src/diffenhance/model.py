@@ -413,6 +413,7 @@ class CheckpointSpec:
     scale: int
     meta: dict[str, str]
     n_parameters: int
+    size_multiple: int  # the network's output H and W must be multiples of it (infer tiles)
 
 
 def _one_line(e: BaseException) -> str:
@@ -508,9 +509,9 @@ def _check_recommended(p: Path, meta: dict[str, str]) -> None:
 
 def _network_shapes(
     p: Path, model_cfg: ModelConfig, diff_cfg: DiffusionConfig, scale: int, task: str
-) -> dict[str, tuple[int, ...]]:
-    """{name: shape} of the network the metadata describes, refusing absurd sizes before any
-    memory is allocated (the network is built on the `meta` device)."""
+) -> tuple[dict[str, tuple[int, ...]], int]:
+    """({name: shape}, output size multiple) of the network the metadata describes, refusing
+    absurd sizes before any memory is allocated (the network is built on the `meta` device)."""
     blocks = len(model_cfg.channel_mults) * (2 * model_cfg.num_res_blocks + 1)
     if blocks > MAX_BLOCKS:
         raise CheckpointError(
@@ -537,7 +538,7 @@ def _network_shapes(
             f"{p}: metadata describes a network of {n:.3g} parameters (more than "
             f"{MAX_PARAMETERS:.0e}): the file is corrupt or not a diffenhance model"
         )
-    return shapes
+    return shapes, int(net.size_multiple)
 
 
 def shape_mismatches(
@@ -571,7 +572,7 @@ def validate_checkpoint(path: str | Path) -> CheckpointSpec:
     diff_cfg = _json_section(p, meta, "diffusion", DiffusionConfig)
     task, scale = _task_and_scale(p, meta)
     _check_recommended(p, meta)
-    expected = _network_shapes(p, model_cfg, diff_cfg, scale, task)
+    expected, size_multiple = _network_shapes(p, model_cfg, diff_cfg, scale, task)
     problems = shape_mismatches(expected, shapes)
     if problems:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
@@ -580,7 +581,7 @@ def validate_checkpoint(path: str | Path) -> CheckpointSpec:
             f"({'; '.join(problems[:3])}{more})"
         )
     n = sum(math.prod(s) for s in expected.values())
-    return CheckpointSpec(p, model_cfg, diff_cfg, task, scale, meta, n)
+    return CheckpointSpec(p, model_cfg, diff_cfg, task, scale, meta, n, size_multiple)
 
 
 def load_restorer(path: str | Path, device: str | torch.device = "cpu") -> Restorer:

@@ -287,13 +287,16 @@ def _cut_shards(
 
 def _check_sampling(ckpt: Any, cfg: Config) -> None:
     """EnhanceError (exit 2, one line) when the sampler settings do not fit the model (a preset
-    it does not have, detail on a model without a detail knob: `restore.sampling_spec`) or
+    it does not have, detail on a model without a detail knob: `restore.sampling_spec`; a tile
+    with no room for its overlap: `infer.check_tiling`) or
     infer.uncertainty cannot be honoured: samples < 2 or a model whose samples cannot differ
     (`restore.uncertainty_problem`)."""
+    from diffenhance.infer import check_tiling
     from diffenhance.restore import sampling_spec, uncertainty_problem
 
     try:
         spec = sampling_spec(ckpt, cfg.infer)
+        check_tiling(spec.tile, spec.tile_overlap, ckpt.scale, ckpt.size_multiple)
     except ValueError as e:
         raise EnhanceError(f"{ckpt.path}: {e}") from None
     why = uncertainty_problem(ckpt, spec) if cfg.infer.uncertainty else None
