@@ -203,6 +203,14 @@ def test_an_icc_profile_is_written_and_read_back(tmp_path: Path, name: str, dept
     assert read_icc_profile(tmp_path / name) is None
     write_image(tmp_path / "o.bmp", img, icc_profile=icc)
     assert read_icc_profile(tmp_path / "o.bmp") is None
+    cmyk = icc[:16] + b"CMYK" + icc[20:]  # a CMYK photo's profile must not tag an RGB output
+    write_image(tmp_path / name, img, bit_depth=depth, icc_profile=cmyk)
+    assert read_icc_profile(tmp_path / name) is None
+    gray = icc[:16] + b"GRAY" + icc[20:]  # ... nor a gray one; a gray output keeps it
+    write_image(tmp_path / name, img, bit_depth=depth, icc_profile=gray)
+    assert read_icc_profile(tmp_path / name) is None
+    write_image(tmp_path / name, img[..., 0], bit_depth=depth, icc_profile=gray)
+    assert read_icc_profile(tmp_path / name) == gray
 
 
 def test_gray_png_gives_three_equal_channels(tmp_path: Path) -> None:

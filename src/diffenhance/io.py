@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -41,6 +42,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 )
+log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own DecompressionBombError threshold
 # suffix -> the format `write_image` writes (.jpg and .jpeg, .tif and .tiff: one format each)
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -567,7 +569,8 @@ def write_image(
     .png, .webp and .tif/.tiff (`ALPHA_SUFFIXES`), at the image's bit depth. `bit_depth` 16 is
     allowed for PNG and TIFF only; `quality` (1-100) applies to JPEG (4:4:4 chroma) and WebP.
     `icc_profile` (`read_icc_profile` of the input) is embedded in PNG, JPEG, WebP and TIFF
-    (BMP has no place for it). Parent directories are created. Returns the path. Raises ImageWriteError for an invalid
+    (BMP has no place for it) when it describes the output's colour space (RGB, or gray for a
+    gray image; a CMYK photo's profile is dropped with a warning). Parent directories are created. Returns the path. Raises ImageWriteError for an invalid
     request.
     """
     suffix = Path(path).suffix.lower()
@@ -587,6 +590,7 @@ def write_image(
     if not 1 <= quality <= 100:
         raise ImageWriteError(path, f"quality must be in 1..100, got {quality!r}")
     a = _check_image(path, img, bit_depth if quantised else None)
+    icc_profile = _icc_for(path, icc_profile, gray=a.ndim == 2)
     data = a if quantised else quantise(a, bit_depth)
     if alpha is not None:
         al = quantise(_check_alpha(path, alpha, a), bit_depth)
@@ -607,6 +611,21 @@ def write_image(
                 opts = {**opts, "icc_profile": icc_profile}
             Image.fromarray(data).save(tmp, format=fmt, **opts)
     return Path(path)
+
+
+def _icc_for(path: PathLike, icc: bytes | None, *, gray: bool) -> bytes | None:
+    """`icc` when its colour space (header bytes 16-19) is the output's, RGB or gray, else None
+    with a warning naming the file: a CMYK photo's profile must not tag the RGB output."""
+    if not icc:
+        return None
+    space = icc[16:20]
+    if space == (b"GRAY" if gray else b"RGB "):
+        return icc
+    log.warning(
+        "%s: the input's ICC profile describes %r, not this %s output: written without a "
+        "profile (read as sRGB)", path, space.decode("latin-1").strip(), "gray" if gray else "RGB",
+    )  # fmt: skip
+    return None
 
 
 def _check_image(path: PathLike, img: np.ndarray, quantised: int | None = None) -> np.ndarray:
