@@ -394,3 +394,16 @@ def test_field_generators_share_the_numbers_of_their_overlap():
     assert torch.equal(step, torch.randn(5, generator=torch.Generator().manual_seed(11)))
     scalar = FieldGenerator(11, 99, 0, 0, 8, 8).draw((1, 1, 1))  # off the grid: its own seed
     assert torch.equal(scalar, torch.randn((1, 1, 1), generator=torch.Generator().manual_seed(11)))
+
+
+def test_per_step_noise_of_a_tile_comes_from_the_field_too():
+    """DDPM's ancestral noise (samplers._randn) of two overlapping tiles: the same numbers in
+    the overlap, draw for draw, so a stochastic sampler's tiles agree there as well."""
+    from diffenhance.diffusion.noise import FieldGenerator
+    from diffenhance.diffusion.samplers import _randn
+
+    a, b = FieldGenerator(1, 7, 0, 0, 8, 8), FieldGenerator(2, 7, 0, 4, 8, 8)
+    like = torch.zeros(1, 3, 16, 16)
+    for _ in range(3):
+        na, nb = _randn(like, a), _randn(like, b)
+        assert torch.equal(na[..., 8:], nb[..., :8]) and not torch.equal(na, nb)

@@ -10,8 +10,11 @@ on a fixed grid (`BLOCK` output pixels; each block's numbers from its own seeded
 `block_seed`), so overlapping tiles start from the same numbers for the same pixels, and a
 tiled sample is the untiled one up to the network's context.
 
-It is a `torch.Generator` too, seeded as the tile's own generator: noise a sampler draws per
-step (DDPM, indi's eta) still comes from it, per tile, as before.
+Noise a sampler draws per step (DDPM's ancestral steps, indi's eta) comes from the fields
+too (the k-th draw of every tile reads field k, and every tile makes the same draws), so the
+tiles of a stochastic sampler agree in their overlaps as well. It is a `torch.Generator`
+too, seeded with the tile's own seed: a draw that is not an image on the output grid (a
+per-sample scalar) comes from that.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffenhance.diffusion.noise import FieldGenerator
 from diffenhance.diffusion.process import PREDICTIONS, pred_to_x0_eps, x0_to_eps
 from diffenhance.diffusion.schedule import Schedule
 
@@ -57,7 +58,11 @@ def _check(sched: Schedule, x_T: torch.Tensor, cond: torch.Tensor, prediction: s
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """N(0, I) noise shaped like `like`, drawn on the generator's device, moved to like's."""
+    """N(0, I) noise shaped like `like`, drawn on the generator's device, moved to like's; a
+    tile's `FieldGenerator` (one item: tiles run alone when a sampler adds noise per step)
+    gives its crop of the image's next noise field, as for the start noise."""
+    if isinstance(generator, FieldGenerator) and like.shape[0] == 1:
+        return generator.draw(tuple(like.shape[1:]))[None].to(like)
     device = generator.device if generator is not None else like.device
     z = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
     return z.to(like.device)
