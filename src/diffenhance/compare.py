@@ -53,6 +53,7 @@ from diffenhance.evaluate import (
     write_csv,
     write_json,
 )
+from diffenhance.infer import NOISE_SEEDING
 from diffenhance.io import atomic_path, read_image, write_image
 from diffenhance.model import WEIGHTS_NAME, Restorer
 from diffenhance.report import HF_LABEL, fmt_metric, html_page, html_table, signed_metric
@@ -250,8 +251,7 @@ def _compare_protocol(
         "fidelity_end": f"mean of {c.samples} samples at {lo} step(s)",
         "sharp_end": f"1 sample at {hi} steps",
         "seed": c.seed,
-        "noise_seeding": "each tile: CPU torch.Generator seeded with tile_seed(seed, "
-        "image_key(LQ pixels), tile position)",
+        "noise_seeding": NOISE_SEEDING,
         "restore_path": "restore.restore: tiled, as diffenhance enhance (infer.* besides "
         "steps, samples and seed)",
         "baseline": ref,

@@ -19,9 +19,9 @@ Every result is scored under the task's protocols (`RestorationTask.protocols`: 
 Y, border crop = scale for SR, data range 1.0), on the float outputs (not 8-bit files), and
 where the task has one, inside its scored region (`scored_region`; inpainting: the hole).
 
-Determinism: each tile's noise comes from a CPU generator seeded with (seed, image content key,
-tile position) (`infer.tile_seed`), the same for every step count and independent of the image
-order, so on CPU the same params give a bit-identical metrics.json. Timings are kept out of
+Determinism: each tile's noise is its crop of noise fields seeded with (seed, image content key)
+(`infer.NOISE_SEEDING`), the same for every step count and independent of the image order,
+so on CPU the same params give a bit-identical metrics.json. Timings are kept out of
 metrics.json (they never repeat) and go to timing.json.
 
 Outputs in `<out_dir>/` (`reports/<task>/` for the stage):
@@ -66,8 +66,8 @@ import torch
 from diffenhance.config import Config
 from diffenhance.data.folder import iter_image_files
 from diffenhance.data.pairs import Pair, load_pairs, make_pair, task_pair
+from diffenhance.infer import NOISE_SEEDING, set_threads
 from diffenhance.infer import autocast_dtype as infer_autocast_dtype
-from diffenhance.infer import set_threads
 from diffenhance.io import atomic_path, file_sha256, read_image, write_image
 from diffenhance.metrics import (
     Protocol,
@@ -488,8 +488,7 @@ def _protocol(
         "average_samples": plan.head.samples,
         "sampling": plan.head.describe(),  # the headline's SamplingSpec (seed: evaluate.seeds[0])
         "restore_path": "restore.restore: tiled, as diffenhance enhance",
-        "noise_seeding": "each tile: CPU torch.Generator seeded with tile_seed(seed, "
-        "image_key(LQ pixels), tile position)",
+        "noise_seeding": NOISE_SEEDING,
         "baselines": list(plan.baselines),
         "reference_baseline": next(iter(plan.baselines)),
         "skipped_baselines": plan.skipped,

@@ -254,6 +254,15 @@ def tile_seed(seed: int, key: str, y: int, x: int) -> int:
     return int.from_bytes(h, "little") & (2**63 - 1)
 
 
+# What protocol.json (evaluate, compare) records of how the noise was drawn.
+NOISE_SEEDING = (
+    "every noise draw of a tile (start and per step) is its crop of the image's k-th noise "
+    "field, seeded with image_seed(seed, image_key(LQ pixels)) block by block (diffusion.noise); "
+    "a draw off the output grid comes from the tile's own generator, tile_seed(seed, "
+    "image_key, tile position)"
+)
+
+
 def image_seed(seed: int, key: str) -> int:
     """63-bit seed of image `key`'s start-noise fields (`diffusion.noise.FieldGenerator`)."""
     h = hashlib.blake2b(f"{seed}\0{key}\0field".encode(), digest_size=8).digest()

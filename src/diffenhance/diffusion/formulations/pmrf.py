@@ -227,10 +227,10 @@ class PMRF(Formulation):
                        "t_mean": t.mean()}  # fmt: skip
 
     def draws_noise(self, dcfg: DiffusionConfig, sampler: str, eta: float) -> bool:
-        return False  # all its noise is drawn at the start (the mean's and the flow's)
+        return False  # all its noise is the flow's start noise (the mean draws none)
 
     def prepare(self, dcfg: DiffusionConfig, model: torch.nn.Module, cond: torch.Tensor) -> Any:
-        return None  # mu depends on the start noise of the mean formulation: per sample
+        return None  # mu is computed in sample_once (MEAN_START: the same for every sample)
 
     def sample_once(
         self, dcfg: DiffusionConfig, model: torch.nn.Module, sched: Schedule,
