@@ -125,6 +125,42 @@ def test_scan_folder_follows_linked_folders_and_reports_broken_links(tmp_path: P
     assert folder.iter_image_files(root) == [root / "a.png", root / "linked" / "b.png"]
 
 
+def test_a_subfolder_that_cannot_be_listed_is_a_dataset_error(tmp_path: Path) -> None:
+    """An unreadable subfolder of data.folder stops the scan naming it, as a dataset error
+    (exit 2: fix the folder), not as failed storage (exit 1). Root reads every folder, so the
+    scan runs as nobody (setpriv) in a world-readable temp folder."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from diffenhance.exitcodes import user_error_code
+
+    assert user_error_code(folder.UnreadableFolderError("x")) == 2
+    base = Path(tempfile.mkdtemp(prefix="unreadable-"))
+    locked = base / "photos" / "locked"
+    try:
+        base.chmod(0o755)
+        _save(base / "photos" / "a.png", 40, 40, 1, "PNG")
+        _save(locked / "b.png", 40, 40, 2, "PNG")
+        locked.chmod(0)
+        code = (
+            "import sys; from diffenhance.data.folder import scan_folder; scan_folder(sys.argv[1])"
+        )
+        if os.geteuid() == 0 and shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: every folder is readable")
+        who = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        res = subprocess.run(
+            [*(who if os.geteuid() == 0 else []), sys.executable, "-c", code, str(base / "photos")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert res.returncode == 1 and "UnreadableFolderError" in res.stderr, res.stderr[-2000:]
+        assert f"cannot list the folder {locked}: Permission denied" in res.stderr
+    finally:
+        locked.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_split_for_hash() -> None:
     assert folder.split_for_hash("0" * 64, 0.2) == "val"
     assert folder.split_for_hash("f" * 64, 0.2) == "train"
@@ -369,9 +405,18 @@ def test_fetch_div2k_never_keeps_an_archive_it_cannot_use(
     assert sorted(p.name for p in dirs["train"].iterdir()) == ["0001.png", "0002.png"]
 
 
-def test_archive_folder_names_the_official_layout() -> None:
+def test_archive_folder_names_the_official_layout(tmp_path: Path) -> None:
     assert div2k.archive_folder("DIV2K_train_HR.zip") == "DIV2K_train_HR"
     assert div2k.archive_folder("DIV2K_valid_LR_bicubic_X4.zip") == "DIV2K_valid_LR_bicubic/X4"
+    # an LR archive may list its parent folder's own entry: that is DIV2K's layout too
+    ok = tmp_path / "DIV2K_valid_LR_bicubic_X4.zip"
+    ok.write_bytes(_zip({"DIV2K_valid_LR_bicubic/": b"", "DIV2K_valid_LR_bicubic/X4/": b"",
+                         "DIV2K_valid_LR_bicubic/X4/0801x4.png": b"x"}))  # fmt: skip
+    div2k.check_div2k_zip(ok)
+    bad = tmp_path / "DIV2K_valid_LR_bicubic_X2.zip"  # an X4 set named X2
+    bad.write_bytes(_zip({"DIV2K_valid_LR_bicubic/X4/0801x4.png": b"x"}))
+    with pytest.raises(div2k.ArchiveError, match="not under DIV2K_valid_LR_bicubic/X2/"):
+        div2k.check_div2k_zip(bad)
 
 
 def test_fetch_div2k_rejects_bad_lr_scale(tmp_path: Path) -> None:

@@ -261,7 +261,8 @@ def check_div2k_zip(path: str | Path) -> None:
             member = _safe_member(name)
         except ArchiveError as e:
             raise ArchiveError(f"{path}: {e}") from None
-        if not (member == folder or member.is_relative_to(folder)):
+        ancestor = name.endswith("/") and folder.is_relative_to(member)  # a parent's entry
+        if not (member == folder or member.is_relative_to(folder) or ancestor):
             raise ArchiveError(
                 f"{path}: member {name!r} is not under {folder}/ (the layout of DIV2K's "
                 f"{path.name.removesuffix('.part')}); is data.div2k_url a DIV2K mirror?"

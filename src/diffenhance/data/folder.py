@@ -40,10 +40,11 @@ from diffenhance.io import (
     file_sha256,  # re-exported: diffenhance.data.file_sha256
     read_image,
 )
-from diffenhance.storage import local_files
+from diffenhance.storage import StorageError, local_files
 
 __all__ = [
     "NotAFolderError",
+    "UnreadableFolderError",
     "ScanResult",
     "ScannedImage",
     "SkippedFile",
@@ -60,6 +61,11 @@ log = logging.getLogger(__name__)
 
 class NotAFolderError(DataError, NotADirectoryError):
     """The folder to scan does not exist or is not a directory."""
+
+
+class UnreadableFolderError(DataError, PermissionError):
+    """A folder under the one to scan cannot be listed (its permissions): never skipped in
+    silence, and a dataset to fix (exit 2), not storage that failed."""
 
 
 class ScannedImage(NamedTuple):
@@ -102,7 +108,11 @@ def iter_image_files(root: str | Path, broken: list[Path] | None = None) -> list
     appended to `broken` when a list is given (left out either way)."""
     root = Path(root)
     found: list[tuple[str, Path]] = []
-    for rel, p in local_files(root, hidden=[]):
+    try:
+        listed = list(local_files(root, hidden=[]))
+    except StorageError as e:  # a subfolder that cannot be listed: the dataset is to fix
+        raise UnreadableFolderError(f"data.folder={str(root)!r}: {e}") from None
+    for rel, p in listed:
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         if p.is_file():
