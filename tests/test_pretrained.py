@@ -62,6 +62,8 @@ def test_shipped_models_fit_the_size_budget():
     sizes = {f.parent.name: f.stat().st_size for f in files}
     assert max(sizes.values()) <= MAX_MODEL_BYTES, sizes
     assert sum(sizes.values()) <= MAX_TOTAL_BYTES, sizes
+    cards = {f.parent.name: json.loads((f.parent / "training.json").read_text()) for f in files}
+    assert {t: c["size_bytes"] for t, c in cards.items()} == sizes  # the card says its file
 
 
 @pytest.mark.parametrize("task", SCORED)
