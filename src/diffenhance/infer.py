@@ -23,11 +23,11 @@ raised-cosine window and cropped to the exact output size:
   returns the same value for the same pixel in two tiles is reproduced exactly. Image borders
   get weight 1 (no fade), so nothing is divided by a tiny weight.
 * Determinism: every tile's noise comes from its own generator (`diffusion.noise.
-  FieldGenerator`): its start noise is its crop of the image's noise field, seeded from (seed,
-  image key) (`image_seed`), so overlapping tiles start from the same numbers and the
-  cross-fade does not average two samples into bands of less detail; noise a sampler draws per
-  step comes from the tile's own seed, (seed, image key, tile position) (`tile_seed`). A batch
-  holds tiles of one image only
+  FieldGenerator`): each draw, the start's and a sampler's per step, is its crop of the image's
+  next noise field, seeded from (seed, image key) (`image_seed`), so overlapping tiles draw the
+  same numbers and the cross-fade does not average two samples into bands of less detail; a
+  draw off the output grid comes from the tile's own seed, (seed, image key, tile position)
+  (`tile_seed`). A batch holds tiles of one image only
   (`tile_batch` at a time, in raster order), so an output's bits never depend on which other
   images share its run, shard or worker. They do depend on `tile_batch` (CPU convolutions
   round differently at another batch size) and on the intra-op thread count (oneDNN's conv with

@@ -338,6 +338,28 @@ def read_image_info(path: PathLike) -> dict[str, Any]:
 
     Raises ImageReadError when the file is missing, empty or not an image.
     """
+    with _header(path) as im:
+        if not isinstance(im, Image.Image):  # a TIFF page (tifffile)
+            mode = "RGB" if im.photometric == tifffile.PHOTOMETRIC.RGB else "L"
+            tag = im.tags.get(274)  # Orientation
+            size = _oriented((im.imagewidth, im.imagelength), tag.value if tag else 1)
+            return {"format": "TIFF", "mode": mode, "size": size, "bit_depth": 16}
+        rawmode = im.tile[0].args if im.tile else ""
+        deep = im.mode in _GRAY16_MODES + ("F",) or ";16" in str(rawmode)
+        deep = deep or (im.format == "TIFF" and _tiff_bits(im) > 8)
+        return {
+            "format": im.format,
+            "mode": "LA" if rawmode == "LA;16B" else im.mode,  # Pillow says RGBA
+            "size": _oriented(im.size, _header_orientation(im)),
+            "bit_depth": 16 if deep else 8,
+        }
+
+
+@contextlib.contextmanager
+def _header(path: PathLike) -> Iterator[Any]:
+    """`path` opened for its header, pixels not decoded: a Pillow image, or the first page of
+    a TIFF Pillow cannot open (tifffile). ImageReadError when the file is missing, empty or
+    not an image."""
     with _read_errors(path):
         p = check_image_file(path)
         try:
@@ -346,21 +368,10 @@ def read_image_info(path: PathLike) -> dict[str, Any]:
             if not _is_tiff(p):
                 raise
             with tifffile.TiffFile(p) as tf:
-                page = tf.pages.first
-                mode = "RGB" if page.photometric == tifffile.PHOTOMETRIC.RGB else "L"
-                tag = page.tags.get(274)  # Orientation
-                size = _oriented((page.imagewidth, page.imagelength), tag.value if tag else 1)
-                return {"format": "TIFF", "mode": mode, "size": size, "bit_depth": 16}
+                yield tf.pages.first
+            return
         with im:
-            rawmode = im.tile[0].args if im.tile else ""
-            deep = im.mode in _GRAY16_MODES + ("F",) or ";16" in str(rawmode)
-            deep = deep or (im.format == "TIFF" and _tiff_bits(im) > 8)
-            return {
-                "format": im.format,
-                "mode": "LA" if rawmode == "LA;16B" else im.mode,  # Pillow says RGBA
-                "size": _oriented(im.size, _header_orientation(im)),
-                "bit_depth": 16 if deep else 8,
-            }
+            yield im
 
 
 def _header_orientation(im: Image.Image) -> Any:
@@ -384,17 +395,11 @@ def read_icc_profile(path: PathLike) -> bytes | None:
     34675), or None. Enhance writes it into the output, so a Display P3 or Adobe RGB photo
     keeps its colours (its pixels are restored in their own space, not converted). Raises
     ImageReadError as `read_image_info` does."""
-    with _read_errors(path):
-        p = check_image_file(path)
-        try:
-            with Image.open(p) as im:
-                return im.info.get("icc_profile") or None
-        except UnidentifiedImageError:
-            if not _is_tiff(p):
-                raise
-            with tifffile.TiffFile(p) as tf:
-                tag = tf.pages.first.tags.get(34675)  # InterColorProfile
-                return bytes(tag.value) if tag is not None else None
+    with _header(path) as im:
+        if not isinstance(im, Image.Image):  # a TIFF page (tifffile)
+            tag = im.tags.get(34675)  # InterColorProfile
+            return bytes(tag.value) if tag is not None else None
+        return im.info.get("icc_profile") or None
 
 
 # ----------------------------------------------------------------------------------- writing
@@ -570,8 +575,8 @@ def write_image(
     allowed for PNG and TIFF only; `quality` (1-100) applies to JPEG (4:4:4 chroma) and WebP.
     `icc_profile` (`read_icc_profile` of the input) is embedded in PNG, JPEG, WebP and TIFF
     (BMP has no place for it) when it describes the output's colour space (RGB, or gray for a
-    gray image; a CMYK photo's profile is dropped with a warning). Parent directories are created. Returns the path. Raises ImageWriteError for an invalid
-    request.
+    gray image; a CMYK photo's profile is dropped with a warning). Parent directories are
+    created. Returns the path. Raises ImageWriteError for an invalid request.
     """
     suffix = Path(path).suffix.lower()
     fmt = WRITE_FORMATS.get(suffix)
@@ -596,21 +601,29 @@ def write_image(
         al = quantise(_check_alpha(path, alpha, a), bit_depth)
         data = np.concatenate([data if data.ndim == 3 else data[..., None], al], -1)
     with atomic_path(path) as tmp:
-        if fmt == "TIFF":
-            photometric = "rgb" if data.ndim == 3 and data.shape[-1] >= 3 else "minisblack"
-            extra = {"extrasamples": ["unassalpha"]} if alpha is not None else {}
-            if icc_profile:
-                extra["iccprofile"] = icc_profile
-            tifffile.imwrite(tmp, data, photometric=photometric, compression="zlib", **extra)
-        elif bit_depth == 16:
-            tmp.write_bytes(_encode_png16(data, icc_profile))
-        else:
-            options = {"JPEG": {"quality": quality, "subsampling": 0}, "WEBP": {"quality": quality}}
-            opts = options.get(fmt, {})
-            if icc_profile and fmt != "BMP":
-                opts = {**opts, "icc_profile": icc_profile}
-            Image.fromarray(data).save(tmp, format=fmt, **opts)
+        _encode(tmp, fmt, data, alpha=alpha is not None, quality=quality, icc=icc_profile)
     return Path(path)
+
+
+def _encode(
+    tmp: Path, fmt: str, data: np.ndarray, *, alpha: bool, quality: int, icc: bytes | None
+) -> None:
+    """Write the codes `data` (uint8 or uint16; `alpha`: its last channel is alpha) to `tmp`
+    as `fmt` (a `WRITE_FORMATS` value), with the ICC profile `icc` unless None."""
+    if fmt == "TIFF":
+        photometric = "rgb" if data.ndim == 3 and data.shape[-1] >= 3 else "minisblack"
+        extra: dict[str, Any] = {"extrasamples": ["unassalpha"]} if alpha else {}
+        if icc:
+            extra["iccprofile"] = icc
+        tifffile.imwrite(tmp, data, photometric=photometric, compression="zlib", **extra)
+    elif data.dtype == np.uint16:
+        tmp.write_bytes(_encode_png16(data, icc))
+    else:
+        options = {"JPEG": {"quality": quality, "subsampling": 0}, "WEBP": {"quality": quality}}
+        opts = options.get(fmt, {})
+        if icc and fmt != "BMP":
+            opts = {**opts, "icc_profile": icc}
+        Image.fromarray(data).save(tmp, format=fmt, **opts)
 
 
 def _icc_for(path: PathLike, icc: bytes | None, *, gray: bool) -> bytes | None:

@@ -341,8 +341,9 @@ def set_recommended(
             for name, spec in presets.items()
         }  # fmt: skip
     meta["recommended"] = json.dumps(rec, sort_keys=True)
-    _check_recommended(_resolve(path), meta)
-    return save_weights(_resolve(path), tensors, meta)
+    file = _resolve(path)
+    _check_recommended(file, meta)
+    return save_weights(file, tensors, meta)
 
 
 def save_weights(

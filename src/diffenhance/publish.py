@@ -42,6 +42,7 @@ from diffenhance.storage import (
     local_files,
     open_storage,
     safe_key,
+    special_file,
 )
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ def _files(local_dir: Path, skip: set[Path]) -> list[tuple[str, Path]]:
         real = path.resolve()
         if real in skip or not skip.isdisjoint(real.parents):
             continue
-        if path.exists() and not path.is_file():
+        if special_file(path):
             log.warning("publish: skipped %s (not a regular file)", path)
             continue
         out.append((rel, path))

@@ -64,7 +64,8 @@ def sampling_spec(r: Any, infer: InferConfig, **overrides: Any) -> SamplingSpec:
     recommendation, else the formulation's default (`model.recommended_sampling`); the tile is
     at least the checkpoint's `model.recommended_min_tile`. overrides:
     explicit values for a sweep (e.g. steps=8, samples=4, seed=1), which `infer`'s fields of
-    the same names are not read for; None values are ignored. Raises ValueError for steps or samples < 1 or an unknown field.
+    the same names are not read for; None values are ignored. Raises ValueError for steps or
+    samples < 1 or an unknown field.
     """
     from diffenhance.diffusion.formulations import get_formulation
     from diffenhance.model import recommended_min_tile, sampling

@@ -163,6 +163,12 @@ def local_files(local_dir: Path, hidden: list[str] | None = None) -> Iterator[tu
                 yield path.relative_to(local_dir).as_posix(), path
 
 
+def special_file(path: Path) -> bool:
+    """Whether `path` exists but is not a regular file (a FIFO, socket or device): a read
+    would block or mean nothing, so the local walks' users skip it, saying so."""
+    return path.exists() and not path.is_file()
+
+
 def _loops(folder: Path, *listed: set[Path]) -> bool:
     """Whether `folder` is a symbolic link to a folder in one of the `listed` sets."""
     if not folder.is_symlink():
@@ -750,7 +756,7 @@ def upload_path(
             )
         files = []
         for rel, path in local_files(root, result.hidden):  # listed first: [i/n], no surprises
-            if path.exists() and not path.is_file():  # a FIFO or device: a read would block
+            if special_file(path):
                 say(f"skipped {rel} (not a regular file)")
             else:
                 files.append((rel, path))

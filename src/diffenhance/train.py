@@ -331,6 +331,12 @@ def _load_state(path: Path) -> dict:
     return state
 
 
+def _copy_atomic(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst` through `io.atomic_path` (which creates the folder)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def _misfits(state: dict, shapes: dict[str, tuple[int, ...]]) -> list[str]:
     """How a state's network and EMA weights differ from the network's tensor `shapes`."""
     problems = []
@@ -609,9 +615,7 @@ class TrainLoop:
             f.unlink()
         for f in sorted(kept.glob("step-*.png")) if kept.is_dir() else []:
             if int(f.stem.removeprefix("step-")) <= self.step:
-                out.mkdir(parents=True, exist_ok=True)
-                with atomic_path(out / f.name) as tmp:
-                    shutil.copyfile(f, tmp)
+                _copy_atomic(f, out / f.name)
 
     def _wrap_network(self) -> torch.nn.Module:
         """The network as trained: DDP-wrapped under torchrun, compiled if `train.compile`."""
@@ -787,9 +791,7 @@ class TrainLoop:
         _set_rng_states(rng, self.device)
         grid = self.out_dir / "samples" / f"step-{self.step:08d}.png"
         if self.main and grid.is_file():  # kept with the state: `_restore_samples`
-            (self.state_dir / "samples").mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.state_dir / "samples" / grid.name) as tmp:
-                shutil.copyfile(grid, tmp)
+            _copy_atomic(grid, self.state_dir / "samples" / grid.name)
         LOG.info(
             "%s step %d: val PSNR %.2f dB SSIM %.4f",
             self.task, self.step, metrics["val_psnr"], metrics["val_ssim"],

@@ -111,7 +111,7 @@ def iter_image_files(root: str | Path, broken: list[Path] | None = None) -> list
     try:
         listed = list(local_files(root, hidden=[]))
     except StorageError as e:  # a subfolder that cannot be listed: the dataset is to fix
-        raise UnreadableFolderError(f"data.folder={str(root)!r}: {e}") from None
+        raise UnreadableFolderError(f"image folder {root}: {e}") from None
     for rel, p in listed:
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             continue

@@ -132,6 +132,34 @@ def _safe_stem(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip(".") or "image"
 
 
+def _folder_sources(cfg: DataConfig) -> tuple[list[tuple[Path, str, str]], list[SkippedFile]]:
+    """([(path, split, sha256)], skipped) of `cfg.folder`: scanned recursively, leaving out
+    the pipeline's outputs inside it (`prepared_dir`, `raw_dir`, any stage's output folder:
+    `scan_folder`), and split by content hash. For a folder with >= 2 images where the hash
+    split leaves one side empty, the image with the lowest (resp. highest) hash moves over, so
+    both splits exist."""
+    if not cfg.folder:
+        raise ValueError("data.folder must be set when data.source is 'folder'")
+    folder = Path(cfg.folder).expanduser()
+    if not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist"
+        raise NotAFolderError(
+            f"data.folder={cfg.folder!r}: {folder} {what}; set data.folder to a folder of images"
+        )
+    own = {cfg.prepared_dir: "data.prepared_dir", cfg.raw_dir: "data.raw_dir"}
+    scan = scan_folder(folder, max_pixels=cfg.max_pixels, min_size=cfg.min_size, outputs=own)
+    found = [
+        (im.path, split_for_hash(im.sha256, cfg.val_fraction), im.sha256) for im in scan.images
+    ]
+    splits = Counter(s for _, s, _ in found)
+    if len(found) >= 2 and cfg.val_fraction > 0 and len(splits) == 1:
+        want = "val" if "train" in splits else "train"
+        pick = (min if want == "val" else max)(found, key=lambda f: f[2])
+        log.warning("hash split left '%s' empty; moving %s there", want, pick[0])
+        found = [(p, want if (p, s, h) == pick else s, h) for p, s, h in found]
+    return found, scan.skipped
+
+
 def collect_sources(
     cfg: DataConfig, *, base_url_override: str | None = None
 ) -> tuple[list[SourceImage], list[SkippedFile]]:
@@ -139,35 +167,12 @@ def collect_sources(
 
     samples: materialised to `<raw_dir>/samples/{train,val}`; div2k: downloaded and extracted
     to `<raw_dir>/div2k` (`base_url_override` replaces `cfg.div2k_url`); folder: `cfg.folder`
-    scanned recursively and split by content hash, leaving out the pipeline's outputs inside it
-    (`prepared_dir`, `raw_dir`, any stage's output folder: `scan_folder`). For a folder with >= 2 images where the hash
-    split leaves one side empty, the image with the lowest (resp. highest) hash moves over, so
-    both splits exist.
+    scanned recursively and split by content hash (`_folder_sources`).
     """
     found: list[tuple[Path, str, str]] = []  # path, split, sha256
     skipped: list[SkippedFile] = []
     if cfg.source == "folder":
-        if not cfg.folder:
-            raise ValueError("data.folder must be set when data.source is 'folder'")
-        folder = Path(cfg.folder).expanduser()
-        if not folder.is_dir():
-            what = "is not a directory" if folder.exists() else "does not exist"
-            raise NotAFolderError(
-                f"data.folder={cfg.folder!r}: {folder} {what}; set data.folder to a folder of "
-                "images"
-            )
-        own = {cfg.prepared_dir: "data.prepared_dir", cfg.raw_dir: "data.raw_dir"}
-        scan = scan_folder(folder, max_pixels=cfg.max_pixels, min_size=cfg.min_size, outputs=own)
-        skipped += scan.skipped
-        found = [
-            (im.path, split_for_hash(im.sha256, cfg.val_fraction), im.sha256) for im in scan.images
-        ]
-        splits = Counter(s for _, s, _ in found)
-        if len(found) >= 2 and cfg.val_fraction > 0 and len(splits) == 1:
-            want = "val" if "train" in splits else "train"
-            pick = (min if want == "val" else max)(found, key=lambda f: f[2])
-            log.warning("hash split left '%s' empty; moving %s there", want, pick[0])
-            found = [(p, want if (p, s, h) == pick else s, h) for p, s, h in found]
+        found, skipped = _folder_sources(cfg)
     else:
         if cfg.source == "samples":
             root = Path(cfg.raw_dir) / "samples"
