@@ -11,21 +11,28 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from diffenhance.config import load_config, write_resolved
 from diffenhance.data import prepare as lib
 from flows.common import run_stage, stage_logger
-from tasks.data import list_sources, prepare_image
+from tasks.data import list_sources, prepare_images
 
 
 @flow(name="prepare", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def prepare(params: str = "params.yaml", overrides: list[str] | None = None) -> str:
-    """Crop every source image; returns the manifest path."""
+    """Crop every source image, one task per batch (`lib.batches`, a progress line after each);
+    returns the manifest path."""
     cfg = load_config(params, overrides or [])
     log = stage_logger()
     sources = list_sources(cfg.data)
     log.info("prepare: %d source images from %s", len(sources), cfg.data.source)
-    futures = prepare_image.map(sources, unmapped(cfg.data))
-    rows = [row for f in futures for row in f.result()]
+    batches = lib.batches(sources)
+    futures = prepare_images.map(batches, unmapped(cfg.data))
+    rows: list[dict] = []
+    done = 0
+    for batch, f in zip(batches, futures, strict=True):  # in order: each line counts all before
+        rows += f.result()
+        done += len(batch)
+        lib.log_progress(done, len(sources))
     manifest = lib.write_manifest(rows, cfg.data)
     write_resolved(cfg, cfg.data.prepared_dir, ["data"])
-    log.info("prepare: %d crops -> %s", len(rows), manifest)
+    log.info("%s", lib.summary(rows, len(sources), cfg.data))
     return str(manifest)
 
 

@@ -15,9 +15,11 @@ def list_sources(cfg: DataConfig) -> list:
     return prepare.list_sources(cfg)
 
 
-@task(name="prepare-image", retries=1)
-def prepare_image(src, cfg: DataConfig) -> list[dict]:
-    return prepare.prepare_one(src, cfg)
+@task(name="prepare-images", retries=1)
+def prepare_images(batch: list, cfg: DataConfig) -> list[dict]:
+    """One of `prepare.batches`: a task per batch, not per image, so Prefect's own line per
+    finished task does not bury the log (900 of them on DIV2K)."""
+    return prepare.prepare_batch(batch, cfg)
 
 
 @task(name="degrade-pairs")

@@ -26,6 +26,7 @@ from PIL import Image
 from diffenhance.config import DataConfig
 from diffenhance.data import div2k, folder, prepare, samples
 from diffenhance.io import read_image
+from tests.test_flow_errors import run_module
 
 
 def _sha(data: bytes) -> str:
@@ -590,6 +591,57 @@ def test_a_stopped_prepare_leaves_no_manifest_describing_new_crops(
     assert len(calls) == 2
     with pytest.raises(FileNotFoundError, match=r"manifest\.csv: .*stopped.*dvc repro prepare"):
         prepare.load_manifest(tmp_path / "prep")
+
+
+def test_prepare_logs_progress_per_batch_not_per_image(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One INFO line per image buried everything else (900 on DIV2K): now a progress line per
+    batch (a tenth of the images, at least BATCH_MIN), each image at DEBUG, and one summary."""
+    root = tmp_path / "imgs"
+    for i in range(12):
+        _save(root / f"p{i:02d}.png", 72, 70, 50 + i, "PNG")  # 4 crops of 64 each
+    _save(root / "tiny.png", 8, 8, 99, "PNG")
+    cfg = DataConfig(
+        source="folder", folder=str(root), prepared_dir=str(tmp_path / "prep"),
+        crop_size=64, crop_step=64, min_size=32,
+    )  # fmt: skip
+    with caplog.at_level(logging.DEBUG, logger="diffenhance.data"):
+        df = prepare.prepare_dataset(cfg)
+    lines = [r for r in caplog.records if r.name == "diffenhance.data.prepare"]
+    info = [r.getMessage() for r in lines if r.levelno == logging.INFO]
+    debug = [r.getMessage() for r in lines if r.levelno == logging.DEBUG]
+    assert len(debug) == 12 and all(m.endswith(" -> 4 crops") for m in debug)
+    assert info[:-1] == [
+        "prepare: 5/12 images cropped (41%)",
+        "prepare: 10/12 images cropped (83%)",
+        "prepare: 12/12 images cropped (100%)",
+    ]
+    train, val = (int((df.split == s).sum()) for s in ("train", "val"))
+    assert train + val == 48 and val > 0
+    assert info[-1] == (
+        f"prepare: 12 images -> 48 crops ({train} train, {val} val), 1 file(s) skipped -> "
+        f"{tmp_path / 'prep' / 'manifest.csv'}"
+    )
+
+
+def test_prepare_flow_logs_a_task_per_batch(prefect_api, tmp_path: Path) -> None:
+    """The stage as `dvc repro` runs it: Prefect logs a line per finished task, so a task per
+    image was a line per image; now a task per batch, each followed by a progress line."""
+    for i in range(12):
+        _save(tmp_path / "imgs" / f"p{i:02d}.png", 72, 70, 50 + i, "PNG")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    res = run_module(
+        "flows.prepare", "data.source=folder", f"data.folder={tmp_path / 'imgs'}",
+        f"data.prepared_dir={tmp_path / 'prep'}", "data.crop_size=64", "data.crop_step=64",
+        "data.min_size=32", cwd=tmp_path,
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    tasks = [line for line in out.splitlines() if "Task run 'prepare-" in line]
+    assert len(tasks) == 3 and all("Completed" in line for line in tasks), out
+    assert [f"prepare: {n}/12 images cropped" in out for n in (5, 10, 12)] == [True] * 3, out
+    assert out.count("prepare: 12 images -> 48 crops (") == 1, out
 
 
 def test_list_sources_no_images(tmp_path: Path) -> None:

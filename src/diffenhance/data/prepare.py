@@ -4,8 +4,11 @@
     rows = [r for s in sources for r in prepare_one(s, cfg)]   # one image at a time
     write_manifest(rows, cfg)                # <prepared_dir>/manifest.csv
 
-`prepare_dataset(cfg)` chains exactly these three; a Prefect flow maps `prepare_one` over the
-sources instead. Output layout under `cfg.prepared_dir`:
+`prepare_dataset(cfg)` chains exactly these three, a batch (`batches`: a tenth of the images,
+at least `BATCH_MIN`) at a time; the Prefect flow maps `prepare_batch` over the same batches
+instead. Either logs one INFO line per batch (`log_progress`: about every 10 %, so DIV2K's 900
+images give ten lines, not 900), each image at DEBUG, and one closing line (`summary`).
+Output layout under `cfg.prepared_dir`:
 
 * `{split}/{name}_s{idx:03d}.png` - the crops, 8-bit RGB PNG, `idx` in row-major box order;
 * `manifest.csv` - one row per crop (`MANIFEST_COLUMNS`), sorted by `crop_path`; paths are
@@ -28,6 +31,7 @@ leaves none (never an old one describing new crops).
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -51,19 +55,24 @@ from diffenhance.data.samples import materialize_samples
 from diffenhance.io import atomic_path, file_sha256, read_image, write_image
 
 __all__ = [
+    "BATCH_MIN",
     "MANIFEST",
     "MANIFEST_COLUMNS",
     "SKIPPED",
     "SPLITS",
     "NoImagesError",
     "SourceImage",
+    "batches",
     "collect_sources",
     "crop_boxes",
     "list_sources",
     "load_manifest",
+    "log_progress",
     "manifest_frame",
+    "prepare_batch",
     "prepare_dataset",
     "prepare_one",
+    "summary",
     "write_manifest",
 ]
 
@@ -84,6 +93,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "crop_sha256",
 )
 Box = tuple[int, int, int, int]  # top, left, height, width
+BATCH_MIN = 5  # images per batch at least: a small run logs a few progress lines, not one each
 
 
 class NoImagesError(DataError, ValueError):
@@ -254,7 +264,25 @@ def prepare_one(src: SourceImage, cfg: DataConfig) -> list[dict[str, object]]:
                 "crop_sha256": file_sha256(out),
             }
         )
+    log.debug("prepare: %s -> %d crops", src.path, len(rows))
     return rows
+
+
+def batches(sources: list[SourceImage]) -> list[list[SourceImage]]:
+    """`sources` in consecutive batches of a tenth of them (at least `BATCH_MIN` images): the
+    stage's unit of progress (one INFO line each) and the flow's unit of work (one task each)."""
+    size = max(BATCH_MIN, math.ceil(len(sources) / 10))
+    return [sources[i : i + size] for i in range(0, len(sources), size)]
+
+
+def prepare_batch(batch: list[SourceImage], cfg: DataConfig) -> list[dict[str, object]]:
+    """`prepare_one` over `batch`, in order; their manifest rows."""
+    return [row for src in batch for row in prepare_one(src, cfg)]
+
+
+def log_progress(done: int, total: int) -> None:
+    """The stage's INFO progress line, after each batch: images cropped so far."""
+    log.info("prepare: %d/%d images cropped (%d%%)", done, total, 100 * done // max(total, 1))
 
 
 def _flatten(rows: Iterable[dict[str, object] | Iterable[dict[str, object]]]) -> list[dict]:
@@ -312,12 +340,28 @@ def load_manifest(prepared_dir: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"source_sha256": str, "crop_sha256": str})
 
 
+def summary(rows: list[dict[str, object]], images: int, cfg: DataConfig) -> str:
+    """The stage's closing line: images, crops per split, files skipped (counted from the
+    `skipped.csv` that `list_sources` wrote) and where the manifest is."""
+    splits = Counter(str(r["split"]) for r in rows)
+    skipped = len(pd.read_csv(Path(cfg.prepared_dir) / SKIPPED))
+    per_split = ", ".join(f"{splits[s]} {s}" for s in SPLITS)
+    return (
+        f"prepare: {images} images -> {len(rows)} crops ({per_split}), {skipped} file(s) "
+        f"skipped -> {Path(cfg.prepared_dir) / MANIFEST}"
+    )
+
+
 def prepare_dataset(cfg: DataConfig, *, base_url_override: str | None = None) -> pd.DataFrame:
-    """list_sources -> prepare_one for each (in order) -> write_manifest; return the manifest."""
+    """list_sources -> prepare_batch for each of `batches` (in order; `log_progress` after
+    each) -> write_manifest -> `summary` logged; return the manifest."""
     sources = list_sources(cfg, base_url_override=base_url_override)
     rows: list[dict[str, object]] = []
-    for i, src in enumerate(sources, 1):
-        rows += prepare_one(src, cfg)
-        log.info("prepare: %d/%d %s", i, len(sources), src.path)
+    done = 0
+    for batch in batches(sources):
+        rows += prepare_batch(batch, cfg)
+        done += len(batch)
+        log_progress(done, len(sources))
     write_manifest(rows, cfg)
+    log.info("%s", summary(rows, len(sources), cfg))
     return manifest_frame(rows)
