@@ -121,9 +121,27 @@ def test_scan_folder_follows_linked_folders_and_reports_broken_links(tmp_path: P
     res = folder.scan_folder(root, min_size=8)
     assert [i.path.relative_to(root).as_posix() for i in res.images] == ["a.png", "linked/b.png"]
     assert [(s.path.name, s.reason) for s in res.skipped] == [
-        ("gone.png", f"broken symbolic link to {tmp_path / 'deleted.png'}")
+        ("gone.png", f"broken symbolic link (to {tmp_path / 'deleted.png'})")
     ]
     assert folder.iter_image_files(root) == [root / "a.png", root / "linked" / "b.png"]
+
+
+def test_a_fifo_named_like_an_image_is_a_skipped_row_and_never_read(tmp_path: Path) -> None:
+    """A FIFO called photo.png (or a socket, a device) was dropped without a word: now it is a
+    row of skipped.csv saying what it is, and the scan never opens it (a read would block)."""
+    root = tmp_path / "photos"
+    _save(root / "a.png", 72, 70, 1, "PNG")
+    os.mkfifo(root / "photo.png")
+    os.mkfifo(root / "notes.txt")  # not an image name: ignored, as any other such file
+    cfg = DataConfig(
+        source="folder", folder=str(root), prepared_dir=str(tmp_path / "prep"), min_size=32
+    )
+    assert [s.path for s in prepare.list_sources(cfg)] == [root / "a.png"]
+    skipped = pd.read_csv(tmp_path / "prep" / "skipped.csv")
+    assert skipped.to_dict("list") == {
+        "path": [(root / "photo.png").as_posix()],
+        "reason": ["not a regular file"],
+    }
 
 
 def test_a_subfolder_that_cannot_be_listed_is_a_dataset_error(tmp_path: Path) -> None:

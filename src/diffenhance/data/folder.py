@@ -7,8 +7,9 @@ folders are followed, link loops are not) and returns every usable image once:
   considered; hidden files and directories (name starting with '.') are ignored silently;
 * every candidate is fully decoded with `diffenhance.io.read_image`, so empty, truncated,
   non-image (a text file called x.jpg) and over-`max_pixels` files are *skipped* and listed
-  with the reader's reason, as are images with a side below `min_size` and symbolic links whose
-  target is missing;
+  with the reader's reason, as are images with a side below `min_size`, symbolic links whose
+  target is missing and entries that are not regular files (a FIFO, socket or device with an
+  image name: never opened, a read would block; reasons from `io.check_image_file`);
 * duplicates are detected by the sha256 of the file bytes: the first path in sorted order is
   kept, the others are listed as skipped ("duplicate of ...");
 * pipeline outputs inside `root` are left out, each folder listed once as skipped: the folders
@@ -23,7 +24,6 @@ moved or added.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ from diffenhance.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     atomic_path,
+    check_image_file,
     file_sha256,  # re-exported: diffenhance.data.file_sha256
     read_image,
 )
@@ -99,13 +100,14 @@ def split_for_hash(sha256: str, val_fraction: float) -> str:
     return "val" if int(sha256[:8], 16) / 2**32 < val_fraction else "train"
 
 
-def iter_image_files(root: str | Path, broken: list[Path] | None = None) -> list[Path]:
+def iter_image_files(root: str | Path, refused: list[Path] | None = None) -> list[Path]:
     """Regular files under `root` with an image suffix, recursively, hidden entries pruned,
     sorted by their path relative to `root` (POSIX form, so the order is the same on every OS).
 
     The listing is `storage.local_files`: a symbolic link to a folder (a dataset linked in) is
-    followed unless it loops. Symbolic links with an image suffix whose target is missing are
-    appended to `broken` when a list is given (left out either way)."""
+    followed unless it loops. Entries with an image suffix that are not regular files (a
+    symbolic link whose target is missing, a FIFO, socket or device) are appended to `refused`
+    when a list is given (left out either way, never opened)."""
     root = Path(root)
     found: list[tuple[str, Path]] = []
     try:
@@ -117,8 +119,8 @@ def iter_image_files(root: str | Path, broken: list[Path] | None = None) -> list
             continue
         if p.is_file():
             found.append((rel, p))
-        elif broken is not None and p.is_symlink() and not p.exists():
-            broken.append(p)
+        elif refused is not None:
+            refused.append(p)
     return [p for _, p in sorted(found)]
 
 
@@ -157,9 +159,13 @@ def scan_folder(
         what = "is not a directory" if root.exists() else "does not exist"
         raise NotAFolderError(f"{root}: image folder {what}")
     result = ScanResult(root=root)
-    broken: list[Path] = []
-    images = iter_image_files(root, broken)
-    result.skipped += [SkippedFile(p, f"broken symbolic link to {os.readlink(p)}") for p in broken]
+    refused: list[Path] = []
+    images = iter_image_files(root, refused)
+    for path in refused:  # each raises, saying what it is instead of a file
+        try:
+            check_image_file(path)
+        except ImageReadError as e:
+            result.skipped.append(SkippedFile(path, str(e.reason)))
     named = {Path(f).expanduser().resolve(): why for f, why in (outputs or {}).items()}
     found: dict[Path, str | None] = {}
     left_out: dict[Path, str] = {}
