@@ -152,6 +152,24 @@ def test_local_default_never_publishes_itself(tmp_path: Path) -> None:
     assert not (repo / "reports" / "reports").exists()
 
 
+def test_a_destination_inside_a_published_folder_is_never_walked(tmp_path: Path) -> None:
+    """results/published lies inside results/: its files were listed (and resolved) on every
+    run only to be dropped one by one, so a folder there that cannot be listed stopped the
+    publish. Now the walk never enters it. Such a folder is made here as a path over PATH_MAX
+    (unlistable even for root; a folder of another user's without read access behaves alike)."""
+    repo = make_repo(tmp_path / "repo")
+    cfg = config(repo, "results/published")
+    assert publish(cfg, root=repo).uploaded == 5
+    fd = os.open(repo / "results/published", os.O_RDONLY)
+    for _ in range(20):  # 20 x 251 characters: deeper than PATH_MAX (4096)
+        os.mkdir("d" * 250, dir_fd=fd)
+        fd, up = os.open("d" * 250, os.O_RDONLY, dir_fd=fd), fd
+        os.close(up)
+    os.close(fd)
+    again = publish(cfg, root=repo)
+    assert (again.uploaded, again.skipped, again.manifest_written) == (0, 5, False)
+
+
 def test_shipped_pretrained_models_are_not_published_by_default(tmp_path: Path) -> None:
     """models/pretrained/ is in git already (tens of MB; the manifest names the commit):
     publish leaves it out by default and counts it as excluded, as it does the resume state;

@@ -14,10 +14,11 @@ source folder was uploaded and verified; any failure raises `PublishError` befor
 manifest never claims an object that is not there. A byte-identical local copy is kept at
 `storage.manifest_copy`. Nothing is ever deleted from the store.
 
-The destination folder (when `storage.url` is local, e.g. `results/published`), the manifest copy,
-half-written temp files and keys matching `storage.publish_exclude` are never published; the
-last are counted per folder ("excluded": in the result, the manifest and the summary). By default
-those are resume state and the shipped `models/pretrained/` (already in git: tens of MB).
+The destination folder (when `storage.url` is local, e.g. `results/published`: not even walked),
+the manifest copy, half-written temp files and keys matching `storage.publish_exclude` are never
+published; the last are counted per folder ("excluded": in the result, the manifest and the
+summary). By default those are resume state and the shipped `models/pretrained/` (already in
+git: tens of MB).
 """
 
 from __future__ import annotations
@@ -211,12 +212,10 @@ def publish_sources(cfg: StorageConfig, root: str | os.PathLike = ".") -> dict[s
 def _files(local_dir: Path, skip: set[Path]) -> list[tuple[str, Path]]:
     """(relative '/' path, path) of the files `storage.local_files` lists under `local_dir`
     (sorted, no temp files, linked folders followed), minus those in or under a `skip` path
-    and those that are not regular files (a FIFO would block the read: logged, skipped)."""
+    (a destination inside `local_dir` is never even walked) and those that are not regular
+    files (a FIFO would block the read: logged, skipped)."""
     out = []
-    for rel, path in local_files(local_dir):
-        real = path.resolve()
-        if real in skip or not skip.isdisjoint(real.parents):
-            continue
+    for rel, path in local_files(local_dir, skip=skip):
         if special_file(path):
             log.warning("publish: skipped %s (not a regular file)", path)
             continue

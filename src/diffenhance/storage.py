@@ -25,7 +25,7 @@ import logging
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -127,10 +127,14 @@ def _dir_prefix(prefix: str) -> str:
     return "/".join(parts) + "/" if parts else ""
 
 
-def local_files(local_dir: Path, hidden: list[str] | None = None) -> Iterator[tuple[str, Path]]:
+def local_files(
+    local_dir: Path, hidden: list[str] | None = None, skip: Collection[Path] = ()
+) -> Iterator[tuple[str, Path]]:
     """(relative '/' path, path) of the files under `local_dir`, sorted, without half-written
     temp files. With a `hidden` list, files and whole folders whose name starts with '.' are left
-    out too, and their relative paths (folders with a trailing '/') appended to it.
+    out too, and their relative paths (folders with a trailing '/') appended to it. `skip`:
+    resolved paths left out, a folder among them (or below one) never entered, so its files are
+    not even listed (publish's destination inside a published folder).
     StorageError naming a folder that cannot be listed (never skipped in silence).
 
     A symbolic link to a folder (a dataset linked in) is followed, under its own name, unless
@@ -142,6 +146,12 @@ def local_files(local_dir: Path, hidden: list[str] | None = None) -> Iterator[tu
             f"cannot list the folder {e.filename}: {e.strerror or e} (fix its permissions, or "
             "move it out of the folder being read)"
         ) from e
+
+    left_out = set(skip)
+
+    def skipped(path: Path) -> bool:
+        real = path.resolve()
+        return real in left_out or not left_out.isdisjoint(real.parents)
 
     top = Path(local_dir).resolve()
     above = {top, *top.parents}
@@ -155,10 +165,12 @@ def local_files(local_dir: Path, hidden: list[str] | None = None) -> Iterator[tu
             hidden += [(rel / d).as_posix() + "/" for d in dirnames if d.startswith(".")]
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         dirnames[:] = [d for d in dirnames if not _loops(here / d, above, on_the_way)]
+        if left_out:
+            dirnames[:] = [d for d in dirnames if not skipped(here / d)]
         for name in sorted(filenames):
             if hidden is not None and name.startswith("."):  # temp files included
                 hidden.append((here / name).relative_to(local_dir).as_posix())
-            elif not is_temp_name(name):
+            elif not is_temp_name(name) and not (left_out and skipped(here / name)):
                 path = here / name
                 yield path.relative_to(local_dir).as_posix(), path
 
