@@ -10,16 +10,21 @@ task's protocol: Y with border crop = scale for SR). Per setting, the means over
 * where the error sits: the Y error std on the flattest 30% of the truth's pixels and on all
   (`metrics.error_std_flat`, 0-255), and the grain score over the fidelity end (detail 0):
   (flat ratio) / (whole-image ratio); about 1 for a posterior sample, above 1.1 is grain;
+* the edge coherence (`metrics.edge_coherence`): the output's structure-tensor coherence over
+  the truth's on the truth's 20% most structured pixels; about 1 for edges as orderly as
+  real ones, below 0.85 speckle or jaggies along edges (which the grain score, looking at
+  flat pixels, does not see, and the HF ratio counts as detail);
 * inpainting: all of the above inside the hole only (`hole_score`: outside it the output is
-  the input, exact by construction): PSNR/SSIM over the hole's pixels, the HF ratio and the
-  error stds over the hole's pixels (the flat pixels: the flattest 30% of the hole);
+  the input, exact by construction): PSNR/SSIM over the hole's pixels, the HF ratio, the
+  error stds (the flat pixels: the flattest 30% of the hole) and the edge coherence over the
+  hole's pixels;
 * at the chosen detail preset, the uncertainty map (per-pixel std of `--unc-samples` samples)
   and its Pearson correlation with the output's |error|, beside an edge map's (the gradient
   magnitude of the output: a map that only finds edges).
 
 The presets (issue 21's bars): fidelity = detail 0 (the posterior mean). Among the settings
-whose grain score is at most 1.1, whose PSNR-Y is at most 2.0 dB below fidelity and whose HF
-ratio is at most 1.2, the one with the most detail (fewest steps on ties) is the detail preset
+whose grain score is at most 1.1, whose edge coherence is at least 0.85, whose PSNR-Y is at
+most 2.0 dB below fidelity and whose HF ratio is at most 1.2, the one with the most detail (fewest steps on ties) is the detail preset
 when its HF ratio reaches 0.8 (then balanced = the same steps at half its detail); when none
 reaches 0.8 it is shipped as balanced only, and the model has no detail preset: no setting of
 it gives ground-truth-like detail without grain. `--set-presets` records them, with the
@@ -55,9 +60,10 @@ import numpy as np  # noqa: E402
 
 from diffenhance.config import load_config  # noqa: E402
 from diffenhance.diffusion.formulations import get_formulation  # noqa: E402
-from diffenhance.evaluate import folder_pairs, score  # noqa: E402
+from diffenhance.evaluate import COHERENCE, folder_pairs, score  # noqa: E402
 from diffenhance.io import write_image  # noqa: E402
 from diffenhance.metrics import (  # noqa: E402
+    edge_coherence,
     error_std_flat,
     grain_score,
     hf_energy_ratio,
@@ -74,6 +80,9 @@ MAX_DROP_DB = 2.0  # the detail preset may cost at most this much PSNR-Y against
 MAX_GRAIN = 1.1  # ... and its grain score may be at most this
 MAX_HF = 1.2  # ... and its HF ratio at most this (more is grain, not detail)
 MIN_HF = 0.8  # the detail preset reaches at least this much of the truth's fine detail
+# ... and a preset's edge coherence is at least this (below: speckle or jaggies along edges;
+# the settings that looked clean scored 0.89-1.0, the speckled ones 0.6-0.7: RESULTS.md)
+MIN_COHERENCE = 0.85
 # What the figures of an inpainting model cover (recorded in the results and the card).
 HOLE_SCOPE = (
     "inside the hole: PSNR/SSIM (RGB, Y), HF ratio and error stds over the hole's "
@@ -88,9 +97,10 @@ def setting_name(steps: int, detail: float) -> str:
 def hole_score(pred: np.ndarray, hr: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """`evaluate.score`'s keys for an inpainting prediction, inside the hole (`mask` HxW, 1 =
     hole) only: PSNR/SSIM RGB and Y over the hole's pixels (`metrics.masked_psnr` /
-    `masked_ssim`; psnr_rgb is evaluate's psnr_mask), the HF ratio and the Y error stds
-    (flat: the flattest 30% of the hole) over the hole's pixels (`hf_energy_ratio` /
-    `error_std_flat` with the mask). The output outside the hole is taken as the truth there
+    `masked_ssim`; psnr_rgb is evaluate's psnr_mask), the HF ratio, the Y error stds
+    (flat: the flattest 30% of the hole) and the edge coherence (the hole's most structured
+    20%) over the hole's pixels (`hf_energy_ratio` / `error_std_flat` / `edge_coherence` with
+    the mask). The output outside the hole is taken as the truth there
     (what the restore path returns: the input's known pixels), so nothing of it counts, also
     not in the SSIM windows and the HF filter that reach across the hole's edge."""
     pred = np.where(mask[..., None] >= 0.5, pred, hr)
@@ -101,6 +111,7 @@ def hole_score(pred: np.ndarray, hr: np.ndarray, mask: np.ndarray) -> dict[str, 
     out["hf_ratio"] = float(hf_energy_ratio(pred, hr, mask=mask)[0])
     flat, whole = error_std_flat(pred, hr, mask=mask)
     out["err_std_flat_y"], out["err_std_y"] = float(flat[0]), float(whole[0])
+    out[COHERENCE] = float(edge_coherence(pred, hr, mask=mask)[0])
     return out
 
 
@@ -141,6 +152,7 @@ def choose_presets(rows: list[dict], proto: str) -> dict[str, dict[str, Any]]:
     ok = [
         r for r in rows
         if r["detail"] > 0 and r["grain_score"] <= MAX_GRAIN and r["hf_ratio"] <= MAX_HF
+        and r[COHERENCE] >= MIN_COHERENCE
         and ref[f"psnr_{proto}"] - r[f"psnr_{proto}"] <= MAX_DROP_DB
     ]  # fmt: skip
     if ok:
@@ -178,17 +190,18 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['val_size']} px; {p} protocol (border crop = scale); one sample, seed 0",
         *([f"- scored {res['scope']}", ""] if res.get("scope") else [""]),
         f"| steps | detail | PSNR-{p} | SSIM-{p} | HF ratio | flat err std | all err std "
-        "| grain score | s / image |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| grain score | edge coherence | s / image |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         lines.append(
             f"| {r['steps'] if r['detail'] else '-'} | {r['detail']:g} | {r[f'psnr_{p}']:.2f} "
             f"| {r[f'ssim_{p}']:.4f} | {r['hf_ratio']:.3f} | {r['err_std_flat_y']:.2f} "
-            f"| {r['err_std_y']:.2f} | {r['grain_score']:.3f} | {r['seconds_per_image']:.2f} |"
+            f"| {r['err_std_y']:.2f} | {r['grain_score']:.3f} | {r[COHERENCE]:.3f} "
+            f"| {r['seconds_per_image']:.2f} |"
         )
-    lines += ["", "Presets chosen (bars: PSNR drop <= 2.0 dB, grain score <= 1.1, HF <= 1.2; "
-              "detail: HF >= 0.8): "
+    lines += ["", "Presets chosen (bars: PSNR drop <= 2.0 dB, grain score <= 1.1, HF <= 1.2, "
+              "edge coherence >= 0.85; detail: HF >= 0.8): "
               + "; ".join(f"{k}: steps {v['steps']}, detail {v['detail']:g}"
                           for k, v in res["presets"].items())]  # fmt: skip
     if res.get("uncertainty"):

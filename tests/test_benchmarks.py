@@ -145,14 +145,15 @@ def _bench(name: str):
         sys.path.remove(str(REPO / "benchmarks"))
 
 
-def _row(steps, detail, psnr, hf, flat, whole):
+def _row(steps, detail, psnr, hf, flat, whole, coherence=1.0):
     return {"steps": steps, "detail": detail, "psnr_y": psnr, "hf_ratio": hf,
-            "err_std_flat_y": flat, "err_std_y": whole}  # fmt: skip
+            "err_std_flat_y": flat, "err_std_y": whole, "edge_coherence": coherence}  # fmt: skip
 
 
 def test_bench_knob_presets_follow_the_bars():
-    """The detail preset needs HF >= 0.8 with grain <= 1.1, <= 2 dB below fidelity, HF <= 1.2;
-    otherwise the best setting under the no-grain bar ships as balanced and there is no detail."""
+    """The detail preset needs HF >= 0.8 with grain <= 1.1, edge coherence >= 0.85, <= 2 dB
+    below fidelity, HF <= 1.2; otherwise the best setting under the bars ships as balanced and
+    there is no detail."""
     knob = _bench("bench_knob")
     fid = _row(1, 0.0, 30.0, 0.3, 2.0, 10.0)
     rows = [
@@ -160,6 +161,7 @@ def test_bench_knob_presets_follow_the_bars():
         _row(2, 1.0, 28.5, 0.9, 2.8, 14.0),  # grain (2.8/2)/(14/10) = 1.0: ok, HF 0.9: detail
         _row(4, 1.0, 28.4, 1.1, 4.0, 14.0),  # grain 1.43: refused though sharper
         _row(8, 1.0, 27.5, 1.1, 2.8, 14.0),  # 2.5 dB below fidelity: refused
+        _row(6, 1.0, 28.6, 1.0, 2.8, 14.0, coherence=0.84),  # speckle along edges: refused
     ]
     for r in rows:
         r["grain_score"] = knob.grain(r, fid)

@@ -221,3 +221,69 @@ def test_error_std_flat_against_an_independent_computation():
     assert float(flat[0]) > 0 and float(whole[0]) > 0
     none, _ = error_std_flat(truth, truth)
     assert float(none[0]) == 0.0
+
+
+def _coherence_scipy(y: np.ndarray, sigma: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """The structure-tensor coherence and trace of an HxW image computed with scipy (Sobel,
+    Gaussian of radius 5 with replicate edges): an implementation independent of ours."""
+    gx, gy = ndimage.sobel(y, axis=1, mode="nearest"), ndimage.sobel(y, axis=0, mode="nearest")
+    j = [ndimage.gaussian_filter(a, sigma, mode="nearest", truncate=3.0)
+         for a in (gx * gx, gy * gy, gx * gy)]  # fmt: skip
+    tr = j[0] + j[1]
+    return np.sqrt((j[0] - j[1]) ** 2 + 4 * j[2] ** 2) / tr, tr
+
+
+def test_coherence_map_golden_and_against_scipy():
+    """A linear ramp's gradients share one direction: coherence 1 everywhere; on a random
+    image the map and the tensor's trace equal scipy's to 1e-10."""
+    from diffenhance.metrics import coherence_map
+
+    yy, xx = np.mgrid[0:32, 0:40].astype(np.float64)
+    coh, energy = coherence_map(torch.from_numpy(0.01 * xx + 0.02 * yy)[None, None])
+    # 6 px from the border (Sobel 1 + Gaussian radius 5) the replicated edge is out of reach
+    assert np.allclose(coh[0, 0, 6:-6, 6:-6].numpy(), 1.0, atol=1e-12)
+    # interior: Sobel of the ramp is (8 * 0.01, 8 * 0.02), its squared norm the trace
+    assert float(energy[0, 0, 16, 20]) == pytest.approx(64 * (0.01**2 + 0.02**2), rel=1e-12)
+    rng = np.random.default_rng(1)
+    y = ndimage.gaussian_filter(rng.random((48, 56)), 1.0)
+    coh, energy = coherence_map(torch.from_numpy(y)[None, None])
+    want_coh, want_tr = _coherence_scipy(y)
+    assert np.allclose(coh[0, 0].numpy(), want_coh, atol=1e-10)
+    assert np.allclose(energy[0, 0].numpy(), want_tr, rtol=1e-10)
+    flat, _ = coherence_map(torch.full((1, 1, 16, 16), 0.5, dtype=torch.float64))
+    assert float(flat.abs().max()) == 0.0  # no gradient: 0, not nan
+
+
+def test_edge_coherence_sees_speckle_along_edges():
+    """1 for the truth itself; speckle laid only along the truth's edges (where the grain
+    score does not look) drops it below 0.85, as the independent scipy computation says; with
+    a mask only the masked pixels count."""
+    from diffenhance.metrics import edge_coherence, error_std_flat
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:64, 0:64]
+    truth = np.where(((xx - 32) ** 2 + (yy - 30) ** 2) < 20**2, 0.8, 0.2)
+    truth += 0.05 * ndimage.gaussian_filter(rng.random((64, 64)), 2.0)  # no tied pixels
+    truth = ndimage.gaussian_filter(truth, 1.0)[..., None].repeat(3, axis=2)
+    assert float(edge_coherence(truth, truth)[0]) == 1.0
+    edge = ndimage.binary_dilation(np.abs(np.gradient(truth[..., 0])[0]) + np.abs(
+        np.gradient(truth[..., 0])[1]) > 0.02, iterations=2)  # fmt: skip
+    speckle = np.where(edge, rng.normal(0, 0.08, (64, 64)), 0.0)[..., None]
+    pred = np.clip(truth + speckle, 0, 1)
+    got = float(edge_coherence(pred, truth)[0])
+    assert got < 0.85
+    # the same figure from scipy: Y = 16/255 + 219/255 * grey for grey images
+    y_t, y_p = truth[..., 0] * 219 / 255 + 16 / 255, pred[..., 0] * 219 / 255 + 16 / 255
+    c_t, tr = _coherence_scipy(y_t)
+    c_p, _ = _coherence_scipy(y_p)
+    top = np.argsort(-tr.ravel(), kind="stable")[: int(round(0.2 * tr.size))]
+    assert got == pytest.approx(c_p.ravel()[top].mean() / c_t.ravel()[top].mean(), rel=1e-8)
+    flat, whole = error_std_flat(pred, truth)  # the flat pixels never saw the speckle
+    assert float(flat[0]) == 0.0 and float(whole[0]) > 0
+    left = np.zeros((64, 64), np.float32)
+    left[:, :20] = 1.0  # a hole that holds no speckle
+    speck_right = np.where(xx[..., None] >= 40, pred, truth)
+    assert float(edge_coherence(speck_right, truth, mask=left)[0]) == 1.0
+    assert float(edge_coherence(pred, truth, mask=left)[0]) < 0.85
+    with pytest.raises(ValueError, match="no pixel"):
+        edge_coherence(pred, truth, mask=np.zeros((64, 64)))

@@ -372,6 +372,10 @@ def test_evaluate_and_report_show_the_knob(pmrf_model):
     for name in ("fidelity", "balanced", "detail"):
         assert (ev.dir / "images" / f"preset_{name}").is_dir()
         assert f"preset_{name}_psnr_y" in m and f"preset_{name}_err_std_flat_y" in m
+    # edge coherence: the mean over images of metrics.edge_coherence, per preset
+    rows = ev.per_image.query("method == 'preset_detail'")
+    assert m["preset_detail_edge_coherence"] == pytest.approx(rows["edge_coherence"].mean())
+    assert m["preset_detail_edge_coherence"] > 0 and "edge_coherence" in ev.protocol
     # the fidelity preset is the headline, bit for bit
     assert m["preset_fidelity_psnr_y"] == m["model_psnr_y"]
     want = (m["preset_detail_err_std_flat_y"] / m["preset_fidelity_err_std_flat_y"]) / (
@@ -385,7 +389,10 @@ def test_evaluate_and_report_show_the_knob(pmrf_model):
     rep = build_report(ev.dir, ev.dir, cfg.report)
     knob = [p for p in rep.plots if p.name.startswith("knob_")]
     assert [p.name for p in knob] == ["knob_best_0.png", "knob_worst_1.png"]
-    assert "grain score" in rep.html.read_text()
+    page = rep.html.read_text()
+    assert "grain score" in page
+    assert f"detail grain score {m['preset_detail_grain_score']:.2f}" in page
+    assert f"edge coherence {m['preset_detail_edge_coherence']:.2f} (&gt;= 0.85" in page
 
 
 def test_cli_preset_and_models_listing(pmrf_model, tmp_path):

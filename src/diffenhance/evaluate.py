@@ -27,7 +27,8 @@ metrics.json (they never repeat) and go to timing.json.
 Outputs in `<out_dir>/` (`reports/<task>/` for the stage):
   per_image.csv      one row per (image, method[, steps, seed]): psnr/ssim rgb/y, hf_ratio
                      (sharpness: metrics.hf_energy_ratio, 1 = as much fine detail as the truth),
-                     seconds
+                     err_std_flat_y / err_std_y (where the error sits), edge_coherence
+                     (metrics.edge_coherence, 1 = edges as orderly as the truth's), seconds
   metrics.json       flat numeric keys, e.g. model_ddim8_psnr_y, bicubic_psnr_y,
                      delta_psnr_y_vs_bicubic (DVC metrics; bit-reproducible on CPU)
   timing.json        seconds_per_image of every method (DVC metrics; not reproducible)
@@ -71,6 +72,7 @@ from diffenhance.infer import autocast_dtype as infer_autocast_dtype
 from diffenhance.io import atomic_path, file_sha256, read_image, write_image
 from diffenhance.metrics import (
     Protocol,
+    edge_coherence,
     error_std_flat,
     grain_score,
     hf_energy_ratio,
@@ -106,6 +108,10 @@ SHARPNESS = "hf_ratio"
 # Where the error sits (metrics.error_std_flat, Y, 0-255): on the flattest 30% of the truth's
 # pixels and on all; a preset's grain score compares both against the fidelity preset.
 GRAIN: tuple[str, ...] = ("err_std_flat_y", "err_std_y")
+# Whether added detail has the shape of real edges (metrics.edge_coherence, Y): the output's
+# structure-tensor coherence over the truth's on the truth's 20% most structured pixels; below
+# about 0.85 it is speckle or jaggies along edges, which the grain score does not see.
+COHERENCE = "edge_coherence"
 PRESET_PREFIX = "preset_"  # method name of a named preset: preset_fidelity, preset_detail
 MODEL_DIR = "model"  # images/<MODEL_DIR>/: the headline model's outputs
 UNCERTAINTY_DIR = "uncertainty"  # images/<UNCERTAINTY_DIR>/<name>.png|.npy: the std maps
@@ -137,9 +143,10 @@ def model_key(sampler: str, steps: int, detail: float = 1.0) -> str:
 def score(
     pred: np.ndarray, hr: np.ndarray, protocols: Sequence[Protocol], mask: np.ndarray | None = None
 ) -> dict[str, float]:
-    """{psnr_rgb, ssim_rgb, psnr_y, ssim_y, hf_ratio, err_std_flat_y, err_std_y} of one HxWx3
-    [0,1] prediction (PSNR may be inf for identical images; hf_ratio inf/nan when the truth
-    has no fine detail; the error stds: `metrics.error_std_flat`, 0-255), and with
+    """{psnr_rgb, ssim_rgb, psnr_y, ssim_y, hf_ratio, err_std_flat_y, err_std_y,
+    edge_coherence} of one HxWx3 [0,1] prediction (PSNR may be inf for identical images;
+    hf_ratio inf/nan when the truth has no fine detail; the error stds:
+    `metrics.error_std_flat`, 0-255; `metrics.edge_coherence`), and with
     an inpainting `mask` (HxW, 1 = hole) psnr_mask / ssim_mask: RGB inside the hole."""
     out = {}
     for p in protocols:
@@ -151,6 +158,7 @@ def score(
     out[SHARPNESS] = float(hf_energy_ratio(pred, hr, crop=protocols[0].crop)[0])
     flat, whole = error_std_flat(pred, hr, crop=protocols[0].crop)
     out[GRAIN[0]], out[GRAIN[1]] = float(flat[0]), float(whole[0])
+    out[COHERENCE] = float(edge_coherence(pred, hr, crop=protocols[0].crop)[0])
     return out
 
 
@@ -186,10 +194,10 @@ def summarise(per_image: pd.DataFrame, headline: str, baselines: Sequence[str]) 
             for k in metrics:
                 per_seed = [mean_metric(g[k], k) for _, g in rows.groupby("seed")]
                 m[f"{method}_{k}_seed_std"] = float(np.std(per_seed))
-        for k in GRAIN:
+        for k in (*GRAIN, COHERENCE):
             if k in rows:
                 m[f"{method}_{k}"] = float(np.mean(rows[k]))
-    for k in (*metrics, SHARPNESS, *GRAIN):
+    for k in (*metrics, SHARPNESS, *GRAIN, COHERENCE):
         if f"{headline}_{k}" in m:
             m[f"model_{k}"] = m[f"{headline}_{k}"]
     m |= grain_scores(m)
@@ -457,7 +465,7 @@ def _curve(per_image: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         [{"steps": int(st), **{k: mean_metric(g[k], k)
                                for k in (*metric_columns(per_image), SHARPNESS)},
-          **{k: float(g[k].mean()) for k in GRAIN}}
+          **{k: float(g[k].mean()) for k in (*GRAIN, COHERENCE)}}
          for st, g in model_rows.groupby("steps")]
     )  # fmt: skip
 
@@ -483,6 +491,10 @@ def _protocol(
         "grain": "err_std_flat_y / err_std_y: std of the Y error (0-255, border crop) on the "
         "30% of pixels where the truth's local gradient is lowest / on all pixels; "
         "preset_<p>_grain_score = (flat std ratio) / (whole-image std ratio), p over fidelity",
+        "edge_coherence": "mean structure-tensor coherence of the output's Y (Sobel gradients, "
+        "Gaussian sigma 1.5 px, border crop) over the truth's, on the 20% of pixels with the "
+        "most structure in the truth: about 1 for real edges and texture, below 0.85 speckle "
+        "or jaggies along edges",
         "headline_method": plan.headline,
         "seeds": list(plan.seeds),
         "average_samples": plan.head.samples,
@@ -654,6 +666,7 @@ def evaluate_folder(
 
 
 __all__ = [
+    "COHERENCE",
     "GRAIN",
     "METRICS",
     "PRESET_PREFIX",

@@ -520,8 +520,13 @@ def build_report(
     if knob:
         grain = {k[len("preset_"):-len("_grain_score")]: v for k, v in ev.metrics.items()
                  if k.startswith("preset_") and k.endswith("_grain_score")}  # fmt: skip
-        note = "; ".join(f"{k} grain score {v:.2f} (<= 1.1: its extra error sits where the "
-                         "image has detail)" for k, v in grain.items())  # fmt: skip
+        coh = {k: ev.metrics.get(f"preset_{k}_edge_coherence") for k in grain}
+        note = "; ".join(
+            f"{k} grain score {v:.2f} (<= 1.1: its extra error sits where the image has detail)"
+            + ("" if coh[k] is None else f", edge coherence {coh[k]:.2f} (>= 0.85: its edges "
+               "are as orderly as real ones, no speckle along them)")
+            for k, v in grain.items()
+        )  # fmt: skip
         knob[0] = (knob[0][0], knob[0][1] + (f". {note}" if note else ""))
         figures["The fidelity/detail knob: presets side by side"] = knob
     if not training:
