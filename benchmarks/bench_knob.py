@@ -63,6 +63,8 @@ from diffenhance.diffusion.formulations import get_formulation  # noqa: E402
 from diffenhance.evaluate import COHERENCE, folder_pairs, score  # noqa: E402
 from diffenhance.io import write_image  # noqa: E402
 from diffenhance.metrics import (  # noqa: E402
+    MAX_GRAIN_SCORE,
+    MIN_EDGE_COHERENCE,
     edge_coherence,
     error_std_flat,
     grain_score,
@@ -77,12 +79,11 @@ from diffenhance.restore import restore, restore_with_uncertainty, sampling_spec
 from diffenhance.uncertainty import error_correlation  # noqa: E402
 
 MAX_DROP_DB = 2.0  # the detail preset may cost at most this much PSNR-Y against fidelity
-MAX_GRAIN = 1.1  # ... and its grain score may be at most this
+MAX_GRAIN = MAX_GRAIN_SCORE  # ... and its grain score may be at most this (1.1)
 MAX_HF = 1.2  # ... and its HF ratio at most this (more is grain, not detail)
 MIN_HF = 0.8  # the detail preset reaches at least this much of the truth's fine detail
-# ... and a preset's edge coherence is at least this (below: speckle or jaggies along edges;
-# the settings that looked clean scored 0.89-1.0, the speckled ones 0.6-0.7: RESULTS.md)
-MIN_COHERENCE = 0.85
+# ... and a preset's edge coherence is at least this (0.85; below: speckle or jaggies along edges)
+MIN_COHERENCE = MIN_EDGE_COHERENCE
 # What the figures of an inpainting model cover (recorded in the results and the card).
 HOLE_SCOPE = (
     "inside the hole: PSNR/SSIM (RGB, Y), HF ratio and error stds over the hole's "

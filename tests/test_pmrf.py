@@ -391,8 +391,8 @@ def test_evaluate_and_report_show_the_knob(pmrf_model):
     assert [p.name for p in knob] == ["knob_best_0.png", "knob_worst_1.png"]
     page = rep.html.read_text()
     assert "grain score" in page
-    assert f"detail grain score {m['preset_detail_grain_score']:.2f}" in page
-    assert f"edge coherence {m['preset_detail_edge_coherence']:.2f} (&gt;= 0.85" in page
+    assert f"detail: grain score {m['preset_detail_grain_score']:.2f} (bar &lt;= 1.1: " in page
+    assert f"edge coherence {m['preset_detail_edge_coherence']:.2f} (bar &gt;= 0.85: " in page
 
 
 def test_cli_preset_and_models_listing(pmrf_model, tmp_path):

@@ -340,3 +340,24 @@ def test_report_cli_on_an_incomplete_folder_says_what_is_wrong(evaluated, tmp_pa
     assert f"{missing}: file not found (report --eval-dir {d})" in run(d)
     (d / "protocol.json").write_text('{"task": ')
     assert f"{d / 'protocol.json'}: not valid JSON" in run(d)
+
+
+def test_knob_bars_note_says_which_bar_each_preset_meets():
+    """Each preset beside fidelity: its grain score and edge coherence with the bar and whether
+    it is met; a preset without a coherence figure (an older metrics.json) gets the grain only."""
+    from diffenhance.report import knob_bars_note
+
+    m = {"preset_fidelity_psnr_y": 30.0, "preset_balanced_grain_score": 1.11,
+         "preset_balanced_edge_coherence": 0.876, "preset_detail_grain_score": 0.98,
+         "preset_detail_edge_coherence": 0.84, "preset_old_grain_score": 1.1}  # fmt: skip
+    got = knob_bars_note(m)
+    want = [
+        "balanced: grain score 1.11 (bar <= 1.1: missed;",
+        "edge coherence 0.88 (bar >= 0.85: met;",
+        "detail: grain score 0.98 (bar <= 1.1: met;",
+        "edge coherence 0.84 (bar >= 0.85: missed;",
+        "old: grain score 1.10 (bar <= 1.1: met;",
+    ]
+    at = [got.index(w) for w in want]  # each present, in this order
+    assert at == sorted(at) and "coherence" not in got[at[-1] :]
+    assert knob_bars_note({"preset_fidelity_psnr_y": 30.0}) == ""

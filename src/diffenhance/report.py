@@ -31,7 +31,7 @@ from diffenhance.config import ReportConfig
 from diffenhance.evaluate import Evaluation, load_evaluation
 from diffenhance.io import atomic_path
 from diffenhance.markdown import markdown_table
-from diffenhance.metrics import PSNR_CAP_DB
+from diffenhance.metrics import MAX_GRAIN_SCORE, MIN_EDGE_COHERENCE, PSNR_CAP_DB
 from diffenhance.report_plots import (
     crop_figure,
     plot_psnr_vs_steps,
@@ -322,6 +322,26 @@ def render_html(ev: Evaluation, figures: dict[str, list[tuple[Path, str]]], titl
     return html_page(title, parts, figures)
 
 
+def knob_bars_note(metrics: dict[str, float]) -> str:
+    """Each preset's grain score and edge coherence (beside fidelity) against issue 21's bars,
+    saying whether each is met, e.g. 'balanced: grain score 1.11 (bar <= 1.1: missed; ...)'."""
+    out = []
+    for key, grain in metrics.items():
+        if not (key.startswith("preset_") and key.endswith("_grain_score")):
+            continue
+        name = key[len("preset_") : -len("_grain_score")]
+        part = (f"{name}: grain score {grain:.2f} (bar <= {MAX_GRAIN_SCORE}: "
+                f"{'met' if grain <= MAX_GRAIN_SCORE else 'missed'}; above it the extra error "
+                "sits in flat areas as grain)")  # fmt: skip
+        coh = metrics.get(f"preset_{name}_edge_coherence")
+        if coh is not None:
+            part += (f", edge coherence {coh:.2f} (bar >= {MIN_EDGE_COHERENCE}: "
+                     f"{'met' if coh >= MIN_EDGE_COHERENCE else 'missed'}; below it speckle "
+                     "or jaggies along edges)")  # fmt: skip
+        out.append(part)
+    return "; ".join(out)
+
+
 def html_page(title: str, parts: list[str], figures: dict[str, list[tuple[Path, str]]]) -> str:
     """A self-contained page: `parts` (HTML after the title), then each figure section with its
     PNGs embedded as data URIs; the script marks whether every image decoded."""
@@ -518,15 +538,7 @@ def build_report(
     )
     knob = _knob_strips(ev, gain, cfg, plots)
     if knob:
-        grain = {k[len("preset_"):-len("_grain_score")]: v for k, v in ev.metrics.items()
-                 if k.startswith("preset_") and k.endswith("_grain_score")}  # fmt: skip
-        coh = {k: ev.metrics.get(f"preset_{k}_edge_coherence") for k in grain}
-        note = "; ".join(
-            f"{k} grain score {v:.2f} (<= 1.1: its extra error sits where the image has detail)"
-            + ("" if coh[k] is None else f", edge coherence {coh[k]:.2f} (>= 0.85: its edges "
-               "are as orderly as real ones, no speckle along them)")
-            for k, v in grain.items()
-        )  # fmt: skip
+        note = knob_bars_note(ev.metrics)
         knob[0] = (knob[0][0], knob[0][1] + (f". {note}" if note else ""))
         figures["The fidelity/detail knob: presets side by side"] = knob
     if not training:
@@ -548,6 +560,7 @@ __all__ = [
     "html_figure",
     "html_page",
     "html_table",
+    "knob_bars_note",
     "delta_rows",
     "method_table",
     "per_image_gain",
