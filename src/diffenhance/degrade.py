@@ -29,7 +29,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from PIL import Image, ImageDraw
-from scipy import ndimage
 
 ResizeMethod = Literal["bicubic", "bilinear", "area"]
 RESIZE_METHODS: tuple[str, ...] = ("bicubic", "bilinear", "area")
@@ -160,6 +159,8 @@ def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     kernel = np.asarray(kernel, dtype=np.float64)
     if kernel.ndim != 2:
         raise ValueError(f"kernel must be 2-D, got shape {kernel.shape}")
+    from scipy import ndimage  # here: a third of a second that every CLI command would pay
+
     out = np.empty_like(img)
     for c in range(img.shape[2]):
         out[..., c] = ndimage.convolve(img[..., c], kernel, mode="mirror")
