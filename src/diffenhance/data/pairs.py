@@ -170,11 +170,14 @@ def _prune_pairs(task_dir: Path, task: RestorationTask, names: set[str]) -> None
                 f.unlink()
 
 
-def degrade_stage(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, Path]:
+def degrade_stage(
+    cfg: Config, tasks: Sequence[str] | None = None, crops: pd.DataFrame | None = None
+) -> dict[str, Path]:
     """The `degrade` stage: the fixed validation pairs of each of `tasks` (default
-    `degrade.tasks`) from the prepared manifest, and `params.resolved.yaml` (data, degrade) in
-    `degrade.out_dir`; returns {task: pairs.csv path}."""
-    crops = val_crops(cfg)
+    `degrade.tasks`) from `crops` (default `val_crops(cfg)`: the flow reads them once for all
+    its tasks), and `params.resolved.yaml` (data, degrade) in `degrade.out_dir`; returns
+    {task: pairs.csv path}."""
+    crops = val_crops(cfg) if crops is None else crops
     written = {
         t: write_task_pairs(cfg, t, crops) for t in (cfg.degrade.tasks if tasks is None else tasks)
     }
