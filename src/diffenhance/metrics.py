@@ -85,7 +85,7 @@ def _prepare(
     h, w = p.shape[-2:]
     if h - 2 * crop < min_side or w - 2 * crop < min_side:
         raise ValueError(
-            f"image {h}x{w} is too small for a {crop}-pixel border crop "
+            f"image {w}x{h} is too small for a {crop}-pixel border crop "
             f"(need at least {min_side} px left on each side)"
         )
     if crop:

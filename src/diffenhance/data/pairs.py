@@ -207,8 +207,8 @@ def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
             want = (getattr(r, f"{kind}_height", None), getattr(r, f"{kind}_width", None))
             if None not in want and img.shape[:2] != want:
                 raise StalePairsError(
-                    f"{task_dir / getattr(r, kind)}: {img.shape[0]}x{img.shape[1]} px, but "
-                    f"{csv} records {want[0]}x{want[1]}; rerun the `degrade` stage "
+                    f"{task_dir / getattr(r, kind)}: {img.shape[1]}x{img.shape[0]} px, but "
+                    f"{csv} records {want[1]}x{want[0]}; rerun the `degrade` stage "
                     "(dvc repro degrade) to rewrite the pairs"
                 )
         pairs.append(task_pair(r.name, hr, lq, task))
