@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.exceptions import TerminationSignal
 
@@ -15,6 +15,9 @@ from prefect.exceptions import TerminationSignal
 from diffenhance.exitcodes import USER_ERRORS, user_error_code  # noqa: F401
 from diffenhance.signals import exit_code, interrupted, signum_of, stop_signals
 from tasks.common import stage_logger  # noqa: F401 - the flows' logger too; defined below flows/
+
+if TYPE_CHECKING:
+    from diffenhance.config import Config
 
 
 def parse_stage_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
@@ -110,9 +113,15 @@ def run_entry(call: Callable[[], int | None], what: str = "the flow run") -> int
     return 0 if rc is None else rc
 
 
-def run_stage(flow: Callable[..., Any], argv: Sequence[str] | None, description: str) -> int:
-    """Entry point for `python -m flows.<stage>`: parse args, check the config before Prefect
-    starts, run the flow; a user error exits with one `error:` line (`run_entry`)."""
+def run_stage(
+    flow: Callable[..., Any],
+    argv: Sequence[str] | None,
+    description: str,
+    preflight: Callable[[Config], object] | None = None,
+) -> int:
+    """Entry point for `python -m flows.<stage>`: parse args, check the config and
+    `preflight(config)` (the stage's inputs: it raises a user error) before Prefect starts,
+    run the flow; a user error exits with one `error:` line (`run_entry`)."""
     from diffenhance.config import check_overrides, load_config
 
     args = parse_stage_args(sys.argv[1:] if argv is None else argv, description)
@@ -120,7 +129,9 @@ def run_stage(flow: Callable[..., Any], argv: Sequence[str] | None, description:
     def run() -> None:
         # before the flow run exists: its parameters are stored (and shown) by Prefect
         overrides = check_overrides(args.overrides)
-        load_config(args.params, overrides)
+        cfg = load_config(args.params, overrides)
+        if preflight is not None:  # seconds before the server and a line per task say it
+            preflight(cfg)
         flow(params=args.params, overrides=overrides)
 
     return run_entry(run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from prefect import task
 
 from diffenhance.config import Config, DataConfig
@@ -23,6 +24,7 @@ def prepare_images(batch: list, cfg: DataConfig) -> list[dict]:
 
 
 @task(name="degrade-pairs")
-def degrade_pairs(task_name: str, cfg: Config) -> Path:
-    """The `degrade` stage for one degradation task (its folder of pairs); the pairs.csv path."""
-    return pairs.degrade_stage(cfg, [task_name])[task_name]
+def degrade_pairs(task_name: str, cfg: Config, crops: pd.DataFrame) -> Path:
+    """The `degrade` stage for one degradation task (its folder of pairs) from `crops`
+    (`pairs.val_crops`); the pairs.csv path."""
+    return pairs.degrade_stage(cfg, [task_name], crops)[task_name]

@@ -101,6 +101,26 @@ def test_degrade_flow_maps_the_library_stage(tmp_path, prefect_api):
     assert resolved.startswith("data:") and f"out_dir: {flow_out}" in resolved
 
 
+def test_the_flow_reads_the_manifest_once_before_any_task(tmp_path, prefect_api):
+    """No manifest: the flow fails on it before mapping (it failed once per task), with the
+    DataError that names the command to run (exit 2)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from diffenhance.data.prepare import NoManifestError
+    from flows.degrade import degrade
+
+    params = write_resolved(stage_config(tmp_path), tmp_path / "params")
+    state = degrade(params=str(params), return_state=True)
+    with pytest.raises(NoManifestError, match=r"manifest\.csv: .*run `diffenhance prepare`"):
+        state.result()
+    assert user_error_code(NoManifestError()) == 2
+    with get_client(sync_client=True) as client:
+        runs = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        assert client.read_task_runs(flow_run_filter=runs) == []
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_stopped_degrade_leaves_no_pairs_csv_and_fewer_images_prune_the_rest(
     tmp_path, monkeypatch
 ):

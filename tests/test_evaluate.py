@@ -24,6 +24,7 @@ from diffenhance.evaluate import (
     bm3d_missing_reason,
     evaluate_model,
     evaluate_pairs,
+    folder_pairs,
     lanczos_upscale,
     summarise,
 )
@@ -182,6 +183,23 @@ def test_cli_evaluates_any_folder(trained, tmp_path):
     empty = cli.invoke(app, ["evaluate", "--hr-dir", str(tmp_path / "empty"), "--model",
                              str(model_dir), "--out", str(out), "--params", str(params)])  # fmt: skip
     assert empty.exit_code == 2 and "no images found" in empty.output
+
+
+def test_a_too_small_image_is_named_width_x_height_throughout(tmp_path):
+    """Sizes read width x height everywhere: a 3 px wide, 5 px tall photo was '(3x5 px) ...
+    image 5x3 is smaller than the scale 4', the file's size and the reason's disagreeing."""
+    cfg = load_config(None, [])
+    for task, (w, h), why in (
+        ("sr4", (3, 5), "(3x5 px) is too small to evaluate sr4: image 3x5 is smaller than the "
+                        "scale 4"),
+        ("sr2", (7, 9), "(7x9 px) is too small to evaluate sr2: image 6x8 is too small for a "
+                        "2-pixel border crop"),  # modcropped to 6x8, then scored
+    ):  # fmt: skip
+        hr_dir = tmp_path / task
+        write_image(hr_dir / "tiny.png", np.zeros((h, w, 3), np.float32))
+        with pytest.raises(ValueError) as e:
+            folder_pairs(hr_dir, task, cfg)
+        assert str(e.value).startswith(f"{hr_dir / 'tiny.png'} {why}"), str(e.value)
 
 
 def test_cli_names_a_bad_image_and_finds_the_shipped_model(trained, tmp_path, monkeypatch):

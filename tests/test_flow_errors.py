@@ -76,3 +76,17 @@ def test_prepare_flow_data_errors(prefect_api, job):
     folder = f"data.folder={job / 'notes'}"
     res = run_module("flows.prepare", "data.source=folder", folder, prepared, cwd=job)
     assert_one_error_line(res, 2, "error: data.source='folder': no usable image found")
+
+
+def test_degrade_before_prepare_is_one_line_before_prefect(tmp_path):
+    """`diffenhance degrade` on a fresh clone (no prepared manifest) said it six times, once
+    per task, after 12 lines of Prefect's log and 25 s: the missing manifest is now checked once,
+    before Prefect starts, a DataError that names the command to run."""
+    (tmp_path / "params.yaml").write_text("{}\n")
+    res = run_module("diffenhance.cli", "degrade", f"degrade.out_dir={tmp_path / 'out'}",
+                     cwd=tmp_path)  # fmt: skip
+    manifest = Path("data", "prepared", "manifest.csv")
+    assert_one_error_line(res, 2, f"error: {manifest}: no manifest: the `prepare` stage has not")
+    assert "run `diffenhance prepare` (or `dvc repro prepare`)" in res.stderr
+    assert len((res.stdout + res.stderr).splitlines()) == 1, res.stdout + res.stderr
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,32 @@ def test_every_module_imports_alone():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
     )
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- start-up
+
+# Imported only inside the functions that use them: each costs a CLI command a third of a
+# second (scipy) to seconds (torchmetrics pulls torchvision, scipy and matplotlib) before it
+# checks its arguments. torch stays: diffenhance.enhance imports it with the model code.
+DEFERRED = ("torchmetrics", "torchvision", "scipy", "matplotlib", "pandas", "prefect", "skimage")
+
+
+def test_a_failing_enhance_imports_no_heavy_module(tmp_path):
+    """`diffenhance enhance missing.png out.png -m sr4` reports the missing input having
+    imported none of DEFERRED (a module-level import of one on the enhance path, as
+    diffenhance.metrics had of torchmetrics, made it take 6-7 s)."""
+    code = (
+        "import json, sys\n"
+        "from diffenhance.cli import app\n"
+        "try:\n"
+        "    app(['enhance', 'missing.png', 'out.png', '-m', 'sr4'])\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({DEFERRED!r}))\n"
+        "print(json.dumps([code, loaded]))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert "missing.png: input not found" in res.stderr, res.stderr[-3000:]
+    assert json.loads(res.stdout.splitlines()[-1]) == [2, []]

@@ -76,11 +76,11 @@ def test_timestep_embedding_is_sinusoidal() -> None:
 
 def test_size_not_divisible_raises_with_actionable_message() -> None:
     model = build_unet(ModelConfig(base_channels=16, channel_mults=(1, 2, 2)))
-    x = torch.zeros(1, 3, 18, 16)
+    x = torch.zeros(1, 3, 18, 16)  # 18 high, 16 wide
     with pytest.raises(ValueError) as err:
         model(x, torch.zeros(1), x)
     msg = str(err.value)
-    assert "18x16" in msg and "4" in msg and "diffenhance.infer pads" in msg
+    assert "16x18 (width x height)" in msg and "4" in msg and "diffenhance.infer pads" in msg
 
 
 def test_input_validation() -> None:

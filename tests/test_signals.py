@@ -258,6 +258,10 @@ def flow_command(module: str, tmp: Path) -> list[str]:
     if module == "enhance serve":
         return [PYTHON, "-m", "flows.enhance", "serve", "--cron", "0 3 * * *", "--name",
                 f"signals-{tmp.name}", "--params", str(PARAMS), "enhance.model=sr4"]  # fmt: skip
+    if module == "degrade":  # its entry point reads the validation crops before the flow run
+        manifest = tmp / "data" / "prepared" / "manifest.csv"  # PARAMS' data.prepared_dir
+        manifest.parent.mkdir(parents=True)
+        manifest.write_text("crop_path,split,crop_sha256\nval/a.png,val,0\n")
     if module != "enhance":
         return [PYTHON, "-c", BLOCK_IN_FLOW, f"flows.{module}", "--params", str(PARAMS)]
     (tmp / "in").mkdir(parents=True)

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from PIL import Image, ImageDraw
-from scipy import ndimage
 
 ResizeMethod = Literal["bicubic", "bilinear", "area"]
 RESIZE_METHODS: tuple[str, ...] = ("bicubic", "bilinear", "area")
@@ -160,6 +159,8 @@ def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     kernel = np.asarray(kernel, dtype=np.float64)
     if kernel.ndim != 2:
         raise ValueError(f"kernel must be 2-D, got shape {kernel.shape}")
+    from scipy import ndimage  # here: a third of a second that every CLI command would pay
+
     out = np.empty_like(img)
     for c in range(img.shape[2]):
         out[..., c] = ndimage.convolve(img[..., c], kernel, mode="mirror")
@@ -175,7 +176,7 @@ def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
         raise ValueError(f"scale must be >= 1, got {scale}")
     h, w = img.shape[:2]
     if h < scale or w < scale:
-        raise ValueError(f"image {h}x{w} is smaller than the scale {scale}")
+        raise ValueError(f"image {w}x{h} is smaller than the scale {scale}")
     return img[: h - h % scale, : w - w % scale]
 
 
@@ -310,7 +311,7 @@ def random_mask(
     drawn from U(coverage); a shape that overshoots the upper bound is undone, so the share lies
     within `coverage` except for tiny images (at least one pixel is always masked)."""
     if h < 1 or w < 1:
-        raise ValueError(f"mask size must be positive, got {h}x{w}")
+        raise ValueError(f"mask size must be positive, got {w}x{h}")
     lo, hi = coverage
     target = rng.uniform(lo, hi)
     mask = Image.new("L", (w, h), 0)

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
+
+# torchmetrics is imported inside the functions that call it: importing it takes seconds
+# (torchvision, scipy, matplotlib), and `diffenhance enhance` reaches this module through
+# diffenhance.restoration before it checks its arguments (tests/test_layering.py guards it).
 
 PSNR_CAP_DB = 100.0  # mean_psnr caps each value here, so identical images (inf) stay finite
 SSIM_WINDOW = 11
@@ -85,7 +85,7 @@ def _prepare(
     h, w = p.shape[-2:]
     if h - 2 * crop < min_side or w - 2 * crop < min_side:
         raise ValueError(
-            f"image {h}x{w} is too small for a {crop}-pixel border crop "
+            f"image {w}x{h} is too small for a {crop}-pixel border crop "
             f"(need at least {min_side} px left on each side)"
         )
     if crop:
@@ -109,6 +109,8 @@ def psnr(
     pred/target: [N,3,H,W] / [3,H,W] tensors or HxWx3 numpy, in [0, 1]. Identical images
     give +inf (see `mean_psnr`).
     """
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     p, t = _prepare(pred, target, crop, y_channel)
     return peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
 
@@ -153,6 +155,14 @@ def ssim(
     """Per-image SSIM, float64 tensor [N] (Gaussian window 11, sigma 1.5, data range 1.0,
     mean over the 'valid' windows - see the module docstring). Needs >= 11 px after the crop."""
     p, t = _prepare(pred, target, crop, y_channel, min_side=SSIM_WINDOW)
+    return _ssim_map(p, t).flatten(1).mean(dim=1)
+
+
+def _ssim_map(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The SSIM map of prepared images [N,C,H,W] over the 'valid' windows: torchmetrics' full,
+    reflect-padded map less its padded margin, [N,C,H-10,W-10]."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     _, full = structural_similarity_index_measure(
         p,
         t,
@@ -164,7 +174,7 @@ def ssim(
         return_full_image=True,
     )
     pad = _SSIM_PAD
-    return full[..., pad:-pad, pad:-pad].flatten(1).mean(dim=1)
+    return full[..., pad:-pad, pad:-pad]
 
 
 def masked_ssim(
@@ -179,12 +189,8 @@ def masked_ssim(
     pixel lies in the valid region (within 5 px of the border only)."""
     p, t = _prepare(pred, target, 0, y_channel, min_side=SSIM_WINDOW)
     m = _mask_tensor(mask, p)
-    _, full = structural_similarity_index_measure(
-        p, t, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW, data_range=1.0,
-        reduction="none", return_full_image=True,
-    )  # fmt: skip
     pad = _SSIM_PAD
-    full, m = full[..., pad:-pad, pad:-pad], m[..., pad:-pad, pad:-pad]
+    full, m = _ssim_map(p, t), m[..., pad:-pad, pad:-pad]
     w = m.expand_as(full)
     return (full * w).flatten(1).sum(1) / w.flatten(1).sum(1)
 

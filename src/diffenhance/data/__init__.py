@@ -30,6 +30,7 @@ from diffenhance.data.folder import (
 from diffenhance.data.prepare import (
     MANIFEST_COLUMNS,
     NoImagesError,
+    NoManifestError,
     SourceImage,
     crop_boxes,
     list_sources,
@@ -50,6 +51,7 @@ __all__ = [
     "DataError",
     "DownloadError",
     "NoImagesError",
+    "NoManifestError",
     "NotAFolderError",
     "ScanResult",
     "ScannedImage",

@@ -1,7 +1,7 @@
 """`DataError`: the one base of the dataset errors a user fixes (exit code 2, one `error:` line).
 
-A missing image folder, a folder without a usable image, a failed or corrupt DIV2K download, a
-prepared dataset without validation crops, pairs that no longer match their pairs.csv. Each
+A missing image folder, a folder without a usable image, a failed or corrupt DIV2K download, no
+prepared dataset or one without validation crops, pairs that no longer match their pairs.csv. Each
 message names the file or param and what to do. Its own module so that every `data` submodule
 (div2k included) can import it without importing the others.
 """

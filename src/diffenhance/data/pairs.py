@@ -170,11 +170,14 @@ def _prune_pairs(task_dir: Path, task: RestorationTask, names: set[str]) -> None
                 f.unlink()
 
 
-def degrade_stage(cfg: Config, tasks: Sequence[str] | None = None) -> dict[str, Path]:
+def degrade_stage(
+    cfg: Config, tasks: Sequence[str] | None = None, crops: pd.DataFrame | None = None
+) -> dict[str, Path]:
     """The `degrade` stage: the fixed validation pairs of each of `tasks` (default
-    `degrade.tasks`) from the prepared manifest, and `params.resolved.yaml` (data, degrade) in
-    `degrade.out_dir`; returns {task: pairs.csv path}."""
-    crops = val_crops(cfg)
+    `degrade.tasks`) from `crops` (default `val_crops(cfg)`: the flow reads them once for all
+    its tasks), and `params.resolved.yaml` (data, degrade) in `degrade.out_dir`; returns
+    {task: pairs.csv path}."""
+    crops = val_crops(cfg) if crops is None else crops
     written = {
         t: write_task_pairs(cfg, t, crops) for t in (cfg.degrade.tasks if tasks is None else tasks)
     }
@@ -204,8 +207,8 @@ def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
             want = (getattr(r, f"{kind}_height", None), getattr(r, f"{kind}_width", None))
             if None not in want and img.shape[:2] != want:
                 raise StalePairsError(
-                    f"{task_dir / getattr(r, kind)}: {img.shape[0]}x{img.shape[1]} px, but "
-                    f"{csv} records {want[0]}x{want[1]}; rerun the `degrade` stage "
+                    f"{task_dir / getattr(r, kind)}: {img.shape[1]}x{img.shape[0]} px, but "
+                    f"{csv} records {want[1]}x{want[0]}; rerun the `degrade` stage "
                     "(dvc repro degrade) to rewrite the pairs"
                 )
         pairs.append(task_pair(r.name, hr, lq, task))

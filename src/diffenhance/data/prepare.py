@@ -61,6 +61,7 @@ __all__ = [
     "SKIPPED",
     "SPLITS",
     "NoImagesError",
+    "NoManifestError",
     "SourceImage",
     "batches",
     "collect_sources",
@@ -98,6 +99,10 @@ BATCH_MIN = 5  # images per batch at least: a small run logs a few progress line
 
 class NoImagesError(DataError, ValueError):
     """The configured source yielded no usable image (see skipped.csv for why)."""
+
+
+class NoManifestError(DataError, FileNotFoundError):
+    """No `<prepared_dir>/manifest.csv`: `prepare` has not run, or stopped before the end."""
 
 
 @dataclass(frozen=True)
@@ -330,12 +335,12 @@ def write_manifest(
 
 
 def load_manifest(prepared_dir: str | Path) -> pd.DataFrame:
-    """Read `<prepared_dir>/manifest.csv` (FileNotFoundError naming the stage to run)."""
+    """Read `<prepared_dir>/manifest.csv` (NoManifestError naming the stage to run)."""
     path = Path(prepared_dir) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no manifest (never prepared, or a `prepare` run stopped before it "
-            "finished); run the `prepare` stage (dvc repro prepare)"
+        raise NoManifestError(
+            f"{path}: no manifest: the `prepare` stage has not run (or stopped before it "
+            "finished); run `diffenhance prepare` (or `dvc repro prepare`) first"
         )
     return pd.read_csv(path, dtype={"source_sha256": str, "crop_sha256": str})
 

@@ -46,9 +46,9 @@ def _check_size(x: torch.Tensor, multiple: int, what: str) -> None:
     h, w = x.shape[2:]
     if h % multiple or w % multiple:
         raise ValueError(
-            f"image size {h}x{w} is not divisible by {multiple} (the LR-space network's "
-            f"size_multiple); pad H and W to a multiple of {multiple} (diffenhance.infer pads "
-            "automatically)"
+            f"image size {w}x{h} (width x height) is not divisible by {multiple} (the LR-space "
+            f"network's size_multiple); pad H and W to a multiple of {multiple} "
+            "(diffenhance.infer pads automatically)"
         )
 
 

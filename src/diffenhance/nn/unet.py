@@ -149,7 +149,8 @@ class UNet(nn.Module):
         m = self.size_multiple
         if h % m or w % m:
             raise ValueError(
-                f"image size {h}x{w} is not divisible by {m} (= 2**(len(channel_mults)-1)); "
+                f"image size {w}x{h} (width x height) is not divisible by {m} "
+                "(= 2**(len(channel_mults)-1)); "
                 f"pad H and W to a multiple of {m} (diffenhance.infer pads automatically)"
             )
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x_t.shape[0]):

@@ -151,7 +151,7 @@ class RestorationTask:
         h, w = hr.shape[:2]
         if h % s or w % s:
             raise ValueError(
-                f"task {self.name!r} needs HR sides divisible by {s}, got {h}x{w}; "
+                f"task {self.name!r} needs HR sides divisible by {s}, got {w}x{h}; "
                 f"crop with modcrop(hr, {s})"
             )
         lq = self.synthesise(hr, rng, cfg, validation=validation)
