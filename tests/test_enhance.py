@@ -475,6 +475,41 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
         assert ".png" in r.output and not (tmp_path / "y.png").exists()
 
 
+def test_a_folder_onto_a_new_image_name_is_refused_not_made_a_folder(tmp_path, ckpt, params):
+    """`enhance photos c.png`: an output named like an image file for a folder of inputs is a
+    slip, refused in one line (exit 2) with nothing made; a folder of that name that is there,
+    or the name with a trailing '/', is a folder. One image onto a name without a suffix is
+    still a folder."""
+    inp = tmp_path / "photos"
+    (src,) = write_inputs(inp, [(16, 16)])
+    for name in ("c.png", "c.JPEG", "c.tif"):
+        r = enhance_cli(inp, tmp_path / name, ckpt, params)
+        assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+        said = f"enhance.output '{tmp_path / name}' names a {Path(name).suffix.lower()} image file"
+        assert said in r.output and "give an output folder" in r.output, r.output
+        assert not (tmp_path / name).exists()
+    (tmp_path / "d.png").mkdir()  # already a folder: used as one
+    assert enhance_cli(inp, tmp_path / "d.png", ckpt, params).exit_code == 0
+    assert images(tmp_path / "d.png").keys() == {"sub0/img0.png"}
+    r = CliRunner().invoke(app, ["enhance", str(inp), f"{tmp_path / 'e.png'}/", "-m", str(ckpt),
+                                 "--params", str(params), *JOB])  # fmt: skip
+    assert r.exit_code == 0 and images(tmp_path / "e.png").keys() == {"sub0/img0.png"}, r.output
+    assert enhance_cli(inp, tmp_path / "f.gif", ckpt, params).exit_code == 0  # never written
+    r = enhance_cli(src, tmp_path / "outdir", ckpt, params)  # one image, no suffix: a folder
+    assert r.exit_code == 0 and images(tmp_path / "outdir").keys() == {"img0.png"}, r.output
+
+
+def test_a_folder_onto_a_new_s3_prefix_named_like_an_image_is_refused(s3_prefix, tmp_path, ckpt,
+                                                                      params):  # fmt: skip
+    inp = tmp_path / "photos"
+    write_inputs(inp, [(16, 16)])
+    r = enhance_cli(inp, f"{s3_prefix}/c.png", ckpt, params)
+    assert r.exit_code == 2 and "names a .png image file" in r.output, r.output
+    assert not list(open_storage(s3_prefix).list())
+    open_storage(f"{s3_prefix}/d.png").write_bytes("old.png", b"x")  # a prefix in use
+    assert enhance_cli(inp, f"{s3_prefix}/d.png", ckpt, params).exit_code == 0
+
+
 # ----------------------------------------------------------------------------- Real-ESRGAN's
 
 

@@ -170,15 +170,41 @@ def _roots(cfg: Config) -> _Roots:
             )
     if normalize_url(in_url) == normalize_url(out_url) and single_key is None:
         raise EnhanceError(f"enhance.output {e.output!r} is the input folder; choose another one")
-    if single_key is None and is_local(out_url) and local_path(out_url).is_file():
-        raise EnhanceError(
-            f"enhance.output {e.output!r} is a file, but the input {e.input!r} is a folder: "
-            "give an output folder"
-        )
+    if single_key is None:
+        _check_output_folder(out_url, cfg)
     excluded = ""
     if normalize_url(out_url).startswith(normalize_url(in_url) + "/"):
         excluded = normalize_url(out_url)[len(normalize_url(in_url)) + 1 :] + "/"
     return _Roots(in_url, out_url, single_key, single_out, excluded)
+
+
+def _check_output_folder(out_url: str, cfg: Config) -> None:
+    """The output of a folder of inputs must be a folder: not a file, and not a name with an
+    image suffix the job writes (`WRITABLE_SUFFIXES`: `c.png` is a typo for a file, not a
+    folder to create) unless a folder of that name is already there or the name ends in '/'.
+    EnhanceError otherwise."""
+    e = cfg.enhance
+    local = is_local(out_url)
+    if local and local_path(out_url).is_file():
+        raise EnhanceError(
+            f"enhance.output {e.output!r} is a file, but the input {e.input!r} is a folder: "
+            "give an output folder"
+        )
+    suffix = Path(out_url).suffix.lower()
+    if suffix not in WRITABLE_SUFFIXES or out_url.endswith("/"):  # 'c.png/': a folder, as said
+        return
+    exists = local_path(out_url).is_dir() if local else _has_objects(out_url, cfg)
+    if not exists:
+        raise EnhanceError(
+            f"enhance.output {e.output!r} names a {suffix} image file, but the input "
+            f"{e.input!r} is a folder: give an output folder (end it with / to use this name "
+            "for one)"
+        )
+
+
+def _has_objects(url: str, cfg: Config) -> bool:
+    """Whether anything is stored under the prefix `url` (an S3 'folder' that exists)."""
+    return next(iter(open_storage(url, cfg.storage).list("")), None) is not None
 
 
 def _list_sources(
