@@ -499,6 +499,25 @@ def test_a_folder_onto_a_new_image_name_is_refused_not_made_a_folder(tmp_path, c
     assert r.exit_code == 0 and images(tmp_path / "outdir").keys() == {"img0.png"}, r.output
 
 
+def test_a_file_in_the_way_of_the_output_is_refused_naming_it(tmp_path, ckpt, params):
+    """`enhance small.png notes.txt/out.png` with notes.txt a file: refused while planning
+    (exit 2, one line naming the output and the file), not a failed image blamed on the
+    input (exit 1); so for a folder of inputs, and for a file further up."""
+    inp = tmp_path / "photos"
+    (src,) = write_inputs(inp, [(16, 16)])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    for i, out in ((src, "notes.txt/out.png"), (inp, "notes.txt/out"), (src, "notes.txt/a/b.png")):
+        r = enhance_cli(i, tmp_path / out, ckpt, params)
+        assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+        assert f"error: enhance.output '{tmp_path / out}': {notes} is a file in the way" in (
+            r.output
+        ), r.output
+    assert notes.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt", "params.yaml", "photos"
+    ]  # fmt: skip
+
+
 def test_a_folder_onto_a_new_s3_prefix_named_like_an_image_is_refused(s3_prefix, tmp_path, ckpt,
                                                                       params):  # fmt: skip
     inp = tmp_path / "photos"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,10 @@ def _roots(cfg: Config) -> _Roots:
             raise EnhanceError(
                 f"enhance.output {e.output!r} is the input image; choose another name"
             )
+    if is_local(out_url):  # the output folder, or the folder of the output file named
+        _check_no_file_above(
+            e.output, local_path(out_url) if single_out else local_path(out_url).parent
+        )
     if normalize_url(in_url) == normalize_url(out_url) and single_key is None:
         raise EnhanceError(f"enhance.output {e.output!r} is the input folder; choose another one")
     if single_key is None:
@@ -176,6 +181,19 @@ def _roots(cfg: Config) -> _Roots:
     if normalize_url(out_url).startswith(normalize_url(in_url) + "/"):
         excluded = normalize_url(out_url)[len(normalize_url(in_url)) + 1 :] + "/"
     return _Roots(in_url, out_url, single_key, single_out, excluded)
+
+
+def _check_no_file_above(output: str, folder: Path) -> None:
+    """EnhanceError when `folder` (where the output goes) or a folder above it is a file (or a
+    link that leads nowhere): the job could not make it and would fail image by image."""
+    for p in (folder, *folder.parents):
+        if os.path.lexists(p):
+            if p.is_dir():
+                return
+            raise EnhanceError(
+                f"enhance.output {output!r}: {p} is a file in the way (a folder would go "
+                "there); move it, or choose another output"
+            )
 
 
 def _check_output_folder(out_url: str, cfg: Config) -> None:
