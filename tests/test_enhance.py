@@ -499,6 +499,16 @@ def test_a_folder_onto_a_new_image_name_is_refused_not_made_a_folder(tmp_path, c
     assert r.exit_code == 0 and images(tmp_path / "outdir").keys() == {"img0.png"}, r.output
 
 
+def test_one_image_onto_a_folder_named_like_an_image_goes_into_it(tmp_path, ckpt, params):
+    """A folder named x.png that exists is a folder for one input image too (as for a folder
+    of inputs), not a file to write over (IsADirectoryError: a failed image, exit 1)."""
+    (src,) = write_inputs(tmp_path / "photos", [(16, 16)])
+    (tmp_path / "x.png").mkdir()
+    r = enhance_cli(src, tmp_path / "x.png", ckpt, params)
+    assert r.exit_code == 0, r.output
+    assert images(tmp_path / "x.png").keys() == {"img0.png"}
+
+
 def test_a_file_in_the_way_of_the_output_is_refused_naming_it(tmp_path, ckpt, params):
     """`enhance small.png notes.txt/out.png` with notes.txt a file: refused while planning
     (exit 2, one line naming the output and the file), not a failed image blamed on the

@@ -143,7 +143,7 @@ def _roots(cfg: Config) -> _Roots:
     in_url, single_key = _resolve_input(e.input, cfg)
     out_url, single_out = e.output, None
     if single_key is not None:
-        split = split_url(e.output)
+        split = None if _is_folder(e.output, cfg) else split_url(e.output)  # x.png/ made earlier
         suffix = Path(split[1]).suffix.lower() if split else ""
         if split and suffix in WRITABLE_SUFFIXES:
             out_url, single_out = split
@@ -211,8 +211,7 @@ def _check_output_folder(out_url: str, cfg: Config) -> None:
     suffix = Path(out_url).suffix.lower()
     if suffix not in WRITABLE_SUFFIXES or out_url.endswith("/"):  # 'c.png/': a folder, as said
         return
-    exists = local_path(out_url).is_dir() if local else _has_objects(out_url, cfg)
-    if not exists:
+    if not _is_folder(out_url, cfg):
         raise EnhanceError(
             f"enhance.output {e.output!r} names a {suffix} image file, but the input "
             f"{e.input!r} is a folder: give an output folder (end it with / to use this name "
@@ -220,8 +219,10 @@ def _check_output_folder(out_url: str, cfg: Config) -> None:
         )
 
 
-def _has_objects(url: str, cfg: Config) -> bool:
-    """Whether anything is stored under the prefix `url` (an S3 'folder' that exists)."""
+def _is_folder(url: str, cfg: Config) -> bool:
+    """Whether `url` is a folder that exists: a local one, or an S3 prefix with objects."""
+    if is_local(url):
+        return local_path(url).is_dir()
     return next(iter(open_storage(url, cfg.storage).list("")), None) is not None
 
 
