@@ -424,7 +424,7 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
     r = cli.invoke(
         app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt), "--tile", "2", *base]
     )
-    assert r.exit_code == 2 and "'infer.tile' must be >= 4" in r.output, r.output
+    assert r.exit_code == 2 and "--tile 2: must be >= 4" in r.output, r.output
     # the documented `--tile 16` beside an overlap of 16: the overlap becomes a quarter tile
     r = cli.invoke(app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt),
                          "--tile", "16", "--dry-run", "--params", str(params)])  # fmt: skip
@@ -473,6 +473,28 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
                              "-m", str(ckpt), *base])  # fmt: skip
         assert r.exit_code == 2 and f"{tmp_path / name}: {what} is not read" in r.output, r.output
         assert ".png" in r.output and not (tmp_path / "y.png").exists()
+
+
+@pytest.mark.parametrize(
+    "option, line",
+    [
+        (["--detail", "1.5"], "--detail 1.5: must be in [0, 1]"),
+        (["--steps", "0"], "--steps 0: must be >= 1"),
+        (["--samples", "0"], "--samples 0: must be >= 1"),
+        (["--outscale", "-1"], "--outscale -1: must be a finite number > 0"),
+        (["--suffix", "a/b"], "--suffix a/b: must be a plain name fragment (no '/', '\\' or"),
+        (["--suffix", "a b/"], "--suffix 'a b/': must be a plain name fragment"),
+        (["--tile", "2"], "--tile 2: must be >= 4 (input pixels per tile side"),
+        (["--device", "gpu"], "--device gpu: must be one of auto, cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_an_option_out_of_range_is_named_as_typed_in_one_short_line(tmp_path, option, line):
+    """The option and the value as typed, then what is allowed: not the params key, not every
+    setting given ("the params with enhance.input=..."), not what null means in a params file."""
+    r = CliRunner().invoke(app, ["enhance", "a.png", "b.png", *option])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith(f"error: {line}"), r.output
+    assert "params" not in r.output and "null" not in r.output and "infer." not in r.output
 
 
 def test_a_folder_onto_a_new_image_name_is_refused_not_made_a_folder(tmp_path, ckpt, params):
@@ -593,7 +615,7 @@ def test_outscale_refuses_zero_and_a_result_under_one_pixel_in_one_line(tmp_path
     write_inputs(inp, [(16, 16), (1, 40)])  # sub0/img0.png, sub1/img1.png (a 1-pixel strip)
     r = enhance_cli(inp, out, ckpt, params, "--outscale", "0")
     assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
-    assert "'enhance.outscale' = 0.0 must be a finite number > 0" in r.output
+    assert "error: --outscale 0: must be a finite number > 0" in r.output
     r = enhance_cli(inp, out, ckpt, params, "--outscale", "0.4")
     assert r.exit_code == 1, r.output
     assert "error: sub1/img1.png: ValueError: --outscale 0.4 (enhance.outscale) makes this " in (
@@ -650,7 +672,7 @@ def test_suffix_names_outputs_and_ext_picks_their_format(tmp_path, ckpt, params)
     assert r.exit_code == 0 and (tmp_path / "named.png").is_file()
     r = enhance_cli(inp, tmp_path / "o4", ckpt, params, "--suffix", "../up")
     assert r.exit_code == 2 and r.output.count("\n") == 1
-    assert "'enhance.suffix' = '../up' must be a plain name fragment" in r.output
+    assert "error: --suffix ../up: must be a plain name fragment" in r.output
     r = enhance_cli(inp, tmp_path / "o4", ckpt, params, "--ext", "gif")
     assert r.exit_code == 2 and "'gif' is not one of" in r.output
 

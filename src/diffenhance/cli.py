@@ -622,7 +622,10 @@ def _enhance_config(
 ) -> Config:
     """The config of `diffenhance enhance`: params + overrides + the command's arguments
     (`settings` for enhance.*, `infer` for infer.*; None means not given), resolved as
-    `diffenhance ui` resolves its form (`diffenhance.enhance.settings.enhance_config`)."""
+    `diffenhance ui` resolves its form (`diffenhance.enhance.settings.enhance_config`); a
+    value an option gives that is out of range is named as typed: `--detail 1.5: must be in
+    [0, 1]`. Each key of `settings` and `infer` is an option of the same name, except
+    input/output (the arguments) and output_format (--ext)."""
     from diffenhance.enhance.settings import enhance_config
 
     cfg = _config_or_defaults(params, overrides)
@@ -631,8 +634,14 @@ def _enhance_config(
         _fail("enhance.dask_address and enhance.workers are the flow's: `python -m flows.enhance "
               "...` runs shards on threads or a Dask cluster; this command restores in its own "
               "process (set enhance.dask_address: null in the params file)")  # fmt: skip
+    names = {f"infer.{k}": f"--{k}" for k in infer} | {f"enhance.{k}": f"--{k}" for k in settings}
+    names |= {
+        "enhance.input": "INPUT",
+        "enhance.output": "OUTPUT",
+        "enhance.output_format": "--ext",
+    }
     with _user_errors():
-        return enhance_config(cfg, settings, infer)
+        return enhance_config(cfg, settings, infer, names=names)
 
 
 MAX_LISTED = 10  # ignored files named one per line after a job; the rest are counted
