@@ -869,18 +869,26 @@ def test_many_ignored_files_are_named_up_to_ten_then_counted(tmp_path, ckpt, par
 
 
 @pytest.mark.parametrize(
-    "override", ["enhance.dask_address=tcp://127.0.0.1:8786", "enhance.workers=4"]
+    "params_text, override, fix",
+    [
+        ("{}", "enhance.dask_address=tcp://127.0.0.1:8786", "drop enhance.dask_address=tcp://"),
+        ("{}", "enhance.workers=4", "(drop enhance.workers=4)"),
+        ("enhance: {dask_address: local}", None, "set enhance.dask_address: null in {params}"),
+    ],
 )
-def test_cli_refuses_the_flows_scale_out_settings(tmp_path, override):
+def test_cli_refuses_the_flows_scale_out_settings(tmp_path, params_text, override, fix):
     """The CLI restores in its own process: a Dask address or a worker count is the flow's and
-    is refused in one line rather than silently ignored."""
-    from typer.testing import CliRunner
-
-    from diffenhance.cli import app
-
-    res = CliRunner().invoke(app, ["enhance", str(tmp_path), str(tmp_path / "out"), override])
+    is refused in one line rather than silently ignored, with the advice that fits where it
+    was set (an override to drop, or the params file)."""
+    params = tmp_path / "p.yaml"
+    params.write_text(params_text + "\n")
+    cmd = ["enhance", str(tmp_path), str(tmp_path / "out"), "--params", str(params)]
+    res = CliRunner().invoke(app, cmd + ([override] if override else []))
     assert res.exit_code == 2, res.output
     assert res.stderr.count("\n") == 1 and "python -m flows.enhance" in res.stderr
+    assert fix.format(params=params) in res.stderr, res.stderr
+    if override:  # nothing to set in a params file that has it null already
+        assert "in the params file" not in res.stderr and "null" not in res.stderr
 
 
 def test_a_tile_with_no_room_for_its_overlap_is_refused_before_any_work(tmp_path):

@@ -629,11 +629,15 @@ def _enhance_config(
     from diffenhance.enhance.settings import enhance_config
 
     cfg = _config_or_defaults(params, overrides)
-    given = {o.split("=", 1)[0].strip() for o in overrides or []}
-    if cfg.enhance.dask_address is not None or "enhance.workers" in given:
+    typed = {o.split("=", 1)[0].strip(): o for o in overrides or []}  # the last one counts
+    fixes = [f"drop {typed['enhance.workers']}"] if "enhance.workers" in typed else []
+    if cfg.enhance.dask_address is not None:
+        fixes.append(f"drop {typed['enhance.dask_address']}" if "enhance.dask_address" in typed
+                     else f"set enhance.dask_address: null in {params}")  # fmt: skip
+    if fixes:
         _fail("enhance.dask_address and enhance.workers are the flow's: `python -m flows.enhance "
               "...` runs shards on threads or a Dask cluster; this command restores in its own "
-              "process (set enhance.dask_address: null in the params file)")  # fmt: skip
+              f"process ({' and '.join(fixes)})")  # fmt: skip
     names = {f"infer.{k}": f"--{k}" for k in infer} | {f"enhance.{k}": f"--{k}" for k in settings}
     names |= {
         "enhance.input": "INPUT",
