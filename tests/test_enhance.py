@@ -497,6 +497,27 @@ def test_an_option_out_of_range_is_named_as_typed_in_one_short_line(tmp_path, op
     assert "params" not in r.output and "null" not in r.output and "infer." not in r.output
 
 
+def test_a_folder_without_images_says_so_and_exits_0(tmp_path, ckpt, params):
+    """An empty folder, or one without an image, is not an error (a scheduled job often finds
+    nothing new: exit 0), but one line says that nothing was found where and what was looked
+    for, so a wrong folder or extension does not pass unnoticed."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    for folder in ("empty", "notes"):
+        for dry in ([], ["--dry-run"]):
+            r = enhance_cli(tmp_path / folder, tmp_path / "out", ckpt, params, *dry)
+            assert r.exit_code == 0, r.output
+            said = [line for line in r.output.splitlines() if "no image files found" in line]
+            assert said == [
+                f"no image files found in {tmp_path / folder} (looked for .png .jpg .jpeg .webp "
+                ".tif .tiff .bmp .gif, in subfolders too; enhance.extensions sets them)"
+            ], r.output
+    write_inputs(tmp_path / "photos", [(16, 16)])
+    r = enhance_cli(tmp_path / "photos", tmp_path / "out2", ckpt, params)
+    assert r.exit_code == 0 and "no image files" not in r.output, r.output
+
+
 def test_a_folder_onto_a_new_image_name_is_refused_not_made_a_folder(tmp_path, ckpt, params):
     """`enhance photos c.png`: an output named like an image file for a folder of inputs is a
     slip, refused in one line (exit 2) with nothing made; a folder of that name that is there,

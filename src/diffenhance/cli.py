@@ -417,6 +417,7 @@ def enhance(
     with _user_errors():
         job = plan_job(cfg)  # the model file first: a bad one fails before any listing
     _print_format_choice(job)
+    _print_nothing_found(cfg, job)
     if dry_run:
         _print_plan(job)
         return
@@ -670,6 +671,16 @@ def _print_format_choice(job: Job) -> None:
             f"{n} JPEG input{'s' if n > 1 else ''} written as PNG: the model removes JPEG "
             "artifacts and a JPEG output would add them back (--ext jpg writes JPEG)"
         )
+
+
+def _print_nothing_found(cfg: Config, job: Job) -> None:
+    """Say so when the input holds no image to enhance: an empty folder (or one of other files)
+    is not an error, since a scheduled job often finds nothing new, but a wrong folder or
+    extension should not pass unnoticed."""
+    if job.n_sources == 0:
+        exts = " ".join(cfg.enhance.extensions)
+        typer.echo(f"no image files found in {job.input_url} (looked for {exts}, in subfolders "
+                   "too; enhance.extensions sets them)")  # fmt: skip
 
 
 def _print_plan(job: Job) -> None:
