@@ -518,6 +518,18 @@ def test_a_folder_without_images_says_so_and_exits_0(tmp_path, ckpt, params):
     assert r.exit_code == 0 and "no image files" not in r.output, r.output
 
 
+def test_detail_on_a_model_without_the_knob_is_refused_in_plain_words(tmp_path):
+    """The shipped jpeg model is indi (no detail knob): refused while planning, in one line."""
+    write_image(tmp_path / "a.png", smooth_image(np.random.default_rng(0), 16, 16))
+    r = CliRunner().invoke(
+        app, ["enhance", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-m", "jpeg",
+              "--detail", "0.5"],
+    )  # fmt: skip
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "detail=0.5 asked of an indi model, which has no detail knob" in r.output, r.output
+    assert not (tmp_path / "b.png").exists()
+
+
 def test_a_folder_onto_a_new_image_name_is_refused_not_made_a_folder(tmp_path, ckpt, params):
     """`enhance photos c.png`: an output named like an image file for a folder of inputs is a
     slip, refused in one line (exit 2) with nothing made; a folder of that name that is there,
