@@ -181,6 +181,24 @@ def test_folder_with_corrupt_and_non_image_files_completes_and_names_each(tmp_pa
     assert read_image(out / "sub0/img2.png").shape == (2, 80, 3)  # 1-pixel strip, x2
 
 
+def test_a_corrupt_input_is_a_failed_image_exit_1_as_the_docs_say(tmp_path, ckpt, params):
+    """docs/enhancing.md: a corrupt file is the line `[i/n] error: <key>: <reason>` and exit 1,
+    in a folder and as the only image named (read by the job, not while planning)."""
+    inp = tmp_path / "in"
+    write_inputs(inp, [(16, 16)])
+    (inp / "sub" / "b.png").parent.mkdir()
+    (inp / "sub" / "b.png").write_text("not a PNG")
+    docs = " ".join((REPO / "docs" / "enhancing.md").read_text().split())
+    for src in (inp, inp / "sub" / "b.png"):
+        r = enhance_cli(src, tmp_path / ("out" if src == inp else "o.png"), ckpt, params)
+        assert r.exit_code == 1, r.output
+        (line,) = [x for x in r.output.splitlines() if "error:" in x]
+        key = "sub/b.png" if src == inp else "b.png"
+        assert re.fullmatch(rf"\[\d/\d\] error: {key}: not a recognised image file", line), line
+    assert "`[4/40] error: sub/b.png: not a recognised image file`" in docs
+    assert "exit code 1, also when that file was the only image named" in docs
+
+
 def test_outputs_manifests_and_summary_get_the_umask_mode(
     tmp_path, ckpt, params, umask_022
 ) -> None:
