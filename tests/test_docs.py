@@ -80,3 +80,19 @@ def test_readme_model_table_is_generated():
     assert table == r.output.strip()
     shipped = list((REPO / "models" / "pretrained").glob("*/model.safetensors"))
     assert table.count("\n| `") == len(shipped)  # one row per shipped model
+
+
+def test_documented_train_logs_are_in_a_fresh_clone():
+    """`--train-log PATH` in the docs names a file that a clone has (tracked in git), not one
+    that only `dvc repro` writes (models/sr4/train_log.csv)."""
+    pages = [README, *sorted((REPO / "docs").glob("*.md"))]
+    paths = {p for page in pages for p in re.findall(r"--train-log\s+(\S+)", page.read_text())}
+    assert paths
+    if (REPO / ".git").exists():
+        cmd = ["git", "-C", str(REPO), "ls-files", "--", *paths]
+        tracked = set(
+            subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+        )
+    else:  # a source archive: what it holds
+        tracked = {p for p in paths if (REPO / p).is_file()}
+    assert paths <= tracked, sorted(paths - tracked)

@@ -181,6 +181,24 @@ def test_folder_with_corrupt_and_non_image_files_completes_and_names_each(tmp_pa
     assert read_image(out / "sub0/img2.png").shape == (2, 80, 3)  # 1-pixel strip, x2
 
 
+def test_a_corrupt_input_is_a_failed_image_exit_1_as_the_docs_say(tmp_path, ckpt, params):
+    """docs/enhancing.md: a corrupt file is the line `[i/n] error: <key>: <reason>` and exit 1,
+    in a folder and as the only image named (read by the job, not while planning)."""
+    inp = tmp_path / "in"
+    write_inputs(inp, [(16, 16)])
+    (inp / "sub" / "b.png").parent.mkdir()
+    (inp / "sub" / "b.png").write_text("not a PNG")
+    docs = " ".join((REPO / "docs" / "enhancing.md").read_text().split())
+    for src in (inp, inp / "sub" / "b.png"):
+        r = enhance_cli(src, tmp_path / ("out" if src == inp else "o.png"), ckpt, params)
+        assert r.exit_code == 1, r.output
+        (line,) = [x for x in r.output.splitlines() if "error:" in x]
+        key = "sub/b.png" if src == inp else "b.png"
+        assert re.fullmatch(rf"\[\d/\d\] error: {key}: not a recognised image file", line), line
+    assert "`[4/40] error: sub/b.png: not a recognised image file`" in docs
+    assert "exit code 1, also when that file was the only image named" in docs
+
+
 def test_outputs_manifests_and_summary_get_the_umask_mode(
     tmp_path, ckpt, params, umask_022
 ) -> None:
@@ -424,7 +442,7 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
     r = cli.invoke(
         app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt), "--tile", "2", *base]
     )
-    assert r.exit_code == 2 and "'infer.tile' must be >= 4" in r.output, r.output
+    assert r.exit_code == 2 and "--tile 2: must be >= 4" in r.output, r.output
     # the documented `--tile 16` beside an overlap of 16: the overlap becomes a quarter tile
     r = cli.invoke(app, ["enhance", str(inp), str(tmp_path / "o"), "-m", str(ckpt),
                          "--tile", "16", "--dry-run", "--params", str(params)])  # fmt: skip
@@ -473,6 +491,125 @@ def test_cli_usage_errors_dry_run_and_single_file(tmp_path, ckpt, params):
                              "-m", str(ckpt), *base])  # fmt: skip
         assert r.exit_code == 2 and f"{tmp_path / name}: {what} is not read" in r.output, r.output
         assert ".png" in r.output and not (tmp_path / "y.png").exists()
+
+
+@pytest.mark.parametrize(
+    "option, line",
+    [
+        (["--detail", "1.5"], "--detail 1.5: must be in [0, 1]"),
+        (["--steps", "0"], "--steps 0: must be >= 1"),
+        (["--samples", "0"], "--samples 0: must be >= 1"),
+        (["--outscale", "-1"], "--outscale -1: must be a finite number > 0"),
+        (["--suffix", "a/b"], "--suffix a/b: must be a plain name fragment (no '/', '\\' or"),
+        (["--suffix", "a b/"], "--suffix 'a b/': must be a plain name fragment"),
+        (["--tile", "2"], "--tile 2: must be >= 4 (input pixels per tile side"),
+        (["--device", "gpu"], "--device gpu: must be one of auto, cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_an_option_out_of_range_is_named_as_typed_in_one_short_line(tmp_path, option, line):
+    """The option and the value as typed, then what is allowed: not the params key, not every
+    setting given ("the params with enhance.input=..."), not what null means in a params file."""
+    r = CliRunner().invoke(app, ["enhance", "a.png", "b.png", *option])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith(f"error: {line}"), r.output
+    assert "params" not in r.output and "null" not in r.output and "infer." not in r.output
+
+
+def test_a_folder_without_images_says_so_and_exits_0(tmp_path, ckpt, params):
+    """An empty folder, or one without an image, is not an error (a scheduled job often finds
+    nothing new: exit 0), but one line says that nothing was found where and what was looked
+    for, so a wrong folder or extension does not pass unnoticed."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    for folder in ("empty", "notes"):
+        for dry in ([], ["--dry-run"]):
+            r = enhance_cli(tmp_path / folder, tmp_path / "out", ckpt, params, *dry)
+            assert r.exit_code == 0, r.output
+            said = [line for line in r.output.splitlines() if "no image files found" in line]
+            assert said == [
+                f"no image files found in {tmp_path / folder} (looked for .png .jpg .jpeg .webp "
+                ".tif .tiff .bmp .gif, in subfolders too; enhance.extensions sets them)"
+            ], r.output
+    write_inputs(tmp_path / "photos", [(16, 16)])
+    r = enhance_cli(tmp_path / "photos", tmp_path / "out2", ckpt, params)
+    assert r.exit_code == 0 and "no image files" not in r.output, r.output
+
+
+def test_detail_on_a_model_without_the_knob_is_refused_in_plain_words(tmp_path):
+    """The shipped jpeg model is indi (no detail knob): refused while planning, in one line."""
+    write_image(tmp_path / "a.png", smooth_image(np.random.default_rng(0), 16, 16))
+    r = CliRunner().invoke(
+        app, ["enhance", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-m", "jpeg",
+              "--detail", "0.5"],
+    )  # fmt: skip
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "detail=0.5 asked of an indi model, which has no detail knob" in r.output, r.output
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_a_folder_onto_a_new_image_name_is_refused_not_made_a_folder(tmp_path, ckpt, params):
+    """`enhance photos c.png`: an output named like an image file for a folder of inputs is a
+    slip, refused in one line (exit 2) with nothing made; a folder of that name that is there,
+    or the name with a trailing '/', is a folder. One image onto a name without a suffix is
+    still a folder."""
+    inp = tmp_path / "photos"
+    (src,) = write_inputs(inp, [(16, 16)])
+    for name in ("c.png", "c.JPEG", "c.tif"):
+        r = enhance_cli(inp, tmp_path / name, ckpt, params)
+        assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+        said = f"enhance.output '{tmp_path / name}' names a {Path(name).suffix.lower()} image file"
+        assert said in r.output and "give an output folder" in r.output, r.output
+        assert not (tmp_path / name).exists()
+    (tmp_path / "d.png").mkdir()  # already a folder: used as one
+    assert enhance_cli(inp, tmp_path / "d.png", ckpt, params).exit_code == 0
+    assert images(tmp_path / "d.png").keys() == {"sub0/img0.png"}
+    r = CliRunner().invoke(app, ["enhance", str(inp), f"{tmp_path / 'e.png'}/", "-m", str(ckpt),
+                                 "--params", str(params), *JOB])  # fmt: skip
+    assert r.exit_code == 0 and images(tmp_path / "e.png").keys() == {"sub0/img0.png"}, r.output
+    assert enhance_cli(inp, tmp_path / "f.gif", ckpt, params).exit_code == 0  # never written
+    r = enhance_cli(src, tmp_path / "outdir", ckpt, params)  # one image, no suffix: a folder
+    assert r.exit_code == 0 and images(tmp_path / "outdir").keys() == {"img0.png"}, r.output
+
+
+def test_one_image_onto_a_folder_named_like_an_image_goes_into_it(tmp_path, ckpt, params):
+    """A folder named x.png that exists is a folder for one input image too (as for a folder
+    of inputs), not a file to write over (IsADirectoryError: a failed image, exit 1)."""
+    (src,) = write_inputs(tmp_path / "photos", [(16, 16)])
+    (tmp_path / "x.png").mkdir()
+    r = enhance_cli(src, tmp_path / "x.png", ckpt, params)
+    assert r.exit_code == 0, r.output
+    assert images(tmp_path / "x.png").keys() == {"img0.png"}
+
+
+def test_a_file_in_the_way_of_the_output_is_refused_naming_it(tmp_path, ckpt, params):
+    """`enhance small.png notes.txt/out.png` with notes.txt a file: refused while planning
+    (exit 2, one line naming the output and the file), not a failed image blamed on the
+    input (exit 1); so for a folder of inputs, and for a file further up."""
+    inp = tmp_path / "photos"
+    (src,) = write_inputs(inp, [(16, 16)])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    for i, out in ((src, "notes.txt/out.png"), (inp, "notes.txt/out"), (src, "notes.txt/a/b.png")):
+        r = enhance_cli(i, tmp_path / out, ckpt, params)
+        assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+        assert f"error: enhance.output '{tmp_path / out}': {notes} is a file in the way" in (
+            r.output
+        ), r.output
+    assert notes.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt", "params.yaml", "photos"
+    ]  # fmt: skip
+
+
+def test_a_folder_onto_a_new_s3_prefix_named_like_an_image_is_refused(s3_prefix, tmp_path, ckpt,
+                                                                      params):  # fmt: skip
+    inp = tmp_path / "photos"
+    write_inputs(inp, [(16, 16)])
+    r = enhance_cli(inp, f"{s3_prefix}/c.png", ckpt, params)
+    assert r.exit_code == 2 and "names a .png image file" in r.output, r.output
+    assert not list(open_storage(s3_prefix).list())
+    open_storage(f"{s3_prefix}/d.png").write_bytes("old.png", b"x")  # a prefix in use
+    assert enhance_cli(inp, f"{s3_prefix}/d.png", ckpt, params).exit_code == 0
 
 
 # ----------------------------------------------------------------------------- Real-ESRGAN's
@@ -529,7 +666,7 @@ def test_outscale_refuses_zero_and_a_result_under_one_pixel_in_one_line(tmp_path
     write_inputs(inp, [(16, 16), (1, 40)])  # sub0/img0.png, sub1/img1.png (a 1-pixel strip)
     r = enhance_cli(inp, out, ckpt, params, "--outscale", "0")
     assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
-    assert "'enhance.outscale' = 0.0 must be a finite number > 0" in r.output
+    assert "error: --outscale 0: must be a finite number > 0" in r.output
     r = enhance_cli(inp, out, ckpt, params, "--outscale", "0.4")
     assert r.exit_code == 1, r.output
     assert "error: sub1/img1.png: ValueError: --outscale 0.4 (enhance.outscale) makes this " in (
@@ -586,7 +723,7 @@ def test_suffix_names_outputs_and_ext_picks_their_format(tmp_path, ckpt, params)
     assert r.exit_code == 0 and (tmp_path / "named.png").is_file()
     r = enhance_cli(inp, tmp_path / "o4", ckpt, params, "--suffix", "../up")
     assert r.exit_code == 2 and r.output.count("\n") == 1
-    assert "'enhance.suffix' = '../up' must be a plain name fragment" in r.output
+    assert "error: --suffix ../up: must be a plain name fragment" in r.output
     r = enhance_cli(inp, tmp_path / "o4", ckpt, params, "--ext", "gif")
     assert r.exit_code == 2 and "'gif' is not one of" in r.output
 
@@ -783,18 +920,26 @@ def test_many_ignored_files_are_named_up_to_ten_then_counted(tmp_path, ckpt, par
 
 
 @pytest.mark.parametrize(
-    "override", ["enhance.dask_address=tcp://127.0.0.1:8786", "enhance.workers=4"]
+    "params_text, override, fix",
+    [
+        ("{}", "enhance.dask_address=tcp://127.0.0.1:8786", "drop enhance.dask_address=tcp://"),
+        ("{}", "enhance.workers=4", "(drop enhance.workers=4)"),
+        ("enhance: {dask_address: local}", None, "set enhance.dask_address: null in {params}"),
+    ],
 )
-def test_cli_refuses_the_flows_scale_out_settings(tmp_path, override):
+def test_cli_refuses_the_flows_scale_out_settings(tmp_path, params_text, override, fix):
     """The CLI restores in its own process: a Dask address or a worker count is the flow's and
-    is refused in one line rather than silently ignored."""
-    from typer.testing import CliRunner
-
-    from diffenhance.cli import app
-
-    res = CliRunner().invoke(app, ["enhance", str(tmp_path), str(tmp_path / "out"), override])
+    is refused in one line rather than silently ignored, with the advice that fits where it
+    was set (an override to drop, or the params file)."""
+    params = tmp_path / "p.yaml"
+    params.write_text(params_text + "\n")
+    cmd = ["enhance", str(tmp_path), str(tmp_path / "out"), "--params", str(params)]
+    res = CliRunner().invoke(app, cmd + ([override] if override else []))
     assert res.exit_code == 2, res.output
     assert res.stderr.count("\n") == 1 and "python -m flows.enhance" in res.stderr
+    assert fix.format(params=params) in res.stderr, res.stderr
+    if override:  # nothing to set in a params file that has it null already
+        assert "in the params file" not in res.stderr and "null" not in res.stderr
 
 
 def test_a_tile_with_no_room_for_its_overlap_is_refused_before_any_work(tmp_path):

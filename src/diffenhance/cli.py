@@ -417,6 +417,7 @@ def enhance(
     with _user_errors():
         job = plan_job(cfg)  # the model file first: a bad one fails before any listing
     _print_format_choice(job)
+    _print_nothing_found(cfg, job)
     if dry_run:
         _print_plan(job)
         return
@@ -622,17 +623,30 @@ def _enhance_config(
 ) -> Config:
     """The config of `diffenhance enhance`: params + overrides + the command's arguments
     (`settings` for enhance.*, `infer` for infer.*; None means not given), resolved as
-    `diffenhance ui` resolves its form (`diffenhance.enhance.settings.enhance_config`)."""
+    `diffenhance ui` resolves its form (`diffenhance.enhance.settings.enhance_config`); a
+    value an option gives that is out of range is named as typed: `--detail 1.5: must be in
+    [0, 1]`. Each key of `settings` and `infer` is an option of the same name, except
+    input/output (the arguments) and output_format (--ext)."""
     from diffenhance.enhance.settings import enhance_config
 
     cfg = _config_or_defaults(params, overrides)
-    given = {o.split("=", 1)[0].strip() for o in overrides or []}
-    if cfg.enhance.dask_address is not None or "enhance.workers" in given:
+    typed = {o.split("=", 1)[0].strip(): o for o in overrides or []}  # the last one counts
+    fixes = [f"drop {typed['enhance.workers']}"] if "enhance.workers" in typed else []
+    if cfg.enhance.dask_address is not None:
+        fixes.append(f"drop {typed['enhance.dask_address']}" if "enhance.dask_address" in typed
+                     else f"set enhance.dask_address: null in {params}")  # fmt: skip
+    if fixes:
         _fail("enhance.dask_address and enhance.workers are the flow's: `python -m flows.enhance "
               "...` runs shards on threads or a Dask cluster; this command restores in its own "
-              "process (set enhance.dask_address: null in the params file)")  # fmt: skip
+              f"process ({' and '.join(fixes)})")  # fmt: skip
+    names = {f"infer.{k}": f"--{k}" for k in infer} | {f"enhance.{k}": f"--{k}" for k in settings}
+    names |= {
+        "enhance.input": "INPUT",
+        "enhance.output": "OUTPUT",
+        "enhance.output_format": "--ext",
+    }
     with _user_errors():
-        return enhance_config(cfg, settings, infer)
+        return enhance_config(cfg, settings, infer, names=names)
 
 
 MAX_LISTED = 10  # ignored files named one per line after a job; the rest are counted
@@ -657,6 +671,16 @@ def _print_format_choice(job: Job) -> None:
             f"{n} JPEG input{'s' if n > 1 else ''} written as PNG: the model removes JPEG "
             "artifacts and a JPEG output would add them back (--ext jpg writes JPEG)"
         )
+
+
+def _print_nothing_found(cfg: Config, job: Job) -> None:
+    """Say so when the input holds no image to enhance: an empty folder (or one of other files)
+    is not an error, since a scheduled job often finds nothing new, but a wrong folder or
+    extension should not pass unnoticed."""
+    if job.n_sources == 0:
+        exts = " ".join(cfg.enhance.extensions)
+        typer.echo(f"no image files found in {job.input_url} (looked for {exts}, in subfolders "
+                   "too; enhance.extensions sets them)")  # fmt: skip
 
 
 def _print_plan(job: Job) -> None:

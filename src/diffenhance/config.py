@@ -167,7 +167,15 @@ def _options_field(registry: Registry) -> Any:
 
 
 class ConfigError(ValueError):
-    """A params file or override is invalid; the message says which key and what is allowed."""
+    """A params file or override is invalid; the message says which key and what is allowed.
+
+    An error of a section's rule (`_check_invariants`) also carries them apart: `key`, the
+    dotted key, and `why`, what the rule says of its value ("must be >= 1"), so that a front
+    end can retell it for a value given its own way (`enhance.settings.enhance_config`)."""
+
+    def __init__(self, message: str, *, key: str | None = None, why: str | None = None) -> None:
+        super().__init__(message)
+        self.key, self.why = key, why
 
 
 @dataclass(frozen=True)
@@ -863,7 +871,7 @@ def _check_invariants(obj: Any, prefix: str, source: str) -> None:
     field's range, NaN and inf included; then NaN and inf in any float field."""
 
     def bad(key: str, why: str) -> ConfigError:
-        return ConfigError(f"{source}: '{prefix}.{key}' {why}")
+        return ConfigError(f"{source}: '{prefix}.{key}' {why}", key=f"{prefix}.{key}", why=why)
 
     rules = _RULES.get(type(obj))
     if rules is not None:

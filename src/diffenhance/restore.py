@@ -93,8 +93,9 @@ def sampling_spec(r: Any, infer: InferConfig, **overrides: Any) -> SamplingSpec:
         raise ValueError(f"detail must be in [0, 1], got {spec.detail}")
     f = get_formulation(r.diffusion_cfg.formulation)
     if spec.detail != 1.0 and not f.detail_knob:
+        a = "an" if f.name[:1] in "aeiou" else "a"  # an indi, a regression
         raise ValueError(
-            f"detail={spec.detail:g} asked of a {f.name} model, which has no detail knob: its "
+            f"detail={spec.detail:g} asked of {a} {f.name} model, which has no detail knob: its "
             "knob is steps (infer.steps) and samples; leave infer.detail null"
         )
     return spec

@@ -55,7 +55,14 @@ def check_mask_setting(cfg: Config, task: str, single: bool) -> None:
             "(white = fill; for a folder of images, a folder of masks with the same relative paths)"
         )
     if not needs and mask:
-        raise EnhanceError(f"--mask is for inpainting models, but {model} is a model for {task}")
+        from diffenhance.registry import TASKS
+
+        pick = " or ".join(f"-m {t}" for t in TASKS.names() if takes_mask(t))
+        what = get_task(task).description or task
+        raise EnhanceError(
+            f"--mask needs an inpainting model ({pick}); {model} is a {what} model, which "
+            "takes no mask"
+        )
     if not mask:
         return
     p = Path(mask)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def _roots(cfg: Config) -> _Roots:
     in_url, single_key = _resolve_input(e.input, cfg)
     out_url, single_out = e.output, None
     if single_key is not None:
-        split = split_url(e.output)
+        split = None if _is_folder(e.output, cfg) else split_url(e.output)  # x.png/ made earlier
         suffix = Path(split[1]).suffix.lower() if split else ""
         if split and suffix in WRITABLE_SUFFIXES:
             out_url, single_out = split
@@ -168,17 +169,61 @@ def _roots(cfg: Config) -> _Roots:
             raise EnhanceError(
                 f"enhance.output {e.output!r} is the input image; choose another name"
             )
+    if is_local(out_url):  # the output folder, or the folder of the output file named
+        _check_no_file_above(
+            e.output, local_path(out_url) if single_out else local_path(out_url).parent
+        )
     if normalize_url(in_url) == normalize_url(out_url) and single_key is None:
         raise EnhanceError(f"enhance.output {e.output!r} is the input folder; choose another one")
-    if single_key is None and is_local(out_url) and local_path(out_url).is_file():
-        raise EnhanceError(
-            f"enhance.output {e.output!r} is a file, but the input {e.input!r} is a folder: "
-            "give an output folder"
-        )
+    if single_key is None:
+        _check_output_folder(out_url, cfg)
     excluded = ""
     if normalize_url(out_url).startswith(normalize_url(in_url) + "/"):
         excluded = normalize_url(out_url)[len(normalize_url(in_url)) + 1 :] + "/"
     return _Roots(in_url, out_url, single_key, single_out, excluded)
+
+
+def _check_no_file_above(output: str, folder: Path) -> None:
+    """EnhanceError when `folder` (where the output goes) or a folder above it is a file (or a
+    link that leads nowhere): the job could not make it and would fail image by image."""
+    for p in (folder, *folder.parents):
+        if os.path.lexists(p):
+            if p.is_dir():
+                return
+            raise EnhanceError(
+                f"enhance.output {output!r}: {p} is a file in the way (a folder would go "
+                "there); move it, or choose another output"
+            )
+
+
+def _check_output_folder(out_url: str, cfg: Config) -> None:
+    """The output of a folder of inputs must be a folder: not a file, and not a name with an
+    image suffix the job writes (`WRITABLE_SUFFIXES`: `c.png` is a typo for a file, not a
+    folder to create) unless a folder of that name is already there or the name ends in '/'.
+    EnhanceError otherwise."""
+    e = cfg.enhance
+    local = is_local(out_url)
+    if local and local_path(out_url).is_file():
+        raise EnhanceError(
+            f"enhance.output {e.output!r} is a file, but the input {e.input!r} is a folder: "
+            "give an output folder"
+        )
+    suffix = Path(out_url).suffix.lower()
+    if suffix not in WRITABLE_SUFFIXES or out_url.endswith("/"):  # 'c.png/': a folder, as said
+        return
+    if not _is_folder(out_url, cfg):
+        raise EnhanceError(
+            f"enhance.output {e.output!r} names a {suffix} image file, but the input "
+            f"{e.input!r} is a folder: give an output folder (end it with / to use this name "
+            "for one)"
+        )
+
+
+def _is_folder(url: str, cfg: Config) -> bool:
+    """Whether `url` is a folder that exists: a local one, or an S3 prefix with objects."""
+    if is_local(url):
+        return local_path(url).is_dir()
+    return next(iter(open_storage(url, cfg.storage).list("")), None) is not None
 
 
 def _list_sources(
