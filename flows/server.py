@@ -27,7 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from diffenhance.signals import exit_code, interrupted, signum_of, stop_signals
+from diffenhance.signals import exit_code, held, interrupted, signum_of, stop_signals
 
 QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry DNS lookups offline
@@ -54,12 +54,16 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float =
 def run_command(argv: list[str], env: dict[str, str] | None = None) -> int:
     """Run `argv` and return its exit code. It runs in a process group of its own, so that an
     interrupt here (Ctrl-C, or SIGTERM as `Interrupted`) reaches all of it: the same signal
-    goes to the group (`stop_group`), then the interrupt goes on."""
-    proc = subprocess.Popen(argv, env=env, process_group=0)
+    goes to the group (`stop_group`), then the interrupt goes on. An interrupt while it
+    starts is held until `proc` is known (`signals.held`), so it never leaves it running."""
+    proc = None
     try:
+        with held():
+            proc = subprocess.Popen(argv, env=env, process_group=0)
         return proc.wait()
     except KeyboardInterrupt as e:
-        stop_group(proc, signum_of(e), CHILD_GRACE_S)
+        if proc is not None:
+            stop_group(proc, signum_of(e), CHILD_GRACE_S)
         raise
 
 

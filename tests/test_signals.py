@@ -442,3 +442,74 @@ def test_enhance_command_stops_and_releases_its_output(tmp_path, procs, sig):
     time.sleep(1.0)  # inside the sampling loop
     signal_and_check(proc, sig, timeout=30, stopped="the job (finished images are kept")
     assert not lock.exists() and not list(out.rglob("*.png")), sorted(out.rglob("*"))
+
+
+# `python -c LATE_INTERRUPT`: run_command starts `sleep 30`, and the interrupt lands while
+# subprocess.Popen is still returning (the real Popen, then the real signal to this process):
+# the race a Ctrl-C at a stage's start runs into.
+LATE_INTERRUPT = """
+import os, signal, subprocess, time
+import flows.server as server
+from diffenhance.signals import Interrupted, stop_signals
+
+class Late(subprocess.Popen):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        print("child", self.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # the handler runs in here
+        print("Popen returned", flush=True)
+
+server.subprocess.Popen = Late
+try:
+    with stop_signals():
+        server.run_command(["sleep", "30"])
+except Interrupted as e:
+    print("interrupted", e.signum, flush=True)
+"""
+
+
+def test_an_interrupt_while_a_command_starts_still_stops_it():
+    """`flows.server.run_command` holds a stop signal that arrives inside Popen (`signals.held`)
+    until the child is known, then stops the child's group: nothing is left running."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    r = subprocess.run([PYTHON, "-c", LATE_INTERRUPT], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=60)  # fmt: skip
+    pid = int(re.search(r"child (\d+)", r.stdout).group(1))
+    try:
+        left = alive([psutil.Process(pid)])
+    except psutil.NoSuchProcess:
+        left = []
+    try:
+        assert "Popen returned" in r.stdout, r.stdout + r.stderr  # the signal waited for it
+        assert f"interrupted {int(signal.SIGINT)}" in r.stdout, r.stdout + r.stderr
+        assert not left, f"left running: {left}\n{r.stdout}{r.stderr}"
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_held_raises_a_stop_signal_as_its_body_ends():
+    """Inside `held()` a stop signal waits for the body; outside `stop_signals` it is inert."""
+    code = """
+import os, signal, time
+from diffenhance.signals import Interrupted, held, stop_signals
+done = []
+try:
+    with stop_signals():
+        with held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.3)
+            done.append("body")
+        done.append("after")
+except Interrupted as e:
+    done.append(f"interrupted {e.signum}")
+with held():
+    done.append("inert")
+print(done)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.stdout.strip() == f"['body', 'interrupted {int(signal.SIGTERM)}', 'inert']", (
+        r.stdout + r.stderr
+    )

@@ -30,6 +30,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _stopping: int | None = None  # the first stop signal: from then on the process is ending
 _hook: list[Any] = []  # the handle of the process's one stop hook, once registered
 _lock = threading.RLock()  # the watcher thread and the main thread's handler both note
+_held: list[int] | None = None  # inside `held()`: the stop signal whose Interrupted waits
 
 
 class Interrupted(KeyboardInterrupt):
@@ -118,6 +119,23 @@ def _wakeup_watcher() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Inside `stop_signals`, a stop signal that arrives while the body runs raises its
+    `Interrupted` only as the body ends. For starting a child process: a signal between the
+    fork and `subprocess.Popen`'s return would otherwise leave the child running with no
+    handle to stop it (the interrupt lands before `proc` is assigned). Nests; outside
+    `stop_signals` (or off the main thread) it changes nothing."""
+    global _held
+    outer, _held = _held, []
+    try:
+        yield
+    finally:
+        waiting, _held = _held, outer
+    if waiting:
+        raise Interrupted(waiting[0])
+
+
+@contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise `Interrupted` in the main thread while this runs; torch
     networks in other threads stop at their next call (the module's docstring).
@@ -136,6 +154,9 @@ def stop_signals() -> Iterator[None]:
         _note(signum)
         if not raised:
             raised = True
+            if _held is not None:  # raised as `held()` ends
+                _held.append(signum)
+                return
             raise Interrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
