@@ -90,3 +90,31 @@ def test_degrade_before_prepare_is_one_line_before_prefect(tmp_path):
     assert "run `diffenhance prepare` (or `dvc repro prepare`)" in res.stderr
     assert len((res.stdout + res.stderr).splitlines()) == 1, res.stdout + res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_train_and_evaluate_before_their_inputs_are_one_line_before_prefect(tmp_path):
+    """`diffenhance train` before `prepare` failed inside the flow after ~10 lines of Prefect's
+    log (17 s); before `degrade` it trained until its first validation (20 s and more) and then
+    failed; `evaluate` before `train` the same. Each is now one `error:` line, exit 2, checked
+    before Prefect starts, naming the stage to run."""
+    from tests.tiny import make_dataset
+
+    (tmp_path / "params.yaml").write_text("{}\n")
+    res = run_module("diffenhance.cli", "train", cwd=tmp_path)
+    manifest = Path("data", "prepared", "manifest.csv")
+    assert_one_error_line(res, 2, f"error: {manifest}: no manifest: the `prepare` stage")
+    assert len((res.stdout + res.stderr).splitlines()) == 1, res.stdout + res.stderr
+
+    paths = make_dataset(tmp_path / "d")
+    data = [f"data.prepared_dir={paths['prepared']}", "train.tasks=[sr2]"]
+    models = tmp_path / "models"
+    nowhere = tmp_path / "not-degraded"
+    for stage, extra, start in (
+        ("train", [f"degrade.out_dir={nowhere}"], f"error: {nowhere / 'sr2' / 'pairs.csv'}: no "),
+        ("evaluate", [f"degrade.out_dir={paths['degraded']}"], f"error: {models / 'sr2'}"),
+    ):
+        res = run_module("diffenhance.cli", stage, *data, *extra, f"train.out_dir={models}",
+                         cwd=tmp_path)  # fmt: skip
+        assert_one_error_line(res, 2, start)
+        assert len((res.stdout + res.stderr).splitlines()) == 1, res.stdout + res.stderr
+        assert not models.exists()

@@ -280,6 +280,8 @@ USER_ERRORS = {  # overrides -> the start of the message
         "sr2: no checkpoint to start from (train.init_from=None",
     ),
     "empty-train-split": ([], "no training crops (no row with split 'train')"),
+    # before `degrade`: refused before the first step, not at the first validation
+    "no-pairs": ([], "sr2/pairs.csv: no validation pairs (never written"),
 }
 
 
@@ -291,10 +293,14 @@ def test_user_errors_of_training_are_user_errors(dataset, tmp_path, case):
     overrides, message = USER_ERRORS[case]
     if case == "empty-train-split":
         overrides = [_empty_train_split(dataset, tmp_path)]
+    if case == "no-pairs":
+        overrides = [f"degrade.out_dir={tmp_path / 'not-degraded'}"]
     cfg = tiny_config(dataset, f"train.out_dir={tmp_path / 'm'}", *overrides)
     with pytest.raises(Exception, match=re.escape(message)) as info:
         train_model(cfg, "sr2")
     assert user_error_code(info.value) == 2, repr(info.value)
+    if case == "no-pairs":  # no step was trained, no state written
+        assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")

@@ -66,7 +66,7 @@ import torch
 
 from diffenhance.config import Config
 from diffenhance.data.folder import iter_image_files
-from diffenhance.data.pairs import Pair, load_pairs, make_pair, task_pair
+from diffenhance.data.pairs import Pair, load_pairs, make_pair, pairs_csv, task_pair
 from diffenhance.infer import NOISE_SEEDING, set_threads
 from diffenhance.infer import autocast_dtype as infer_autocast_dtype
 from diffenhance.io import atomic_path, file_sha256, read_image, write_image
@@ -611,14 +611,22 @@ def load_model(path: str | Path, cfg: Config) -> Restorer:
     return r
 
 
-def evaluate_model(cfg: Config, task: str, **kw: Any) -> Evaluation:
-    """The `evaluate` stage for one task: the model in `<train.out_dir>/<task>/` on the fixed
-    validation pairs in `<degrade.out_dir>/<task>/` (at most `evaluate.max_images`, evenly
-    spaced by name: `spread`), written to `<evaluate.out_dir>/<task>/`."""
+def check_inputs(cfg: Config, task: str) -> tuple[Path, Path]:
+    """(model weights, pairs folder) of the `evaluate` stage for `task`; FileNotFoundError
+    naming the stage to run when either is missing (also checked before Prefect starts)."""
     model = Path(cfg.train.out_dir) / task / WEIGHTS_NAME
     if not model.is_file():
         raise FileNotFoundError(f"{model}: no trained model; run the `train` stage first")
     pairs_dir = Path(cfg.degrade.out_dir) / task
+    pairs_csv(pairs_dir)
+    return model, pairs_dir
+
+
+def evaluate_model(cfg: Config, task: str, **kw: Any) -> Evaluation:
+    """The `evaluate` stage for one task: the model in `<train.out_dir>/<task>/` on the fixed
+    validation pairs in `<degrade.out_dir>/<task>/` (at most `evaluate.max_images`, evenly
+    spaced by name: `spread`), written to `<evaluate.out_dir>/<task>/`."""
+    model, pairs_dir = check_inputs(cfg, task)
     pairs = spread(load_pairs(pairs_dir), cfg.evaluate.max_images)
     source = {"kind": "pairs", "path": str(pairs_dir / "pairs.csv")}
     out = Path(cfg.evaluate.out_dir) / task

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from diffenhance.config import Config, ConfigError, load_config, unrecorded, write_resolved
 from diffenhance.data.folder import file_sha256
-from diffenhance.data.pairs import load_pairs
+from diffenhance.data.pairs import load_pairs, pairs_csv
 from diffenhance.data.prepare import MANIFEST, load_manifest
 from diffenhance.degrade import pair_seed
 from diffenhance.diffusion import formulation_loss, to_model_range
@@ -806,11 +806,20 @@ class TrainLoop:
                 pd.DataFrame(self.log_rows).to_csv(tmp, index=False)
 
 
+def check_inputs(cfg: Config, task: str) -> None:
+    """The `train` stage's inputs for `task`, before any step: training crops (`prepare`) and
+    the validation pairs (`degrade`) that validation reads every `val_every` steps and at the
+    end. Without this a run before `degrade` trained until its first validation and failed."""
+    _train_rows(cfg)
+    pairs_csv(Path(cfg.degrade.out_dir) / task)
+
+
 def train_model(cfg: Config, task: str, *, stop_after: int | None = None) -> Path:
     """Train (or resume training) the model for `task`; returns the output directory.
 
     `stop_after` ends the run after that many total steps, as a crash would (used by tests).
     """
+    check_inputs(cfg, task)
     return TrainLoop(cfg, task).run_loop(stop_after)
 
 

@@ -185,17 +185,24 @@ def degrade_stage(
     return written
 
 
-def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
-    """Read the fixed pairs of one task (sorted by name), optionally only the first `limit`.
-    Each pair's network input is that of the task its pairs.csv row names. StalePairsError
-    names a file whose size is not the one its row records (replaced since `degrade`)."""
-    task_dir = Path(task_dir)
-    csv = task_dir / PAIRS_CSV
+def pairs_csv(task_dir: str | Path) -> Path:
+    """`<task_dir>/pairs.csv`; FileNotFoundError naming the `degrade` stage when it is missing
+    (a stage's missing input: `load_pairs`, and the train/evaluate checks before Prefect)."""
+    csv = Path(task_dir) / PAIRS_CSV
     if not csv.is_file():
         raise FileNotFoundError(
             f"{csv}: no validation pairs (never written, or a `degrade` run stopped before it "
             "finished); run the `degrade` stage (dvc repro degrade)"
         )
+    return csv
+
+
+def load_pairs(task_dir: str | Path, limit: int | None = None) -> list[Pair]:
+    """Read the fixed pairs of one task (sorted by name), optionally only the first `limit`.
+    Each pair's network input is that of the task its pairs.csv row names. StalePairsError
+    names a file whose size is not the one its row records (replaced since `degrade`)."""
+    task_dir = Path(task_dir)
+    csv = pairs_csv(task_dir)
     df = pd.read_csv(csv)
     if limit is not None:
         df = df.head(limit)
