@@ -108,7 +108,7 @@ def infer_mp_per_s(cfg: Config, side: int) -> float:
 def run_one(ov: list[str], kind: str, space: str, args, work: Path) -> dict:
     """Speed, then equal-wall-clock training and evaluation of one (formulation, space)."""
     from diffenhance.data.pairs import load_pairs
-    from diffenhance.evaluate import evaluate_pairs
+    from diffenhance.evaluate import evaluate_pairs, model_key
     from diffenhance.model import build_network, load_restorer
     from diffenhance.train import train_model
 
@@ -141,7 +141,7 @@ def run_one(ov: list[str], kind: str, space: str, args, work: Path) -> dict:
         "formulation": kind, "space": space, "params": params, "train_img_s": ips,
         "infer_mp_s": mps, "steps": steps, "train_wall_s": wall,
         "eval_steps": int(m["headline_steps"]), "psnr_y": m["model_psnr_y"],
-        "psnr_y_1step": m.get("model_ddim1_psnr_y", float("nan")),
+        "psnr_y_1step": m.get(f"{model_key(ev.protocol['sampler'], 1)}_psnr_y", float("nan")),
         "bicubic_psnr_y": m["bicubic_psnr_y"], "ssim_y": m["model_ssim_y"],
     }  # fmt: skip
 

@@ -114,6 +114,9 @@ def test_curves_checks_and_protocol(compared):
     ]
     p = comp.protocol
     assert p["default_formulation"] == "residual" and p["budget"]["train_steps"] == 2
+    # what each runs (it said ddim for all): infer.sampler applies to sr3 and residual only
+    assert p["sampler"] == {"regression": "direct", "indi": "indi", "residual": "ddim",
+                            "sr3": "ddim"}  # fmt: skip
     assert {f: v["train_step"] for f, v in p["models"].items()} == dict.fromkeys(KINDS, 2)
     assert p["models"]["residual"]["params"] > p["models"]["regression"]["params"]  # + predictor
     # files the stage declares

@@ -77,6 +77,18 @@ class Refine(torch.nn.Module):
 # ----------------------------------------------------------------------------- oracles
 
 
+def test_sampler_labels_name_what_each_formulation_runs():
+    """Reports and evaluate's method keys name the sampler a formulation runs: ddim/ddpm only
+    where infer.sampler chooses one (sr3, residual), the flow's Euler steps, InDI's own
+    iteration and regression's one pass whatever it says."""
+    from diffenhance.diffusion.formulations import get_formulation
+
+    got = {name: [get_formulation(name).sampler_label(s) for s in ("ddim", "ddpm")]
+           for name in FORMULATIONS}  # fmt: skip
+    assert got == {"sr3": ["ddim", "ddpm"], "residual": ["ddim", "ddpm"], "indi": ["indi"] * 2,
+                   "regression": ["direct"] * 2, "pmrf": ["euler"] * 2}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("sampler", "eta", "steps"), [("ddim", 0.0, 1), ("ddim", 0.0, 5), ("ddpm", 1.0, 5)]
 )

@@ -48,6 +48,7 @@ from diffenhance.evaluate import (
     SHARPNESS,
     load_model,
     mean_metric,
+    sampler_label,
     score,
     spread,
     write_csv,
@@ -245,7 +246,7 @@ def _compare_protocol(
         "images": [p.name for p in pairs],
         "n_images": len(pairs),
         "protocols": [{"name": q.name, "description": q.describe()} for q in protocols],
-        "sampler": sampler,
+        "sampler": {f: sampler_label(r, sampler) for f, r in models.items()},  # what each runs
         "eta": eta,
         "steps": list(c.steps),
         "fidelity_end": f"mean of {c.samples} samples at {lo} step(s)",
@@ -374,13 +375,21 @@ def _end_psnr(comp: Comparison, name: str, f: str, end: str) -> float:
     return float(rows["psnr_y"].iloc[0])
 
 
+def _samplers(s: str | dict[str, str]) -> str:
+    """protocol.json's sampler: {formulation: what it runs} (one name in older files)."""
+    return s if isinstance(s, str) else ", ".join(f"{f}: {name}" for f, name in s.items())
+
+
 def _summary(comp: Comparison) -> list[tuple[str, str]]:
     p, b = comp.protocol, comp.protocol["budget"]
     items = [
         ("task", p["task"]),
         ("images", f"{p['n_images']}: {', '.join(p['images'])}"),
         *((f"protocol {q['name']}", q["description"]) for q in p["protocols"]),
-        ("sampler", f"{p['sampler']} (eta {p['eta']}), steps {', '.join(map(str, p['steps']))}"),
+        (
+            "sampler",
+            f"{_samplers(p['sampler'])} (eta {p['eta']}), steps {', '.join(map(str, p['steps']))}",
+        ),
         ("fidelity end", p["fidelity_end"]),
         ("sharp end", p["sharp_end"]),
         ("noise seeding", f"seed {p['seed']}; {p['noise_seeding']}"),

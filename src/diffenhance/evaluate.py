@@ -67,6 +67,7 @@ import torch
 from diffenhance.config import Config
 from diffenhance.data.folder import iter_image_files
 from diffenhance.data.pairs import Pair, load_pairs, make_pair, pairs_csv, task_pair
+from diffenhance.diffusion.formulations import get_formulation
 from diffenhance.infer import NOISE_SEEDING, set_threads
 from diffenhance.infer import autocast_dtype as infer_autocast_dtype
 from diffenhance.io import atomic_path, file_sha256, read_image, write_image
@@ -132,8 +133,9 @@ def baselines_for_task(
 
 
 def model_key(sampler: str, steps: int, detail: float = 1.0) -> str:
-    """Method name of the model at a step count, e.g. 'model_ddim8' ('model_ddim1_d0' at
-    detail 0, for a formulation with a detail knob)."""
+    """Method name of the model at a step count, e.g. 'model_ddim8' ('model_euler1_d0' at
+    detail 0, for a formulation with a detail knob); `sampler` is the formulation's
+    `sampler_label`, the sampler it actually runs."""
     return f"model_{sampler}{steps}" + ("" if detail == 1.0 else f"_d{detail:g}")
 
 
@@ -313,10 +315,16 @@ class _Plan:
     skipped: dict[str, str]
     uncertainty: SamplingSpec | None  # the headline at evaluate.uncertainty_samples, or None
     uncertainty_skipped: str | None  # why there is no uncertainty evaluation
+    sampler: str  # what the formulation runs for head.sampler (`Formulation.sampler_label`)
 
     @property
     def headline(self) -> str:
-        return model_key(self.head.sampler, self.head.steps, self.head.detail)
+        return model_key(self.sampler, self.head.steps, self.head.detail)
+
+
+def sampler_label(r: Restorer, sampler: str) -> str:
+    """What `r`'s formulation runs for `infer.sampler` = `sampler`, as reports name it."""
+    return get_formulation(r.diffusion_cfg.formulation).sampler_label(sampler)
 
 
 def _plan(r: Restorer, task: RestorationTask, cfg: Config, n_pairs: int) -> _Plan:
@@ -347,7 +355,7 @@ def _plan(r: Restorer, task: RestorationTask, cfg: Config, n_pairs: int) -> _Pla
     return _Plan(
         task, s, head, sorted({*e.steps, head.steps}), sweep_detail, named, tuple(e.seeds),
         task.protocols(cfg.degrade), baselines, skipped,
-        None if why else unc, why,
+        None if why else unc, why, sampler_label(r, head.sampler),
     )  # fmt: skip
 
 
@@ -383,7 +391,7 @@ def _score_pair(
             done[spec] = out, score(out, p.hr, plan.protocols, mask), dt
         return done[spec]
 
-    sampler = plan.head.sampler
+    sampler = plan.sampler
     runs = [(steps, plan.sweep_detail) for steps in plan.sweep]
     if (plan.head.steps, plan.head.detail) not in runs:  # a headline off the curve (detail 0)
         runs.insert(0, (plan.head.steps, plan.head.detail))
@@ -400,7 +408,7 @@ def _score_pair(
     for name, spec in plan.presets.items():
         pred, s, dt = run(spec)
         rows.append({"image": p.name, "method": f"{PRESET_PREFIX}{name}", "kind": "preset",
-                     "sampler": spec.sampler, "steps": spec.steps, "seed": spec.seed,
+                     "sampler": sampler, "steps": spec.steps, "seed": spec.seed,
                      "detail": spec.detail, **s, "seconds": dt})  # fmt: skip
         write_image(images / f"{PRESET_PREFIX}{name}" / f"{p.name}.png", pred)
     assert headline is not None
@@ -482,12 +490,14 @@ def _protocol(
             {"name": p.name, "y_channel": p.y_channel, "crop": p.crop, "description": p.describe()}
             for p in plan.protocols
         ],
-        "sampler": plan.head.sampler,
+        "sampler": plan.sampler,
         "eta": plan.head.eta,
         "steps": plan.sweep,
         "steps_detail": plan.sweep_detail,
         "headline_steps": plan.head.steps,
-        "presets": {name: s.describe() for name, s in plan.presets.items()},
+        "presets": {
+            name: {**s.describe(), "sampler": plan.sampler} for name, s in plan.presets.items()
+        },
         "grain": "err_std_flat_y / err_std_y: std of the Y error (0-255, border crop) on the "
         "30% of pixels where the truth's local gradient is lowest / on all pixels; "
         "preset_<p>_grain_score = (flat std ratio) / (whole-image std ratio), p over fidelity",
@@ -694,6 +704,7 @@ __all__ = [
     "load_model",
     "mean_metric",
     "model_key",
+    "sampler_label",
     "score",
     "spread",
     "summarise",

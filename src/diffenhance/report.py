@@ -130,6 +130,14 @@ def _spec_text(spec: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {v}" for k, v in spec.items()) + " (as diffenhance enhance runs it)"
 
 
+def _sampler_text(p: dict[str, Any]) -> str:
+    """The sampler the model's formulation ran, and infer.sampler when that is another one
+    (a flow's Euler steps, InDI's iteration: ddim/ddpm do not apply to them)."""
+    given = (p.get("sampling") or {}).get("sampler", p["sampler"])
+    unused = "" if given == p["sampler"] else f"; infer.sampler={given} does not apply to it"
+    return f"{p['sampler']} (eta {p['eta']}){unused}"
+
+
 def _runs(model: dict[str, Any]) -> list[dict[str, Any]]:
     """The training runs behind the evaluated weights before their own (protocol.json's
     model.init_from chain, newest first); [] for a model trained from scratch."""
@@ -172,7 +180,7 @@ def summary_items(ev: Evaluation) -> list[tuple[str, str]]:
     ]
     items += [(f"protocol {q['name']}", q["description"]) for q in p["protocols"]]
     items += [
-        ("sampler", f"{p['sampler']} (eta {p['eta']})"),
+        ("sampler", _sampler_text(p)),
         ("steps", f"{p['headline_steps']} (headline); evaluated: {', '.join(map(str, p['steps']))}"),
         ("seeds", ", ".join(map(str, p["seeds"]))),
         ("samples averaged", str(p["average_samples"])),

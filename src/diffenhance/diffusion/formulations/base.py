@@ -17,7 +17,9 @@ branches on its name (EDM's shape: each recipe is one class chosen once by name)
   depend on);
 * `draws_noise(dcfg, sampler, eta)` - whether sampling draws noise after its start;
 * `deterministic_reason(dcfg, sampler, eta)` - why its samples cannot differ (None: they do), so
-  an uncertainty map (the spread of N samples) is refused for it.
+  an uncertainty map (the spread of N samples) is refused for it;
+* `sampler_label(sampler)` - the sampler it actually runs for `infer.sampler`, as reports name
+  it (the method keys of evaluate, e.g. `model_euler4`).
 
 Register a new one with the `register` decorator on an ordinary class; config validation,
 training, evaluation, compare and enhance then accept its name with no other change:
@@ -136,6 +138,11 @@ class Formulation:
         if self.uses_start_noise or self.draws_noise(dcfg, sampler, eta):
             return None
         return f"the {self.name} formulation draws no noise"
+
+    def sampler_label(self, sampler: str) -> str:
+        """The sampler `sample_once` runs for `infer.sampler` = `sampler`, as reports and
+        evaluate's method keys name it (default: `sampler` itself, ddim or ddpm)."""
+        return sampler
 
     def prepare(self, dcfg: DiffusionConfig, model: torch.nn.Module, cond: torch.Tensor) -> Any:
         """Work shared by every sample of one batch (e.g. a predictor's estimate)."""

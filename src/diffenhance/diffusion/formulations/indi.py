@@ -49,6 +49,9 @@ class InDI(Formulation):
             loss=dcfg.loss, generator=generator,
         )  # fmt: skip
 
+    def sampler_label(self, sampler: str) -> str:
+        return "indi"  # InDI's own iteration (eta: its share of fresh noise), not ddim/ddpm
+
     def draws_noise(self, dcfg: DiffusionConfig, sampler: str, eta: float) -> bool:
         return eta > 0 and dcfg.options[self.name].noise > 0
 

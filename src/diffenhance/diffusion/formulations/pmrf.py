@@ -226,6 +226,9 @@ class PMRF(Formulation):
         return total, {**stats, "loss": total.detach(), "loss_flow": flow.detach(),
                        "t_mean": t.mean()}  # fmt: skip
 
+    def sampler_label(self, sampler: str) -> str:
+        return "euler"  # Euler steps of the flow's ODE, whatever infer.sampler says
+
     def draws_noise(self, dcfg: DiffusionConfig, sampler: str, eta: float) -> bool:
         return False  # all its noise is the flow's start noise (the mean draws none)
 

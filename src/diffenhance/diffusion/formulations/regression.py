@@ -45,6 +45,9 @@ class Regression(Formulation):
         total = pixel_loss(regress(model, cond), x0, dcfg.loss).mean()
         return total, {"loss": total.detach()}
 
+    def sampler_label(self, sampler: str) -> str:
+        return "direct"  # one network pass: no sampler, steps are ignored
+
     def draws_noise(self, dcfg: DiffusionConfig, sampler: str, eta: float) -> bool:
         return False
 
