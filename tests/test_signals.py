@@ -258,10 +258,17 @@ def flow_command(module: str, tmp: Path) -> list[str]:
     if module == "enhance serve":
         return [PYTHON, "-m", "flows.enhance", "serve", "--cron", "0 3 * * *", "--name",
                 f"signals-{tmp.name}", "--params", str(PARAMS), "enhance.model=sr4"]  # fmt: skip
-    if module == "degrade":  # its entry point reads the validation crops before the flow run
-        manifest = tmp / "data" / "prepared" / "manifest.csv"  # PARAMS' data.prepared_dir
+    # entry points that check their inputs before the flow run (PARAMS' paths, train.tasks)
+    if module in ("degrade", "train"):  # the validation / training crops
+        manifest = tmp / "data" / "prepared" / "manifest.csv"
         manifest.parent.mkdir(parents=True)
-        manifest.write_text("crop_path,split,crop_sha256\nval/a.png,val,0\n")
+        manifest.write_text("crop_path,split,crop_sha256\nval/a.png,val,0\ntrain/b.png,train,0\n")
+    if module in ("train", "evaluate"):  # the validation pairs; evaluate: the trained model
+        (tmp / "data" / "degraded" / "sr4").mkdir(parents=True)
+        (tmp / "data" / "degraded" / "sr4" / "pairs.csv").write_text("name\n")
+    if module == "evaluate":
+        (tmp / "models" / "sr4").mkdir(parents=True)
+        (tmp / "models" / "sr4" / "model.safetensors").write_bytes(b"")
     if module != "enhance":
         return [PYTHON, "-c", BLOCK_IN_FLOW, f"flows.{module}", "--params", str(PARAMS)]
     (tmp / "in").mkdir(parents=True)
