@@ -12,6 +12,7 @@ import io as _io
 import logging
 import os
 import re
+import socket
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -691,6 +692,20 @@ def test_one_manifest_loader_and_one_file_hash(tmp_path: Path) -> None:
     (tmp_path / prepare.MANIFEST).write_text("crop_path,split,crop_sha256\nval/a.png,val,0123\n")
     assert prepare.load_manifest(tmp_path)["crop_sha256"].tolist() == ["0123"]
     assert d.file_sha256 is folder.file_sha256 is io.file_sha256
+
+
+def test_unreachable_download_server_exits_1_not_2(tmp_path: Path) -> None:
+    """Retries exhausted on a server that is down is nothing a user fixes in the config (exit
+    1, as failed storage; a rerun resumes), while a 404 is (exit 2); both stay DownloadErrors."""
+    from diffenhance.exitcodes import user_error_code
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/DIV2K_valid_HR.zip"
+    with pytest.raises(div2k.DownloadUnavailable, match="giving up after 1 retries") as e:
+        div2k.download(url, tmp_path / "v.zip", retries=1, progress=False, backoff=0)
+    assert isinstance(e.value, div2k.DownloadError) and user_error_code(e.value) == 1
+    assert user_error_code(div2k.DownloadError(f"{url}: HTTP 404 Not Found")) == 2
 
 
 def test_dataset_errors_are_data_errors_with_exit_code_2(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Exit codes of user errors: one table for `diffenhance <command>` and `python -m flows.<X>`.
 
 2: a bad config, model file, input or dataset (the message names the file and what to fix);
-1: storage that failed (down, refused) or shards of a job that crashed as a whole.
+1: storage or a download server that failed (down, refused), or shards of a job that crashed
+   as a whole: a rerun later, with nothing changed, can succeed.
 Anything else is a bug and keeps its traceback.
 """
 
@@ -18,6 +19,7 @@ USER_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("diffenhance.enhance", "EnhanceError", 2),
     ("builtins", "FileNotFoundError", 2),
     ("diffenhance.io", "ImageReadError", 2),  # a stage's input image (a job records its own)
+    ("diffenhance.data.div2k", "DownloadUnavailable", 1),  # network or server down: retry later
     ("diffenhance.data.errors", "DataError", 2),  # a dataset: folder, download, crops, pairs
     ("diffenhance.storage", "StorageError", 1),
     ("diffenhance.enhance", "ShardsCrashed", 1),

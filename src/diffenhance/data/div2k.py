@@ -72,6 +72,12 @@ class DownloadError(DataError, RuntimeError):
     """A download failed for good (HTTP error, retries exhausted, bad size or checksum)."""
 
 
+class DownloadUnavailable(DownloadError):
+    """The server could not be reached, or kept failing, through every retry (network down,
+    HTTP 5xx, 408, 429): nothing to fix in the config, so exit 1 like failed storage, not 2; a
+    rerun later resumes the kept .part."""
+
+
 class ArchiveError(DataError, RuntimeError):
     """An archive is corrupt, unsafe (absolute or '..' member paths) or laid out unexpectedly."""
 
@@ -183,7 +189,7 @@ def _fetch_with_retries(
         attempt += 1
         have = part.stat().st_size if part.exists() else 0
         if attempt > retries:
-            raise DownloadError(
+            raise DownloadUnavailable(
                 f"{url}: giving up after {retries} retries ({type(err).__name__}: {err}); "
                 f"{have} bytes kept in {part}, rerun to resume"
             ) from err
