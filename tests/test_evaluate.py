@@ -91,6 +91,21 @@ def test_summarise_caps_identical_images_and_computes_deltas():
     assert all(isinstance(v, float) and math.isfinite(v) for v in m.values())
 
 
+def test_protocol_records_the_seed_the_headline_was_made_at(trained, tmp_path):
+    """The headline image and figures are made at evaluate.seeds[0]; protocol.json's
+    `sampling` (and the report's "restore (SamplingSpec)" row) said infer.seed."""
+    root, model_dir = trained
+    cfg = tiny_config(root, f"evaluate.out_dir={tmp_path}", "evaluate.steps=[2]", "infer.steps=2",
+                      "infer.seed=7", "evaluate.seeds=[3]", "evaluate.max_images=1")  # fmt: skip
+    ev = evaluate_model(cfg, "sr2")
+    assert ev.protocol["seeds"] == [3] and ev.protocol["sampling"]["seed"] == 3
+    pair = load_pairs(root / "degraded" / "sr2")[0]
+    spec = sampling_spec(load_restorer(model_dir), cfg.infer, seed=3)
+    written = read_image(tmp_path / "sr2" / "images" / "model" / f"{pair.name}.png")
+    want = restore(load_restorer(model_dir), pair.lq, spec)
+    np.testing.assert_array_equal(to_uint8(written), to_uint8(want))
+
+
 def test_evaluate_model_writes_every_file_with_consistent_numbers(trained):
     root, model_dir = trained
     cfg = tiny_config(

@@ -337,7 +337,10 @@ def _plan(r: Restorer, task: RestorationTask, cfg: Config, n_pairs: int) -> _Pla
         )
     if not n_pairs:
         raise ValueError(f"no images to evaluate for task {task.name!r}")
-    head = sampling_spec(r, cfg.infer, sampler=e.sampler, samples=e.average_samples)
+    # seed: the headline image and figures are made at evaluate.seeds[0], not infer.seed (the
+    # spec recorded as protocol.json's `sampling` said infer.seed)
+    head = sampling_spec(r, cfg.infer, sampler=e.sampler, samples=e.average_samples,
+                         seed=e.seeds[0])  # fmt: skip
     named = {
         name: sampling_spec(r, replace(cfg.infer, preset=name, steps=None, samples=None,
                                        detail=None), sampler=e.sampler, seed=e.seeds[0])
