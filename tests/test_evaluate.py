@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -99,6 +100,7 @@ def test_protocol_records_the_seed_the_headline_was_made_at(trained, tmp_path):
                       "infer.seed=7", "evaluate.seeds=[3]", "evaluate.max_images=1")  # fmt: skip
     ev = evaluate_model(cfg, "sr2")
     assert ev.protocol["seeds"] == [3] and ev.protocol["sampling"]["seed"] == 3
+    assert ev.protocol["threads"] == torch.get_num_threads()  # the bits depend on it
     pair = load_pairs(root / "degraded" / "sr2")[0]
     spec = sampling_spec(load_restorer(model_dir), cfg.infer, seed=3)
     written = read_image(tmp_path / "sr2" / "images" / "model" / f"{pair.name}.png")

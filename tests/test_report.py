@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from diffenhance.config import ReportConfig, write_resolved
@@ -66,7 +67,8 @@ def test_report_is_self_contained_and_states_the_protocol(evaluated, report):
     # the summary states protocol, sampler, steps and seeds
     for needle in ("Y (BT.601, MATLAB rgb2ycbcr), 2 px border crop", "ddim (eta 0.0)",
                    "2 (headline); evaluated: 1, 2", "<td class=\"l\">seeds</td><td class=\"l\">0</td>",
-                   "sampler ddim, steps 2, samples 1, eta 0.0, seed 0, precision auto, tile 64"):  # fmt: skip
+                   "sampler ddim, steps 2, samples 1, eta 0.0, seed 0, precision auto, tile 64",
+                   f"cpu, fp32, {torch.get_num_threads()} CPU threads"):  # fmt: skip
         assert needle in text, needle
     # model against every baseline, with the deltas of metrics.json
     for b in ("bicubic", "lanczos"):

@@ -529,6 +529,8 @@ def _protocol(
         },
         "device": str(r.device),
         "autocast": "bf16" if autocast is not None else "fp32",
+        # CPU threads of the restores: an output's bits depend on it (infer.set_threads)
+        "threads": torch.get_num_threads(),
         "source": source,
         "psnr_cap_db": 100.0,
         "notes": [f"{k} skipped: {v}" for k, v in plan.skipped.items()],

@@ -188,7 +188,8 @@ def summary_items(ev: Evaluation) -> list[tuple[str, str]]:
         ("noise seeding", p["noise_seeding"]),
         ("model", f"{model.get('path', '?')} ({provenance(model)})"),
         ("formulation", model.get("formulation", "sr3 (checkpoint predates formulations)")),
-        ("device", f"{p['device']}, {p['autocast']}"),
+        ("device", f"{p['device']}, {p['autocast']}"
+                   + (f", {p['threads']} CPU threads" if "threads" in p else "")),
         ("baselines", ", ".join(p["baselines"])),
         ("seconds per image", f"{ev.timing.get('seconds_per_image', float('nan')):.3f} (headline model)"),
     ]  # fmt: skip
