@@ -176,6 +176,24 @@ def test_output_is_byte_identical_to_the_cli(client, tmp_path, name, data, cli_a
             assert got_other != want
 
 
+def test_previews_keep_the_colour_profile(client):
+    """The upload's preview and a TIFF output's PNG preview carry the file's ICC profile, as
+    the enhanced output does: without it a Display P3 or Adobe RGB photo showed other colours
+    in the page than in the downloaded result."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for name, fmt in (("p3.png", "PNG"), ("p3.tif", "TIFF")):
+        up = upload(client, name, encode(photo(16), fmt, icc_profile=icc))
+        shown = Image.open(io.BytesIO(client.get(f"/api/uploads/{up['id']}/preview.png").content))
+        assert shown.info.get("icc_profile") == icc, name
+        job = run(client, upload=up["id"], model="sr4")
+        assert job["state"] == "done", job
+        out = Image.open(io.BytesIO(client.get(f"/api/jobs/{job['id']}/output").content))
+        preview = Image.open(io.BytesIO(client.get(f"/api/jobs/{job['id']}/preview").content))
+        assert out.info.get("icc_profile") == preview.info.get("icc_profile") == icc, name
+
+
 @pytest.mark.parametrize(
     ("name", "data", "status", "message"),
     [

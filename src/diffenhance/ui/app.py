@@ -54,7 +54,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from diffenhance.config import Config
-from diffenhance.io import read_image, write_image
+from diffenhance.io import read_icc_profile, read_image, write_image
 from diffenhance.signals import STOP_SIGNALS
 from diffenhance.ui.jobs import (
     Job,
@@ -136,11 +136,12 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 def _png_of(path: Path, cache: Path) -> Path:
-    """`path` as the browser can show it: itself, else an 8-bit PNG made once into `cache`."""
+    """`path` as the browser can show it: itself, else an 8-bit PNG made once into `cache`,
+    with the file's colour profile."""
     if path.suffix.lower() in BROWSER_SUFFIXES:
         return path
     if not cache.is_file():
-        write_image(cache, read_image(path))
+        write_image(cache, read_image(path), icc_profile=read_icc_profile(path))
     return cache
 
 

@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from diffenhance.config import Config
-from diffenhance.io import ImageReadError, read_image, read_image_info, write_image
+from diffenhance.io import (
+    ImageReadError,
+    read_icc_profile,
+    read_image,
+    read_image_info,
+    write_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +140,9 @@ def save_upload(
             img = read_image(path, max_pixels=limit)
         except ImageReadError as e:
             raise UiError(f"{name}: {e.reason}") from None
-        write_image(folder / "preview.png", img)
+        # with the file's colour profile, as the output keeps it: a Display P3 photo's
+        # preview and result show the same colours
+        write_image(folder / "preview.png", img, icc_profile=read_icc_profile(path))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
