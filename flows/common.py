@@ -113,6 +113,17 @@ def run_entry(call: Callable[[], int | None], what: str = "the flow run") -> int
     return 0 if rc is None else rc
 
 
+def per_task(check: Callable[[Config, str], object]) -> Callable[[Config], None]:
+    """A `run_stage` preflight running `check(config, task)` for every task in `train.tasks`
+    (train's and evaluate's inputs)."""
+
+    def preflight(cfg: Config) -> None:
+        for task in cfg.train.tasks:
+            check(cfg, task)
+
+    return preflight
+
+
 def run_stage(
     flow: Callable[..., Any],
     argv: Sequence[str] | None,

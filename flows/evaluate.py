@@ -10,9 +10,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from diffenhance.config import Config, load_config, write_resolved
+from diffenhance.config import load_config, write_resolved
 from diffenhance.evaluate import check_inputs
-from flows.common import run_stage, stage_logger
+from flows.common import per_task, run_stage, stage_logger
 from tasks.evaluate import evaluate_model
 
 
@@ -36,11 +36,5 @@ def evaluate(params: str = "params.yaml", overrides: list[str] | None = None) ->
     return results
 
 
-def preflight(cfg: Config) -> None:
-    """Every task's model and pairs, before Prefect starts (`run_stage`)."""
-    for task_name in cfg.train.tasks:
-        check_inputs(cfg, task_name)
-
-
 if __name__ == "__main__":
-    sys.exit(run_stage(evaluate, None, __doc__, preflight=preflight))
+    sys.exit(run_stage(evaluate, None, __doc__, preflight=per_task(check_inputs)))

@@ -8,9 +8,9 @@ import sys
 
 from prefect import flow
 
-from diffenhance.config import Config, load_config
+from diffenhance.config import load_config
 from diffenhance.train import check_inputs
-from flows.common import run_stage, stage_logger
+from flows.common import per_task, run_stage, stage_logger
 from tasks.train import train_model
 
 
@@ -25,11 +25,5 @@ def train(params: str = "params.yaml", overrides: list[str] | None = None) -> li
     return out
 
 
-def preflight(cfg: Config) -> None:
-    """Every task's inputs, before Prefect starts (`run_stage`)."""
-    for task_name in cfg.train.tasks:
-        check_inputs(cfg, task_name)
-
-
 if __name__ == "__main__":
-    sys.exit(run_stage(train, None, __doc__, preflight=preflight))
+    sys.exit(run_stage(train, None, __doc__, preflight=per_task(check_inputs)))

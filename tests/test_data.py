@@ -708,6 +708,21 @@ def test_unreachable_download_server_exits_1_not_2(tmp_path: Path) -> None:
     assert user_error_code(div2k.DownloadError(f"{url}: HTTP 404 Not Found")) == 2
 
 
+def test_a_host_that_does_not_resolve_is_a_config_error(tmp_path: Path, monkeypatch) -> None:
+    """A typo in data.div2k_url's host fails its name lookup on every retry: exit 2 (fix the
+    URL), not 1 (retry later). The lookup failure is raised in place of the network's."""
+    import urllib.error
+
+    def no_such_host(*_args: object, **_kw: object) -> None:
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(div2k, "_fetch_once", no_such_host)
+    url = "http://data.vision.ee.ethz.ch.typo/DIV2K_valid_HR.zip"
+    with pytest.raises(div2k.DownloadError, match="giving up after 1 retries") as e:
+        div2k.download(url, tmp_path / "v.zip", retries=1, progress=False, backoff=0)
+    assert not isinstance(e.value, div2k.DownloadUnavailable)
+
+
 def test_dataset_errors_are_data_errors_with_exit_code_2(tmp_path: Path) -> None:
     """Every dataset error a user fixes is a DataError, which USER_ERRORS maps to exit 2 (one
     `error:` line, no traceback), and keeps the builtin class callers catch."""

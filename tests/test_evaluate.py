@@ -97,10 +97,15 @@ def test_protocol_records_the_seed_the_headline_was_made_at(trained, tmp_path):
     `sampling` (and the report's "restore (SamplingSpec)" row) said infer.seed."""
     root, model_dir = trained
     cfg = tiny_config(root, f"evaluate.out_dir={tmp_path}", "evaluate.steps=[2]", "infer.steps=2",
-                      "infer.seed=7", "evaluate.seeds=[3]", "evaluate.max_images=1")  # fmt: skip
-    ev = evaluate_model(cfg, "sr2")
+                      "infer.seed=7", "evaluate.seeds=[3]", "evaluate.max_images=1",
+                      "infer.threads=2")  # fmt: skip
+    before = torch.get_num_threads()  # a test worker's 1 (tests/conftest.py)
+    try:
+        ev = evaluate_model(cfg, "sr2")
+    finally:
+        torch.set_num_threads(before)
     assert ev.protocol["seeds"] == [3] and ev.protocol["sampling"]["seed"] == 3
-    assert ev.protocol["threads"] == torch.get_num_threads()  # the bits depend on it
+    assert ev.protocol["threads"] == 2 != before  # infer.threads: the bits depend on it
     pair = load_pairs(root / "degraded" / "sr2")[0]
     spec = sampling_spec(load_restorer(model_dir), cfg.infer, seed=3)
     written = read_image(tmp_path / "sr2" / "images" / "model" / f"{pair.name}.png")

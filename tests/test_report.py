@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from diffenhance.config import ReportConfig, write_resolved
@@ -64,11 +63,12 @@ def test_report_is_self_contained_and_states_the_protocol(evaluated, report):
     names = sorted(p.name for p in (eval_dir / "plots").glob("*.png"))
     assert names == ["crop_best_0.png", "crop_worst_1.png", "psnr_vs_steps.png", "scatter.png",
                      "training.png"]  # fmt: skip
-    # the summary states protocol, sampler, steps and seeds
+    # the summary states protocol, sampler, steps, seeds and threads (test_evaluate: their value)
+    threads = json.loads((eval_dir / "protocol.json").read_text())["threads"]
     for needle in ("Y (BT.601, MATLAB rgb2ycbcr), 2 px border crop", "ddim (eta 0.0)",
                    "2 (headline); evaluated: 1, 2", "<td class=\"l\">seeds</td><td class=\"l\">0</td>",
                    "sampler ddim, steps 2, samples 1, eta 0.0, seed 0, precision auto, tile 64",
-                   f"cpu, fp32, {torch.get_num_threads()} CPU threads"):  # fmt: skip
+                   f"cpu, fp32, {threads} CPU threads"):  # fmt: skip
         assert needle in text, needle
     # model against every baseline, with the deltas of metrics.json
     for b in ("bicubic", "lanczos"):

@@ -498,9 +498,7 @@ def _protocol(
         "steps": plan.sweep,
         "steps_detail": plan.sweep_detail,
         "headline_steps": plan.head.steps,
-        "presets": {
-            name: {**s.describe(), "sampler": plan.sampler} for name, s in plan.presets.items()
-        },
+        "presets": {name: s.describe() for name, s in plan.presets.items()},
         "grain": "err_std_flat_y / err_std_y: std of the Y error (0-255, border crop) on the "
         "30% of pixels where the truth's local gradient is lowest / on all pixels; "
         "preset_<p>_grain_score = (flat std ratio) / (whole-image std ratio), p over fidelity",

@@ -127,14 +127,15 @@ def _spec_text(spec: dict[str, Any] | None) -> str:
     """The headline's SamplingSpec as one line (older protocol.json files have none)."""
     if not spec:
         return "- (evaluated before the one restore path)"
-    return ", ".join(f"{k} {v}" for k, v in spec.items()) + " (as diffenhance enhance runs it)"
+    return ", ".join(f"{k} {v}" for k, v in spec.items()) + " (diffenhance enhance's restore path)"
 
 
 def _sampler_text(p: dict[str, Any]) -> str:
-    """The sampler the model's formulation ran, and infer.sampler when that is another one
-    (a flow's Euler steps, InDI's iteration: ddim/ddpm do not apply to them)."""
+    """The sampler the model's formulation ran, and the configured one (evaluate.sampler, else
+    infer.sampler) when that is another (a flow's Euler steps, InDI's iteration: ddim/ddpm do
+    not apply to them)."""
     given = (p.get("sampling") or {}).get("sampler", p["sampler"])
-    unused = "" if given == p["sampler"] else f"; infer.sampler={given} does not apply to it"
+    unused = "" if given == p["sampler"] else f"; the configured sampler {given} does not apply"
     return f"{p['sampler']} (eta {p['eta']}){unused}"
 
 

@@ -74,8 +74,9 @@ class DownloadError(DataError, RuntimeError):
 
 class DownloadUnavailable(DownloadError):
     """The server could not be reached, or kept failing, through every retry (network down,
-    HTTP 5xx, 408, 429): nothing to fix in the config, so exit 1 like failed storage, not 2; a
-    rerun later resumes the kept .part."""
+    connection refused, HTTP 5xx, 408, 429): nothing to fix in the config, so exit 1 like
+    failed storage, not 2; a rerun later resumes the kept .part. A host name that does not
+    resolve stays a DownloadError (exit 2): most likely a typo in data.div2k_url."""
 
 
 class ArchiveError(DataError, RuntimeError):
@@ -189,7 +190,9 @@ def _fetch_with_retries(
         attempt += 1
         have = part.stat().st_size if part.exists() else 0
         if attempt > retries:
-            raise DownloadUnavailable(
+            # a host name that does not resolve is most likely a typo in the URL (exit 2)
+            lookup = isinstance(getattr(err, "reason", None), socket.gaierror)
+            raise (DownloadError if lookup else DownloadUnavailable)(
                 f"{url}: giving up after {retries} retries ({type(err).__name__}: {err}); "
                 f"{have} bytes kept in {part}, rerun to resume"
             ) from err

@@ -138,11 +138,12 @@ def save_upload(
                     "image; shrink it, or enhance it with `diffenhance enhance`"
                 )
             img = read_image(path, max_pixels=limit)
+            # with the file's colour profile, as the output keeps it: a Display P3 photo's
+            # preview and result show the same colours
+            icc = read_icc_profile(path)
         except ImageReadError as e:
             raise UiError(f"{name}: {e.reason}") from None
-        # with the file's colour profile, as the output keeps it: a Display P3 photo's
-        # preview and result show the same colours
-        write_image(folder / "preview.png", img, icc_profile=read_icc_profile(path))
+        write_image(folder / "preview.png", img, icc_profile=icc)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
