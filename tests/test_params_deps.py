@@ -1,11 +1,13 @@
-"""Each DVC stage depends on exactly the params its code reads, so `dvc repro` never keeps a
-report that no longer matches params.yaml, and never reruns a stage for a key it ignores.
+"""Each DVC stage depends on exactly the params its code reads, and on every file it reads, so
+`dvc repro` never keeps a report that no longer matches params.yaml or its inputs, and never
+reruns a stage for a key it ignores.
 
 The lists are derived, not kept by hand: every stage's flow runs for real (tiny data, every
-task, every compared formulation) under `config.recorded_reads()`, and the keys it read are
-checked against the stage's `params:` in dvc.yaml in both directions. Then real `dvc status`,
-in a copy of the repo with every stage committed, must name exactly the stages that read each
-`infer.*` field when that field changes."""
+task, every compared formulation) under `config.recorded_reads()` and a recorder of the files
+it opens or lists; the keys it read are checked against the stage's `params:` in dvc.yaml in
+both directions, the files against its `deps:` and `outs:`. Then real `dvc status`, in a copy
+of the repo with every stage committed, must name exactly the stages that read each `infer.*`
+field when that field changes."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import dataclasses
 import json
 import os
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +47,16 @@ READ_ELSEWHERE = {
     "compare": {"degrade.blind_scale": "compare.task=blind"},
 }
 READ_ELSEWHERE["train_compare"] = READ_ELSEWHERE["train"]
+
+# Files a stage may read without listing them, each with the reason (paths relative to the run's
+# folder, which stands for the repo root).
+FILES_NOT_DEPS = {
+    "params.yaml": "params: DVC tracks the keys each stage lists, not the file",
+    "diffenhance.egg-info": "the editable install's metadata (a library scans entry points): "
+    "the environment, like site-packages",
+    "photos": "data.folder, the user's folder: tracked as a param, not by content "
+    "(docs/pipeline.md says so)",
+}
 
 TINY_RUN = [
     *TINY_MODEL,
@@ -147,10 +161,64 @@ def _write_params(root: Path) -> Path:
     return path
 
 
+_OPENED: list[set[str]] = []  # the file recorders active now (`recorded_files`)
+
+
+def _audit(event: str, args: tuple) -> None:
+    """sys.addaudithook callback: the absolute path of every file opened for reading (builtin
+    open, io.open_code, os.open) and of every folder listed, into each active recorder."""
+    if not _OPENED:
+        return
+    if event == "open":
+        path, _, flags = args
+        if flags & os.O_ACCMODE == os.O_WRONLY or flags & os.O_CREAT:
+            return  # written, or created (a temporary file opened O_RDWR): not an input
+    elif event in ("os.listdir", "os.scandir"):
+        path = args[0] if args[0] is not None else "."
+    else:
+        return
+    if isinstance(path, int) or path is None:  # an open file descriptor: opened before
+        return
+    full = os.path.abspath(os.fsdecode(path))
+    for opened in _OPENED:
+        opened.add(full)
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed: it does nothing while none records
+
+
+@contextmanager
+def recorded_files():
+    """The absolute paths a block opens for reading or lists, through Python (the audit hook)
+    and through safetensors, whose Rust reader opens files where no audit hook sees it."""
+    import safetensors
+    import safetensors.torch
+
+    opened: set[str] = set()
+
+    def seen(real):
+        def wrapper(path, *args, **kwargs):
+            opened.add(os.path.abspath(os.fsdecode(path)))
+            return real(path, *args, **kwargs)
+
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as mp:  # model.py imports both inside its functions
+        mp.setattr(safetensors, "safe_open", seen(safetensors.safe_open))
+        mp.setattr(safetensors.torch, "load_file", seen(safetensors.torch.load_file))
+        _OPENED.append(opened)
+        try:
+            yield opened
+        finally:
+            _OPENED.remove(opened)
+
+
 @pytest.fixture(scope="module")
-def stage_reads(tmp_path_factory, prefect_api) -> dict[str, set[str]]:
-    """{stage: the params.yaml keys its flow read}, foreach stages as the union of their items,
-    from real flow runs (Prefect's engine, tiny network and data; about a minute on 2 cores)."""
+def stage_runs(tmp_path_factory, prefect_api) -> dict:
+    """Real flow runs of every stage (Prefect's engine, tiny network and data; about a minute on
+    2 cores) and what each read: {"reads": {stage: params.yaml keys, foreach stages as the union
+    of their items}, "files": {(stage, item): absolute paths}, "root": the run's folder, which
+    stands for the repo root, "cfg": its config}."""
     from flows.compare import compare
     from flows.degrade import degrade
     from flows.evaluate import evaluate
@@ -167,11 +235,13 @@ def stage_reads(tmp_path_factory, prefect_api) -> dict[str, set[str]]:
     params = str(_write_params(root))
     cfg = C.load_config(params)
     reads: dict[str, set[str]] = {}
+    files: dict[tuple[str, str | None], set[str]] = {}
 
-    def record(stage: str, flow, overrides: list[str]) -> None:
-        with C.recorded_reads() as r:
+    def record(stage: str, flow, overrides: list[str], item: str | None = None) -> None:
+        with C.recorded_reads() as r, recorded_files() as f:
             flow(params, overrides)
         reads.setdefault(stage, set()).update(r)
+        files[(stage, item)] = f
 
     cwd = os.getcwd()
     os.chdir(root)  # nothing may depend on the repo's own folders
@@ -180,7 +250,7 @@ def stage_reads(tmp_path_factory, prefect_api) -> dict[str, set[str]]:
         record("degrade", degrade, [])
         for task in task_names():
             for stage, flow in (("train", train), ("evaluate", evaluate), ("report", report)):
-                record(stage, flow, [f"train.tasks=[{task}]"])
+                record(stage, flow, [f"train.tasks=[{task}]"], task)
         compare_cmd = _body(_stages()["train_compare"])["cmd"]
         for formulation in cfg.compare.formulations:
             cmd = compare_cmd.replace("${item}", formulation)
@@ -188,13 +258,18 @@ def stage_reads(tmp_path_factory, prefect_api) -> dict[str, set[str]]:
                 section, name = key.split(".")
                 cmd = cmd.replace(f"${{{key}}}", str(getattr(getattr(cfg, section), name)))
             overrides = [t.strip('"') for t in cmd.split()[3:]]  # after `python -m flows.train`
-            record("train_compare", train, overrides)
+            record("train_compare", train, overrides, formulation)
         record("compare", compare, [])
     finally:
         os.chdir(cwd)
     # train_compare runs the train flow on compare.task; compare.task may be any task
     reads["train_compare"] |= reads["train"]
-    return reads
+    return {"reads": reads, "files": files, "root": root, "cfg": cfg}
+
+
+@pytest.fixture(scope="module")
+def stage_reads(stage_runs) -> dict[str, set[str]]:
+    return stage_runs["reads"]
 
 
 def test_recorded_reads_sees_uses_not_bookkeeping(tmp_path):
@@ -306,3 +381,58 @@ def test_another_tasks_degradation_does_not_rerun_sr4(committed_repo):
     finally:
         params.write_text(original)
         pairs.unlink()
+
+
+def _stage_paths(stage_name: str, item: str | None, cfg: C.Config, root: Path) -> list[str]:
+    """The stage's deps and outputs (outs, metrics, plots) as paths relative to the repo root,
+    `${item}` and `${section.key}` filled in with the tiny run's values."""
+    body = _body(_stages()[stage_name])
+    entries = [e for kind in ("deps", "outs", "metrics", "plots") for e in body.get(kind, [])]
+    paths = []
+    for entry in entries:
+        path = next(iter(entry)) if isinstance(entry, dict) else entry
+        path = path.replace("${item}", str(item))
+        for key in re.findall(r"\$\{([a-z_]+\.[a-z_0-9]+)\}", path):
+            section, name = key.split(".")
+            value = Path(str(getattr(getattr(cfg, section), name)))
+            path = path.replace(f"${{{key}}}", str(value.relative_to(root) if value.is_absolute() else value))
+        paths.append(path.rstrip("/"))
+    return paths
+
+
+def _under(rel: str, paths: list[str]) -> bool:
+    return any(rel == p or rel.startswith(p + "/") for p in paths)
+
+
+@pytest.mark.parametrize("stage_name", sorted(_stages()))
+def test_stage_lists_every_file_it_reads(stage_runs, stage_name):
+    """Every file a stage's flow opens for reading, or folder it lists, inside the repo (the run's
+    folder stands for it; the code under the real repo counts too) is one of its deps or outputs:
+    a change to a file read but not listed would leave a stale output. The report stage used to
+    read the training run's params.resolved.yaml and the validation pairs.csv unlisted."""
+    root, cfg = stage_runs["root"], stage_runs["cfg"]
+    venv = REPO / ".venv"
+    runs = {k: v for k, v in stage_runs["files"].items() if k[0] == stage_name}
+    assert runs, f"no recorded run of {stage_name}"
+    for (_, item), opened in sorted(runs.items(), key=str):
+        listed = _stage_paths(stage_name, item, cfg, root)
+        unlisted = set()
+        for full in map(Path, opened):
+            if full.is_relative_to(root):
+                rel = full.relative_to(root).as_posix()
+            elif full.is_relative_to(REPO) and not full.is_relative_to(venv):
+                rel = full.relative_to(REPO).as_posix()
+            else:
+                continue  # the interpreter, site-packages, Prefect's home, temporary files
+            if not full.exists():
+                continue  # the stage's own temporary (an atomic write's, a staging folder)
+            if rel in (".", "") or _under(rel, list(FILES_NOT_DEPS)) or _under(rel, listed):
+                continue
+            if any(p.startswith(rel + "/") for p in listed):
+                continue  # a folder above a dep, listed on the way to it
+            unlisted.add(rel)
+        where = f"{stage_name}@{item}" if item else stage_name
+        assert not unlisted, (
+            f"dvc.yaml stage {where!r} reads files that are none of its deps or outs (a change "
+            f"to one leaves a stale output): {sorted(unlisted)}"
+        )
