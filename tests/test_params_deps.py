@@ -395,7 +395,9 @@ def _stage_paths(stage_name: str, item: str | None, cfg: C.Config, root: Path) -
         for key in re.findall(r"\$\{([a-z_]+\.[a-z_0-9]+)\}", path):
             section, name = key.split(".")
             value = Path(str(getattr(getattr(cfg, section), name)))
-            path = path.replace(f"${{{key}}}", str(value.relative_to(root) if value.is_absolute() else value))
+            path = path.replace(
+                f"${{{key}}}", str(value.relative_to(root) if value.is_absolute() else value)
+            )
         paths.append(path.rstrip("/"))
     return paths
 
