@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from diffenhance.compare import (
@@ -119,6 +120,7 @@ def test_curves_checks_and_protocol(compared):
                             "sr3": "ddim"}  # fmt: skip
     assert {f: v["train_step"] for f, v in p["models"].items()} == dict.fromkeys(KINDS, 2)
     assert p["models"]["residual"]["params"] > p["models"]["regression"]["params"]  # + predictor
+    assert p["threads"] == torch.get_num_threads()  # what the bits were made with
     # files the stage declares
     for f in ("metrics.json", "curves.csv", "per_image.csv", "protocol.json"):
         assert (comp.out_dir / f).is_file()
@@ -133,6 +135,20 @@ def test_cpu_comparison_is_bit_reproducible(compared, tmp_path):
     )
     assert (tmp_path / "metrics.json").read_bytes() == (comp.out_dir / "metrics.json").read_bytes()
     assert again.metrics == comp.metrics
+
+
+def test_comparison_runs_and_records_infer_threads(trained, tmp_path):
+    """infer.threads pins the restores' CPU threads (an output's bits depend on it), as in
+    evaluate; protocol.json and the report's summary say how many made the figures."""
+    before = torch.get_num_threads()  # a test worker's 1 (tests/conftest.py)
+    cfg = _cfg(trained, f"compare.out_dir={tmp_path}", "compare.max_images=1", "infer.threads=2")
+    try:
+        comp = compare_formulations(cfg)
+    finally:
+        torch.set_num_threads(before)
+    assert comp.protocol["threads"] == 2 != before
+    html = build_compare_report(comp.out_dir, cfg.report).read_text()
+    assert "cpu, 2 CPU threads" in html
 
 
 def test_report_has_checks_tables_curves_and_crops(compared):

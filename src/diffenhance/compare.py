@@ -54,7 +54,7 @@ from diffenhance.evaluate import (
     write_csv,
     write_json,
 )
-from diffenhance.infer import NOISE_SEEDING
+from diffenhance.infer import NOISE_SEEDING, set_threads
 from diffenhance.io import atomic_path, read_image, write_image
 from diffenhance.model import WEIGHTS_NAME, Restorer
 from diffenhance.report import HF_LABEL, fmt_metric, html_page, html_table, signed_metric
@@ -271,6 +271,8 @@ def _compare_protocol(
         },
         "models": {f: {**budget[f], "path": r.meta.get("path")} for f, r in models.items()},
         "device": str(next(iter(models.values())).device),
+        # CPU threads of the restores: an output's bits depend on it (infer.set_threads)
+        "threads": torch.get_num_threads(),
         "checks": checks(metrics, ref, cfg.diffusion.formulation, c.reference),
     }
     return protocol
@@ -290,6 +292,7 @@ def compare_models(
     if not pairs:
         raise ValueError(f"no validation pairs to compare on for task {c.task!r}")
     _budget_check(models, cfg)  # before any work
+    set_threads(cfg.infer.threads)  # the metrics' bits depend on it, as evaluate's do
     baselines, skipped = get_task(c.task).baselines(cfg)
     ref = next(iter(baselines))
     out = Path(out_dir)
@@ -404,7 +407,7 @@ def _summary(comp: Comparison) -> list[tuple[str, str]]:
         ),
         ("default formulation", f"{p['default_formulation']} (diffusion.formulation)"),
         ("baseline", p["baseline"]),
-        ("device", p["device"]),
+        ("device", p["device"] + (f", {p['threads']} CPU threads" if "threads" in p else "")),
     ]
     items += [(f"{k} skipped", v) for k, v in p.get("skipped_baselines", {}).items()]
     return items
