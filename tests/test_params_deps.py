@@ -54,6 +54,8 @@ FILES_NOT_DEPS = {
     "params.yaml": "params: DVC tracks the keys each stage lists, not the file",
     "diffenhance.egg-info": "the editable install's metadata (a library scans entry points): "
     "the environment, like site-packages",
+    "tests/test_params_deps.py": "this harness: the flows run inside its frames, and Python reads "
+    "a frame's source for a warning's or a logged traceback's lines",
     "photos": "data.folder, the user's folder: tracked as a param, not by content "
     "(docs/pipeline.md says so)",
 }
