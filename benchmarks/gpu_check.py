@@ -133,6 +133,7 @@ def _train_in(work: Path, dev: torch.device, steps: int, crop: int, batch: int, 
             "degrade.val_max_images=4",
             f"train.out_dir={work / 'models'}",
             "train.init_from=null",  # a real run from scratch, not a fine-tune of the shipped
+            "diffusion.options.pmrf.train_mean=true",  # so stage 1 is trained too, not loaded
             f"train.steps={steps}",
             f"train.batch_size={batch}",
             f"train.crop_size={crop}",

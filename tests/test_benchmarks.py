@@ -281,3 +281,27 @@ def test_gpu_check_names_its_steps_and_refuses_an_unknown_one(tmp_path):
     assert res.returncode == 2 and "unknown step(s) knobs" in res.stderr, res.stderr
     assert "tests, train, speed, pretrained, knob" in res.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_gpu_check_train_step_runs_on_the_cpu(tmp_path):
+    """The GPU script's `train` step (a short real run from scratch on the bundled photos) on
+    the CPU: it stopped at once when params.yaml's formulation became pmrf with a frozen stage 1
+    that a run from scratch has no checkpoint for, and the first GPU call would have found that."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu", "--only", "train",
+           "--out", str(tmp_path)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = json.loads((tmp_path / "gpu_check.json").read_text())["real_training"]
+    assert run["steps"] == 4 and 0 < run["val_psnr"] < 100
+    assert (tmp_path / "train_log.csv").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
+    """Every step of the GPU script with `--cpu` (~8 min): what a GPU session runs first."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu", "--out",
+           str(tmp_path)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert {"gpu_tests", "real_training", "pretrained", "knob", "wide"} <= set(result)
