@@ -451,3 +451,20 @@ def test_stage_lists_every_file_it_reads(stage_runs, stage_name):
             f"dvc.yaml stage {where!r} reads files that are none of its deps or outs (a change "
             f"to one leaves a stale output): {sorted(unlisted)}"
         )
+
+
+def test_a_training_range_does_not_rerun_degrade(committed_repo):
+    """degrade.jpeg_quality is jpeg's training range: the validation pairs use
+    degrade.val_jpeg_quality, so a change to it must not rerun `degrade` (it did: the task read
+    the range before asking whether it made a validation pair)."""
+    params = committed_repo / "params.yaml"
+    original = params.read_text()
+    raw = yaml.safe_load(original)
+    try:
+        raw["degrade"]["jpeg_quality"] = [20, 70]
+        params.write_text(yaml.safe_dump(raw, sort_keys=False))
+        stale = _stale(committed_repo)
+        assert stale and "degrade" not in stale  # the train stages that list it, only
+        assert all(s.startswith(("train@", "compare/dvc.yaml:train_compare@")) for s in stale)
+    finally:
+        params.write_text(original)

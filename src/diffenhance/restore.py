@@ -96,7 +96,8 @@ def sampling_spec(r: Any, infer: InferConfig, **overrides: Any) -> SamplingSpec:
         a = "an" if f.name[:1] in "aeiou" else "a"  # an indi, a regression
         raise ValueError(
             f"detail={spec.detail:g} asked of {a} {f.name} model, which has no detail knob: its "
-            "knob is steps (infer.steps) and samples; leave infer.detail null"
+            "knob is steps and samples (--steps, --samples; infer.steps, infer.samples): leave "
+            "detail unset (--detail, infer.detail)"
         )
     return spec
 

@@ -19,6 +19,7 @@ class Jpeg(RestorationTask):
     def synthesise(
         self, hr: np.ndarray, rng: np.random.Generator, cfg: DegradeConfig, *, validation: bool
     ) -> np.ndarray:
+        if validation:  # the training range is not read: a change to it leaves the pairs
+            return jpeg(hr, cfg.val_jpeg_quality)
         lo, hi = cfg.jpeg_quality
-        q = cfg.val_jpeg_quality if validation else int(rng.integers(lo, hi + 1))
-        return jpeg(hr, q)
+        return jpeg(hr, int(rng.integers(lo, hi + 1)))
