@@ -285,16 +285,16 @@ def run_wide(cpu: bool, seconds: float, out: Path) -> dict:
     preset can pass the 2.0 dB bar."""
     base = WIDE_CPU if cpu else [*PRETRAINED_GPU, *WIDE]
     wide = out / "wide"
-    stage1 = ["--params", str(STAGE1_RECIPE), *base]  # a recipe and its overrides
     res: dict = {}
 
     def flow(mean: Path) -> list[str]:
-        return ["--params", str(KNOB_RECIPE), *base, *WIDE_FLOW, f"train.init_from={mean}"]
+        return [*base, *WIDE_FLOW, f"train.init_from={mean}"]
 
-    def train(name: str, args: list[str], steps: int) -> bool:
+    def train(name: str, recipe: Path, overrides: list[str], steps: int) -> bool:
         every = ["train.log_every=25", f"train.val_every={steps}"] if not cpu else []
-        opts = ["--task", "sr4", "--extra-photos", "--dest", str(wide / name), *args[:2]]
-        args = [*opts, *args[2:], *every, f"train.steps={steps}"]  # options, then overrides
+        # train_pretrained.py's options, then the overrides (its positional arguments)
+        args = ["--task", "sr4", "--extra-photos", "--dest", str(wide / name), "--params",
+                str(recipe), *overrides, *every, f"train.steps={steps}"]  # fmt: skip
         r = _script("train_pretrained.py", args, out / f"wide-{name}.log")
         if r["returncode"] == 0:
             r["record"] = json.loads((wide / name / "sr4" / "training.json").read_text())
@@ -302,9 +302,9 @@ def run_wide(cpu: bool, seconds: float, out: Path) -> dict:
         return r["returncode"] == 0
 
     probe = 2 if cpu else PROBE_STEPS
-    if not train("probe-stage1", stage1, probe):
+    if not train("probe-stage1", STAGE1_RECIPE, base, probe):
         return res
-    if not train("probe-flow", flow(wide / "probe-stage1" / "sr4"), probe):
+    if not train("probe-flow", KNOB_RECIPE, flow(wide / "probe-stage1" / "sr4"), probe):
         return res
     try:
         rates = {k: probe_rate(wide / f"probe-{k}" / "sr4") for k in ("stage1", "flow")}
@@ -315,9 +315,9 @@ def run_wide(cpu: bool, seconds: float, out: Path) -> dict:
             for k, share in (("stage1", 0.55), ("flow", 0.45))}  # fmt: skip
     res["plan"] = {"seconds": seconds, "steps_per_s": rates, "steps": plan}
     print(f"wide: {res['plan']}", flush=True)
-    if not train("stage1", stage1, plan["stage1"]):
+    if not train("stage1", STAGE1_RECIPE, base, plan["stage1"]):
         return res
-    if not train("flow", flow(wide / "stage1" / "sr4"), plan["flow"]):
+    if not train("flow", KNOB_RECIPE, flow(wide / "stage1" / "sr4"), plan["flow"]):
         return res
     args = ["--model", str(wide / "flow" / "sr4"), "--out", str(wide / "bench"), "--set-presets"]
     if cpu:

@@ -25,7 +25,7 @@ import yaml
 
 from diffenhance import config as C
 from tests.conftest import REPO
-from tests.pipeline_utils import commit_stand_ins, copy_repo, git, run
+from tests.pipeline_utils import commit_stand_ins, copy_repo, git, run, set_params
 from tests.tiny import TINY_MODEL, smooth_image
 
 
@@ -123,6 +123,19 @@ def _set_by_cmd(stage: dict) -> tuple[set[str], set[str]]:
     overridden = set(re.findall(r"([a-z_]+(?:\.[a-z_0-9]+)+)=", cmd))
     text = json.dumps({k: v for k, v in body.items() if k != "params"})
     return overridden, set(re.findall(r"\$\{([a-z_]+\.[a-z_0-9]+)\}", text))
+
+
+def _fill(text: str, cfg: C.Config, item: str | None, root: Path | None = None) -> str:
+    """dvc.yaml `text` with `${item}` and each `${section.key}` replaced by the config's value,
+    as DVC fills them in (a path value relative to `root` where one is given)."""
+    text = text.replace("${item}", str(item))
+    for key in re.findall(r"\$\{([a-z_]+\.[a-z_0-9]+)\}", text):
+        section, name = key.split(".")
+        value = str(getattr(getattr(cfg, section), name))
+        if root is not None and Path(value).is_absolute():
+            value = str(Path(value).relative_to(root))
+        text = text.replace(f"${{{key}}}", value)
+    return text
 
 
 def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
@@ -225,8 +238,7 @@ def stage_runs(tmp_path_factory, prefect_api) -> dict:
     """Real flow runs of every stage (Prefect's engine, tiny network and data; about a minute on
     2 cores) and what each read: {"reads": {stage: params.yaml keys, foreach stages as the union
     of their items}, "files": {(stage, item): {(absolute path, "open" or "list")}}, "root": the
-    run's folder, which
-    stands for the repo root, "cfg": its config}."""
+    run's folder, which stands for the repo root, "cfg": its config}."""
     from flows.compare import compare
     from flows.degrade import degrade
     from flows.evaluate import evaluate
@@ -243,7 +255,7 @@ def stage_runs(tmp_path_factory, prefect_api) -> dict:
     params = str(_write_params(root))
     cfg = C.load_config(params)
     reads: dict[str, set[str]] = {}
-    files: dict[tuple[str, str | None], set[str]] = {}
+    files: dict[tuple[str, str | None], set[tuple[str, str]]] = {}
 
     def record(stage: str, flow, overrides: list[str], item: str | None = None) -> None:
         with C.recorded_reads() as r, recorded_files() as f:
@@ -261,10 +273,7 @@ def stage_runs(tmp_path_factory, prefect_api) -> dict:
                 record(stage, flow, [f"train.tasks=[{task}]"], task)
         compare_cmd = _body(_stages()["train_compare"])["cmd"]
         for formulation in cfg.compare.formulations:
-            cmd = compare_cmd.replace("${item}", formulation)
-            for key in re.findall(r"\$\{([a-z_]+\.[a-z_0-9]+)\}", cmd):
-                section, name = key.split(".")
-                cmd = cmd.replace(f"${{{key}}}", str(getattr(getattr(cfg, section), name)))
+            cmd = _fill(compare_cmd, cfg, formulation)
             overrides = [t.strip('"') for t in cmd.split()[3:]]  # after `python -m flows.train`
             record("train_compare", train, overrides, formulation)
         record("compare", compare, [])
@@ -396,18 +405,8 @@ def _stage_paths(stage_name: str, item: str | None, cfg: C.Config, root: Path) -
     `${item}` and `${section.key}` filled in with the tiny run's values."""
     body = _body(_stages()[stage_name])
     entries = [e for kind in ("deps", "outs", "metrics", "plots") for e in body.get(kind, [])]
-    paths = []
-    for entry in entries:
-        path = next(iter(entry)) if isinstance(entry, dict) else entry
-        path = path.replace("${item}", str(item))
-        for key in re.findall(r"\$\{([a-z_]+\.[a-z_0-9]+)\}", path):
-            section, name = key.split(".")
-            value = Path(str(getattr(getattr(cfg, section), name)))
-            path = path.replace(
-                f"${{{key}}}", str(value.relative_to(root) if value.is_absolute() else value)
-            )
-        paths.append(path.rstrip("/"))
-    return paths
+    paths = [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+    return [_fill(p, cfg, item, root).rstrip("/") for p in paths]
 
 
 def _under(rel: str, paths: list[str]) -> bool:
@@ -459,10 +458,8 @@ def test_a_training_range_does_not_rerun_degrade(committed_repo):
     the range before asking whether it made a validation pair)."""
     params = committed_repo / "params.yaml"
     original = params.read_text()
-    raw = yaml.safe_load(original)
     try:
-        raw["degrade"]["jpeg_quality"] = [20, 70]
-        params.write_text(yaml.safe_dump(raw, sort_keys=False))
+        set_params(committed_repo, {"degrade": {"jpeg_quality": [20, 70]}})
         stale = _stale(committed_repo)
         assert stale and "degrade" not in stale  # the train stages that list it, only
         assert all(s.startswith(("train@", "compare/dvc.yaml:train_compare@")) for s in stale)
