@@ -123,12 +123,15 @@ class Proc:
         for c in children:
             self.started.setdefault(c.pid, c)
 
-    def wait_started(self, text: str, timeout: float) -> None:
-        """Wait up to `timeout` s for a process it started whose command line has `text`."""
+    def wait_started(self, command: str, timeout: float) -> None:
+        """Wait up to `timeout` s for a process it started whose command line begins with
+        `command` (not merely contains it: `sh -c 'sleep 300 & sleep 301'` contains `sleep
+        301` before its child `sleep 301` exists)."""
+        words = command.split()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.note_children()
-            if any(text in " ".join(cmdline(c)) for c in self.started.values()):
+            if any(cmdline(c)[: len(words)] == words for c in self.started.values()):
                 return
             time.sleep(0.1)
         raise AssertionError(f"no process {text!r} within {timeout:.0f} s:\n{self.output}")
@@ -245,6 +248,7 @@ def wrapper(tmp_path_factory) -> Iterator[tuple[Proc, str]]:
     proc = Proc(cmd, root / "tmp", root, PREFECT_API_URL="")
     try:
         url = proc.wait_for(r"Prefect API: (\S+)", timeout=180)[1]
+        proc.wait_started("sleep 300", timeout=30)
         proc.wait_started("sleep 301", timeout=30)
         yield proc, url
     finally:
@@ -358,6 +362,7 @@ def test_server_wrapper_stops_its_command_on_sigint(tmp_path, procs, sig, own_se
     proc = Proc(cmd, tmp_path / "tmp", tmp_path, PREFECT_API_URL="" if own_server else NO_SERVER)
     procs.append(proc)
     proc.wait_for("Prefect API", timeout=180)
+    proc.wait_started("sleep 300", timeout=30)
     proc.wait_started("sleep 301", timeout=30)
     stopped = "sh -c 'sleep 300 & sleep 301'" + (" and the Prefect server" if own_server else "")
     signal_and_check(proc, sig, timeout=60, stopped=stopped)
