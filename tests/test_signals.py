@@ -134,7 +134,7 @@ class Proc:
             if any(cmdline(c)[: len(words)] == words for c in self.started.values()):
                 return
             time.sleep(0.1)
-        raise AssertionError(f"no process {text!r} within {timeout:.0f} s:\n{self.output}")
+        raise AssertionError(f"no process {command!r} within {timeout:.0f} s:\n{self.output}")
 
     def kill(self) -> None:
         """Teardown: nothing of it may outlive the test, whatever the test found."""
@@ -270,6 +270,9 @@ def flow_command(module: str, tmp: Path) -> list[str]:
     if module in ("train", "evaluate"):  # the validation pairs; evaluate: the trained model
         (tmp / "data" / "degraded" / "sr4").mkdir(parents=True)
         (tmp / "data" / "degraded" / "sr4" / "pairs.csv").write_text("name\n")
+        (tmp / "data" / "degraded" / "sr4" / "degradation.json").write_text(
+            '{"degrade": {}, "task": "sr4"}'
+        )
     if module == "evaluate":
         (tmp / "models" / "sr4").mkdir(parents=True)
         (tmp / "models" / "sr4" / "model.safetensors").write_bytes(b"")
