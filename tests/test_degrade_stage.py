@@ -3,20 +3,23 @@ it over the tasks: both write exactly the pairs of `write_pair` on every validat
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from diffenhance.config import load_config, write_resolved
+from diffenhance.config import load_config, recorded_reads, write_resolved
 from diffenhance.data.pairs import (
     PAIRS_CSV,
     StalePairsError,
     degrade_stage,
     load_pairs,
+    task_degradation,
     write_pair,
 )
 from diffenhance.exitcodes import user_error_code
+from diffenhance.restoration import task_names
 from tests.tiny import make_dataset
 
 
@@ -155,3 +158,78 @@ def test_a_stopped_degrade_leaves_no_pairs_csv_and_fewer_images_prune_the_rest(
     degrade_stage(stage_config(tmp_path, "degrade.tasks=[denoise]", "degrade.val_max_images=1"))
     assert pd.read_csv(denoise / PAIRS_CSV)["name"].tolist() == ["img0_s000"]
     assert sorted(files(denoise)) == ["hr/img0_s000.png", "lq/img0_s000.png"]
+
+
+def every_file(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_a_training_range_changes_only_its_own_tasks_degradation_record(tmp_path):
+    """Each task's training settings are recorded in its own folder (degradation.json), so an
+    edit of jpeg's range leaves every other task's folder byte-identical (their DVC train and
+    evaluate stages stay cached) and jpeg's pairs too: only its record changes."""
+    make_dataset(tmp_path, tasks=("sr2",), n_val=2)
+    tasks = "degrade.tasks=[sr2,denoise,jpeg,blind,inpaint]"
+    degrade_stage(stage_config(tmp_path, tasks))
+    out = tmp_path / "out"
+    before = {t: every_file(out / t) for t in ("sr2", "denoise", "jpeg", "blind", "inpaint")}
+    assert json.loads(before["denoise"]["degradation.json"]) == {
+        "task": "denoise", "degrade": {"noise_sigma": [5.0, 50.0], "val_noise_sigma": 25.0}
+    }  # fmt: skip
+    assert json.loads(before["sr2"]["degradation.json"]) == {"task": "sr2", "degrade": {}}
+    assert json.loads(before["blind"]["degradation.json"])["degrade"] == {"blind_scale": 4}
+    degrade_stage(stage_config(tmp_path, tasks, "degrade.jpeg_quality=[20,70]"))
+    after = {t: every_file(out / t) for t in before}
+    assert {t for t in before if after[t] != before[t]} == {"jpeg"}
+    changed = {k for k in before["jpeg"] if after["jpeg"][k] != before["jpeg"][k]}
+    assert changed == {"degradation.json"}
+    assert json.loads(after["jpeg"]["degradation.json"])["degrade"] == {
+        "jpeg_quality": [20, 70], "val_jpeg_quality": 30
+    }  # fmt: skip
+
+
+def test_train_and_evaluate_read_the_recorded_degradation_and_refuse_a_stale_one(tmp_path):
+    """`task_degradation` is what train and evaluate see: the recorded values, not another
+    task's; after an edit of the task's own key without rerunning degrade, a clear error
+    naming the key and the stage to rerun; without a record, the stage to run."""
+    make_dataset(tmp_path, tasks=("sr2",), n_val=1)
+    cfg = stage_config(tmp_path, "degrade.tasks=[denoise]", "degrade.noise_sigma=[1,9]")
+    degrade_stage(cfg)
+    got = task_degradation(cfg, "denoise")
+    assert got.degrade.noise_sigma == (1.0, 9.0) and got.degrade == cfg.degrade
+    with pytest.raises(StalePairsError, match=r"degrade\.noise_sigma = \[1\.0, 9\.0\] there, "
+                       r"\[2\.0, 9\.0\] in params.*dvc repro degrade") as err:  # fmt: skip
+        task_degradation(stage_config(tmp_path, "degrade.noise_sigma=[2,9]"), "denoise")
+    assert user_error_code(err.value) == 2
+    other = stage_config(tmp_path, "degrade.noise_sigma=[1,9]", "degrade.jpeg_quality=[5,6]")
+    assert task_degradation(other, "denoise").degrade.noise_sigma == (1.0, 9.0)  # jpeg's key
+    record = tmp_path / "out" / "denoise" / "degradation.json"
+    for damaged in ("{not json", '["a list"]', '{"task": "denoise"}'):
+        record.write_text(damaged)
+        with pytest.raises(StalePairsError, match=r"not a degradation record.*repro degrade"):
+            task_degradation(cfg, "denoise")
+    record.unlink()
+    with pytest.raises(FileNotFoundError, match=r"denoise/degradation\.json.*dvc repro degrade"):
+        task_degradation(cfg, "denoise")
+
+
+@pytest.mark.parametrize("task", task_names())
+def test_degrade_keys_are_the_keys_its_degradation_and_scale_read(task):
+    """Each task's `degrade_keys` (what degradation.json records) are exactly the degrade.*
+    keys its degradation (training and validation) and its scale read, as the params
+    recorder sees them: a key missing there would be read from params, unlisted in DVC's
+    train stage."""
+    import numpy as np
+
+    from diffenhance.restoration import get_task
+
+    t = get_task(task)
+    with recorded_reads() as reads:
+        cfg = load_config(None, [])
+        hr = np.full((32, 32, 3), 0.5, np.float32)
+        t.scale(cfg.degrade)
+        for validation in (False, True):
+            t.degrade(hr, np.random.default_rng(0), cfg.degrade, validation=validation)
+    assert {r.removeprefix("degrade.") for r in reads} == set(t.degrade_keys)

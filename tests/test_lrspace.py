@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffenhance.config import ModelConfig, load_config
+from diffenhance.data.pairs import degrade_stage
 from diffenhance.diffusion.formulations import FORMULATIONS, formulation_loss
 from diffenhance.model import (
     build_network,
@@ -250,6 +251,7 @@ def test_training_an_lr_network_lowers_the_loss(tmp_path):
         f"train.steps={steps}", f"train.val_every={steps}", f"train.ckpt_every={steps}",
         "train.lr=1e-3", "train.batch_size=4", "degrade.noise_sigma=[30,30]",
     )  # fmt: skip
+    degrade_stage(cfg, ["denoise"])  # the range is recorded by degrade, as in the pipeline
     out = train_model(cfg, "denoise")
     r = load_restorer(out)
     assert r.model_cfg.space == "lr" and isinstance(r.unet, LRSpaceUNet) and r.unet.factor == 2

@@ -43,8 +43,6 @@ READ_ELSEWHERE = {
         "data.raw_dir": "data.source=div2k",
     },
     "train": {"train.init_strict": "loading a train.init_from checkpoint; tiny runs start afresh"},
-    # the blind task's scale (its protocols' border crop); the tiny comparison runs on sr4
-    "compare": {"degrade.blind_scale": "compare.task=blind"},
 }
 READ_ELSEWHERE["train_compare"] = READ_ELSEWHERE["train"]
 
@@ -452,16 +450,33 @@ def test_stage_lists_every_file_it_reads(stage_runs, stage_name):
         )
 
 
-def test_a_training_range_does_not_rerun_degrade(committed_repo):
-    """degrade.jpeg_quality is jpeg's training range: the validation pairs use
-    degrade.val_jpeg_quality, so a change to it must not rerun `degrade` (it did: the task read
-    the range before asking whether it made a validation pair)."""
+TRAINING_RANGES = {"noise_sigma": [10.0, 60.0], "jpeg_quality": [20, 70], "blind_scale": 2,
+                   "mask_coverage": [0.1, 0.4]}  # fmt: skip
+
+
+def test_a_tasks_training_range_reruns_degrade_and_no_other_tasks_training(committed_repo):
+    """Each task's training setting (denoise's noise_sigma, jpeg's jpeg_quality, blind's scale,
+    inpaint's masks) was a param of every train@ and train_compare@ stage, since DVC cannot
+    vary a foreach stage's params per task: an edit of one retrained sr4 (hours on a GPU). Now
+    degrade records it in data/degraded/<task>/degradation.json and a task's stages read it
+    there: the edit reruns degrade alone, and degrade's rerun (simulated: the record
+    rewritten) changes that task's folder only, which sr4's chain does not depend on."""
+    from diffenhance.restoration import get_task
+
+    keys = {k for t in task_names() for k in get_task(t).degrade_keys}
+    assert keys - {"val_noise_sigma", "val_jpeg_quality"} == set(TRAINING_RANGES)
     params = committed_repo / "params.yaml"
     original = params.read_text()
+    record = committed_repo / "data/degraded/denoise/degradation.json"
     try:
-        set_params(committed_repo, {"degrade": {"jpeg_quality": [20, 70]}})
-        stale = _stale(committed_repo)
-        assert stale and "degrade" not in stale  # the train stages that list it, only
-        assert all(s.startswith(("train@", "compare/dvc.yaml:train_compare@")) for s in stale)
+        for key, value in TRAINING_RANGES.items():
+            set_params(committed_repo, {"degrade": {key: value}})
+            assert _stale(committed_repo) == {"degrade"}, key
+            params.write_text(original)
+        set_params(committed_repo, {"degrade": {"noise_sigma": [10.0, 60.0]}})
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text('{"degrade": {"noise_sigma": [10.0, 60.0]}, "task": "denoise"}\n')
+        assert _stale(committed_repo) == {"degrade"}
     finally:
         params.write_text(original)
+        record.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load, load_file
 
 from diffenhance.config import write_resolved
+from diffenhance.data.pairs import degrade_stage
 from diffenhance.train import resume_params, train_model
 from tests.test_flow_errors import run_module
 from tests.tiny import make_dataset, tiny_config
@@ -159,6 +160,36 @@ def test_another_formulations_options_leave_a_run_resumable(dataset, reference, 
         dataset, f"train.out_dir={tmp_path}", *RESUME, "diffusion.options.residual.scale=2.0"
     )
     train_model(own, "sr2", stop_after=1)
+    assert "resuming" not in caplog.text
+
+
+def test_another_tasks_degradation_resumes_and_new_validation_pairs_start_afresh(
+    dataset, reference, tmp_path, caplog
+):
+    """A state depends on its own task's degradation and validation pairs only: an sr2 run
+    stopped at step 2 resumes exactly after denoise's and jpeg's settings changed (they used to
+    start it afresh: hours lost on a GPU for an edit it never reads); sr2's pairs rewritten (a
+    new degrade.val_size) start it afresh, so its log never mixes two validation sets."""
+    caplog.set_level(logging.INFO, logger="diffenhance.train")
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    cfg = tiny_config(data, f"train.out_dir={tmp_path / 'models'}", *RESUME)
+    out = train_model(cfg, "sr2", stop_after=2)
+    others = [
+        "degrade.noise_sigma=[1,2]",
+        "degrade.val_noise_sigma=10",
+        "degrade.jpeg_quality=[4,5]",
+    ]
+    train_model(tiny_config(data, f"train.out_dir={tmp_path / 'models'}", *RESUME, *others), "sr2")
+    assert "resuming from step 2" in caplog.text
+    _assert_same_as(reference, out)
+    caplog.clear()
+    train_model(cfg, "sr2", stop_after=2)  # finished: trains afresh, stopped at step 2 again
+    smaller = tiny_config(data, f"train.out_dir={tmp_path / 'models'}", *RESUME,
+                          "degrade.val_size=16")  # fmt: skip
+    degrade_stage(smaller, ["sr2"])
+    caplog.clear()
+    train_model(smaller, "sr2", stop_after=1)
     assert "resuming" not in caplog.text
 
 

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from diffenhance.config import CompareConfig, Config, ReportConfig, to_dict
-from diffenhance.data.pairs import Pair, load_pairs
+from diffenhance.data.pairs import Pair, load_pairs, task_degradation
 from diffenhance.diffusion.formulations import get_formulation
 from diffenhance.evaluate import (
     METRICS,
@@ -344,6 +344,7 @@ def load_models(cfg: Config) -> dict[str, Restorer]:
 def compare_formulations(cfg: Config, **kw: Any) -> Comparison:
     """The `compare` stage: every formulation's model on the task's validation pairs (at most
     `compare.max_images`, evenly spaced by name), into `compare.out_dir`."""
+    cfg = task_degradation(cfg, cfg.compare.task)  # its scale as degrade recorded it
     pairs = spread(load_pairs(Path(cfg.degrade.out_dir) / cfg.compare.task), cfg.compare.max_images)
     return compare_models(load_models(cfg), pairs, cfg, cfg.compare.out_dir, **kw)
 

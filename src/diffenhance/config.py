@@ -1127,15 +1127,16 @@ class _ReadLog:
 
     def __init__(self) -> None:
         self.reads: set[str] = set()
-        self.sections: dict[int, tuple[str, Any]] = {}  # id -> (dotted path, the object: keeps id)
+        # id -> (dotted path, the object (keeps the id), its fields that are not params' values)
+        self.sections: dict[int, tuple[str, Any, frozenset[str]]] = {}
         self.patched: set[type] = set()
 
     def watch(self, cfg: Config) -> None:
         for f in dataclasses.fields(Config):
             self._watch(getattr(cfg, f.name), f.name)
 
-    def _watch(self, obj: Any, path: str) -> None:
-        self.sections[id(obj)] = (path, obj)
+    def _watch(self, obj: Any, path: str, not_params: frozenset[str] = frozenset()) -> None:
+        self.sections[id(obj)] = (path, obj, not_params)
         if type(obj) not in self.patched:
             type(obj).__getattribute__ = _recording_getattribute  # type: ignore[method-assign]
             self.patched.add(type(obj))
@@ -1187,6 +1188,7 @@ def _recording_getattribute(self: Any, name: str) -> Any:
         and not isinstance(value, PluginOptions)  # a use is the read of an option in it
         and not getattr(_QUIET, "depth", 0)
         and (section := log.sections.get(id(self))) is not None
+        and name not in section[2]
         and not _from_prefect()
     ):
         log.reads.add(f"{section[0]}.{name}")
@@ -1209,6 +1211,18 @@ def recorded_reads() -> Iterator[set[str]]:
     finally:
         log.unpatch()
         _READS = None
+
+
+def replaced_from_data(section: Any, **values: Any) -> Any:
+    """`section` (a params section) with the fields `values` taken from a stage's data deps
+    instead (a file an earlier stage wrote from params, e.g. a task's degradation): while
+    reads are recorded, reading those fields is not a params read; its other fields' still are."""
+    with unrecorded():
+        new = dataclasses.replace(section, **values)
+    log = _READS
+    if log is not None and (entry := log.sections.get(id(section))) is not None:
+        log._watch(new, entry[0], entry[2] | frozenset(values))
+    return new
 
 
 @contextlib.contextmanager

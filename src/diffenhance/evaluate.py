@@ -66,7 +66,14 @@ import torch
 
 from diffenhance.config import Config
 from diffenhance.data.folder import iter_image_files
-from diffenhance.data.pairs import Pair, load_pairs, make_pair, pairs_csv, task_pair
+from diffenhance.data.pairs import (
+    Pair,
+    load_pairs,
+    make_pair,
+    pairs_csv,
+    task_degradation,
+    task_pair,
+)
 from diffenhance.diffusion.formulations import get_formulation
 from diffenhance.infer import NOISE_SEEDING, set_threads
 from diffenhance.infer import autocast_dtype as infer_autocast_dtype
@@ -632,6 +639,7 @@ def check_inputs(cfg: Config, task: str) -> tuple[Path, Path]:
         raise FileNotFoundError(f"{model}: no trained model; run the `train` stage first")
     pairs_dir = Path(cfg.degrade.out_dir) / task
     pairs_csv(pairs_dir)
+    task_degradation(cfg, task)
     return model, pairs_dir
 
 
@@ -640,6 +648,7 @@ def evaluate_model(cfg: Config, task: str, **kw: Any) -> Evaluation:
     validation pairs in `<degrade.out_dir>/<task>/` (at most `evaluate.max_images`, evenly
     spaced by name: `spread`), written to `<evaluate.out_dir>/<task>/`."""
     model, pairs_dir = check_inputs(cfg, task)
+    cfg = task_degradation(cfg, task)  # its scale as degrade recorded it, not params'
     pairs = spread(load_pairs(pairs_dir), cfg.evaluate.max_images)
     source = {"kind": "pairs", "path": str(pairs_dir / "pairs.csv")}
     out = Path(cfg.evaluate.out_dir) / task

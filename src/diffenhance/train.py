@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from diffenhance.config import Config, ConfigError, load_config, unrecorded, write_resolved
 from diffenhance.data.folder import file_sha256
-from diffenhance.data.pairs import load_pairs, pairs_csv
+from diffenhance.data.pairs import load_pairs, pairs_csv, task_degradation
 from diffenhance.data.prepare import MANIFEST, load_manifest
 from diffenhance.degrade import pair_seed
 from diffenhance.diffusion import formulation_loss, to_model_range
@@ -236,10 +236,13 @@ def _refuse_own_output(init: Path, cfg: Config, task: str) -> None:
 
 @unrecorded()  # decides whether to resume; a resumed run ends with the same weights
 def resume_params(cfg: Config, task: str, init: Path | None | EllipsisType = ...) -> dict[str, Any]:
-    """What the trained weights depend on, and nothing about where files are written.
+    """What the trained weights depend on, and the validation set the log's rows score, and
+    nothing about where files are written.
 
     The training crops by content (manifest path + sha256, not the folder they are in), the
-    degradations (less `degrade.out_dir`), model, diffusion and the train.* values that change
+    task's own degradation settings (its `degrade_keys`: another task's range can change and
+    the run still resumes), its validation pairs (pairs.csv's sha256: names, seeds, sizes,
+    sources), model, diffusion and the train.* values that change
     the result; `train.init_from` by the sha256 of the checkpoint file, not its path. Of
     `diffusion.options`, only the sections the formulation reads (`option_sections`): a
     change to another formulation's options leaves this run's states resumable. `init`: the
@@ -265,7 +268,8 @@ def resume_params(cfg: Config, task: str, init: Path | None | EllipsisType = ...
     return {
         "task": task,
         "train_crops_sha256": hashlib.sha256(blob).hexdigest(),
-        "degrade": {k: v for k, v in d["degrade"].items() if k != "out_dir"},
+        "degrade": {k: d["degrade"][k] for k in get_task(task).degrade_keys},
+        "val_pairs_sha256": file_sha256(pairs_csv(Path(cfg.degrade.out_dir) / task)),
         "model": d["model"],
         "diffusion": diffusion,
         "train": train,
@@ -735,8 +739,8 @@ class TrainLoop:
         }
         save_state(self.state_dir, self.step, payload, self.cfg.train.keep_last)
         kept = {k: self.r.meta[k] for k in ("recommended", "init_from") if k in self.r.meta}
-        # no resume digest here: it covers every degrade.* key, so the weights' bytes would
-        # change with another task's degradation (the state folder is named by it instead)
+        # no resume digest here: it covers the validation pairs too, which do not change the
+        # weights, so their bytes would (the state folder is named by it instead)
         meta = checkpoint_metadata(self.r, step=self.step, **kept)
         save_weights(self.out_dir / WEIGHTS_NAME, self.ema.state_dict(), meta)
         save_weights(self.out_dir / "raw.safetensors", self.model.state_dict(), meta)
@@ -806,12 +810,15 @@ class TrainLoop:
                 pd.DataFrame(self.log_rows).to_csv(tmp, index=False)
 
 
-def check_inputs(cfg: Config, task: str) -> None:
-    """The `train` stage's inputs for `task`, before any step: training crops (`prepare`) and
-    the validation pairs (`degrade`) that validation reads every `val_every` steps and at the
-    end. Without this a run before `degrade` trained until its first validation and failed."""
+def check_inputs(cfg: Config, task: str) -> Config:
+    """The `train` stage's inputs for `task`, before any step: training crops (`prepare`), the
+    validation pairs (`degrade`) that validation reads every `val_every` steps and at the
+    end, and the task's degradation recorded beside them; returns `cfg` with that degradation
+    (`task_degradation`). Without this a run before `degrade` trained until its first
+    validation and failed."""
     _train_rows(cfg)
     pairs_csv(Path(cfg.degrade.out_dir) / task)
+    return task_degradation(cfg, task)
 
 
 def train_model(cfg: Config, task: str, *, stop_after: int | None = None) -> Path:
@@ -819,8 +826,7 @@ def train_model(cfg: Config, task: str, *, stop_after: int | None = None) -> Pat
 
     `stop_after` ends the run after that many total steps, as a crash would (used by tests).
     """
-    check_inputs(cfg, task)
-    return TrainLoop(cfg, task).run_loop(stop_after)
+    return TrainLoop(check_inputs(cfg, task), task).run_loop(stop_after)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -833,6 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_config(args.params, args.overrides)
+    for task in cfg.train.tasks:  # every task's inputs before the first trains for hours
+        check_inputs(cfg, task)
     for task in cfg.train.tasks:
         train_model(cfg, task)
     if dist.is_initialized():

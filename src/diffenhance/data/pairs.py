@@ -5,9 +5,12 @@ changes when other images are added or the order changes. Training synthesises L
 the fly with the very same `RestorationTask.degrade`; only the seed differs.
 
 Layout of `<degrade.out_dir>/<task>/`: `hr/<name>.png`, `lq/<name>.png` (the LQ image),
-`pairs.csv`, and one `<side input>/<name>.png` per side input of the task, named by a pairs.csv
+`pairs.csv`, one `<side input>/<name>.png` per side input of the task, named by a pairs.csv
 column of that name (inpaint: `mask/<name>.png`, white = fill; lq/ is then the masked input,
-holes pre-filled).
+holes pre-filled), and `degradation.json`: the task's degradation settings and scale (its
+`degrade_keys`: training range and validation setting), which train, evaluate and compare
+read from there (`task_degradation`) rather than from params, so that a DVC stage of one task
+depends on that task's keys only.
 
 `degrade_stage(cfg, tasks)` is the whole stage (manifest -> pairs of every task -> the resolved
 config); flows/degrade.py maps it over the tasks, the benchmarks and tests call it directly.
@@ -15,6 +18,8 @@ config); flows/degrade.py maps it over the tasks, the benchmarks and tests call 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffenhance.config import Config, DegradeConfig, write_resolved
+from diffenhance.config import Config, DegradeConfig, replaced_from_data, unrecorded, write_resolved
 from diffenhance.data.errors import DataError
 from diffenhance.data.prepare import MANIFEST, load_manifest
 from diffenhance.degrade import modcrop, pair_seed
@@ -30,10 +35,12 @@ from diffenhance.io import atomic_path, read_image, read_mask, write_image
 from diffenhance.restoration import RestorationTask, get_task
 
 PAIRS_CSV = "pairs.csv"
+DEGRADATION_JSON = "degradation.json"
 
 
 class StalePairsError(DataError, ValueError):
-    """A pair's file no longer matches what its pairs.csv row records (a user error: exit 2)."""
+    """A pair's file no longer matches what its pairs.csv row records, or the task's recorded
+    degradation no longer matches params.yaml (a user error: exit 2)."""
 
 
 class NoValidationCropsError(DataError, RuntimeError):
@@ -158,7 +165,59 @@ def write_task_pairs(cfg: Config, task: str | RestorationTask, crops: pd.DataFra
         for r in crops.itertuples()
     ]
     _prune_pairs(out_dir / t.name, t, {str(r["name"]) for r in rows})
+    with atomic_path(out_dir / t.name / DEGRADATION_JSON) as tmp:
+        tmp.write_text(json.dumps(_degradation(cfg.degrade, t), indent=2, sort_keys=True) + "\n")
     return write_pairs_csv(rows, out_dir / t.name)
+
+
+def _degradation(cfg: DegradeConfig, task: RestorationTask) -> dict[str, object]:
+    """The task's `degrade_keys` in `cfg`, as JSON values (`degradation.json`)."""
+    values = {k: getattr(cfg, k) for k in task.degrade_keys}
+    return {"task": task.name, "degrade": json.loads(json.dumps(values))}
+
+
+def task_degradation(cfg: Config, task: str | RestorationTask) -> Config:
+    """`cfg` with the task's degradation settings and scale (its `degrade_keys`) taken from
+    the `degradation.json` the `degrade` stage wrote beside its pairs, not from params: the
+    train and evaluate stages of one task then depend on that task's keys only (its pairs
+    folder), and a change to another task's range reruns neither.
+
+    FileNotFoundError naming the `degrade` stage when the file is missing (pairs written
+    before it existed); StalePairsError when params.yaml has changed a key since `degrade`
+    ran (the pairs, and the range training would use, are another run's)."""
+    t = get_task(task)
+    path = Path(cfg.degrade.out_dir) / t.name / DEGRADATION_JSON
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no recorded degradation for {t.name} (pairs written by an older "
+            "version, or a `degrade` run that stopped); run the `degrade` stage (dvc repro "
+            "degrade)"
+        )
+    try:
+        recorded = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        recorded = {"unreadable": str(e)}
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("degrade"), dict):
+        raise StalePairsError(
+            f"{path}: not a degradation record ({str(recorded)[:200]}); rerun the `degrade` "
+            "stage (dvc repro degrade)"
+        )
+    with unrecorded():  # a freshness check: the values used are the file's
+        now = _degradation(cfg.degrade, t)
+    if recorded != now:
+        changed = ", ".join(
+            f"degrade.{k} = {recorded['degrade'].get(k)} there, {v} in params"
+            for k, v in now["degrade"].items()
+            if recorded["degrade"].get(k) != v
+        )
+        raise StalePairsError(
+            f"{path}: {t.name}'s pairs were degraded with other settings "
+            f"({changed or recorded}); rerun the `degrade` stage (dvc repro degrade)"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded["degrade"].items()}
+    degrade = replaced_from_data(cfg.degrade, **values)
+    with unrecorded():
+        return dataclasses.replace(cfg, degrade=degrade)
 
 
 def _prune_pairs(task_dir: Path, task: RestorationTask, names: set[str]) -> None:

@@ -17,6 +17,7 @@ branches on its name (BasicSR's shape: registered dataset/degradation classes):
 * `finish(out, lq, std)` - how the tiled engine composes the output with the input
   (inpainting keeps the known pixels exactly);
 * `pair_columns(lq)` - what the `degrade` stage records beside a validation pair;
+* `degrade_keys` - the degrade.* keys its degradation and scale read;
 * `lossless_output` - an artifact remover: `enhance` writes its JPEG inputs as PNG.
 
 Validation settings are read from the existing `degrade.*` options (val_noise_sigma, ...):
@@ -67,6 +68,11 @@ class RestorationTask:
     # an artifact remover: `enhance.output_format: same` writes its JPEG inputs as PNG, since a
     # lossy output would put back what the model removed
     lossless_output: ClassVar[bool] = False
+    # the degrade.* keys its degradation (training and validation) and its scale read:
+    # `degrade` records their values beside the pairs (data/pairs.py's `task_degradation`) and
+    # train and evaluate read them there, so a change to another task's key reruns neither
+    # (a DVC foreach stage's params cannot differ per task)
+    degrade_keys: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ geometry
 

@@ -17,6 +17,7 @@ from diffenhance.restoration.base import RestorationTask, register
 class Blind(RestorationTask):
     name = "blind"
     description = "blind real-world restoration"
+    degrade_keys = ("blind_scale",)
 
     def scale(self, cfg: DegradeConfig | None = None) -> int:
         return (cfg or DegradeConfig()).blind_scale

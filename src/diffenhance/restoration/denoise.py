@@ -19,6 +19,7 @@ from diffenhance.restoration.baselines import bm3d_missing_reason, cbm3d_denoise
 class Denoise(RestorationTask):
     name = "denoise"
     description = "denoising (colour Gaussian noise)"
+    degrade_keys = ("noise_sigma", "val_noise_sigma")
 
     def synthesise(
         self, hr: np.ndarray, rng: np.random.Generator, cfg: DegradeConfig, *, validation: bool

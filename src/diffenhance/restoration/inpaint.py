@@ -30,6 +30,7 @@ class Inpaint(RestorationTask):
     name = "inpaint"
     side_inputs = ("mask",)
     description = "inpainting (fill a masked region)"
+    degrade_keys = ("mask_coverage",)
 
     def join(self, image: np.ndarray, **side: np.ndarray) -> np.ndarray:
         """The network input HxWx4: `image` (HxWx3, or an inpainting input: its image) with the

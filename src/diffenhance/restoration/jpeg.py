@@ -14,6 +14,7 @@ from diffenhance.restoration.base import RestorationTask, register
 class Jpeg(RestorationTask):
     name = "jpeg"
     description = "JPEG-artifact removal"
+    degrade_keys = ("jpeg_quality", "val_jpeg_quality")
     lossless_output = True  # its JPEG inputs are written as PNG (enhance.output_format: same)
 
     def synthesise(
