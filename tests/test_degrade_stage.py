@@ -36,8 +36,12 @@ def stage_config(root: Path, *extra: str):
     )
 
 
-def files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*.png")}
+def files(folder: Path, pattern: str = "*.png") -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in folder.rglob(pattern)
+        if p.is_file()
+    }
 
 
 def test_degrade_stage_writes_every_task_pair_by_pair(tmp_path):
@@ -160,12 +164,6 @@ def test_a_stopped_degrade_leaves_no_pairs_csv_and_fewer_images_prune_the_rest(
     assert sorted(files(denoise)) == ["hr/img0_s000.png", "lq/img0_s000.png"]
 
 
-def every_file(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-    }
-
-
 def test_a_training_range_changes_only_its_own_tasks_degradation_record(tmp_path):
     """Each task's training settings are recorded in its own folder (degradation.json), so an
     edit of jpeg's range leaves every other task's folder byte-identical (their DVC train and
@@ -174,14 +172,14 @@ def test_a_training_range_changes_only_its_own_tasks_degradation_record(tmp_path
     tasks = "degrade.tasks=[sr2,denoise,jpeg,blind,inpaint]"
     degrade_stage(stage_config(tmp_path, tasks))
     out = tmp_path / "out"
-    before = {t: every_file(out / t) for t in ("sr2", "denoise", "jpeg", "blind", "inpaint")}
+    before = {t: files(out / t, "*") for t in ("sr2", "denoise", "jpeg", "blind", "inpaint")}
     assert json.loads(before["denoise"]["degradation.json"]) == {
         "task": "denoise", "degrade": {"noise_sigma": [5.0, 50.0], "val_noise_sigma": 25.0}
     }  # fmt: skip
     assert json.loads(before["sr2"]["degradation.json"]) == {"task": "sr2", "degrade": {}}
     assert json.loads(before["blind"]["degradation.json"])["degrade"] == {"blind_scale": 4}
     degrade_stage(stage_config(tmp_path, tasks, "degrade.jpeg_quality=[20,70]"))
-    after = {t: every_file(out / t) for t in before}
+    after = {t: files(out / t, "*") for t in before}
     assert {t for t in before if after[t] != before[t]} == {"jpeg"}
     changed = {k for k in before["jpeg"] if after["jpeg"][k] != before["jpeg"][k]}
     assert changed == {"degradation.json"}

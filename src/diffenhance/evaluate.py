@@ -631,24 +631,23 @@ def load_model(path: str | Path, cfg: Config) -> Restorer:
     return r
 
 
-def check_inputs(cfg: Config, task: str) -> tuple[Path, Path]:
-    """(model weights, pairs folder) of the `evaluate` stage for `task`; FileNotFoundError
-    naming the stage to run when either is missing (also checked before Prefect starts)."""
+def check_inputs(cfg: Config, task: str) -> tuple[Path, Path, Config]:
+    """(model weights, pairs folder, `cfg` with the task's recorded degradation:
+    `task_degradation`) of the `evaluate` stage for `task`; FileNotFoundError naming the stage
+    to run when an input is missing (also checked before Prefect starts)."""
     model = Path(cfg.train.out_dir) / task / WEIGHTS_NAME
     if not model.is_file():
         raise FileNotFoundError(f"{model}: no trained model; run the `train` stage first")
     pairs_dir = Path(cfg.degrade.out_dir) / task
     pairs_csv(pairs_dir)
-    task_degradation(cfg, task)
-    return model, pairs_dir
+    return model, pairs_dir, task_degradation(cfg, task)
 
 
 def evaluate_model(cfg: Config, task: str, **kw: Any) -> Evaluation:
     """The `evaluate` stage for one task: the model in `<train.out_dir>/<task>/` on the fixed
     validation pairs in `<degrade.out_dir>/<task>/` (at most `evaluate.max_images`, evenly
     spaced by name: `spread`), written to `<evaluate.out_dir>/<task>/`."""
-    model, pairs_dir = check_inputs(cfg, task)
-    cfg = task_degradation(cfg, task)  # its scale as degrade recorded it, not params'
+    model, pairs_dir, cfg = check_inputs(cfg, task)  # its scale as degrade recorded it
     pairs = spread(load_pairs(pairs_dir), cfg.evaluate.max_images)
     source = {"kind": "pairs", "path": str(pairs_dir / "pairs.csv")}
     out = Path(cfg.evaluate.out_dir) / task
