@@ -3,6 +3,7 @@ frozen stage 1 loaded from a model of the mean formulation."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -354,6 +355,32 @@ def test_presets_resolve_and_explicit_settings_win(pmrf_model):
     assert got(preset="detail", steps=4, detail=0.25).detail == 0.25
     with pytest.raises(ValueError, match="no preset 'sharp'.*fidelity, balanced, detail"):
         got(preset="sharp")
+    # steps alone would leave the posterior mean (detail 0) untouched: they run at the knob's
+    # detail end (the most detailed preset's), as evaluate's steps curve does ...
+    assert (got(steps=4).steps, got(steps=4).detail) == (4, 1.0)
+    assert got(steps=1).detail == 1.0  # the fidelity preset's own count is a step count too
+    # ... and not when the user says where on the knob, nor for a caller's override (training's
+    # validation scores the preset at train.val_steps)
+    assert got(steps=4, detail=0.0).detail == 0.0
+    assert got(steps=4, preset="fidelity").detail == 0.0
+    assert got(steps=4, preset="balanced").detail == 0.5
+    assert sampling_spec(r, base, steps=4).detail == 0.0
+    assert sampling_spec(r, replace(base, steps=4), detail=0.0).detail == 0.0
+
+
+def test_the_detail_end_is_the_most_detailed_preset(pmrf_model, tmp_path):
+    import shutil
+
+    from diffenhance.model import detail_end, load_restorer, set_recommended
+
+    d = tmp_path / "m"
+    shutil.copytree(pmrf_model[1], d)
+    fidelity = {"steps": 1, "samples": 1, "detail": 0.0}
+    set_recommended(d, 1, 1, "test", presets={"fidelity": fidelity,
+                                              "balanced": {"steps": 4, "detail": 0.75}})  # fmt: skip
+    assert detail_end(load_restorer(d)) == 0.75
+    set_recommended(d, 1, 1, "test")  # no presets measured: the fidelity end only
+    assert detail_end(load_restorer(d)) == 1.0
 
 
 def test_evaluate_and_report_show_the_knob(pmrf_model):
@@ -416,6 +443,15 @@ def test_cli_preset_and_models_listing(pmrf_model, tmp_path):
     r = run(*args[:2], str(tmp_path / "det.png"), *args[2:], "--preset", "detail")
     assert r.exit_code == 0, r.output
     assert read_image(tmp_path / "det.png").shape == (32, 32, 3)
+    # --steps alone runs at the detail end: 2 steps at detail 1 are the detail preset, bit for
+    # bit; with --detail 0 they are the posterior mean, which no step count changes
+    r = run(*args[:2], str(tmp_path / "s2.png"), *args[2:], "--steps", "2")
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(read_image(tmp_path / "s2.png"), read_image(tmp_path / "det.png"))
+    assert not np.array_equal(read_image(tmp_path / "s2.png"), read_image(tmp_path / "fid.png"))
+    r = run(*args[:2], str(tmp_path / "m2.png"), *args[2:], "--steps", "2", "--detail", "0")
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(read_image(tmp_path / "m2.png"), read_image(tmp_path / "fid.png"))
     r = run(*args[:2], str(tmp_path / "u.png"), *args[2:], "--samples", "2", "--uncertainty")
     assert r.exit_code == 2 and "detail=0 is the posterior mean" in r.output  # fidelity
     r = run(*args[:2], str(tmp_path / "u.png"), *args[2:], "--samples", "2", "--uncertainty",

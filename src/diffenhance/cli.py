@@ -320,7 +320,11 @@ def enhance(
     ] = None,
     steps: Annotated[
         int | None,
-        typer.Option(help="sampler steps (infer.steps; default: the model's recommendation)"),
+        typer.Option(
+            help="sampler steps (infer.steps; default: the preset's). Alone on a model whose "
+            "preset is its posterior mean (pmrf fidelity, detail 0: steps change nothing) they "
+            "run at its most detailed preset's detail; add --detail 0 for the mean"
+        ),
     ] = None,
     samples: Annotated[
         int | None,

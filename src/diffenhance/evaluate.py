@@ -88,7 +88,14 @@ from diffenhance.metrics import (
     masked_ssim,
     mean_psnr,
 )
-from diffenhance.model import WEIGHTS_NAME, Restorer, load_restorer, presets, training_record
+from diffenhance.model import (
+    WEIGHTS_NAME,
+    Restorer,
+    detail_end,
+    load_restorer,
+    presets,
+    training_record,
+)
 from diffenhance.restoration import Baseline, RestorationTask, get_task, image_of
 from diffenhance.restoration.baselines import (
     bicubic_upscale,
@@ -354,7 +361,7 @@ def _plan(r: Restorer, task: RestorationTask, cfg: Config, n_pairs: int) -> _Pla
         for name in presets(r)
     }  # fmt: skip
     # the steps curve runs where steps matter: at the detail end of a detail knob
-    sweep_detail = head.detail or max(s.detail for s in named.values()) or 1.0
+    sweep_detail = head.detail or detail_end(r)
     if len(named) < 2:  # no measured knob: the one preset is the recommendation (the headline)
         named = {}
     baselines, skipped = task.baselines(cfg)

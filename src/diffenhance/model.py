@@ -283,6 +283,14 @@ def presets(r: Restorer | CheckpointSpec) -> dict[str, dict[str, Any]]:
     return {k: out[k] for k in sorted(out, key=lambda k: (PRESETS + (k,)).index(k))}
 
 
+def detail_end(r: Restorer | CheckpointSpec) -> float:
+    """The detail at which the checkpoint's steps matter: its most detailed preset's (`presets`),
+    else 1 (a sample). Where a model's presets are all its posterior mean (detail 0, which no
+    step count changes), step counts asked for on their own run here, as evaluate's steps curve
+    does."""
+    return max(p["detail"] for p in presets(r).values()) or 1.0
+
+
 def default_preset(r: Restorer | CheckpointSpec) -> str:
     """The preset the checkpoint runs when none is asked for ("fidelity" unless it says)."""
     return str(json.loads(r.meta.get("recommended") or "{}").get("preset", "fidelity"))
