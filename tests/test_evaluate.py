@@ -1,6 +1,6 @@
 """The `evaluate` library and CLI: baselines, metrics files, seeding, folder evaluation.
 
-The stages through real DVC are in test_evaluate_dvc.py."""
+The stages through real DVC (dvc metrics and plots) are in test_pipeline.py."""
 
 from __future__ import annotations
 

@@ -1,15 +1,20 @@
-"""The README's main job and `dvc repro` semantics, on a tiny config, with real DVC and Prefect."""
+"""The README's main job and `dvc repro` semantics, on a tiny config, with real DVC and Prefect:
+its evaluate and report outputs through `dvc metrics show/diff` and `dvc plots show`, and a forced
+rerun that reproduces the weights and metrics.json bit for bit (CPU)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from diffenhance.restoration import task_names
-from tests.pipeline_utils import copy_repo, run, set_params
+from tests.browser import CHROMIUM, chromium, console_lines
+from tests.pipeline_utils import copy_repo, git, run, set_params
 
 TINY = {
     "data": {"crop_size": 96, "crop_step": 96, "min_size": 32},
@@ -73,6 +78,10 @@ def test_main_job_produces_prepared_and_degraded(repo):
     log = pd.read_csv(r / "models/sr4/train_log.csv")
     assert log["step"].iloc[-1] == 4 and log["val_psnr"].notna().any()
     assert (r / "models/sr4/model.safetensors").is_file()
+    out = r / "reports" / "sr4"
+    for f in ("per_image.csv", "metrics.json", "timing.json", "psnr_vs_steps.csv",
+              "protocol.json", "report.html", "plots/psnr_vs_steps.png", "plots/training.png"):  # fmt: skip
+        assert (out / f).is_file(), f
     # the formulation comparison: both models at the same budget, scored, reported
     for kind in ("regression", "pmrf"):
         log = pd.read_csv(r / f"models/compare/{kind}/sr4/train_log.csv")
@@ -82,6 +91,36 @@ def test_main_job_produces_prepared_and_degraded(repo):
             "check_fidelity_minus_regression_psnr_y"} <= set(metrics)  # fmt: skip
     html = (r / "reports/compare/report.html").read_text()
     assert html.count("data:image/png;base64,") == 2  # curves + pmrf's crops
+
+
+def test_dvc_metrics_and_plots_show_the_reports(repo, tmp_path):
+    r, _ = repo
+    shown = run(r, "dvc", "metrics", "show").stdout
+    for key in ("model_psnr_y", "model_ssim_y", "model_euler2_psnr_rgb", "bicubic_psnr_y",
+                "delta_psnr_y_vs_bicubic", "seconds_per_image", "regression_fidelity_psnr_y"):  # fmt: skip
+        assert key in shown, shown
+    plots = json.dumps(json.loads(run(r, "dvc", "plots", "show", "--json").stdout))
+    for f in ("reports/sr4/psnr_vs_steps.csv", "reports/sr4/plots/scatter.png",
+              "models/sr4/train_log.csv"):  # fmt: skip
+        assert f in plots, f
+    _plots_page_draws_offline(r, tmp_path)
+
+
+def _plots_page_draws_offline(repo, tmp_path):
+    """`dvc plots show` writes a page whose charts draw without a network: .dvc/config's
+    html_template (docs/dvc-plots.html) inlines vega; DVC's own page loads it from a CDN."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs /usr/bin/chromium: run scripts/ensure_chromium.sh")
+    page = Path(run(repo, "dvc", "plots", "show", "-o", str(tmp_path / "plots")).stdout.split()[-1]
+                .removeprefix("file://"))  # fmt: skip
+    html = page.read_text()
+    assert "<script src=" not in html and "cdn.jsdelivr" not in html
+    n_charts = html.count("vegaEmbed('#")
+    assert n_charts >= 2  # psnr_vs_steps.csv and train_log.csv
+    dom = chromium(page, tmp_path, "--virtual-time-budget=10000", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert len(re.findall(r'<canvas[^>]*class="marks"', dom.stdout)) == n_charts
+    assert not [line for line in console_lines(dom.stderr) if "rror" in line]
 
 
 def test_repro_twice_changes_nothing(repo):
@@ -118,8 +157,14 @@ def test_forced_rerun_of_whole_pipeline_gives_identical_metrics(repo):
     r, _ = repo
     before = (r / "reports/sr4/metrics.json").read_bytes()
     weights = (r / "models/sr4/model.safetensors").read_bytes()
+    git(r, "add", "-A")
+    git(r, "commit", "-qm", "the main job's results")
+    assert "reports/sr4/metrics.json" in git(r, "ls-files", "reports")  # in git, not the cache
     proc = run(r, "dvc", "repro", "--force", "--single-item", "train@sr4", "evaluate@sr4")
     for stage in ("train@sr4", "evaluate@sr4"):
         assert f"Running stage '{stage}'" in proc.stdout
     assert (r / "models/sr4/model.safetensors").read_bytes() == weights
     assert (r / "reports/sr4/metrics.json").read_bytes() == before
+    diff = json.loads(run(r, "dvc", "metrics", "diff", "--all", "--json").stdout)
+    changes = diff["reports/sr4/metrics.json"]
+    assert changes["model_psnr_y"]["diff"] == 0 and changes["bicubic_ssim_y"]["diff"] == 0
