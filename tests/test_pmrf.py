@@ -447,10 +447,12 @@ def test_cli_preset_and_models_listing(pmrf_model, tmp_path):
     # bit; with --detail 0 they are the posterior mean, which no step count changes
     r = run(*args[:2], str(tmp_path / "s2.png"), *args[2:], "--steps", "2")
     assert r.exit_code == 0, r.output
+    assert "--steps 2 without --preset or --detail: " in r.output and "at detail 1," in r.output
     assert np.array_equal(read_image(tmp_path / "s2.png"), read_image(tmp_path / "det.png"))
     assert not np.array_equal(read_image(tmp_path / "s2.png"), read_image(tmp_path / "fid.png"))
     r = run(*args[:2], str(tmp_path / "m2.png"), *args[2:], "--steps", "2", "--detail", "0")
     assert r.exit_code == 0, r.output
+    assert "without --preset or --detail" not in r.output
     assert np.array_equal(read_image(tmp_path / "m2.png"), read_image(tmp_path / "fid.png"))
     r = run(*args[:2], str(tmp_path / "u.png"), *args[2:], "--samples", "2", "--uncertainty")
     assert r.exit_code == 2 and "detail=0 is the posterior mean" in r.output  # fidelity
@@ -465,6 +467,26 @@ def test_cli_preset_and_models_listing(pmrf_model, tmp_path):
     assert r.exit_code == 0, r.output
     assert "--preset detail: steps 2, samples 1, detail 1" in r.output
     assert "--preset fidelity (default): steps 1, samples 1, detail 0" in r.output
+
+
+def test_a_detail_implied_by_steps_is_part_of_the_jobs_params(pmrf_model, tmp_path):
+    """Output pixels follow the implied detail, so the params hash that marks an output done
+    records it: a `--steps 2` job from before steps implied a detail (it wrote the mean) is
+    redone, and an explicit --detail 0 job keeps its hash."""
+    from diffenhance.config import load_config
+    from diffenhance.enhance import plan_job
+    from diffenhance.enhance.job import output_params, params_hash
+    from diffenhance.io import write_image
+
+    write_image(tmp_path / "in" / "a.png", torch.rand(16, 16, 3).numpy())
+    base = [f"enhance.input={tmp_path / 'in'}", f"enhance.output={tmp_path / 'out'}",
+            f"enhance.model={pmrf_model[1]}", "infer.steps=2"]  # fmt: skip
+    cfg = load_config(None, base)
+    job = plan_job(cfg)
+    assert job.params["infer"]["detail"] == 1.0
+    assert job.params_hash != params_hash(output_params(cfg))  # the hash before: redone
+    mean = load_config(None, [*base, "infer.detail=0"])
+    assert plan_job(mean).params_hash == params_hash(output_params(mean))
 
 
 def test_a_frozen_mean_without_a_checkpoint_is_refused(tmp_path):

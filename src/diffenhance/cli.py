@@ -421,6 +421,7 @@ def enhance(
     with _user_errors():
         job = plan_job(cfg)  # the model file first: a bad one fails before any listing
     _print_format_choice(job)
+    _print_implied_detail(cfg, job)
     _print_nothing_found(cfg, job)
     if dry_run:
         _print_plan(job)
@@ -674,6 +675,18 @@ def _print_format_choice(job: Job) -> None:
         typer.echo(
             f"{n} JPEG input{'s' if n > 1 else ''} written as PNG: the model removes JPEG "
             "artifacts and a JPEG output would add them back (--ext jpg writes JPEG)"
+        )
+
+
+def _print_implied_detail(cfg: Config, job: Job) -> None:
+    """Say so when --steps alone set the detail (`restore.implied_detail`): no option names it."""
+    d = job.params["infer"].get("detail")
+    if d is not None and cfg.infer.detail is None:
+        typer.echo(
+            f"--steps {cfg.infer.steps} without --preset or --detail: the model's default preset "
+            f"is its posterior mean (detail 0), which no step count changes, so the steps run at "
+            f"detail {d:g}, its most detailed preset's (--detail 0 keeps the mean; `diffenhance "
+            "models` lists the presets)"
         )
 
 

@@ -62,16 +62,14 @@ def sampling_spec(r: Any, infer: InferConfig, **overrides: Any) -> SamplingSpec:
 
     infer: the params' `infer` section; steps/samples that are null come from the checkpoint's
     recommendation, else the formulation's default (`model.recommended_sampling`); the tile is
-    at least the checkpoint's `model.recommended_min_tile`. `infer.steps` set with neither
-    `infer.preset` nor `infer.detail`, where the model's preset is its posterior mean (detail 0:
-    no step count changes it), runs at `model.detail_end`, so that the user's steps act (as on
-    evaluate's steps curve) instead of being silently ignored. overrides:
+    at least the checkpoint's `model.recommended_min_tile`; steps alone may imply a detail
+    (`implied_detail`). overrides:
     explicit values for a sweep (e.g. steps=8, samples=4, seed=1), which `infer`'s fields of
     the same names are not read for; None values are ignored. Raises ValueError for steps or
     samples < 1 or an unknown field.
     """
     from diffenhance.diffusion.formulations import get_formulation
-    from diffenhance.model import detail_end, recommended_min_tile, sampling
+    from diffenhance.model import recommended_min_tile, sampling
 
     # An overridden field is never read from `infer`, so a stage whose every call overrides it
     # (training's validation: steps, samples, seed) need not list it as a DVC param.
@@ -83,9 +81,8 @@ def sampling_spec(r: Any, infer: InferConfig, **overrides: Any) -> SamplingSpec:
     steps, samples, detail = sampling(r, field("steps"), field("samples"), field("detail"),
                                       infer.preset)  # fmt: skip
     # (a field overridden is not read from infer: the params recorder holds stages to that)
-    asked = "steps" not in given and infer.steps is not None and field("detail") is None
-    if detail == 0.0 and asked and infer.preset is None:
-        detail = detail_end(r)  # the user's --steps on the posterior mean: where steps act
+    implied = None if "steps" in given or "detail" in given else implied_detail(r, infer)
+    detail = detail if implied is None else implied
     base = {f.name: field(f.name) for f in dataclasses.fields(SamplingSpec)}
     base |= {"steps": steps, "samples": samples, "detail": detail}
     if "tile" not in given:
@@ -107,6 +104,19 @@ def sampling_spec(r: Any, infer: InferConfig, **overrides: Any) -> SamplingSpec:
             "detail unset (--detail, infer.detail)"
         )
     return spec
+
+
+def implied_detail(r: Any, infer: InferConfig) -> float | None:
+    """The detail the user's steps alone ask for: `infer.steps` set with neither `infer.preset`
+    nor `infer.detail`, on a model whose default preset is its posterior mean (detail 0, which no
+    step count changes), runs at `model.detail_end` (its most detailed preset's detail), where
+    steps act, as on evaluate's steps curve; None where the settings say or need no detail.
+    `r`: a `model.Restorer` or a checkpoint's header (`model.CheckpointSpec`)."""
+    from diffenhance.model import detail_end, sampling
+
+    if infer.steps is None or infer.detail is not None or infer.preset is not None:
+        return None
+    return detail_end(r) if sampling(r, None, None)[2] == 0.0 else None
 
 
 def image_key(image: np.ndarray) -> str:

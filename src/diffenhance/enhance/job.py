@@ -95,7 +95,9 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def output_params(cfg: Config, *, lossless: bool = False) -> dict[str, Any]:
+def output_params(
+    cfg: Config, *, lossless: bool = False, implied_detail: float | None = None
+) -> dict[str, Any]:
     """The settings that change output pixels or files: not how the work is run (tile_batch,
     threads, device, workers), which moves at most the last bit of a few pixels.
 
@@ -103,11 +105,16 @@ def output_params(cfg: Config, *, lossless: bool = False) -> dict[str, Any]:
     enhance.outscale while null and enhance.suffix while empty, so the hash of a job without
     them is the one it had before the settings existed (its outputs are not redone).
     `lossless`: the model is an artifact remover (`RestorationTask.lossless_output`); with
-    output_format 'same' its JPEG inputs are written as PNG, recorded as "jpeg_inputs"."""
+    output_format 'same' its JPEG inputs are written as PNG, recorded as "jpeg_inputs".
+    `implied_detail`: the detail the model runs at that no setting names (`restore.implied_detail`:
+    steps alone on a posterior-mean preset), recorded as infer.detail, since it changes pixels
+    (outputs of such a job from before steps implied it are redone)."""
     run_only = ("tile_batch", "threads", "device")
     infer = {k: v for k, v in to_dict(cfg.infer).items() if k not in run_only}
     if not infer["uncertainty"]:
         del infer["uncertainty"]
+    if implied_detail is not None:
+        infer["detail"] = implied_detail
     for k in ("detail", "preset"):  # null: the hash a job had before the knob existed
         if infer[k] is None:
             del infer[k]

@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffenhance.config import Config, EnhanceConfig
 from diffenhance.enhance.job import (
@@ -40,6 +40,9 @@ from diffenhance.storage import (
     split_url,
 )
 from diffenhance.uncertainty import uncertainty_keys
+
+if TYPE_CHECKING:
+    from diffenhance.restore import SamplingSpec
 
 log = logging.getLogger(__name__)
 
@@ -330,12 +333,12 @@ def _cut_shards(
     return shards
 
 
-def _check_sampling(ckpt: Any, cfg: Config) -> None:
+def _check_sampling(ckpt: Any, cfg: Config) -> SamplingSpec:
     """EnhanceError (exit 2, one line) when the sampler settings do not fit the model (a preset
     it does not have, detail on a model without a detail knob: `restore.sampling_spec`; a tile
     with no room for its overlap: `infer.check_tiling`) or
     infer.uncertainty cannot be honoured: samples < 2 or a model whose samples cannot differ
-    (`restore.uncertainty_problem`)."""
+    (`restore.uncertainty_problem`). Returns the settings the model runs with."""
     from diffenhance.infer import check_tiling
     from diffenhance.restore import sampling_spec, uncertainty_problem
 
@@ -347,6 +350,7 @@ def _check_sampling(ckpt: Any, cfg: Config) -> None:
     why = uncertainty_problem(ckpt, spec) if cfg.infer.uncertainty else None
     if why is not None:
         raise EnhanceError(f"{ckpt.path}: --uncertainty (infer.uncertainty): {why}")
+    return spec
 
 
 def plan_job(cfg: Config) -> Job:
@@ -360,13 +364,14 @@ def plan_job(cfg: Config) -> Job:
     not a valid checkpoint (checked before any work).
     """
     from diffenhance.model import validate_checkpoint
+    from diffenhance.restore import implied_detail
 
     m_file = model_file(cfg.enhance.model)
     ckpt = validate_checkpoint(m_file)
     _check_sampling(ckpt, cfg)
     m_sha = model_sha256(m_file)
     lossless = get_task(ckpt.task).lossless_output  # JPEG inputs -> PNG with 'same'
-    params = output_params(cfg, lossless=lossless)
+    params = output_params(cfg, lossless=lossless, implied_detail=implied_detail(ckpt, cfg.infer))
     p_hash = params_hash(params)
     roots = _roots(cfg)
     check_mask_setting(cfg, ckpt.task, roots.single_key is not None)
