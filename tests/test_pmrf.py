@@ -371,7 +371,10 @@ def test_presets_resolve_and_explicit_settings_win(pmrf_model):
 def test_the_detail_end_is_the_most_detailed_preset(pmrf_model, tmp_path):
     import shutil
 
+    from diffenhance.config import InferConfig, load_config
+    from diffenhance.enhance import plan_job
     from diffenhance.model import detail_end, load_restorer, set_recommended
+    from diffenhance.restore import sampling_spec
 
     d = tmp_path / "m"
     shutil.copytree(pmrf_model[1], d)
@@ -379,8 +382,49 @@ def test_the_detail_end_is_the_most_detailed_preset(pmrf_model, tmp_path):
     set_recommended(d, 1, 1, "test", presets={"fidelity": fidelity,
                                               "balanced": {"steps": 4, "detail": 0.75}})  # fmt: skip
     assert detail_end(load_restorer(d)) == 0.75
+    # the detail steps alone run at, in the restore path and in a job's params
+    assert sampling_spec(load_restorer(d), InferConfig(steps=4)).detail == 0.75
+    cfg = load_config(None, [f"enhance.input={tmp_path}", f"enhance.output={tmp_path / 'o'}",
+                             f"enhance.model={d}", "infer.steps=4"])  # fmt: skip
+    assert plan_job(cfg).params["infer"]["detail"] == 0.75
     set_recommended(d, 1, 1, "test")  # no presets measured: the fidelity end only
     assert detail_end(load_restorer(d)) == 1.0
+    assert sampling_spec(load_restorer(d), InferConfig(steps=4)).detail == 1.0
+
+
+def test_steps_imply_no_detail_where_the_default_preset_is_not_the_mean(pmrf_model, tmp_path):
+    """A model without a detail knob (indi) or one whose default preset samples: its steps act
+    already, so nothing is implied, nothing said, and a job's params hash is the one it had."""
+    import json
+    import shutil
+
+    from diffenhance.config import InferConfig, load_config
+    from diffenhance.enhance import plan_job
+    from diffenhance.enhance.job import output_params, params_hash
+    from diffenhance.model import load_restorer, read_checkpoint, save_weights, set_recommended
+    from diffenhance.restore import implied_detail, sampling_spec
+    from diffenhance.train import train_model
+    from tests.tiny import make_dataset, tiny_config
+
+    make_dataset(tmp_path / "data")
+    indi = train_model(tiny_config(tmp_path / "data", "train.steps=1", "train.val_every=1",
+                                   "diffusion.formulation=indi"), "sr2")  # fmt: skip
+    sampler = tmp_path / "sampler"
+    shutil.copytree(pmrf_model[1], sampler)
+    presets = {"fidelity": {"steps": 1, "detail": 0.0}, "balanced": {"steps": 2, "detail": 0.5}}
+    set_recommended(sampler, 1, 1, "test", presets=presets)
+    tensors, meta = read_checkpoint(sampler)  # a default preset other than fidelity
+    rec = json.loads(meta["recommended"]) | {"preset": "balanced"}
+    save_weights(sampler / "model.safetensors", tensors, meta | {"recommended": json.dumps(rec)})
+    for model in (indi, sampler):
+        base = [f"enhance.input={tmp_path / 'data'}", f"enhance.output={tmp_path / 'o'}",
+                f"enhance.model={model}", "infer.steps=2"]  # fmt: skip
+        cfg = load_config(None, base)
+        assert implied_detail(load_restorer(model), cfg.infer) is None
+        job = plan_job(cfg)
+        assert "detail" not in job.params["infer"]
+        assert job.params_hash == params_hash(output_params(cfg))
+    assert sampling_spec(load_restorer(sampler), InferConfig(steps=2)).detail == 0.5
 
 
 def test_evaluate_and_report_show_the_knob(pmrf_model):
@@ -447,7 +491,8 @@ def test_cli_preset_and_models_listing(pmrf_model, tmp_path):
     # bit; with --detail 0 they are the posterior mean, which no step count changes
     r = run(*args[:2], str(tmp_path / "s2.png"), *args[2:], "--steps", "2")
     assert r.exit_code == 0, r.output
-    assert "--steps 2 without --preset or --detail: " in r.output and "at detail 1," in r.output
+    assert "steps 2 (--steps, infer.steps) without --preset or --detail: " in r.output
+    assert "so they run at detail 1, the far end of its knob" in r.output
     assert np.array_equal(read_image(tmp_path / "s2.png"), read_image(tmp_path / "det.png"))
     assert not np.array_equal(read_image(tmp_path / "s2.png"), read_image(tmp_path / "fid.png"))
     r = run(*args[:2], str(tmp_path / "m2.png"), *args[2:], "--steps", "2", "--detail", "0")
@@ -487,6 +532,35 @@ def test_a_detail_implied_by_steps_is_part_of_the_jobs_params(pmrf_model, tmp_pa
     assert job.params_hash != params_hash(output_params(cfg))  # the hash before: redone
     mean = load_config(None, [*base, "infer.detail=0"])
     assert plan_job(mean).params_hash == params_hash(output_params(mean))
+
+
+def test_steps_alone_on_a_model_with_no_measured_knob(pmrf_model, tmp_path):
+    """Its one preset, the mean, is no longer the headline when steps alone move it to the far
+    end: evaluate scores it beside the headline, and the UI names no preset for what ran."""
+    import shutil
+
+    from diffenhance.config import InferConfig
+    from diffenhance.evaluate import evaluate_model
+    from diffenhance.model import set_recommended
+    from diffenhance.ui.jobs import ran_with
+    from tests.tiny import tiny_config
+
+    root, model = pmrf_model
+    shutil.copytree(model, tmp_path / "models" / "sr2")
+    set_recommended(tmp_path / "models" / "sr2", 1, 1, "test")  # fidelity only
+    m = tmp_path / "models" / "sr2" / "model.safetensors"
+    assert ran_with(m, InferConfig())["preset"] == "fidelity"
+    assert ran_with(m, InferConfig(steps=2)) == {"preset": None, "steps": 2, "samples": 1,
+                                                 "detail": 1.0}  # fmt: skip
+    assert ran_with(m, InferConfig(steps=2, preset="fidelity"))["detail"] == 0.0
+    cfg = tiny_config(root, f"train.out_dir={tmp_path / 'models'}", "infer.steps=2",
+                      f"evaluate.out_dir={tmp_path / 'reports'}", "evaluate.steps=[2]",
+                      "evaluate.uncertainty_samples=0")  # fmt: skip
+    ev = evaluate_model(cfg, "sr2")
+    assert ev.headline == "model_euler2"  # detail 1: the far end
+    assert "preset_fidelity_psnr_y" in ev.metrics  # the mean, scored beside it
+    rows = ev.per_image.query("method == 'preset_fidelity'")
+    assert set(rows["detail"]) == {0.0} and len(rows) > 0
 
 
 def test_a_frozen_mean_without_a_checkpoint_is_refused(tmp_path):

@@ -323,7 +323,8 @@ def enhance(
         typer.Option(
             help="sampler steps (infer.steps; default: the preset's). Alone on a model whose "
             "preset is its posterior mean (pmrf fidelity, detail 0: steps change nothing) they "
-            "run at its most detailed preset's detail; add --detail 0 for the mean"
+            "run at the far end of its knob (its most detailed preset's detail, else 1); add "
+            "--detail 0 for the mean"
         ),
     ] = None,
     samples: Annotated[
@@ -683,10 +684,10 @@ def _print_implied_detail(cfg: Config, job: Job) -> None:
     d = job.params["infer"].get("detail")
     if d is not None and cfg.infer.detail is None:
         typer.echo(
-            f"--steps {cfg.infer.steps} without --preset or --detail: the model's default preset "
-            f"is its posterior mean (detail 0), which no step count changes, so the steps run at "
-            f"detail {d:g}, its most detailed preset's (--detail 0 keeps the mean; `diffenhance "
-            "models` lists the presets)"
+            f"steps {cfg.infer.steps} (--steps, infer.steps) without --preset or --detail: the "
+            "model's default preset is its posterior mean (detail 0), which no step count "
+            f"changes, so they run at detail {d:g}, the far end of its knob (its most detailed "
+            "preset's, else 1; --detail 0 keeps the mean; `diffenhance models` lists the presets)"
         )
 
 

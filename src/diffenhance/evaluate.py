@@ -106,6 +106,7 @@ from diffenhance.restoration.baselines import (
 )
 from diffenhance.restore import (
     SamplingSpec,
+    implied_detail,
     restore,
     restore_with_uncertainty,
     sampling_spec,
@@ -362,7 +363,9 @@ def _plan(r: Restorer, task: RestorationTask, cfg: Config, n_pairs: int) -> _Pla
     }  # fmt: skip
     # the steps curve runs where steps matter: at the detail end of a detail knob
     sweep_detail = head.detail or detail_end(r)
-    if len(named) < 2:  # no measured knob: the one preset is the recommendation (the headline)
+    # no measured knob: the one preset is the recommendation, the headline, unless steps alone
+    # moved the headline to the knob's far end (then the preset, the mean, is scored beside it)
+    if len(named) < 2 and implied_detail(r, cfg.infer) is None:
         named = {}
     baselines, skipped = task.baselines(cfg)
     # the spread of samples at the knob's far end (at detail 0 every sample is the mean)

@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from diffenhance.config import Config, EnhanceConfig
 from diffenhance.enhance.job import (
@@ -40,9 +40,6 @@ from diffenhance.storage import (
     split_url,
 )
 from diffenhance.uncertainty import uncertainty_keys
-
-if TYPE_CHECKING:
-    from diffenhance.restore import SamplingSpec
 
 log = logging.getLogger(__name__)
 
@@ -333,12 +330,12 @@ def _cut_shards(
     return shards
 
 
-def _check_sampling(ckpt: Any, cfg: Config) -> SamplingSpec:
+def _check_sampling(ckpt: Any, cfg: Config) -> None:
     """EnhanceError (exit 2, one line) when the sampler settings do not fit the model (a preset
     it does not have, detail on a model without a detail knob: `restore.sampling_spec`; a tile
     with no room for its overlap: `infer.check_tiling`) or
     infer.uncertainty cannot be honoured: samples < 2 or a model whose samples cannot differ
-    (`restore.uncertainty_problem`). Returns the settings the model runs with."""
+    (`restore.uncertainty_problem`)."""
     from diffenhance.infer import check_tiling
     from diffenhance.restore import sampling_spec, uncertainty_problem
 
@@ -350,7 +347,6 @@ def _check_sampling(ckpt: Any, cfg: Config) -> SamplingSpec:
     why = uncertainty_problem(ckpt, spec) if cfg.infer.uncertainty else None
     if why is not None:
         raise EnhanceError(f"{ckpt.path}: --uncertainty (infer.uncertainty): {why}")
-    return spec
 
 
 def plan_job(cfg: Config) -> Job:

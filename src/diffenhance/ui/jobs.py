@@ -222,14 +222,16 @@ def default_model(cfg: Config, models: list[dict[str, Any]]) -> str | None:
 def ran_with(model_path: str | Path, infer: Any) -> dict[str, Any]:
     """The preset, steps, samples and detail that `infer` (an InferConfig) runs the model file
     with, as the enhance path resolves them (`restore.sampling_spec`: the preset's values, each
-    one given overriding it). ValueError, as sampling_spec raises it, for a preset the model
-    lacks or detail on a model without a detail knob."""
+    one given overriding it); preset None where steps alone set the detail
+    (`restore.implied_detail`: no preset's). ValueError, as sampling_spec raises it, for a
+    preset the model lacks or detail on a model without a detail knob."""
     from diffenhance.model import default_preset, validate_checkpoint
-    from diffenhance.restore import sampling_spec
+    from diffenhance.restore import implied_detail, sampling_spec
 
     ckpt = validate_checkpoint(model_path)
     spec = sampling_spec(ckpt, infer)
-    return {"preset": infer.preset or default_preset(ckpt), "steps": spec.steps,
+    preset = None if implied_detail(ckpt, infer) is not None else default_preset(ckpt)
+    return {"preset": infer.preset or preset, "steps": spec.steps,
             "samples": spec.samples, "detail": spec.detail}  # fmt: skip
 
 
